@@ -1,0 +1,254 @@
+"""Dataset registry: name -> in-memory tensors (train / val / test), shape, classes.
+
+Everything is small enough to live in memory (and on the GPU): the trainer
+indexes these tensors directly, no DataLoader. The validation split is carved
+from the training set with a fixed seed; the test split is only ever reported.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kdtrain.config import DataConfig, KdtrainError, data_root
+
+
+@dataclass
+class Dataset:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    input_shape: tuple[int, ...]
+    """Shape of one sample, without the batch dimension: (C, L) or (C, H, W)."""
+    num_classes: int
+    class_names: list[str]
+    mean: list[float]
+    """Per-channel mean subtracted from raw inputs (for deployment cards)."""
+    std: list[float]
+    """Per-channel std the centred inputs were divided by."""
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Dataset(**fields)
+
+
+Loader = Callable[[DataConfig], "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]"]
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str):
+    def deco(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------- loaders
+# Each returns raw (x_train, y_train, x_test, y_test, class_names); x as float32
+# arrays (N, C, L) or (N, C, H, W) in their natural scale.
+
+DIGIT_NAMES = [str(i) for i in range(10)]
+
+
+@register("mnist1d")
+def _mnist1d(cfg: DataConfig):
+    # Generating 5000 samples takes ~3 s, so the result is cached on disk.
+    path = data_root(cfg) / "mnist1d" / f"mnist1d_n{cfg.size}_seed{cfg.seed}.npz"
+    if not path.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.seed = cfg.size, cfg.seed
+        # mnist1d seeds numpy's and random's global generators; keep the caller's state.
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            d = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        tmp.replace(path)
+    z = np.load(path)
+    f = lambda a: a.astype(np.float32)[:, None, :]  # noqa: E731  (N, 1, 40)
+    return f(z["x"]), z["y"].astype(np.int64), f(z["x_test"]), z["y_test"].astype(np.int64), DIGIT_NAMES
+
+
+@register("digits")
+def _digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None, :, :] / 16.0  # (1797, 1, 8, 8)
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(cfg.seed).permutation(len(y))
+    n_test = len(y) // 5
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test], DIGIT_NAMES
+
+
+@register("synthetic")
+def _synthetic(cfg: DataConfig):
+    """Gaussian clusters in 1x16 signals: learnable in a few epochs, for fast tests."""
+    g = np.random.default_rng(cfg.seed)
+    classes, length = 4, 16
+    centers = g.normal(0, 1.0, size=(classes, 1, length)).astype(np.float32)
+    n = cfg.size + cfg.size // 4
+    y = g.integers(0, classes, size=n)
+    x = centers[y] + g.normal(0, 0.8, size=(n, 1, length)).astype(np.float32)
+    return x[: cfg.size], y[: cfg.size].astype(np.int64), x[cfg.size:], y[cfg.size:].astype(np.int64), \
+        [f"class{i}" for i in range(classes)]
+
+
+def _missing(name: str, where: Path) -> KdtrainError:
+    return KdtrainError(
+        f"dataset {name!r} not found under {where}. Put its files there (data.root), "
+        f"or allow the download with --set data.download=true (needs network)."
+    )
+
+
+def _torchvision_mnist(cls_name: str, cfg: DataConfig):
+    import torchvision
+
+    root = data_root(cfg)
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train = cls(str(root), train=True, download=cfg.download)
+        test = cls(str(root), train=False, download=cfg.download)
+    except RuntimeError as e:
+        if "not found" in str(e).lower():
+            raise _missing(cfg.name, root / cls_name / "raw") from None
+        raise
+    except OSError as e:  # download attempted without network
+        raise KdtrainError(f"could not download {cfg.name} into {root}: {e}") from None
+    f = lambda t: t.numpy().astype(np.float32)[:, None, :, :] / 255.0  # noqa: E731
+    return f(train.data), train.targets.numpy().astype(np.int64), f(test.data), \
+        test.targets.numpy().astype(np.int64), list(train.classes)
+
+
+@register("mnist")
+def _mnist(cfg: DataConfig):
+    return _torchvision_mnist("MNIST", cfg)
+
+
+@register("fashion_mnist")
+def _fashion_mnist(cfg: DataConfig):
+    return _torchvision_mnist("FashionMNIST", cfg)
+
+
+def _read_cifar(folder: Path, train_files: list[str], test_file: str, label_key: str, meta: tuple[str, str]):
+    """Read the CIFAR python pickles (the format torchvision downloads) directly."""
+    def read(name):
+        with open(folder / name, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+        return x, np.asarray(entry[label_key], dtype=np.int64)
+
+    parts = [read(f) for f in train_files]
+    x_test, y_test = read(test_file)
+    with open(folder / meta[0], "rb") as fh:
+        names = pickle.load(fh, encoding="latin1")[meta[1]]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), x_test, y_test, names
+
+
+def _cifar(cfg: DataConfig, cls_name: str, folder: str, train_files, test_file, label_key, meta):
+    root = data_root(cfg)
+    needed = [root / folder / f for f in [*train_files, test_file, meta[0]]]
+    if not all(p.exists() for p in needed):
+        if not cfg.download:
+            raise _missing(cfg.name, root / folder)
+        import torchvision
+
+        try:  # torchvision downloads, checks the archive's md5 and extracts
+            getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
+        except OSError as e:
+            raise KdtrainError(f"could not download {cfg.name} into {root}: {e}") from None
+    try:
+        return _read_cifar(root / folder, train_files, test_file, label_key, meta)
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+        raise KdtrainError(f"dataset {cfg.name!r} under {root / folder} is unreadable ({e}); "
+                           "delete the folder and download again") from None
+
+
+@register("cifar10")
+def _cifar10(cfg: DataConfig):
+    return _cifar(cfg, "CIFAR10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                  "test_batch", "labels", ("batches.meta", "label_names"))
+
+
+@register("cifar100")
+def _cifar100(cfg: DataConfig):
+    return _cifar(cfg, "CIFAR100", "cifar-100-python", ["train"], "test", "fine_labels",
+                  ("meta", "fine_label_names"))
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """Load a dataset, carve the validation split, normalise with train statistics."""
+    if cfg.name not in DATASETS:
+        raise KdtrainError(f"unknown dataset {cfg.name!r} (known: {', '.join(DATASETS)})")
+    x, y, x_test, y_test, names = DATASETS[cfg.name](cfg)
+    perm = np.random.default_rng(cfg.seed).permutation(len(y))
+    n_val = max(1, int(round(len(y) * cfg.val_fraction)))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if cfg.limit is not None:
+        train_idx = train_idx[: cfg.limit]
+    x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+    axes = (0,) + tuple(range(2, x.ndim))  # per channel
+    if cfg.normalize:
+        mean = x_train.mean(axis=axes, keepdims=True)
+        std = x_train.std(axis=axes, keepdims=True) + 1e-8
+    else:
+        mean = np.zeros((1, x.shape[1]) + (1,) * (x.ndim - 2), np.float32)
+        std = np.ones_like(mean)
+    norm = lambda a: torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))  # noqa: E731
+    return Dataset(
+        x_train=norm(x_train), y_train=torch.from_numpy(y_train),
+        x_val=norm(x_val), y_val=torch.from_numpy(y_val),
+        x_test=norm(x_test), y_test=torch.from_numpy(y_test),
+        input_shape=tuple(x.shape[1:]), num_classes=len(names), class_names=list(names),
+        mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist(),
+    )
+
+
+def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero pad then crop back, per sample) and horizontal flip, on tensors.
+
+    Works on (N, C, L) signals and (N, C, H, W) images on any device: one pad and
+    one gather, so it costs about as much as a copy of the batch.
+    """
+    if not kinds:
+        return x
+    dev = x.device
+    n = x.shape[0]
+    if "crop" in kinds:
+        spatial = x.shape[2:]
+        padded = torch.nn.functional.pad(x, (pad, pad) * len(spatial))
+        idx = []
+        for size in spatial:
+            shift = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(dev)
+            idx.append(shift[:, None] + torch.arange(size, device=dev)[None, :])
+        if len(spatial) == 1:
+            x = padded.gather(2, idx[0][:, None, :].expand(-1, x.shape[1], -1))
+        else:
+            rows = idx[0][:, None, :, None].expand(-1, x.shape[1], -1, padded.shape[3])
+            x = padded.gather(2, rows)
+            cols = idx[1][:, None, None, :].expand(-1, x.shape[1], x.shape[2], -1)
+            x = x.gather(3, cols)
+    if "flip" in kinds and x.ndim == 4:
+        flip = torch.rand(n, generator=generator, device="cpu").to(dev) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x

@@ -1,0 +1,218 @@
+"""Model families: a plain name -> factory registry.
+
+Every factory has the signature ``factory(input_shape, num_classes, width,
+depth=None, hidden=None, dropout=0.0, pretrained=False) -> nn.Module`` and
+accepts every dataset shape kdtrain loads: 1-D signals (C, L) and images
+(C, H, W). The parameter count grows with ``width``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdtrain.config import KdtrainError
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+def create_model(arch: str, input_shape, num_classes: int, width: int, depth: int | None = None,
+                 hidden: list[int] | None = None, dropout: float = 0.0, pretrained: bool = False) -> nn.Module:
+    if arch not in MODELS:
+        raise KdtrainError(f"unknown arch {arch!r} (known: {', '.join(sorted(MODELS))})")
+    return MODELS[arch](tuple(input_shape), num_classes, width, depth=depth, hidden=hidden,
+                        dropout=dropout, pretrained=pretrained)
+
+
+def from_config(m, input_shape, num_classes: int) -> nn.Module:
+    """Build a model from a StudentConfig or TeacherConfig."""
+    return create_model(m.arch, input_shape, num_classes, m.width, depth=m.depth, hidden=m.hidden,
+                        dropout=m.dropout, pretrained=getattr(m, "pretrained", False))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Reshape(nn.Module):
+    """View each sample as a new shape (batch dimension kept)."""
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+
+# --------------------------------------------------------------------------- mlp
+
+
+@register("mlp")
+def mlp(input_shape, num_classes, width, depth=None, hidden=None, dropout=0.0, pretrained=False):
+    """Flatten -> [Linear-ReLU] x depth -> Linear. ``hidden=[512, 256]`` gives the
+    classic 784-512-256-10 MNIST teacher; width 128, depth 1 the 784-128-10 student."""
+    sizes = list(hidden) if hidden else [width] * (depth or 1)
+    layers: list[nn.Module] = [nn.Flatten()]
+    prev = math.prod(input_shape)
+    for h in sizes:
+        layers += [nn.Linear(prev, h), nn.ReLU(inplace=True)]
+        prev = h
+    layers += [nn.Dropout(dropout), nn.Linear(prev, num_classes)]
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------- tiny_cnn
+
+
+@register("tiny_cnn")
+def tiny_cnn(input_shape, num_classes, width=16, depth=None, hidden=None, dropout=0.0, pretrained=False):
+    """The classic two-conv edge student: Conv(w)-Pool-Conv(2w)-Pool-FC(8w)-FC.
+
+    At width 16: Conv16-Conv32-FC128. Pools are ceil-mode so 8x8, 28x28 and
+    32x32 images (and 1-D signals) all fit.
+    """
+    c, *spatial = input_shape
+    conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(spatial) == 1 else (nn.Conv2d, nn.MaxPool2d)
+    out_spatial = math.prod(math.ceil(math.ceil(s / 2) / 2) for s in spatial)
+    return nn.Sequential(
+        conv(c, width, 3, padding=1), nn.ReLU(inplace=True), pool(2, ceil_mode=True),
+        conv(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), pool(2, ceil_mode=True),
+        nn.Flatten(), nn.Linear(2 * width * out_spatial, 8 * width), nn.ReLU(inplace=True),
+        nn.Dropout(dropout), nn.Linear(8 * width, num_classes),
+    )
+
+
+# --------------------------------------------------------------------------- cnn1d
+
+
+@register("cnn1d")
+def cnn1d(input_shape, num_classes, width=64, depth=None, hidden=None, dropout=0.0, pretrained=False):
+    """1-D CNN for signals (images are read as C x (H*W) sequences).
+
+    ``depth`` conv blocks (default 3) of Conv-BN-ReLU, stride 2 after the first,
+    then global average + max pooling and a linear head.
+    """
+    c = input_shape[0]
+    length = math.prod(input_shape[1:])
+    layers: list[nn.Module] = [Reshape(c, length)] if len(input_shape) != 2 else []
+    prev = c
+    for i in range(depth or 3):
+        layers += [nn.Conv1d(prev, width, 5 if i == 0 else 3, stride=1 if i == 0 else 2, padding=2 if i == 0 else 1),
+                   nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+        prev = width
+    return nn.Sequential(*layers, _AvgMaxPool(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
+
+
+class _AvgMaxPool(nn.Module):
+    """Concatenate global average and max over the last dimension."""
+
+    def forward(self, x):
+        return torch.cat([x.mean(-1), x.amax(-1)], dim=1)
+
+
+# --------------------------------------------------------------------------- gru
+
+
+class _GRUClassifier(nn.Module):
+    """Reads a (C, L) signal as L steps of C features (an image row by row)."""
+
+    def __init__(self, input_shape, num_classes, width, depth, dropout):
+        super().__init__()
+        c, *spatial = input_shape
+        # Images: each row (C*W values) is one step; signals: each position is one step.
+        self.features = c * spatial[-1] if len(spatial) == 2 else c
+        self.gru = nn.GRU(self.features, width, num_layers=depth, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        if x.ndim == 4:  # (N, C, H, W) -> (N, H, C*W)
+            seq = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+        else:  # (N, C, L) -> (N, L, C)
+            seq = x.transpose(1, 2)
+        out, _ = self.gru(seq)
+        pooled = torch.cat([out.mean(1), out.amax(1)], dim=1)
+        return self.head(self.drop(pooled))
+
+
+@register("gru")
+def gru(input_shape, num_classes, width=64, depth=None, hidden=None, dropout=0.0, pretrained=False):
+    """Bidirectional GRU over the sequence, mean+max pooled."""
+    return _GRUClassifier(input_shape, num_classes, width, depth or 1, dropout)
+
+
+# --------------------------------------------------------------------------- resnet18
+
+
+class _As2d(nn.Module):
+    """Run a 2-D network on a 1-D signal by viewing (N, C, L) as (N, C, 1, L)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.unsqueeze(2))
+
+
+@register("resnet18")
+def resnet18(input_shape, num_classes, width=64, depth=None, hidden=None, dropout=0.0, pretrained=False):
+    """torchvision's ResNet-18; stage widths w, 2w, 4w, 8w (w=64 is the original).
+
+    For inputs up to 32 px the ImageNet stem (7x7 stride-2 conv + max pool) is
+    replaced by a 3x3 stride-1 conv without pooling, as is usual for CIFAR.
+    ``pretrained`` loads torchvision's ImageNet weights from the local torch
+    cache (width 64 only); layers whose shapes differ (stem, classifier) keep
+    their fresh initialisation.
+    """
+    import torchvision
+    from torchvision.models.resnet import BasicBlock
+
+    c, *spatial = input_shape
+    net = torchvision.models.resnet18(num_classes=num_classes)
+    if pretrained:
+        _load_torchvision_weights(net)
+    small = max(spatial) <= 32
+    if small or c != 3 or width != 64:
+        net.conv1 = (nn.Conv2d(c, width, 3, 1, 1, bias=False) if small
+                     else nn.Conv2d(c, width, 7, 2, 3, bias=False))
+    if small:
+        net.maxpool = nn.Identity()
+    if width != 64:  # rebuild the stages at the requested width with torchvision's own builder
+        net.bn1 = nn.BatchNorm2d(width)
+        net.inplanes = width
+        net.layer1 = net._make_layer(BasicBlock, width, 2)
+        net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
+        net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
+        net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    if width != 64 or dropout:
+        net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(8 * width, num_classes)) if dropout \
+            else nn.Linear(8 * width, num_classes)
+    return _As2d(net) if len(spatial) == 1 else net
+
+
+def _load_torchvision_weights(net: nn.Module) -> None:
+    from pathlib import Path
+
+    from torchvision.models import ResNet18_Weights
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.exists():
+        raise KdtrainError(f"torchvision resnet18 weights are not in the local cache ({cached}); "
+                           "copy them there or set pretrained: false")
+    state = torch.load(cached, map_location="cpu", weights_only=True)
+    own = net.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(keep, strict=False)

@@ -1,0 +1,30 @@
+"""Distil one student from a config and its teacher pool (used by `kdtrain train` and by trials)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kdtrain import models
+from kdtrain.config import Config
+from kdtrain.data import Dataset
+from kdtrain.teachers import Teacher, stacked_logits
+from kdtrain.train import Distill, EpochStats, TrainResult, seed_all, train
+
+
+def make_distill(cfg: Config, pool: dict[str, Teacher]) -> Distill | None:
+    """The teacher signal of cfg.kd, or None for a no-teacher run (alpha = 0)."""
+    if cfg.kd.alpha == 0:
+        return None
+    names = cfg.kd_teachers
+    return Distill(temperature=cfg.kd.temperature, alpha=cfg.kd.alpha, ensemble=cfg.kd.ensemble,
+                   weights=cfg.kd.weights, logits=stacked_logits(pool, names, "train"),
+                   models=[pool[n].model for n in names])
+
+
+def distill_student(cfg: Config, data: Dataset, pool: dict[str, Teacher],
+                    on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
+    """Build the student of cfg (seeded) and train it against cfg.kd's teachers."""
+    seed_all(cfg.train.seed)
+    student = models.from_config(cfg.student, data.input_shape, data.num_classes)
+    return train(student, data, cfg.train, distill=make_distill(cfg, pool),
+                 augment_kinds=cfg.data.augment, on_epoch=on_epoch)

@@ -1,0 +1,206 @@
+"""The teacher pool: trained (or loaded) once, cached by content, logits reused.
+
+A teacher's cache key is a hash of its own config, the data config and the
+training settings that shape it, so changing any of them trains a new teacher
+and a second call with the same settings trains nothing. Beside the weights
+sit the teacher's logits on train / val / test: every student trial reuses
+them instead of running the teacher again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdtrain import models
+from kdtrain.config import Config, KdtrainError, TeacherConfig, home
+from kdtrain.data import Dataset
+from kdtrain.train import EpochStats, predict, resolve_device, seed_all, train
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Teacher:
+    name: str
+    config: TeacherConfig
+    model: nn.Module
+    """The teacher on the CPU in eval mode."""
+    logits: dict[str, torch.Tensor]
+    """Float32 logits on 'train', 'val' and 'test', in the dataset's order."""
+    params: int
+    val_accuracy: float
+    test_accuracy: float
+    source: str
+    """Where it came from this time: 'cache', 'trained', 'checkpoint' or 'mlflow'."""
+    seconds: float
+    """Time spent producing it on the run that first made it (training, loading)."""
+    key: str
+    path: Path
+
+    @property
+    def cached(self) -> bool:
+        return self.source == "cache"
+
+
+def _weights_identity(ref: str) -> dict:
+    """What identifies a weights source: a file's size and mtime, or a URI as is."""
+    p = Path(ref).expanduser()
+    if p.exists():
+        st = p.stat()
+        return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"uri": ref}
+
+
+def teacher_key(t: TeacherConfig, cfg: Config) -> str:
+    data = dataclasses.asdict(cfg.data)
+    for k in ("root", "download"):  # where files live does not change the teacher
+        data.pop(k)
+    tr = dataclasses.asdict(cfg.train)
+    for k in ("device", "threads", "eval_batch_size", "epochs", "lr"):
+        tr.pop(k)
+    ident = {
+        "version": CACHE_VERSION,
+        "teacher": dataclasses.asdict(t),
+        "epochs": t.epochs if t.epochs is not None else cfg.train.epochs,
+        "lr": t.lr if t.lr is not None else cfg.train.lr,
+        "data": data,
+        "train": tr,
+    }
+    if t.weights:
+        ident["weights"] = _weights_identity(t.weights)
+    blob = json.dumps(ident, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cache_dir(t: TeacherConfig, cfg: Config) -> Path:
+    return home() / "cache" / "teachers" / f"{t.name}-{teacher_key(t, cfg)}"
+
+
+def _read_checkpoint(ref: str) -> dict:
+    p = Path(ref).expanduser()
+    if not p.exists():
+        raise KdtrainError(f"teacher checkpoint {p} does not exist (teachers[].weights)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KdtrainError(f"teacher checkpoint {p} is not a readable PyTorch state dict ({first[:200]})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KdtrainError(f"teacher checkpoint {p} does not hold a state dict of tensors")
+    return state
+
+
+def _load_weights(t: TeacherConfig, model: nn.Module) -> str:
+    """Load teachers[].weights into model; returns the source kind."""
+    ref = t.weights
+    if ref.split(":", 1)[0] in ("runs", "models", "mlflow-artifacts", "s3", "gs", "http", "https"):
+        from kdtrain import tracking
+
+        state, source = tracking.load_state_dict(ref), "mlflow"
+    else:
+        state, source = _read_checkpoint(ref), "checkpoint"
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:4]
+        raise KdtrainError(f"teacher {t.name!r}: weights {ref} do not fit arch {t.arch} at width {t.width}: "
+                           + " ".join(lines)[:400]) from None
+    return source
+
+
+def _save_atomic(folder: Path, model: nn.Module, logits: dict, meta: dict) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    torch.save(model.state_dict(), tmp / "model.pt")
+    torch.save(logits, tmp / "logits.pt")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    try:
+        os.replace(tmp, folder)  # another process may have finished the same teacher first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> Teacher | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        logits = torch.load(folder / "logits.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
+        return None  # missing or damaged: train again
+    model = models.from_config(t, data.input_shape, data.num_classes)
+    model.load_state_dict(state)
+    return Teacher(t.name, t, model.eval(), logits, models.count_params(model), meta["val_accuracy"],
+                   meta["test_accuracy"], "cache", meta["seconds"], folder.name.rsplit("-", 1)[1], folder)
+
+
+def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset,
+                log: Callable[[str], None] = print, on_epoch: Callable[[EpochStats], None] | None = None) -> Teacher:
+    """Return a teacher from the cache, or train / load it and cache it."""
+    folder = cache_dir(t, cfg)
+    hit = _from_cache(t, cfg, data, folder)
+    if hit is not None:
+        return hit
+
+    start = time.perf_counter()
+    seed_all(cfg.train.seed)
+    model = models.from_config(t, data.input_shape, data.num_classes)
+    if t.weights:
+        source = _load_weights(t, model)
+        log(f"teacher {t.name}: loaded weights from {t.weights}")
+    else:
+        epochs = t.epochs if t.epochs is not None else cfg.train.epochs
+        log(f"teacher {t.name}: training {t.arch} (width {t.width}, {models.count_params(model):,} params) "
+            f"for {epochs} epochs")
+        source = "trained"
+        if epochs > 0:
+            model = train(model, data, cfg.train, augment_kinds=cfg.data.augment, on_epoch=on_epoch,
+                          epochs=epochs, lr=t.lr).model
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    bs, bf16 = cfg.train.eval_batch_size, cfg.train.bf16
+    logits = {split: predict(model, getattr(data, f"x_{split}").to(device), bs, bf16).cpu()
+              for split in ("train", "val", "test")}
+    model.cpu().eval()
+    val_acc = (logits["val"].argmax(1) == data.y_val).float().mean().item()
+    test_acc = (logits["test"].argmax(1) == data.y_test).float().mean().item()
+    seconds = time.perf_counter() - start
+    meta = {"name": t.name, "config": dataclasses.asdict(t), "params": models.count_params(model),
+            "val_accuracy": val_acc, "test_accuracy": test_acc, "seconds": seconds, "source": source}
+    _save_atomic(folder, model, logits, meta)
+    return Teacher(t.name, t, model, logits, models.count_params(model), val_acc, test_acc, source, seconds,
+                   folder.name.rsplit("-", 1)[1], folder)
+
+
+def load_pool(cfg: Config, data: Dataset, names: list[str] | None = None,
+              log: Callable[[str], None] = print,
+              on_epoch: Callable[[str, EpochStats], None] | None = None) -> dict[str, Teacher]:
+    """The named teachers (default: the whole pool), each cached or trained."""
+    wanted = names if names is not None else [t.name for t in cfg.teachers]
+    pool = {}
+    for name in wanted:
+        t = cfg.teacher(name)
+        cb = (lambda s, n=name: on_epoch(n, s)) if on_epoch else None
+        pool[name] = get_teacher(t, cfg, data, log=log, on_epoch=cb)
+    return pool
+
+
+def stacked_logits(pool: dict[str, Teacher], names: list[str], split: str = "train") -> torch.Tensor:
+    """(K, N, C) logits of the named teachers on a split."""
+    return torch.stack([pool[n].logits[split] for n in names])

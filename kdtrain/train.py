@@ -1,0 +1,206 @@
+"""One training loop, top to bottom. Knows nothing of Optuna or MLflow.
+
+The data already lives on the device as tensors; each epoch is a ``randperm``
+and a slice per step (no DataLoader: for in-memory sets it only adds Python
+overhead per batch). With cached teacher logits the soft targets are computed
+once per run, so a KD step costs what a cross-entropy step costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdtrain.config import KdtrainError, TrainConfig
+from kdtrain.data import Dataset, augment
+from kdtrain.losses import kd_loss, soft_targets
+
+
+class DivergedError(KdtrainError):
+    """The loss became NaN or infinite; the run is stopped."""
+
+    def __init__(self, epoch: int, loss: float):
+        self.epoch, self.loss = epoch, loss
+        super().__init__(f"training diverged: loss is {loss} at epoch {epoch} (try a lower train.lr)")
+
+
+@dataclass
+class Distill:
+    """What the student learns from. ``logits`` (K, N_train, C) are the teachers'
+    cached outputs on the training set; ``models`` are run online instead when
+    augmentation changes the inputs every epoch."""
+
+    temperature: float
+    alpha: float
+    ensemble: str = "mean_probs"
+    weights: list[float] | None = None
+    logits: torch.Tensor | None = None
+    models: list[nn.Module] | None = None
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    epochs: int
+    train_loss: float
+    kd_loss: float
+    ce_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    """Wall time of this epoch (training and validation)."""
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    val_accuracy: float
+    test_accuracy: float
+    seconds: float
+    device: str
+    history: list[EpochStats] = field(default_factory=list)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KdtrainError("train.device is cuda but no CUDA device is available; use --set train.device=auto")
+    return torch.device(name)
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch (CPU and CUDA) so that model init and shuffling repeat."""
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def autocast(device: torch.device, bf16: bool):
+    # bf16 needs no loss scaling; on CPU autocast is slower for these small models, so it is CUDA-only.
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, bf16: bool = True) -> torch.Tensor:
+    """Logits for x in eval mode (float32), in batches on x's device."""
+    was_training = model.training
+    model.eval()
+    with autocast(x.device, bf16):
+        out = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, bf16: bool = True) -> float:
+    return (predict(model, x, batch_size, bf16).argmax(1) == y).float().mean().item()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise KdtrainError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak lr at a step: one-cycle (30% warm-up, cosine down), cosine, constant."""
+    if schedule == "constant":
+        return 1.0
+    progress = step / max(1, total)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    warm = 0.3
+    if progress < warm:  # one-cycle: from lr/25 up to lr, then cosine down to lr/1e4
+        return 0.04 + 0.96 * progress / warm
+    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm)))
+
+
+def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill | None = None,
+          augment_kinds: list[str] | tuple = (), on_epoch: Callable[[EpochStats], None] | None = None,
+          epochs: int | None = None, lr: float | None = None) -> TrainResult:
+    """Train ``model`` on ``data``; with ``distill``, against its teachers. Returns the trained model
+    and its val/test accuracy. ``on_epoch`` may raise to stop the run (e.g. pruning)."""
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    epochs = epochs or cfg.epochs
+    peak_lr = lr or cfg.lr
+    data = data.to(device)
+    model.to(device)
+    opt = make_optimizer(model, cfg)
+    n = len(data.y_train)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs  # the partial last batch is dropped; each epoch reshuffles
+    total_steps = epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling stream, independent of model init
+
+    target = None  # soft targets over the whole train set, computed once
+    teacher_models = None
+    if distill is not None and distill.alpha > 0:
+        if augment_kinds and distill.models:
+            teacher_models = [t.to(device).eval() for t in distill.models]
+        elif distill.logits is not None:
+            target = soft_targets(distill.logits.to(device), distill.temperature, distill.ensemble, distill.weights)
+        else:
+            raise KdtrainError("distillation needs cached teacher logits or teacher models")
+
+    history: list[EpochStats] = []
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        sums = torch.zeros(3, device=device)  # loss, kd, ce: summed on device, read once per epoch
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            x, y = data.x_train[idx], data.y_train[idx]
+            batch_target = None
+            if augment_kinds:
+                x = augment(x, list(augment_kinds), gen)
+            if teacher_models is not None:
+                with torch.no_grad(), autocast(device, cfg.bf16):
+                    t_logits = torch.stack([t(x).float() for t in teacher_models])
+                batch_target = soft_targets(t_logits, distill.temperature, distill.ensemble, distill.weights)
+            elif target is not None:
+                batch_target = (target[0][idx], target[1][idx])
+            for g in opt.param_groups:
+                g["lr"] = peak_lr * lr_factor(step, total_steps, cfg.schedule)
+            with autocast(device, cfg.bf16):
+                logits = model(x)
+            loss, kd, ce = kd_loss(logits.float(), y, batch_target,
+                                   distill.temperature if distill else 1.0, distill.alpha if distill else 0.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack([loss.detach(), kd.detach(), ce.detach()])
+            step += 1
+        loss_m, kd_m, ce_m = (sums / max(1, steps_per_epoch)).tolist()  # one sync per epoch
+        if not math.isfinite(loss_m):
+            raise DivergedError(epoch, loss_m)
+        val_acc = accuracy(model, data.x_val, data.y_val, cfg.eval_batch_size, cfg.bf16)
+        stats = EpochStats(epoch, epochs, loss_m, kd_m, ce_m, val_acc, opt.param_groups[0]["lr"],
+                           time.perf_counter() - t0)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    test_acc = accuracy(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.bf16)
+    return TrainResult(model=model, val_accuracy=history[-1].val_accuracy, test_accuracy=test_acc,
+                       seconds=time.perf_counter() - start, device=str(device), history=history)

@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(1)  # the suite runs on small CPUs; one thread keeps runs repeatable and quick
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """Every test gets its own kdtrain home (store and caches) and data root."""
+    monkeypatch.setenv("KDTRAIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KDTRAIN_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+TINY_SWEEP = """
+study: {name: tiny}
+data: {name: synthetic, size: 400, val_fraction: 0.2, seed: 1}
+teachers:
+  - {name: big, arch: mlp, width: 64, epochs: 8}
+  - {name: conv, arch: cnn1d, width: 8, epochs: 4}
+student: {arch: mlp, width: 8}
+train: {epochs: 4, batch_size: 64, lr: 0.01, threads: 1}
+kd: {temperature: 4.0, alpha: 0.7, teachers: [big]}
+"""
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+    """A sweep file on synthetic data that trains in about a second."""
+    p = tmp_path / "tiny.yaml"
+    p.write_text(textwrap.dedent(TINY_SWEEP))
+    return p
+
+
+def run_cli(*args, env=None, timeout=300):
+    """Run the real `kdtrain` entry point in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kdtrain.cli", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
