@@ -153,12 +153,12 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
     target = None  # soft targets over the whole train set, computed once
     teacher_models = None
     if distill is not None and distill.alpha > 0:
-        if augment_kinds and distill.models:
-            teacher_models = [t.to(device).eval() for t in distill.models]
-        elif distill.logits is not None:
+        if distill.logits is not None and not augment_kinds:
             target = soft_targets(distill.logits.to(device), distill.temperature, distill.ensemble, distill.weights)
+        elif distill.models:  # augmented inputs change every epoch: run the teachers on each batch
+            teacher_models = [t.to(device).eval() for t in distill.models]
         else:
-            raise KdtrainError("distillation needs cached teacher logits or teacher models")
+            raise KdtrainError("distillation with augmentation needs the teacher models, not only cached logits")
 
     history: list[EpochStats] = []
     start = time.perf_counter()

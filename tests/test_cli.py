@@ -1,0 +1,56 @@
+import re
+
+import pytest
+
+from kdtrain import config, data
+from kdtrain.cli import main
+from kdtrain.teachers import get_teacher
+
+from conftest import ROOT, run_cli
+
+
+def test_teachers_twice_second_run_trains_nothing(tiny_sweep, capsys):
+    assert main(["teachers", str(tiny_sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "training mlp" in out and "2 of 2 teachers trained" in out
+    assert re.search(r"big\s+mlp\s+64\s+[\d,]+\s+0\.\d+\s+0\.\d+\s+trained", out)
+
+    assert main(["teachers", str(tiny_sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "training" not in out
+    assert "nothing trained" in out
+    assert re.search(r"big\s+mlp\s+64\s+[\d,]+\s+0\.\d+\s+0\.\d+\s+cached", out)
+
+
+def test_train_prints_student_next_to_teacher(tiny_sweep):
+    r = run_cli("train", tiny_sweep, "--set", "kd.teachers=[big,conv]", "--set", "kd.ensemble=mean_logits")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "student epoch   4/4" in out  # per-epoch progress
+    student = re.search(r"student \(mlp, width 8\)\s+([\d,]+)\s+(0\.\d+)\s+(0\.\d+)", out)
+    teacher = re.search(r"teacher big \(mlp, width 64\)\s+([\d,]+)\s+(0\.\d+)\s+(0\.\d+)\s+([\d.]+)", out)
+    assert student and teacher and re.search(r"teacher conv \(cnn1d, width 8\)", out)
+    assert float(student.group(2)) > 0.5
+    assert float(teacher.group(4)) > 1  # the teacher is larger
+    assert "teachers=big+conv (mean_logits)" in out
+
+
+def test_train_without_teacher(tiny_sweep, capsys):
+    assert main(["train", str(tiny_sweep), "--set", "kd.alpha=0"]) == 0
+    out = capsys.readouterr().out
+    assert "no teacher (alpha=0)" in out and "teacher big" not in out
+
+
+def test_missing_dataset_is_one_clear_error(tiny_sweep, tmp_path):
+    r = run_cli("train", tiny_sweep, "--set", "data.name=cifar10", "--set", f"data.root={tmp_path / 'none'}")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "data.download=true" in r.stderr and str(tmp_path / "none") in r.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_teacher_reaches_092_on_mnist1d():
+    """The acceptance bar of the embedded default: 5000 MNIST-1D samples, best teacher >= 0.92 test accuracy."""
+    cfg = config.load(ROOT / "sweeps" / "quickstart.yaml")
+    ds = data.load(cfg.data)
+    t = get_teacher(cfg.teacher("cnn_wide"), cfg, ds, log=lambda s: None)
+    assert t.test_accuracy >= 0.92

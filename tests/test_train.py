@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from kdtrain import models
+from kdtrain.config import DataConfig, TrainConfig
+from kdtrain.data import load
+from kdtrain.train import DivergedError, Distill, lr_factor, predict, seed_all, train
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return load(DataConfig(name="synthetic", size=600, val_fraction=0.2, seed=0))
+
+
+def fit(ds, cfg=None, seed=0, **kw):
+    seed_all(seed)
+    m = models.create_model("mlp", ds.input_shape, ds.num_classes, 16)
+    return train(m, ds, cfg or TrainConfig(epochs=5, batch_size=64, threads=1), **kw)
+
+
+def test_learns_synthetic(ds):
+    r = fit(ds)
+    assert r.val_accuracy > 0.9 and r.test_accuracy > 0.9
+    assert r.device == "cpu" and len(r.history) == 5
+
+
+def test_seeded_runs_repeat_exactly(ds):
+    a, b = fit(ds).model, fit(ds).model
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    c = fit(ds, TrainConfig(epochs=5, batch_size=64, threads=1, seed=1)).model
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_on_epoch_gets_loss_components_and_val_accuracy(ds):
+    seen = []
+    teacher = fit(ds).model
+    logits = predict(teacher, ds.x_train)[None]
+    fit(ds, distill=Distill(temperature=4.0, alpha=0.5, logits=logits), on_epoch=seen.append)
+    assert [s.epoch for s in seen] == [1, 2, 3, 4, 5]
+    for s in seen:
+        assert math.isclose(s.train_loss, 0.5 * 16 * s.kd_loss + 0.5 * s.ce_loss, rel_tol=1e-4)
+        assert 0 <= s.val_accuracy <= 1 and s.kd_loss > 0
+    assert seen[-1].kd_loss < seen[0].kd_loss
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_optimizers_and_schedules(ds, optimizer, schedule):
+    lr = 0.1 if optimizer == "sgd" else 0.01
+    r = fit(ds, TrainConfig(epochs=4, batch_size=64, optimizer=optimizer, schedule=schedule, lr=lr, threads=1))
+    assert r.val_accuracy > 0.8
+
+
+def test_schedules_shape():
+    assert lr_factor(0, 100, "cosine") == 1 and lr_factor(100, 100, "cosine") < 1e-6
+    one = [lr_factor(s, 100, "onecycle") for s in range(101)]
+    assert one[0] < 0.05 and max(one) == pytest.approx(1, abs=0.02) and one[-1] < 1e-3
+    assert one.index(max(one)) == 30
+
+
+def test_nan_loss_stops_with_dedicated_error(ds):
+    bad = load(DataConfig(name="synthetic", size=600, val_fraction=0.2, seed=0))
+    bad.x_train[5, 0, 3] = float("nan")
+    with pytest.raises(DivergedError) as e:
+        fit(bad)
+    assert e.value.epoch == 1 and math.isnan(e.value.loss)
+
+
+def test_online_teacher_with_augmentation(ds):
+    """With augmentation the teacher runs on each augmented batch (no cached logits given)."""
+    teacher = fit(ds).model
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    r = fit(ds, distill=Distill(temperature=2.0, alpha=0.5, models=[teacher]), augment_kinds=["crop"])
+    steps = 5 * (len(ds.y_train) // 64)
+    assert len(calls) == steps
+    assert r.val_accuracy > 0.5  # chance is 0.25; crops blur these position-coded clusters
+    assert not teacher.training  # used in eval mode
+
+
+def test_cached_logits_give_the_same_run_as_an_online_teacher(ds):
+    """Without augmentation, soft targets from cached logits equal running the teacher on every batch."""
+    teacher = fit(ds).model
+    logits = predict(teacher, ds.x_train)[None]
+    cached = fit(ds, distill=Distill(temperature=3.0, alpha=0.7, ensemble="mean_kl", logits=logits))
+    online = fit(ds, distill=Distill(temperature=3.0, alpha=0.7, ensemble="mean_kl", models=[teacher]))
+    for p, q in zip(cached.model.parameters(), online.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+    assert [h.kd_loss for h in cached.history] == pytest.approx([h.kd_loss for h in online.history], rel=1e-4)
