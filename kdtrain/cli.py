@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from pathlib import Path
 
 from kdtrain import __version__
 
@@ -95,6 +97,231 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class SweepProgress:
+    """Trials done / running / pruned / failed, best so far, elapsed, ETA.
+
+    A live line on a terminal; plain timestamped lines (one per change) otherwise."""
+
+    def __init__(self, study_name: str, storage_url: str, target: int, objectives: dict, stream=sys.stdout):
+        self.study_name, self.storage_url, self.target, self.objectives = study_name, storage_url, target, objectives
+        self.stream, self.tty = stream, stream.isatty()
+        self.start, self.last = time.time(), None
+        self.done0 = None
+
+    def line(self) -> str:
+        import optuna
+
+        from kdtrain.search import counts, open_storage
+
+        study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage_url))
+        c = counts(study)
+        done = c["COMPLETE"] + c["PRUNED"]
+        if self.done0 is None:
+            self.done0 = done
+        metric, direction = next(iter(self.objectives.items()))
+        vals = [t.values[0] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        best = (max(vals) if direction == "maximize" else min(vals)) if vals else None
+        elapsed = time.time() - self.start
+        new = done - self.done0
+        eta = _fmt_seconds(elapsed / new * max(0, self.target - done)) if new > 0 else "?"
+        best_text = f"best {metric} {best:.4f}" if best is not None else f"best {metric} -"
+        return (f"trials {done}/{self.target} (complete {c['COMPLETE']}, pruned {c['PRUNED']}, "
+                f"failed {c['FAIL']}, running {c['RUNNING']})  {best_text}  "
+                f"elapsed {_fmt_seconds(elapsed)}  ETA {eta}")
+
+    def update(self, final: bool = False) -> None:
+        try:
+            text = self.line()
+        except Exception:  # a read racing a writer: try again on the next tick
+            return
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+            self.stream.flush()
+        elif text != self.last or final:
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", file=self.stream, flush=True)
+        self.last = text
+
+
+def _monitor(progress: SweepProgress, stop, every: float = 2.0) -> None:
+    while not stop.wait(every):
+        progress.update()
+
+
+def cmd_sweep(args) -> int:
+    import os
+    import subprocess
+    import threading
+
+    from kdtrain import config, data, search
+    from kdtrain.config import KdtrainError, parse_duration, redact
+    from kdtrain.teachers import load_pool
+    from kdtrain.tracking import Tracker
+
+    cfg = config.load(args.sweep, args.set)
+    if args.workers < 1:
+        raise KdtrainError("--workers must be >= 1")
+    if args.trials is not None and args.trials < 1:
+        raise KdtrainError("--trials must be >= 1")
+    try:
+        timeout = parse_duration(args.timeout or cfg.study.timeout) if (args.timeout or cfg.study.timeout) else None
+    except ValueError as e:
+        raise KdtrainError(f"--timeout: {e}") from None
+    storage_url = args.storage or search.default_storage()
+    storage = search.open_storage(storage_url)
+    name = args.study or cfg.study.name
+    if args.new_study:
+        name = search.free_name(storage, name)
+    trials = args.trials or cfg.study.trials
+    tracker = Tracker(args.tracking_uri)
+    study = search.create_or_open(cfg, storage, name, trials)
+    exp_id = tracker.experiment(name)
+    parent = search.ensure_parent(tracker, exp_id, study, cfg, args.sweep)
+    recovered = search.recover(study, tracker)
+    c = search.counts(study)
+    print(f"study {name}: {c['COMPLETE'] + c['PRUNED']}/{trials} trials done"
+          + (f", {len(recovered)} interrupted trial(s) failed and re-queued: {recovered}" if recovered else ""))
+    print(f"optuna storage: {redact(storage_url)}")
+    print(f"mlflow: {redact(tracker.uri)}  experiment {exp_id}")
+
+    ds = data.load(cfg.data)
+    pool = load_pool(cfg, ds, on_epoch=lambda n, s: EpochProgress(f"teacher {n}")(s))
+    for t in pool.values():
+        print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}, "
+              f"{t.params:,} params")
+
+    cores = os.cpu_count() or 1
+    threads = cfg.train.threads or max(1, cores // args.workers)
+    deadline = time.time() + timeout if timeout else None
+    progress = SweepProgress(name, storage_url, trials, cfg.study.objectives)
+    stop = threading.Event()
+    interrupted = False
+    logs = config.home() / "logs"
+    procs = []
+    try:
+        if args.workers == 1:
+            tcfg = config.replace(cfg, {"train.threads": threads})
+            study.sampler, study.pruner = search.make_sampler(tcfg), search.make_pruner(tcfg)
+            ctx = search.Context(study, tcfg, ds, pool, tracker, exp_id, parent,
+                                 log=(lambda s: None) if sys.stdout.isatty() else print)
+            search.ensure_teacher_runs(ctx)
+            threading.Thread(target=_monitor, args=(progress, stop), daemon=True).start()
+            search.work(ctx, deadline)
+        else:
+            search.ensure_teacher_runs(search.Context(study, cfg, ds, pool, tracker, exp_id, parent, print))
+            logs.mkdir(parents=True, exist_ok=True)
+            for i in range(args.workers):
+                cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", name, "--storage", storage_url,
+                       "--tracking-uri", tracker.uri, "--threads", str(threads)]
+                if deadline:
+                    cmd += ["--deadline", str(deadline)]
+                fh = open(logs / f"{name}-worker{i}.log", "a")
+                procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh, i))
+            print(f"{args.workers} workers, {threads} CPU thread(s) each; logs in {logs}")
+            while any(p.poll() is None for p, _, _ in procs):
+                progress.update()
+                time.sleep(2)
+    except KeyboardInterrupt:
+        interrupted = True
+        for p, _, _ in procs:
+            with contextlib.suppress(Exception):
+                p.wait(timeout=60)
+    finally:
+        stop.set()
+        for p, fh, _ in procs:
+            fh.close()
+    progress.update(final=True)
+    failed_workers = [i for p, _, i in procs if p.returncode not in (0, None)]
+    c = search.counts(study)
+    done = c["COMPLETE"] + c["PRUNED"]
+    tracker.end(parent, "KILLED" if interrupted else ("FINISHED" if done >= trials else "FAILED"))
+    if interrupted:
+        print(f"\nstopped: {done}/{trials} trials done; the running trial was marked failed and re-queued. "
+              f"Run the same command again to resume.", file=sys.stderr)
+        return 130
+    for i in failed_workers:
+        tail = (logs / f"{name}-worker{i}.log").read_text().strip().splitlines()[-5:]
+        print(f"worker {i} exited with an error:\n  " + "\n  ".join(tail), file=sys.stderr)
+    print()
+    print(_front_table(study))
+    print(f"\nbrowse the runs: kdtrain ui  ->  {tracker.link(exp_id)}")
+    return 1 if failed_workers else 0
+
+
+def _front_table(study) -> str:
+    from kdtrain.search import pareto
+
+    names = study.user_attrs.get("kdtrain.objectives", [f"value{i}" for i in range(len(study.directions))])
+    rows = []
+    for t in sorted(pareto(study), key=lambda t: t.values):
+        row = {"trial": t.number}
+        row.update({n: f"{v:.4g}" for n, v in zip(names, t.values)})
+        row.update({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in t.params.items()})
+        rows.append(row)
+    if not rows:
+        return "no complete trials yet"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return f"pareto front of {study.study_name} ({len(rows)} trials):\n" + _table(rows, cols)
+
+
+def cmd_worker(args) -> int:
+    from kdtrain import search
+
+    ctx = search.open_context(args.study, args.storage, args.tracking_uri, args.threads,
+                              log=lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True))
+    search.work(ctx, args.deadline)
+    print(f"{time.strftime('%H:%M:%S')} worker done", flush=True)
+    return 0
+
+
+def cmd_status(args) -> int:
+    import optuna
+
+    from kdtrain import search
+    from kdtrain.config import KdtrainError, redact
+
+    url = args.storage or search.default_storage()
+    if "://" not in url and not Path(url).exists():
+        raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
+    storage = search.open_storage(url)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    names = [s.study_name for s in summaries if not args.study or s.study_name == args.study]
+    if args.study and not names:
+        raise KdtrainError(f"no study named {args.study!r} in {redact(url)}")
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        c = search.counts(study)
+        target = study.user_attrs.get(search.A_TRIALS, "?")
+        print(f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
+              f"{c['RUNNING']} running, {c['WAITING']} waiting (target {target})")
+        print(_front_table(study))
+        print()
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import os
+    import subprocess
+
+    from kdtrain.config import redact
+    from kdtrain.tracking import default_uri
+
+    uri = args.tracking_uri or default_uri()
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {redact(uri)} at {url}/#/experiments  (Ctrl-C to stop)")
+    print(f"each study opens in the runs view: {url}/#/experiments/<id>/runs?workflowType=machine_learning")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    try:
+        return subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdtrain", description="Knowledge-distillation sweeps: Optuna search, "
                                 "MLflow tracking, accuracy-vs-size reports.")
@@ -111,6 +338,35 @@ def build_parser() -> argparse.ArgumentParser:
     with_sweep("teachers", "train or load the sweep's teacher pool (cached) and print a table").set_defaults(
         func=cmd_teachers)
     with_sweep("train", "distil one student with the sweep file's base settings").set_defaults(func=cmd_train)
+
+    sp = with_sweep("sweep", "run an Optuna study over the sweep's search space; every trial a run in MLflow")
+    sp.add_argument("--trials", type=int, help="trials for the study (default: study.trials)")
+    sp.add_argument("--timeout", help="stop starting trials after this long, e.g. 8h, 30m (default: study.timeout)")
+    sp.add_argument("--workers", type=int, default=1, help="worker processes on this machine (CPU threads split)")
+    sp.add_argument("--study", help="study name (default: study.name)")
+    sp.add_argument("--new-study", action="store_true",
+                    help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings")
+    sp.add_argument("--storage", help="Optuna storage: a journal file (default mlruns/optuna.journal) or an RDB URL")
+    sp.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    sp.set_defaults(func=cmd_sweep)
+
+    wp = sub.add_parser("worker", help="join an existing study (the sweep config is read from the study)")
+    wp.add_argument("--study", required=True)
+    wp.add_argument("--storage", help="Optuna storage of the study (default mlruns/optuna.journal)")
+    wp.add_argument("--tracking-uri", help="MLflow tracking URI")
+    wp.add_argument("--threads", type=int, help="CPU threads for training")
+    wp.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    wp.set_defaults(func=cmd_worker)
+
+    st = sub.add_parser("status", help="each study's trial counts and current Pareto front")
+    st.add_argument("--study")
+    st.add_argument("--storage")
+    st.set_defaults(func=cmd_status)
+
+    up = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the local store")
+    up.add_argument("--port", type=int, default=5000)
+    up.add_argument("--tracking-uri")
+    up.set_defaults(func=cmd_ui)
     return p
 
 

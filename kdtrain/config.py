@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,6 +221,9 @@ SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "hyperband", "none")
 AUGMENTATIONS = ("crop", "flip")
 SEARCH_TYPES = ("float", "int", "categorical", "subset")
+METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95",
+           "throughput")
+"""Metrics every trial records; objectives and constraints name them."""
 
 
 # --------------------------------------------------------------------------- type checks
@@ -289,10 +293,19 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     need(bool(s.name) and "/" not in s.name, f"study.name: must be a non-empty name without '/', got {s.name!r}")
     need(len(s.objectives) > 0, "study.objectives: give at least one metric -> maximize/minimize")
     for metric, direction in s.objectives.items():
+        need(metric in METRICS, f"study.objectives.{metric}: unknown metric (known: {', '.join(METRICS)})")
+        need(metric != "test_accuracy", "study.objectives.test_accuracy: the test split is never optimised on; "
+             "use val_accuracy")
         need(direction in DIRECTIONS, f"study.objectives.{metric}: direction must be maximize or minimize, got {direction!r}")
     need(s.trials >= 1, f"study.trials: must be >= 1, got {s.trials}")
     need(s.sampler in SAMPLERS, f"study.sampler: one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
     need(s.pruner in PRUNERS, f"study.pruner: one of {', '.join(PRUNERS)}, got {s.pruner!r}")
+    for key, bound in s.constraints.items():
+        metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
+        need(key[:4] in ("max_", "min_") and metric in METRICS,
+             f"study.constraints.{key}: use max_<metric> or min_<metric> (e.g. max_params, max_latency_ms)")
+        need(isinstance(bound, (int, float)) and not isinstance(bound, bool),
+             f"study.constraints.{key}: expected a number, got {bound!r}")
     if s.timeout is not None:
         try:
             parse_duration(s.timeout)
@@ -543,3 +556,8 @@ def data_root(cfg: DataConfig) -> Path:
     """Where datasets live: data.root, else $KDTRAIN_DATA, else ~/.cache/kdtrain/data."""
     root = cfg.root or os.environ.get("KDTRAIN_DATA") or "~/.cache/kdtrain/data"
     return Path(root).expanduser().resolve()
+
+
+def redact(url: str) -> str:
+    """Hide a password inside a URL (postgresql://user:***@host/db) before it is printed or logged."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]*@", r"\1***@", str(url))

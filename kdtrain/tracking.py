@@ -1,12 +1,43 @@
-"""The MLflow side: the only module that imports mlflow."""
+"""The MLflow side: the only module that imports mlflow.
+
+Naming contract (see DESIGN.md): experiment = study name, one parent run per
+study (tag kdtrain.role=sweep), a child run per trial (``trial-<n>``), per
+teacher (``teacher-<name>``) and per no-teacher baseline
+(``baseline-<arch>-w<width>``); params under their dotted names; per-epoch
+metrics with step = epoch; run status mirrors the trial.
+"""
 
 from __future__ import annotations
 
-from kdtrain.config import KdtrainError
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from kdtrain.config import KdtrainError, home, redact
+
+ROLE = "kdtrain.role"
+RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
+def _quiet() -> None:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="mlflow")
+    warnings.filterwarnings("ignore", message=".*noload.*")
+
+
+def default_uri() -> str:
+    """MLFLOW_TRACKING_URI, else SQLite under kdtrain's home (absolute path)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
 
 
 def load_state_dict(uri: str) -> dict:
     """State dict of a PyTorch model logged to MLflow (runs:/..., models:/...)."""
+    _quiet()
     import mlflow.pytorch
 
     try:
@@ -14,3 +45,101 @@ def load_state_dict(uri: str) -> dict:
     except Exception as e:  # mlflow raises many types for a bad URI; report it as one message
         raise KdtrainError(f"could not load the MLflow model {uri}: {str(e).splitlines()[0][:300]}") from None
     return model.state_dict()
+
+
+class Tracker:
+    """Explicit-run-id logging through MlflowClient (safe across worker processes)."""
+
+    def __init__(self, uri: str | None = None):
+        _quiet()
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or default_uri()
+        self.local = self.uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ
+        if self.uri.startswith("sqlite:"):
+            Path(self.uri.split("sqlite:///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+        except Exception as e:
+            raise KdtrainError(f"cannot open the MLflow store {redact(self.uri)}: {str(e).splitlines()[0][:300]}") \
+                from None
+
+    # ------------------------------------------------------------------ experiment and runs
+    def experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        loc = (home() / "artifacts" / name).as_uri() if self.local else None
+        try:
+            exp_id = self.client.create_experiment(name, artifact_location=loc)
+        except Exception:  # another worker created it first
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+        # MLflow 3 opens experiments in its GenAI view; a training sweep belongs in the runs view.
+        self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+        return exp_id
+
+    def link(self, exp_id: str, server: str | None = None) -> str:
+        base = server or (self.uri if self.uri.startswith("http") else DEFAULT_UI)
+        return f"{base.rstrip('/')}/{RUNS_VIEW.format(id=exp_id)}"
+
+    def find(self, exp_id: str, tags: dict[str, str]) -> list:
+        """Runs of an experiment whose tags equal the given values."""
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([exp_id], filter_string=flt, max_results=1000)
+
+    def start(self, exp_id: str, name: str, role: str, parent_id: str | None = None,
+              tags: dict | None = None, params: dict | None = None) -> str:
+        all_tags = {ROLE: role, **(tags or {})}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, history: list | None = None) -> None:
+        """Final metrics (no step) and per-epoch history (step = epoch) in a few batched writes."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        for s in history or []:
+            for key in ("train_loss", "kd_loss", "ce_loss", "val_accuracy"):
+                items.append(Metric(key, float(getattr(s, key)), now, s.epoch))
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_file(self, run_id: str, path: str | Path) -> None:
+        self.client.log_artifact(run_id, str(path))
+
+    def log_state_dict(self, run_id: str, state: dict, name: str = "model.pt") -> None:
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / name
+            torch.save(state, p)
+            self.client.log_artifact(run_id, str(p))
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
