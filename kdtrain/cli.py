@@ -110,7 +110,7 @@ class SweepProgress:
     def __init__(self, study_name: str, storage_url: str, target: int, objectives: dict, stream=sys.stdout):
         self.study_name, self.storage_url, self.target, self.objectives = study_name, storage_url, target, objectives
         self.stream, self.tty = stream, stream.isatty()
-        self.start, self.last = time.time(), None
+        self.start, self.last, self.printed = time.time(), None, 0.0
         self.done0 = None
 
     def line(self) -> str:
@@ -130,21 +130,23 @@ class SweepProgress:
         new = done - self.done0
         eta = _fmt_seconds(elapsed / new * max(0, self.target - done)) if new > 0 else "?"
         best_text = f"best {metric} {best:.4f}" if best is not None else f"best {metric} -"
-        return (f"trials {done}/{self.target} (complete {c['COMPLETE']}, pruned {c['PRUNED']}, "
-                f"failed {c['FAIL']}, running {c['RUNNING']})  {best_text}  "
-                f"elapsed {_fmt_seconds(elapsed)}  ETA {eta}")
+        state = (f"trials {done}/{self.target} (complete {c['COMPLETE']}, pruned {c['PRUNED']}, "
+                 f"failed {c['FAIL']}, running {c['RUNNING']})  {best_text}")
+        return state, f"{state}  elapsed {_fmt_seconds(elapsed)}  ETA {eta}"
 
     def update(self, final: bool = False) -> None:
         try:
-            text = self.line()
+            state, text = self.line()
         except Exception:  # a read racing a writer: try again on the next tick
             return
         if self.tty:
             self.stream.write("\r\033[K" + text + ("\n" if final else ""))
             self.stream.flush()
-        elif text != self.last or final:
+        elif state != self.last or final or time.time() - self.printed > 300:
+            # a log file gets a line per change (and one every 5 minutes while a long trial runs)
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", file=self.stream, flush=True)
-        self.last = text
+            self.printed = time.time()
+        self.last = state
 
 
 def _monitor(progress: SweepProgress, stop, every: float = 2.0) -> None:

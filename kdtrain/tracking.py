@@ -24,6 +24,8 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 
 
 def _quiet() -> None:
+    import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them afterwards)
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
@@ -55,9 +57,12 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_uri()
-        self.local = self.uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ
-        if self.uri.startswith("sqlite:"):
-            Path(self.uri.split("sqlite:///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        # a local SQLite store keeps its artifacts beside the database (absolute; not the cwd's ./mlruns)
+        self.artifacts = None
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri[len("sqlite:///"):]).resolve()
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self.artifacts = db.parent / "artifacts"
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
         except Exception as e:
@@ -69,7 +74,7 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        loc = (home() / "artifacts" / name).as_uri() if self.local else None
+        loc = (self.artifacts / name).as_uri() if self.artifacts else None
         try:
             exp_id = self.client.create_experiment(name, artifact_location=loc)
         except Exception:  # another worker created it first

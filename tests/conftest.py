@@ -15,6 +15,8 @@ torch.set_num_threads(1)  # the suite runs on small CPUs; one thread keeps runs 
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
     """Every test gets its own kdtrain home (store and caches) and data root."""
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; keep it from leaking into later tests' subprocesses
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("KDTRAIN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KDTRAIN_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)

@@ -1,0 +1,236 @@
+"""Sweeps end to end: real Optuna journal storage, real MLflow SQLite store, real subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from kdtrain import config, models, search
+from kdtrain.config import KdtrainError
+from kdtrain.tracking import Tracker
+
+from conftest import TINY_SWEEP, run_cli
+
+SEARCH = """
+search:
+  kd.temperature: {type: float, low: 1, high: 20, log: true}
+  kd.alpha: {type: float, low: 0, high: 1}
+  student.width: {type: int, low: 2, high: 16, log: true}
+  kd.teachers: {type: subset, of: [big, conv]}
+  kd.ensemble: {type: categorical, choices: [mean_probs, mean_logits, mean_kl]}
+"""
+
+
+def write_sweep(folder: Path, extra: str = SEARCH, name="tiny.yaml", **subs) -> Path:
+    text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(extra)
+    text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
+                                                "params: minimize}, trials: 3}")
+    for a, b in subs.items():
+        text = text.replace(a, b)
+    p = folder / name
+    p.write_text(text)
+    return p
+
+
+def mlflow_runs(home: Path, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def load_study(home: Path, name="tiny"):
+    return optuna.load_study(study_name=name, storage=search.open_storage(str(home / "optuna.journal")))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One real 3-trial sweep on synthetic data, shared by the contract tests."""
+    root = tmp_path_factory.mktemp("sweep")
+    home = root / "home"
+    env = {"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(root / "data")}
+    p = write_sweep(root)
+    r = run_cli("sweep", p, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return home, r, env
+
+
+def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
+    home, r, _ = swept
+    study = load_study(home)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3 and len(study.trials) == 3
+    # the first trial is the sweep file's base settings
+    first = study.trials[0].params
+    assert first["kd.temperature"] == 4.0 and first["kd.alpha"] == 0.7 and first["student.width"] == 8
+    assert first["kd.teachers"] == "big" and first["kd.ensemble"] == "mean_probs"
+
+    df = mlflow_runs(home, "tiny")
+    roles = df["tags.kdtrain.role"].value_counts().to_dict()
+    assert roles["sweep"] == 1 and roles["student"] == 3 and roles["teacher"] == 2
+    widths = {t.params["student.width"] for t in complete}
+    assert roles["baseline"] == len(widths)
+    assert set(df[df["tags.kdtrain.role"] == "baseline"]["params.student.width"]) == {str(w) for w in widths}
+    assert (df["status"] == "FINISHED").all()
+
+    parent = df[df["tags.kdtrain.role"] == "sweep"].run_id.iloc[0]
+    children = df[df["tags.kdtrain.role"] != "sweep"]
+    assert (children["tags.mlflow.parentRunId"] == parent).all()
+
+    trials = df[df["tags.kdtrain.role"] == "student"].set_index("tags.mlflow.runName")
+    assert sorted(trials.index) == ["trial-0", "trial-1", "trial-2"]
+    for t in complete:
+        row = trials.loc[f"trial-{t.number}"]
+        assert row.run_id == t.user_attrs["mlflow_run_id"]
+        assert row["tags.optuna.study"] == "tiny" and row["tags.optuna.trial"] == str(t.number)
+        assert row["tags.optuna.state"] == "COMPLETE"
+        assert float(row["params.kd.temperature"]) == pytest.approx(t.params["kd.temperature"])
+        assert row["params.kd.teachers"] == t.params["kd.teachers"]
+        assert row["metrics.val_accuracy"] == pytest.approx(t.values[0])
+        assert row["metrics.params"] == t.values[1]
+        for m in ("test_accuracy", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95", "throughput",
+                  "train_loss", "kd_loss", "ce_loss"):
+            assert row[f"metrics.{m}"] == row[f"metrics.{m}"], m  # present, not NaN
+    for _, row in df[df["tags.kdtrain.role"].isin(["teacher", "baseline"])].iterrows():
+        assert row["metrics.val_accuracy"] > 0 and row["metrics.params"] > 0 and row["metrics.latency_ms_p50"] > 0
+
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
+    exp = tracker.client.get_experiment_by_name("tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run0 = trials.loc["trial-0"].run_id
+    history = tracker.client.get_metric_history(run0, "val_accuracy")
+    assert sorted(m.step for m in history if m.step > 0) == [1, 2, 3, 4]
+    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in r.stdout
+
+
+def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):
+    import yaml
+
+    from kdtrain import data
+
+    home, _, _ = swept
+    study = load_study(home)
+    t = study.trials[1]
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
+    folder = Path(tracker.client.download_artifacts(t.user_attrs["mlflow_run_id"], "", str(tmp_path)))
+    cfg = config.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    assert cfg.student.width == t.params["student.width"]
+    ds = data.load(cfg.data)
+    model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
+    model.load_state_dict(torch.load(folder / "student.pt", weights_only=True))
+    from kdtrain.train import accuracy
+
+    assert accuracy(model, ds.x_val, ds.y_val) == pytest.approx(t.values[0])
+
+
+def test_optuna_cli_reads_the_journal(swept):
+    home, _, _ = swept
+    out = subprocess.run([str(Path(sys.executable).parent / "optuna"), "trials", "--study-name", "tiny",
+                          "--storage", str(home / "optuna.journal"), "-f", "json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows)
+
+
+def test_status_prints_counts_and_front(swept):
+    home, _, env = swept
+    r = run_cli("status", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "study tiny: 3 complete, 0 pruned, 0 failed" in r.stdout
+    assert "pareto front of tiny" in r.stdout and "val_accuracy" in r.stdout
+
+
+def test_rerun_of_a_finished_study_runs_nothing_more(swept):
+    home, _, env = swept
+    r = run_cli("sweep", write_sweep(home.parent, name="again.yaml"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "3/3 trials done" in r.stdout
+    assert len(load_study(home).trials) == 3
+
+
+def test_changed_search_space_is_refused_unless_new_study(tmp_path):
+    p = write_sweep(tmp_path)
+    cfg = config.load(p)
+    storage = search.open_storage(str(tmp_path / "j.journal"))
+    search.create_or_open(cfg, storage, "tiny", 3)
+    changed = config.load(write_sweep(tmp_path, name="b.yaml", **{"high: 20": "high: 30"}))
+    with pytest.raises(KdtrainError, match="different search space.*kd.temperature|different search space"):
+        search.create_or_open(changed, storage, "tiny", 3)
+    assert search.free_name(storage, "tiny") == "tiny-v2"
+    # through the command line: exit code 1, one message, nothing trained
+    env = {"KDTRAIN_HOME": str(tmp_path / "h")}
+    run = lambda f, *a: run_cli("sweep", f, "--trials", "1", *a, env=env)  # noqa: E731
+    assert run(p).returncode == 0
+    r = run(tmp_path / "b.yaml")
+    assert r.returncode == 1 and "different search space" in r.stderr and "--new-study" in r.stderr
+    assert "Traceback" not in r.stderr and "training" not in r.stdout
+    r = run(tmp_path / "b.yaml", "--new-study")
+    assert r.returncode == 0 and "study tiny-v2" in r.stdout
+
+
+def test_diverging_trial_fails_with_reason_and_study_goes_on(tmp_path):
+    extra = SEARCH + "  train.lr: {type: float, low: 0.001, high: 0.05, log: true}\n"
+    cfg = config.load(write_sweep(tmp_path, extra))
+    storage = search.open_storage(str(tmp_path / "j.journal"))
+    study = search.create_or_open(cfg, storage, "nan", 2)
+    study.enqueue_trial({"train.lr": 1e30})  # adam at this lr sends the weights to inf: the loss is NaN
+    ctx = search.open_context("nan", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    search.work(ctx)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 2 and states[1] == "FAIL"
+    bad = study.trials[1]
+    assert "diverged" in bad.user_attrs["fail_reason"]
+    run = ctx.tracker.client.get_run(bad.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["fail_reason"]
+    assert run.data.tags["optuna.state"] == "FAIL"
+
+
+def test_kill_9_then_rerun_resumes(tmp_path):
+    """kill -9 of the whole sweep mid-trial; the same command again finishes the study."""
+    p = write_sweep(tmp_path, **{"size: 400": "size: 3000", "epochs: 4,": "epochs: 40,", "trials: 3": "trials: 3"})
+    env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    journal = tmp_path / "home" / "optuna.journal"
+    victim = None
+    deadline = time.time() + 240
+    while time.time() < deadline and victim is None:
+        time.sleep(0.3)
+        if not journal.exists():
+            continue
+        try:
+            study = load_study(tmp_path / "home")
+        except KeyError:
+            continue
+        running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                   if "mlflow_run_id" in t.user_attrs]
+        if running:
+            victim = running[0]
+    assert victim is not None, "no trial started in time"
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, no chance to clean up
+    proc.wait()
+
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "interrupted trial(s) failed and re-queued" in r.stdout
+    study = load_study(tmp_path / "home")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3
+    failed = study.trials[victim.number]
+    assert failed.state.name == "FAIL" and "interrupted" in failed.user_attrs["fail_reason"]
+    requeued = [t for t in study.trials if t.user_attrs.get("kdtrain.requeued_from") == victim.number]
+    assert len(requeued) == 1 and requeued[0].params == victim.params and requeued[0].state.name == "COMPLETE"
+    df = mlflow_runs(tmp_path / "home", "tiny")
+    assert not (df["status"] == "RUNNING").any()
+    assert df.set_index("run_id").loc[victim.user_attrs["mlflow_run_id"], "status"] == "KILLED"
+    assert (df[df["tags.kdtrain.role"] == "student"]["status"] != "RUNNING").all()
