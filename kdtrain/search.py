@@ -188,14 +188,13 @@ def study_config(study: optuna.Study) -> Config:
 
 
 def make_sampler(cfg: Config):
+    # Constraints reach the samplers through trial.set_constraint (Optuna 5), not constraints_func.
     s = cfg.study
-    constraints = _constraints_func if s.constraints else None
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=s.seed)
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed, constraints_func=constraints,
-                                      multivariate=True, group=True)
+    return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
 
 
 def make_pruner(cfg: Config):
@@ -206,17 +205,13 @@ def make_pruner(cfg: Config):
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.train.epochs // 5))
 
 
-def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return trial.user_attrs.get("kdtrain.constraints", [0.0])
-
-
-def constraint_values(constraints: dict, metrics: dict) -> list[float]:
+def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
     """<= 0 when satisfied: metric - bound for max_<metric> (max_latency_ms is latency_ms_p50)."""
-    out = []
+    out = {}
     for key, bound in constraints.items():
         metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
-        out.append(float(metrics[metric]) - float(bound) if key.startswith("max_")
-                   else float(bound) - float(metrics[metric]))
+        out[key] = (float(metrics[metric]) - float(bound) if key.startswith("max_")
+                    else float(bound) - float(metrics[metric]))
     return out
 
 
@@ -375,8 +370,8 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> list[float]:
     baseline = ensure_baseline(ctx, tcfg)
     metrics["baseline_val_accuracy"] = baseline["val_accuracy"]
     metrics["kd_gain"] = r.val_accuracy - baseline["val_accuracy"]
-    if ctx.cfg.study.constraints:
-        trial.set_user_attr("kdtrain.constraints", constraint_values(ctx.cfg.study.constraints, metrics))
+    for key, value in constraint_values(ctx.cfg.study.constraints, metrics).items():
+        trial.set_constraint(key, value)
     for k in METRICS:
         trial.set_user_attr(k, metrics[k])
     ctx.tracker.log_metrics(run_id, metrics, history)

@@ -234,3 +234,72 @@ def test_kill_9_then_rerun_resumes(tmp_path):
     assert not (df["status"] == "RUNNING").any()
     assert df.set_index("run_id").loc[victim.user_attrs["mlflow_run_id"], "status"] == "KILLED"
     assert (df[df["tags.kdtrain.role"] == "student"]["status"] != "RUNNING").all()
+
+
+def test_single_objective_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path):
+    text = SEARCH + "  train.lr: {type: float, low: 0.001, high: 0.05, log: true}\n"
+    p = write_sweep(tmp_path, text, **{"objectives: {val_accuracy: maximize, params: minimize}":
+                                       "objectives: {val_accuracy: maximize}, pruner: median",
+                                       "epochs: 4,": "epochs: 10,"})
+    cfg = config.load(p)
+    storage = search.open_storage(str(tmp_path / "j.journal"))
+    study = search.create_or_open(cfg, storage, "prune", 5)
+    for _ in range(3):  # the median pruner's start-up trials: good runs
+        study.enqueue_trial(search.base_params(cfg))
+    study.enqueue_trial({**search.base_params(cfg), "train.lr": 1e-7})  # learns nothing: below the median
+    ctx = search.open_context("prune", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    search.work(ctx)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert [t.number for t in pruned] == [4]
+    assert len(pruned[0].intermediate_values) < 10  # stopped before the last epoch
+    run = ctx.tracker.client.get_run(pruned[0].user_attrs["mlflow_run_id"])
+    assert run.data.tags["optuna.state"] == "PRUNED" and "pruned at epoch" in run.data.tags["prune_reason"]
+    assert run.info.status == "FINISHED"
+
+
+def test_constraints_reach_the_sampler(tmp_path):
+    p = write_sweep(tmp_path, SEARCH + "", **{"trials: 3}": "trials: 2, constraints: {max_params: 150}}"})
+    cfg = config.load(p)
+    assert isinstance(search.make_sampler(cfg), optuna.samplers.TPESampler)
+    storage = search.open_storage(str(tmp_path / "j.journal"))
+    study = search.create_or_open(cfg, storage, "constrained", 2)
+    ctx = search.open_context("constrained", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    search.work(ctx)
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert t.constraints == {"max_params": t.values[1] - 150}
+
+
+def test_nsga2_is_selectable(tmp_path):
+    cfg = config.load(write_sweep(tmp_path, SEARCH, **{"trials: 3}": "trials: 3, sampler: nsga2}"}))
+    assert isinstance(search.make_sampler(cfg), optuna.samplers.NSGAIISampler)
+
+
+def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
+    p = write_sweep(tmp_path, **{"size: 400": "size: 3000", "epochs: 4,": "epochs: 60,"})
+    env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline, victim = time.time() + 240, None
+    while time.time() < deadline and victim is None:
+        time.sleep(0.3)
+        try:
+            study = load_study(tmp_path / "home")
+        except (KeyError, FileNotFoundError):
+            continue
+        running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                   if "mlflow_run_id" in t.user_attrs]
+        victim = running[0] if running else None
+    assert victim is not None
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Run the same command again to resume" in err and "Traceback" not in err
+    study = load_study(tmp_path / "home")
+    failed = study.trials[victim.number]
+    assert failed.state.name == "FAIL" and "Ctrl-C" in failed.user_attrs["fail_reason"]
+    assert [t.user_attrs.get("kdtrain.requeued_from") for t in study.get_trials(
+        states=(optuna.trial.TrialState.WAITING,))] == [victim.number]
+    df = mlflow_runs(tmp_path / "home", "tiny")
+    status = df.set_index("run_id")["status"]
+    assert status[victim.user_attrs["mlflow_run_id"]] == "KILLED"
+    assert not (df["status"] == "RUNNING").any()
