@@ -275,6 +275,9 @@ def cmd_worker(args) -> int:
 
     ctx = search.open_context(args.study, args.storage, args.tracking_uri, args.threads,
                               log=lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True))
+    recovered = search.recover(ctx.study, ctx.tracker)
+    if recovered:
+        print(f"interrupted trial(s) {recovered} failed and re-queued", flush=True)
     search.work(ctx, args.deadline)
     print(f"{time.strftime('%H:%M:%S')} worker done", flush=True)
     return 0

@@ -256,13 +256,14 @@ def recover(study: optuna.Study, tracker: Tracker | None) -> list[int]:
     """Fail the RUNNING trials whose worker on this host is gone (kill -9, power loss)."""
     host = socket.gethostname()
     recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, t_host = t.user_attrs.get("kdtrain.pid"), t.user_attrs.get("kdtrain.host")
-        if t_host not in (None, host) or (pid is not None and pid != os.getpid() and _pid_alive(pid)):
-            continue
-        fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial finished",
-                   tracker)
-        recovered.append(t.number)
+    with file_lock(f"ask-{study.study_name}"):  # no trial is between ask and its pid attribute meanwhile
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid, t_host = t.user_attrs.get("kdtrain.pid"), t.user_attrs.get("kdtrain.host")
+            if t_host not in (None, host) or (pid is not None and pid != os.getpid() and _pid_alive(pid)):
+                continue
+            fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial "
+                       "finished", tracker)
+            recovered.append(t.number)
     return recovered
 
 
@@ -343,8 +344,6 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
 def run_trial(ctx: Context, trial: optuna.Trial) -> list[float]:
     values = suggest(trial, ctx.cfg.search)
     tcfg = config.replace(ctx.cfg, values)
-    trial.set_user_attr("kdtrain.host", socket.gethostname())
-    trial.set_user_attr("kdtrain.pid", os.getpid())
     tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
             "mlflow.note.content": describe(tcfg)}
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
@@ -394,12 +393,17 @@ def work(ctx: Context, deadline: float | None = None) -> None:
             c = counts(study)
             if c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] >= target:
                 return
-            if c["FAIL"] > max(5, target):
-                raise KdtrainError(f"study {study.study_name!r}: {c['FAIL']} failed trials; stopping "
-                                   "(see fail_reason in `kdtrain status` / the MLflow runs)")
+            errors = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                      if not t.user_attrs.get("kdtrain.interrupted")]
+            if len(errors) > max(5, target):  # a broken setting, not bad luck: stop instead of looping
+                raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. "
+                                   f"Last reason: {errors[-1].user_attrs.get('fail_reason', '?').splitlines()[0]}")
             if deadline is not None and time.time() >= deadline:
                 return
             trial = study.ask()
+            # who runs it, set before the lock is released: recover() (under the same lock) trusts these
+            trial.set_user_attr("kdtrain.host", socket.gethostname())
+            trial.set_user_attr("kdtrain.pid", os.getpid())
         run_id = None
         try:
             values = run_trial(ctx, trial)
