@@ -164,6 +164,26 @@ class KDConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    backend: str = "eager"
+    """Runtime the latency is measured in: eager (PyTorch) or onnxruntime (the exported model; kdtrain[onnx])."""
+    device: str = "cpu"
+    """cpu (an edge core), cuda, or auto (CUDA when present)."""
+    threads: int = 1
+    """CPU threads during measurement (1, like an edge core)."""
+    throughput_batch: int = 256
+    """Batch size of the throughput measurement."""
+    blocks: int = 5
+    """Timing blocks; their spread is latency_cv."""
+    calls: int = 40
+    """Batch-1 calls per block."""
+    warmup: int = 20
+    """Untimed calls first."""
+    max_cv: float = 0.15
+    """Block spread above which a measurement is flagged noisy (latency_noisy = 1)."""
+
+
+@dataclass(frozen=True)
 class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -171,6 +191,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kd: KDConfig = field(default_factory=KDConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     search: dict = field(default_factory=dict)
     source: str = ""
     """Path of the sweep file (informational)."""
@@ -197,7 +218,7 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value for the scalar settings (what MLflow logs as params)."""
         out = {}
-        for section in ("data", "student", "train", "kd"):
+        for section in ("data", "student", "train", "kd", "profile"):
             for k, v in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{k}"] = v
         return out
@@ -209,6 +230,7 @@ SECTIONS = {
     "student": StudentConfig,
     "train": TrainConfig,
     "kd": KDConfig,
+    "profile": ProfileConfig,
 }
 TOP_LEVEL = set(SECTIONS) | {"teachers", "search"}
 
@@ -221,6 +243,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "hyperband", "none")
 AUGMENTATIONS = ("crop", "flip")
 SEARCH_TYPES = ("float", "int", "categorical", "subset")
+BACKENDS = ("eager", "onnxruntime")
 METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95",
            "throughput")
 """Metrics every trial records; objectives and constraints name them."""
@@ -367,6 +390,19 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
              f"kd.weights: must be non-negative numbers with a positive sum, got {kd.weights}")
     need(kd.alpha == 0 or bool(cfg.teachers), "kd.alpha: > 0 needs at least one teacher under teachers:")
 
+    pr = cfg.profile
+    need(pr.backend in BACKENDS, f"profile.backend: one of {', '.join(BACKENDS)}, got {pr.backend!r}")
+    if pr.backend == "onnxruntime":
+        import importlib.util
+
+        need(importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None,
+             "profile.backend: onnxruntime is not installed (pip install 'kdtrain[onnx]')")
+    need(pr.device in ("cpu", "cuda", "auto"), f"profile.device: cpu, cuda or auto, got {pr.device!r}")
+    for k in ("threads", "throughput_batch", "blocks", "calls"):
+        need(getattr(pr, k) >= 1, f"profile.{k}: must be >= 1, got {getattr(pr, k)}")
+    need(pr.warmup >= 0, f"profile.warmup: must be >= 0, got {pr.warmup}")
+    need(pr.max_cv > 0, f"profile.max_cv: must be > 0, got {pr.max_cv}")
+
     _check_search(cfg, names, problems)
 
 
@@ -375,7 +411,7 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
     for key, spec in cfg.search.items():
         where = f"search.{key}"
         if key not in flat:
-            problems.append(f"{where}: not a setting of the sweep file (searchable: data.*, student.*, train.*, kd.*)")
+            problems.append(f"{where}: not a setting of the sweep file (searchable: data.*, student.*, train.*, kd.*, profile.*)")
             continue
         if not isinstance(spec, dict) or "type" not in spec:
             problems.append(f"{where}: expected a mapping with a type ({', '.join(SEARCH_TYPES)})")

@@ -35,6 +35,8 @@ class Dataset:
     """Per-channel mean subtracted from raw inputs (for deployment cards)."""
     std: list[float]
     """Per-channel std the centred inputs were divided by."""
+    scale: float = 1.0
+    """Raw inputs (pixels 0-255, ...) are multiplied by this before normalisation."""
 
     def to(self, device: torch.device | str) -> "Dataset":
         fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -194,6 +196,9 @@ def _cifar100(cfg: DataConfig):
 
 # --------------------------------------------------------------------------- assembly
 
+RAW_SCALE = {"digits": 1 / 16, "mnist": 1 / 255, "fashion_mnist": 1 / 255, "cifar10": 1 / 255, "cifar100": 1 / 255}
+"""What each loader multiplied raw values by (for deployment cards)."""
+
 
 def load(cfg: DataConfig) -> Dataset:
     """Load a dataset, carve the validation split, normalise with train statistics."""
@@ -220,7 +225,7 @@ def load(cfg: DataConfig) -> Dataset:
         x_val=norm(x_val), y_val=torch.from_numpy(y_val),
         x_test=norm(x_test), y_test=torch.from_numpy(y_test),
         input_shape=tuple(x.shape[1:]), num_classes=len(names), class_names=list(names),
-        mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist(),
+        mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist(), scale=RAW_SCALE.get(cfg.name, 1.0),
     )
 
 

@@ -22,9 +22,9 @@ def make_distill(cfg: Config, pool: dict[str, Teacher]) -> Distill | None:
 
 
 def distill_student(cfg: Config, data: Dataset, pool: dict[str, Teacher],
-                    on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
+                    on_epoch: Callable[[EpochStats], None] | None = None, epoch_guard=None) -> TrainResult:
     """Build the student of cfg (seeded) and train it against cfg.kd's teachers."""
     seed_all(cfg.train.seed)
     student = models.from_config(cfg.student, data.input_shape, data.num_classes)
     return train(student, data, cfg.train, distill=make_distill(cfg, pool),
-                 augment_kinds=cfg.data.augment, on_epoch=on_epoch)
+                 augment_kinds=cfg.data.augment, on_epoch=on_epoch, epoch_guard=epoch_guard)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import itertools
 import json
@@ -29,7 +28,8 @@ from optuna.trial import TrialState
 
 from kdtrain import config, data, models
 from kdtrain.config import METRICS, Config, KdtrainError, home, redact
-from kdtrain.profile import profile
+from kdtrain.locks import cpu_room, file_lock
+from kdtrain.profile import model_identity, profile
 from kdtrain.run import distill_student
 from kdtrain.teachers import Teacher, load_pool
 from kdtrain.tracking import Tracker
@@ -63,19 +63,6 @@ def open_storage(url: str | None = None):
     path = Path(url).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-@contextlib.contextmanager
-def file_lock(name: str):
-    """A lock shared by the processes of this machine (asks, baselines, teacher runs)."""
-    path = home() / "locks" / f"{hashlib.sha1(name.encode()).hexdigest()[:16]}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- search space
@@ -288,10 +275,6 @@ def student_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _model_key(m) -> tuple:
-    return (m.arch, m.width, m.depth, tuple(m.hidden or ()), m.dropout)
-
-
 def _flat_params(cfg: Config) -> dict:
     flat = cfg.flat()
     flat["kd.teachers"] = "+".join(cfg.kd_teachers)
@@ -307,7 +290,8 @@ def ensure_teacher_runs(ctx: Context) -> None:
             run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
                                     tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source},
                                     params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
-            metrics = profile(t.model, ctx.ds.input_shape, key=("teacher",) + _model_key(t.config))
+            metrics = profile(t.model, ctx.ds.input_shape, ctx.cfg.profile,
+                              model_identity(t.config, ctx.ds.num_classes), ctx.log)
             metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
             ctx.tracker.log_metrics(run, metrics)
             ctx.tracker.end(run)
@@ -323,8 +307,9 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
         else:
             ctx.log(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher")
             base = config.replace(cfg, {"kd.alpha": 0.0})
-            r = distill_student(base, ctx.ds, {})
-            metrics = profile(r.model, ctx.ds.input_shape, key=("student",) + _model_key(cfg.student))
+            r = distill_student(base, ctx.ds, {}, epoch_guard=cpu_room)
+            metrics = profile(r.model, ctx.ds.input_shape, cfg.profile,
+                              model_identity(cfg.student, ctx.ds.num_classes), ctx.log)
             metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
             result = {"metrics": metrics, "history": [dataclasses.asdict(h) for h in r.history]}
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,11 +345,12 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> list[float]:
                 raise optuna.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
 
     try:
-        r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch)
+        r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch, epoch_guard=cpu_room)
     except BaseException:
         ctx.tracker.log_metrics(run_id, {}, history)  # keep the partial curves
         raise
-    metrics = profile(r.model, ctx.ds.input_shape, key=("student",) + _model_key(tcfg.student))
+    metrics = profile(r.model, ctx.ds.input_shape, tcfg.profile, model_identity(tcfg.student, ctx.ds.num_classes),
+                      ctx.log)
     metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
     baseline = ensure_baseline(ctx, tcfg)
     metrics["baseline_val_accuracy"] = baseline["val_accuracy"]
@@ -374,7 +360,7 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> list[float]:
     for k in METRICS:
         trial.set_user_attr(k, metrics[k])
     ctx.tracker.log_metrics(run_id, metrics, history)
-    ctx.tracker.log_state_dict(run_id, r.model.state_dict(), "student.pt")
+    ctx.tracker.log_state_dict(run_id, r.model.state_dict(), "model.pt")
     ctx.tracker.log_text(run_id, yaml.safe_dump(tcfg.to_dict(), sort_keys=False), "config.yaml")
     return [metrics[m] for m in ctx.cfg.study.objectives]
 

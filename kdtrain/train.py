@@ -134,9 +134,11 @@ def lr_factor(step: int, total: int, schedule: str) -> float:
 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill | None = None,
           augment_kinds: list[str] | tuple = (), on_epoch: Callable[[EpochStats], None] | None = None,
-          epochs: int | None = None, lr: float | None = None) -> TrainResult:
+          epochs: int | None = None, lr: float | None = None,
+          epoch_guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> TrainResult:
     """Train ``model`` on ``data``; with ``distill``, against its teachers. Returns the trained model
-    and its val/test accuracy. ``on_epoch`` may raise to stop the run (e.g. pruning)."""
+    and its val/test accuracy. ``on_epoch`` may raise to stop the run (e.g. pruning); ``epoch_guard``
+    is entered around each epoch (sweeps use it to keep latency measurements off busy cores)."""
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     epochs = epochs or cfg.epochs
@@ -163,38 +165,40 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
     history: list[EpochStats] = []
     start = time.perf_counter()
     step = 0
+    guard = epoch_guard or contextlib.nullcontext
     for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        sums = torch.zeros(3, device=device)  # loss, kd, ce: summed on device, read once per epoch
-        perm = torch.randperm(n, generator=gen).to(device)
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
-            x, y = data.x_train[idx], data.y_train[idx]
-            batch_target = None
-            if augment_kinds:
-                x = augment(x, list(augment_kinds), gen)
-            if teacher_models is not None:
-                with torch.no_grad(), autocast(device, cfg.bf16):
-                    t_logits = torch.stack([t(x).float() for t in teacher_models])
-                batch_target = soft_targets(t_logits, distill.temperature, distill.ensemble, distill.weights)
-            elif target is not None:
-                batch_target = (target[0][idx], target[1][idx])
-            for g in opt.param_groups:
-                g["lr"] = peak_lr * lr_factor(step, total_steps, cfg.schedule)
-            with autocast(device, cfg.bf16):
-                logits = model(x)
-            loss, kd, ce = kd_loss(logits.float(), y, batch_target,
-                                   distill.temperature if distill else 1.0, distill.alpha if distill else 0.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach(), kd.detach(), ce.detach()])
-            step += 1
-        loss_m, kd_m, ce_m = (sums / max(1, steps_per_epoch)).tolist()  # one sync per epoch
-        if not math.isfinite(loss_m):
-            raise DivergedError(epoch, loss_m)
-        val_acc = accuracy(model, data.x_val, data.y_val, cfg.eval_batch_size, cfg.bf16)
+        with guard():
+            t0 = time.perf_counter()
+            model.train()
+            sums = torch.zeros(3, device=device)  # loss, kd, ce: summed on device, read once per epoch
+            perm = torch.randperm(n, generator=gen).to(device)
+            for i in range(steps_per_epoch):
+                idx = perm[i * bs:(i + 1) * bs]
+                x, y = data.x_train[idx], data.y_train[idx]
+                batch_target = None
+                if augment_kinds:
+                    x = augment(x, list(augment_kinds), gen)
+                if teacher_models is not None:
+                    with torch.no_grad(), autocast(device, cfg.bf16):
+                        t_logits = torch.stack([t(x).float() for t in teacher_models])
+                    batch_target = soft_targets(t_logits, distill.temperature, distill.ensemble, distill.weights)
+                elif target is not None:
+                    batch_target = (target[0][idx], target[1][idx])
+                for g in opt.param_groups:
+                    g["lr"] = peak_lr * lr_factor(step, total_steps, cfg.schedule)
+                with autocast(device, cfg.bf16):
+                    logits = model(x)
+                loss, kd, ce = kd_loss(logits.float(), y, batch_target,
+                                       distill.temperature if distill else 1.0, distill.alpha if distill else 0.0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums += torch.stack([loss.detach(), kd.detach(), ce.detach()])
+                step += 1
+            loss_m, kd_m, ce_m = (sums / max(1, steps_per_epoch)).tolist()  # one sync per epoch
+            if not math.isfinite(loss_m):
+                raise DivergedError(epoch, loss_m)
+            val_acc = accuracy(model, data.x_val, data.y_val, cfg.eval_batch_size, cfg.bf16)
         stats = EpochStats(epoch, epochs, loss_m, kd_m, ce_m, val_acc, opt.param_groups[0]["lr"],
                            time.perf_counter() - t0)
         history.append(stats)

@@ -16,7 +16,9 @@ torch.set_num_threads(1)  # the suite runs on small CPUs; one thread keeps runs 
 def isolated_store(tmp_path, monkeypatch):
     """Every test gets its own kdtrain home (store and caches) and data root."""
     # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; keep it from leaking into later tests' subprocesses
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # (setenv first so that the undo removes a value mlflow sets during the test)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("KDTRAIN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KDTRAIN_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
@@ -45,6 +47,7 @@ def tiny_sweep(tmp_path):
 
 def run_cli(*args, env=None, timeout=300):
     """Run the real `kdtrain` entry point in a subprocess."""
-    full_env = {**os.environ, **(env or {})}
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**inherited, **(env or {})}
     return subprocess.run([sys.executable, "-m", "kdtrain.cli", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout)

@@ -82,3 +82,13 @@ def test_ui_serves_mlflow_on_localhost(tmp_path):
         import signal
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_profile_command_lists_teachers_and_a_width_ladder(tiny_sweep):
+    r = run_cli("profile", tiny_sweep, "--widths", "2,4,8", "--set", "profile.calls=5", "--set", "profile.blocks=3")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert re.search(r"teacher big\s+64\s+1,348", out) and re.search(r"teacher conv\s+8", out)
+    params = [int(m.replace(",", "")) for m in re.findall(r"student mlp\s+\d+\s+([\d,]+)", out)]
+    assert len(params) == 3 and params == sorted(params)
+    assert "batch 1, 1 thread(s), cpu, eager" in out

@@ -96,11 +96,13 @@ def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
         assert row["params.kd.teachers"] == t.params["kd.teachers"]
         assert row["metrics.val_accuracy"] == pytest.approx(t.values[0])
         assert row["metrics.params"] == t.values[1]
-        for m in ("test_accuracy", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95", "throughput",
+        for m in ("test_accuracy", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95", "throughput", "latency_cv",
                   "train_loss", "kd_loss", "ce_loss"):
             assert row[f"metrics.{m}"] == row[f"metrics.{m}"], m  # present, not NaN
-    for _, row in df[df["tags.kdtrain.role"].isin(["teacher", "baseline"])].iterrows():
-        assert row["metrics.val_accuracy"] > 0 and row["metrics.params"] > 0 and row["metrics.latency_ms_p50"] > 0
+    for _, row in df[df["tags.kdtrain.role"].isin(["teacher", "baseline", "student"])].iterrows():
+        assert row["metrics.val_accuracy"] > 0
+        for m in ("params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95", "throughput"):
+            assert row[f"metrics.{m}"] > 0, (row["tags.mlflow.runName"], m)
 
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
     exp = tracker.client.get_experiment_by_name("tiny")
@@ -125,7 +127,7 @@ def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):
     assert cfg.student.width == t.params["student.width"]
     ds = data.load(cfg.data)
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
-    model.load_state_dict(torch.load(folder / "student.pt", weights_only=True))
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     from kdtrain.train import accuracy
 
     assert accuracy(model, ds.x_val, ds.y_val) == pytest.approx(t.values[0])
@@ -277,8 +279,10 @@ def test_nsga2_is_selectable(tmp_path):
 def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
     p = write_sweep(tmp_path, **{"size: 400": "size: 3000", "epochs: 4,": "epochs: 60,"})
     env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    # a shell's background job inherits SIGINT as ignored; a terminal's foreground job does not
     proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, victim = time.time() + 240, None
     while time.time() < deadline and victim is None:
         time.sleep(0.3)
@@ -303,3 +307,38 @@ def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
     status = df.set_index("run_id")["status"]
     assert status[victim.user_attrs["mlflow_run_id"]] == "KILLED"
     assert not (df["status"] == "RUNNING").any()
+
+
+def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
+    import onnxruntime as ort
+
+    from kdtrain import data
+
+    home, _, env = swept
+    r = run_cli("export", "--study", "tiny", "--pareto", "--out", tmp_path / "exp", env=env)
+    assert r.returncode == 0, r.stderr
+    study = load_study(home)
+    front = {t.number for t in study.best_trials}
+    exported = {int(p.name.split("-")[1]) for p in (tmp_path / "exp" / "tiny").iterdir()}
+    assert exported == front
+    n = min(front)
+    folder = tmp_path / "exp" / "tiny" / f"trial-{n}"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["trial"] == n and card["metrics"]["params"] == study.trials[n].values[1]
+    assert card["preprocessing"]["input_shape"] == [1, 16] and len(card["preprocessing"]["mean"]) == 1
+    # ONNX Runtime on the exported file agrees with the student rebuilt from its MLflow artifacts
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
+    art = Path(tracker.client.download_artifacts(study.trials[n].user_attrs["mlflow_run_id"], "", str(tmp_path)))
+    import yaml
+    cfg = config.from_dict(yaml.safe_load((art / "config.yaml").read_text()))
+    ds = data.load(cfg.data)
+    model = models.from_config(cfg.student, ds.input_shape, ds.num_classes).eval()
+    model.load_state_dict(torch.load(art / "model.pt", weights_only=True))
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": ds.x_test.numpy()})[0]
+    with torch.no_grad():
+        assert float((torch.from_numpy(out) - model(ds.x_test)).abs().max()) <= 1e-4
+    # a trial that does not exist is one clear error
+    r = run_cli("export", "--study", "tiny", "--trial", "99", "--out", tmp_path / "exp2", env=env)
+    assert r.returncode == 1 and "not complete" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "exp2").exists()

@@ -1,0 +1,106 @@
+"""Deployable files for a student: ONNX and TorchScript, checked against PyTorch, with a JSON card."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdtrain.config import KdtrainError
+
+ONNX_TOLERANCE = 1e-4
+
+
+def need_onnx() -> None:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise KdtrainError(f"{' and '.join(missing)} not installed: pip install 'kdtrain[onnx]'")
+
+
+def to_onnx(model: nn.Module, input_shape, path: str | Path) -> Path:
+    """Export with a dynamic batch dimension (input 'input', output 'logits')."""
+    need_onnx()
+    path = Path(path)
+    m = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: fast and exact for these families; the dynamo
+        # exporter also works but takes seconds per model, too slow to profile every trial.
+        torch.onnx.export(m, (torch.zeros(2, *input_shape),), str(path), dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def onnx_session(path: str | Path, threads: int = 1):
+    need_onnx()
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def to_torchscript(model: nn.Module, input_shape, path: str | Path) -> Path:
+    m = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(m, torch.zeros(2, *input_shape))
+    traced.save(str(path))
+    return Path(path)
+
+
+def max_diff_onnx(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
+    """Largest absolute difference between ONNX Runtime's and PyTorch's logits on x."""
+    sess = onnx_session(path)
+    with torch.no_grad():
+        ref = model.cpu().eval()(x.cpu())
+    out = sess.run(None, {"input": x.cpu().numpy()})[0]
+    return float((torch.from_numpy(out) - ref).abs().max())
+
+
+def max_diff_torchscript(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        return float((loaded(x.cpu()) - model.cpu().eval()(x.cpu())).abs().max())
+
+
+def export_model(model: nn.Module, input_shape, out_dir: str | Path, sample: torch.Tensor, card: dict) -> dict:
+    """Write model.onnx, model.ts and card.json under out_dir; refuse if an export disagrees with PyTorch."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = to_onnx(model, input_shape, out / "model.onnx")
+    ts_path = to_torchscript(model, input_shape, out / "model.ts")
+    diffs = {"onnx": max_diff_onnx(model, onnx_path, sample), "torchscript": max_diff_torchscript(model, ts_path, sample)}
+    bad = {k: v for k, v in diffs.items() if not v <= ONNX_TOLERANCE}
+    if bad:
+        for p in (onnx_path, ts_path):
+            p.unlink(missing_ok=True)
+        raise KdtrainError(f"exported model disagrees with PyTorch (max abs diff {bad}); nothing written")
+    card = {**card, "files": {"onnx": onnx_path.name, "torchscript": ts_path.name},
+            "check": {"samples": len(sample), "max_abs_diff": diffs, "tolerance": ONNX_TOLERANCE}}
+    (out / "card.json").write_text(json.dumps(card, indent=2, default=str))
+    return card
+
+
+WEIGHTS_FILE = "model.pt"
+"""Name of the weights file kdtrain writes (MLflow artifact, teacher cache)."""
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Size of the file torch.save writes for the state dict, under kdtrain's file name
+    (the zip archive embeds the name, so the size depends on it by a few bytes)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / WEIGHTS_FILE
+        torch.save(model.state_dict(), path)
+        return path.stat().st_size
