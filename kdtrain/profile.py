@@ -14,6 +14,7 @@ per (architecture, input shape, backend, device, threads, settings).
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import os
@@ -79,10 +80,12 @@ def latency(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()
                           else ("cpu" if pcfg.device == "auto" else pcfg.device))
     old_threads = torch.get_num_threads()
     torch.set_num_threads(pcfg.threads)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
             one, batch, sync = _runner(model, input_shape, pcfg, device, tmp)
-            _time(one, pcfg.warmup, sync)
+            _time(one, pcfg.warmup, sync)  # (the garbage collector is off: its pauses are not the model's)
             samples, medians = [], []
             for _ in range(pcfg.blocks):
                 t = _time(one, pcfg.calls, sync)
@@ -92,6 +95,8 @@ def latency(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()
             tb = statistics.median(_time(batch, 5, sync))
     finally:
         torch.set_num_threads(old_threads)
+        if gc_was_enabled:
+            gc.enable()
     samples.sort()
     mean = statistics.fmean(medians)
     return {
