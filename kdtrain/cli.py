@@ -250,8 +250,34 @@ def cmd_sweep(args) -> int:
         print(f"worker {i} exited with an error:\n  " + "\n  ".join(tail), file=sys.stderr)
     print()
     print(_front_table(study))
+    if not args.no_report and c["COMPLETE"]:
+        from kdtrain import report
+
+        folder = report.build([name], args.report_dir, tracker.uri, storage_url)[0]
+        print(f"\nreport: {folder / 'index.html'} (also under the study's parent run in MLflow)")
     print(f"\nbrowse the runs: kdtrain ui  ->  {tracker.link(exp_id)}")
     return 1 if failed_workers else 0
+
+
+def cmd_report(args) -> int:
+    from kdtrain import report, search
+    from kdtrain.config import KdtrainError
+
+    studies = args.studies
+    if not studies:
+        import optuna
+
+        url = args.storage or search.default_storage()
+        if "://" not in url and not Path(url).exists():
+            raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
+        studies = [s.study_name for s in optuna.get_all_study_summaries(search.open_storage(url), False)]
+        if not studies:
+            raise KdtrainError("no studies yet: run kdtrain sweep first")
+    folders = report.build(studies, args.out, args.tracking_uri, args.storage, args.name,
+                           log_to_mlflow=not args.no_mlflow)
+    for f in folders:
+        print(f"report: {f / 'index.html'}")
+    return 0
 
 
 def _front_table(study) -> str:
@@ -469,7 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings")
     sp.add_argument("--storage", help="Optuna storage: a journal file (default mlruns/optuna.journal) or an RDB URL")
     sp.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    sp.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    sp.add_argument("--report-dir", default="reports", help="where the report goes (default: reports/)")
     sp.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="Pareto plots and comparison reports (HTML, Markdown, CSV) of studies")
+    rp.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study)")
+    rp.add_argument("--out", default="reports", help="output folder (default: reports/)")
+    rp.add_argument("--name", help="folder name of a comparison report (default: compare-A-vs-B)")
+    rp.add_argument("--storage")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--no-mlflow", action="store_true", help="do not log the report to the parent runs")
+    rp.set_defaults(func=cmd_report)
 
     wp = sub.add_parser("worker", help="join an existing study (the sweep config is read from the study)")
     wp.add_argument("--study", required=True)

@@ -143,6 +143,17 @@ class Tracker:
             torch.save(state, p)
             self.client.log_artifact(run_id, str(p))
 
+    def runs_frame(self, experiment: str):
+        """(mlflow.search_runs of the experiment as a DataFrame, experiment id); empty when it has no runs."""
+        import mlflow
+        import pandas as pd
+
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return pd.DataFrame(), None
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=100000), exp.experiment_id
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -58,7 +58,7 @@ def swept(tmp_path_factory):
     home = root / "home"
     env = {"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(root / "data")}
     p = write_sweep(root)
-    r = run_cli("sweep", p, env=env)
+    r = run_cli("sweep", p, "--report-dir", root / "reports", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return home, r, env
 
@@ -342,3 +342,101 @@ def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
     r = run_cli("export", "--study", "tiny", "--trial", "99", "--out", tmp_path / "exp2", env=env)
     assert r.returncode == 1 and "not complete" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "exp2").exists()
+
+
+# ------------------------------------------------------------------ reports
+
+
+def independent_front(df):
+    """The (val_accuracy max, params min) front of complete trial runs, from mlflow.search_runs, pair by pair."""
+    s = df[(df["tags.kdtrain.role"] == "student") & (df["tags.optuna.state"] == "COMPLETE")]
+    rows = list(zip(s["run_id"], s["metrics.val_accuracy"], s["metrics.params"]))
+    return {r for r, a, p in rows
+            if not any(a2 >= a and p2 <= p and (a2 > a or p2 < p) for _, a2, p2 in rows)}
+
+
+def test_sweep_writes_a_report_whose_front_matches_mlflow(swept):
+    import pandas as pd
+
+    home, r, _ = swept
+    folder = home.parent / "reports" / "tiny"
+    assert f"report: {folder / 'index.html'}" in r.stdout
+    for name in ("index.html", "trials.csv", "pareto.csv", "summary.md", "accuracy_vs_params.png",
+                 "accuracy_vs_params.svg", "accuracy_vs_latency.png", "history.png"):
+        assert (folder / name).stat().st_size > 0, name
+    front = pd.read_csv(folder / "pareto.csv")
+    assert set(front["run_id"]) == independent_front(mlflow_runs(home, "tiny"))
+    html = (folder / "index.html").read_text()
+    assert "<script" not in html and "http://cdn" not in html and "https://" not in html  # opens offline
+    for run_id in front["run_id"]:
+        assert run_id[:8] in html
+    assert "smallest student keeping 95%" in html or "No student reaches 95%" in html
+    # the report is also an artifact of the study's parent run
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
+    parent = load_study(home).user_attrs["kdtrain.parent_run_id"]
+    assert "report/index.html" in [a.path for a in tracker.client.list_artifacts(parent, "report")]
+
+
+def chromium_driver(tmp_path):
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver must be installed by .ci/run")
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager download a browser or driver
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,2400"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
+
+
+def test_report_opens_in_headless_chromium(swept, tmp_path):
+    import pandas as pd
+
+    home, _, _ = swept
+    folder = home.parent / "reports" / "tiny"
+    driver = chromium_driver(tmp_path)
+    try:
+        driver.get((folder / "index.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth, "
+            "i.naturalHeight])")
+        rows = driver.execute_script("return document.querySelectorAll('#pareto tbody tr').length")
+        title = driver.title
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        shot = tmp_path / "report.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert title == "kdtrain report: tiny"
+    assert errors == []
+    assert len(images) >= 4 and all(ok and w > 0 and h > 0 for _, ok, w, h in images), images
+    assert rows == len(pd.read_csv(folder / "pareto.csv")) > 0
+    assert shot.stat().st_size > 10_000
+
+
+def test_two_studies_make_one_comparison_report(swept, tmp_path):
+    import pandas as pd
+
+    home, _, env = swept
+    r = run_cli("sweep", write_sweep(home.parent, name="second.yaml"), "--study", "tiny2", "--trials", "2",
+                "--no-report", "--set", "kd.ensemble=mean_logits", env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("report", "tiny", "tiny2", "--out", tmp_path / "rep", env=env)
+    assert r.returncode == 0, r.stderr
+    compare = tmp_path / "rep" / "compare-tiny-vs-tiny2"
+    assert (compare / "index.html").exists() and (compare / "fronts.png").stat().st_size > 0
+    fronts = pd.read_csv(compare / "pareto.csv")
+    assert set(fronts["study"]) == {"tiny", "tiny2"}
+    for study in ("tiny", "tiny2"):
+        assert set(fronts[fronts["study"] == study]["run_id"]) == independent_front(mlflow_runs(home, study))
+        assert (tmp_path / "rep" / study / "index.html").exists()
+    buckets = pd.read_csv(compare / "buckets.csv")
+    assert set(buckets["study"]) == {"tiny", "tiny2"}

@@ -1,0 +1,473 @@
+"""MLflow runs + Optuna trials -> pandas -> Pareto plots and an offline HTML / Markdown report.
+
+One study: reports/<study>/ with index.html, plots (PNG and SVG), trials.csv,
+pareto.csv and summary.md. Several studies: their fronts overlaid and the best
+student per size bucket, in reports/<name>/, beside each study's own report.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+KEEP = 0.95
+"""The headline's bar: the smallest student keeping this share of the best teacher's accuracy."""
+
+
+# --------------------------------------------------------------------------- Pareto fronts
+
+
+def pareto_mask(values, directions: list[str]) -> np.ndarray:
+    """True for the non-dominated rows of values (n, k), for any number of objectives and directions.
+
+    Row j dominates row i when it is at least as good in every objective and
+    strictly better in one; duplicates do not dominate each other, so they are
+    all on the front."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2 or len(v) == 0:
+        return np.zeros(len(v), dtype=bool)
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    v = v * sign  # now every objective is minimised
+    no_worse = (v[None, :, :] <= v[:, None, :]).all(-1)  # [i, j]: j no worse than i everywhere
+    better = (v[None, :, :] < v[:, None, :]).any(-1)  # [i, j]: j strictly better somewhere
+    return ~(no_worse & better).any(1)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class StudyData:
+    name: str
+    objectives: dict
+    students: pd.DataFrame
+    """Complete trials: one row per MLflow trial run (metrics, dotted params, run id, trial number)."""
+    teachers: pd.DataFrame
+    baselines: pd.DataFrame
+    counts: dict
+    compute_seconds: float
+    importances: dict
+    history: pd.DataFrame
+    """trial number and first objective value of complete trials, in order."""
+    link: str
+    """MLflow UI runs view of the study's experiment."""
+    parent_run_id: str | None
+
+    @property
+    def front(self) -> pd.DataFrame:
+        if self.students.empty:
+            return self.students
+        mask = pareto_mask(self.students[list(self.objectives)].to_numpy(), list(self.objectives.values()))
+        return self.students[mask].sort_values(list(self.objectives)[-1])
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """mlflow.search_runs columns -> plain names: metrics.x -> x, params.kd.alpha -> kd.alpha, tags.y -> tag:y."""
+    out = pd.DataFrame({"run_id": df["run_id"], "status": df["status"]})
+    for c in df.columns:
+        if c.startswith("metrics."):
+            out[c[8:]] = pd.to_numeric(df[c], errors="coerce")
+        elif c.startswith("params."):
+            out[c[7:]] = df[c]
+    for tag in ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName"):
+        out[f"tag:{tag}"] = df.get(f"tags.{tag}")
+    for key in ("kd.temperature", "kd.alpha", "student.width", "train.lr", "teacher.width"):
+        if key in out:
+            out[key] = pd.to_numeric(out[key], errors="coerce")
+    return out
+
+
+def load(study_name: str, tracking_uri: str | None = None, storage_url: str | None = None) -> StudyData:
+    import optuna
+
+    from kdtrain import search
+    from kdtrain.config import KdtrainError
+    from kdtrain.tracking import Tracker
+
+    storage = search.open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise KdtrainError(f"no study named {study_name!r} in the Optuna storage (see kdtrain status)") from None
+    cfg = search.study_config(study)
+    tracker = Tracker(tracking_uri)
+    runs, exp_id = tracker.runs_frame(study_name)
+    runs = _tidy(runs) if len(runs) else pd.DataFrame(columns=["run_id", "tag:kdtrain.role"])
+    role = runs["tag:kdtrain.role"]
+    complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    students = runs[(role == "student") & (runs["tag:optuna.state"] == "COMPLETE")].copy()
+    students["trial"] = pd.to_numeric(students["tag:optuna.trial"], errors="coerce").astype("Int64")
+    students = students[students["trial"].isin(list(complete))].sort_values("trial").reset_index(drop=True)
+
+    c = search.counts(study)
+    seconds = sum((t.duration.total_seconds() for t in study.trials if t.duration is not None), 0.0)
+    importances = {}
+    if len(complete) >= 3:
+        try:
+            # Optuna's default evaluator ranks parameters by how they lead to LOW target values
+            sign = -1.0 if cfg.study.objectives[next(iter(cfg.study.objectives))] == "maximize" else 1.0
+            importances = optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
+        except Exception:  # not enough variation yet: the report simply omits the plot
+            importances = {}
+    history = pd.DataFrame({"trial": list(complete), "value": [t.values[0] for t in complete.values()]})
+    return StudyData(study_name, dict(cfg.study.objectives), students,
+                     runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),
+                     c, seconds, importances, history, tracker.link(exp_id) if exp_id else "",
+                     study.user_attrs.get(search.A_PARENT))
+
+
+# --------------------------------------------------------------------------- headline and tables
+
+
+def headline(d: StudyData) -> dict:
+    """The classic answer: smallest student keeping 95% of the best teacher, and the most accurate
+    student smaller than that teacher (accuracy on the validation split, test shown beside)."""
+    if d.teachers.empty or d.students.empty:
+        return {}
+    t = d.teachers.loc[d.teachers["val_accuracy"].idxmax()]
+    out = {"teacher": str(t["tag:mlflow.runName"]).removeprefix("teacher-"), "teacher_val_accuracy": t["val_accuracy"],
+           "teacher_params": t["params"], "teacher_latency_ms_p50": t["latency_ms_p50"],
+           "teacher_throughput": t["throughput"]}
+    keep = d.students[d.students["val_accuracy"] >= KEEP * t["val_accuracy"]]
+    if not keep.empty:
+        s = keep.sort_values(["params", "val_accuracy"], ascending=[True, False]).iloc[0]
+        out["smallest"] = _student_summary(s, t)
+    smaller = d.students[d.students["params"] < t["params"]]
+    if not smaller.empty:
+        out["best_smaller"] = _student_summary(smaller.loc[smaller["val_accuracy"].idxmax()], t)
+    return out
+
+
+def _student_summary(s, t) -> dict:
+    return {"trial": int(s["trial"]), "run_id": s["run_id"], "val_accuracy": s["val_accuracy"],
+            "test_accuracy": s["test_accuracy"], "params": s["params"],
+            "pct_of_teacher": 100 * s["val_accuracy"] / t["val_accuracy"],
+            "x_smaller": t["params"] / s["params"], "x_faster_b1": t["latency_ms_p50"] / s["latency_ms_p50"],
+            "x_throughput": s["throughput"] / t["throughput"]}
+
+
+FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "params", "size_bytes", "flops",
+                 "latency_ms_p50", "throughput", "x smaller", "x faster (b1)", "kd.temperature", "kd.alpha",
+                 "student.width", "kd.teachers", "kd.ensemble", "run_id"]
+
+
+def front_table(d: StudyData) -> pd.DataFrame:
+    f = d.front.copy()
+    if f.empty:
+        return pd.DataFrame(columns=FRONT_COLUMNS)
+    h = headline(d)
+    if h:
+        f["% of teacher"] = 100 * f["val_accuracy"] / h["teacher_val_accuracy"]
+        f["x smaller"] = h["teacher_params"] / f["params"]
+        f["x faster (b1)"] = h["teacher_latency_ms_p50"] / f["latency_ms_p50"]
+    for col in FRONT_COLUMNS:
+        if col not in f:
+            f[col] = np.nan
+    return f[FRONT_COLUMNS].reset_index(drop=True)
+
+
+def gain_per_width(d: StudyData) -> pd.DataFrame:
+    """Best distilled student vs the no-teacher baseline, per student width."""
+    if d.students.empty or d.baselines.empty:
+        return pd.DataFrame(columns=["student.width", "best_kd_val_accuracy", "baseline_val_accuracy", "gain"])
+    best = d.students.groupby("student.width")["val_accuracy"].max()
+    base = d.baselines.assign(w=pd.to_numeric(d.baselines["student.width"], errors="coerce")) \
+        .groupby("w")["val_accuracy"].max()
+    g = pd.DataFrame({"best_kd_val_accuracy": best, "baseline_val_accuracy": base}).dropna()
+    g["gain"] = g["best_kd_val_accuracy"] - g["baseline_val_accuracy"]
+    return g.rename_axis("student.width").reset_index()
+
+
+def size_buckets(studies: list[StudyData]) -> pd.DataFrame:
+    """Best student (val accuracy) per parameter-count bucket (1-3-10 steps) per study."""
+    rows = []
+    for d in studies:
+        for _, s in d.students.iterrows():
+            exp = math.log10(max(1.0, s["params"]))
+            lo = 10 ** math.floor(exp)
+            edge = lo * 3 if s["params"] < lo * 3 else lo * 10
+            rows.append({"bucket": f"<= {int(edge):,}", "edge": edge, "study": d.name, "trial": int(s["trial"]),
+                         "val_accuracy": s["val_accuracy"], "params": s["params"]})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    best = df.loc[df.groupby(["edge", "study"])["val_accuracy"].idxmax()].sort_values(["edge", "study"])
+    return best.drop(columns="edge").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _save(fig, folder: Path, name: str) -> str:
+    fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(folder / f"{name}.svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return name
+
+
+def _front_plot(d: StudyData, x: str, xlabel: str, folder: Path, name: str, colour: str = "kd.temperature"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    s = d.students
+    mask = pareto_mask(s[["val_accuracy", x]].to_numpy(), ["maximize", "minimize"]) if not s.empty else []
+    if not s.empty:
+        dom = s[~mask]
+        ax.scatter(dom[x], dom["val_accuracy"], c=dom[colour], cmap="viridis", alpha=0.25, s=28,
+                   norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None)
+        fr = s[mask].sort_values(x)
+        sc = ax.scatter(fr[x], fr["val_accuracy"], c=fr[colour], cmap="viridis", s=60, edgecolors="black",
+                        norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
+                        label="Pareto front (students)", zorder=3)
+        ax.step(fr[x], fr["val_accuracy"], where="post", color="black", lw=1.2, zorder=2)
+        fig.colorbar(sc, ax=ax, label=colour)
+    if not d.baselines.empty:  # joined by width on the size plot; loose points where x is not monotone in width
+        b = d.baselines.sort_values(x)
+        ax.plot(b[x], b["val_accuracy"], "x--" if x == "params" else "x", color="tab:red",
+                label="no-teacher baseline", zorder=2)
+    for _, t in d.teachers.iterrows():
+        ax.scatter([t[x]], [t["val_accuracy"]], marker="*", s=220, color="tab:orange", edgecolors="black", zorder=4)
+        ax.annotate(str(t["tag:mlflow.runName"]), (t[x], t["val_accuracy"]), textcoords="offset points",
+                    xytext=(6, -12), fontsize=8)
+    ax.scatter([], [], marker="*", s=120, color="tab:orange", edgecolors="black", label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{d.name}: accuracy vs {xlabel}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, folder, name)
+
+
+def _hyper_plots(d: StudyData, folder: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    names = []
+    s = d.students
+    for key, log in (("kd.temperature", True), ("kd.alpha", False)):
+        if key in s and s[key].notna().any():
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            sc = ax.scatter(s[key], s["val_accuracy"], c=s["params"], cmap="plasma", s=30,
+                            norm=__import__("matplotlib").colors.LogNorm())
+            fig.colorbar(sc, ax=ax, label="params")
+            if log:
+                ax.set_xscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel("validation accuracy")
+            ax.set_title(f"accuracy vs {key}")
+            ax.grid(alpha=0.3)
+            names.append(_save(fig, folder, f"accuracy_vs_{key.split('.')[-1]}"))
+    if d.importances:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        items = sorted(d.importances.items(), key=lambda kv: kv[1])
+        ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+        ax.set_xlabel(f"importance for {next(iter(d.objectives))} (Optuna's default evaluator)")
+        ax.set_title("hyperparameter importance")
+        names.append(_save(fig, folder, "importances"))
+    if not d.history.empty:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        metric, direction = next(iter(d.objectives.items()))
+        h = d.history.sort_values("trial")
+        best = h["value"].cummax() if direction == "maximize" else h["value"].cummin()
+        ax.scatter(h["trial"], h["value"], s=18, alpha=0.6, label="trial")
+        ax.plot(h["trial"], best, color="black", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(metric)
+        ax.set_title("optimisation history")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        names.append(_save(fig, folder, "history"))
+    g = gain_per_width(d)
+    if not g.empty:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot(g["student.width"], g["baseline_val_accuracy"], "x--", color="tab:red", label="no teacher")
+        ax.plot(g["student.width"], g["best_kd_val_accuracy"], "o-", color="tab:green", label="best distilled")
+        ax.set_xscale("log")
+        ax.set_xlabel("student width")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title("distillation gain per width")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        names.append(_save(fig, folder, "gain_per_width"))
+    return names
+
+
+def _compare_plot(studies: list[StudyData], folder: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, d in enumerate(studies):
+        colour = f"C{i}"
+        s = d.students
+        if s.empty:
+            continue
+        mask = pareto_mask(s[["val_accuracy", "params"]].to_numpy(), ["maximize", "minimize"])
+        ax.scatter(s[~mask]["params"], s[~mask]["val_accuracy"], color=colour, alpha=0.2, s=20)
+        fr = s[mask].sort_values("params")
+        ax.step(fr["params"], fr["val_accuracy"], where="post", color=colour, lw=1.5)
+        ax.scatter(fr["params"], fr["val_accuracy"], color=colour, edgecolors="black", s=50, label=d.name, zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Pareto fronts compared")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, folder, "fronts")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{margin-bottom:.2em}.headline{background:#f3f7ee;border-left:4px solid #5a9;padding:.6em 1em;margin:1em 0}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f4f4f4}figure{display:inline-block;margin:.4em}img{max-width:100%}.muted{color:#777}"""
+
+
+def _fmt(df: pd.DataFrame, link: str | None = None) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        if c == "run_id" and link:
+            base = link.split("/runs?")[0]
+            out[c] = [f'<a href="{html.escape(base)}/runs/{r}">{r[:8]}</a>' for r in out[c]]
+        elif pd.api.types.is_float_dtype(out[c]):
+            out[c] = [("" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}")) for v in out[c]]
+    return out
+
+
+def _figures(names: list[str]) -> str:
+    return "\n".join(f'<figure><img src="{n}.png" alt="{n}"><figcaption><a href="{n}.svg">{n}.svg</a>'
+                     f"</figcaption></figure>" for n in names)
+
+
+def _headline_text(d: StudyData) -> list[str]:
+    h = headline(d)
+    if not h:
+        return ["No complete trials or no teacher yet."]
+    lines = [f"Best teacher: {h['teacher']} at {h['teacher_val_accuracy']:.4f} val accuracy, "
+             f"{h['teacher_params']:,.0f} params."]
+    s = h.get("smallest")
+    if s:
+        lines.append(f"The smallest student keeping {KEEP:.0%} of its accuracy is trial {s['trial']}: "
+                     f"{s['val_accuracy']:.4f} val / {s['test_accuracy']:.4f} test accuracy "
+                     f"({s['pct_of_teacher']:.1f}% of the teacher), {s['x_smaller']:.1f}x smaller, "
+                     f"{s['x_faster_b1']:.2f}x faster at batch 1 and {s['x_throughput']:.1f}x the throughput at "
+                     f"batch {int(d.students.get('profile.throughput_batch', pd.Series(['256'])).iloc[0])}"
+                     f" ({d.students.get('profile.backend', pd.Series(['eager'])).iloc[0]}).")
+    else:
+        lines.append(f"No student reaches {KEEP:.0%} of the teacher's accuracy yet.")
+    b = h.get("best_smaller")
+    if b:
+        lines.append(f"The most accurate student smaller than the teacher is trial {b['trial']}: "
+                     f"{b['val_accuracy']:.4f} val accuracy, {b['x_smaller']:.1f}x smaller.")
+    return lines
+
+
+def write_study(d: StudyData, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = out / d.name
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = []
+    if not d.students.empty:
+        plots.append(_front_plot(d, "params", "parameters", folder, "accuracy_vs_params"))
+        plots.append(_front_plot(d, "latency_ms_p50", "latency p50 (ms, batch 1)", folder, "accuracy_vs_latency",
+                                 colour="kd.alpha"))
+    hyper = _hyper_plots(d, folder) if not d.students.empty else []
+    d.students.drop(columns=[c for c in d.students if c.startswith("tag:")]).to_csv(folder / "trials.csv",
+                                                                                     index=False)
+    table = front_table(d)
+    table.to_csv(folder / "pareto.csv", index=False)
+    gains = gain_per_width(d)
+    c = d.counts
+    counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; "
+              f"total compute {d.compute_seconds / 60:.1f} min")
+    head = _headline_text(d)
+    (folder / "summary.md").write_text("\n".join([
+        f"# {d.name}", "", *[f"- {line}" for line in head], f"- {counts}", "",
+        "## Pareto-optimal students", "", _markdown(table), "", "## Distillation gain per width", "",
+        _markdown(gains), ""]))
+    objectives = ", ".join(f"{k} ({v})" for k, v in d.objectives.items())
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain report: {html.escape(d.name)}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(d.name)}</h1>
+<p class="muted">objectives: {html.escape(objectives)} &middot; {html.escape(counts)} &middot;
+<a href="{html.escape(d.link)}">runs in MLflow</a> &middot; <a href="trials.csv">trials.csv</a> &middot;
+<a href="pareto.csv">pareto.csv</a> &middot; <a href="summary.md">summary.md</a></p>
+<div class="headline">{"<br>".join(html.escape(x) for x in head)}</div>
+<h2>Accuracy against size and latency</h2>
+<p class="muted">Pareto front as a step line; dominated trials faded; teachers as stars; no-teacher baselines as red
+crosses. Latency at batch 1.</p>
+{_figures(plots)}
+<h2>Pareto-optimal students</h2>
+<div style="overflow-x:auto">{_fmt(table, d.link).to_html(index=False, escape=False, table_id="pareto")}</div>
+<h2>Distillation gain per width</h2>
+{_fmt(gains).to_html(index=False, table_id="gains")}
+<h2>How the hyperparameters mattered</h2>
+{_figures(hyper)}
+</body></html>"""
+    (folder / "index.html").write_text(page)
+    return folder
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(none)"
+    f = _fmt(df)
+    lines = ["| " + " | ".join(map(str, f.columns)) + " |", "|" + "---|" * len(f.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in f.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_comparison(studies: list[StudyData], out: Path, name: str) -> Path:
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    plot = _compare_plot(studies, folder)
+    buckets = size_buckets(studies)
+    buckets.to_csv(folder / "buckets.csv", index=False)
+    fronts = pd.concat([front_table(d).assign(study=d.name) for d in studies], ignore_index=True)
+    fronts.to_csv(folder / "pareto.csv", index=False)
+    links = " &middot; ".join(f'<a href="../{html.escape(d.name)}/index.html">{html.escape(d.name)}</a>'
+                              for d in studies)
+    (folder / "summary.md").write_text(f"# {name}\n\n## Best student per size bucket\n\n{_markdown(buckets)}\n")
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain comparison: {html.escape(name)}</title>
+<style>{CSS}</style></head><body><h1>{html.escape(name)}</h1>
+<p class="muted">studies: {links}</p>
+{_figures([plot])}
+<h2>Best student per size bucket</h2>
+{_fmt(buckets).to_html(index=False, table_id="buckets")}
+</body></html>"""
+    (folder / "index.html").write_text(page)
+    return folder
+
+
+def build(studies: list[str], out: str | Path = "reports", tracking_uri: str | None = None,
+          storage_url: str | None = None, name: str | None = None, log_to_mlflow: bool = True) -> list[Path]:
+    """Write each study's report (and a comparison when there are several); log each to its parent run."""
+    from kdtrain.tracking import Tracker
+
+    out = Path(out).resolve()
+    data = [load(s, tracking_uri, storage_url) for s in studies]
+    folders = [write_study(d, out) for d in data]
+    if len(data) > 1:
+        folders.append(write_comparison(data, out, name or "compare-" + "-vs-".join(studies)))
+    if log_to_mlflow:
+        tracker = Tracker(tracking_uri)
+        for d, folder in zip(data, folders):
+            if d.parent_run_id:
+                tracker.client.log_artifacts(d.parent_run_id, str(folder), artifact_path="report")
+    return folders
