@@ -34,7 +34,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, c in runs.items():
             t0 = time.perf_counter()
-            r = distill_student(c, ds, pool)
+            distill_student(c, ds, pool)
             per_epoch[name].append((time.perf_counter() - t0) / c.train.epochs)
     med = {k: statistics.median(v) for k, v in per_epoch.items()}
     out = {"kd_s_per_epoch": med["kd"], "scratch_s_per_epoch": med["scratch"],

@@ -267,10 +267,7 @@ def cmd_report(args) -> int:
     if not studies:
         import optuna
 
-        url = args.storage or search.default_storage()
-        if "://" not in url and not Path(url).exists():
-            raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
-        studies = [s.study_name for s in optuna.get_all_study_summaries(search.open_storage(url), False)]
+        studies = [s.study_name for s in optuna.get_all_study_summaries(search.existing_storage(args.storage), False)]
         if not studies:
             raise KdtrainError("no studies yet: run kdtrain sweep first")
     folders = report.build(studies, args.out, args.tracking_uri, args.storage, args.name,
@@ -313,18 +310,12 @@ def cmd_status(args) -> int:
     import optuna
 
     from kdtrain import search
-    from kdtrain.config import KdtrainError, redact
 
-    url = args.storage or search.default_storage()
-    if "://" not in url and not Path(url).exists():
-        raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
-    storage = search.open_storage(url)
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
-    names = [s.study_name for s in summaries if not args.study or s.study_name == args.study]
-    if args.study and not names:
-        raise KdtrainError(f"no study named {args.study!r} in {redact(url)}")
+    storage = search.existing_storage(args.storage)
+    names = [args.study] if args.study else \
+        [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     for name in names:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = search.load(name, args.storage, storage)
         c = search.counts(study)
         target = study.user_attrs.get(search.A_TRIALS, "?")
         print(f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
@@ -402,7 +393,6 @@ def cmd_profile(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import json
     import tempfile
 
     import optuna
@@ -415,11 +405,7 @@ def cmd_export(args) -> int:
     from kdtrain.tracking import Tracker
 
     need_onnx()
-    storage = search.open_storage(args.storage)
-    try:
-        study = optuna.load_study(study_name=args.study, storage=storage)
-    except KeyError:
-        raise KdtrainError(f"no study named {args.study!r} (see kdtrain status)") from None
+    study = search.load(args.study, args.storage)
     done = {t.number: t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
     if args.pareto:
         chosen = search.pareto(study)

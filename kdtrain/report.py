@@ -86,14 +86,9 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     import optuna
 
     from kdtrain import search
-    from kdtrain.config import KdtrainError
     from kdtrain.tracking import Tracker
 
-    storage = search.open_storage(storage_url)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise KdtrainError(f"no study named {study_name!r} in the Optuna storage (see kdtrain status)") from None
+    study = search.load(study_name, storage_url)
     cfg = search.study_config(study)
     tracker = Tracker(tracking_uri)
     runs, exp_id = tracker.runs_frame(study_name)

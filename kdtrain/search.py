@@ -26,7 +26,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from kdtrain import config, data, models
+from kdtrain import config, data
 from kdtrain.config import METRICS, Config, KdtrainError, home, redact
 from kdtrain.locks import cpu_room, file_lock
 from kdtrain.profile import model_identity, profile
@@ -63,6 +63,23 @@ def open_storage(url: str | None = None):
     path = Path(url).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def existing_storage(url: str | None = None):
+    """Open a storage that must already hold studies (status, report): a missing journal is an error."""
+    url = url or default_storage()
+    if "://" not in url and not Path(url).expanduser().exists():
+        raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
+    return open_storage(url)
+
+
+def load(study_name: str, storage_url: str | None = None, storage=None) -> optuna.Study:
+    """An existing study, or one clear error naming the storage."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage or existing_storage(storage_url))
+    except KeyError:
+        raise KdtrainError(f"no study named {study_name!r} in {redact(storage_url or default_storage())} "
+                           "(see kdtrain status)") from None
 
 
 # --------------------------------------------------------------------------- search space
@@ -426,11 +443,7 @@ def _close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: 
 def open_context(study_name: str, storage_url: str | None, tracking_uri: str | None, threads: int | None = None,
                  log: Callable[[str], None] = print) -> Context:
     """What a worker needs, from the study alone: config, data, teacher pool, MLflow ids."""
-    storage = open_storage(storage_url)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise KdtrainError(f"no study named {study_name!r} in {redact(storage_url or default_storage())}") from None
+    study = load(study_name, storage_url)
     cfg = study_config(study)
     if threads:
         cfg = config.replace(cfg, {"train.threads": threads})

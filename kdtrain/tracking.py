@@ -88,7 +88,7 @@ class Tracker:
 
     def link(self, exp_id: str, server: str | None = None) -> str:
         base = server or (self.uri if self.uri.startswith("http") else DEFAULT_UI)
-        return f"{base.rstrip('/')}/{RUNS_VIEW.format(id=exp_id)}"
+        return f"{redact(base).rstrip('/')}/{RUNS_VIEW.format(id=exp_id)}"
 
     def find(self, exp_id: str, tags: dict[str, str]) -> list:
         """Runs of an experiment whose tags equal the given values."""
