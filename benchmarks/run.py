@@ -1,0 +1,207 @@
+"""kdtrain against the plain distillation loop, the cost of distilling, and parallel scaling.
+
+    python benchmarks/run.py [--out FILE.json] [--quick]
+
+B1 loop speed: the classic loop (DataLoader over a TensorDataset at batch 64,
+   the teacher's forward pass on every batch, KLDivLoss + CE, Adam 1e-3 as in
+   the articles) vs kdtrain's trainer (cached teacher logits, tensors on the
+   device, randperm, the sweep file's optimizer and schedule), same teacher,
+   student, data and epochs; kdtrain at batch 64 and at its default batch.
+   kdtrain's time includes computing the teacher's logits.
+B2 cost of distilling: a KD trial vs a no-teacher trial of the same student.
+B3 parallel scaling: trials per minute of the quickstart search, 1 vs 2 workers.
+B4 orchestration overhead: per trial, sweep wall time minus training time.
+B5 memory: peak resident memory of a sweep process (a worker).
+
+--quick runs tiny versions (synthetic data, few epochs and trials) so that a
+test can keep this script working; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdtrain import config, data, models  # noqa: E402
+from kdtrain.run import distill_student  # noqa: E402
+from kdtrain.teachers import load_pool  # noqa: E402
+from kdtrain.train import accuracy, predict, seed_all  # noqa: E402
+
+QUICK_SWEEP = """
+study: {name: bench, objectives: {val_accuracy: maximize, params: minimize}, trials: 2}
+data: {name: synthetic, size: 600, val_fraction: 0.2, seed: 1}
+teachers:
+  - {name: big, arch: mlp, width: 64, epochs: 5}
+student: {arch: mlp, width: 8}
+train: {epochs: 5, batch_size: 128, lr: 0.01}
+kd: {temperature: 4.0, alpha: 0.7, teachers: [big]}
+search:
+  kd.temperature: {type: float, low: 1, high: 20, log: true}
+  kd.alpha: {type: float, low: 0, high: 1}
+  student.width: {type: int, low: 2, high: 16, log: true}
+"""
+
+
+def classic_loop(teacher, student, ds, epochs, batch_size, T, alpha, lr=1e-3):
+    """The ten-line loop from the articles."""
+    loader = DataLoader(TensorDataset(ds.x_train, ds.y_train), batch_size=batch_size, shuffle=True)
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    kl = torch.nn.KLDivLoss(reduction="batchmean")
+    teacher.eval()
+    for _ in range(epochs):
+        student.train()
+        for x, y in loader:
+            with torch.no_grad():
+                t = teacher(x)
+            s = student(x)
+            loss = alpha * T * T * kl(F.log_softmax(s / T, 1), F.softmax(t / T, 1)) + (1 - alpha) * F.cross_entropy(s, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return student
+
+
+def b1_b2(cfg, ds, pool, repeats: int) -> dict:
+    """B1: the classic loop as the articles write it (batch 64) against kdtrain at batch 64 and at its
+    default batch; B2: kdtrain's KD trial against its no-teacher trial."""
+    teacher = pool[cfg.kd_teachers[0]].model
+    out = {}
+    t_classic, acc_classic = [], []
+    for _ in range(repeats):
+        seed_all(0)
+        student = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
+        t0 = time.perf_counter()
+        classic_loop(teacher, student, ds, cfg.train.epochs, 64, cfg.kd.temperature, cfg.kd.alpha)
+        t_classic.append(time.perf_counter() - t0)
+        acc_classic.append(accuracy(student, ds.x_test, ds.y_test))
+    classic_s = statistics.median(t_classic)
+    for label, bs in (("batch64", 64), ("default", cfg.train.batch_size)):
+        c = config.replace(cfg, {"train.batch_size": bs})
+        t_kd, acc_kd = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predict(teacher, ds.x_train)  # kdtrain pays for the teacher's logits once per study: count it here
+            r = distill_student(c, ds, pool)
+            t_kd.append(time.perf_counter() - t0)
+            acc_kd.append(r.test_accuracy)
+        out[f"b1_speedup_{label}"] = classic_s / statistics.median(t_kd)
+        out[f"b1_seconds_{label}"] = {"classic_batch64": classic_s, "kdtrain": statistics.median(t_kd)}
+        out[f"b1_accuracy_{label}"] = {"classic": statistics.median(acc_classic), "kdtrain": statistics.median(acc_kd)}
+    out["b1_accuracy"] = out["b1_accuracy_default"]
+    kd_t, scratch_t = [], []
+    for _ in range(repeats):
+        for c, bucket in ((config.replace(cfg, {"kd.alpha": 0.7}), kd_t), (config.replace(cfg, {"kd.alpha": 0.0}), scratch_t)):
+            t0 = time.perf_counter()
+            distill_student(c, ds, pool)
+            bucket.append(time.perf_counter() - t0)
+    out["b2_kd_over_scratch"] = statistics.median(kd_t) / statistics.median(scratch_t)
+    out["b2_seconds"] = {"kd": statistics.median(kd_t), "scratch": statistics.median(scratch_t)}
+    return out
+
+
+def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache: Path) -> dict:
+    """One sweep in a fresh store with the teachers already cached: wall time of the trials, peak RSS."""
+    (home / "cache").mkdir(parents=True)
+    shutil.copytree(teacher_cache, home / "cache" / "teachers")
+    env = {**os.environ, "KDTRAIN_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--workers",
+           str(workers), "--no-report"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=home)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"sweep failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    from kdtrain.tracking import Tracker
+
+    df, _ = Tracker(f"sqlite:///{home / 'mlflow.db'}").runs_frame("bench" if "bench" in sweep.read_text()
+                                                                     else config.load(sweep).study.name)
+    students = df[df["tags.kdtrain.role"] == "student"]
+    baselines = df[df["tags.kdtrain.role"] == "baseline"]
+    # trial phase: from the first trial run's start to the last one's end (excludes start-up and teacher loading)
+    start = students["start_time"].min()
+    end = max(students["end_time"].max(), baselines["end_time"].max() if len(baselines) else students["end_time"].max())
+    phase = (end - start).total_seconds()
+    train_s = float(students["metrics.train_seconds"].sum() + baselines["metrics.train_seconds"].sum())
+    return {"wall_s": wall, "trial_phase_s": phase, "train_s": train_s, "trials": len(students),
+            "peak_rss_mb": max(peak_kb, before) / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--quick", action="store_true", help="tiny versions, to keep the script working")
+    ap.add_argument("--trials", type=int, default=12, help="trials per sweep for B3/B4")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    work = Path(tempfile.mkdtemp(prefix="kdtrain-bench-"))
+    os.environ["KDTRAIN_HOME"] = str(work / "home")
+    if args.quick:
+        sweep = work / "quick.yaml"
+        sweep.write_text(QUICK_SWEEP)
+        trials, repeats = 2, 1
+    else:
+        sweep, trials, repeats = ROOT / "sweeps" / "quickstart.yaml", args.trials, args.repeats
+    cfg = config.load(sweep, ["train.threads=1"])
+    ds = data.load(cfg.data)
+    print(f"teachers for {sweep.name} (trained once, cached)...", flush=True)
+    pool = load_pool(cfg, ds, log=lambda s: None)
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
+                          f"torch {torch.__version__}", "sweep": sweep.name, "epochs": cfg.train.epochs,
+               "student": f"{cfg.student.arch} width {cfg.student.width}"}
+    print("B1/B2: loops...", flush=True)
+    results.update(b1_b2(cfg, ds, pool, repeats))
+
+    print("B3/B4/B5: sweeps with 1 and 2 workers...", flush=True)
+    cache = work / "home" / "cache" / "teachers"
+    one = sweep_run(sweep, 1, trials, work / "w1", cache)
+    two = sweep_run(sweep, 2, trials, work / "w2", cache)
+    results["b3_trials_per_min"] = {"1_worker": 60 * one["trials"] / one["trial_phase_s"],
+                                    "2_workers": 60 * two["trials"] / two["trial_phase_s"]}
+    results["b3_speedup_2_workers"] = results["b3_trials_per_min"]["2_workers"] / results["b3_trials_per_min"]["1_worker"]
+    results["b4_overhead_s_per_trial"] = (one["trial_phase_s"] - one["train_s"]) / one["trials"]
+    results["b5_peak_rss_mb"] = max(one["peak_rss_mb"], two["peak_rss_mb"])
+    results["sweeps"] = {"1_worker": one, "2_workers": two}
+    shutil.rmtree(work, ignore_errors=True)
+
+    targets = {"b1_speedup_batch64": (">=", 3), "b1_speedup_default": (">=", 8), "b2_kd_over_scratch": ("<=", 1.3),
+               "b3_speedup_2_workers": (">=", 1.7), "b4_overhead_s_per_trial": ("<=", 0.5),
+               "b5_peak_rss_mb": ("<=", 1536)}
+    print(f"\n{'benchmark':28s} {'value':>10s}  target   met")
+    for key, (op, bound) in targets.items():
+        v = results[key]
+        ok = v >= bound if op == ">=" else v <= bound
+        print(f"{key:28s} {v:10.3f}  {op} {bound:<5} {'yes' if ok else 'NO'}")
+    a = results["b1_accuracy"]
+    print(f"{'b1 test accuracy':28s} classic {a['classic']:.4f} / kdtrain {a['kdtrain']:.4f} (default batch)")
+    a = results["b1_accuracy_batch64"]
+    print(f"{'':28s} classic {a['classic']:.4f} / kdtrain {a['kdtrain']:.4f} (batch 64)")
+    print(f"machine: {results['machine']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
