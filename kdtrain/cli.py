@@ -112,13 +112,16 @@ class SweepProgress:
         self.stream, self.tty = stream, stream.isatty()
         self.start, self.last, self.printed = time.time(), None, 0.0
         self.done0 = None
+        self.storage = None
 
     def line(self) -> str:
         import optuna
 
         from kdtrain.search import counts, open_storage
 
-        study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage_url))
+        if self.storage is None:  # opened once: an RDB storage holds a connection pool
+            self.storage = open_storage(self.storage_url)
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         c = counts(study)
         done = c["COMPLETE"] + c["PRUNED"]
         if self.done0 is None:
@@ -160,13 +163,17 @@ def cmd_sweep(args) -> int:
     import threading
 
     from kdtrain import config, data, search
-    from kdtrain.config import KdtrainError, parse_duration, redact
-    from kdtrain.teachers import load_pool
-    from kdtrain.tracking import Tracker
+    from kdtrain.config import ConfigError, KdtrainError, parse_duration, redact
+    from kdtrain.teachers import check_weights, load_pool
+    from kdtrain.tracking import Tracker, check_reachable
 
     cfg = config.load(args.sweep, args.set)
-    if args.workers < 1:
-        raise KdtrainError("--workers must be >= 1")
+    if not cfg.search:
+        raise ConfigError(["search: the search space is empty; add a search: section, e.g. "
+                           "kd.temperature: {type: float, low: 1, high: 20, log: true} "
+                           "(kdtrain train runs the base settings alone)"], args.sweep)
+    if args.workers < 0:
+        raise KdtrainError("--workers must be >= 0 (0: create the study and let kdtrain worker run it)")
     if args.trials is not None and args.trials < 1:
         raise KdtrainError("--trials must be >= 1")
     try:
@@ -174,11 +181,27 @@ def cmd_sweep(args) -> int:
     except ValueError as e:
         raise KdtrainError(f"--timeout: {e}") from None
     storage_url = args.storage or search.default_storage()
-    storage = search.open_storage(storage_url)
     name = args.study or cfg.study.name
-    if args.new_study:
-        name = search.free_name(storage, name)
     trials = args.trials or cfg.study.trials
+
+    # Reach the stores and check the study before any work: a wrong URL, a wrong password or a changed search
+    # space fails in seconds, not after the teachers have trained, and nothing is written until then.
+    storage = None
+    if search.is_rdb(storage_url) or Path(storage_url).expanduser().exists():
+        storage = search.open_storage(storage_url, (cfg.study.heartbeat_interval, cfg.study.grace_period))
+        if args.new_study:
+            name = search.free_name(storage, name)
+        search.check_study(cfg, storage, name)
+    check_reachable(args.tracking_uri)
+    ds = data.load(cfg.data)
+    check_weights(cfg, ds)  # a corrupt or ill-fitting checkpoint stops here, before any teacher trains
+
+    pool = load_pool(cfg, ds, on_epoch=lambda n, s: EpochProgress(f"teacher {n}")(s))
+    for t in pool.values():
+        print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}, "
+              f"{t.params:,} params")
+
+    storage = storage or search.open_storage(storage_url)
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage, name, trials)
     exp_id = tracker.experiment(name)
@@ -189,12 +212,13 @@ def cmd_sweep(args) -> int:
           + (f", {len(recovered)} interrupted trial(s) failed and re-queued: {recovered}" if recovered else ""))
     print(f"optuna storage: {redact(storage_url)}")
     print(f"mlflow: {redact(tracker.uri)}  experiment {exp_id}")
-
-    ds = data.load(cfg.data)
-    pool = load_pool(cfg, ds, on_epoch=lambda n, s: EpochProgress(f"teacher {n}")(s))
-    for t in pool.values():
-        print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}, "
-              f"{t.params:,} params")
+    if args.workers == 0:
+        search.ensure_teacher_runs(search.Context(study, cfg, ds, pool, tracker, exp_id, parent, print))
+        storage_env = "" if storage_url == search.default_storage() else f"KDTRAIN_STORAGE='{redact(storage_url)}' "
+        print(f"\nstudy {name} is ready; start workers on any machine that reaches both stores:\n"
+              f"  {storage_env}MLFLOW_TRACKING_URI={redact(tracker.uri)} kdtrain worker --study {name}\n"
+              f"(put the real password in the environment variables; kdtrain never prints it)")
+        return 0
 
     cores = os.cpu_count() or 1
     threads = cfg.train.threads or max(1, cores // args.workers)
@@ -217,12 +241,13 @@ def cmd_sweep(args) -> int:
             search.ensure_teacher_runs(search.Context(study, cfg, ds, pool, tracker, exp_id, parent, print))
             logs.mkdir(parents=True, exist_ok=True)
             for i in range(args.workers):
-                cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", name, "--storage", storage_url,
-                       "--tracking-uri", tracker.uri, "--threads", str(threads)]
+                # the stores travel in the environment, not on the command line where ps would show a password
+                cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", name, "--threads", str(threads)]
                 if deadline:
                     cmd += ["--deadline", str(deadline)]
+                env = {**os.environ, "KDTRAIN_STORAGE": storage_url, "MLFLOW_TRACKING_URI": tracker.uri}
                 fh = open(logs / f"{name}-worker{i}.log", "a")
-                procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh, i))
+                procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh, i))
             print(f"{args.workers} workers, {threads} CPU thread(s) each; logs in {logs}")
             while any(p.poll() is None for p, _, _ in procs):
                 progress.update()
@@ -296,13 +321,26 @@ def _front_table(study) -> str:
 def cmd_worker(args) -> int:
     from kdtrain import search
 
-    ctx = search.open_context(args.study, args.storage, args.tracking_uri, args.threads,
-                              log=lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True))
+    import os
+    import socket
+
+    from kdtrain.config import redact
+    from kdtrain.tracking import check_reachable
+
+    check_reachable(args.tracking_uri)
+    log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
+    ctx = search.open_context(args.study, args.storage, args.tracking_uri, args.threads, log=log)
+    log(f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
+        f"(optuna: {redact(args.storage or search.default_storage())}, mlflow: {redact(ctx.tracker.uri)})")
     recovered = search.recover(ctx.study, ctx.tracker)
     if recovered:
-        print(f"interrupted trial(s) {recovered} failed and re-queued", flush=True)
+        log(f"interrupted trial(s) {recovered} failed and re-queued")
     search.work(ctx, args.deadline)
-    print(f"{time.strftime('%H:%M:%S')} worker done", flush=True)
+    c = search.counts(ctx.study)
+    target = ctx.study.user_attrs.get(search.A_TRIALS, ctx.cfg.study.trials)
+    if c["COMPLETE"] + c["PRUNED"] >= target:
+        ctx.tracker.end(ctx.parent_id, "FINISHED")  # the study is complete, whoever started it
+    log(f"worker done: study {args.study} has {c['COMPLETE'] + c['PRUNED']}/{target} trials")
     return 0
 
 
@@ -475,11 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_sweep("sweep", "run an Optuna study over the sweep's search space; every trial a run in MLflow")
     sp.add_argument("--trials", type=int, help="trials for the study (default: study.trials)")
     sp.add_argument("--timeout", help="stop starting trials after this long, e.g. 8h, 30m (default: study.timeout)")
-    sp.add_argument("--workers", type=int, default=1, help="worker processes on this machine (CPU threads split)")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="worker processes on this machine (CPU threads split); 0 creates the study and its runs "
+                    "and exits, for workers started elsewhere with kdtrain worker")
     sp.add_argument("--study", help="study name (default: study.name)")
     sp.add_argument("--new-study", action="store_true",
                     help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings")
-    sp.add_argument("--storage", help="Optuna storage: a journal file (default mlruns/optuna.journal) or an RDB URL")
+    sp.add_argument("--storage", help="Optuna storage: a journal file or an RDB URL such as postgresql://... "
+                    "(default $KDTRAIN_STORAGE, else mlruns/optuna.journal)")
     sp.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     sp.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     sp.add_argument("--report-dir", default="reports", help="where the report goes (default: reports/)")
@@ -496,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     wp = sub.add_parser("worker", help="join an existing study (the sweep config is read from the study)")
     wp.add_argument("--study", required=True)
-    wp.add_argument("--storage", help="Optuna storage of the study (default mlruns/optuna.journal)")
+    wp.add_argument("--storage", help="Optuna storage of the study (default $KDTRAIN_STORAGE, else "
+                    "mlruns/optuna.journal)")
     wp.add_argument("--tracking-uri", help="MLflow tracking URI")
     wp.add_argument("--threads", type=int, help="CPU threads for training")
     wp.add_argument("--deadline", type=float, help=argparse.SUPPRESS)

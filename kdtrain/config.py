@@ -59,6 +59,10 @@ class StudyConfig:
     """Upper bounds such as {max_params: 50000, max_latency_ms: 0.1}."""
     seed: int | None = None
     """Sampler seed; None for a random one."""
+    heartbeat_interval: int = 60
+    """Seconds between a running trial's heartbeats (RDB storages such as PostgreSQL)."""
+    grace_period: int = 180
+    """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
 
 
 @dataclass(frozen=True)
@@ -329,6 +333,10 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
              f"study.constraints.{key}: use max_<metric> or min_<metric> (e.g. max_params, max_latency_ms)")
         need(isinstance(bound, (int, float)) and not isinstance(bound, bool),
              f"study.constraints.{key}: expected a number, got {bound!r}")
+    need(s.heartbeat_interval >= 1, f"study.heartbeat_interval: must be >= 1 second, got {s.heartbeat_interval}")
+    need(s.grace_period > s.heartbeat_interval,
+         f"study.grace_period: must be longer than study.heartbeat_interval ({s.heartbeat_interval}), "
+         f"got {s.grace_period}")
     if s.timeout is not None:
         try:
             parse_duration(s.timeout)
@@ -594,6 +602,7 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def redact(url: str) -> str:
-    """Hide a password inside a URL (postgresql://user:***@host/db) before it is printed or logged."""
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]*@", r"\1***@", str(url))
+def redact(text: str) -> str:
+    """Hide passwords inside URLs (postgresql://user:***@host/db, ?password=***) before they are shown or logged."""
+    text = re.sub(r"(://[^:/@\s]*:)[^\s/]*@", r"\1***@", str(text))  # greedy: up to the last @ of the netloc
+    return re.sub(r"(?i)\b(password|passwd|pwd)=[^&\s'\"]*", r"\1=***", text)

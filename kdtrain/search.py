@@ -14,7 +14,9 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import socket
+import threading
 import time
 import traceback
 import warnings
@@ -46,23 +48,95 @@ A_CONFIG, A_TRIALS, A_PARENT, A_EXP = "kdtrain.config", "kdtrain.trials", "kdtra
 
 
 def default_storage() -> str:
-    return str(home() / "optuna.journal")
+    """$KDTRAIN_STORAGE (keeps a password off the command line), else the journal file under kdtrain's home."""
+    return os.environ.get("KDTRAIN_STORAGE") or str(home() / "optuna.journal")
 
 
-def open_storage(url: str | None = None):
-    """A journal file path (the default) or an RDB URL (sqlite:///..., postgresql://...)."""
+def is_rdb(url: str) -> bool:
+    return "://" in url
+
+
+def _db_error(e: Exception) -> str:
+    """The driver's own words, without SQLAlchemy's wrapping, on one line, passwords hidden."""
+    text = str(e).replace("\n", " ").split("(Background on this error", 1)[0]
+    text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
+    hint = ""
+    if "password authentication failed" in text or "authentication failed" in text:
+        hint = " (check the user and password in the storage URL)"
+    elif "Connection refused" in text or "could not connect" in text or "timeout expired" in text:
+        hint = " (is the database server running and reachable from this machine?)"
+    elif "does not exist" in text:
+        hint = " (create the database first, e.g. createdb NAME)"
+    return redact(" ".join(text.split()))[:400] + hint
+
+
+def open_storage(url: str | None = None, heartbeat: tuple[int, int] | None = None):
+    """A journal file path (the default) or an RDB URL (sqlite:///..., postgresql://...).
+
+    RDB storages record a heartbeat per running trial (heartbeat = (interval_s, grace_s), normally the study's
+    settings, see apply_heartbeat): a trial whose worker stops beating for the grace period is failed and its
+    parameters re-queued by the next worker that looks (recover)."""
     url = url or default_storage()
-    if "://" in url:
+    if is_rdb(url):
+        interval, grace = heartbeat or (60, 180)
+        # pool_pre_ping: each pooled connection is checked before use, so a database restart overnight is survived
+        kwargs: dict = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=interval,
+                                              grace_period=grace)
+        except ImportError:
+            raise KdtrainError(f"the Optuna storage {redact(url)} needs its database driver: "
+                               "pip install 'kdtrain[postgres]'") from None
         except Exception as e:
-            raise KdtrainError(f"cannot open the Optuna storage {redact(url)}: {str(e).splitlines()[0][:300]}") \
-                from None
+            raise KdtrainError(f"cannot open the Optuna storage {redact(url)}: {_db_error(e)}") from None
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(url).expanduser().resolve()
+    if path.is_dir():
+        raise KdtrainError(f"the Optuna storage {path} is a directory; give a journal file such as "
+                           f"{path / 'optuna.journal'} or an RDB URL (postgresql://...)")
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _backend(storage):
+    return getattr(storage, "_backend", storage)  # optuna wraps an RDBStorage in a cache
+
+
+def apply_heartbeat(storage, cfg: Config) -> None:
+    """Every worker of a study beats at the study's own interval and grace period (stored with its config)."""
+    b = _backend(storage)
+    if isinstance(b, optuna.storages.RDBStorage):
+        b.heartbeat_interval, b.grace_period = cfg.study.heartbeat_interval, cfg.study.grace_period
+
+
+def heartbeat_interval(storage) -> int | None:
+    b = _backend(storage)
+    return b.heartbeat_interval if isinstance(b, optuna.storages.RDBStorage) else None
+
+
+@contextlib.contextmanager
+def study_lock(storage, study_name: str, purpose: str):
+    """A mutex over every worker of a study: a PostgreSQL advisory lock when the study lives there (workers on
+    several machines), else a file lock (workers on this machine). The lock dies with its holder."""
+    b = _backend(storage)
+    if isinstance(b, optuna.storages.RDBStorage) and b.engine.dialect.name == "postgresql":
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha1(f"kdtrain/{purpose}/{study_name}".encode()).digest()[:8], "big",
+                             signed=True)
+        with b.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    else:
+        with file_lock(f"{purpose}-{study_name}"):
+            yield
 
 
 def existing_storage(url: str | None = None):
@@ -149,26 +223,32 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------- studies
 
 
-def create_or_open(cfg: Config, storage, name: str, trials: int) -> optuna.Study:
-    """Create the study (config stored inside, base trial enqueued) or reopen it if the settings match."""
-    directions = list(cfg.study.objectives.values())
+def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
+    """The existing study of that name (None if there is none); refused if its settings differ from cfg."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        study = None
+        return None
+    stored = json.loads(study.user_attrs.get(A_CONFIG, "{}"))
+    if stored:
+        changed = _diff(signature(config.from_dict(stored)), signature(cfg))
+        if changed:
+            what = "search space" if any(c.startswith("search") for c in changed) else "settings"
+            raise KdtrainError(
+                f"study {name!r} already exists with a different {what} (changed: {', '.join(changed)}). "
+                f"Resume it with the original sweep file, or start a new study with --new-study "
+                f"(or --study OTHER_NAME).")
+    return study
+
+
+def create_or_open(cfg: Config, storage, name: str, trials: int) -> optuna.Study:
+    """Create the study (config stored inside, base trial enqueued) or reopen it if the settings match."""
+    apply_heartbeat(storage, cfg)
+    study = check_study(cfg, storage, name)
     if study is not None:
-        stored = json.loads(study.user_attrs.get(A_CONFIG, "{}"))
-        if stored:
-            changed = _diff(signature(config.from_dict(stored)), signature(cfg))
-            if changed:
-                what = "search space" if any(c.startswith("search") for c in changed) else "settings"
-                raise KdtrainError(
-                    f"study {name!r} already exists with a different {what} (changed: {', '.join(changed)}). "
-                    f"Resume it with the original sweep file, or start a new study with --new-study "
-                    f"(or --study OTHER_NAME).")
         study.set_user_attr(A_TRIALS, trials)
         return study
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    study = optuna.create_study(study_name=name, storage=storage, directions=list(cfg.study.objectives.values()))
     study.set_user_attr(A_CONFIG, json.dumps(cfg.to_dict()))
     study.set_user_attr(A_TRIALS, trials)
     study.set_user_attr("kdtrain.objectives", list(cfg.study.objectives))
@@ -240,35 +320,92 @@ def _pid_alive(pid: int) -> bool:
 
 
 def fail_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, tracker: Tracker | None,
-               requeue: bool = True) -> None:
-    """Mark a trial failed with its reason, close its MLflow run as KILLED, re-queue its params once."""
+               requeue: bool = True) -> bool:
+    """Mark a trial failed with its reason, re-queue its params once, close its MLflow run as KILLED.
+
+    False when another worker failed or finished it first (the storage refuses a second transition)."""
     storage = study._storage
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-    storage.set_trial_user_attr(trial._trial_id, "kdtrain.interrupted", True)
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(trial._trial_id, "kdtrain.interrupted", True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
     if requeue and trial.params:
         study.enqueue_trial(trial.params, user_attrs={"kdtrain.requeued_from": trial.number},
                             skip_if_exists=False)
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if tracker is not None and run_id:
         with contextlib.suppress(Exception):
             tracker.set_tags(run_id, {"optuna.state": "FAIL", "fail_reason": reason})
             tracker.end(run_id, "KILLED")
+    return True
+
+
+def _recover(study: optuna.Study, tracker: Tracker | None) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone. Call under study_lock(..., "ask").
+
+    RDB storages (PostgreSQL: workers on many machines): a trial without a heartbeat for the grace period.
+    Journal file (workers on this machine): a trial whose worker process on this host no longer exists."""
+    storage, recovered = study._storage, []
+    interval = heartbeat_interval(storage)
+    if interval:
+        grace = _backend(storage).grace_period
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            t = storage.get_trial(trial_id)
+            who = f"pid {t.user_attrs.get('kdtrain.pid')} on {t.user_attrs.get('kdtrain.host')}"
+            if fail_trial(study, t, f"interrupted: no heartbeat from its worker ({who}) for more than {grace} s; "
+                          "the worker died or lost the database", tracker):
+                recovered.append(t.number)
+        return recovered
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, t_host = t.user_attrs.get("kdtrain.pid"), t.user_attrs.get("kdtrain.host")
+        if t_host not in (None, host) or (pid is not None and pid != os.getpid() and _pid_alive(pid)):
+            continue
+        if fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial "
+                      "finished", tracker):
+            recovered.append(t.number)
+    return recovered
 
 
 def recover(study: optuna.Study, tracker: Tracker | None) -> list[int]:
-    """Fail the RUNNING trials whose worker on this host is gone (kill -9, power loss)."""
+    """Fail and re-queue the trials whose worker is gone (kill -9, power loss, a lost machine)."""
+    with study_lock(study._storage, study.study_name, "ask"):  # no trial is between ask and its pid meanwhile
+        return _recover(study, tracker)
+
+
+def _recoverable(study: optuna.Study) -> bool:
+    """Will the RUNNING trials of this study finish or be recovered by a worker here? (heartbeats, or all on
+    this host where a dead pid is seen)."""
+    if heartbeat_interval(study._storage):
+        return True
     host = socket.gethostname()
-    recovered = []
-    with file_lock(f"ask-{study.study_name}"):  # no trial is between ask and its pid attribute meanwhile
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            pid, t_host = t.user_attrs.get("kdtrain.pid"), t.user_attrs.get("kdtrain.host")
-            if t_host not in (None, host) or (pid is not None and pid != os.getpid() and _pid_alive(pid)):
-                continue
-            fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial "
-                       "finished", tracker)
-            recovered.append(t.number)
-    return recovered
+    return all(t.user_attrs.get("kdtrain.host") in (None, host)
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+@contextlib.contextmanager
+def heartbeat(storage, trial_id: int):
+    """Record the trial's heartbeat every interval while it runs (RDB storages; nothing for a journal file)."""
+    interval = heartbeat_interval(storage)
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            with contextlib.suppress(Exception):  # a database blip must not kill the trial: the grace period covers it
+                storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 # --------------------------------------------------------------------------- the worker
@@ -300,7 +437,7 @@ def _flat_params(cfg: Config) -> dict:
 
 def ensure_teacher_runs(ctx: Context) -> None:
     """Every teacher of the pool is a run of the study (logged once)."""
-    with file_lock(f"teachers-{ctx.exp_id}"):
+    with study_lock(ctx.study._storage, ctx.study.study_name, "teachers"):
         for t in ctx.pool.values():
             if ctx.tracker.find(ctx.exp_id, {"kdtrain.teacher_key": t.key}):
                 continue
@@ -315,7 +452,7 @@ def ensure_teacher_runs(ctx: Context) -> None:
 
 
 def ensure_baseline(ctx: Context, cfg: Config) -> dict:
-    """The no-teacher (alpha = 0) run of this student, trained once, cached, logged once per study."""
+    """The no-teacher (alpha = 0) run of this student: trained once per machine (cached), logged once per study."""
     key = student_key(cfg)
     path = home() / "cache" / "baselines" / f"{key}.json"
     with file_lock(f"baseline-{key}"):
@@ -331,6 +468,7 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
             result = {"metrics": metrics, "history": [dataclasses.asdict(h) for h in r.history]}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result))
+    with study_lock(ctx.study._storage, ctx.study.study_name, f"baseline-{key}"):
         if not ctx.tracker.find(ctx.exp_id, {"kdtrain.baseline_key": key}):
             from kdtrain.train import EpochStats
 
@@ -347,7 +485,7 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> list[float]:
     values = suggest(trial, ctx.cfg.search)
     tcfg = config.replace(ctx.cfg, values)
     tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
-            "mlflow.note.content": describe(tcfg)}
+            "kdtrain.host": socket.gethostname(), "kdtrain.pid": os.getpid(), "mlflow.note.content": describe(tcfg)}
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
                                params=_flat_params(tcfg))
     trial.set_user_attr("mlflow_run_id", run_id)
@@ -387,51 +525,81 @@ def describe(cfg: Config) -> str:
             f"teachers={'+'.join(cfg.kd_teachers)} ({cfg.kd.ensemble})")
 
 
-def work(ctx: Context, deadline: float | None = None) -> None:
-    """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes."""
+def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> None:
+    """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes.
+
+    When the trials still missing are all running elsewhere, wait: a worker that dies is recovered (heartbeat
+    or dead pid) and its trial re-queued, and someone must be left to run it."""
     study, tracker = ctx.study, ctx.tracker
+    waiting_said = False
     while True:
-        with file_lock(f"ask-{study.study_name}"):
+        trial = None
+        with study_lock(study._storage, study.study_name, "ask"):
+            for n in _recover(study, tracker):
+                ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
             target = study.user_attrs.get(A_TRIALS, ctx.cfg.study.trials)
             c = counts(study)
-            if c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] >= target:
+            done = c["COMPLETE"] + c["PRUNED"]
+            if done >= target or (deadline is not None and time.time() >= deadline):
                 return
-            errors = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                      if not t.user_attrs.get("kdtrain.interrupted")]
-            if len(errors) > max(5, target):  # a broken setting, not bad luck: stop instead of looping
-                raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. "
-                                   f"Last reason: {errors[-1].user_attrs.get('fail_reason', '?').splitlines()[0]}")
-            if deadline is not None and time.time() >= deadline:
-                return
-            trial = study.ask()
-            # who runs it, set before the lock is released: recover() (under the same lock) trusts these
-            trial.set_user_attr("kdtrain.host", socket.gethostname())
-            trial.set_user_attr("kdtrain.pid", os.getpid())
-        run_id = None
-        try:
-            values = run_trial(ctx, trial)
-            run_id = trial.user_attrs.get("mlflow_run_id")
-            study.tell(trial, values)
-            _close(tracker, run_id, "COMPLETE", "FINISHED")
-            ctx.log(f"trial {trial.number} complete: "
-                    + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values)))
-        except optuna.TrialPruned as e:
-            run_id = trial.user_attrs.get("mlflow_run_id")
-            study.tell(trial, state=TrialState.PRUNED)
-            _close(tracker, run_id, "PRUNED", "FINISHED", {"prune_reason": str(e)})
-            ctx.log(f"trial {trial.number} pruned: {e}")
-        except (KeyboardInterrupt, SystemExit):
-            frozen = study._storage.get_trial(trial._trial_id)
-            fail_trial(study, frozen, "interrupted: stopped by the user (Ctrl-C)", tracker)
-            raise
-        except Exception as e:
-            reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
-                f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
-            trial.set_user_attr("fail_reason", reason[:2000])
-            run_id = trial.user_attrs.get("mlflow_run_id")
-            study.tell(trial, state=TrialState.FAIL)
-            _close(tracker, run_id, "FAIL", "FAILED", {"fail_reason": reason[:2000]})
-            ctx.log(f"trial {trial.number} failed: {reason.splitlines()[0]}")
+            if done + c["RUNNING"] < target:
+                errors = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                          if not t.user_attrs.get("kdtrain.interrupted")]
+                if len(errors) > max(5, target):  # a broken setting, not bad luck: stop instead of looping
+                    raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
+                                       f"reason: {errors[-1].user_attrs.get('fail_reason', '?').splitlines()[0]}")
+                trial = study.ask()
+                # who runs it, set before the lock is released: recovery (under the same lock) trusts these
+                trial.set_user_attr("kdtrain.host", socket.gethostname())
+                trial.set_user_attr("kdtrain.pid", os.getpid())
+                if heartbeat_interval(study._storage):
+                    study._storage.record_heartbeat(trial._trial_id)
+            elif not _recoverable(study):
+                return  # the rest runs on hosts whose death this worker cannot see
+        if trial is None:
+            if not waiting_said:
+                ctx.log(f"waiting: the {c['RUNNING']} trial(s) still missing run on other workers")
+                waiting_said = True
+            time.sleep(poll_s)
+            continue
+        waiting_said = False
+        with heartbeat(study._storage, trial._trial_id):
+            _run_and_tell(ctx, trial)
+
+
+def _run_and_tell(ctx: Context, trial: optuna.Trial) -> None:
+    study, tracker = ctx.study, ctx.tracker
+    try:
+        values = run_trial(ctx, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        study.tell(trial, values)
+        _close(tracker, run_id, "COMPLETE", "FINISHED")
+        ctx.log(f"trial {trial.number} complete: "
+                + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values)))
+    except optuna.TrialPruned as e:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        study.tell(trial, state=TrialState.PRUNED)
+        _close(tracker, run_id, "PRUNED", "FINISHED", {"prune_reason": str(e)})
+        ctx.log(f"trial {trial.number} pruned: {e}")
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # another worker saw no heartbeat for the grace period and failed this trial (a long database outage);
+        # its re-queued copy runs again, so this result is dropped rather than counted twice
+        _close(tracker, trial.user_attrs.get("mlflow_run_id"), "FAIL", "KILLED",
+               {"fail_reason": "failed by another worker (no heartbeat) while still running; result dropped"})
+        ctx.log(f"trial {trial.number} was failed by another worker while running (no heartbeat); result dropped")
+    except (KeyboardInterrupt, SystemExit):
+        frozen = study._storage.get_trial(trial._trial_id)
+        fail_trial(study, frozen, "interrupted: stopped by the user (Ctrl-C)", tracker)
+        raise
+    except Exception as e:
+        reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
+            f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        reason = redact(reason)[:2000]
+        trial.set_user_attr("fail_reason", reason)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        study.tell(trial, state=TrialState.FAIL)
+        _close(tracker, run_id, "FAIL", "FAILED", {"fail_reason": reason})
+        ctx.log(f"trial {trial.number} failed: {reason.splitlines()[0]}")
 
 
 def _close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: dict | None = None) -> None:
@@ -445,6 +613,7 @@ def open_context(study_name: str, storage_url: str | None, tracking_uri: str | N
     """What a worker needs, from the study alone: config, data, teacher pool, MLflow ids."""
     study = load(study_name, storage_url)
     cfg = study_config(study)
+    apply_heartbeat(study._storage, cfg)
     if threads:
         cfg = config.replace(cfg, {"train.threads": threads})
     study.sampler = make_sampler(cfg)
@@ -461,7 +630,7 @@ def open_context(study_name: str, storage_url: str | None, tracking_uri: str | N
 
 def ensure_parent(tracker: Tracker, exp_id: str, study: optuna.Study, cfg: Config, sweep_file: str | None) -> str:
     """The study's parent run (kdtrain.role=sweep): created once, reopened on resume."""
-    with file_lock(f"parent-{exp_id}"):
+    with study_lock(study._storage, study.study_name, "parent"):
         found = tracker.find(exp_id, {"kdtrain.role": "sweep", "optuna.study": study.study_name})
         if found:
             run_id = found[0].info.run_id

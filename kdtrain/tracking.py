@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,43 @@ def load_state_dict(uri: str) -> dict:
     return model.state_dict()
 
 
+def _split_credentials(uri: str) -> str:
+    """http://user:pass@host -> http://host, the credentials moved to MLflow's own environment variables (so that
+    the password never sits in a printed URI, a log or a child's command line)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    user, _, host = parts.netloc.rpartition("@")
+    name, _, password = user.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(name)
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
+def check_reachable(uri: str | None) -> None:
+    """Fail fast, with one clear message, when an MLflow tracking server cannot be reached (local stores: no-op).
+
+    MLflow's own client retries for minutes before giving up; this asks /health once with a 10 s timeout."""
+    uri = _split_credentials(uri or default_uri())
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise KdtrainError(f"the MLflow tracking server {redact(uri)} refused the credentials (HTTP {e.code}); "
+                               "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        # any other answer means a server is there (a proxy without /health)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise KdtrainError(f"cannot reach the MLflow tracking server {redact(uri)} ({reason}); start it "
+                           "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+
+
 class Tracker:
     """Explicit-run-id logging through MlflowClient (safe across worker processes)."""
 
@@ -56,7 +94,7 @@ class Tracker:
         _quiet()
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri or default_uri()
+        self.uri = _split_credentials(uri or default_uri())
         # a local SQLite store keeps its artifacts beside the database (absolute; not the cwd's ./mlruns)
         self.artifacts = None
         if self.uri.startswith("sqlite:///"):
