@@ -39,6 +39,8 @@ from kdtrain.train import DivergedError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# kdtrain asks and tells by hand and runs its own heartbeat thread (see heartbeat())
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 A_CONFIG, A_TRIALS, A_PARENT, A_EXP = "kdtrain.config", "kdtrain.trials", "kdtrain.parent_run_id", "kdtrain.experiment_id"

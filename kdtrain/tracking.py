@@ -25,6 +25,8 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 
 
 def _quiet() -> None:
+    # MLflow prints "View run ... at" for every run it ends on a server; kdtrain prints its own runs-view link
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them afterwards)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -1,0 +1,297 @@
+"""Several machines, for real: a PostgreSQL study, an `mlflow server` backed by PostgreSQL, worker processes
+that each have their own kdtrain home (as separate machines would), SIGKILL in mid-trial; and a local soak of
+four workers on the default journal store.
+
+PostgreSQL comes from $KDTRAIN_TEST_POSTGRES (a URL whose role may create databases; `.ci/postgres` starts
+Debian's server and prints one). Without it these tests skip, unless $KDTRAIN_REQUIRE_INTEGRATION=1 (CI),
+where a missing server is a failure.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from kdtrain import search
+
+from conftest import TINY_SWEEP, run_cli
+
+pytestmark = pytest.mark.integration
+
+SEARCH = """
+search:
+  kd.temperature: {type: float, low: 1, high: 20, log: true}
+  kd.alpha: {type: float, low: 0, high: 1}
+  student.width: {type: int, low: 2, high: 16, log: true}
+  kd.teachers: {type: subset, of: [big, conv]}
+"""
+
+
+def sweep_file(folder: Path, trials: int, size: int = 400, epochs: int = 4) -> Path:
+    text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(SEARCH)
+    text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
+                        f"params: minimize}}, trials: {trials}}}")
+    text = text.replace("size: 400", f"size: {size}").replace("epochs: 4,", f"epochs: {epochs},")
+    # profiling is not under test here: keep it short
+    text += "profile: {blocks: 3, calls: 10, warmup: 5, throughput_batch: 64}\n"
+    p = folder / "tiny.yaml"
+    p.write_text(text)
+    return p
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    url = os.environ.get("KDTRAIN_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("KDTRAIN_REQUIRE_INTEGRATION") == "1":
+            pytest.fail("KDTRAIN_TEST_POSTGRES is not set: start PostgreSQL with .ci/postgres")
+        pytest.skip("no PostgreSQL: set KDTRAIN_TEST_POSTGRES (see .ci/postgres)")
+    return url
+
+
+def _admin(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="module")
+def new_database(pg_url):
+    """A factory of fresh databases on the test server (dropped afterwards)."""
+    made = []
+
+    def make() -> str:
+        name = f"kdtest_{uuid.uuid4().hex[:10]}"
+        _admin(pg_url, f"create database {name}")
+        made.append(name)
+        return pg_url.rsplit("/", 1)[0] + "/" + name
+
+    yield make
+    for name in made:
+        _admin(pg_url, f"drop database if exists {name} with (force)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(new_database, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, its runs in PostgreSQL, its artifacts proxied to a folder."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", new_database(),
+                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, (root / "server.log").read_text()[-3000:]
+        time.sleep(0.5)
+    yield url, root
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def mlflow_runs(url: str, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(url)
+    return mlflow.search_runs(experiment_names=[experiment], max_results=10000)
+
+
+# --------------------------------------------------------------------------- the kill test
+
+
+def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp_path, new_database,
+                                                                             mlflow_server):
+    """Two `kdtrain worker` processes (each with its own home, like two machines) share one PostgreSQL study
+    and one MLflow server; one is SIGKILLed in mid-trial; the other fails that trial by heartbeat, runs its
+    re-queued copy and completes the study. Nothing is lost or doubled."""
+    trials = 6
+    storage, (server, _) = new_database(), mlflow_server
+    p = sweep_file(tmp_path, trials, size=3000, epochs=30)
+    hb = ["--set", "study.heartbeat_interval=1", "--set", "study.grace_period=4"]
+    env = {"KDTRAIN_HOME": str(tmp_path / "launcher"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    r = run_cli("sweep", p, *hb, "--storage", storage, "--tracking-uri", server, "--workers", "0", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "is ready" in r.stdout and "kdtrain worker --study tiny" in r.stdout
+
+    def worker(name: str):
+        wenv = {**os.environ, "KDTRAIN_HOME": str(tmp_path / name), "KDTRAIN_DATA": str(tmp_path / "data"),
+                "KDTRAIN_STORAGE": storage, "MLFLOW_TRACKING_URI": server}
+        log = open(tmp_path / f"{name}.log", "w")
+        return subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--threads", "1"],
+                                env=wenv, stdout=log, stderr=subprocess.STDOUT), log
+
+    (a, a_log), (b, b_log) = worker("machine-a"), worker("machine-b")
+    study = optuna.load_study(study_name="tiny", storage=search.open_storage(storage))
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline and a.poll() is None:
+        time.sleep(0.2)
+        running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                   if t.user_attrs.get("kdtrain.pid") == a.pid and "mlflow_run_id" in t.user_attrs]
+        done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+        if running and done >= 1:  # both workers have been sharing the study for a while
+            victim = running[0]
+    assert victim is not None, (tmp_path / "machine-a.log").read_text()[-3000:]
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    try:
+        assert b.wait(timeout=300) == 0, (tmp_path / "machine-b.log").read_text()[-3000:]
+    finally:
+        for proc, log in ((a, a_log), (b, b_log)):
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    b_text = (tmp_path / "machine-b.log").read_text()
+    assert f"trial {victim.number}: its worker is gone; failed and re-queued" in b_text
+
+    study = optuna.load_study(study_name="tiny", storage=search.open_storage(storage))
+    trials_now = study.get_trials()
+    complete = [t for t in trials_now if t.state.name == "COMPLETE"]
+    assert len(complete) == trials  # exact: the killed trial did not count, nothing ran twice
+    failed = study.trials[victim.number]
+    assert failed.state.name == "FAIL" and "no heartbeat" in failed.user_attrs["fail_reason"]
+    assert f"pid {a.pid}" in failed.user_attrs["fail_reason"]
+    retry = [t for t in trials_now if t.user_attrs.get("kdtrain.requeued_from") == victim.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == victim.params
+    assert retry[0].user_attrs["kdtrain.pid"] == b.pid
+    assert {t.user_attrs["kdtrain.pid"] for t in complete} <= {a.pid, b.pid}
+    assert all(t.user_attrs["kdtrain.host"] == socket.gethostname() for t in trials_now if t.params)
+    assert [t.state.name for t in trials_now].count("RUNNING") == 0
+
+    df = mlflow_runs(server, "tiny")
+    assert not (df["status"] == "RUNNING").any(), df[["tags.mlflow.runName", "status"]]
+    students = df[df["tags.kdtrain.role"] == "student"]
+    for t in complete:  # every complete trial has exactly one finished run
+        mine = students[students["tags.optuna.trial"] == str(t.number)]
+        assert len(mine) == 1 and mine["status"].iloc[0] == "FINISHED", t.number
+        assert mine["run_id"].iloc[0] == t.user_attrs["mlflow_run_id"]
+        assert mine["tags.kdtrain.pid"].iloc[0] == str(t.user_attrs["kdtrain.pid"])
+    killed = students.set_index("run_id").loc[victim.user_attrs["mlflow_run_id"]]
+    assert killed["status"] == "KILLED" and killed["tags.optuna.state"] == "FAIL"
+    assert len(students) == trials + 1
+    # two "machines" each trained the teachers, but the study logged each teacher and baseline once
+    assert sorted(df[df["tags.kdtrain.role"] == "teacher"]["tags.mlflow.runName"]) == ["teacher-big", "teacher-conv"]
+    baselines = df[df["tags.kdtrain.role"] == "baseline"]
+    assert baselines["tags.kdtrain.baseline_key"].is_unique
+    parent = df[df["tags.kdtrain.role"] == "sweep"]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_passwords_never_leave_the_url(tmp_path, new_database, mlflow_server):
+    """A sweep on PostgreSQL with a password, through the tracking server, two local workers, then status and
+    report: the password is in no output, no log, no MLflow param/tag/artifact, no report and not in the study."""
+    storage, (server, artifacts) = new_database(), mlflow_server
+    password = storage.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert len(password) >= 6
+    tracking = server.replace("http://", f"http://someone:{password}@")  # credentials in the tracking URI too
+    p = sweep_file(tmp_path, 3)
+    env = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    outputs = []
+    for args in (["sweep", p, "--study", "secret", "--storage", storage, "--tracking-uri", tracking, "--workers",
+                  "2", "--report-dir", tmp_path / "reports"],
+                 ["status", "--storage", storage],
+                 ["report", "secret", "--storage", storage, "--tracking-uri", tracking, "--out", tmp_path / "r2"]):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        outputs.append(r.stdout + r.stderr)
+    assert "***@127.0.0.1" in outputs[0]  # the storage is shown, redacted
+    for text in outputs:
+        assert password not in text
+
+    def leaks(folder: Path) -> list[str]:
+        return [str(f) for f in folder.rglob("*") if f.is_file() and password.encode() in f.read_bytes()]
+
+    files = list((tmp_path / "reports").rglob("*")) + list((tmp_path / "home" / "logs").rglob("*.log"))
+    assert any(f.name == "index.html" for f in files) and any(f.suffix == ".log" for f in files)
+    assert leaks(tmp_path / "reports") == [] and leaks(tmp_path / "r2") == [] and leaks(tmp_path / "home") == []
+    assert leaks(artifacts / "artifacts") == []  # every artifact the server holds (reports, configs, models)
+
+    df = mlflow_runs(server, "secret")
+    assert len(df) >= 3 and password not in df.to_csv()  # params, tags and metrics of every run
+    import mlflow
+
+    exp = mlflow.MlflowClient(server).get_experiment_by_name("secret")
+    assert password not in json.dumps(dict(exp.tags)) + str(exp.artifact_location)
+
+    # every row of every table of the Optuna database: study and trial attributes, params, heartbeats
+    import psycopg
+
+    with psycopg.connect(storage) as conn:
+        tables = [r[0] for r in conn.execute("select tablename from pg_tables where schemaname = 'public'")]
+        stored = "\n".join(str(row) for t in tables for row in conn.execute(f'select t::text from "{t}" t'))
+    assert "kdtrain.config" in stored and "trial_heartbeats" in tables and password not in stored
+
+
+def test_wrong_database_password_is_one_clear_error(tmp_path, pg_url):
+    wrong = pg_url.split("://", 1)[0] + "://kdtrain:Wrong-Pw-4242@" + pg_url.split("@", 1)[1]
+    p = sweep_file(tmp_path, 2)
+    r = run_cli("sweep", p, "--storage", wrong, env={"KDTRAIN_HOME": str(tmp_path / "home")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    assert r.stderr.count("kdtrain: error:") == 1
+    assert "password authentication failed" in r.stderr and "kdtrain:***@" in r.stderr
+    assert "Wrong-Pw-4242" not in r.stdout + r.stderr
+    assert not (tmp_path / "home").exists()
+
+
+# --------------------------------------------------------------------------- local soak
+
+
+def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
+    """4 workers x 40 tiny trials on the default journal and SQLite MLflow store: no failure, no loss, no
+    duplicate, every MLflow run present and finished."""
+    trials = 40
+    p = sweep_file(tmp_path, trials, epochs=2)
+    home = tmp_path / "home"
+    env = {"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(tmp_path / "data")}
+    r = run_cli("sweep", p, "--workers", "4", "--no-report", env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    study = optuna.load_study(study_name="tiny", storage=search.open_storage(str(home / "optuna.journal")))
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE"] * trials, states  # no failed, no extra, no running left
+    assert sorted(t.number for t in study.trials) == list(range(trials))
+    pids = {t.user_attrs["kdtrain.pid"] for t in study.trials}
+    assert len(pids) == 4  # every worker took part
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    df = mlflow.search_runs(experiment_names=["tiny"], max_results=10000)
+    students = df[df["tags.kdtrain.role"] == "student"]
+    assert sorted(students["tags.optuna.trial"].astype(int)) == list(range(trials))  # each once
+    assert (students["status"] == "FINISHED").all()
+    assert set(students["run_id"]) == {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    assert students["metrics.val_accuracy"].notna().all() and students["metrics.latency_ms_p50"].notna().all()
+    assert len(df[df["tags.kdtrain.role"] == "teacher"]) == 2
+    assert df[df["tags.kdtrain.role"] == "baseline"]["tags.kdtrain.baseline_key"].is_unique
+    assert not (df["status"] == "RUNNING").any()
