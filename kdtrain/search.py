@@ -34,6 +34,7 @@ from kdtrain.locks import cpu_room, file_lock
 from kdtrain.profile import model_identity, profile
 from kdtrain.run import distill_student
 from kdtrain.teachers import Teacher, load_pool
+from kdtrain.teachers import cache_dir as teacher_cache_dir
 from kdtrain.tracking import Tracker
 from kdtrain.train import DivergedError
 
@@ -43,6 +44,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TEACHER_ARTIFACTS = "teacher"
 A_CONFIG, A_TRIALS, A_PARENT, A_EXP = "kdtrain.config", "kdtrain.trials", "kdtrain.parent_run_id", "kdtrain.experiment_id"
 
 
@@ -450,7 +452,24 @@ def ensure_teacher_runs(ctx: Context) -> None:
                               model_identity(t.config, ctx.ds.num_classes), ctx.log)
             metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
             ctx.tracker.log_metrics(run, metrics)
+            # the cache entry itself (weights, logits, meta): workers on other machines fetch it instead of
+            # training their own, slightly different, copy of the teacher
+            ctx.tracker.log_dir(run, t.path, TEACHER_ARTIFACTS)
             ctx.tracker.end(run)
+
+
+def fetch_teachers(cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[str], None]) -> None:
+    """Fill this machine's teacher cache from the study's teacher runs, so that every worker of a study, on any
+    machine, distils from the very same teachers (and none trains them again)."""
+    for t in cfg.teachers:
+        folder = teacher_cache_dir(t, cfg)
+        if (folder / "meta.json").exists():
+            continue
+        runs = tracker.find(exp_id, {"kdtrain.teacher_key": folder.name.rsplit("-", 1)[1]})
+        for run in runs:
+            if tracker.fetch_dir(run.info.run_id, TEACHER_ARTIFACTS, folder):
+                log(f"teacher {t.name}: fetched from MLflow run {run.info.run_id}")
+                break
 
 
 def ensure_baseline(ctx: Context, cfg: Config) -> dict:
@@ -621,9 +640,10 @@ def open_context(study_name: str, storage_url: str | None, tracking_uri: str | N
     study.sampler = make_sampler(cfg)
     study.pruner = make_pruner(cfg)
     ds = data.load(cfg.data)
-    pool = load_pool(cfg, ds, log=log)
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment(study_name)
+    fetch_teachers(cfg, tracker, exp_id, log)
+    pool = load_pool(cfg, ds, log=log)
     parent_id = study.user_attrs.get(A_PARENT) or ensure_parent(tracker, exp_id, study, cfg, None)
     ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log)
     ensure_teacher_runs(ctx)

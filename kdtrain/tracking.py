@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 import urllib.parse
@@ -27,6 +28,7 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 def _quiet() -> None:
     # MLflow prints "View run ... at" for every run it ends on a server; kdtrain prints its own runs-view link
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in worker logs
     import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them afterwards)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -148,7 +150,7 @@ class Tracker:
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
@@ -174,6 +176,26 @@ class Tracker:
 
     def log_file(self, run_id: str, path: str | Path) -> None:
         self.client.log_artifact(run_id, str(path))
+
+    def log_dir(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def fetch_dir(self, run_id: str, artifact_path: str, dest: Path) -> bool:
+        """Download a run's artifact folder to dest, atomically (a partial download never appears at dest).
+        False when the run has no such folder."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            if not self.client.list_artifacts(run_id, artifact_path):
+                return False
+            got = Path(self.client.download_artifacts(run_id, artifact_path, str(tmp)))
+            try:
+                os.replace(got, dest)
+            except OSError:
+                pass  # another process on this machine got there first
+            return dest.exists()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def log_state_dict(self, run_id: str, state: dict, name: str = "model.pt") -> None:
         import torch

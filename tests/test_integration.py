@@ -170,6 +170,10 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
             log.close()
     b_text = (tmp_path / "machine-b.log").read_text()
     assert f"trial {victim.number}: its worker is gone; failed and re-queued" in b_text
+    for name in ("machine-a", "machine-b"):  # the launcher's teachers, fetched from MLflow: none trained again
+        text = (tmp_path / f"{name}.log").read_text()
+        assert "teacher big: fetched from MLflow run" in text and "teacher conv: fetched" in text, text
+        assert "training mlp" not in text and "training cnn1d" not in text
 
     study = optuna.load_study(study_name="tiny", storage=search.open_storage(storage))
     trials_now = study.get_trials()
