@@ -9,7 +9,8 @@ B1 loop speed: the classic loop (DataLoader over a TensorDataset at batch 64,
    student, data and epochs; kdtrain at batch 64 and at its default batch.
    kdtrain's time includes computing the teacher's logits.
 B2 cost of distilling: a KD trial vs a no-teacher trial of the same student.
-B3 parallel scaling: trials per minute of the quickstart search, 1 vs 2 workers.
+B3 parallel scaling: trials per minute of the quickstart search, 1 vs 2 workers, both running the same
+   trials (parameters drawn once with a seeded random sampler and queued in both studies).
 B4 orchestration overhead: per trial, sweep wall time minus training time.
 B5 memory: peak resident memory of a sweep process (a worker).
 
@@ -116,14 +117,42 @@ def b1_b2(cfg, ds, pool, repeats: int) -> dict:
     return out
 
 
-def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache: Path) -> dict:
-    """One sweep in a fresh store with the teachers already cached: wall time of the trials, peak RSS."""
+def fixed_trials(cfg, n: int) -> list[dict]:
+    """n parameter sets drawn once (seeded): both B3 sweeps run exactly these, so they do the same work."""
+    import optuna
+
+    from kdtrain.search import suggest
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        suggest(t, cfg.search)
+        out.append(t.params)
+    return out
+
+
+def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache: Path, params: list[dict]) -> dict:
+    """One sweep in a fresh store with the teachers already cached and the trials' parameters fixed in advance:
+    wall time of the trials, peak RSS."""
+    import optuna
+
+    from kdtrain.search import open_storage
+
     (home / "cache").mkdir(parents=True)
     shutil.copytree(teacher_cache, home / "cache" / "teachers")
     env = {**os.environ, "KDTRAIN_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--workers",
            str(workers), "--no-report"]
+    # create the study (its base-settings trial comes first), then queue the same parameters for every run
+    r = subprocess.run(cmd[:-2] + ["0", "--no-report"], env=env, capture_output=True, text=True, cwd=home)
+    if r.returncode != 0:
+        raise SystemExit(f"sweep --workers 0 failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    name = "bench" if "bench" in sweep.read_text() else config.load(sweep).study.name
+    study = optuna.load_study(study_name=name, storage=open_storage(str(home / "optuna.journal")))
+    for p in params:
+        study.enqueue_trial(p, skip_if_exists=False)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=home)
@@ -175,8 +204,9 @@ def main() -> None:
 
     print("B3/B4/B5: sweeps with 1 and 2 workers...", flush=True)
     cache = work / "home" / "cache" / "teachers"
-    one = sweep_run(sweep, 1, trials, work / "w1", cache)
-    two = sweep_run(sweep, 2, trials, work / "w2", cache)
+    params = fixed_trials(cfg, trials - 1)  # the first trial is the sweep file's base settings
+    one = sweep_run(sweep, 1, trials, work / "w1", cache, params)
+    two = sweep_run(sweep, 2, trials, work / "w2", cache, params)
     results["b3_trials_per_min"] = {"1_worker": 60 * one["trials"] / one["trial_phase_s"],
                                     "2_workers": 60 * two["trials"] / two["trial_phase_s"]}
     results["b3_speedup_2_workers"] = results["b3_trials_per_min"]["2_workers"] / results["b3_trials_per_min"]["1_worker"]

@@ -204,6 +204,7 @@ def cmd_sweep(args) -> int:
     storage = storage or search.open_storage(storage_url)
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage, name, trials)
+    search.remember_tracking(study, tracker.uri)
     exp_id = tracker.experiment(name)
     parent = search.ensure_parent(tracker, exp_id, study, cfg, args.sweep)
     recovered = search.recover(study, tracker)
@@ -214,10 +215,12 @@ def cmd_sweep(args) -> int:
     print(f"mlflow: {redact(tracker.uri)}  experiment {exp_id}")
     if args.workers == 0:
         search.ensure_teacher_runs(search.Context(study, cfg, ds, pool, tracker, exp_id, parent, print))
-        storage_env = "" if storage_url == search.default_storage() else f"KDTRAIN_STORAGE='{redact(storage_url)}' "
-        print(f"\nstudy {name} is ready; start workers on any machine that reaches both stores:\n"
-              f"  {storage_env}MLFLOW_TRACKING_URI={redact(tracker.uri)} kdtrain worker --study {name}\n"
-              f"(put the real password in the environment variables; kdtrain never prints it)")
+        env = f"KDTRAIN_STORAGE='{redact(storage_url)}' " if search.is_rdb(storage_url) else ""
+        if search.A_TRACKING not in study.user_attrs:  # else the study knows its MLflow server
+            env += f"MLFLOW_TRACKING_URI='{redact(tracker.uri)}' "
+        print(f"\nstudy {name} is ready; start workers on any machine that reaches the stores:\n"
+              f"  {env}kdtrain worker --study {name}\n"
+              + ("(with the real password: kdtrain never prints it)" if "***" in env else ""))
         return 0
 
     cores = os.cpu_count() or 1
@@ -319,15 +322,12 @@ def _front_table(study) -> str:
 
 
 def cmd_worker(args) -> int:
-    from kdtrain import search
-
     import os
     import socket
 
+    from kdtrain import search
     from kdtrain.config import redact
-    from kdtrain.tracking import check_reachable
 
-    check_reachable(args.tracking_uri)
     log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
     ctx = search.open_context(args.study, args.storage, args.tracking_uri, args.threads, log=log)
     log(f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
@@ -455,7 +455,7 @@ def cmd_export(args) -> int:
         chosen = [done[n] for n in args.trial]
     if not chosen:
         raise KdtrainError(f"study {args.study!r} has no complete trial to export")
-    tracker = Tracker(args.tracking_uri)
+    tracker = Tracker(search.tracking_uri(study, args.tracking_uri))
     rows = []
     for t in chosen:
         run_id = t.user_attrs.get("mlflow_run_id")

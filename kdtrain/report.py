@@ -57,6 +57,8 @@ class StudyData:
     link: str
     """MLflow UI runs view of the study's experiment."""
     parent_run_id: str | None
+    tracking_uri: str | None = None
+    """Where the study's runs live (what it was given, else what the study recorded)."""
 
     @property
     def front(self) -> pd.DataFrame:
@@ -90,6 +92,7 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
 
     study = search.load(study_name, storage_url)
     cfg = search.study_config(study)
+    tracking_uri = search.tracking_uri(study, tracking_uri)
     tracker = Tracker(tracking_uri)
     runs, exp_id = tracker.runs_frame(study_name)
     runs = _tidy(runs) if len(runs) else pd.DataFrame(columns=["run_id", "tag:kdtrain.role"])
@@ -113,7 +116,7 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     return StudyData(study_name, dict(cfg.study.objectives), students,
                      runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),
                      c, seconds, importances, history, tracker.link(exp_id) if exp_id else "",
-                     study.user_attrs.get(search.A_PARENT))
+                     study.user_attrs.get(search.A_PARENT), tracking_uri)
 
 
 # --------------------------------------------------------------------------- headline and tables
@@ -461,8 +464,7 @@ def build(studies: list[str], out: str | Path = "reports", tracking_uri: str | N
     if len(data) > 1:
         folders.append(write_comparison(data, out, name or "compare-" + "-vs-".join(studies)))
     if log_to_mlflow:
-        tracker = Tracker(tracking_uri)
         for d, folder in zip(data, folders):
             if d.parent_run_id:
-                tracker.client.log_artifacts(d.parent_run_id, str(folder), artifact_path="report")
+                Tracker(d.tracking_uri).client.log_artifacts(d.parent_run_id, str(folder), artifact_path="report")
     return folders

@@ -35,7 +35,7 @@ from kdtrain.profile import model_identity, profile
 from kdtrain.run import distill_student
 from kdtrain.teachers import Teacher, load_pool
 from kdtrain.teachers import cache_dir as teacher_cache_dir
-from kdtrain.tracking import Tracker
+from kdtrain.tracking import Tracker, check_reachable
 from kdtrain.train import DivergedError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -45,6 +45,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TEACHER_ARTIFACTS = "teacher"
+A_TRACKING = "kdtrain.tracking_uri"
 A_CONFIG, A_TRIALS, A_PARENT, A_EXP = "kdtrain.config", "kdtrain.trials", "kdtrain.parent_run_id", "kdtrain.experiment_id"
 
 
@@ -268,6 +269,18 @@ def free_name(storage, name: str) -> str:
     return next(f"{name}-v{i}" for i in itertools.count(2) if f"{name}-v{i}" not in existing)
 
 
+def remember_tracking(study: optuna.Study, uri: str) -> None:
+    """Record the study's MLflow server (never one with a password in it), so that a worker or a report on
+    another machine needs only the study name and the storage URL."""
+    if uri.startswith(("http://", "https://")) and redact(uri) == uri:
+        study.set_user_attr(A_TRACKING, uri)
+
+
+def tracking_uri(study: optuna.Study, given: str | None = None) -> str | None:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the server the study recorded, else the local store."""
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or study.user_attrs.get(A_TRACKING)
+
+
 def study_config(study: optuna.Study) -> Config:
     raw = study.user_attrs.get(A_CONFIG)
     if not raw:
@@ -275,14 +288,17 @@ def study_config(study: optuna.Study) -> Config:
     return config.from_dict(json.loads(raw), source=f"study {study.study_name}")
 
 
-def make_sampler(cfg: Config):
+def make_sampler(cfg: Config, worker: int = 0):
+    """The study's sampler. Each worker process gets its own seed (study.seed + worker): with one shared seed,
+    parallel workers would propose the very same parameters while the sampler is still sampling at random."""
     # Constraints reach the samplers through trial.set_constraint (Optuna 5), not constraints_func.
     s = cfg.study
+    seed = None if s.seed is None else (s.seed + worker) % 2**32
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def make_pruner(cfg: Config):
@@ -629,7 +645,7 @@ def _close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: 
         tracker.end(run_id, status)
 
 
-def open_context(study_name: str, storage_url: str | None, tracking_uri: str | None, threads: int | None = None,
+def open_context(study_name: str, storage_url: str | None, tracking_uri_given: str | None, threads: int | None = None,
                  log: Callable[[str], None] = print) -> Context:
     """What a worker needs, from the study alone: config, data, teacher pool, MLflow ids."""
     study = load(study_name, storage_url)
@@ -637,10 +653,12 @@ def open_context(study_name: str, storage_url: str | None, tracking_uri: str | N
     apply_heartbeat(study._storage, cfg)
     if threads:
         cfg = config.replace(cfg, {"train.threads": threads})
-    study.sampler = make_sampler(cfg)
+    study.sampler = make_sampler(cfg, worker=os.getpid())
     study.pruner = make_pruner(cfg)
+    uri = tracking_uri(study, tracking_uri_given)
+    check_reachable(uri)  # one clear line now, not minutes of MLflow's retries later
     ds = data.load(cfg.data)
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(uri)
     exp_id = tracker.experiment(study_name)
     fetch_teachers(cfg, tracker, exp_id, log)
     pool = load_pool(cfg, ds, log=log)

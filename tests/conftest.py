@@ -36,6 +36,16 @@ train: {epochs: 4, batch_size: 64, lr: 0.01, threads: 1}
 kd: {temperature: 4.0, alpha: 0.7, teachers: [big]}
 """
 
+TINY_SEARCH = """
+search:
+  kd.temperature: {type: float, low: 1, high: 20, log: true}
+  kd.alpha: {type: float, low: 0, high: 1}
+  student.width: {type: int, low: 2, high: 16, log: true}
+  kd.teachers: {type: subset, of: [big, conv]}
+  kd.ensemble: {type: categorical, choices: [mean_probs, mean_logits, mean_kl]}
+"""
+"""The search space of the sweep tests, over TINY_SWEEP's pool."""
+
 
 @pytest.fixture
 def tiny_sweep(tmp_path):

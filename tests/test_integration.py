@@ -3,7 +3,7 @@ that each have their own kdtrain home (as separate machines would), SIGKILL in m
 four workers on the default journal store.
 
 PostgreSQL comes from $KDTRAIN_TEST_POSTGRES (a URL whose role may create databases; `.ci/postgres` starts
-Debian's server and prints one). Without it these tests skip, unless $KDTRAIN_REQUIRE_INTEGRATION=1 (CI),
+Debian's server and prints one). Without it the PostgreSQL tests skip (the soak needs none), unless $KDTRAIN_REQUIRE_INTEGRATION=1 (CI),
 where a missing server is a failure.
 """
 
@@ -24,21 +24,13 @@ import pytest
 
 from kdtrain import search
 
-from conftest import TINY_SWEEP, run_cli
+from conftest import TINY_SEARCH, TINY_SWEEP, run_cli
 
 pytestmark = pytest.mark.integration
 
-SEARCH = """
-search:
-  kd.temperature: {type: float, low: 1, high: 20, log: true}
-  kd.alpha: {type: float, low: 0, high: 1}
-  student.width: {type: int, low: 2, high: 16, log: true}
-  kd.teachers: {type: subset, of: [big, conv]}
-"""
-
 
 def sweep_file(folder: Path, trials: int, size: int = 400, epochs: int = 4) -> Path:
-    text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(SEARCH)
+    text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(TINY_SEARCH)
     text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
                         f"params: minimize}}, trials: {trials}}}")
     text = text.replace("size: 400", f"size: {size}").replace("epochs: 4,", f"epochs: {epochs},")
@@ -139,16 +131,18 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
     env = {"KDTRAIN_HOME": str(tmp_path / "launcher"), "KDTRAIN_DATA": str(tmp_path / "data")}
     r = run_cli("sweep", p, *hb, "--storage", storage, "--tracking-uri", server, "--workers", "0", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "is ready" in r.stdout and "kdtrain worker --study tiny" in r.stdout
+    assert "is ready" in r.stdout and "KDTRAIN_STORAGE='postgresql://kdtrain:***@" in r.stdout
+    assert "kdtrain worker --study tiny" in r.stdout and "MLFLOW_TRACKING_URI" not in r.stdout
 
-    def worker(name: str):
+    def worker(name: str, **extra):
         wenv = {**os.environ, "KDTRAIN_HOME": str(tmp_path / name), "KDTRAIN_DATA": str(tmp_path / "data"),
-                "KDTRAIN_STORAGE": storage, "MLFLOW_TRACKING_URI": server}
+                "KDTRAIN_STORAGE": storage, **extra}
         log = open(tmp_path / f"{name}.log", "w")
         return subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--threads", "1"],
                                 env=wenv, stdout=log, stderr=subprocess.STDOUT), log
 
-    (a, a_log), (b, b_log) = worker("machine-a"), worker("machine-b")
+    # b is given nothing but the study name and the storage: the MLflow server is recorded in the study
+    (a, a_log), (b, b_log) = worker("machine-a", MLFLOW_TRACKING_URI=server), worker("machine-b")
     study = optuna.load_study(study_name="tiny", storage=search.open_storage(storage))
     victim, deadline = None, time.time() + 300
     while victim is None and time.time() < deadline and a.poll() is None:
@@ -169,6 +163,7 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
                 proc.kill()
             log.close()
     b_text = (tmp_path / "machine-b.log").read_text()
+    assert f"mlflow: {server})" in b_text
     assert f"trial {victim.number}: its worker is gone; failed and re-queued" in b_text
     for name in ("machine-a", "machine-b"):  # the launcher's teachers, fetched from MLflow: none trained again
         text = (tmp_path / f"{name}.log").read_text()

@@ -17,16 +17,9 @@ from kdtrain import config, models, search
 from kdtrain.config import KdtrainError
 from kdtrain.tracking import Tracker
 
-from conftest import TINY_SWEEP, run_cli
+from conftest import TINY_SEARCH, TINY_SWEEP, run_cli
 
-SEARCH = """
-search:
-  kd.temperature: {type: float, low: 1, high: 20, log: true}
-  kd.alpha: {type: float, low: 0, high: 1}
-  student.width: {type: int, low: 2, high: 16, log: true}
-  kd.teachers: {type: subset, of: [big, conv]}
-  kd.ensemble: {type: categorical, choices: [mean_probs, mean_logits, mean_kl]}
-"""
+SEARCH = TINY_SEARCH
 
 
 def write_sweep(folder: Path, extra: str = SEARCH, name="tiny.yaml", **subs) -> Path:
@@ -440,3 +433,31 @@ def test_two_studies_make_one_comparison_report(swept, tmp_path):
         assert (tmp_path / "rep" / study / "index.html").exists()
     buckets = pd.read_csv(compare / "buckets.csv")
     assert set(buckets["study"]) == {"tiny", "tiny2"}
+
+
+def test_heartbeat_recovery_on_an_rdb_storage(tmp_path):
+    """Without a server: SQLite through Optuna's RDB storage has heartbeats too. A trial whose worker stopped
+    beating is failed after the grace period, with who ran it, and its parameters are queued again once."""
+    from kdtrain.cli import main
+
+    p = write_sweep(tmp_path, **{"trials: 3": "trials: 3, heartbeat_interval: 1, grace_period: 2"})
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert main(["sweep", str(p), "--storage", url, "--workers", "0", "--no-report"]) == 0
+    storage = search.open_storage(url)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    cfg = config.load(p)
+    search.apply_heartbeat(storage, cfg)
+    trial = study.ask()  # a worker that asks, starts, beats once and dies
+    search.suggest(trial, cfg.search)
+    trial.set_user_attr("kdtrain.pid", 999999)
+    trial.set_user_attr("kdtrain.host", "elsewhere")
+    storage.record_heartbeat(trial._trial_id)
+    assert search.recover(study, None) == []  # still within the grace period
+    time.sleep(3.2)
+    assert search.recover(study, None) == [trial.number]
+    assert search.recover(study, None) == []  # once only
+    t = study.trials[trial.number]
+    assert t.state.name == "FAIL" and "no heartbeat" in t.user_attrs["fail_reason"]
+    assert "pid 999999 on elsewhere" in t.user_attrs["fail_reason"] and "more than 2 s" in t.user_attrs["fail_reason"]
+    queued = [q for q in study.trials if q.user_attrs.get("kdtrain.requeued_from") == trial.number]
+    assert t.params and len(queued) == 1 and queued[0].state.name == "WAITING"
