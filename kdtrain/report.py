@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
         try:
             # Optuna's default evaluator ranks parameters by how they lead to LOW target values
             sign = -1.0 if cfg.study.objectives[next(iter(cfg.study.objectives))] == "maximize" else 1.0
-            importances = optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
+            with warnings.catch_warnings():  # its reminder of that is handled by the sign above
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+                importances = optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
         except Exception:  # not enough variation yet: the report simply omits the plot
             importances = {}
     history = pd.DataFrame({"trial": list(complete), "value": [t.values[0] for t in complete.values()]})
