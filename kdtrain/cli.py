@@ -345,6 +345,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_status(args) -> int:
+    import datetime
+
     import optuna
 
     from kdtrain import search
@@ -358,6 +360,11 @@ def cmd_status(args) -> int:
         target = study.user_attrs.get(search.A_TRIALS, "?")
         print(f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
               f"{c['RUNNING']} running, {c['WAITING']} waiting (target {target})")
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            age = _fmt_seconds((datetime.datetime.now() - t.datetime_start).total_seconds()) \
+                if t.datetime_start else "?"
+            print(f"  trial {t.number} running for {age} on {t.user_attrs.get('kdtrain.host', '?')} "
+                  f"(pid {t.user_attrs.get('kdtrain.pid', '?')})")
         print(_front_table(study))
         print()
     return 0

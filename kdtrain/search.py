@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import itertools
 import json
@@ -371,9 +372,15 @@ def _recover(study: optuna.Study, tracker: Tracker | None) -> list[int]:
     interval = heartbeat_interval(storage)
     if interval:
         grace = _backend(storage).grace_period
-        for trial_id in storage._get_stale_trial_ids(study._study_id):
-            t = storage.get_trial(trial_id)
-            who = f"pid {t.user_attrs.get('kdtrain.pid')} on {t.user_attrs.get('kdtrain.host')}"
+        stale = [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]
+        # a worker that died between ask and its first heartbeat left a trial with no heartbeat and no pid
+        old = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+        stale += [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                  if "kdtrain.pid" not in t.user_attrs and t.datetime_start and t.datetime_start < old
+                  and t.number not in {s.number for s in stale}]
+        for t in stale:
+            who = (f"pid {t.user_attrs['kdtrain.pid']} on {t.user_attrs.get('kdtrain.host')}"
+                   if "kdtrain.pid" in t.user_attrs else "which died before its first heartbeat")
             if fail_trial(study, t, f"interrupted: no heartbeat from its worker ({who}) for more than {grace} s; "
                           "the worker died or lost the database", tracker):
                 recovered.append(t.number)
@@ -586,11 +593,11 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
                     raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
                                        f"reason: {errors[-1].user_attrs.get('fail_reason', '?').splitlines()[0]}")
                 trial = study.ask()
+                if heartbeat_interval(study._storage):  # first: from here on a death is seen by its silence
+                    study._storage.record_heartbeat(trial._trial_id)
                 # who runs it, set before the lock is released: recovery (under the same lock) trusts these
                 trial.set_user_attr("kdtrain.host", socket.gethostname())
                 trial.set_user_attr("kdtrain.pid", os.getpid())
-                if heartbeat_interval(study._storage):
-                    study._storage.record_heartbeat(trial._trial_id)
             elif not _recoverable(study):
                 return  # the rest runs on hosts whose death this worker cannot see
         if trial is None:

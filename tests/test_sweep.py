@@ -435,7 +435,7 @@ def test_two_studies_make_one_comparison_report(swept, tmp_path):
     assert set(buckets["study"]) == {"tiny", "tiny2"}
 
 
-def test_heartbeat_recovery_on_an_rdb_storage(tmp_path):
+def test_heartbeat_recovery_on_an_rdb_storage(tmp_path, capsys):
     """Without a server: SQLite through Optuna's RDB storage has heartbeats too. A trial whose worker stopped
     beating is failed after the grace period, with who ran it, and its parameters are queued again once."""
     from kdtrain.cli import main
@@ -452,9 +452,15 @@ def test_heartbeat_recovery_on_an_rdb_storage(tmp_path):
     trial.set_user_attr("kdtrain.pid", 999999)
     trial.set_user_attr("kdtrain.host", "elsewhere")
     storage.record_heartbeat(trial._trial_id)
+    mute = study.ask()  # a worker killed between ask and its first heartbeat: no heartbeat, no pid
     assert search.recover(study, None) == []  # still within the grace period
+    capsys.readouterr()
+    assert main(["status", "--storage", url]) == 0  # who runs what, for the operator of many machines
+    out = capsys.readouterr().out
+    assert "2 running" in out and f"trial {trial.number} running for 0m0" in out and "on elsewhere (pid 999999)" in out
     time.sleep(3.2)
-    assert search.recover(study, None) == [trial.number]
+    assert search.recover(study, None) == [trial.number, mute.number]
+    assert "died before its first heartbeat" in study.trials[mute.number].user_attrs["fail_reason"]
     assert search.recover(study, None) == []  # once only
     t = study.trials[trial.number]
     assert t.state.name == "FAIL" and "no heartbeat" in t.user_attrs["fail_reason"]
