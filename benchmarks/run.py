@@ -145,11 +145,11 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--workers",
            str(workers), "--no-report"]
+    name = "bench" if "bench" in sweep.read_text() else config.load(sweep).study.name
     # create the study (its base-settings trial comes first), then queue the same parameters for every run
     r = subprocess.run(cmd[:-2] + ["0", "--no-report"], env=env, capture_output=True, text=True, cwd=home)
     if r.returncode != 0:
         raise SystemExit(f"sweep --workers 0 failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    name = "bench" if "bench" in sweep.read_text() else config.load(sweep).study.name
     study = optuna.load_study(study_name=name, storage=open_storage(str(home / "optuna.journal")))
     for p in params:
         study.enqueue_trial(p, skip_if_exists=False)
@@ -162,8 +162,7 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     from kdtrain.tracking import Tracker
 
-    df, _ = Tracker(f"sqlite:///{home / 'mlflow.db'}").runs_frame("bench" if "bench" in sweep.read_text()
-                                                                     else config.load(sweep).study.name)
+    df, _ = Tracker(f"sqlite:///{home / 'mlflow.db'}").runs_frame(name)
     students = df[df["tags.kdtrain.role"] == "student"]
     baselines = df[df["tags.kdtrain.role"] == "baseline"]
     # trial phase: from the first trial run's start to the last one's end (excludes start-up and teacher loading)

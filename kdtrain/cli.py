@@ -164,7 +164,7 @@ def cmd_sweep(args) -> int:
 
     from kdtrain import config, data, search
     from kdtrain.config import ConfigError, KdtrainError, parse_duration, redact
-    from kdtrain.teachers import check_weights, load_pool
+    from kdtrain.teachers import load_pool
     from kdtrain.tracking import Tracker, check_reachable
 
     cfg = config.load(args.sweep, args.set)
@@ -188,14 +188,13 @@ def cmd_sweep(args) -> int:
     # space fails in seconds, not after the teachers have trained, and nothing is written until then.
     storage = None
     if search.is_rdb(storage_url) or Path(storage_url).expanduser().exists():
-        storage = search.open_storage(storage_url, (cfg.study.heartbeat_interval, cfg.study.grace_period))
+        storage = search.open_storage(storage_url)
         if args.new_study:
             name = search.free_name(storage, name)
         search.check_study(cfg, storage, name)
     check_reachable(args.tracking_uri)
     ds = data.load(cfg.data)
-    check_weights(cfg, ds)  # a corrupt or ill-fitting checkpoint stops here, before any teacher trains
-
+    # load_pool reads every teacher checkpoint before training any: a bad one stops here, nothing trained
     pool = load_pool(cfg, ds, on_epoch=lambda n, s: EpochProgress(f"teacher {n}")(s))
     for t in pool.values():
         print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}, "

@@ -67,7 +67,7 @@ def _db_error(e: Exception) -> str:
     text = str(e).replace("\n", " ").split("(Background on this error", 1)[0]
     text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
     hint = ""
-    if "password authentication failed" in text or "authentication failed" in text:
+    if "authentication failed" in text:
         hint = " (check the user and password in the storage URL)"
     elif "Connection refused" in text or "could not connect" in text or "timeout expired" in text:
         hint = " (is the database server running and reachable from this machine?)"
@@ -76,22 +76,22 @@ def _db_error(e: Exception) -> str:
     return redact(" ".join(text.split()))[:400] + hint
 
 
-def open_storage(url: str | None = None, heartbeat: tuple[int, int] | None = None):
+def open_storage(url: str | None = None):
     """A journal file path (the default) or an RDB URL (sqlite:///..., postgresql://...).
 
-    RDB storages record a heartbeat per running trial (heartbeat = (interval_s, grace_s), normally the study's
-    settings, see apply_heartbeat): a trial whose worker stops beating for the grace period is failed and its
-    parameters re-queued by the next worker that looks (recover)."""
+    RDB storages record a heartbeat per running trial, at the defaults of StudyConfig until apply_heartbeat sets
+    the study's own: a trial whose worker stops beating for the grace period is failed and its parameters
+    re-queued by the next worker that looks (recover)."""
     url = url or default_storage()
     if is_rdb(url):
-        interval, grace = heartbeat or (60, 180)
         # pool_pre_ping: each pooled connection is checked before use, so a database restart overnight is survived
         kwargs: dict = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=interval,
-                                              grace_period=grace)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                              heartbeat_interval=config.StudyConfig.heartbeat_interval,
+                                              grace_period=config.StudyConfig.grace_period)
         except ImportError:
             raise KdtrainError(f"the Optuna storage {redact(url)} needs its database driver: "
                                "pip install 'kdtrain[postgres]'") from None
@@ -375,9 +375,10 @@ def _recover(study: optuna.Study, tracker: Tracker | None) -> list[int]:
         stale = [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]
         # a worker that died between ask and its first heartbeat left a trial with no heartbeat and no pid
         old = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+        seen = {t.number for t in stale}
         stale += [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                   if "kdtrain.pid" not in t.user_attrs and t.datetime_start and t.datetime_start < old
-                  and t.number not in {s.number for s in stale}]
+                  and t.number not in seen]
         for t in stale:
             who = (f"pid {t.user_attrs['kdtrain.pid']} on {t.user_attrs.get('kdtrain.host')}"
                    if "kdtrain.pid" in t.user_attrs else "which died before its first heartbeat")

@@ -188,11 +188,10 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset,
                    folder.name.rsplit("-", 1)[1], folder)
 
 
-def check_weights(cfg: Config, data: Dataset, names: list[str] | None = None) -> None:
+def check_weights(cfg: Config, data: Dataset, names: list[str]) -> None:
     """Load every not-yet-cached teacher's weights file into its arch, so that a corrupt or ill-fitting
     checkpoint is reported before any other teacher spends time training."""
-    wanted = names if names is not None else [t.name for t in cfg.teachers]
-    for name in wanted:
+    for name in names:
         t = cfg.teacher(name)
         if t.weights and not (cache_dir(t, cfg) / "meta.json").exists():
             _load_weights(t, models.from_config(t, data.input_shape, data.num_classes))
