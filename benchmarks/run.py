@@ -121,7 +121,7 @@ def fixed_trials(cfg, n: int) -> list[dict]:
     """n parameter sets drawn once (seeded): both B3 sweeps run exactly these, so they do the same work."""
     import optuna
 
-    from kdtrain.search import suggest
+    from kdtrain.space import suggest
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     out = []
@@ -163,13 +163,13 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     from kdtrain.tracking import Tracker
 
     df, _ = Tracker(f"sqlite:///{home / 'mlflow.db'}").runs_frame(name)
-    students = df[df["tags.kdtrain.role"] == "student"]
-    baselines = df[df["tags.kdtrain.role"] == "baseline"]
+    students = df[df["tag:kdtrain.role"] == "student"]
+    baselines = df[df["tag:kdtrain.role"] == "baseline"]
     # trial phase: from the first trial run's start to the last one's end (excludes start-up and teacher loading)
     start = students["start_time"].min()
     end = max(students["end_time"].max(), baselines["end_time"].max() if len(baselines) else students["end_time"].max())
     phase = (end - start).total_seconds()
-    train_s = float(students["metrics.train_seconds"].sum() + baselines["metrics.train_seconds"].sum())
+    train_s = float(students["train_seconds"].sum() + baselines["train_seconds"].sum())
     return {"wall_s": wall, "trial_phase_s": phase, "train_s": train_s, "trials": len(students),
             "peak_rss_mb": max(peak_kb, before) / 1024}
 

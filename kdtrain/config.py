@@ -2,7 +2,9 @@
 
 A sweep file's dotted keys (``kd.temperature``, ``student.width``) are the names
 used everywhere: in ``--set``, in the ``search:`` section, as Optuna parameter
-names and as MLflow params. Validation collects every problem and raises once.
+names and as MLflow params. The sections are pydantic dataclasses (types are
+checked strictly: a bool is not an int, a number is not a str; an int is taken
+for a float). Validation collects every problem, types and values, and raises once.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import copy
 import dataclasses
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
 
 
 class KdtrainError(Exception):
@@ -32,16 +34,20 @@ class ConfigError(KdtrainError):
     exit_code = 2
 
     def __init__(self, problems: list[str], source: str = "config"):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
+        # one line per problem, whatever a key holds (a YAML key may contain a newline)
+        self.problems = ["".join(c if c.isprintable() else ascii(c)[1:-1] for c in p) for p in problems]
+        lines = "\n".join(f"  - {p}" for p in self.problems)
         n = len(problems)
         super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}:\n{lines}")
 
 
 # --------------------------------------------------------------------------- sections
 
+SECTION = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+"""Unknown keys are errors; no coercion (a str is not a number, a bool is not an int) but int -> float."""
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=SECTION)
 class StudyConfig:
     name: str = "kdtrain"
     """Study name: the Optuna study and the MLflow experiment."""
@@ -65,10 +71,10 @@ class StudyConfig:
     """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class DataConfig:
     name: str = "mnist1d"
-    """Dataset: mnist1d, digits, synthetic, mnist, fashion_mnist, cifar10, cifar100."""
+    """Dataset (see kdtrain.data.DATASETS)."""
     size: int = 5000
     """Samples to generate (mnist1d, synthetic); ignored by fixed datasets."""
     val_fraction: float = 0.1
@@ -80,15 +86,17 @@ class DataConfig:
     download: bool = False
     """Allow torchvision datasets to be downloaded into root."""
     augment: list = field(default_factory=list)
-    """Random augmentation on tensors: any of [crop, flip] (images; crop also for 1-D)."""
+    """Random augmentation on tensors (see kdtrain.data.AUGMENTATIONS; flip for images only)."""
     normalize: bool = True
     """Standardise inputs with per-channel train mean and std."""
     limit: int | None = None
     """Use at most this many training samples (quick experiments)."""
 
 
-@dataclass(frozen=True)
-class StudentConfig:
+@dataclass(frozen=True, config=SECTION)
+class ModelConfig:
+    """What builds a network (kdtrain.models.from_config); shared by the student and the teachers."""
+
     arch: str = "mlp"
     """Model family (see kdtrain.models.MODELS)."""
     width: int = 32
@@ -99,40 +107,39 @@ class StudentConfig:
     """mlp only: explicit hidden sizes, e.g. [512, 256] (overrides width/depth)."""
     dropout: float = 0.0
     """Dropout before the classifier."""
+    pretrained: bool = False
+    """resnet18 only: start from torchvision ImageNet weights (must be in the local torch cache or data.download)."""
 
 
-@dataclass(frozen=True)
-class TeacherConfig:
-    name: str = ""
-    """Name used in kd.teachers and in MLflow."""
+@dataclass(frozen=True, config=SECTION)
+class StudentConfig(ModelConfig):
+    """The network being distilled (defaults: mlp, width 32)."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class TeacherConfig(ModelConfig):
     arch: str = "cnn1d"
     """Model family (see kdtrain.models.MODELS)."""
     width: int = 64
-    """Width of the family."""
-    depth: int | None = None
-    """Layers/blocks; None for the family's default."""
-    hidden: list | None = None
-    """mlp only: explicit hidden sizes."""
-    dropout: float = 0.0
-    """Dropout before the classifier."""
+    """Width of the family (channels or hidden units)."""
+    name: str = ""
+    """Name used in kd.teachers and in MLflow."""
     epochs: int | None = None
     """Training epochs; default train.epochs."""
     lr: float | None = None
     """Learning rate; default train.lr."""
     weights: str | None = None
     """Load instead of train: a checkpoint file (.pt) or an MLflow model URI (runs:/, models:/)."""
-    pretrained: bool = False
-    """resnet18 only: start from torchvision ImageNet weights (must be in the local torch cache or data.download)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class TrainConfig:
     epochs: int = 30
     """Epochs of student training."""
     batch_size: int = 256
     """Minibatch size."""
     optimizer: str = "adam"
-    """sgd, adam or adamw."""
+    """Optimizer (see kdtrain.train.OPTIMIZERS)."""
     lr: float = 0.01
     """Peak learning rate."""
     weight_decay: float = 0.0
@@ -140,7 +147,7 @@ class TrainConfig:
     momentum: float = 0.9
     """SGD momentum."""
     schedule: str = "onecycle"
-    """onecycle, cosine or constant."""
+    """Learning-rate schedule (see kdtrain.train.SCHEDULES)."""
     seed: int = 0
     """Seed of initialisation and shuffling."""
     device: str = "auto"
@@ -153,7 +160,7 @@ class TrainConfig:
     """Batch size for evaluation and teacher logits."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class KDConfig:
     temperature: float = 4.0
     """Softening temperature T (> 0)."""
@@ -162,12 +169,12 @@ class KDConfig:
     teachers: list | None = None
     """Teachers forming the ensemble; default the first teacher of the pool."""
     ensemble: str = "mean_probs"
-    """mean_probs, mean_logits or mean_kl."""
+    """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
     weights: list | None = None
     """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ProfileConfig:
     backend: str = "eager"
     """Runtime the latency is measured in: eager (PyTorch) or onnxruntime (the exported model; kdtrain[onnx])."""
@@ -187,7 +194,8 @@ class ProfileConfig:
     """Block spread above which a measurement is flagged noisy (latency_noisy = 1)."""
 
 
-@dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -238,85 +246,130 @@ SECTIONS = {
 }
 TOP_LEVEL = set(SECTIONS) | {"teachers", "search"}
 
-DATASETS = ("mnist1d", "digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant")
-ENSEMBLES = ("mean_probs", "mean_logits", "mean_kl")
+# Config-only vocabularies. Datasets, augmentations, archs, optimizers, schedules and ensembles are
+# the registries of the modules that implement them (kdtrain.data, .models, .train, .losses).
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "hyperband", "none")
-AUGMENTATIONS = ("crop", "flip")
 SEARCH_TYPES = ("float", "int", "categorical", "subset")
 BACKENDS = ("eager", "onnxruntime")
 METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95",
            "throughput")
 """Metrics every trial records; objectives and constraints name them."""
 
+AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "data.limit": 10, "train.epochs": 1,
+            "train.batch_size": 1, "train.eval_batch_size": 1, "train.threads": 0, "train.weight_decay": 0,
+            "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
+            "profile.warmup": 0}
+"""Lower bounds (inclusive) of single settings; None passes where the type allows it."""
+ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
 
-# --------------------------------------------------------------------------- type checks
+def allowed_values() -> dict[str, list[str]]:
+    """Setting -> its allowed values, from the registries (for --help; the README's tables are tested against
+    the same registries)."""
+    from kdtrain.data import AUGMENTATIONS, DATASETS  # lazy: data, models and train import this module
+    from kdtrain.losses import ENSEMBLES
+    from kdtrain.models import MODELS
+    from kdtrain.train import OPTIMIZERS, SCHEDULES
 
-
-def _type_ok(value: Any, annotation: Any) -> bool:
-    """True when a YAML value fits a (simple) type annotation."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation in (list, tuple) or origin in (list, tuple):
-        return isinstance(value, list)
-    if annotation is dict or origin is dict:
-        return isinstance(value, dict)
-    if annotation is str:
-        return isinstance(value, str)
-    return True
+    return {"data.name": list(DATASETS), "data.augment": list(AUGMENTATIONS), "student.arch, teachers[].arch":
+            sorted(MODELS), "train.optimizer": list(OPTIMIZERS), "train.schedule": list(SCHEDULES),
+            "kd.ensemble": list(ENSEMBLES), "study.objectives": [m for m in METRICS if m != "test_accuracy"],
+            "study.sampler": list(SAMPLERS), "study.pruner": list(PRUNERS), "profile.backend": list(BACKENDS)}
 
 
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+MAX_DEPTH, MAX_VALUES, MAX_INT_BITS = 16, 100_000, 64
+"""Far beyond any sweep file; deeper, larger (YAML aliases expand) or longer-int input is refused up front."""
 
 
-def _build_section(cls, raw: Any, where: str, problems: list[str]):
-    """Build a frozen dataclass from a mapping, collecting unknown keys and type errors."""
+# --------------------------------------------------------------------------- building
+
+
+def _section(cls, raw: Any, where: str, problems: list[str]):
+    """Build a section from a mapping; each unknown key or wrong type is a problem and keeps its default."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a mapping, got {type(raw).__name__}")
         return cls()
-    fields = {f.name for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            problems.append(f"{where}.{key}: unknown key (known: {known})")
-            continue
-        if not _type_ok(value, hints[key]):
-            problems.append(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and float in typing.get_args(hints[key]) + (hints[key],):
-            value = float(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    fields = cls.__pydantic_fields__
+    # unknown keys first, so that a key such as 1 or __dataclass_self__ never reaches __init__
+    problems.extend(f"{where}.{k}: unknown key (known: {', '.join(sorted(fields))})" for k in raw if k not in fields)
+    kwargs = {k: v for k, v in raw.items() if k in fields}
+    try:
+        return cls(**kwargs)
+    except ValidationError as e:
+        bad = list(dict.fromkeys(err["loc"][0] for err in e.errors()))  # in field order
+    for key in bad:
+        expected = fields[key].annotation
+        expected = getattr(expected, "__name__", None) or str(expected)  # int, float | None, list | None
+        problems.append(f"{where}.{key}: expected {expected}, got {kwargs[key]!r}")
+    return cls(**{k: v for k, v in kwargs.items() if k not in bad})
+
+
+def _check_shape(raw: Any, source: str) -> None:
+    """Refuse what would make the checks themselves fail: nesting that recursion cannot walk (YAML anchors can
+    even make a list contain itself), aliases that expand to millions of values, integers too long to print."""
+    stack, count = [(raw, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise ConfigError([f"nested more than {MAX_DEPTH} levels deep (or a YAML anchor inside itself); "
+                               "a sweep file needs three or four levels"], source)
+        if count > MAX_VALUES:
+            raise ConfigError([f"more than {MAX_VALUES} values once YAML aliases are expanded; "
+                               "a sweep file needs a few dozen"], source)
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise ConfigError([f"an integer longer than {MAX_INT_BITS} bits (about 19 digits); no setting needs "
+                               "one: write it as a float (1e30) or quote it"], source)
+        if isinstance(value, dict):
+            stack += [(x, depth + 1) for kv in value.items() for x in kv]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack += [(x, depth + 1) for x in value]
 
 
 # --------------------------------------------------------------------------- value checks
 
 
+def _check_model(m: ModelConfig, where: str, need) -> None:
+    """The checks of the student and of every teacher."""
+    from kdtrain.models import MODELS  # models imports this module
+
+    need(m.arch in MODELS, f"{where}.arch: unknown arch {m.arch!r} (known: {', '.join(sorted(MODELS))})")
+    need(m.width >= 1, f"{where}.width: must be >= 1, got {m.width}")
+    need(m.depth is None or m.depth >= 1, f"{where}.depth: must be >= 1, got {m.depth}")
+    need(0 <= m.dropout < 1, f"{where}.dropout: must be in [0, 1), got {m.dropout}")
+    if m.hidden is not None:
+        need(m.arch == "mlp", f"{where}.hidden: only the mlp family takes explicit hidden sizes")
+        need(len(m.hidden) > 0 and all(type(h) is int and h >= 1 for h in m.hidden),
+             f"{where}.hidden: must be a non-empty list of positive ints, got {m.hidden}")
+    need(not m.pretrained or m.arch == "resnet18", f"{where}.pretrained: only resnet18 has torchvision weights")
+    need(not m.pretrained or m.width == 64, f"{where}.pretrained: torchvision weights need width 64, got {m.width}")
+
+
 def _check_values(cfg: Config, problems: list[str]) -> None:
-    from kdtrain.models import MODELS  # models imports nothing from here at import time
+    from kdtrain.data import AUGMENTATIONS, DATASETS  # lazy: data and train import this module
+    from kdtrain.losses import ENSEMBLES
+    from kdtrain.train import OPTIMIZERS, SCHEDULES
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
             problems.append(msg)
 
-    s, d, st, tr, kd = cfg.study, cfg.data, cfg.student, cfg.train, cfg.kd
+    def get(key: str) -> Any:  # "train.lr" -> cfg.train.lr
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    def one_of(key: str, allowed) -> None:
+        need(get(key) in allowed, f"{key}: one of {', '.join(allowed)}, got {get(key)!r}")
+
+    for key, low in AT_LEAST.items():
+        need(get(key) is None or get(key) >= low, f"{key}: must be >= {low}, got {get(key)}")
+    for key in ABOVE_ZERO:
+        need(get(key) > 0, f"{key}: must be > 0, got {get(key)}")
+
+    s, d, kd, pr = cfg.study, cfg.data, cfg.kd, cfg.profile
     need(bool(s.name) and "/" not in s.name, f"study.name: must be a non-empty name without '/', got {s.name!r}")
     need(len(s.objectives) > 0, "study.objectives: give at least one metric -> maximize/minimize")
     for metric, direction in s.objectives.items():
@@ -324,16 +377,14 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         need(metric != "test_accuracy", "study.objectives.test_accuracy: the test split is never optimised on; "
              "use val_accuracy")
         need(direction in DIRECTIONS, f"study.objectives.{metric}: direction must be maximize or minimize, got {direction!r}")
-    need(s.trials >= 1, f"study.trials: must be >= 1, got {s.trials}")
-    need(s.sampler in SAMPLERS, f"study.sampler: one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
-    need(s.pruner in PRUNERS, f"study.pruner: one of {', '.join(PRUNERS)}, got {s.pruner!r}")
+    one_of("study.sampler", SAMPLERS)
+    one_of("study.pruner", PRUNERS)
     for key, bound in s.constraints.items():
-        metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
-        need(key[:4] in ("max_", "min_") and metric in METRICS,
+        metric = ("latency_ms_p50" if key == "max_latency_ms" else key[4:]) if isinstance(key, str) else None
+        need(metric in METRICS and key[:4] in ("max_", "min_"),
              f"study.constraints.{key}: use max_<metric> or min_<metric> (e.g. max_params, max_latency_ms)")
         need(isinstance(bound, (int, float)) and not isinstance(bound, bool),
              f"study.constraints.{key}: expected a number, got {bound!r}")
-    need(s.heartbeat_interval >= 1, f"study.heartbeat_interval: must be >= 1 second, got {s.heartbeat_interval}")
     need(s.grace_period > s.heartbeat_interval,
          f"study.grace_period: must be longer than study.heartbeat_interval ({s.heartbeat_interval}), "
          f"got {s.grace_period}")
@@ -344,49 +395,28 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             problems.append(f"study.timeout: {e}")
 
     need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r} (known: {', '.join(DATASETS)})")
-    need(d.size >= 20, f"data.size: must be >= 20, got {d.size}")
     need(0 < d.val_fraction < 1, f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
     for a in d.augment:
         need(a in AUGMENTATIONS, f"data.augment: unknown augmentation {a!r} (known: {', '.join(AUGMENTATIONS)})")
-    need(d.limit is None or d.limit >= 10, f"data.limit: must be >= 10, got {d.limit}")
 
-    def check_model(m, where: str) -> None:
-        need(m.arch in MODELS, f"{where}.arch: unknown arch {m.arch!r} (known: {', '.join(sorted(MODELS))})")
-        need(m.width >= 1, f"{where}.width: must be >= 1, got {m.width}")
-        need(m.depth is None or m.depth >= 1, f"{where}.depth: must be >= 1, got {m.depth}")
-        need(0 <= m.dropout < 1, f"{where}.dropout: must be in [0, 1), got {m.dropout}")
-        if m.hidden is not None:
-            need(m.arch == "mlp", f"{where}.hidden: only the mlp family takes explicit hidden sizes")
-            need(all(isinstance(h, int) and h >= 1 for h in m.hidden) and len(m.hidden) > 0,
-                 f"{where}.hidden: must be a non-empty list of positive ints, got {m.hidden}")
-
-    check_model(st, "student")
+    _check_model(cfg.student, "student", need)
     names = [t.name for t in cfg.teachers]
     for i, t in enumerate(cfg.teachers):
         where = f"teachers[{i}]" + (f" ({t.name})" if t.name else "")
         need(bool(t.name), f"{where}.name: every teacher needs a name")
-        check_model(t, where)
+        _check_model(t, where, need)
         need(t.epochs is None or t.epochs >= 0, f"{where}.epochs: must be >= 0, got {t.epochs}")
         need(t.lr is None or t.lr > 0, f"{where}.lr: must be > 0, got {t.lr}")
-        need(not t.pretrained or t.arch == "resnet18", f"{where}.pretrained: only resnet18 has torchvision weights")
-        need(not t.pretrained or t.width == 64, f"{where}.pretrained: torchvision weights need width 64, got {t.width}")
     for n in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"teachers: name {n!r} is used twice")
 
-    need(tr.epochs >= 1, f"train.epochs: must be >= 1, got {tr.epochs}")
-    need(tr.batch_size >= 1, f"train.batch_size: must be >= 1, got {tr.batch_size}")
-    need(tr.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {tr.eval_batch_size}")
-    need(tr.optimizer in OPTIMIZERS, f"train.optimizer: one of {', '.join(OPTIMIZERS)}, got {tr.optimizer!r}")
-    need(tr.schedule in SCHEDULES, f"train.schedule: one of {', '.join(SCHEDULES)}, got {tr.schedule!r}")
-    need(tr.lr > 0, f"train.lr: must be > 0, got {tr.lr}")
-    need(tr.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {tr.weight_decay}")
-    need(tr.device in ("auto", "cpu", "cuda") or tr.device.startswith("cuda:"),
-         f"train.device: auto, cpu or cuda, got {tr.device!r}")
-    need(tr.threads >= 0, f"train.threads: must be >= 0, got {tr.threads}")
+    one_of("train.optimizer", OPTIMIZERS)
+    one_of("train.schedule", SCHEDULES)
+    need(cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:"),
+         f"train.device: auto, cpu or cuda, got {cfg.train.device!r}")
 
-    need(kd.temperature > 0, f"kd.temperature: must be > 0, got {kd.temperature}")
     need(0 <= kd.alpha <= 1, f"kd.alpha: must be in [0, 1], got {kd.alpha}")
-    need(kd.ensemble in ENSEMBLES, f"kd.ensemble: one of {', '.join(ENSEMBLES)}, got {kd.ensemble!r}")
+    one_of("kd.ensemble", ENSEMBLES)
     if kd.teachers is not None:
         need(len(kd.teachers) > 0, "kd.teachers: must name at least one teacher (use kd.alpha: 0 for no teacher)")
         for n in kd.teachers:
@@ -394,22 +424,17 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     if kd.weights is not None:
         need(len(kd.weights) == len(cfg.kd_teachers),
              f"kd.weights: {len(kd.weights)} weights for {len(cfg.kd_teachers)} teachers")
-        need(all(isinstance(w, (int, float)) and w >= 0 for w in kd.weights) and sum(kd.weights) > 0,
+        need(all(type(w) in (int, float) and w >= 0 for w in kd.weights) and any(w > 0 for w in kd.weights),
              f"kd.weights: must be non-negative numbers with a positive sum, got {kd.weights}")
     need(kd.alpha == 0 or bool(cfg.teachers), "kd.alpha: > 0 needs at least one teacher under teachers:")
 
-    pr = cfg.profile
-    need(pr.backend in BACKENDS, f"profile.backend: one of {', '.join(BACKENDS)}, got {pr.backend!r}")
+    one_of("profile.backend", BACKENDS)
     if pr.backend == "onnxruntime":
         import importlib.util
 
         need(importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None,
              "profile.backend: onnxruntime is not installed (pip install 'kdtrain[onnx]')")
     need(pr.device in ("cpu", "cuda", "auto"), f"profile.device: cpu, cuda or auto, got {pr.device!r}")
-    for k in ("threads", "throughput_batch", "blocks", "calls"):
-        need(getattr(pr, k) >= 1, f"profile.{k}: must be >= 1, got {getattr(pr, k)}")
-    need(pr.warmup >= 0, f"profile.warmup: must be >= 0, got {pr.warmup}")
-    need(pr.max_cv > 0, f"profile.max_cv: must be > 0, got {pr.max_cv}")
 
     _check_search(cfg, names, problems)
 
@@ -426,7 +451,7 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
             continue
         kind = spec["type"]
         allowed = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
-                   "categorical": {"choices"}, "subset": {"of"}}.get(kind)
+                   "categorical": {"choices"}, "subset": {"of"}}.get(kind) if isinstance(kind, str) else None
         if allowed is None:
             problems.append(f"{where}.type: one of {', '.join(SEARCH_TYPES)}, got {kind!r}")
             continue
@@ -457,6 +482,7 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
                         problems.append(f"{where}.of: {n!r} is not in the teacher pool ({', '.join(teacher_names) or 'empty'})")
 
 
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -481,8 +507,25 @@ def parse_duration(text: str | int | float) -> float:
     return total
 
 
+def _safe_load(text: str) -> tuple[Any, str | None]:
+    """yaml.safe_load -> (value, None), or (None, what is wrong) however it fails: PyYAML raises more than
+    YAMLError (ValueError for a date such as 2001-13-45 or a 5000-digit int, RecursionError on deep nesting)."""
+    try:
+        return yaml.safe_load(text), None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return None, f"not valid YAML{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
+    except RecursionError:
+        return None, "not readable as YAML: nested too deeply (a sweep file needs only a few levels)"
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        reason = str(e).split(";")[0]  # not Python's advice on sys.set_int_max_str_digits
+        return None, f"not readable as YAML: {reason} (quote a value that YAML would read as a date or a number)"
+
+
 def parse_overrides(pairs: list[str]) -> tuple[dict, list[str]]:
-    """['kd.alpha=0.5', 'kd.teachers=[a,b]'] -> nested dict, problems."""
+    """['kd.alpha=0.5', 'kd.teachers=[a,b]', 'search.kd.alpha={type: float, low: 0, high: 1}'] -> nested dict,
+    problems. A value that is not YAML is taken as text; a search key keeps its dots."""
     nested: dict = {}
     problems = []
     for pair in pairs:
@@ -490,17 +533,22 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, list[str]]:
             problems.append(f"--set {pair}: expected key=value, e.g. kd.alpha=0.5")
             continue
         key, text = pair.split("=", 1)
-        try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError:
-            value = text
+        value, problem = _safe_load(text) if text != "" else (None, None)
+        value = text if problem else value  # not YAML: the text itself
         parts = key.strip().split(".")
+        if parts[0] == "search" and len(parts) > 2:
+            parts = ["search", ".".join(parts[1:])]
         if parts[0] not in TOP_LEVEL or len(parts) < 2 and parts[0] != "teachers":
             problems.append(f"--set {key}: unknown setting (use section.key, e.g. kd.alpha=0.5)")
             continue
         node = nested
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                break
+        if not isinstance(node, dict):
+            problems.append(f"--set {key}: clashes with an earlier --set of {'.'.join(parts[:-1])}")
+            continue
         node[parts[-1]] = value
     return nested, problems
 
@@ -508,7 +556,9 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, list[str]]:
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "search":
+        if k == "search" and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}  # a range replaces the file's range of that key, whole
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -520,19 +570,19 @@ def _merge_teacher_overrides(raw: dict, over: dict, problems: list[str]) -> dict
     t_over = over.pop("teachers", None)
     if not t_over:
         return raw
-    if not isinstance(t_over, dict):
-        problems.append("--set teachers: use teachers.NAME.key=value")
+    if not isinstance(t_over, dict) or not isinstance(raw.get("teachers") or [], list):
+        problems.append("--set teachers: use teachers.NAME.key=value on a sweep file with a list of teachers")
         return raw
     teachers = [dict(t) if isinstance(t, dict) else t for t in raw.get("teachers") or []]
     for name, changes in t_over.items():
         match = [t for t in teachers if isinstance(t, dict) and t.get("name") == name]
-        if not match or not isinstance(changes, dict):
+        if not match:
             problems.append(f"--set teachers.{name}: no teacher named {name!r} in the sweep file")
-            continue
-        match[0].update(changes)
-    raw = dict(raw)
-    raw["teachers"] = teachers
-    return raw
+        elif not isinstance(changes, dict):
+            problems.append(f"--set teachers.{name}: use teachers.{name}.key=value, e.g. teachers.{name}.width=32")
+        else:
+            match[0].update(changes)
+    return {**raw, "teachers": teachers}
 
 
 def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = None) -> Config:
@@ -541,27 +591,32 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"the file must be a mapping of sections, got {type(raw).__name__}"], source)
-    raw = copy.deepcopy(raw)
+        raise ConfigError([f"the file must be a mapping of sections, got {type(raw).__name__} "
+                           "(see sweeps/quickstart.yaml)"], source)
     if overrides:
         over, p = parse_overrides(overrides)
         problems += p
-        raw = _merge_teacher_overrides(raw, over, problems)
-        raw = _merge(raw, over)
+        raw = _merge(_merge_teacher_overrides(raw, over, problems), over)
+    _check_shape(raw, source)
+    raw = copy.deepcopy(raw)  # the Config shares nothing with the caller
     for key in raw:
         if key not in TOP_LEVEL:
             problems.append(f"{key}: unknown section (known: {', '.join(sorted(TOP_LEVEL))})")
-    sections = {name: _build_section(cls, raw.get(name), name, problems) for name, cls in SECTIONS.items()}
+    sections = {name: _section(cls, raw.get(name), name, problems) for name, cls in SECTIONS.items()}
     teachers_raw = raw.get("teachers") or []
     if not isinstance(teachers_raw, list):
         problems.append("teachers: expected a list of teachers")
         teachers_raw = []
-    teachers = tuple(_build_section(TeacherConfig, t, f"teachers[{i}]", problems) for i, t in enumerate(teachers_raw))
+    teachers = []
+    for i, t in enumerate(teachers_raw):
+        name = t.get("name") if isinstance(t, dict) else None
+        where = f"teachers[{i}]" + (f" ({name})" if isinstance(name, str) and name else "")
+        teachers.append(_section(TeacherConfig, t, where, problems))
     search = raw.get("search") or {}
     if not isinstance(search, dict):
         problems.append("search: expected a mapping of dotted key -> range")
         search = {}
-    cfg = Config(teachers=teachers, search=search, source=source, **sections)
+    cfg = Config(teachers=tuple(teachers), search=search, source=source, **sections)
     _check_values(cfg, problems)
     if problems:
         raise ConfigError(problems, source)
@@ -569,16 +624,23 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
 
 
 def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read and validate a sweep file; raise ConfigError listing every problem."""
+    """Read and validate a sweep file; raise ConfigError listing every problem (whatever the file holds)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"no such file: {p} (give the path of a sweep YAML, e.g. sweeps/quickstart.yaml)"], str(p))
+    hint = "give the path of a sweep YAML, e.g. sweeps/quickstart.yaml"
+    if p.is_dir():
+        raise ConfigError([f"{p} is a directory ({hint})"], str(p))
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', e)}"], str(p)) from None
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"no such file: {p} ({hint})"], str(p)) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read {p}: {e.strerror or e} (check that it is a readable file)"], str(p)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start} "
+                           f"(a sweep file is YAML text; save it as UTF-8)"], str(p)) from None
+    raw, problem = _safe_load(text)
+    if problem:
+        raise ConfigError([problem], str(p))
     return from_dict(raw, str(p), overrides)
 
 

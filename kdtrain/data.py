@@ -229,6 +229,10 @@ def load(cfg: DataConfig) -> Dataset:
     )
 
 
+AUGMENTATIONS = ("crop", "flip")
+"""data.augment: what augment() does (flip only to images)."""
+
+
 def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:
     """Random crop (zero pad then crop back, per sample) and horizontal flip, on tensors.
 

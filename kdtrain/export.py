@@ -104,3 +104,23 @@ def state_dict_bytes(model: nn.Module) -> int:
         path = Path(tmp) / WEIGHTS_FILE
         torch.save(model.state_dict(), path)
         return path.stat().st_size
+
+
+def make_card(cfg, ds, study: str, trial: int, run_id: str | None, metrics: dict) -> dict:
+    """The deployment card of a student: what it is, how it was distilled, what it measured (and how), and the
+    preprocessing that its inputs need."""
+    from kdtrain.config import METRICS
+
+    return {
+        "study": study, "trial": trial, "mlflow_run_id": run_id,
+        "student": {"arch": cfg.student.arch, "width": cfg.student.width, "depth": cfg.student.depth},
+        "distillation": {"temperature": cfg.kd.temperature, "alpha": cfg.kd.alpha,
+                         "teachers": cfg.kd_teachers, "ensemble": cfg.kd.ensemble},
+        "metrics": {k: metrics.get(k) for k in METRICS},
+        "latency_measured": {"batch": 1, "backend": cfg.profile.backend, "threads": cfg.profile.threads,
+                             "device": cfg.profile.device},
+        "preprocessing": {"input_shape": list(ds.input_shape), "dataset": cfg.data.name,
+                          "scale": ds.scale, "mean": ds.mean, "std": ds.std,
+                          "formula": "x = (raw * scale - mean[c]) / std[c], per channel c; batch first"},
+        "classes": ds.class_names,
+    }

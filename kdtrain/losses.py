@@ -27,9 +27,15 @@ import torch
 import torch.nn.functional as F
 
 
+ENSEMBLES = ("mean_probs", "mean_logits", "mean_kl")
+"""kd.ensemble: how soft_targets aggregates several teachers."""
+
+
 def soft_targets(teacher_logits: torch.Tensor, temperature: float, ensemble: str = "mean_probs",
                  weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher logits (K, N, C) -> (target probabilities (N, C), per-sample constant (N,))."""
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"unknown ensemble {ensemble!r} ({', '.join(ENSEMBLES)})")
     if teacher_logits.ndim == 2:
         teacher_logits = teacher_logits[None]
     k = teacher_logits.shape[0]
@@ -45,9 +51,7 @@ def soft_targets(teacher_logits: torch.Tensor, temperature: float, ensemble: str
     p = (w * p_k).sum(0)
     if ensemble == "mean_probs":
         return p, torch.xlogy(p, p).sum(-1)
-    if ensemble == "mean_kl":
-        return p, (w * p_k * logp_k).sum((0, 2))
-    raise ValueError(f"unknown ensemble {ensemble!r} (mean_probs, mean_logits, mean_kl)")
+    return p, (w * p_k * logp_k).sum((0, 2))  # mean_kl
 
 
 def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor] | None,

@@ -35,9 +35,9 @@ def create_model(arch: str, input_shape, num_classes: int, width: int, depth: in
 
 
 def from_config(m, input_shape, num_classes: int) -> nn.Module:
-    """Build a model from a StudentConfig or TeacherConfig."""
+    """Build a model from a ModelConfig (a StudentConfig or a TeacherConfig)."""
     return create_model(m.arch, input_shape, num_classes, m.width, depth=m.depth, hidden=m.hidden,
-                        dropout=m.dropout, pretrained=getattr(m, "pretrained", False))
+                        dropout=m.dropout, pretrained=m.pretrained)
 
 
 def count_params(model: nn.Module) -> int:

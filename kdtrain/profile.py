@@ -4,7 +4,7 @@ Latency is measured at batch 1 in inference mode, on a fixed number of threads
 (default 1, like an edge core), in blocks after a warm-up; the spread between
 block medians is ``latency_cv``, and a measurement whose spread stays above
 ``profile.max_cv`` after one retry is flagged (``latency_noisy = 1``) and not
-cached. Measurements hold the machine's CPU room exclusively (see locks.py),
+cached. Measurements hold the machine's CPU room exclusively (see shared.py),
 so they never overlap a neighbouring worker's training epoch.
 
 A model's cost does not depend on its weights, so results are cached on disk
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -27,9 +25,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdtrain.config import ProfileConfig, home
+from kdtrain.config import KdtrainError, ProfileConfig, home
 from kdtrain.export import onnx_session, state_dict_bytes, to_onnx
-from kdtrain.locks import cpu_room
+from kdtrain.shared import atomic_write_text, content_key, cpu_room
 from kdtrain.models import count_params
 
 
@@ -111,8 +109,7 @@ def latency(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()
 def _cache_path(identity: dict, input_shape, pcfg: ProfileConfig) -> Path:
     ident = {"model": identity, "shape": list(input_shape), "profile": pcfg.__dict__, "torch": torch.__version__,
              "cuda": torch.cuda.get_device_name() if pcfg.device != "cpu" and torch.cuda.is_available() else None}
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return home() / "cache" / "profiles" / f"{key}.json"
+    return home() / "cache" / "profiles" / f"{content_key(ident, 20)}.json"
 
 
 def profile(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig(), identity: dict | None = None,
@@ -135,10 +132,7 @@ def profile(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()
             log(f"latency measurement is noisy (block spread {timing['latency_cv']:.0%} > {pcfg.max_cv:.0%}); "
                 "flagged latency_noisy=1 and not cached")
     elif path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(out))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(out))
     return out
 
 
@@ -146,3 +140,27 @@ def model_identity(m, num_classes: int) -> dict:
     """What determines a model's cost: its family settings and its output size (not its weights)."""
     return {"arch": m.arch, "width": m.width, "depth": m.depth, "hidden": m.hidden, "dropout": m.dropout,
             "classes": num_classes}
+
+
+def width_ladder(cfg, given: str | None = None) -> list[int]:
+    """Student widths to profile: the given comma-separated ones, else powers of two across the searched range
+    (or around the base width)."""
+    if given:
+        try:
+            widths = [int(w) for w in given.split(",")]
+            assert widths and min(widths) >= 1
+            return widths
+        except (ValueError, AssertionError):
+            raise KdtrainError(f"--widths: expected positive integers separated by commas, e.g. 4,8,16; got {given!r}") \
+                from None
+    spec = cfg.search.get("student.width")
+    if spec and spec.get("type") == "int":
+        low, high = spec["low"], spec["high"]
+    else:
+        low, high = max(1, cfg.student.width // 4), cfg.student.width * 4
+    widths, w = {low, high, cfg.student.width}, 1
+    while w <= high:
+        if w >= low:
+            widths.add(w)
+        w *= 2
+    return sorted(widths)

@@ -69,22 +69,6 @@ class StudyData:
         return self.students[mask].sort_values(list(self.objectives)[-1])
 
 
-def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    """mlflow.search_runs columns -> plain names: metrics.x -> x, params.kd.alpha -> kd.alpha, tags.y -> tag:y."""
-    out = pd.DataFrame({"run_id": df["run_id"], "status": df["status"]})
-    for c in df.columns:
-        if c.startswith("metrics."):
-            out[c[8:]] = pd.to_numeric(df[c], errors="coerce")
-        elif c.startswith("params."):
-            out[c[7:]] = df[c]
-    for tag in ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName"):
-        out[f"tag:{tag}"] = df.get(f"tags.{tag}")
-    for key in ("kd.temperature", "kd.alpha", "student.width", "train.lr", "teacher.width"):
-        if key in out:
-            out[key] = pd.to_numeric(out[key], errors="coerce")
-    return out
-
-
 def load(study_name: str, tracking_uri: str | None = None, storage_url: str | None = None) -> StudyData:
     import optuna
 
@@ -96,7 +80,9 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     tracking_uri = search.tracking_uri(study, tracking_uri)
     tracker = Tracker(tracking_uri)
     runs, exp_id = tracker.runs_frame(study_name)
-    runs = _tidy(runs) if len(runs) else pd.DataFrame(columns=["run_id", "tag:kdtrain.role"])
+    for key in ("kd.temperature", "kd.alpha", "student.width", "train.lr", "teacher.width"):
+        if key in runs:
+            runs[key] = pd.to_numeric(runs[key], errors="coerce")
     role = runs["tag:kdtrain.role"]
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     students = runs[(role == "student") & (runs["tag:optuna.state"] == "COMPLETE")].copy()
@@ -469,5 +455,5 @@ def build(studies: list[str], out: str | Path = "reports", tracking_uri: str | N
     if log_to_mlflow:
         for d, folder in zip(data, folders):
             if d.parent_run_id:
-                Tracker(d.tracking_uri).client.log_artifacts(d.parent_run_id, str(folder), artifact_path="report")
+                Tracker(d.tracking_uri).log_dir(d.parent_run_id, folder, "report")
     return folders

@@ -1,57 +1,55 @@
-"""The Optuna side: search space from the sweep file, objective, storage, resume.
+"""The Optuna side, and only it: storage, studies (creation, checks, sampler, pruner, counts), asking and
+telling, and recovery of trials whose worker died. The search space itself is kdtrain.space.
 
-A study stores its whole sweep config (``kdtrain.config``), so a worker needs
-only the study name and the storage URL. Trials are asked and told by hand
-(not ``study.optimize``) so that the trial count is exact across workers, every
-failure carries its reason, and interrupted trials are re-queued once.
+A study stores its whole sweep config, so a worker needs only the study name and the storage URL. Trials are
+asked and told by hand (not ``study.optimize``) so that the trial count is exact across workers, every failure
+carries its reason, and interrupted trials are re-queued once. MLflow is the caller's: see ``on_failed``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
-import hashlib
 import itertools
 import json
 import os
 import re
 import socket
-import threading
 import time
-import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
-from kdtrain import config, data
-from kdtrain.config import METRICS, Config, KdtrainError, home, redact
-from kdtrain.locks import cpu_room, file_lock
-from kdtrain.profile import model_identity, profile
-from kdtrain.run import distill_student
-from kdtrain.teachers import Teacher, load_pool
-from kdtrain.teachers import cache_dir as teacher_cache_dir
-from kdtrain.tracking import Tracker, check_reachable
-from kdtrain.train import DivergedError
+from kdtrain import config, space
+from kdtrain.config import Config, KdtrainError, home, redact
+from kdtrain.shared import advisory_lock, every, file_lock, pid_alive
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # kdtrain asks and tells by hand and runs its own heartbeat thread (see heartbeat())
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-TEACHER_ARTIFACTS = "teacher"
-A_TRACKING = "kdtrain.tracking_uri"
-A_CONFIG, A_TRIALS, A_PARENT, A_EXP = "kdtrain.config", "kdtrain.trials", "kdtrain.parent_run_id", "kdtrain.experiment_id"
+TrialPruned = optuna.TrialPruned
+"""Raised by a trial's epoch callback to stop it early (re-exported: the worker never imports optuna)."""
+TrialTakenOver = optuna.exceptions.UpdateFinishedTrialError
+"""Telling a trial that another worker has already failed (no heartbeat for the grace period)."""
+
+# Study user attributes (written by create_or_open / the worker, read by workers, status and reports)
+A_CONFIG, A_TRIALS, A_OBJECTIVES = "kdtrain.config", "kdtrain.trials", "kdtrain.objectives"
+A_PARENT, A_EXP, A_TRACKING = "kdtrain.parent_run_id", "kdtrain.experiment_id", "kdtrain.tracking_uri"
+A_READY = "kdtrain.ready"
+"""Set once the study's teacher runs are logged: a worker that waits (--wait) joins only then."""
+# Trial user attributes
+T_RUN, T_HOST, T_PID = "mlflow_run_id", "kdtrain.host", "kdtrain.pid"
+T_FAIL_REASON, T_INTERRUPTED, T_REQUEUED_FROM, T_REFERENCE = (
+    "fail_reason", "kdtrain.interrupted", "kdtrain.requeued_from", "kdtrain.reference")
 
 
 # --------------------------------------------------------------------------- storage
-
 
 def default_storage() -> str:
     """$KDTRAIN_STORAGE (keeps a password off the command line), else the journal file under kdtrain's home."""
@@ -66,13 +64,12 @@ def _db_error(e: Exception) -> str:
     """The driver's own words, without SQLAlchemy's wrapping, on one line, passwords hidden."""
     text = str(e).replace("\n", " ").split("(Background on this error", 1)[0]
     text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
-    hint = ""
-    if "authentication failed" in text:
-        hint = " (check the user and password in the storage URL)"
-    elif "Connection refused" in text or "could not connect" in text or "timeout expired" in text:
-        hint = " (is the database server running and reachable from this machine?)"
-    elif "does not exist" in text:
-        hint = " (create the database first, e.g. createdb NAME)"
+    hints = {"authentication failed": "check the user and password in the storage URL",
+             "Connection refused": "is the database server running and reachable from this machine?",
+             "could not connect": "is the database server running and reachable from this machine?",
+             "timeout expired": "is the database server running and reachable from this machine?",
+             "does not exist": "create the database first, e.g. createdb NAME"}
+    hint = next((f" ({h})" for k, h in hints.items() if k in text), "")
     return redact(" ".join(text.split()))[:400] + hint
 
 
@@ -107,50 +104,63 @@ def open_storage(url: str | None = None):
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
-def _backend(storage):
-    return getattr(storage, "_backend", storage)  # optuna wraps an RDBStorage in a cache
+def _rdb(storage) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage behind a storage, or None for a journal. Private attribute: Optuna wraps an RDBStorage in
+    a _CachedStorage and offers no public accessor, and heartbeat settings and the engine live on the inner one."""
+    inner = getattr(storage, "_backend", storage)
+    return inner if isinstance(inner, optuna.storages.RDBStorage) else None
+
+
+# Private attributes, each for want of a public accessor: asking and failing trials by hand (heartbeats,
+# recovery) needs the study's storage and its trial-level calls, which take a trial's id, not its number.
+def _storage(study: optuna.Study):
+    return study._storage
+
+
+def _trial_id(trial) -> int:
+    return trial._trial_id
 
 
 def apply_heartbeat(storage, cfg: Config) -> None:
     """Every worker of a study beats at the study's own interval and grace period (stored with its config)."""
-    b = _backend(storage)
-    if isinstance(b, optuna.storages.RDBStorage):
+    b = _rdb(storage)
+    if b is not None:
         b.heartbeat_interval, b.grace_period = cfg.study.heartbeat_interval, cfg.study.grace_period
 
 
+def configure(study: optuna.Study, cfg: Config, worker: int = 0) -> None:
+    """This process's view of the study: the study's heartbeat settings, its sampler (seeded per worker) and
+    pruner."""
+    apply_heartbeat(_storage(study), cfg)
+    study.sampler, study.pruner = make_sampler(cfg, worker), make_pruner(cfg)
+
+
 def heartbeat_interval(storage) -> int | None:
-    b = _backend(storage)
-    return b.heartbeat_interval if isinstance(b, optuna.storages.RDBStorage) else None
+    b = _rdb(storage)
+    return b.heartbeat_interval if b is not None else None
 
 
 @contextlib.contextmanager
-def study_lock(storage, study_name: str, purpose: str):
+def study_lock(study_or_storage, study_name: str, purpose: str):
     """A mutex over every worker of a study: a PostgreSQL advisory lock when the study lives there (workers on
     several machines), else a file lock (workers on this machine). The lock dies with its holder."""
-    b = _backend(storage)
-    if isinstance(b, optuna.storages.RDBStorage) and b.engine.dialect.name == "postgresql":
-        import sqlalchemy
-
-        key = int.from_bytes(hashlib.sha1(f"kdtrain/{purpose}/{study_name}".encode()).digest()[:8], "big",
-                             signed=True)
-        with b.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-    else:
-        with file_lock(f"{purpose}-{study_name}"):
-            yield
+    storage = _storage(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
+    b = _rdb(storage)
+    name = f"{purpose}-{study_name}"
+    with advisory_lock(b.engine, name) if b is not None and b.engine.dialect.name == "postgresql" else file_lock(name):
+        yield
 
 
 def existing_storage(url: str | None = None):
     """Open a storage that must already hold studies (status, report): a missing journal is an error."""
     url = url or default_storage()
-    if "://" not in url and not Path(url).expanduser().exists():
+    if not is_rdb(url) and not Path(url).expanduser().exists():
         raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
     return open_storage(url)
+
+
+def study_names(storage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
 def load(study_name: str, storage_url: str | None = None, storage=None) -> optuna.Study:
@@ -162,72 +172,26 @@ def load(study_name: str, storage_url: str | None = None, storage=None) -> optun
                            "(see kdtrain status)") from None
 
 
-# --------------------------------------------------------------------------- search space
-
-
-def subsets(names: list[str]) -> list[str]:
-    """Every non-empty subset of the pool as 'a+b' strings (one categorical parameter)."""
-    return ["+".join(c) for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
-
-
-def suggest(trial: optuna.Trial, space: dict) -> dict:
-    """Dotted key -> value for one trial, from the sweep file's search: section."""
-    values = {}
-    for key, spec in space.items():
-        kind = spec["type"]
-        if kind == "float":
-            values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False),
-                                              step=spec.get("step"))
-        elif kind == "int":
-            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False),
-                                            step=spec.get("step", 1))
-        elif kind == "categorical":
-            values[key] = trial.suggest_categorical(key, spec["choices"])
-        elif kind == "subset":
-            values[key] = trial.suggest_categorical(key, subsets(spec["of"])).split("+")
-    return values
-
-
-def base_params(cfg: Config) -> dict:
-    """The sweep file's base settings as Optuna params: the first, enqueued trial."""
-    flat = cfg.flat()
-    out = {}
-    for key, spec in cfg.search.items():
-        value = "+".join(cfg.kd_teachers) if key == "kd.teachers" else flat[key]
-        if spec["type"] == "subset" and value not in subsets(spec["of"]):
-            continue  # let the sampler choose
-        if spec["type"] == "categorical" and value not in spec["choices"]:
-            continue
-        out[key] = value
-    return out
-
-
-def signature(cfg: Config) -> dict:
-    """What must not change under an existing study name: objectives, search space, the rest of the settings."""
-    d = cfg.to_dict()
-    for k in ("trials", "timeout"):
-        d["study"].pop(k)
-    for k in ("root", "download"):
-        d["data"].pop(k)
-    for k in ("device", "threads"):
-        d["train"].pop(k)
-    return d
-
-
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    out = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict) and k != "search":
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
+def wait_for(study_name: str, storage_url: str | None, wait_s: float, log: Callable[[str], None],
+             poll_s: float = 2.0) -> optuna.Study:
+    """The study once it is ready (its teacher runs logged), waiting up to wait_s seconds: the workers of a SLURM
+    array or a Kubernetes Job often start before the sweep that creates their study."""
+    url, deadline, storage = storage_url or default_storage(), time.time() + wait_s, None
+    log(f"waiting up to {wait_s:.0f} s for study {study_name!r} in {redact(url)}")
+    while True:
+        if storage is None and (is_rdb(url) or Path(url).expanduser().exists()):
+            storage = open_storage(url)
+        if storage is not None and study_name in study_names(storage):
+            study = load(study_name, url, storage)
+            if study.user_attrs.get(A_READY) or counts(study)["DONE"]:
+                return study
+        if time.time() >= deadline:
+            raise KdtrainError(f"study {study_name!r} did not become ready in {redact(url)} within {wait_s:.0f} s "
+                               "(create it with kdtrain sweep, e.g. --workers 0, or wait longer: --wait 30m)")
+        time.sleep(poll_s)
 
 
 # --------------------------------------------------------------------------- studies
-
 
 def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
     """The existing study of that name (None if there is none); refused if its settings differ from cfg."""
@@ -237,7 +201,7 @@ def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
         return None
     stored = json.loads(study.user_attrs.get(A_CONFIG, "{}"))
     if stored:
-        changed = _diff(signature(config.from_dict(stored)), signature(cfg))
+        changed = space.diff(space.signature(config.from_dict(stored)), space.signature(cfg))
         if changed:
             what = "search space" if any(c.startswith("search") for c in changed) else "settings"
             raise KdtrainError(
@@ -257,14 +221,14 @@ def create_or_open(cfg: Config, storage, name: str, trials: int) -> optuna.Study
     study = optuna.create_study(study_name=name, storage=storage, directions=list(cfg.study.objectives.values()))
     study.set_user_attr(A_CONFIG, json.dumps(cfg.to_dict()))
     study.set_user_attr(A_TRIALS, trials)
-    study.set_user_attr("kdtrain.objectives", list(cfg.study.objectives))
-    study.enqueue_trial(base_params(cfg), user_attrs={"kdtrain.reference": "base settings"})
+    study.set_user_attr(A_OBJECTIVES, list(cfg.study.objectives))
+    study.enqueue_trial(space.base_params(cfg), user_attrs={T_REFERENCE: "base settings"})
     return study
 
 
 def free_name(storage, name: str) -> str:
     """name, or name-v2, name-v3, ... whichever does not exist yet."""
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    existing = set(study_names(storage))
     if name not in existing:
         return name
     return next(f"{name}-v{i}" for i in itertools.count(2) if f"{name}-v{i}" not in existing)
@@ -289,9 +253,15 @@ def study_config(study: optuna.Study) -> Config:
     return config.from_dict(json.loads(raw), source=f"study {study.study_name}")
 
 
+def target(study: optuna.Study, cfg: Config | None = None) -> int | None:
+    """The study's trial count (the latest --trials given), else the sweep file's."""
+    return study.user_attrs.get(A_TRIALS, cfg.study.trials if cfg else None)
+
+
 def make_sampler(cfg: Config, worker: int = 0):
     """The study's sampler. Each worker process gets its own seed (study.seed + worker): with one shared seed,
-    parallel workers would propose the very same parameters while the sampler is still sampling at random."""
+    parallel workers would propose the very same parameters while the sampler is still sampling at random.
+    The first (or only) worker of a sweep is worker 0, so one worker with a seed repeats itself exactly."""
     # Constraints reach the samplers through trial.set_constraint (Optuna 5), not constraints_func.
     s = cfg.study
     seed = None if s.seed is None else (s.seed + worker) % 2**32
@@ -310,391 +280,19 @@ def make_pruner(cfg: Config):
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.train.epochs // 5))
 
 
-def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
-    """<= 0 when satisfied: metric - bound for max_<metric> (max_latency_ms is latency_ms_p50)."""
-    out = {}
-    for key, bound in constraints.items():
-        metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
-        out[key] = (float(metrics[metric]) - float(bound) if key.startswith("max_")
-                    else float(bound) - float(metrics[metric]))
-    return out
-
-
 def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), plus DONE: what counts toward the target
+    (COMPLETE + PRUNED)."""
     c = {s.name: 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         c[t.state.name] += 1
+    c["DONE"] = c["COMPLETE"] + c["PRUNED"]
     return c
 
 
-# --------------------------------------------------------------------------- recovery
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, tracker: Tracker | None,
-               requeue: bool = True) -> bool:
-    """Mark a trial failed with its reason, re-queue its params once, close its MLflow run as KILLED.
-
-    False when another worker failed or finished it first (the storage refuses a second transition)."""
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        storage.set_trial_user_attr(trial._trial_id, "kdtrain.interrupted", True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    if requeue and trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"kdtrain.requeued_from": trial.number},
-                            skip_if_exists=False)
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if tracker is not None and run_id:
-        with contextlib.suppress(Exception):
-            tracker.set_tags(run_id, {"optuna.state": "FAIL", "fail_reason": reason})
-            tracker.end(run_id, "KILLED")
-    return True
-
-
-def _recover(study: optuna.Study, tracker: Tracker | None) -> list[int]:
-    """Fail the RUNNING trials whose worker is gone. Call under study_lock(..., "ask").
-
-    RDB storages (PostgreSQL: workers on many machines): a trial without a heartbeat for the grace period.
-    Journal file (workers on this machine): a trial whose worker process on this host no longer exists."""
-    storage, recovered = study._storage, []
-    interval = heartbeat_interval(storage)
-    if interval:
-        grace = _backend(storage).grace_period
-        stale = [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]
-        # a worker that died between ask and its first heartbeat left a trial with no heartbeat and no pid
-        old = datetime.datetime.now() - datetime.timedelta(seconds=grace)
-        seen = {t.number for t in stale}
-        stale += [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                  if "kdtrain.pid" not in t.user_attrs and t.datetime_start and t.datetime_start < old
-                  and t.number not in seen]
-        for t in stale:
-            who = (f"pid {t.user_attrs['kdtrain.pid']} on {t.user_attrs.get('kdtrain.host')}"
-                   if "kdtrain.pid" in t.user_attrs else "which died before its first heartbeat")
-            if fail_trial(study, t, f"interrupted: no heartbeat from its worker ({who}) for more than {grace} s; "
-                          "the worker died or lost the database", tracker):
-                recovered.append(t.number)
-        return recovered
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, t_host = t.user_attrs.get("kdtrain.pid"), t.user_attrs.get("kdtrain.host")
-        if t_host not in (None, host) or (pid is not None and pid != os.getpid() and _pid_alive(pid)):
-            continue
-        if fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial "
-                      "finished", tracker):
-            recovered.append(t.number)
-    return recovered
-
-
-def recover(study: optuna.Study, tracker: Tracker | None) -> list[int]:
-    """Fail and re-queue the trials whose worker is gone (kill -9, power loss, a lost machine)."""
-    with study_lock(study._storage, study.study_name, "ask"):  # no trial is between ask and its pid meanwhile
-        return _recover(study, tracker)
-
-
-def _recoverable(study: optuna.Study) -> bool:
-    """Will the RUNNING trials of this study finish or be recovered by a worker here? (heartbeats, or all on
-    this host where a dead pid is seen)."""
-    if heartbeat_interval(study._storage):
-        return True
-    host = socket.gethostname()
-    return all(t.user_attrs.get("kdtrain.host") in (None, host)
-               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-
-@contextlib.contextmanager
-def heartbeat(storage, trial_id: int):
-    """Record the trial's heartbeat every interval while it runs (RDB storages; nothing for a journal file)."""
-    interval = heartbeat_interval(storage)
-    if not interval:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(interval):
-            with contextlib.suppress(Exception):  # a database blip must not kill the trial: the grace period covers it
-                storage.record_heartbeat(trial_id)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-# --------------------------------------------------------------------------- the worker
-
-
-@dataclass
-class Context:
-    study: optuna.Study
-    cfg: Config
-    ds: data.Dataset
-    pool: dict[str, Teacher]
-    tracker: Tracker
-    exp_id: str
-    parent_id: str
-    log: Callable[[str], None]
-
-
-def student_key(cfg: Config) -> str:
-    ident = {"student": dataclasses.asdict(cfg.student), "train": signature(cfg)["train"],
-             "data": signature(cfg)["data"]}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _flat_params(cfg: Config) -> dict:
-    flat = cfg.flat()
-    flat["kd.teachers"] = "+".join(cfg.kd_teachers)
-    return flat
-
-
-def ensure_teacher_runs(ctx: Context) -> None:
-    """Every teacher of the pool is a run of the study (logged once)."""
-    with study_lock(ctx.study._storage, ctx.study.study_name, "teachers"):
-        for t in ctx.pool.values():
-            if ctx.tracker.find(ctx.exp_id, {"kdtrain.teacher_key": t.key}):
-                continue
-            run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
-                                    tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source},
-                                    params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
-            metrics = profile(t.model, ctx.ds.input_shape, ctx.cfg.profile,
-                              model_identity(t.config, ctx.ds.num_classes), ctx.log)
-            metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
-            ctx.tracker.log_metrics(run, metrics)
-            # the cache entry itself (weights, logits, meta): workers on other machines fetch it instead of
-            # training their own, slightly different, copy of the teacher
-            ctx.tracker.log_dir(run, t.path, TEACHER_ARTIFACTS)
-            ctx.tracker.end(run)
-
-
-def fetch_teachers(cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[str], None]) -> None:
-    """Fill this machine's teacher cache from the study's teacher runs, so that every worker of a study, on any
-    machine, distils from the very same teachers (and none trains them again)."""
-    for t in cfg.teachers:
-        folder = teacher_cache_dir(t, cfg)
-        if (folder / "meta.json").exists():
-            continue
-        runs = tracker.find(exp_id, {"kdtrain.teacher_key": folder.name.rsplit("-", 1)[1]})
-        for run in runs:
-            if tracker.fetch_dir(run.info.run_id, TEACHER_ARTIFACTS, folder):
-                log(f"teacher {t.name}: fetched from MLflow run {run.info.run_id}")
-                break
-
-
-def ensure_baseline(ctx: Context, cfg: Config) -> dict:
-    """The no-teacher (alpha = 0) run of this student: trained once per machine (cached), logged once per study."""
-    key = student_key(cfg)
-    path = home() / "cache" / "baselines" / f"{key}.json"
-    with file_lock(f"baseline-{key}"):
-        if path.exists():
-            result = json.loads(path.read_text())
-        else:
-            ctx.log(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher")
-            base = config.replace(cfg, {"kd.alpha": 0.0})
-            r = distill_student(base, ctx.ds, {}, epoch_guard=cpu_room)
-            metrics = profile(r.model, ctx.ds.input_shape, cfg.profile,
-                              model_identity(cfg.student, ctx.ds.num_classes), ctx.log)
-            metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
-            result = {"metrics": metrics, "history": [dataclasses.asdict(h) for h in r.history]}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result))
-    with study_lock(ctx.study._storage, ctx.study.study_name, f"baseline-{key}"):
-        if not ctx.tracker.find(ctx.exp_id, {"kdtrain.baseline_key": key}):
-            from kdtrain.train import EpochStats
-
-            run = ctx.tracker.start(ctx.exp_id, f"baseline-{cfg.student.arch}-w{cfg.student.width}", "baseline",
-                                    ctx.parent_id, tags={"kdtrain.baseline_key": key},
-                                    params={**{k: v for k, v in _flat_params(cfg).items()
-                                               if not k.startswith("kd.")}, "kd.alpha": 0.0})
-            ctx.tracker.log_metrics(run, result["metrics"], [EpochStats(**h) for h in result["history"]])
-            ctx.tracker.end(run)
-    return result["metrics"]
-
-
-def run_trial(ctx: Context, trial: optuna.Trial) -> list[float]:
-    values = suggest(trial, ctx.cfg.search)
-    tcfg = config.replace(ctx.cfg, values)
-    tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
-            "kdtrain.host": socket.gethostname(), "kdtrain.pid": os.getpid(), "mlflow.note.content": describe(tcfg)}
-    run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
-                               params=_flat_params(tcfg))
-    trial.set_user_attr("mlflow_run_id", run_id)
-    history = []
-    single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
-
-    def on_epoch(s):
-        history.append(s)
-        if single:
-            trial.report(s.val_accuracy, s.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
-
-    try:
-        r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch, epoch_guard=cpu_room)
-    except BaseException:
-        ctx.tracker.log_metrics(run_id, {}, history)  # keep the partial curves
-        raise
-    metrics = profile(r.model, ctx.ds.input_shape, tcfg.profile, model_identity(tcfg.student, ctx.ds.num_classes),
-                      ctx.log)
-    metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
-    baseline = ensure_baseline(ctx, tcfg)
-    metrics["baseline_val_accuracy"] = baseline["val_accuracy"]
-    metrics["kd_gain"] = r.val_accuracy - baseline["val_accuracy"]
-    for key, value in constraint_values(ctx.cfg.study.constraints, metrics).items():
-        trial.set_constraint(key, value)
-    for k in METRICS:
-        trial.set_user_attr(k, metrics[k])
-    ctx.tracker.log_metrics(run_id, metrics, history)
-    ctx.tracker.log_state_dict(run_id, r.model.state_dict(), "model.pt")
-    ctx.tracker.log_text(run_id, yaml.safe_dump(tcfg.to_dict(), sort_keys=False), "config.yaml")
-    return [metrics[m] for m in ctx.cfg.study.objectives]
-
-
-def describe(cfg: Config) -> str:
-    return (f"{cfg.student.arch} width {cfg.student.width}, T={cfg.kd.temperature:.3g}, alpha={cfg.kd.alpha:.3g}, "
-            f"teachers={'+'.join(cfg.kd_teachers)} ({cfg.kd.ensemble})")
-
-
-def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> None:
-    """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes.
-
-    When the trials still missing are all running elsewhere, wait: a worker that dies is recovered (heartbeat
-    or dead pid) and its trial re-queued, and someone must be left to run it."""
-    study, tracker = ctx.study, ctx.tracker
-    waiting_said = False
-    while True:
-        trial = None
-        with study_lock(study._storage, study.study_name, "ask"):
-            for n in _recover(study, tracker):
-                ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
-            target = study.user_attrs.get(A_TRIALS, ctx.cfg.study.trials)
-            c = counts(study)
-            done = c["COMPLETE"] + c["PRUNED"]
-            if done >= target or (deadline is not None and time.time() >= deadline):
-                return
-            if done + c["RUNNING"] < target:
-                errors = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                          if not t.user_attrs.get("kdtrain.interrupted")]
-                if len(errors) > max(5, target):  # a broken setting, not bad luck: stop instead of looping
-                    raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
-                                       f"reason: {errors[-1].user_attrs.get('fail_reason', '?').splitlines()[0]}")
-                trial = study.ask()
-                if heartbeat_interval(study._storage):  # first: from here on a death is seen by its silence
-                    study._storage.record_heartbeat(trial._trial_id)
-                # who runs it, set before the lock is released: recovery (under the same lock) trusts these
-                trial.set_user_attr("kdtrain.host", socket.gethostname())
-                trial.set_user_attr("kdtrain.pid", os.getpid())
-            elif not _recoverable(study):
-                return  # the rest runs on hosts whose death this worker cannot see
-        if trial is None:
-            if not waiting_said:
-                ctx.log(f"waiting: the {c['RUNNING']} trial(s) still missing run on other workers")
-                waiting_said = True
-            time.sleep(poll_s)
-            continue
-        waiting_said = False
-        with heartbeat(study._storage, trial._trial_id):
-            _run_and_tell(ctx, trial)
-
-
-def _run_and_tell(ctx: Context, trial: optuna.Trial) -> None:
-    study, tracker = ctx.study, ctx.tracker
-    try:
-        values = run_trial(ctx, trial)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        study.tell(trial, values)
-        _close(tracker, run_id, "COMPLETE", "FINISHED")
-        ctx.log(f"trial {trial.number} complete: "
-                + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values)))
-    except optuna.TrialPruned as e:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        study.tell(trial, state=TrialState.PRUNED)
-        _close(tracker, run_id, "PRUNED", "FINISHED", {"prune_reason": str(e)})
-        ctx.log(f"trial {trial.number} pruned: {e}")
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # another worker saw no heartbeat for the grace period and failed this trial (a long database outage);
-        # its re-queued copy runs again, so this result is dropped rather than counted twice
-        _close(tracker, trial.user_attrs.get("mlflow_run_id"), "FAIL", "KILLED",
-               {"fail_reason": "failed by another worker (no heartbeat) while still running; result dropped"})
-        ctx.log(f"trial {trial.number} was failed by another worker while running (no heartbeat); result dropped")
-    except (KeyboardInterrupt, SystemExit):
-        frozen = study._storage.get_trial(trial._trial_id)
-        fail_trial(study, frozen, "interrupted: stopped by the user (Ctrl-C)", tracker)
-        raise
-    except Exception as e:
-        reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
-            f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
-        reason = redact(reason)[:2000]
-        trial.set_user_attr("fail_reason", reason)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        study.tell(trial, state=TrialState.FAIL)
-        _close(tracker, run_id, "FAIL", "FAILED", {"fail_reason": reason})
-        ctx.log(f"trial {trial.number} failed: {reason.splitlines()[0]}")
-
-
-def _close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: dict | None = None) -> None:
-    if run_id:
-        tracker.set_tags(run_id, {"optuna.state": state, **(tags or {})})
-        tracker.end(run_id, status)
-
-
-def open_context(study_name: str, storage_url: str | None, tracking_uri_given: str | None, threads: int | None = None,
-                 log: Callable[[str], None] = print) -> Context:
-    """What a worker needs, from the study alone: config, data, teacher pool, MLflow ids."""
-    study = load(study_name, storage_url)
-    cfg = study_config(study)
-    apply_heartbeat(study._storage, cfg)
-    if threads:
-        cfg = config.replace(cfg, {"train.threads": threads})
-    study.sampler = make_sampler(cfg, worker=os.getpid())
-    study.pruner = make_pruner(cfg)
-    uri = tracking_uri(study, tracking_uri_given)
-    check_reachable(uri)  # one clear line now, not minutes of MLflow's retries later
-    ds = data.load(cfg.data)
-    tracker = Tracker(uri)
-    exp_id = tracker.experiment(study_name)
-    fetch_teachers(cfg, tracker, exp_id, log)
-    pool = load_pool(cfg, ds, log=log)
-    parent_id = study.user_attrs.get(A_PARENT) or ensure_parent(tracker, exp_id, study, cfg, None)
-    ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log)
-    ensure_teacher_runs(ctx)
-    return ctx
-
-
-def ensure_parent(tracker: Tracker, exp_id: str, study: optuna.Study, cfg: Config, sweep_file: str | None) -> str:
-    """The study's parent run (kdtrain.role=sweep): created once, reopened on resume."""
-    with study_lock(study._storage, study.study_name, "parent"):
-        found = tracker.find(exp_id, {"kdtrain.role": "sweep", "optuna.study": study.study_name})
-        if found:
-            run_id = found[0].info.run_id
-            tracker.client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = tracker.start(exp_id, study.study_name, "sweep",
-                                   tags={"optuna.study": study.study_name},
-                                   params={"study.objectives": json.dumps(cfg.study.objectives),
-                                           "study.sampler": cfg.study.sampler,
-                                           "search": json.dumps(cfg.search, sort_keys=True)})
-            tracker.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "sweep.yaml")
-            if sweep_file:
-                tracker.log_file(run_id, sweep_file)
-        study.set_user_attr(A_PARENT, run_id)
-        study.set_user_attr(A_EXP, exp_id)
-    return run_id
+def trials(study: optuna.Study, state: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials in one state ('COMPLETE', 'RUNNING', 'FAIL', ...)."""
+    return study.get_trials(deepcopy=False, states=(TrialState[state],))
 
 
 def pareto(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -704,3 +302,145 @@ def pareto(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         except ValueError:
             return []
     return study.best_trials
+
+
+# --------------------------------------------------------------------------- asking and telling
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """A new trial, marked with who runs it. Call under study_lock(..., "ask"): recovery (under the same lock)
+    trusts the host and pid set here."""
+    trial = study.ask()
+    if heartbeat_interval(_storage(study)):  # first: from here on a death is seen by its silence
+        _storage(study).record_heartbeat(_trial_id(trial))
+    trial.set_user_attr(T_HOST, socket.gethostname())
+    trial.set_user_attr(T_PID, os.getpid())
+    return trial
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, state: str, values: list[float] | None = None) -> None:
+    """'COMPLETE' with its values, 'PRUNED' or 'FAIL'; TrialTakenOver if another worker failed it meanwhile."""
+    study.tell(trial, values, state=TrialState[state])
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Record the trial's heartbeat every interval while it runs (RDB storages; nothing for a journal file)."""
+    storage = _storage(study)
+    interval = heartbeat_interval(storage)
+    with every(interval, lambda: storage.record_heartbeat(_trial_id(trial)), f"heartbeat-{trial.number}") \
+            if interval else contextlib.nullcontext():
+        yield
+
+
+@dataclass
+class Next:
+    """Run `trial`; or wait (`waiting` trials run elsewhere); or stop. `recovered`: dead workers' trials."""
+    trial: optuna.Trial | None
+    waiting: int = 0
+    recovered: list[int] | None = None
+
+
+OnFailed = Callable[[str, str], None]
+"""Called with (MLflow run id, reason) for each trial failed on behalf of a dead or interrupted worker."""
+
+
+def next_trial(study: optuna.Study, default_target: int, deadline: float | None = None,
+               on_failed: OnFailed | None = None) -> Next:
+    """Under the study's ask lock: recover dead workers' trials, then ask for a trial if the study still needs
+    one. When the trials still missing are all running elsewhere, wait: a worker that dies is recovered
+    (heartbeat or dead pid) and its trial re-queued, and someone must be left to run it."""
+    with study_lock(study, study.study_name, "ask"):
+        recovered = _recover(study, on_failed)
+        goal = study.user_attrs.get(A_TRIALS, default_target)
+        c = counts(study)
+        if c["DONE"] >= goal or (deadline is not None and time.time() >= deadline):
+            return Next(None, recovered=recovered)
+        if c["DONE"] + c["RUNNING"] < goal:
+            errors = [t for t in trials(study, "FAIL") if not t.user_attrs.get(T_INTERRUPTED)]
+            if len(errors) > max(5, goal):  # a broken setting, not bad luck: stop instead of looping
+                raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
+                                   f"reason: {errors[-1].user_attrs.get(T_FAIL_REASON, '?').splitlines()[0]}")
+            return Next(ask(study), recovered=recovered)
+        if not _recoverable(study):
+            return Next(None, recovered=recovered)  # the rest runs on hosts whose death this worker cannot see
+        return Next(None, waiting=c["RUNNING"], recovered=recovered)
+
+
+# --------------------------------------------------------------------------- recovery
+
+def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | None = None,
+               requeue: bool = True) -> bool:
+    """Mark a trial failed with its reason, re-queue its params once, report its MLflow run to on_failed.
+
+    False when another worker failed or finished it first (the storage refuses a second transition)."""
+    storage = _storage(study)
+    frozen = storage.get_trial(_trial_id(trial))
+    try:
+        storage.set_trial_user_attr(_trial_id(trial), T_FAIL_REASON, reason)
+        storage.set_trial_user_attr(_trial_id(trial), T_INTERRUPTED, True)
+        storage.set_trial_state_values(_trial_id(trial), TrialState.FAIL)
+    except TrialTakenOver:
+        return False
+    if requeue and frozen.params:
+        study.enqueue_trial(frozen.params, user_attrs={T_REQUEUED_FROM: frozen.number}, skip_if_exists=False)
+    run_id = frozen.user_attrs.get(T_RUN)
+    if on_failed is not None and run_id:
+        with contextlib.suppress(Exception):
+            on_failed(run_id, reason)
+    return True
+
+
+def _stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials without a heartbeat for the grace period. Private method: Optuna's public
+    optuna.storages.fail_stale_trials fails them itself and runs only its own retry callback, while kdtrain must
+    also record why, re-queue them once and close their MLflow runs, under its own ask lock."""
+    storage = _storage(study)
+    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]
+
+
+def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone. Call under study_lock(..., "ask").
+
+    RDB storages (PostgreSQL: workers on many machines): a trial without a heartbeat for the grace period.
+    Journal file (workers on this machine): a trial whose worker process on this host no longer exists."""
+    recovered = []
+    b = _rdb(_storage(study))
+    if b is not None:
+        stale = _stale(study)
+        # a worker that died between ask and its first heartbeat left a trial with no heartbeat and no pid
+        old = datetime.datetime.now() - datetime.timedelta(seconds=b.grace_period)
+        seen = {t.number for t in stale}
+        stale += [t for t in trials(study, "RUNNING")
+                  if T_PID not in t.user_attrs and t.datetime_start and t.datetime_start < old
+                  and t.number not in seen]
+        for t in stale:
+            who = (f"pid {t.user_attrs[T_PID]} on {t.user_attrs.get(T_HOST)}"
+                   if T_PID in t.user_attrs else "which died before its first heartbeat")
+            if fail_trial(study, t, f"interrupted: no heartbeat from its worker ({who}) for more than "
+                          f"{b.grace_period} s; the worker died or lost the database", on_failed):
+                recovered.append(t.number)
+        return recovered
+    host = socket.gethostname()
+    for t in trials(study, "RUNNING"):
+        pid, t_host = t.user_attrs.get(T_PID), t.user_attrs.get(T_HOST)
+        if t_host not in (None, host) or (pid is not None and pid != os.getpid() and pid_alive(pid)):
+            continue
+        if fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial "
+                      "finished", on_failed):
+            recovered.append(t.number)
+    return recovered
+
+
+def recover(study: optuna.Study, on_failed: OnFailed | None = None) -> list[int]:
+    """Fail and re-queue the trials whose worker is gone (kill -9, power loss, a lost machine)."""
+    with study_lock(study, study.study_name, "ask"):  # no trial is between ask and its pid meanwhile
+        return _recover(study, on_failed)
+
+
+def _recoverable(study: optuna.Study) -> bool:
+    """Will the RUNNING trials of this study finish or be recovered by a worker here? (heartbeats, or all on
+    this host where a dead pid is seen)."""
+    if heartbeat_interval(_storage(study)):
+        return True
+    host = socket.gethostname()
+    return all(t.user_attrs.get(T_HOST) in (None, host) for t in trials(study, "RUNNING"))

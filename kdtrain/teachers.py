@@ -10,12 +10,8 @@ them instead of running the teacher again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import pickle
-import shutil
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -28,9 +24,12 @@ from torch import nn
 from kdtrain import models
 from kdtrain.config import Config, KdtrainError, TeacherConfig, home
 from kdtrain.data import Dataset
+from kdtrain.shared import atomic_dir, content_key
 from kdtrain.train import EpochStats, predict, resolve_device, seed_all, train
 
 CACHE_VERSION = 1
+MODEL_FILE, LOGITS_FILE, META_FILE = "model.pt", "logits.pt", "meta.json"
+"""A cache entry's files (a folder per teacher; also the `teacher/` artifact of its MLflow run)."""
 
 
 @dataclass
@@ -82,12 +81,15 @@ def teacher_key(t: TeacherConfig, cfg: Config) -> str:
     }
     if t.weights:
         ident["weights"] = _weights_identity(t.weights)
-    blob = json.dumps(ident, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return content_key(ident)
 
 
 def cache_dir(t: TeacherConfig, cfg: Config) -> Path:
     return home() / "cache" / "teachers" / f"{t.name}-{teacher_key(t, cfg)}"
+
+
+def is_cached(t: TeacherConfig, cfg: Config) -> bool:
+    return (cache_dir(t, cfg) / META_FILE).exists()
 
 
 def _read_checkpoint(ref: str) -> dict:
@@ -107,13 +109,20 @@ def _read_checkpoint(ref: str) -> dict:
     return state
 
 
-def _load_weights(t: TeacherConfig, model: nn.Module) -> str:
+LoadURI = Callable[[str], dict]
+"""URI (runs:/..., models:/...) -> state dict; given by the caller (kdtrain.tracking.load_state_dict), so that
+the teacher cache itself knows nothing of MLflow."""
+URI_SCHEMES = ("runs", "models", "mlflow-artifacts", "s3", "gs", "http", "https")
+
+
+def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) -> str:
     """Load teachers[].weights into model; returns the source kind."""
     ref = t.weights
-    if ref.split(":", 1)[0] in ("runs", "models", "mlflow-artifacts", "s3", "gs", "http", "https"):
-        from kdtrain import tracking
-
-        state, source = tracking.load_state_dict(ref), "mlflow"
+    if ref.split(":", 1)[0] in URI_SCHEMES:
+        if load_uri is None:
+            raise KdtrainError(f"teacher {t.name!r}: weights {ref} is a model URI; load the pool through "
+                               "kdtrain.worker.load_pool, which reads MLflow models")
+        state, source = load_uri(ref), "mlflow"
     else:
         state, source = _read_checkpoint(ref), "checkpoint"
     try:
@@ -126,22 +135,17 @@ def _load_weights(t: TeacherConfig, model: nn.Module) -> str:
 
 
 def _save_atomic(folder: Path, model: nn.Module, logits: dict, meta: dict) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    torch.save(model.state_dict(), tmp / "model.pt")
-    torch.save(logits, tmp / "logits.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    try:
-        os.replace(tmp, folder)  # another process may have finished the same teacher first
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(folder) as tmp:  # another process may finish the same teacher first: either copy will do
+        torch.save(model.state_dict(), tmp / MODEL_FILE)
+        torch.save(logits, tmp / LOGITS_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
 def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> Teacher | None:
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-        logits = torch.load(folder / "logits.pt", map_location="cpu", weights_only=True)
+        meta = json.loads((folder / META_FILE).read_text())
+        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        logits = torch.load(folder / LOGITS_FILE, map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
         return None  # missing or damaged: train again
     model = models.from_config(t, data.input_shape, data.num_classes)
@@ -150,8 +154,8 @@ def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> T
                    meta["test_accuracy"], "cache", meta["seconds"], folder.name.rsplit("-", 1)[1], folder)
 
 
-def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset,
-                log: Callable[[str], None] = print, on_epoch: Callable[[EpochStats], None] | None = None) -> Teacher:
+def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str], None] = print,
+                on_epoch: Callable[[EpochStats], None] | None = None, load_uri: LoadURI | None = None) -> Teacher:
     """Return a teacher from the cache, or train / load it and cache it."""
     folder = cache_dir(t, cfg)
     hit = _from_cache(t, cfg, data, folder)
@@ -162,7 +166,7 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset,
     seed_all(cfg.train.seed)
     model = models.from_config(t, data.input_shape, data.num_classes)
     if t.weights:
-        source = _load_weights(t, model)
+        source = _load_weights(t, model, load_uri)
         log(f"teacher {t.name}: loaded weights from {t.weights}")
     else:
         epochs = t.epochs if t.epochs is not None else cfg.train.epochs
@@ -188,26 +192,26 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset,
                    folder.name.rsplit("-", 1)[1], folder)
 
 
-def check_weights(cfg: Config, data: Dataset, names: list[str]) -> None:
+def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadURI | None = None) -> None:
     """Load every not-yet-cached teacher's weights file into its arch, so that a corrupt or ill-fitting
     checkpoint is reported before any other teacher spends time training."""
     for name in names:
         t = cfg.teacher(name)
-        if t.weights and not (cache_dir(t, cfg) / "meta.json").exists():
-            _load_weights(t, models.from_config(t, data.input_shape, data.num_classes))
+        if t.weights and not is_cached(t, cfg):
+            _load_weights(t, models.from_config(t, data.input_shape, data.num_classes), load_uri)
 
 
 def load_pool(cfg: Config, data: Dataset, names: list[str] | None = None,
-              log: Callable[[str], None] = print,
-              on_epoch: Callable[[str, EpochStats], None] | None = None) -> dict[str, Teacher]:
+              log: Callable[[str], None] = print, on_epoch: Callable[[str, EpochStats], None] | None = None,
+              load_uri: LoadURI | None = None) -> dict[str, Teacher]:
     """The named teachers (default: the whole pool), each cached or trained."""
     wanted = names if names is not None else [t.name for t in cfg.teachers]
-    check_weights(cfg, data, wanted)
+    check_weights(cfg, data, wanted, load_uri)
     pool = {}
     for name in wanted:
         t = cfg.teacher(name)
         cb = (lambda s, n=name: on_epoch(n, s)) if on_epoch else None
-        pool[name] = get_teacher(t, cfg, data, log=log, on_epoch=cb)
+        pool[name] = get_teacher(t, cfg, data, log=log, on_epoch=cb, load_uri=load_uri)
     return pool
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 import urllib.parse
@@ -19,8 +18,14 @@ import warnings
 from pathlib import Path
 
 from kdtrain.config import KdtrainError, home, redact
+from kdtrain.shared import atomic_dir
 
 ROLE = "kdtrain.role"
+MODEL_ARTIFACT, CONFIG_ARTIFACT, SWEEP_ARTIFACT = "model.pt", "config.yaml", "sweep.yaml"
+"""A student run's state dict and its trial's full config; the parent run's resolved sweep file."""
+TEACHER_ARTIFACTS = "teacher"
+"""A teacher run's folder holding its cache entry (weights, logits, meta), fetched by workers elsewhere."""
+TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName")
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"
 
@@ -132,10 +137,10 @@ class Tracker:
         base = server or (self.uri if self.uri.startswith("http") else DEFAULT_UI)
         return f"{redact(base).rstrip('/')}/{RUNS_VIEW.format(id=exp_id)}"
 
-    def find(self, exp_id: str, tags: dict[str, str]) -> list:
-        """Runs of an experiment whose tags equal the given values."""
+    def find(self, exp_id: str, tags: dict[str, str]) -> list[str]:
+        """Ids of the runs of an experiment whose tags equal the given values."""
         flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        return self.client.search_runs([exp_id], filter_string=flt, max_results=1000)
+        return [r.info.run_id for r in self.client.search_runs([exp_id], filter_string=flt, max_results=1000)]
 
     def start(self, exp_id: str, name: str, role: str, parent_id: str | None = None,
               tags: dict | None = None, params: dict | None = None) -> str:
@@ -183,21 +188,24 @@ class Tracker:
     def fetch_dir(self, run_id: str, artifact_path: str, dest: Path) -> bool:
         """Download a run's artifact folder to dest, atomically (a partial download never appears at dest).
         False when the run has no such folder."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-        try:
-            if not self.client.list_artifacts(run_id, artifact_path):
-                return False
-            got = Path(self.client.download_artifacts(run_id, artifact_path, str(tmp)))
-            try:
-                os.replace(got, dest)
-            except OSError:
-                pass  # another process on this machine got there first
-            return dest.exists()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not self.client.list_artifacts(run_id, artifact_path):
+            return False
+        with atomic_dir(dest) as tmp:
+            self.client.download_artifacts(run_id, artifact_path, str(tmp))
+            for f in (tmp / artifact_path).iterdir():  # the folder's content, not the folder, becomes dest
+                os.replace(f, tmp / f.name)
+            (tmp / artifact_path).rmdir()
+        return dest.exists()
 
-    def log_state_dict(self, run_id: str, state: dict, name: str = "model.pt") -> None:
+    def download(self, run_id: str, dest: str | Path) -> Path:
+        """All of a run's artifacts into dest (the folder they landed in), or one clear error."""
+        try:
+            return Path(self.client.download_artifacts(run_id, "", str(dest)))
+        except Exception as e:
+            raise KdtrainError(f"cannot read the MLflow run {run_id} in {redact(self.uri)} ({str(e)[:200]}); "
+                               "pass the --tracking-uri the sweep used") from None
+
+    def log_state_dict(self, run_id: str, state: dict, name: str = MODEL_ARTIFACT) -> None:
         import torch
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -206,15 +214,32 @@ class Tracker:
             self.client.log_artifact(run_id, str(p))
 
     def runs_frame(self, experiment: str):
-        """(mlflow.search_runs of the experiment as a DataFrame, experiment id); empty when it has no runs."""
+        """(the experiment's runs as a DataFrame with plain column names, experiment id): metrics and params
+        under their own names (val_accuracy, kd.alpha), the tags of TIDY_TAGS as tag:<name>, plus run_id,
+        status, start_time and end_time. Empty (run_id and tag:kdtrain.role columns only) when the experiment has no runs."""
         import mlflow
         import pandas as pd
 
         exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            return pd.DataFrame(), None
-        mlflow.set_tracking_uri(self.uri)
-        return mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=100000), exp.experiment_id
+        df = pd.DataFrame()
+        if exp is not None:
+            mlflow.set_tracking_uri(self.uri)
+            df = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=100000)
+        if df.empty:
+            return pd.DataFrame(columns=["run_id", f"tag:{ROLE}"]), exp and exp.experiment_id
+        out = df[["run_id", "status", "start_time", "end_time"]].copy()
+        for c in df.columns:
+            if c.startswith("metrics."):
+                out[c[8:]] = pd.to_numeric(df[c], errors="coerce")
+            elif c.startswith("params."):
+                out[c[7:]] = df[c]
+        for tag in TIDY_TAGS:
+            out[f"tag:{tag}"] = df.get(f"tags.{tag}")
+        return out, exp.experiment_id
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a finished run RUNNING again (a study resumed: its parent run)."""
+        self.client.update_run(run_id, status="RUNNING")
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -92,3 +92,21 @@ def test_profile_command_lists_teachers_and_a_width_ladder(tiny_sweep):
     params = [int(m.replace(",", "")) for m in re.findall(r"student mlp\s+\d+\s+([\d,]+)", out)]
     assert len(params) == 3 and params == sorted(params)
     assert "batch 1, 1 thread(s), cpu, eager" in out
+
+
+def test_help_lists_the_registries_allowed_values():
+    from kdtrain.data import DATASETS
+    from kdtrain.losses import ENSEMBLES
+    from kdtrain.models import MODELS
+    from kdtrain.train import OPTIMIZERS, SCHEDULES
+
+    r = run_cli("sweep", "--help")
+    assert r.returncode == 0
+    for name in [*DATASETS, *MODELS, *OPTIMIZERS, *SCHEDULES, *ENSEMBLES]:
+        assert re.search(rf"[ ,]{name}(,|\n)", r.stdout), name
+
+
+def test_bad_widths_is_one_clear_error(tiny_sweep):
+    r = run_cli("profile", tiny_sweep, "--widths", "2,x")
+    assert r.returncode == 1 and r.stderr.count("kdtrain: error:") == 1 and "Traceback" not in r.stderr
+    assert "--widths" in r.stderr

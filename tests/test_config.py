@@ -140,3 +140,39 @@ def test_cli_bad_config_exits_2_with_one_message_and_writes_nothing(tmp_path):
             assert field in r.stderr
         assert r.stderr.count("kdtrain: error") == 1
     assert not home.exists()
+
+
+def test_readme_tables_name_exactly_the_registries_and_the_fields():
+    """README.md's sweep-file table, Datasets table and Model families name what the code registers."""
+    import dataclasses
+    import re
+
+    from kdtrain.data import AUGMENTATIONS, DATASETS
+    from kdtrain.losses import ENSEMBLES
+    from kdtrain.models import MODELS
+    from kdtrain.train import OPTIMIZERS, SCHEDULES
+
+    text = (ROOT / "README.md").read_text()
+
+    def section(title: str) -> str:
+        return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `(\w+)` \| (.*) \|$", section("The sweep file"), re.M)}
+
+    def listed(section: str, key: str) -> list[str]:  # "`optimizer` (sgd, adam, adamw)" -> [sgd, adam, adamw]
+        return re.search(rf"`{key}` \(\[?([^)\]]*)\]?\)", rows[section])[1].split(", ")
+
+    assert listed("data", "name") == list(DATASETS)
+    assert listed("data", "augment") == list(AUGMENTATIONS)
+    assert listed("train", "optimizer") == list(OPTIMIZERS)
+    assert listed("train", "schedule") == list(SCHEDULES)
+    assert listed("kd", "ensemble") == list(ENSEMBLES)
+    for name, cls in config.SECTIONS.items():  # every key of every section, in the dataclass's order
+        assert re.findall(r"`(\w+)`", rows[name]) == [f.name for f in dataclasses.fields(cls)], name
+    teacher_keys = re.search(r"`\{(.*)\}`", rows["teachers"])[1].split(", ")
+    assert sorted(teacher_keys) == sorted(f.name for f in dataclasses.fields(config.TeacherConfig))
+
+    datasets = [n for row in section("Datasets").splitlines()[2:] if row.startswith("| `")
+                for n in re.findall(r"`(\w+)`", row.split(" | ")[0])]
+    assert datasets == list(DATASETS)
+    assert set(re.findall(r"`(\w+)`", section("Model families"))) == set(MODELS)

@@ -9,7 +9,7 @@ import torch
 
 from kdtrain.config import ProfileConfig, home
 from kdtrain.export import export_model, max_diff_onnx, to_onnx
-from kdtrain.locks import cpu_room
+from kdtrain.shared import cpu_room
 from kdtrain.models import MODELS, create_model
 from kdtrain.profile import flops, latency, profile, size_bytes
 
@@ -84,7 +84,7 @@ def test_export_writes_files_and_card(tmp_path):
 
 def test_measurement_waits_for_a_neighbours_training_epoch():
     """cpu_room: an exclusive holder (latency) waits until a shared holder (an epoch) in another process ends."""
-    code = ("import time; from kdtrain.locks import cpu_room\n"
+    code = ("import time; from kdtrain.shared import cpu_room\n"
             "with cpu_room():\n    print('in', flush=True); time.sleep(1.5)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ)
     assert proc.stdout.readline().strip() == "in"

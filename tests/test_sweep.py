@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 
-from kdtrain import config, models, search
+from kdtrain import config, models, search, space, worker
 from kdtrain.config import KdtrainError
 from kdtrain.tracking import Tracker
 
@@ -178,8 +178,8 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tmp_path):
     storage = search.open_storage(str(tmp_path / "j.journal"))
     study = search.create_or_open(cfg, storage, "nan", 2)
     study.enqueue_trial({"train.lr": 1e30})  # adam at this lr sends the weights to inf: the loss is NaN
-    ctx = search.open_context("nan", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
-    search.work(ctx)
+    ctx = worker.join("nan", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    worker.work(ctx)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 2 and states[1] == "FAIL"
     bad = study.trials[1]
@@ -240,10 +240,10 @@ def test_single_objective_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path):
     storage = search.open_storage(str(tmp_path / "j.journal"))
     study = search.create_or_open(cfg, storage, "prune", 5)
     for _ in range(3):  # the median pruner's start-up trials: good runs
-        study.enqueue_trial(search.base_params(cfg))
-    study.enqueue_trial({**search.base_params(cfg), "train.lr": 1e-7})  # learns nothing: below the median
-    ctx = search.open_context("prune", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
-    search.work(ctx)
+        study.enqueue_trial(space.base_params(cfg))
+    study.enqueue_trial({**space.base_params(cfg), "train.lr": 1e-7})  # learns nothing: below the median
+    ctx = worker.join("prune", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    worker.work(ctx)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert [t.number for t in pruned] == [4]
     assert len(pruned[0].intermediate_values) < 10  # stopped before the last epoch
@@ -258,8 +258,8 @@ def test_constraints_reach_the_sampler(tmp_path):
     assert isinstance(search.make_sampler(cfg), optuna.samplers.TPESampler)
     storage = search.open_storage(str(tmp_path / "j.journal"))
     study = search.create_or_open(cfg, storage, "constrained", 2)
-    ctx = search.open_context("constrained", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
-    search.work(ctx)
+    ctx = worker.join("constrained", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    worker.work(ctx)
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         assert t.constraints == {"max_params": t.values[1] - 150}
 
@@ -448,7 +448,7 @@ def test_heartbeat_recovery_on_an_rdb_storage(tmp_path, capsys):
     cfg = config.load(p)
     search.apply_heartbeat(storage, cfg)
     trial = study.ask()  # a worker that asks, starts, beats once and dies
-    search.suggest(trial, cfg.search)
+    space.suggest(trial, cfg.search)
     trial.set_user_attr("kdtrain.pid", 999999)
     trial.set_user_attr("kdtrain.host", "elsewhere")
     storage.record_heartbeat(trial._trial_id)

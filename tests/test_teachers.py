@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from kdtrain import config, data, models
+from kdtrain import config, data, models, worker
 from kdtrain.config import KdtrainError
 from kdtrain.teachers import get_teacher, load_pool, teacher_key
 
@@ -112,5 +112,7 @@ def test_teacher_from_mlflow_model_uri(cfg, ds, tmp_path, monkeypatch):
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(trained.model, name="teacher", input_example=ds.x_val[:2].numpy())
     c = with_weights(cfg, info.model_uri)
-    t = get_teacher(c.teacher("big"), c, ds)
+    with pytest.raises(KdtrainError, match="model URI"):  # the cache alone knows no MLflow
+        get_teacher(c.teacher("big"), c, ds)
+    t = worker.load_pool(c, ds, ["big"])["big"]  # the pool as commands load it: MLflow URIs read by tracking
     assert t.source == "mlflow" and t.val_accuracy == trained.val_accuracy

@@ -1,0 +1,131 @@
+"""What a person watches: tables, per-epoch progress and sweep progress.
+
+On a terminal, progress is a live tqdm bar; in a log file (SLURM, nohup, a worker's log) it is plain
+timestamped lines, a few per run, so that the log stays readable the next morning.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """Plain aligned text table (first column left-aligned, the others right-aligned)."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    fmt = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def front_table(study) -> str:
+    """The study's Pareto front (or best trial) with objectives and parameters, as a text table."""
+    from kdtrain.search import A_OBJECTIVES, pareto
+
+    names = study.user_attrs.get(A_OBJECTIVES, [f"value{i}" for i in range(len(study.directions))])
+    rows = []
+    for t in sorted(pareto(study), key=lambda t: t.values):
+        row = {"trial": t.number}
+        row.update({n: f"{v:.4g}" for n, v in zip(names, t.values)})
+        row.update({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in t.params.items()})
+        rows.append(row)
+    if not rows:
+        return "no complete trials yet"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return f"pareto front of {study.study_name} ({len(rows)} trials):\n" + table(rows, cols)
+
+
+def profile_row(label: str, width: int, r: dict, ref: dict) -> dict:
+    """One model's deployment metrics as table cells, with ratios against the reference model's."""
+    return {"model": label, "width": width, "params": f"{r['params']:,}", "size_kB": f"{r['size_bytes'] / 1024:.1f}",
+            "flops": f"{r['flops']:,}", "p50_ms": f"{r['latency_ms_p50']:.4f}", "p95_ms": f"{r['latency_ms_p95']:.4f}",
+            "cv": f"{r['latency_cv']:.0%}" + ("!" if r["latency_noisy"] else ""),
+            "samples/s": f"{r['throughput']:,.0f}", "x smaller": f"{ref['params'] / r['params']:.1f}",
+            "x faster b1": f"{ref['latency_ms_p50'] / r['latency_ms_p50']:.2f}",
+            "x thrpt": f"{r['throughput'] / ref['throughput']:.2f}"}
+
+
+def _stamp(text: str, stream) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", file=stream, flush=True)
+
+
+class EpochProgress:
+    """Per-epoch progress of one model: a bar on a terminal, a line every ~10% of epochs otherwise."""
+
+    def __init__(self, label: str, stream=sys.stdout):
+        self.label, self.stream, self.bar = label, stream, None
+        self.tty = stream.isatty()
+
+    def __call__(self, s) -> None:
+        stats = (f"loss {s.train_loss:.4f} (kd {s.kd_loss:.4f}, ce {s.ce_loss:.4f})  val_acc {s.val_accuracy:.4f}  "
+                 f"{s.seconds:.2f}s/epoch")
+        if self.tty:
+            if self.bar is None:
+                self.bar = tqdm(total=s.epochs, desc=self.label, unit="epoch", file=self.stream, leave=True,
+                                dynamic_ncols=True)
+            self.bar.set_postfix_str(stats, refresh=False)
+            self.bar.update(s.epoch - self.bar.n)
+            if s.epoch == s.epochs:
+                self.bar.close()
+        elif s.epoch == 1 or s.epoch == s.epochs or s.epoch % max(1, s.epochs // 10) == 0:
+            _stamp(f"{self.label} epoch {s.epoch:>3}/{s.epochs}  {stats}", self.stream)
+
+
+class SweepProgress:
+    """Trials done / running / pruned / failed, best so far, elapsed, ETA, read from the study itself (so that it
+    counts every worker's trials). A bar on a terminal; a timestamped line per change otherwise."""
+
+    def __init__(self, study_name: str, storage_url: str, target: int, objectives: dict, stream=sys.stdout):
+        self.study_name, self.storage_url, self.target, self.objectives = study_name, storage_url, target, objectives
+        self.stream, self.tty = stream, stream.isatty()
+        self.start, self.last, self.printed = time.time(), None, 0.0
+        self.done0 = self.storage = self.bar = None
+
+    def state(self) -> tuple[int, str]:
+        from kdtrain import search
+
+        if self.storage is None:  # opened once: an RDB storage holds a connection pool
+            self.storage = search.open_storage(self.storage_url)
+        study = search.load(self.study_name, self.storage_url, self.storage)
+        c = search.counts(study)
+        metric, direction = next(iter(self.objectives.items()))
+        vals = [t.values[0] for t in search.trials(study, "COMPLETE")]
+        best = (max(vals) if direction == "maximize" else min(vals)) if vals else None
+        return c["DONE"], (f"complete {c['COMPLETE']}, pruned {c['PRUNED']}, failed {c['FAIL']}, running "
+                           f"{c['RUNNING']}; best {metric} " + (f"{best:.4f}" if best is not None else "-"))
+
+    def live(self, every_s: float = 2.0):
+        """Update every few seconds from a thread while the block runs (the worker loop in this process)."""
+        from kdtrain.shared import every
+
+        return every(every_s, self.update, "sweep-progress")
+
+    def update(self, final: bool = False) -> None:
+        try:
+            done, state = self.state()
+        except Exception:  # a read racing a writer: try again on the next tick
+            return
+        if self.done0 is None:
+            self.done0 = done
+        if self.tty:
+            if self.bar is None:
+                self.bar = tqdm(total=self.target, initial=done, desc=f"study {self.study_name}", unit="trial",
+                                file=self.stream, dynamic_ncols=True)
+            self.bar.set_postfix_str(state, refresh=False)
+            self.bar.update(done - self.bar.n)
+            if final:
+                self.bar.close()
+        elif (done, state) != self.last or final or time.time() - self.printed > 300:
+            # a log file gets a line per change (and one every 5 minutes while a long trial runs)
+            elapsed, new = time.time() - self.start, done - self.done0
+            eta = fmt_seconds(elapsed / new * max(0, self.target - done)) if new > 0 else "?"
+            _stamp(f"trials {done}/{self.target} ({state})  elapsed {fmt_seconds(elapsed)}  ETA {eta}", self.stream)
+            self.printed = time.time()
+        self.last = (done, state)

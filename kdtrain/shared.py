@@ -1,0 +1,137 @@
+"""What the processes of one machine share: locks, atomic files, content keys.
+
+``file_lock(name)``: a plain mutex (asks, baselines, teacher runs), through the filelock library.
+
+``cpu_room()``: a readers-writer lock over the machine's cores. Training holds
+it shared for each epoch; a latency measurement holds it exclusive, so it never
+runs while a neighbouring worker trains on the same cores (the numbers would be
+noise). A turnstile in front keeps a waiting measurement from starving while
+workers keep starting epochs. It stays on fcntl: filelock's ReadWriteLock is an
+SQLite transaction, more than a per-epoch lock should cost, and has no turnstile.
+
+``atomic_write_text`` / ``atomic_dir``: a reader sees the old content or the new,
+never half a file (caches are read by other workers while they are written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock
+
+from kdtrain.config import home
+
+
+def content_key(obj: Any, length: int = 16) -> str:
+    """A stable hex key of a JSON-able object (dict keys sorted; other objects by str): the cache keys of
+    teachers, baselines and latency measurements, and lock names."""
+    blob = obj.encode() if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(folder: Path):
+    """Yield an empty temporary folder beside `folder`; on success it becomes `folder` in one rename. When
+    another process got there first, its folder stays and this one is dropped (both hold the same content)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield tmp
+        with contextlib.suppress(OSError):
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_lock(name: str) -> FileLock:
+    """A mutex over this machine's processes, by name (a file under kdtrain's home)."""
+    path = home() / "locks" / f"{content_key(name)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
+
+
+@contextlib.contextmanager
+def advisory_lock(engine, name: str):
+    """A mutex over the processes of every machine that reaches one PostgreSQL database (a SQLAlchemy engine):
+    a session-level advisory lock, released when its holder's connection dies."""
+    import sqlalchemy
+
+    key = int(content_key(f"kdtrain/{name}"), 16) - 2**63  # a signed 64-bit lock id
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def cpu_room(exclusive: bool = False):
+    turnstile, room = home() / "locks" / "cpu-turnstile.lock", home() / "locks" / "cpu-room.lock"
+    if exclusive:
+        with _flock(turnstile, fcntl.LOCK_EX), _flock(room, fcntl.LOCK_EX):
+            yield
+    else:
+        with _flock(turnstile, fcntl.LOCK_EX):
+            pass  # wait here while a measurement is queued
+        with _flock(room, fcntl.LOCK_SH):
+            yield
+
+
+def pid_alive(pid: int) -> bool:
+    """Does a process with this pid exist on this machine?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def every(seconds: float, fn: Callable[[], None], name: str):
+    """Call fn every `seconds` in a daemon thread while the block runs; fn's errors are ignored (a heartbeat
+    that misses one beat is covered by the grace period)."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(seconds):
+            with contextlib.suppress(Exception):
+                fn()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

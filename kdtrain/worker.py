@@ -1,0 +1,359 @@
+"""One worker: its context (stores, data, teacher pool, MLflow runs) and the ask-run-tell loop.
+
+Used alike by `kdtrain sweep` (in-process for one worker, else as subprocesses) and by `kdtrain worker` on
+any machine that reaches the stores. Optuna stays behind kdtrain.search and MLflow behind kdtrain.tracking;
+this module composes them with the trainer, which knows neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from kdtrain import config, data, search, space, teachers, tracking
+from kdtrain.config import METRICS, Config, KdtrainError, home, redact
+from kdtrain.profile import model_identity, profile
+from kdtrain.run import distill_student
+from kdtrain.shared import atomic_write_text, content_key, cpu_room, file_lock
+from kdtrain.tracking import Tracker
+from kdtrain.train import DivergedError, EpochStats
+
+
+@dataclass
+class Context:
+    study: object
+    """The Optuna study (only kdtrain.search looks inside)."""
+    cfg: Config
+    ds: data.Dataset
+    pool: dict[str, teachers.Teacher]
+    tracker: Tracker
+    exp_id: str
+    parent_id: str
+    log: Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- assembling a worker
+
+
+def load_pool(cfg: Config, ds: data.Dataset, names: list[str] | None = None, log: Callable[[str], None] = print,
+              on_epoch=None) -> dict[str, teachers.Teacher]:
+    """The teacher pool, with teachers[].weights that name MLflow models (runs:/, models:/) read through MLflow."""
+    return teachers.load_pool(cfg, ds, names, log=log, on_epoch=on_epoch, load_uri=tracking.load_state_dict)
+
+
+def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data.Dataset | None = None,
+                 pool: dict | None = None, threads: int | None = None, worker: int = 0,
+                 sweep_file: str | None = None, log: Callable[[str], None] = print) -> Context:
+    """What a worker needs. `kdtrain sweep` passes what it has loaded already (its config, data and pool) and
+    its sweep file (the parent run is then reopened); `kdtrain worker` gets all of it from the study alone,
+    fetching the teachers from the study's teacher runs instead of training its own copies."""
+    cfg = cfg or search.study_config(study)
+    if threads:
+        cfg = config.replace(cfg, {"train.threads": threads})
+    search.configure(study, cfg, worker)
+    ds = ds or data.load(cfg.data)
+    exp_id = tracker.experiment(study.study_name)
+    if pool is None:
+        fetch_teachers(cfg, tracker, exp_id, log)
+        pool = load_pool(cfg, ds, log=log)
+    parent_id = study.user_attrs.get(search.A_PARENT)
+    if sweep_file or not parent_id:
+        parent_id = ensure_parent(tracker, exp_id, study, cfg, sweep_file)
+    ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log)
+    ensure_teacher_runs(ctx)
+    if not study.user_attrs.get(search.A_READY):
+        study.set_user_attr(search.A_READY, True)  # workers waiting with --wait may join now
+    return ctx
+
+
+def join(study_name: str, storage_url: str | None, tracking_uri: str | None, threads: int | None = None,
+         worker: int | None = None, wait_s: float | None = None, log: Callable[[str], None] = print) -> Context:
+    """`kdtrain worker`: the study (waited for with wait_s), its MLflow server checked, then open_context."""
+    try:
+        study = search.wait_for(study_name, storage_url, wait_s, log) if wait_s else search.load(study_name, storage_url)
+    except KdtrainError as e:
+        raise KdtrainError(f"{e}. A worker that starts before its study can wait for it: kdtrain worker --study "
+                           f"{study_name} --wait 10m") if not wait_s else e from None
+    uri = search.tracking_uri(study, tracking_uri)
+    tracking.check_reachable(uri)  # one clear line now, not minutes of MLflow's retries later
+    return open_context(study, Tracker(uri), threads=threads, worker=os.getpid() if worker is None else worker,
+                        log=log)
+
+
+def fetch_teachers(cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[str], None]) -> None:
+    """Fill this machine's teacher cache from the study's teacher runs, so that every worker of a study, on any
+    machine, distils from the very same teachers (and none trains them again)."""
+    for t in cfg.teachers:
+        if teachers.is_cached(t, cfg):
+            continue
+        folder = teachers.cache_dir(t, cfg)
+        for run_id in tracker.find(exp_id, {"kdtrain.teacher_key": teachers.teacher_key(t, cfg)}):
+            if tracker.fetch_dir(run_id, tracking.TEACHER_ARTIFACTS, folder):
+                log(f"teacher {t.name}: fetched from MLflow run {run_id}")
+                break
+
+
+def ensure_parent(tracker: Tracker, exp_id: str, study, cfg: Config, sweep_file: str | None) -> str:
+    """The study's parent run (kdtrain.role=sweep): created once, reopened on resume."""
+    with search.study_lock(study, study.study_name, "parent"):
+        found = tracker.find(exp_id, {"kdtrain.role": "sweep", "optuna.study": study.study_name})
+        if found:
+            run_id = found[0]
+            tracker.reopen(run_id)
+        else:
+            run_id = tracker.start(exp_id, study.study_name, "sweep",
+                                   tags={"optuna.study": study.study_name},
+                                   params={"study.objectives": json.dumps(cfg.study.objectives),
+                                           "study.sampler": cfg.study.sampler,
+                                           "search": json.dumps(cfg.search, sort_keys=True)})
+            tracker.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), tracking.SWEEP_ARTIFACT)
+            if sweep_file:
+                tracker.log_file(run_id, sweep_file)
+        study.set_user_attr(search.A_PARENT, run_id)
+        study.set_user_attr(search.A_EXP, exp_id)
+    return run_id
+
+
+def ensure_teacher_runs(ctx: Context) -> None:
+    """Every teacher of the pool is a run of the study (logged once)."""
+    with search.study_lock(ctx.study, ctx.study.study_name, "teachers"):
+        for t in ctx.pool.values():
+            if ctx.tracker.find(ctx.exp_id, {"kdtrain.teacher_key": t.key}):
+                continue
+            run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
+                                    tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source},
+                                    params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
+            metrics = _measure(t.model, ctx, t.config)
+            metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
+            ctx.tracker.log_metrics(run, metrics)
+            # the cache entry itself (weights, logits, meta): workers on other machines fetch it instead of
+            # training their own, slightly different, copy of the teacher
+            ctx.tracker.log_dir(run, t.path, tracking.TEACHER_ARTIFACTS)
+            ctx.tracker.end(run)
+
+
+def _measure(model, ctx: Context, model_cfg) -> dict:
+    """Deployment metrics of a model (cached per architecture)."""
+    return profile(model, ctx.ds.input_shape, ctx.cfg.profile, model_identity(model_cfg, ctx.ds.num_classes),
+                   ctx.log)
+
+
+# --------------------------------------------------------------------------- baselines and trials
+
+
+def student_key(cfg: Config) -> str:
+    """The baseline cache key: what shapes a no-teacher student (pretrained only when set, so that keys made
+    before students could be pretrained stay valid)."""
+    sig, student = space.signature(cfg), dataclasses.asdict(cfg.student)
+    if not student["pretrained"]:
+        del student["pretrained"]
+    return content_key({"student": student, "train": sig["train"], "data": sig["data"]})
+
+
+def _flat_params(cfg: Config) -> dict:
+    flat = cfg.flat()
+    flat["kd.teachers"] = "+".join(cfg.kd_teachers)
+    return flat
+
+
+def ensure_baseline(ctx: Context, cfg: Config) -> dict:
+    """The no-teacher (alpha = 0) run of this student: trained once per machine (cached), logged once per study."""
+    key = student_key(cfg)
+    path = home() / "cache" / "baselines" / f"{key}.json"
+    with file_lock(f"baseline-{key}"):
+        if path.exists():
+            result = json.loads(path.read_text())
+        else:
+            ctx.log(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher")
+            r = distill_student(config.replace(cfg, {"kd.alpha": 0.0}), ctx.ds, {}, epoch_guard=cpu_room)
+            metrics = _measure(r.model, ctx, cfg.student)
+            metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
+            result = {"metrics": metrics, "history": [dataclasses.asdict(h) for h in r.history]}
+            atomic_write_text(path, json.dumps(result))
+    with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
+        if not ctx.tracker.find(ctx.exp_id, {"kdtrain.baseline_key": key}):
+            run = ctx.tracker.start(ctx.exp_id, f"baseline-{cfg.student.arch}-w{cfg.student.width}", "baseline",
+                                    ctx.parent_id, tags={"kdtrain.baseline_key": key},
+                                    params={**{k: v for k, v in _flat_params(cfg).items()
+                                               if not k.startswith("kd.")}, "kd.alpha": 0.0})
+            ctx.tracker.log_metrics(run, result["metrics"], [EpochStats(**h) for h in result["history"]])
+            ctx.tracker.end(run)
+    return result["metrics"]
+
+
+def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
+    """<= 0 when satisfied: metric - bound for max_<metric> (max_latency_ms is latency_ms_p50)."""
+    out = {}
+    for key, bound in constraints.items():
+        metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
+        out[key] = (float(metrics[metric]) - float(bound) if key.startswith("max_")
+                    else float(bound) - float(metrics[metric]))
+    return out
+
+
+def describe(cfg: Config) -> str:
+    return (f"{cfg.student.arch} width {cfg.student.width}, T={cfg.kd.temperature:.3g}, alpha={cfg.kd.alpha:.3g}, "
+            f"teachers={'+'.join(cfg.kd_teachers)} ({cfg.kd.ensemble})")
+
+
+def run_trial(ctx: Context, trial) -> list[float]:
+    """Train, measure and log one trial's student; its objective values."""
+    tcfg = config.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search))
+    tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
+            search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
+    run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
+                               params=_flat_params(tcfg))
+    trial.set_user_attr(search.T_RUN, run_id)
+    history = []
+    single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
+
+    def on_epoch(s):
+        history.append(s)
+        if single:
+            trial.report(s.val_accuracy, s.epoch)
+            if trial.should_prune():
+                raise search.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
+
+    try:
+        r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch, epoch_guard=cpu_room)
+    except BaseException:
+        ctx.tracker.log_metrics(run_id, {}, history)  # keep the partial curves
+        raise
+    metrics = _measure(r.model, ctx, tcfg.student)
+    metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
+    baseline = ensure_baseline(ctx, tcfg)
+    metrics["baseline_val_accuracy"] = baseline["val_accuracy"]
+    metrics["kd_gain"] = r.val_accuracy - baseline["val_accuracy"]
+    for key, value in constraint_values(ctx.cfg.study.constraints, metrics).items():
+        trial.set_constraint(key, value)
+    for k in METRICS:
+        trial.set_user_attr(k, metrics[k])
+    ctx.tracker.log_metrics(run_id, metrics, history)
+    ctx.tracker.log_state_dict(run_id, r.model.state_dict(), tracking.MODEL_ARTIFACT)
+    ctx.tracker.log_text(run_id, yaml.safe_dump(tcfg.to_dict(), sort_keys=False), tracking.CONFIG_ARTIFACT)
+    return [metrics[m] for m in ctx.cfg.study.objectives]
+
+
+def trial_student(tracker: Tracker, run_id: str):
+    """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts."""
+    import tempfile
+
+    import torch
+
+    from kdtrain import models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracker.download(run_id, tmp)
+        cfg = config.from_dict(yaml.safe_load((folder / tracking.CONFIG_ARTIFACT).read_text()),
+                               f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
+        state = torch.load(folder / tracking.MODEL_ARTIFACT, map_location="cpu", weights_only=True)
+    ds = data.load(cfg.data)
+    model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
+    model.load_state_dict(state)
+    return cfg, ds, model
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> None:
+    """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes."""
+    waiting_said = False
+    while True:
+        nxt = search.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker))
+        for n in nxt.recovered or []:
+            ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
+        if nxt.trial is None and not nxt.waiting:
+            return
+        if nxt.trial is None:
+            if not waiting_said:
+                ctx.log(f"waiting: the {nxt.waiting} trial(s) still missing run on other workers")
+                waiting_said = True
+            time.sleep(poll_s)
+            continue
+        waiting_said = False
+        with search.heartbeat(ctx.study, nxt.trial):
+            _run_and_tell(ctx, nxt.trial)
+
+
+def _run_and_tell(ctx: Context, trial) -> None:
+    study, tracker = ctx.study, ctx.tracker
+    run_id = lambda: trial.user_attrs.get(search.T_RUN)  # noqa: E731  (set once the trial's run starts)
+    try:
+        values = run_trial(ctx, trial)
+        search.tell(study, trial, "COMPLETE", values)
+        close(tracker, run_id(), "COMPLETE", "FINISHED")
+        ctx.log(f"trial {trial.number} complete: "
+                + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values)))
+    except search.TrialPruned as e:
+        search.tell(study, trial, "PRUNED")
+        close(tracker, run_id(), "PRUNED", "FINISHED", {"prune_reason": str(e)})
+        ctx.log(f"trial {trial.number} pruned: {e}")
+    except search.TrialTakenOver:
+        # another worker saw no heartbeat for the grace period and failed this trial (a long database outage);
+        # its re-queued copy runs again, so this result is dropped rather than counted twice
+        close(tracker, run_id(), "FAIL", "KILLED",
+              {"fail_reason": "failed by another worker (no heartbeat) while still running; result dropped"})
+        ctx.log(f"trial {trial.number} was failed by another worker while running (no heartbeat); result dropped")
+    except (KeyboardInterrupt, SystemExit):
+        search.fail_trial(study, trial, "interrupted: stopped by the user (Ctrl-C)", killed(tracker))
+        raise
+    except Exception as e:
+        reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
+            f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        reason = redact(reason)[:2000]
+        trial.set_user_attr(search.T_FAIL_REASON, reason)
+        search.tell(study, trial, "FAIL")
+        close(tracker, run_id(), "FAIL", "FAILED", {"fail_reason": reason})
+        ctx.log(f"trial {trial.number} failed: {reason.splitlines()[0]}")
+
+
+def close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: dict | None = None) -> None:
+    """End a trial's MLflow run with the trial's final Optuna state as a tag."""
+    if run_id:
+        tracker.set_tags(run_id, {"optuna.state": state, **(tags or {})})
+        tracker.end(run_id, status)
+
+
+def killed(tracker: Tracker) -> search.OnFailed:
+    """What recovery does to the MLflow run of a trial it fails for a dead or interrupted worker."""
+    return lambda run_id, reason: close(tracker, run_id, "FAIL", "KILLED", {"fail_reason": reason})
+
+
+def finish(ctx: Context) -> int:
+    """After the loop: the study's done count; the parent run is FINISHED once the study is complete, whoever
+    started it."""
+    done, goal = search.counts(ctx.study)["DONE"], search.target(ctx.study, ctx.cfg)
+    if done >= goal:
+        ctx.tracker.end(ctx.parent_id, "FINISHED")
+    return done
+
+
+# --------------------------------------------------------------------------- local worker processes
+
+
+def spawn(study_name: str, n: int, threads: int, storage_url: str, tracking_uri: str, deadline: float | None,
+          logs: Path) -> list[tuple[subprocess.Popen, Path]]:
+    """n `kdtrain worker` processes on this machine, each logging to logs/<study>-worker<i>.log. The stores travel
+    in the environment, not on the command line where ps would show a password."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "KDTRAIN_STORAGE": storage_url, "MLFLOW_TRACKING_URI": tracking_uri}
+    procs = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", study_name, "--threads", str(threads),
+               "--worker-index", str(i)] + (["--deadline", str(deadline)] if deadline else [])
+        log = logs / f"{study_name}-worker{i}.log"
+        with open(log, "a") as fh:  # the child keeps its own copy of the descriptor
+            procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), log))
+    return procs

@@ -1,0 +1,193 @@
+"""Property-based bad input: whatever a sweep file or a --set holds, kdtrain answers with a Config or one
+ConfigError (exit code 2), never a traceback.
+
+The strategies draw section names, keys and values from the real ones (and from the registries), so that
+most examples get past the YAML parser into type and value validation; test_strategies_reach_* checks that.
+Deterministic (derandomize) and quick: the file runs in a few seconds.
+"""
+
+import dataclasses
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from kdtrain import config
+from kdtrain.config import Config, ConfigError
+from kdtrain.data import AUGMENTATIONS, DATASETS
+from kdtrain.losses import ENSEMBLES
+from kdtrain.models import MODELS
+from kdtrain.train import OPTIMIZERS, SCHEDULES
+
+from conftest import ROOT
+from test_bad_input import refused
+
+QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
+FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=150,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+# --------------------------------------------------------------------------- strategies
+
+NAMES = ["cnn_wide", "gru", "t", ""]  # the quickstart's teachers, a short one, an empty one
+WORDS = sorted({*DATASETS, *MODELS, *OPTIMIZERS, *SCHEDULES, *ENSEMBLES, *AUGMENTATIONS, *config.METRICS,
+                *config.SAMPLERS, *config.PRUNERS, *config.DIRECTIONS, *config.SEARCH_TYPES, *config.BACKENDS,
+                *NAMES, "8h", "30m", "soon", "auto", "cpu", "cuda", "max_params", "max_latency_ms", "2001-13-45"})
+FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in config.SECTIONS.items()}
+TEACHER_FIELDS = [f.name for f in dataclasses.fields(config.TeacherConfig)]
+DOTTED = [f"{s}.{k}" for s, keys in FIELDS.items() for k in keys]
+
+scalars = (st.none() | st.booleans() | st.integers() | st.integers(-3, 300) | st.floats()
+           | st.text(max_size=12) | st.sampled_from(WORDS))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.sampled_from(WORDS) | st.text(max_size=6) | st.integers(), inner,
+                                        max_size=4), max_leaves=12)
+"""Any YAML value: scalars, lists and mappings, nested."""
+
+
+edges = st.sampled_from([-1, 0, 0.0, 0.5, 1, 1.5, 64])  # around the bounds of the value checks
+small = st.sampled_from(WORDS) | edges | st.integers(-2, 70) | st.floats(-1, 25) | st.booleans() | st.none()
+plausible = (small | st.lists(small, max_size=3)
+             | st.dictionaries(st.sampled_from(WORDS) | st.integers(-1, 3) | st.none(), small, max_size=3))
+"""Values of a real key: mostly scalars of about the right size, so that type and value checks fire."""
+
+
+def mapping(keys: list[str]):
+    """Mostly the real keys, sometimes a wrong one; mostly plausible values; sometimes not a mapping at all."""
+    real = st.sampled_from(keys)
+    return st.one_of([st.dictionaries(st.one_of([real] * 4 + [st.text(max_size=8)]), plausible | values, max_size=6)] * 4
+                     + [values])  # one_of picks a branch uniformly: 4 to 1
+
+
+search_spec = st.fixed_dictionaries(
+    {"type": st.sampled_from(config.SEARCH_TYPES) | values},
+    optional={"low": scalars, "high": scalars, "log": st.booleans() | scalars, "step": scalars,
+              "choices": values, "of": st.lists(st.sampled_from(NAMES) | scalars, max_size=3) | scalars,
+              "colour": scalars}) | values
+random_docs = st.fixed_dictionaries({}, optional={
+    **{name: mapping(keys) for name, keys in FIELDS.items()},
+    "teachers": st.lists(st.fixed_dictionaries({"name": st.sampled_from(NAMES)}) | st.just({}), max_size=3).flatmap(
+        lambda ts: st.tuples(*[mapping(TEACHER_FIELDS) for _ in ts]).map(
+            lambda extra: [{**t, **e} if isinstance(e, dict) else e for t, e in zip(ts, extra)])) | values,
+    "search": st.dictionaries(st.sampled_from(DOTTED) | st.text(max_size=10), search_spec, max_size=4) | values,
+    "trian": values,
+})
+"""Sweep files built from the real sections and keys, anything in them."""
+
+
+def mutate(changes: dict[str, tuple[str, object]]) -> dict:
+    """The quickstart sweep file with a setting changed per part: {'kd': ('alpha', 3), 'teachers.1': ...}."""
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    for part, (key, value) in changes.items():
+        node = doc["teachers"][int(part[-1])] if part.startswith("teachers.") else doc.setdefault(part, {})
+        node[key] = value
+    return doc
+
+
+PARTS = {**FIELDS, "teachers.0": TEACHER_FIELDS, "teachers.1": TEACHER_FIELDS, "search": DOTTED + ["x"]}
+mutated_docs = st.fixed_dictionaries({}, optional={
+    part: st.tuples(st.sampled_from(keys), search_spec if part == "search" else plausible)
+    for part, keys in PARTS.items()}).map(mutate)
+"""The quickstart sweep file with a few settings changed (one per section at most): every example gets to type
+and value validation."""
+
+sweep_docs = random_docs | mutated_docs
+
+yamlish_bytes = st.text(st.sampled_from(list("{}[]:,-?&*!|>'\"%@`# \n\tab01-.x")), max_size=60).map(str.encode)
+file_bytes = st.binary(max_size=200) | yamlish_bytes | sweep_docs.map(lambda d: yaml.safe_dump(d).encode())
+
+set_keys = (st.sampled_from(DOTTED + ["teachers.cnn_wide.width", "teachers.gru.epochs", "teachers.ghost.lr",
+                                      "teachers.cnn_wide", "teachers", "search.x", "search.kd.alpha", "kd", "kd.alpha.x"])
+            | st.text(max_size=12))
+set_values = st.text(max_size=30) | st.sampled_from(
+    ["[1, 2]", "{type: float, low: 0, high: 1}", "2001-13-45", "1" * 5000, "0x" + "f" * 40, "&a [*a]", "[" * 3000,
+     "{a: 1", "null", "true", "-1", ".nan", "[cnn_wide, gru]"]) | scalars.map(lambda v: yaml.safe_dump(v).strip())
+overrides = st.lists(st.builds(lambda k, v: f"{k}={v}", set_keys, set_values) | st.text(max_size=20), max_size=4)
+
+
+def outcome(load) -> Config | ConfigError:
+    """The Config or the ConfigError; anything else fails the test with its traceback."""
+    try:
+        return load()
+    except ConfigError as e:
+        assert e.exit_code == 2 and e.problems and all("\n" not in p for p in e.problems)
+        return e
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@FUZZ
+@given(content=file_bytes)
+@example(content=b"\xff\xfe\x00bad")  # used to end in UnicodeDecodeError
+@example(content=b"data: {name: 2001-13-45}")  # ValueError from PyYAML's date constructor
+@example(content=b"[" * 3000)  # RecursionError
+@example(content=b"kd: {teachers: &a [*a]}")  # a list that contains itself
+@example(content=b"study: {constraints: {1: 2}}")  # 'int' object is not subscriptable
+@example(content=b"search: {kd.alpha: {type: [float]}}")  # unhashable type: 'list'
+def test_any_bytes_load_or_raise_config_error(tmp_path, content):
+    p = tmp_path / "sweep.yaml"
+    p.write_bytes(content)
+    outcome(lambda: config.load(p))
+
+
+@FUZZ
+@given(doc=sweep_docs | values)
+def test_any_yaml_document_loads_or_raises_config_error(doc):
+    outcome(lambda: config.from_dict(yaml.safe_load(yaml.safe_dump(doc)), "sweep.yaml"))
+
+
+@FUZZ
+@given(pairs=overrides)
+@example(pairs=["kd.alpha=1", "kd.alpha.x=2"])  # 'float' object does not support item assignment
+@example(pairs=["data.name=2001-13-45"])  # ValueError from PyYAML
+@example(pairs=["teachers.gru=5"])
+def test_any_set_overrides_load_or_raise_config_error(pairs):
+    outcome(lambda: config.load(QUICKSTART, pairs))
+
+
+@settings(FUZZ, max_examples=40)
+@given(content=st.binary(max_size=100) | yamlish_bytes)
+@example(content=b"\xff\xfe\x00bad")
+def test_cli_refuses_any_bytes_with_one_message(tmp_path, capsys, content):
+    (tmp_path / "sweep.yaml").write_bytes(content)
+    err = refused(tmp_path, capsys, [tmp_path / "sweep.yaml"], 2)
+    assert sum(line.startswith("kdtrain: error:") for line in err.splitlines()) == 1
+
+
+@settings(FUZZ, max_examples=40)
+@given(doc=sweep_docs, search=st.sampled_from([None, {}, 5, "x", {"kd.tau": {"type": "float"}}]))
+def test_cli_refuses_any_document_without_a_valid_search_with_one_message(tmp_path, capsys, doc, search):
+    doc = {**doc, "search": search}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    err = refused(tmp_path, capsys, [tmp_path / "sweep.yaml"], 2)
+    assert sum(line.startswith("kdtrain: error:") for line in err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- the strategies reach deep
+
+
+def problems_raised(strategy) -> set[str]:
+    """Every problem that the examples of a document strategy raise."""
+    seen: set[str] = set()
+
+    @settings(FUZZ, max_examples=500)  # more than the properties: each of many problems must turn up
+    @given(doc=strategy)
+    def collect(doc):
+        result = outcome(lambda: config.from_dict(yaml.safe_load(yaml.safe_dump(doc))))
+        seen.update(result.problems if isinstance(result, ConfigError) else ["a valid Config"])
+
+    collect()
+    return seen
+
+
+@pytest.mark.parametrize("strategy, wanted", [
+    (mutated_docs, ["expected int, got", "expected float, got", "expected str, got", "must be >=",
+                    "teachers[0] (cnn_wide).", "teachers[1] (gru).", "search.", "a valid Config"]),
+    (random_docs, ["unknown key", "unknown section", "expected a mapping", "expected int"]),
+], ids=["mutated", "random"])
+def test_strategies_reach_type_and_value_validation(strategy, wanted):
+    """Not only YAML syntax errors: the documents of test_any_yaml_document_* get to deep problems."""
+    seen = problems_raised(strategy)
+    for text in wanted:
+        assert any(text in p for p in seen), text
