@@ -1,4 +1,5 @@
-"""The `kdtrain` command: argument parsing, pre-flight checks, and what each subcommand prints.
+"""The `kdtrain` command: pre-flight checks and what each subcommand does and prints (cmd_<name>; their
+arguments are in kdtrain.args).
 
 The work itself lives elsewhere: kdtrain.worker runs trials, kdtrain.search is the Optuna side,
 kdtrain.tracking the MLflow side, kdtrain.console the tables and progress bars.
@@ -6,13 +7,12 @@ kdtrain.tracking the MLflow side, kdtrain.console the tables and progress bars.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
 from pathlib import Path
 
-from kdtrain import __version__
+from kdtrain.args import build_parser
 from kdtrain.console import EpochProgress, fmt_seconds, front_table, table
 
 
@@ -300,20 +300,12 @@ def cmd_profile(args) -> int:
 
 def cmd_export(args) -> int:
     from kdtrain import search, worker
-    from kdtrain.config import KdtrainError
     from kdtrain.export import export_model, make_card, need_onnx
     from kdtrain.tracking import Tracker
 
     need_onnx()
     study = search.load(args.study, args.storage)
-    done = {t.number: t for t in search.trials(study, "COMPLETE")}
-    missing = [n for n in args.trial or [] if n not in done]
-    if missing:
-        raise KdtrainError(f"trial(s) {missing} of {args.study!r} are not complete "
-                           f"(complete: {sorted(done)[:20]}{'...' if len(done) > 20 else ''})")
-    chosen = search.pareto(study) if args.pareto else [done[n] for n in args.trial]
-    if not chosen:
-        raise KdtrainError(f"study {args.study!r} has no complete trial to export")
+    chosen = _chosen(study, args)
     tracker = Tracker(search.tracking_uri(study, args.tracking_uri))
     rows = []
     for t in chosen:
@@ -329,106 +321,33 @@ def cmd_export(args) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """Sub-commands that read a sweep file list the registries' allowed values under --help, filled in only when
-    help is shown (the registries import torch)."""
+def _chosen(study, args) -> list:
+    """The complete trials named by --trial, or the Pareto front (--pareto); one clear error otherwise."""
+    from kdtrain import search
+    from kdtrain.config import KdtrainError
 
-    def format_help(self) -> str:
-        if getattr(self, "registries", False) and self.epilog is None:
-            from kdtrain.config import allowed_values
-
-            self.epilog = "allowed values:\n" + "\n".join(f"  {k}: {', '.join(v)}" for k, v in allowed_values().items())
-        return super().format_help()
-
-
-def _with_sweep(sub, name: str, help_: str, func):
-    sp = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.registries = True
-    sp.add_argument("sweep", metavar="SWEEP.yaml", help="sweep file")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a setting by its dotted key, e.g. --set kd.alpha=0.5 (repeatable)")
-    sp.set_defaults(func=func)
-    return sp
+    done = {t.number: t for t in search.trials(study, "COMPLETE")}
+    missing = [n for n in args.trial or [] if n not in done]
+    if missing:
+        raise KdtrainError(f"trial(s) {missing} of {study.study_name!r} are not complete "
+                           f"(complete: {sorted(done)[:20]}{'...' if len(done) > 20 else ''})")
+    chosen = search.pareto(study) if args.pareto else [done[n] for n in args.trial]
+    if not chosen:
+        raise KdtrainError(f"study {study.study_name!r} has no complete trial yet")
+    return chosen
 
 
-def _stores(sp, storage_help: str | None = None) -> None:
-    sp.add_argument("--storage", help=storage_help or "Optuna storage: a journal file or an RDB URL such as "
-                    "postgresql://... (default $KDTRAIN_STORAGE, else mlruns/optuna.journal)")
-    sp.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the server the "
-                    "study recorded, else mlruns/mlflow.db)")
+def cmd_confirm(args) -> int:
+    from kdtrain import report, worker
+    from kdtrain.console import confirm_rows
 
-
-def _add_sweep(sub) -> None:
-    sp = _with_sweep(sub, "sweep", "run an Optuna study over the sweep's search space; every trial a run in MLflow",
-                     cmd_sweep)
-    sp.add_argument("--trials", type=int, help="trials for the study (default: study.trials)")
-    sp.add_argument("--timeout", help="stop starting trials after this long, e.g. 8h, 30m (default: study.timeout)")
-    sp.add_argument("--workers", type=int, default=1,
-                    help="worker processes on this machine (CPU threads split); 0 creates the study and its runs "
-                    "and exits, for workers started elsewhere with kdtrain worker")
-    sp.add_argument("--study", help="study name (default: study.name)")
-    sp.add_argument("--new-study", action="store_true",
-                    help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings")
-    _stores(sp)
-    sp.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    sp.add_argument("--report-dir", default="reports", help="where the report goes (default: reports/)")
-
-
-def _add_worker(sub) -> None:
-    wp = sub.add_parser("worker", help="join an existing study (the sweep config is read from the study)")
-    wp.add_argument("--study", required=True)
-    _stores(wp)
-    wp.add_argument("--threads", type=int, help="CPU threads for training")
-    wp.add_argument("--wait", metavar="DURATION", help="wait this long (e.g. 10m) for the study to be created "
-                    "and its teachers logged, for workers that start before the sweep (SLURM arrays, Kubernetes)")
-    wp.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # sampler seed offset of local workers
-    wp.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
-    wp.set_defaults(func=cmd_worker)
-
-
-def _add_study_commands(sub) -> None:
-    rp = sub.add_parser("report", help="Pareto plots and comparison reports (HTML, Markdown, CSV) of studies")
-    rp.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study)")
-    rp.add_argument("--out", default="reports", help="output folder (default: reports/)")
-    rp.add_argument("--name", help="folder name of a comparison report (default: compare-A-vs-B)")
-    _stores(rp)
-    rp.add_argument("--no-mlflow", action="store_true", help="do not log the report to the parent runs")
-    rp.set_defaults(func=cmd_report)
-
-    st = sub.add_parser("status", help="each study's trial counts, running trials and current Pareto front")
-    st.add_argument("--study")
-    st.add_argument("--storage")
-    st.set_defaults(func=cmd_status)
-
-    ep = sub.add_parser("export", help="export trials of a study to ONNX and TorchScript with a JSON card")
-    ep.add_argument("--study", required=True)
-    which = ep.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, nargs="+", help="trial number(s)")
-    which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
-    ep.add_argument("--out", default="exports", help="output folder (default: exports/)")
-    _stores(ep)
-    ep.set_defaults(func=cmd_export)
-
-    up = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the local store")
-    up.add_argument("--port", type=int, default=5000)
-    up.add_argument("--tracking-uri")
-    up.set_defaults(func=cmd_ui)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kdtrain", description="Knowledge-distillation sweeps: Optuna search, MLflow tracking, "
-                "accuracy-vs-size reports.")
-    p.add_argument("--version", action="version", version=f"kdtrain {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    _with_sweep(sub, "teachers", "train or load the sweep's teacher pool (cached) and print a table", cmd_teachers)
-    _with_sweep(sub, "train", "distil one student with the sweep file's base settings", cmd_train)
-    _add_sweep(sub)
-    _add_worker(sub)
-    pp = _with_sweep(sub, "profile", "params, size, FLOPs, latency and throughput of the teachers and a ladder "
-                     "of student widths", cmd_profile)
-    pp.add_argument("--widths", help="comma-separated student widths (default: powers of two over the search range)")
-    _add_study_commands(sub)
-    return p
+    ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
+    rows = [worker.confirm(ctx, t, args.seeds) for t in _chosen(ctx.study, args)]
+    print(table(confirm_rows(rows), list(confirm_rows(rows)[0])))
+    if not args.no_report:
+        folder = report.build([args.study], args.out, ctx.tracker.uri, args.storage)[0]
+        print(f"\nreport: {folder / 'index.html'} (with the confirmed trials)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return globals()[f"cmd_{args.command}"](args)
     except KdtrainError as e:
         print(f"kdtrain: error: {e}", file=sys.stderr)
         return e.exit_code

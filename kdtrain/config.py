@@ -69,6 +69,8 @@ class StudyConfig:
     """Seconds between a running trial's heartbeats (RDB storages such as PostgreSQL)."""
     grace_period: int = 180
     """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
+    baseline_seeds: int = 3
+    """Seeds of each width's no-teacher baseline; its MLflow run logs their mean and std."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -172,6 +174,20 @@ class KDConfig:
     """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
     weights: list | None = None
     """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
+    loss: str = "kd"
+    """Distillation term (see kdtrain.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (correlation relations)."""
+    standardize: bool = False
+    """Z-score each sample's teacher and student logits before the tempered softmax (kd and dkd only)."""
+    dkd_alpha: float = 1.0
+    """dkd only: weight of the target-class term TCKD (>= 0)."""
+    dkd_beta: float = 8.0
+    """dkd only: weight of the non-target-class term NCKD (>= 0)."""
+    warmup_epochs: int = 0
+    """dkd only: the distillation term grows linearly over these first epochs (epoch / warmup_epochs); 0 for none."""
+    dist_beta: float = 1.0
+    """dist only: weight of the inter-class relation (each sample's classes) (>= 0)."""
+    dist_gamma: float = 1.0
+    """dist only: weight of the intra-class relation (each class across the batch) (>= 0)."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -260,7 +276,8 @@ METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "la
 AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "data.limit": 10, "train.epochs": 1,
             "train.batch_size": 1, "train.eval_batch_size": 1, "train.threads": 0, "train.weight_decay": 0,
             "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
-            "profile.warmup": 0}
+            "profile.warmup": 0, "study.baseline_seeds": 1, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
+            "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0}
 """Lower bounds (inclusive) of single settings; None passes where the type allows it."""
 ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
 
@@ -268,14 +285,15 @@ def allowed_values() -> dict[str, list[str]]:
     """Setting -> its allowed values, from the registries (for --help; the README's tables are tested against
     the same registries)."""
     from kdtrain.data import AUGMENTATIONS, DATASETS  # lazy: data, models and train import this module
-    from kdtrain.losses import ENSEMBLES
+    from kdtrain.losses import ENSEMBLES, LOSSES
     from kdtrain.models import MODELS
     from kdtrain.train import OPTIMIZERS, SCHEDULES
 
     return {"data.name": list(DATASETS), "data.augment": list(AUGMENTATIONS), "student.arch, teachers[].arch":
             sorted(MODELS), "train.optimizer": list(OPTIMIZERS), "train.schedule": list(SCHEDULES),
-            "kd.ensemble": list(ENSEMBLES), "study.objectives": [m for m in METRICS if m != "test_accuracy"],
-            "study.sampler": list(SAMPLERS), "study.pruner": list(PRUNERS), "profile.backend": list(BACKENDS)}
+            "kd.ensemble": list(ENSEMBLES), "kd.loss": list(LOSSES),
+            "study.objectives": [m for m in METRICS if m != "test_accuracy"], "study.sampler": list(SAMPLERS),
+            "study.pruner": list(PRUNERS), "profile.backend": list(BACKENDS)}
 
 
 MAX_DEPTH, MAX_VALUES, MAX_INT_BITS = 16, 100_000, 64
@@ -350,7 +368,7 @@ def _check_model(m: ModelConfig, where: str, need) -> None:
 
 def _check_values(cfg: Config, problems: list[str]) -> None:
     from kdtrain.data import AUGMENTATIONS, DATASETS  # lazy: data and train import this module
-    from kdtrain.losses import ENSEMBLES
+    from kdtrain.losses import ENSEMBLES, LOSSES
     from kdtrain.train import OPTIMIZERS, SCHEDULES
 
     def need(cond: bool, msg: str) -> None:
@@ -417,6 +435,13 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
 
     need(0 <= kd.alpha <= 1, f"kd.alpha: must be in [0, 1], got {kd.alpha}")
     one_of("kd.ensemble", ENSEMBLES)
+    one_of("kd.loss", LOSSES)
+    need(not (kd.standardize and kd.loss == "dist"),
+         "kd.standardize: true applies to kd.loss kd and dkd, not to dist (logit standardisation is defined for "
+         "the KL-based losses); use kd.loss: kd or dkd with it, or kd.standardize: false with dist")
+    need(kd.loss != "dist" or cfg.train.batch_size >= 2,
+         f"kd.loss: dist needs train.batch_size >= 2 (its intra-class term correlates each class across the batch), "
+         f"got {cfg.train.batch_size}")
     if kd.teachers is not None:
         need(len(kd.teachers) > 0, "kd.teachers: must name at least one teacher (use kd.alpha: 0 for no teacher)")
         for n in kd.teachers:
@@ -440,6 +465,9 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
 
 
 def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) -> None:
+    from kdtrain.losses import ENSEMBLES, LOSS_SETTINGS, LOSSES
+
+    registries = {"kd.loss": LOSSES, "kd.ensemble": ENSEMBLES}  # searchable only among their registered names
     flat = cfg.flat()
     for key, spec in cfg.search.items():
         where = f"search.{key}"
@@ -457,6 +485,9 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
             continue
         for k in set(spec) - allowed - {"type"}:
             problems.append(f"{where}.{k}: unknown key for type {kind} (known: {', '.join(sorted(allowed))})")
+        if key in registries and kind != "categorical":
+            problems.append(f"{where}: use type categorical with choices from {', '.join(registries[key])}")
+            continue
         if kind in ("float", "int"):
             low, high = spec.get("low"), spec.get("high")
             num = (int,) if kind == "int" else (int, float)
@@ -470,6 +501,11 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
             ch = spec.get("choices")
             if not isinstance(ch, list) or not ch:
                 problems.append(f"{where}.choices: must be a non-empty list")
+            elif key in registries:
+                for c in ch:
+                    if not (isinstance(c, str) and c in registries[key]):
+                        problems.append(f"{where}.choices: unknown {key.split('.')[1]} {c!r} "
+                                        f"(known: {', '.join(registries[key])})")
         elif kind == "subset":
             of = spec.get("of", teacher_names)
             if key != "kd.teachers":
@@ -480,6 +516,27 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
                 for n in of:
                     if n not in teacher_names:
                         problems.append(f"{where}.of: {n!r} is not in the teacher pool ({', '.join(teacher_names) or 'empty'})")
+    _check_loss_search(cfg, problems, LOSSES, LOSS_SETTINGS)
+
+
+def _check_loss_search(cfg: Config, problems: list[str], losses: tuple, settings: dict) -> None:
+    """A sweep's trials may use several losses (search.kd.loss): refuse a search key that no trial would use, and a
+    base setting that a trial's loss would refuse. Trial configs are validated again with the same search section,
+    so these checks read only the search section and settings that are not searched."""
+    spec = cfg.search.get("kd.loss")
+    choices = spec.get("choices") if isinstance(spec, dict) and spec.get("type") == "categorical" else None
+    searched = isinstance(choices, list)
+    possible = [c for c in choices if isinstance(c, str) and c in losses] if searched else [cfg.kd.loss]
+    if not possible or possible[0] not in losses:
+        return  # an unknown loss: reported above
+    for key, used_by in settings.items():
+        if key in cfg.search and not any(loss in used_by for loss in possible):
+            problems.append(f"search.{key}: never used: only kd.loss {' and '.join(used_by)} uses it, and this "
+                            f"sweep's kd.loss is {' or '.join(possible)} (set kd.loss, or search it)")
+    if searched and "dist" in possible and "train.batch_size" not in cfg.search and cfg.train.batch_size < 2:
+        problems.append(f"search.kd.loss: the choice dist needs train.batch_size >= 2 (its intra-class term "
+                        f"correlates each class across the batch), got {cfg.train.batch_size}")
+    # kd.standardize: true with a dist choice is fine: dist trials get kd.standardize: false (kdtrain.space.suggest)
 
 
 

@@ -52,6 +52,14 @@ def profile_row(label: str, width: int, r: dict, ref: dict) -> dict:
             "x thrpt": f"{r['throughput'] / ref['throughput']:.2f}"}
 
 
+def confirm_rows(summaries: list[dict]) -> list[dict]:
+    """kdtrain confirm's summaries as table cells (accuracies in percent, mean ± sample std over seeds)."""
+    pm = lambda d, k: f"{100 * d[k]:.2f} ± {100 * d[k + '_std']:.2f}"  # noqa: E731
+    return [{"trial": d["trial"], "seeds": d["seeds"], "val_acc %": pm(d, "val_accuracy"),
+             "test_acc %": pm(d, "test_accuracy"), "gain over baseline (test, paired) pts": pm(d, "kd_gain_test")}
+            for d in summaries]
+
+
 def _stamp(text: str, stream) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", file=stream, flush=True)
 

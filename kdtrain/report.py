@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,8 @@ class StudyData:
     parent_run_id: str | None
     tracking_uri: str | None = None
     """Where the study's runs live (what it was given, else what the study recorded)."""
+    confirms: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    """kdtrain confirm's runs: one row per (trial, seed), with the paired baseline's accuracies."""
 
     @property
     def front(self) -> pd.DataFrame:
@@ -105,7 +108,7 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     return StudyData(study_name, dict(cfg.study.objectives), students,
                      runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),
                      c, seconds, importances, history, tracker.link(exp_id) if exp_id else "",
-                     study.user_attrs.get(search.A_PARENT), tracking_uri)
+                     study.user_attrs.get(search.A_PARENT), tracking_uri, runs[role == "confirm"].reset_index(drop=True))
 
 
 # --------------------------------------------------------------------------- headline and tables
@@ -158,16 +161,62 @@ def front_table(d: StudyData) -> pd.DataFrame:
     return f[FRONT_COLUMNS].reset_index(drop=True)
 
 
+GAIN_COLUMNS = ["student.width", "trial", "val_accuracy", "test_accuracy", "baseline_test_accuracy",
+                "baseline_test_accuracy_std", "kd_gain", "kd_gain_test", "kd_gain_sigma", "beyond_noise"]
+NOISE = 2.0
+"""A gain counts as beyond seed noise when it exceeds NOISE times the baseline's seed spread (on test)."""
+
+
 def gain_per_width(d: StudyData) -> pd.DataFrame:
-    """Best distilled student vs the no-teacher baseline, per student width."""
-    if d.students.empty or d.baselines.empty:
-        return pd.DataFrame(columns=["student.width", "best_kd_val_accuracy", "baseline_val_accuracy", "gain"])
-    best = d.students.groupby("student.width")["val_accuracy"].max()
-    base = d.baselines.assign(w=pd.to_numeric(d.baselines["student.width"], errors="coerce")) \
-        .groupby("w")["val_accuracy"].max()
-    g = pd.DataFrame({"best_kd_val_accuracy": best, "baseline_val_accuracy": base}).dropna()
-    g["gain"] = g["best_kd_val_accuracy"] - g["baseline_val_accuracy"]
-    return g.rename_axis("student.width").reset_index()
+    """Per student width, the best distilled trial (chosen on val) against the no-teacher baseline's mean over
+    its seeds: gains in points on val and test, the val gain in units of the baseline's seed spread, and
+    whether the test gain is beyond noise (> NOISE x the baseline's test spread, and positive)."""
+    s = d.students
+    if s.empty or "kd_gain_test" not in s:  # studies from before seeded baselines: no spread to compare with
+        return pd.DataFrame(columns=GAIN_COLUMNS)
+    best = s.loc[s.groupby("student.width")["val_accuracy"].idxmax()].sort_values("student.width").copy()
+    for c in ("kd_gain", "kd_gain_test"):
+        best[c] = 100 * best[c]  # points
+    best["beyond_noise"] = (best["kd_gain_test"] > 0) & \
+        (best["kd_gain_test"] > NOISE * 100 * best["baseline_test_accuracy_std"])
+    return best[GAIN_COLUMNS].reset_index(drop=True)
+
+
+def gain_verdict(d: StudyData) -> str:
+    """In words: did distillation beat training alone beyond seed noise, where, by how much on test?"""
+    g = gain_per_width(d)
+    if g.empty:
+        return ""
+    seeds = int(d.baselines["seeds"].astype(str).str.split(",").str.len().max()) if "seeds" in d.baselines else 1
+    won = g[g["beyond_noise"]]
+    if won.empty:
+        top = g.loc[g["kd_gain_test"].idxmax()]
+        return (f"Distillation did not beat training alone beyond seed noise at any width: the largest test gain "
+                f"of a best trial is {top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), "
+                f"within {NOISE:g} x the baseline's spread over {seeds} seeds "
+                f"({100 * top['baseline_test_accuracy_std']:.1f} points).")
+    top = won.loc[won["kd_gain_test"].idxmax()]
+    widths = ", ".join(str(int(w)) for w in won["student.width"])
+    return (f"Distillation beat training alone beyond seed noise at width{'s' if len(won) > 1 else ''} {widths}: "
+            f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {top['kd_gain_test']:+.1f} "
+            f"points on test over the baseline's mean over {seeds} seeds (its spread: "
+            f"{100 * top['baseline_test_accuracy_std']:.1f} points). A best-of-many trial flatters itself: "
+            f"retrain it with new seeds before shipping (kdtrain confirm {d.name} --trial {int(top['trial'])}).")
+
+
+def confirm_table(d: StudyData) -> pd.DataFrame:
+    """kdtrain confirm's runs per trial: seeds, mean and spread of val / test accuracy and of the paired test
+    gain over the baseline trained with the same seed (points)."""
+    c = d.confirms
+    if c.empty:
+        return pd.DataFrame()
+    c = c.assign(trial=pd.to_numeric(c["tag:optuna.trial"]), gain=100 * c["kd_gain_test"],
+                 val=100 * c["val_accuracy"], test=100 * c["test_accuracy"])
+    g = c.groupby("trial")
+    out = pd.DataFrame({"seeds": g.size(), "val_accuracy %": g["val"].mean(), "val std": g["val"].std(),
+                        "test_accuracy %": g["test"].mean(), "test std": g["test"].std(),
+                        "paired test gain (points)": g["gain"].mean(), "gain std": g["gain"].std()})
+    return out.reset_index()
 
 
 def size_buckets(studies: list[StudyData]) -> pd.DataFrame:
@@ -277,13 +326,15 @@ def _hyper_plots(d: StudyData, folder: Path) -> list[str]:
     g = gain_per_width(d)
     if not g.empty:
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.plot(g["student.width"], g["baseline_val_accuracy"], "x--", color="tab:red", label="no teacher")
-        ax.plot(g["student.width"], g["best_kd_val_accuracy"], "o-", color="tab:green", label="best distilled")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.errorbar(g["student.width"], g["kd_gain_test"], yerr=NOISE * 100 * g["baseline_test_accuracy_std"],
+                    fmt="o", color="tab:green", ecolor="tab:red", capsize=4,
+                    label=f"best trial's test gain; bars: {NOISE:g} x baseline seed std")
         ax.set_xscale("log")
         ax.set_xlabel("student width")
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel("test accuracy gain over no teacher (points)")
         ax.set_title("distillation gain per width")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         names.append(_save(fig, folder, "gain_per_width"))
     return names
@@ -360,7 +411,8 @@ def _headline_text(d: StudyData) -> list[str]:
     if b:
         lines.append(f"The most accurate student smaller than the teacher is trial {b['trial']}: "
                      f"{b['val_accuracy']:.4f} val accuracy, {b['x_smaller']:.1f}x smaller.")
-    return lines
+    verdict = gain_verdict(d)
+    return lines + ([verdict] if verdict else [])
 
 
 def write_study(d: StudyData, out: Path) -> Path:
@@ -379,7 +431,7 @@ def write_study(d: StudyData, out: Path) -> Path:
                                                                                      index=False)
     table = front_table(d)
     table.to_csv(folder / "pareto.csv", index=False)
-    gains = gain_per_width(d)
+    gains, confirms = gain_per_width(d), confirm_table(d)
     c = d.counts
     counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; "
               f"total compute {d.compute_seconds / 60:.1f} min")
@@ -387,7 +439,7 @@ def write_study(d: StudyData, out: Path) -> Path:
     (folder / "summary.md").write_text("\n".join([
         f"# {d.name}", "", *[f"- {line}" for line in head], f"- {counts}", "",
         "## Pareto-optimal students", "", _markdown(table), "", "## Distillation gain per width", "",
-        _markdown(gains), ""]))
+        _markdown(gains), "", "## Confirmed trials (new seeds)", "", _markdown(confirms), ""]))
     objectives = ", ".join(f"{k} ({v})" for k, v in d.objectives.items())
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain report: {html.escape(d.name)}</title>
 <style>{CSS}</style></head><body>
@@ -403,7 +455,15 @@ crosses. Latency at batch 1.</p>
 <h2>Pareto-optimal students</h2>
 <div style="overflow-x:auto">{_fmt(table, d.link).to_html(index=False, escape=False, table_id="pareto")}</div>
 <h2>Distillation gain per width</h2>
+<p class="muted">Per width, the trial with the best validation accuracy against the no-teacher baseline's mean over
+its seeds; gains in points; kd_gain_sigma: the val gain in units of the baseline's seed spread; beyond_noise: the
+test gain exceeds {NOISE:g} x the baseline's test spread.</p>
 {_fmt(gains).to_html(index=False, table_id="gains")}
+<h2>Confirmed trials (new seeds)</h2>
+<p class="muted">kdtrain confirm: each trial retrained with new seeds, each paired with the baseline of the same
+seed; mean and sample std over seeds.</p>
+{_fmt(confirms).to_html(index=False, table_id="confirms") if not confirms.empty else
+ "<p>None yet: kdtrain confirm " + html.escape(d.name) + " --pareto --seeds 3</p>"}
 <h2>How the hyperparameters mattered</h2>
 {_figures(hyper)}
 </body></html>"""

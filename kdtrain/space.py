@@ -2,6 +2,11 @@
 
 Parameter names are the sweep file's dotted keys (``kd.temperature``), as everywhere. A teacher subset is one
 categorical parameter whose values are ``a+b`` strings, so that every sampler can handle it.
+
+The space is conditional, define-by-run: a setting that only some losses use (kdtrain.losses.LOSS_SETTINGS, such
+as ``kd.dkd_beta`` for dkd) is suggested only to a trial whose ``kd.loss`` uses it; ``kd.loss`` is suggested
+first, whatever the order of the sweep file. A trial of a loss that refuses a base setting (dist refuses
+``kd.standardize: true``) gets the setting off, as a value of its config, not as an Optuna parameter.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import itertools
 
 from kdtrain.config import Config
+from kdtrain.losses import LOSS_SETTINGS
 
 
 def subsets(names: list[str]) -> list[str]:
@@ -16,11 +22,21 @@ def subsets(names: list[str]) -> list[str]:
     return ["+".join(c) for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
 
 
-def suggest(trial, space: dict) -> dict:
+def in_use(key: str, loss: str | None) -> bool:
+    """Whether a trial of this kd.loss uses the setting (None: the loss is unknown, so it may)."""
+    return loss is None or key not in LOSS_SETTINGS or loss in LOSS_SETTINGS[key]
+
+
+def suggest(trial, space: dict, base_loss: str | None = None) -> dict:
     """Dotted key -> value for one trial (an optuna.Trial, asked by kdtrain.search), from the sweep file's
-    search: section."""
+    search: section. A loss's own settings are suggested only when the trial's kd.loss (suggested first, else
+    ``base_loss``, the base config's kd.loss) uses them. A validated config never searches a setting that its
+    only loss does not use, so without ``base_loss`` the result is the same for a validated space."""
     values = {}
-    for key, spec in space.items():
+    for key in sorted(space, key=lambda k: k != "kd.loss"):  # kd.loss first: the conditions below read it
+        spec = space[key]
+        if not in_use(key, values.get("kd.loss", base_loss)):
+            continue
         kind = spec["type"]
         if kind == "float":
             values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False),
@@ -32,6 +48,8 @@ def suggest(trial, space: dict) -> dict:
             values[key] = trial.suggest_categorical(key, spec["choices"])
         elif kind == "subset":
             values[key] = trial.suggest_categorical(key, subsets(spec["of"])).split("+")
+    if not in_use("kd.standardize", values.get("kd.loss")):
+        values["kd.standardize"] = False  # a dist trial of a sweep whose base standardises: validation refuses both
     return values
 
 
@@ -46,7 +64,9 @@ def base_params(cfg: Config) -> dict:
         if spec["type"] == "categorical" and value not in spec["choices"]:
             continue
         out[key] = value
-    return out
+    # the enqueued trial's loss: the base one, unless the sampler must choose it (then so must it the rest)
+    loss = out.get("kd.loss") if "kd.loss" in cfg.search else cfg.kd.loss
+    return {k: v for k, v in out.items() if k not in LOSS_SETTINGS or (loss is not None and in_use(k, loss))}
 
 
 def signature(cfg: Config) -> dict:

@@ -25,7 +25,7 @@ MODEL_ARTIFACT, CONFIG_ARTIFACT, SWEEP_ARTIFACT = "model.pt", "config.yaml", "sw
 """A student run's state dict and its trial's full config; the parent run's resolved sweep file."""
 TEACHER_ARTIFACTS = "teacher"
 """A teacher run's folder holding its cache entry (weights, logits, meta), fetched by workers elsewhere."""
-TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName")
+TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName", "kdtrain.seed")
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"
 
@@ -197,10 +197,10 @@ class Tracker:
             (tmp / artifact_path).rmdir()
         return dest.exists()
 
-    def download(self, run_id: str, dest: str | Path) -> Path:
-        """All of a run's artifacts into dest (the folder they landed in), or one clear error."""
+    def download(self, run_id: str, dest: str | Path, path: str = "") -> Path:
+        """A run's artifact (all of them by default) into dest: the local path, or one clear error."""
         try:
-            return Path(self.client.download_artifacts(run_id, "", str(dest)))
+            return Path(self.client.download_artifacts(run_id, path, str(dest)))
         except Exception as e:
             raise KdtrainError(f"cannot read the MLflow run {run_id} in {redact(self.uri)} ({str(e)[:200]}); "
                                "pass the --tracking-uri the sweep used") from None
@@ -236,6 +236,10 @@ class Tracker:
         for tag in TIDY_TAGS:
             out[f"tag:{tag}"] = df.get(f"tags.{tag}")
         return out, exp.experiment_id
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        """A run's latest value of each metric."""
+        return dict(self.client.get_run(run_id).data.metrics)
 
     def reopen(self, run_id: str) -> None:
         """Mark a finished run RUNNING again (a study resumed: its parent run)."""

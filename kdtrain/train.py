@@ -2,8 +2,9 @@
 
 The data already lives on the device as tensors; each epoch is a ``randperm``
 and a slice per step (no DataLoader: for in-memory sets it only adds Python
-overhead per batch). With cached teacher logits the soft targets are computed
-once per run, so a KD step costs what a cross-entropy step costs.
+overhead per batch). With cached teacher logits the teachers' side of the loss is
+computed once per run (kdtrain.losses.teacher_targets), so a KD step costs about
+what a cross-entropy step costs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from kdtrain.config import KdtrainError, TrainConfig
 from kdtrain.data import Dataset, augment
-from kdtrain.losses import kd_loss, soft_targets
+from kdtrain.losses import LossSpec, kd_loss, teacher_targets
 
 
 class DivergedError(KdtrainError):
@@ -42,6 +43,8 @@ class Distill:
     weights: list[float] | None = None
     logits: torch.Tensor | None = None
     models: list[nn.Module] | None = None
+    loss: LossSpec = field(default_factory=LossSpec)
+    """The distillation term and its settings (kd.loss, kd.standardize, kd.dkd_*, kd.warmup_epochs, kd.dist_*)."""
 
 
 @dataclass
@@ -169,16 +172,18 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
     total_steps = epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling stream, independent of model init
 
-    target = None  # soft targets over the whole train set, computed once
+    target = None  # the teachers' side of the loss over the whole train set, computed once
     teacher_models = None
     if distill is not None and distill.alpha > 0:
         if distill.logits is not None and not augment_kinds:
-            target = soft_targets(distill.logits.to(device), distill.temperature, distill.ensemble, distill.weights)
+            target = teacher_targets(distill.logits.to(device), data.y_train, distill.temperature, distill.ensemble,
+                                     distill.weights, distill.loss)
         elif distill.models:  # augmented inputs change every epoch: run the teachers on each batch
             teacher_models = [t.to(device).eval() for t in distill.models]
         else:
             raise KdtrainError("distillation with augmentation needs the teacher models, not only cached logits")
 
+    spec = distill.loss if distill is not None else LossSpec()
     history: list[EpochStats] = []
     start = time.perf_counter()
     step = 0
@@ -198,15 +203,16 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
                 if teacher_models is not None:
                     with torch.no_grad(), autocast(device, cfg.bf16):
                         t_logits = torch.stack([t(x).float() for t in teacher_models])
-                    batch_target = soft_targets(t_logits, distill.temperature, distill.ensemble, distill.weights)
+                    batch_target = teacher_targets(t_logits, y, distill.temperature, distill.ensemble,
+                                                   distill.weights, distill.loss)
                 elif target is not None:
-                    batch_target = (target[0][idx], target[1][idx])
+                    batch_target = target.take(idx)
                 for g in opt.param_groups:
                     g["lr"] = peak_lr * lr_factor(step, total_steps, cfg.schedule)
                 with autocast(device, cfg.bf16):
                     logits = model(x)
-                loss, kd, ce = kd_loss(logits.float(), y, batch_target,
-                                       distill.temperature if distill else 1.0, distill.alpha if distill else 0.0)
+                loss, kd, ce = kd_loss(logits.float(), y, batch_target, distill.temperature if distill else 1.0,
+                                       distill.alpha if distill else 0.0, spec, epoch)  # epoch: DKD's warm-up
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -153,43 +154,88 @@ def _measure(model, ctx: Context, model_cfg) -> dict:
 
 
 def student_key(cfg: Config) -> str:
-    """The baseline cache key: what shapes a no-teacher student (pretrained only when set, so that keys made
-    before students could be pretrained stay valid)."""
-    sig, student = space.signature(cfg), dataclasses.asdict(cfg.student)
-    if not student["pretrained"]:
-        del student["pretrained"]
-    return content_key({"student": student, "train": sig["train"], "data": sig["data"]})
+    """The baseline cache key: what shapes a no-teacher student (its seeds are entries of the cache file)."""
+    sig = space.signature(cfg)
+    train = {k: v for k, v in sig["train"].items() if k != "seed"}
+    return content_key({"student": dataclasses.asdict(cfg.student), "train": train, "data": sig["data"],
+                        "format": 2})
 
 
 def _flat_params(cfg: Config) -> dict:
-    flat = cfg.flat()
+    """The settings as MLflow params, without the loss settings that this run's loss does not use."""
+    from kdtrain.losses import LOSS_SETTINGS
+
+    flat = {k: v for k, v in cfg.flat().items() if cfg.kd.loss in LOSS_SETTINGS.get(k, (cfg.kd.loss,))}
     flat["kd.teachers"] = "+".join(cfg.kd_teachers)
     return flat
 
 
-def ensure_baseline(ctx: Context, cfg: Config) -> dict:
-    """The no-teacher (alpha = 0) run of this student: trained once per machine (cached), logged once per study."""
+def baseline_runs(ctx: Context, cfg: Config, seeds: list[int]) -> dict:
+    """The no-teacher (alpha = 0) student of cfg trained with each of the given train seeds, cached per machine
+    and seed: {"metrics": deployment metrics, "runs": {seed: accuracies and per-epoch history}}."""
     key = student_key(cfg)
     path = home() / "cache" / "baselines" / f"{key}.json"
     with file_lock(f"baseline-{key}"):
-        if path.exists():
-            result = json.loads(path.read_text())
-        else:
-            ctx.log(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher")
-            r = distill_student(config.replace(cfg, {"kd.alpha": 0.0}), ctx.ds, {}, epoch_guard=cpu_room)
-            metrics = _measure(r.model, ctx, cfg.student)
-            metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
-            result = {"metrics": metrics, "history": [dataclasses.asdict(h) for h in r.history]}
+        result = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+        missing = [s for s in seeds if str(s) not in result["runs"]]
+        for seed in missing:
+            ctx.log(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
+                    f"(seed {seed})")
+            r = distill_student(config.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}), ctx.ds, {},
+                                epoch_guard=cpu_room)
+            if "metrics" not in result:
+                result["metrics"] = _measure(r.model, ctx, cfg.student)
+            result["runs"][str(seed)] = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
+                                         "train_seconds": r.seconds,
+                                         "history": [dataclasses.asdict(h) for h in r.history]}
+        if missing:
             atomic_write_text(path, json.dumps(result))
+    return result
+
+
+def seed_stats(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation (0 for one run) of val and test accuracy over runs, plus train_seconds
+    summed and the number of seeds."""
+    out = {"seeds": len(runs), "train_seconds": sum(r.get("train_seconds", 0.0) for r in runs)}
+    for k in ("val_accuracy", "test_accuracy"):
+        values = [r[k] for r in runs]
+        out[k] = statistics.fmean(values)
+        out[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def ensure_baseline(ctx: Context, cfg: Config) -> dict:
+    """The no-teacher baseline of this student over study.baseline_seeds seeds (train.seed, +1, ...): trained
+    once per machine (cached), logged once per study with the seeds' mean accuracies and their spread."""
+    seeds = [cfg.train.seed + i for i in range(ctx.cfg.study.baseline_seeds)]
+    result = baseline_runs(ctx, cfg, seeds)
+    metrics = {**result["metrics"], **seed_stats([result["runs"][str(s)] for s in seeds])}
+    key = student_key(cfg)
     with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
         if not ctx.tracker.find(ctx.exp_id, {"kdtrain.baseline_key": key}):
             run = ctx.tracker.start(ctx.exp_id, f"baseline-{cfg.student.arch}-w{cfg.student.width}", "baseline",
                                     ctx.parent_id, tags={"kdtrain.baseline_key": key},
                                     params={**{k: v for k, v in _flat_params(cfg).items()
-                                               if not k.startswith("kd.")}, "kd.alpha": 0.0})
-            ctx.tracker.log_metrics(run, result["metrics"], [EpochStats(**h) for h in result["history"]])
+                                               if not k.startswith("kd.")}, "kd.alpha": 0.0,
+                                            "seeds": ",".join(map(str, seeds))})
+            # the curves are the seeds' mean per epoch, so that the last epoch's val_accuracy is the final mean
+            curves = [EpochStats(**{k: epoch[0][k] if k in ("epoch", "epochs") else statistics.fmean(h[k] for h in epoch)
+                                    for k in epoch[0]})
+                      for epoch in zip(*(result["runs"][str(s)]["history"] for s in seeds))]
+            ctx.tracker.log_metrics(run, {k: v for k, v in metrics.items() if k != "seeds"}, curves)
             ctx.tracker.end(run)
-    return result["metrics"]
+    return metrics
+
+
+def gains(metrics: dict, baseline: dict, val_samples: int) -> dict:
+    """A trial's distillation gain over the baseline's seed mean, on val and test, and on val in units of the
+    baseline's seed spread (floored at one validation sample, so that equal seeds do not divide by zero)."""
+    gain = metrics["val_accuracy"] - baseline["val_accuracy"]
+    return {"baseline_val_accuracy": baseline["val_accuracy"], "baseline_val_accuracy_std": baseline["val_accuracy_std"],
+            "baseline_test_accuracy": baseline["test_accuracy"],
+            "baseline_test_accuracy_std": baseline["test_accuracy_std"], "kd_gain": gain,
+            "kd_gain_test": metrics["test_accuracy"] - baseline["test_accuracy"],
+            "kd_gain_sigma": gain / max(baseline["val_accuracy_std"], 1.0 / val_samples)}
 
 
 def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
@@ -209,7 +255,7 @@ def describe(cfg: Config) -> str:
 
 def run_trial(ctx: Context, trial) -> list[float]:
     """Train, measure and log one trial's student; its objective values."""
-    tcfg = config.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search))
+    tcfg = config.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search, ctx.cfg.kd.loss))
     tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
             search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
@@ -232,9 +278,7 @@ def run_trial(ctx: Context, trial) -> list[float]:
         raise
     metrics = _measure(r.model, ctx, tcfg.student)
     metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
-    baseline = ensure_baseline(ctx, tcfg)
-    metrics["baseline_val_accuracy"] = baseline["val_accuracy"]
-    metrics["kd_gain"] = r.val_accuracy - baseline["val_accuracy"]
+    metrics.update(gains(metrics, ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
     for key, value in constraint_values(ctx.cfg.study.constraints, metrics).items():
         trial.set_constraint(key, value)
     for k in METRICS:
@@ -245,6 +289,15 @@ def run_trial(ctx: Context, trial) -> list[float]:
     return [metrics[m] for m in ctx.cfg.study.objectives]
 
 
+def trial_config(tracker: Tracker, run_id: str) -> Config:
+    """The full config a trial trained with, from its MLflow run (the config.yaml artifact)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = tracker.download(run_id, tmp, tracking.CONFIG_ARTIFACT).read_text()
+    return config.from_dict(yaml.safe_load(text), f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
+
+
 def trial_student(tracker: Tracker, run_id: str):
     """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts."""
     import tempfile
@@ -253,15 +306,47 @@ def trial_student(tracker: Tracker, run_id: str):
 
     from kdtrain import models
 
+    cfg = trial_config(tracker, run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = tracker.download(run_id, tmp)
-        cfg = config.from_dict(yaml.safe_load((folder / tracking.CONFIG_ARTIFACT).read_text()),
-                               f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
-        state = torch.load(folder / tracking.MODEL_ARTIFACT, map_location="cpu", weights_only=True)
+        state = torch.load(tracker.download(run_id, tmp, tracking.MODEL_ARTIFACT), map_location="cpu",
+                           weights_only=True)
     ds = data.load(cfg.data)
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     model.load_state_dict(state)
     return cfg, ds, model
+
+
+def confirm(ctx: Context, trial, n_seeds: int) -> dict:
+    """Retrain a finished trial with n new seeds (train.seed + 1, + 2, ...; same settings otherwise), each
+    paired with the no-teacher baseline of the same seed. Every retraining is a run (kdtrain.role=confirm)
+    under the study's parent run; seeds confirmed before are reused, not retrained. Returns the summary: mean
+    and spread of accuracies, and of the paired gains."""
+    cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
+    seeds = [cfg.train.seed + 1 + i for i in range(n_seeds)]
+    base = baseline_runs(ctx, cfg, seeds)["runs"]
+    runs = []
+    for seed in seeds:
+        tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
+        found = ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **tags})
+        if found:
+            runs.append(ctx.tracker.metrics(found[0]))
+            continue
+        ctx.log(f"confirm trial {trial.number}: seed {seed}")
+        r = distill_student(config.replace(cfg, {"train.seed": seed}), ctx.ds, ctx.pool, epoch_guard=cpu_room)
+        b = base[str(seed)]
+        metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,
+                   "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],
+                   "kd_gain": r.val_accuracy - b["val_accuracy"], "kd_gain_test": r.test_accuracy - b["test_accuracy"]}
+        run = ctx.tracker.start(ctx.exp_id, f"confirm-{trial.number}-seed{seed}", "confirm", ctx.parent_id,
+                                tags=tags, params={**_flat_params(cfg), "train.seed": seed})
+        ctx.tracker.log_metrics(run, metrics, r.history)
+        ctx.tracker.end(run)
+        runs.append(metrics)
+    out = {"trial": trial.number, **seed_stats(runs)}
+    gains_test = [m["kd_gain_test"] for m in runs]
+    out["kd_gain_test"] = statistics.fmean(gains_test)
+    out["kd_gain_test_std"] = statistics.stdev(gains_test) if len(gains_test) > 1 else 0.0
+    return out
 
 
 # --------------------------------------------------------------------------- the loop

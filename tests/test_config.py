@@ -49,6 +49,26 @@ BAD = {
     "bad search key": ({"search": {"kd.tau": {"type": "float", "low": 1, "high": 2}}}, ["search.kd.tau"]),
     "subset of unknown teacher": ({"search": {"kd.teachers": {"type": "subset", "of": ["t", "ghost"]}}},
                                   ["search.kd.teachers.of: 'ghost'"]),
+    "unknown loss": ({"kd": {"loss": "crd"}}, ["kd.loss: one of kd, dkd, dist, got 'crd'"]),
+    "negative dkd weights": ({"kd": {"loss": "dkd", "dkd_alpha": -1, "dkd_beta": -0.5}},
+                             ["kd.dkd_alpha: must be >= 0", "kd.dkd_beta: must be >= 0"]),
+    "negative dist weights": ({"kd": {"dist_beta": -1, "dist_gamma": -2}},
+                              ["kd.dist_beta: must be >= 0", "kd.dist_gamma: must be >= 0"]),
+    "negative warm-up": ({"kd": {"warmup_epochs": -1}}, ["kd.warmup_epochs: must be >= 0"]),
+    "no baseline seed": ({"study": {"baseline_seeds": 0}}, ["study.baseline_seeds: must be >= 1"]),
+    "dist standardized": ({"kd": {"loss": "dist", "standardize": True}},
+                          ["kd.standardize: true applies to kd.loss kd and dkd, not to dist"]),
+    "dist on batches of one": ({"kd": {"loss": "dist"}, "train": {"batch_size": 1}},
+                               ["kd.loss: dist needs train.batch_size >= 2"]),
+    "search unknown loss": ({"search": {"kd.loss": {"type": "categorical", "choices": ["kd", "crd"]}}},
+                            ["search.kd.loss.choices: unknown loss 'crd' (known: kd, dkd, dist)"]),
+    "search loss as a float": ({"search": {"kd.loss": {"type": "float", "low": 0, "high": 1}}},
+                               ["search.kd.loss: use type categorical with choices from kd, dkd, dist"]),
+    "search a setting no trial uses": ({"search": {"kd.dkd_beta": {"type": "float", "low": 1, "high": 8}}},
+                                       ["search.kd.dkd_beta: never used: only kd.loss dkd uses it"]),
+    "search dist on batches of one": ({"train": {"batch_size": 1},
+                                       "search": {"kd.loss": {"type": "categorical", "choices": ["kd", "dist"]}}},
+                                      ["search.kd.loss: the choice dist needs train.batch_size >= 2"]),
 }
 
 
@@ -67,6 +87,24 @@ def test_each_bad_value_is_named(case):
     for text in expected:
         assert text in str(e.value)
     assert e.value.exit_code == 2
+
+
+def test_loss_settings_defaults_and_allowed_values():
+    cfg = config.from_dict(base())
+    kd = cfg.kd
+    assert (kd.loss, kd.standardize, kd.dkd_alpha, kd.dkd_beta, kd.warmup_epochs, kd.dist_beta, kd.dist_gamma) == \
+        ("kd", False, 1.0, 8.0, 0, 1.0, 1.0)
+    assert cfg.study.baseline_seeds == 3
+    assert config.allowed_values()["kd.loss"] == ["kd", "dkd", "dist"]
+
+
+def test_a_search_over_the_losses_is_accepted():
+    raw = {**base(), "kd": {"loss": "dkd"}, "search": {
+        "kd.dkd_beta": {"type": "float", "low": 1, "high": 8},  # before kd.loss in the file: fine
+        "kd.loss": {"type": "categorical", "choices": ["kd", "dkd", "dist"]},
+        "kd.dist_gamma": {"type": "float", "low": 0, "high": 2},
+        "kd.standardize": {"type": "categorical", "choices": [False, True]}}}
+    assert config.from_dict(raw).search["kd.loss"]["choices"] == ["kd", "dkd", "dist"]
 
 
 def test_every_problem_reported_at_once():
@@ -148,7 +186,7 @@ def test_readme_tables_name_exactly_the_registries_and_the_fields():
     import re
 
     from kdtrain.data import AUGMENTATIONS, DATASETS
-    from kdtrain.losses import ENSEMBLES
+    from kdtrain.losses import ENSEMBLES, LOSSES
     from kdtrain.models import MODELS
     from kdtrain.train import OPTIMIZERS, SCHEDULES
 
@@ -167,6 +205,7 @@ def test_readme_tables_name_exactly_the_registries_and_the_fields():
     assert listed("train", "optimizer") == list(OPTIMIZERS)
     assert listed("train", "schedule") == list(SCHEDULES)
     assert listed("kd", "ensemble") == list(ENSEMBLES)
+    assert listed("kd", "loss") == list(LOSSES)
     for name, cls in config.SECTIONS.items():  # every key of every section, in the dataclass's order
         assert re.findall(r"`(\w+)`", rows[name]) == [f.name for f in dataclasses.fields(cls)], name
     teacher_keys = re.search(r"`\{(.*)\}`", rows["teachers"])[1].split(", ")

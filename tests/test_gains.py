@@ -1,0 +1,108 @@
+"""Distillation gains against seed noise: seeded baselines, per-trial gains, the report's verdict, confirm."""
+
+import pandas as pd
+import pytest
+
+from kdtrain import config, data, report
+from kdtrain.run import distill_student
+
+from conftest import run_cli
+from test_sweep import load_study, mlflow_runs, write_sweep
+
+
+@pytest.fixture(scope="module")
+def gain_sweep(tmp_path_factory):
+    """A 3-trial tiny sweep, then kdtrain confirm of its first trial with 2 seeds."""
+    root = tmp_path_factory.mktemp("gains")
+    env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
+    p = write_sweep(root)
+    r = run_cli("sweep", p, "--report-dir", root / "reports", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = run_cli("confirm", "tiny", "--trial", "0", "--seeds", "2", "--out", root / "reports", env=env)
+    assert c.returncode == 0, c.stdout + c.stderr
+    return root, p, env, c
+
+
+def test_baselines_carry_their_seeds_mean_and_spread(gain_sweep):
+    root, p, env, _ = gain_sweep
+    df = mlflow_runs(root / "home", "tiny")
+    base = df[df["tags.kdtrain.role"] == "baseline"]
+    assert len(base) >= 1 and (base["params.seeds"] == "0,1,2").all()  # study.baseline_seeds = 3 by default
+    row = base.iloc[0]
+    width = int(row["params.student.width"])
+    # the same three trainings done here, independently: the run's numbers are their mean and sample std
+    cfg = config.replace(config.load(p), {"student.width": width, "kd.alpha": 0.0})
+    ds = data.load(cfg.data)
+    runs = [distill_student(config.replace(cfg, {"train.seed": s}), ds, {}) for s in (0, 1, 2)]
+    val = pd.Series([r.val_accuracy for r in runs])
+    test = pd.Series([r.test_accuracy for r in runs])
+    assert row["metrics.val_accuracy"] == pytest.approx(val.mean(), abs=1e-9)
+    assert row["metrics.val_accuracy_std"] == pytest.approx(val.std(), abs=1e-9)
+    assert row["metrics.test_accuracy"] == pytest.approx(test.mean(), abs=1e-9)
+    assert row["metrics.test_accuracy_std"] == pytest.approx(test.std(), abs=1e-9)
+
+
+def test_every_trial_records_its_gain_over_the_baseline_mean(gain_sweep):
+    root, _, _, _ = gain_sweep
+    df = mlflow_runs(root / "home", "tiny")
+    base = df[df["tags.kdtrain.role"] == "baseline"].set_index("params.student.width")
+    students = df[df["tags.kdtrain.role"] == "student"]
+    n_val = 80  # synthetic, size 400, val_fraction 0.2
+    for _, t in students.iterrows():
+        b = base.loc[t["params.student.width"]]
+        assert t["metrics.kd_gain"] == pytest.approx(t["metrics.val_accuracy"] - b["metrics.val_accuracy"])
+        assert t["metrics.kd_gain_test"] == pytest.approx(t["metrics.test_accuracy"] - b["metrics.test_accuracy"])
+        spread = max(b["metrics.val_accuracy_std"], 1 / n_val)
+        assert t["metrics.kd_gain_sigma"] == pytest.approx(t["metrics.kd_gain"] / spread)
+        assert t["metrics.baseline_test_accuracy_std"] == pytest.approx(b["metrics.test_accuracy_std"])
+
+
+def test_confirm_retrains_with_new_seeds_paired_with_baselines(gain_sweep):
+    root, _, env, out = gain_sweep
+    df = mlflow_runs(root / "home", "tiny")
+    confirms = df[df["tags.kdtrain.role"] == "confirm"]
+    assert sorted(confirms["tags.kdtrain.seed"]) == ["1", "2"] and set(confirms["tags.optuna.trial"]) == {"0"}
+    parent = df[df["tags.kdtrain.role"] == "sweep"].run_id.iloc[0]
+    assert (confirms["tags.mlflow.parentRunId"] == parent).all() and (confirms["status"] == "FINISHED").all()
+    trial0 = load_study(root / "home").trials[0]
+    assert (confirms["params.kd.temperature"].astype(float) == trial0.params["kd.temperature"]).all()
+    for _, c in confirms.iterrows():  # paired: the baseline trained with the same seed
+        assert c["metrics.kd_gain_test"] == pytest.approx(c["metrics.test_accuracy"] - c["metrics.baseline_test_accuracy"])
+    gains = 100 * confirms["metrics.kd_gain_test"]
+    assert f"{gains.mean():.2f} ± {gains.std():.2f}" in out.stdout
+    page = (root / "reports" / "tiny" / "index.html").read_text()
+    assert 'id="confirms"' in page
+    again = run_cli("confirm", "tiny", "--trial", "0", "--seeds", "2", "--no-report", env=env)
+    assert again.returncode == 0 and "confirm trial 0: seed" not in again.stdout  # reused, not retrained
+    assert len(mlflow_runs(root / "home", "tiny").query("`tags.kdtrain.role` == 'confirm'")) == 2
+
+
+def test_confirm_refuses_a_trial_that_is_not_complete(gain_sweep):
+    _, _, env, _ = gain_sweep
+    r = run_cli("confirm", "tiny", "--trial", "99", env=env)
+    assert r.returncode == 1 and "trial(s) [99]" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("confirm", "tiny", "--trial", "0", "--seeds", "0", env=env)
+    assert r.returncode == 2 and "positive integer" in r.stderr
+
+
+def _study(gains_test: list[float], spreads: list[float]) -> report.StudyData:
+    widths = [2, 4, 8][:len(gains_test)]
+    students = pd.DataFrame({
+        "student.width": widths, "trial": range(len(widths)), "val_accuracy": [0.8] * len(widths),
+        "test_accuracy": [0.8 + g for g in gains_test], "baseline_test_accuracy": [0.8] * len(widths),
+        "baseline_test_accuracy_std": spreads, "kd_gain": gains_test, "kd_gain_test": gains_test,
+        "kd_gain_sigma": [1.0] * len(widths)})
+    baselines = pd.DataFrame({"student.width": widths, "seeds": ["0,1,2"] * len(widths)})
+    return report.StudyData("s", {"val_accuracy": "maximize"}, students, pd.DataFrame(), baselines, {}, 0.0, {},
+                            pd.DataFrame(), "", None)
+
+
+def test_verdict_says_beyond_noise_only_past_twice_the_spread():
+    yes = report.gain_verdict(_study([0.05, 0.001], [0.01, 0.01]))  # +5 points, spread 1: beyond
+    assert yes.startswith("Distillation beat training alone beyond seed noise at width 2:")
+    assert "+5.0 points on test" in yes and "over 3 seeds" in yes and "kdtrain confirm s --trial 0" in yes
+    no = report.gain_verdict(_study([0.015, -0.02], [0.01, 0.01]))  # +1.5 points, spread 1: within 2x
+    assert no.startswith("Distillation did not beat training alone beyond seed noise")
+    assert "+1.5 points (width 2)" in no
+    g = report.gain_per_width(_study([0.05, 0.015, 0.03], [0.01, 0.01, 0.02]))
+    assert list(g["beyond_noise"]) == [True, False, False]  # width 8: 3 points, but the spread is 2
