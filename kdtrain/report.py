@@ -331,10 +331,12 @@ def _hyper_plots(d: StudyData, folder: Path) -> list[str]:
                     fmt="o", color="tab:green", ecolor="tab:red", capsize=4,
                     label=f"best trial's test gain; bars: {NOISE:g} x baseline seed std")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(__import__("matplotlib").ticker.NullLocator())
+        ax.set_xticks(list(g["student.width"]), [str(int(w)) for w in g["student.width"]], fontsize=8)
         ax.set_xlabel("student width")
         ax.set_ylabel("test accuracy gain over no teacher (points)")
         ax.set_title("distillation gain per width")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
         names.append(_save(fig, folder, "gain_per_width"))
     return names
