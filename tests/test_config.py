@@ -1,3 +1,4 @@
+import dataclasses
 
 import pytest
 import yaml
@@ -26,8 +27,11 @@ def test_quickstart_is_mnist1d_with_two_teacher_families():
 
 def test_config_is_frozen(tiny_sweep):
     cfg = config.load(tiny_sweep)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.kd.alpha = 0.1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.kd = None  # type: ignore[misc]
+    assert cfg.kd.alpha == 0.7
 
 
 def test_defaults_are_the_classic_kd_settings():

@@ -94,8 +94,11 @@ def test_teacher_weights(batch):
     both = torch.stack([t1, t2])
     only_first = distillation_loss(s, both, y, 2.0, 1.0, "mean_probs", weights=[1.0, 0.0])[0]
     assert torch.allclose(only_first, distillation_loss(s, t1, y, 2.0, 1.0)[0], atol=1e-5)
-    p, c = soft_targets(both, 2.0, "mean_kl", weights=[3, 1])
-    assert torch.allclose(p.sum(1), torch.ones(32))
+    # weights [3, 1]: the target is 3/4 of the first teacher's tempered probabilities plus 1/4 of the second's
+    p, _ = soft_targets(both, 2.0, "mean_kl", weights=[3, 1])
+    by_hand = 0.75 * torch.softmax(t1 / 2.0, -1) + 0.25 * torch.softmax(t2 / 2.0, -1)
+    assert torch.allclose(p, by_hand, atol=1e-6)
+    assert not torch.allclose(p, soft_targets(both, 2.0, "mean_kl")[0], atol=1e-3)  # not the equal mix
 
 
 # --------------------------------------------------------------------------- dkd, dist, standardisation
