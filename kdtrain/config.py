@@ -163,17 +163,10 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, config=SECTION)
-class KDConfig:
-    temperature: float = 4.0
-    """Softening temperature T (> 0)."""
-    alpha: float = 0.7
-    """Weight of the teacher term; 1 - alpha weights the label cross-entropy."""
-    teachers: list | None = None
-    """Teachers forming the ensemble; default the first teacher of the pool."""
-    ensemble: str = "mean_probs"
-    """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
-    weights: list | None = None
-    """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
+class LossConfig:
+    """The distillation term and its settings: the kd.* keys that kdtrain.losses reads (one source of their
+    defaults for the sweep file and for the loss functions)."""
+
     loss: str = "kd"
     """Distillation term (see kdtrain.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (correlation relations)."""
     standardize: bool = False
@@ -188,6 +181,26 @@ class KDConfig:
     """dist only: weight of the inter-class relation (each sample's classes) (>= 0)."""
     dist_gamma: float = 1.0
     """dist only: weight of the intra-class relation (each class across the batch) (>= 0)."""
+
+    def warmup(self, epoch: int | None) -> float:
+        """DKD's linear warm-up factor of the distillation term at an epoch (counted from 1); 1 when none."""
+        if self.loss != "dkd" or self.warmup_epochs <= 0 or epoch is None:
+            return 1.0
+        return min(epoch / self.warmup_epochs, 1.0)
+
+
+@dataclass(frozen=True, config=SECTION)
+class KDConfig(LossConfig):
+    temperature: float = 4.0
+    """Softening temperature T (> 0)."""
+    alpha: float = 0.7
+    """Weight of the teacher term; 1 - alpha weights the label cross-entropy."""
+    teachers: list | None = None
+    """Teachers forming the ensemble; default the first teacher of the pool."""
+    ensemble: str = "mean_probs"
+    """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
+    weights: list | None = None
+    """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
 
 
 @dataclass(frozen=True, config=SECTION)

@@ -78,6 +78,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdtrain.config import LossConfig
+
 
 ENSEMBLES = ("mean_probs", "mean_logits", "mean_kl")
 """kd.ensemble: how several teachers are aggregated."""
@@ -91,25 +93,6 @@ LOSS_SETTINGS = {"kd.standardize": ("kd", "dkd"), "kd.dkd_alpha": ("dkd",), "kd.
 
 EPS = 1e-8
 """Keeps a z-score and a correlation finite for a vector without variance (it then standardises/correlates to 0)."""
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """Which distillation term and its settings: kd.loss, kd.standardize, kd.dkd_*, kd.warmup_epochs, kd.dist_*."""
-
-    name: str = "kd"
-    standardize: bool = False
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    warmup_epochs: int = 0
-    dist_beta: float = 1.0
-    dist_gamma: float = 1.0
-
-    def warmup(self, epoch: int | None) -> float:
-        """DKD's linear warm-up factor of the distillation term at an epoch (counted from 1); 1 when none."""
-        if self.name != "dkd" or self.warmup_epochs <= 0 or epoch is None:
-            return 1.0
-        return min(epoch / self.warmup_epochs, 1.0)
 
 
 @dataclass(frozen=True)
@@ -191,20 +174,20 @@ def _dist_targets(logp: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> 
 _TARGETS = {"kd": _kd_targets, "dkd": _dkd_targets, "dist": _dist_targets}
 
 
-def _check(spec: LossSpec) -> None:
-    if spec.name not in LOSSES:
-        raise ValueError(f"unknown loss {spec.name!r} ({', '.join(LOSSES)})")
-    if spec.standardize and spec.name == "dist":
+def _check(spec: LossConfig) -> None:
+    if spec.loss not in LOSSES:
+        raise ValueError(f"unknown loss {spec.loss!r} ({', '.join(LOSSES)})")
+    if spec.standardize and spec.loss == "dist":
         raise ValueError("standardize applies to the kd and dkd losses, not to dist")
 
 
 def teacher_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
                     ensemble: str = "mean_probs", weights: list[float] | None = None,
-                    spec: LossSpec = LossSpec()) -> Targets:
+                    spec: LossConfig = LossConfig()) -> Targets:
     """Teacher logits (N, C) or (K, N, C) and the labels (N,) -> what ``kd_loss`` needs of the teachers."""
     _check(spec)
     logp, w = _components(teacher_logits, temperature, ensemble, weights, spec.standardize)
-    return _TARGETS[spec.name](logp, w, labels)
+    return _TARGETS[spec.loss](logp, w, labels)
 
 
 def soft_targets(teacher_logits: torch.Tensor, temperature: float, ensemble: str = "mean_probs",
@@ -214,12 +197,12 @@ def soft_targets(teacher_logits: torch.Tensor, temperature: float, ensemble: str
     return t["p"], t["c"]
 
 
-def _kd_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossSpec) -> torch.Tensor:
+def _kd_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossConfig) -> torch.Tensor:
     log_q = F.log_softmax(z, dim=-1)
     return (t.tensors["c"] - (t.tensors["p"] * log_q).sum(-1)).mean()  # = KL(p || q) with batchmean
 
 
-def _dkd_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossSpec) -> torch.Tensor:
+def _dkd_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossConfig) -> torch.Tensor:
     target = F.one_hot(labels, z.shape[-1]).bool()
     log_all = z.logsumexp(-1)
     log_rest = z.masked_fill(target, float("-inf")).logsumexp(-1)  # log of the non-target classes' mass (x Z)
@@ -230,7 +213,7 @@ def _dkd_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossSpec)
     return (spec.dkd_alpha * tckd + spec.dkd_beta * nckd).mean()
 
 
-def _dist_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossSpec) -> torch.Tensor:
+def _dist_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossConfig) -> torch.Tensor:
     q = F.softmax(z, dim=-1)
     inter = 1 - (_unit(q, -1) * t.tensors["u"]).sum(-1).mean()
     corr = (_unit(q, 0)[:, None, :] * _unit(t.tensors["p"], 0)).sum(0)  # (K', C): each class across the batch
@@ -243,7 +226,7 @@ _TERMS = {"kd": _kd_term, "dkd": _dkd_term, "dist": _dist_term}
 
 def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor,
             target: Targets | tuple[torch.Tensor, torch.Tensor] | None, temperature: float, alpha: float,
-            spec: LossSpec = LossSpec(), epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            spec: LossConfig = LossConfig(), epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, kd, ce) for a batch: ``loss = alpha * w(epoch) * T^2 * kd + (1 - alpha) * ce``. ``target`` is
     teacher_targets(...) for this batch (or kd's (p, c) from soft_targets), or None (no teacher); ``epoch`` (from 1)
     drives DKD's warm-up."""
@@ -254,12 +237,12 @@ def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor,
     if isinstance(target, tuple):
         target = Targets("kd", {"p": target[0], "c": target[1]})
     _check(spec)
-    if target.loss != spec.name:
-        raise ValueError(f"targets were computed for the {target.loss} loss, not {spec.name}")
+    if target.loss != spec.loss:
+        raise ValueError(f"targets were computed for the {target.loss} loss, not {spec.loss}")
     z = student_logits.float()
     if spec.standardize:
         z = standardize(z)
-    kd = _TERMS[spec.name](z / temperature, labels, target, spec)
+    kd = _TERMS[spec.loss](z / temperature, labels, target, spec)
     loss = alpha * spec.warmup(epoch) * temperature**2 * kd + (1 - alpha) * ce
     return loss, kd, ce
 
@@ -272,6 +255,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One call: teacher logits (N, C) or (K, N, C) -> (loss, kd, ce), with
     ``loss = alpha * w(epoch) * T^2 * kd + (1 - alpha) * ce`` (see the module docstring for kd of each loss)."""
-    spec = LossSpec(loss, standardize, dkd_alpha, dkd_beta, warmup_epochs, dist_beta, dist_gamma)
+    spec = LossConfig(loss=loss, standardize=standardize, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta,
+                      warmup_epochs=warmup_epochs, dist_beta=dist_beta, dist_gamma=dist_gamma)
     target = teacher_targets(teacher_logits, labels, temperature, ensemble, weights, spec)
     return kd_loss(student_logits, labels, target, temperature, alpha, spec, epoch)

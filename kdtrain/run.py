@@ -7,7 +7,6 @@ from typing import Callable
 from kdtrain import models
 from kdtrain.config import Config
 from kdtrain.data import Dataset
-from kdtrain.losses import LossSpec
 from kdtrain.teachers import Teacher, stacked_logits
 from kdtrain.train import Distill, EpochStats, TrainResult, seed_all, train
 
@@ -17,10 +16,8 @@ def make_distill(cfg: Config, pool: dict[str, Teacher]) -> Distill | None:
     if cfg.kd.alpha == 0:
         return None
     names, kd = cfg.kd_teachers, cfg.kd
-    spec = LossSpec(name=kd.loss, standardize=kd.standardize, dkd_alpha=kd.dkd_alpha, dkd_beta=kd.dkd_beta,
-                    warmup_epochs=kd.warmup_epochs, dist_beta=kd.dist_beta, dist_gamma=kd.dist_gamma)
     return Distill(temperature=kd.temperature, alpha=kd.alpha, ensemble=kd.ensemble, weights=kd.weights,
-                   logits=stacked_logits(pool, names, "train"), models=[pool[n].model for n in names], loss=spec)
+                   logits=stacked_logits(pool, names, "train"), models=[pool[n].model for n in names], loss=kd)
 
 
 def distill_student(cfg: Config, data: Dataset, pool: dict[str, Teacher],

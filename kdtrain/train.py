@@ -18,9 +18,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdtrain.config import KdtrainError, TrainConfig
+from kdtrain.config import KdtrainError, LossConfig, TrainConfig
 from kdtrain.data import Dataset, augment
-from kdtrain.losses import LossSpec, kd_loss, teacher_targets
+from kdtrain.losses import kd_loss, teacher_targets
 
 
 class DivergedError(KdtrainError):
@@ -43,7 +43,7 @@ class Distill:
     weights: list[float] | None = None
     logits: torch.Tensor | None = None
     models: list[nn.Module] | None = None
-    loss: LossSpec = field(default_factory=LossSpec)
+    loss: LossConfig = field(default_factory=LossConfig)
     """The distillation term and its settings (kd.loss, kd.standardize, kd.dkd_*, kd.warmup_epochs, kd.dist_*)."""
 
 
@@ -183,7 +183,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
         else:
             raise KdtrainError("distillation with augmentation needs the teacher models, not only cached logits")
 
-    spec = distill.loss if distill is not None else LossSpec()
+    spec = distill.loss if distill is not None else LossConfig()
     history: list[EpochStats] = []
     start = time.perf_counter()
     step = 0

@@ -7,7 +7,8 @@ import torch
 from kdtrain import config, models
 from kdtrain.config import ConfigError, DataConfig, TrainConfig
 from kdtrain.data import load
-from kdtrain.losses import ENSEMBLES, LOSSES, LossSpec
+from kdtrain.config import LossConfig
+from kdtrain.losses import ENSEMBLES, LOSSES
 from kdtrain.run import distill_student
 from kdtrain.train import DivergedError, Distill, lr_factor, predict, seed_all, train
 
@@ -131,7 +132,7 @@ def test_dkd_warmup_through_train(ds):
     """Epoch e of a 4-epoch warm-up weights the distillation term by e/4 (the logged kd_loss is unscaled)."""
     seen = []
     logits = predict(fit(ds).model, ds.x_train)[None]
-    spec = LossSpec("dkd", warmup_epochs=4)
+    spec = LossConfig(loss="dkd", warmup_epochs=4)
     fit(ds, TrainConfig(epochs=5, batch_size=64, threads=1), on_epoch=seen.append,
         distill=Distill(temperature=4.0, alpha=0.5, logits=logits, loss=spec))
     for s in seen:
@@ -143,7 +144,7 @@ def test_cached_targets_equal_an_online_teacher_for_each_loss(ds, loss):
     """dkd's targets depend on the labels and dist's intra term on the batch: both must match the online path."""
     teacher = fit(ds).model
     logits = predict(teacher, ds.x_train)[None]
-    kw = dict(temperature=3.0, alpha=0.7, loss=LossSpec(loss))
+    kw = dict(temperature=3.0, alpha=0.7, loss=LossConfig(loss=loss))
     cached = fit(ds, distill=Distill(logits=logits, **kw))
     online = fit(ds, distill=Distill(models=[teacher], **kw))
     for p, q in zip(cached.model.parameters(), online.model.parameters()):
