@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from kdtrain import config, data, models  # noqa: E402
 from kdtrain.run import distill_student  # noqa: E402
 from kdtrain.teachers import load_pool  # noqa: E402
+from kdtrain.worker import mean_std  # noqa: E402
 
 ROWS = {  # row label -> the kd settings that make it (the grid adds kd.temperature and kd.alpha)
     "baseline": {"kd.alpha": 0.0},
@@ -103,11 +104,6 @@ def base_config(name: str, overrides: list[str]) -> config.Config:
     if name == "mnist1d":
         return config.load(ROOT / "sweeps" / "quickstart.yaml", [*overrides, "kd.teachers=[cnn_wide]"])
     return config.from_dict(yaml.safe_load(DIGITS_SWEEP), "kd_quality.py:DIGITS_SWEEP", overrides)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 class Counter:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from kdtrain.args import build_parser
-from kdtrain.console import EpochProgress, fmt_seconds, front_table, table
+from kdtrain.console import EpochProgress, fmt_seconds, front_table, table, teacher_progress
 
 
 def _load(args):
@@ -34,7 +34,7 @@ def cmd_teachers(args) -> int:
     if not cfg.teachers:
         print("the sweep file defines no teachers (add a teachers: list)")
         return 0
-    pool = load_pool(cfg, ds, on_epoch=lambda name, s: EpochProgress(f"teacher {name}")(s))
+    pool = load_pool(cfg, ds, on_epoch=teacher_progress())
     rows = [{"name": t.name, "arch": t.config.arch, "width": t.config.width, "params": f"{t.params:,}",
              "val_acc": f"{t.val_accuracy:.4f}", "test_acc": f"{t.test_accuracy:.4f}",
              "status": "cached" if t.cached else t.source, "seconds": f"{t.seconds:.1f}"} for t in pool.values()]
@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
 
     cfg, ds = _load(args)
     names = cfg.kd_teachers if cfg.kd.alpha > 0 else []
-    pool = load_pool(cfg, ds, names, on_epoch=lambda name, s: EpochProgress(f"teacher {name}")(s))
+    pool = load_pool(cfg, ds, names, on_epoch=teacher_progress())
     for t in pool.values():
         print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}")
     what = (f"T={cfg.kd.temperature:g}, alpha={cfg.kd.alpha:g}, teachers={'+'.join(names)} ({cfg.kd.ensemble})"
@@ -76,11 +76,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _duration(flag: str, text: str | None) -> float | None:
+    """A duration flag (8h, 30m, 90s) in seconds, None when not given; one clear error naming the flag."""
+    from kdtrain.config import KdtrainError, parse_duration
+
+    try:
+        return parse_duration(text) if text else None
+    except ValueError as e:
+        raise KdtrainError(f"{flag}: {e}") from None
+
+
 def _preflight(args):
     """What can be checked before any work (sweep file, flags, storage, the study of that name, tracking server),
     so that a bad setting fails in seconds with nothing written. (config, storage | None, name, trials, timeout)"""
     from kdtrain import config, search
-    from kdtrain.config import ConfigError, KdtrainError, parse_duration
+    from kdtrain.config import ConfigError, KdtrainError
     from kdtrain.tracking import check_reachable
 
     cfg = config.load(args.sweep, args.set)
@@ -92,10 +102,7 @@ def _preflight(args):
         raise KdtrainError("--workers must be >= 0 (0: create the study and let kdtrain worker run it)")
     if args.trials is not None and args.trials < 1:
         raise KdtrainError("--trials must be >= 1")
-    try:
-        timeout = parse_duration(args.timeout or cfg.study.timeout) if (args.timeout or cfg.study.timeout) else None
-    except ValueError as e:
-        raise KdtrainError(f"--timeout: {e}") from None
+    timeout = _duration("--timeout", args.timeout or cfg.study.timeout)
     name, storage = args.study or cfg.study.name, None
     if search.is_rdb(args.storage) or Path(args.storage).expanduser().exists():
         storage = search.open_storage(args.storage)
@@ -117,7 +124,7 @@ def cmd_sweep(args) -> int:
     cfg, storage, name, trials, timeout = _preflight(args)
     ds = data.load(cfg.data)
     # load_pool reads every teacher checkpoint before training any: a bad one stops here, nothing trained
-    pool = worker.load_pool(cfg, ds, on_epoch=lambda n, s: EpochProgress(f"teacher {n}")(s))
+    pool = worker.load_pool(cfg, ds, on_epoch=teacher_progress())
     for t in pool.values():
         print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}, "
               f"{t.params:,} params")
@@ -176,7 +183,8 @@ def _run_workers(args, ctx, trials: int, threads: int, deadline: float | None, l
 def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: bool) -> int:
     from kdtrain import search
 
-    done = search.counts(ctx.study)["DONE"]
+    c = search.counts(ctx.study)
+    done = c["DONE"]
     ctx.tracker.end(ctx.parent_id, "KILLED" if interrupted else ("FINISHED" if done >= trials else "FAILED"))
     if interrupted:
         print(f"\nstopped: {done}/{trials} trials done; the running trial was marked failed and re-queued. "
@@ -187,7 +195,7 @@ def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: 
         print(f"{log.stem} exited with an error:\n  " + "\n  ".join(tail), file=sys.stderr)
     print()
     print(front_table(ctx.study))
-    if not args.no_report and search.counts(ctx.study)["COMPLETE"]:
+    if not args.no_report and c["COMPLETE"]:
         from kdtrain import report
 
         folder = report.build([ctx.study.study_name], args.report_dir, ctx.tracker.uri, args.storage)[0]
@@ -215,13 +223,10 @@ def cmd_worker(args) -> int:
     import socket
 
     from kdtrain import search, worker
-    from kdtrain.config import KdtrainError, parse_duration, redact
+    from kdtrain.config import redact
 
     log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
-    try:
-        wait_s = parse_duration(args.wait) if args.wait else None
-    except ValueError as e:
-        raise KdtrainError(f"--wait: {e}") from None
+    wait_s = _duration("--wait", args.wait)
     ctx = worker.join(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index, wait_s, log)
     log(f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
         f"(optuna: {redact(args.storage or search.default_storage())}, mlflow: {redact(ctx.tracker.uri)})")
@@ -342,8 +347,8 @@ def cmd_confirm(args) -> int:
     from kdtrain.console import confirm_rows
 
     ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
-    rows = [worker.confirm(ctx, t, args.seeds) for t in _chosen(ctx.study, args)]
-    print(table(confirm_rows(rows), list(confirm_rows(rows)[0])))
+    rows = confirm_rows([worker.confirm(ctx, t, args.seeds) for t in _chosen(ctx.study, args)])
+    print(table(rows, list(rows[0])))
     if not args.no_report:
         folder = report.build([args.study], args.out, ctx.tracker.uri, args.storage)[0]
         print(f"\nreport: {folder / 'index.html'} (with the confirmed trials)")

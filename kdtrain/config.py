@@ -294,6 +294,7 @@ AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "
 """Lower bounds (inclusive) of single settings; None passes where the type allows it."""
 ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
 
+
 def allowed_values() -> dict[str, list[str]]:
     """Setting -> its allowed values, from the registries (for --help; the README's tables are tested against
     the same registries)."""
@@ -550,7 +551,6 @@ def _check_loss_search(cfg: Config, problems: list[str], losses: tuple, settings
         problems.append(f"search.kd.loss: the choice dist needs train.batch_size >= 2 (its intra-class term "
                         f"correlates each class across the batch), got {cfg.train.batch_size}")
     # kd.standardize: true with a dist choice is fine: dist trials get kd.standardize: false (kdtrain.space.suggest)
-
 
 
 # --------------------------------------------------------------------------- loading

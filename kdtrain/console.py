@@ -86,6 +86,13 @@ class EpochProgress:
             _stamp(f"{self.label} epoch {s.epoch:>3}/{s.epochs}  {stats}", self.stream)
 
 
+def teacher_progress(stream=sys.stdout):
+    """on_epoch(name, stats) for a teacher pool: one progress display per teacher, kept across its epochs (a bar
+    is stateful: a new one per epoch would print a bar per epoch)."""
+    shown: dict[str, EpochProgress] = {}
+    return lambda name, s: shown.setdefault(name, EpochProgress(f"teacher {name}", stream))(s)
+
+
 class SweepProgress:
     """Trials done / running / pruned / failed, best so far, elapsed, ETA, read from the study itself (so that it
     counts every worker's trials). A bar on a terminal; a timestamped line per change otherwise."""

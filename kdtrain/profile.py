@@ -146,13 +146,10 @@ def width_ladder(cfg, given: str | None = None) -> list[int]:
     """Student widths to profile: the given comma-separated ones, else powers of two across the searched range
     (or around the base width)."""
     if given:
-        try:
-            widths = [int(w) for w in given.split(",")]
-            assert widths and min(widths) >= 1
-            return widths
-        except (ValueError, AssertionError):
-            raise KdtrainError(f"--widths: expected positive integers separated by commas, e.g. 4,8,16; got {given!r}") \
-                from None
+        parts = given.split(",")
+        if not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            raise KdtrainError(f"--widths: expected positive integers separated by commas, e.g. 4,8,16; got {given!r}")
+        return [int(p) for p in parts]
     spec = cfg.search.get("student.width")
     if spec and spec.get("type") == "int":
         low, high = spec["low"], spec["high"]

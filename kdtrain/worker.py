@@ -81,11 +81,14 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
 def join(study_name: str, storage_url: str | None, tracking_uri: str | None, threads: int | None = None,
          worker: int | None = None, wait_s: float | None = None, log: Callable[[str], None] = print) -> Context:
     """`kdtrain worker`: the study (waited for with wait_s), its MLflow server checked, then open_context."""
-    try:
-        study = search.wait_for(study_name, storage_url, wait_s, log) if wait_s else search.load(study_name, storage_url)
-    except KdtrainError as e:
-        raise KdtrainError(f"{e}. A worker that starts before its study can wait for it: kdtrain worker --study "
-                           f"{study_name} --wait 10m") if not wait_s else e from None
+    if wait_s:
+        study = search.wait_for(study_name, storage_url, wait_s, log)
+    else:
+        try:
+            study = search.load(study_name, storage_url)
+        except KdtrainError as e:
+            raise KdtrainError(f"{e}. A worker that starts before its study can wait for it: kdtrain worker "
+                               f"--study {study_name} --wait 10m") from None
     uri = search.tracking_uri(study, tracking_uri)
     tracking.check_reachable(uri)  # one clear line now, not minutes of MLflow's retries later
     return open_context(study, Tracker(uri), threads=threads, worker=os.getpid() if worker is None else worker,
@@ -108,7 +111,7 @@ def fetch_teachers(cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[st
 def ensure_parent(tracker: Tracker, exp_id: str, study, cfg: Config, sweep_file: str | None) -> str:
     """The study's parent run (kdtrain.role=sweep): created once, reopened on resume."""
     with search.study_lock(study, study.study_name, "parent"):
-        found = tracker.find(exp_id, {"kdtrain.role": "sweep", "optuna.study": study.study_name})
+        found = tracker.find(exp_id, {tracking.ROLE: "sweep", "optuna.study": study.study_name})
         if found:
             run_id = found[0]
             tracker.reopen(run_id)
@@ -193,14 +196,17 @@ def baseline_runs(ctx: Context, cfg: Config, seeds: list[int]) -> dict:
     return result
 
 
-def seed_stats(runs: list[dict]) -> dict:
-    """Mean and sample standard deviation (0 for one run) of val and test accuracy over runs, plus train_seconds
-    summed and the number of seeds."""
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value): the spread over seeds everywhere in kdtrain."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def seed_stats(runs: list[dict], keys: tuple[str, ...] = ("val_accuracy", "test_accuracy")) -> dict:
+    """Mean and spread (mean_std) of each key over runs as key and key_std, plus train_seconds summed and the
+    number of seeds."""
     out = {"seeds": len(runs), "train_seconds": sum(r.get("train_seconds", 0.0) for r in runs)}
-    for k in ("val_accuracy", "test_accuracy"):
-        values = [r[k] for r in runs]
-        out[k] = statistics.fmean(values)
-        out[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    for k in keys:
+        out[k], out[f"{k}_std"] = mean_std([r[k] for r in runs])
     return out
 
 
@@ -342,11 +348,7 @@ def confirm(ctx: Context, trial, n_seeds: int) -> dict:
         ctx.tracker.log_metrics(run, metrics, r.history)
         ctx.tracker.end(run)
         runs.append(metrics)
-    out = {"trial": trial.number, **seed_stats(runs)}
-    gains_test = [m["kd_gain_test"] for m in runs]
-    out["kd_gain_test"] = statistics.fmean(gains_test)
-    out["kd_gain_test_std"] = statistics.stdev(gains_test) if len(gains_test) > 1 else 0.0
-    return out
+    return {"trial": trial.number, **seed_stats(runs, ("val_accuracy", "test_accuracy", "kd_gain_test"))}
 
 
 # --------------------------------------------------------------------------- the loop

@@ -110,3 +110,25 @@ def test_bad_widths_is_one_clear_error(tiny_sweep):
     r = run_cli("profile", tiny_sweep, "--widths", "2,x")
     assert r.returncode == 1 and r.stderr.count("kdtrain: error:") == 1 and "Traceback" not in r.stderr
     assert "--widths" in r.stderr
+
+
+def test_teacher_progress_keeps_one_bar_per_teacher_on_a_terminal():
+    """A tqdm bar is stateful: the pool's on_epoch must reuse each teacher's bar, not start one per epoch."""
+    import io
+
+    from kdtrain.console import teacher_progress
+    from kdtrain.train import EpochStats
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    on_epoch = teacher_progress(term)
+    for name in ("big", "conv"):
+        for epoch in (1, 2, 3):
+            on_epoch(name, EpochStats(epoch, 3, 1.0, 0.5, 0.5, 0.9, 0.01, 0.1))
+    out = term.getvalue()
+    assert out.count("teacher big:") >= 1 and out.count("teacher conv:") >= 1
+    assert out.count("0/3") == 2  # one bar started per teacher (a bar per epoch started 6)
+    assert out.count("3/3") == 2  # and each reaches its end once
