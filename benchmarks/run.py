@@ -1,6 +1,6 @@
 """kdtrain against the plain distillation loop, the cost of distilling, and parallel scaling.
 
-    python benchmarks/run.py [--out FILE.json] [--quick]
+    python benchmarks/run.py [--out FILE.json] [--quick] [--only b1,b3,b6]
 
 B1 loop speed: the classic loop (DataLoader over a TensorDataset at batch 64,
    the teacher's forward pass on every batch, KLDivLoss + CE, Adam 1e-3 as in
@@ -13,6 +13,13 @@ B3 parallel scaling: trials per minute of the quickstart search, 1 vs 2 workers,
    trials (parameters drawn once with a seeded random sampler and queued in both studies).
 B4 orchestration overhead: per trial, sweep wall time minus training time.
 B5 memory: peak resident memory of a sweep process (a worker).
+B6 pareto pruning: the quickstart study with study.pruner=pareto and with none, the same trial count, over
+   3 sampler seeds each (teachers, baselines and latencies cached beforehand and shared by all runs):
+   the training seconds each needs to reach 95% of the final hypervolume of the unpruned run of the same
+   seed, the final hypervolumes, and how many trials of the unpruned fronts the rule would have pruned
+   (replayed on the unpruned runs' own per-epoch curves, in the order their trials finished).
+
+    python benchmarks/run.py --only b6      # B6 alone (about 10 minutes on 2 cores)
 
 --quick runs tiny versions (synthetic data, few epochs and trials) so that a
 test can keep this script working; its numbers mean nothing.
@@ -174,13 +181,100 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
             "peak_rss_mb": max(peak_kb, before) / 1024}
 
 
+def b6_sweep(sweep: Path, home: Path, cache: Path | None, trials: int, seed: int, pruner: str) -> dict:
+    """One quickstart study in a fresh store (caches copied in): its hypervolume history and trial curves."""
+    from kdtrain import pareto, search
+    from kdtrain.console import hv_history
+
+    if cache is not None:
+        shutil.copytree(cache, home / "cache")
+    env = {**os.environ, "KDTRAIN_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--no-report",
+           "--set", f"study.seed={seed}", "--set", f"study.pruner={pruner}", "--set", "train.threads=1"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=home)
+    if r.returncode != 0:
+        raise SystemExit(f"B6 sweep failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    wall = time.perf_counter() - t0
+    cfg = config.load(sweep)
+    study = search.load(cfg.study.name, str(home / "optuna.journal"))
+    done = search.trials(study, "COMPLETE", "PRUNED")
+    complete = [t for t in done if t.state.name == "COMPLETE"]
+    costs = lambda t: {m: t.user_attrs[m] for m in cfg.study.objectives if m in pareto.COSTS}  # noqa: E731
+    return {"pruner": pruner, "seed": seed, "wall_s": wall, "hv": hv_history(study, cfg.study.objectives),
+            "pruned": sum(t.state.name == "PRUNED" for t in done),
+            "complete": [{"number": t.number, "values": list(t.values), "costs": costs(t),
+                          "curve": t.user_attrs[search.T_CURVE]} for t in complete],
+            "warmup": cfg.study.prune_warmup(cfg.train.epochs), "margin": cfg.study.prune_margin,
+            "objectives": cfg.study.objectives}
+
+
+def replay_lost(run: dict) -> tuple[int, int]:
+    """(trials the pareto rule would have pruned, of which on the final front) in an unpruned run: each trial
+    checked at every epoch against the trials that finished before it."""
+    from kdtrain import pareto
+    from kdtrain.report import pareto_mask
+
+    trials, objectives = run["complete"], run["objectives"]
+    front = pareto_mask([t["values"] for t in trials], list(objectives.values())) if trials else []
+    would = lost = 0
+    for i, t in enumerate(trials):
+        before = [pareto.Course(f["number"], f["costs"], f["curve"]) for f in trials[:i]]
+        if any(pareto.dominated_by(t["costs"], t["curve"][:e], before, objectives, run["margin"], run["warmup"])
+               for e in range(1, len(t["curve"]) + 1)):
+            would += 1
+            lost += bool(front[i])
+    return would, lost
+
+
+def compute_to(hv: list, target: float) -> float:
+    """Training seconds at which the hypervolume first reaches target (inf if never)."""
+    return next((c for c, h in hv if h >= target - 1e-12), float("inf"))
+
+
+def b6(sweep: Path, work: Path, trials: int, seeds: list[int]) -> dict:
+    runs = []
+    cache = work / "home" / "cache"  # the teachers main() trained; the first run adds baselines and latencies
+    for seed in seeds:
+        for pruner in ("none", "pareto"):
+            home = work / f"b6-{pruner}-{seed}"
+            home.mkdir(parents=True)
+            print(f"  B6: seed {seed}, pruner {pruner}...", flush=True)
+            runs.append(b6_sweep(sweep, home, cache, trials, seed, pruner))
+            cache = home / "cache"
+    per_seed = []
+    for seed in seeds:
+        u, p = (next(r for r in runs if r["seed"] == seed and r["pruner"] == k) for k in ("none", "pareto"))
+        target = 0.95 * u["hv"][-1][1]
+        cu, cp = compute_to(u["hv"], target), compute_to(p["hv"], target)
+        would, lost = replay_lost(u)
+        per_seed.append({"seed": seed, "compute_to_95_unpruned_s": cu, "compute_to_95_pruned_s": cp,
+                         "compute_ratio": cu / cp, "final_hv_unpruned": u["hv"][-1][1],
+                         "final_hv_pruned": p["hv"][-1][1], "final_hv_ratio": p["hv"][-1][1] / u["hv"][-1][1],
+                         "total_compute_unpruned_s": u["hv"][-1][0], "total_compute_pruned_s": p["hv"][-1][0],
+                         "pruned_trials": p["pruned"], "replay_would_prune": would, "replay_front_lost": lost,
+                         "wall_s": {"unpruned": u["wall_s"], "pruned": p["wall_s"]}})
+    return {"b6_compute_ratio": statistics.fmean(s["compute_ratio"] for s in per_seed),
+            "b6_final_hv_ratio": statistics.fmean(s["final_hv_ratio"] for s in per_seed),
+            "b6_front_trials_lost": sum(s["replay_front_lost"] for s in per_seed),
+            "b6_trials": trials, "b6_per_seed": per_seed, "b6_runs": runs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="tiny versions, to keep the script working")
     ap.add_argument("--trials", type=int, default=12, help="trials per sweep for B3/B4")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default="b1,b2,b3,b4,b5,b6",
+                    help="comma-separated benchmarks (b1 and b2 run together, as do b3, b4 and b5)")
+    ap.add_argument("--b6-trials", type=int, default=None, help="trials per B6 study (default: the sweep file's)")
     args = ap.parse_args()
+    only = {b.strip().lower() for b in args.only.split(",") if b.strip()}
+    unknown = only - {"b1", "b2", "b3", "b4", "b5", "b6"}
+    if unknown:
+        ap.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))} (known: b1 ... b6)")
     torch.set_num_threads(1)
 
     work = Path(tempfile.mkdtemp(prefix="kdtrain-bench-"))
@@ -188,44 +282,61 @@ def main() -> None:
     if args.quick:
         sweep = work / "quick.yaml"
         sweep.write_text(QUICK_SWEEP)
-        trials, repeats = 2, 1
+        trials, repeats, b6_seeds = 2, 1, [0]
     else:
-        sweep, trials, repeats = ROOT / "sweeps" / "quickstart.yaml", args.trials, args.repeats
+        sweep, trials, repeats, b6_seeds = ROOT / "sweeps" / "quickstart.yaml", args.trials, args.repeats, [0, 1, 2]
     cfg = config.load(sweep, ["train.threads=1"])
     ds = data.load(cfg.data)
     print(f"teachers for {sweep.name} (trained once, cached)...", flush=True)
     pool = load_pool(cfg, ds, log=lambda s: None)
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
+    results = {"date": time.strftime("%Y-%m-%d"),
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
                           f"torch {torch.__version__}", "sweep": sweep.name, "epochs": cfg.train.epochs,
                "student": f"{cfg.student.arch} width {cfg.student.width}"}
-    print("B1/B2: loops...", flush=True)
-    results.update(b1_b2(cfg, ds, pool, repeats))
-
-    print("B3/B4/B5: sweeps with 1 and 2 workers...", flush=True)
-    cache = work / "home" / "cache" / "teachers"
-    params = fixed_trials(cfg, trials - 1)  # the first trial is the sweep file's base settings
-    one = sweep_run(sweep, 1, trials, work / "w1", cache, params)
-    two = sweep_run(sweep, 2, trials, work / "w2", cache, params)
-    results["b3_trials_per_min"] = {"1_worker": 60 * one["trials"] / one["trial_phase_s"],
-                                    "2_workers": 60 * two["trials"] / two["trial_phase_s"]}
-    results["b3_speedup_2_workers"] = results["b3_trials_per_min"]["2_workers"] / results["b3_trials_per_min"]["1_worker"]
-    results["b4_overhead_s_per_trial"] = (one["trial_phase_s"] - one["train_s"]) / one["trials"]
-    results["b5_peak_rss_mb"] = max(one["peak_rss_mb"], two["peak_rss_mb"])
-    results["sweeps"] = {"1_worker": one, "2_workers": two}
+    targets = {}
+    if only & {"b1", "b2"}:
+        print("B1/B2: loops...", flush=True)
+        results.update(b1_b2(cfg, ds, pool, repeats))
+        targets.update({"b1_speedup_batch64": (">=", 3), "b1_speedup_default": (">=", 8),
+                        "b2_kd_over_scratch": ("<=", 1.3)})
+    if only & {"b3", "b4", "b5"}:
+        print("B3/B4/B5: sweeps with 1 and 2 workers...", flush=True)
+        cache = work / "home" / "cache" / "teachers"
+        params = fixed_trials(cfg, trials - 1)  # the first trial is the sweep file's base settings
+        one = sweep_run(sweep, 1, trials, work / "w1", cache, params)
+        two = sweep_run(sweep, 2, trials, work / "w2", cache, params)
+        results["b3_trials_per_min"] = {"1_worker": 60 * one["trials"] / one["trial_phase_s"],
+                                        "2_workers": 60 * two["trials"] / two["trial_phase_s"]}
+        results["b3_speedup_2_workers"] = (results["b3_trials_per_min"]["2_workers"]
+                                           / results["b3_trials_per_min"]["1_worker"])
+        results["b4_overhead_s_per_trial"] = (one["trial_phase_s"] - one["train_s"]) / one["trials"]
+        results["b5_peak_rss_mb"] = max(one["peak_rss_mb"], two["peak_rss_mb"])
+        results["sweeps"] = {"1_worker": one, "2_workers": two}
+        targets.update({"b3_speedup_2_workers": (">=", 1.7), "b4_overhead_s_per_trial": ("<=", 0.5),
+                        "b5_peak_rss_mb": ("<=", 1536)})
+    if "b6" in only:
+        print("B6: pareto pruning against none...", flush=True)
+        b6_trials = args.b6_trials or (4 if args.quick else cfg.study.trials)
+        results.update(b6(sweep, work, b6_trials, b6_seeds))
+        targets.update({"b6_compute_ratio": (">=", 1.5), "b6_final_hv_ratio": (">=", 0.98),
+                        "b6_front_trials_lost": ("<=", 0)})
     shutil.rmtree(work, ignore_errors=True)
 
-    targets = {"b1_speedup_batch64": (">=", 3), "b1_speedup_default": (">=", 8), "b2_kd_over_scratch": ("<=", 1.3),
-               "b3_speedup_2_workers": (">=", 1.7), "b4_overhead_s_per_trial": ("<=", 0.5),
-               "b5_peak_rss_mb": ("<=", 1536)}
     print(f"\n{'benchmark':28s} {'value':>10s}  target   met")
     for key, (op, bound) in targets.items():
         v = results[key]
         ok = v >= bound if op == ">=" else v <= bound
         print(f"{key:28s} {v:10.3f}  {op} {bound:<5} {'yes' if ok else 'NO'}")
-    a = results["b1_accuracy"]
-    print(f"{'b1 test accuracy':28s} classic {a['classic']:.4f} / kdtrain {a['kdtrain']:.4f} (default batch)")
-    a = results["b1_accuracy_batch64"]
-    print(f"{'':28s} classic {a['classic']:.4f} / kdtrain {a['kdtrain']:.4f} (batch 64)")
+    for s in results.get("b6_per_seed", []):
+        print(f"  b6 seed {s['seed']}: to 95% {s['compute_to_95_unpruned_s']:.0f} s unpruned / "
+              f"{s['compute_to_95_pruned_s']:.0f} s pruned; final hv {s['final_hv_unpruned']:.4f} / "
+              f"{s['final_hv_pruned']:.4f}; {s['pruned_trials']} pruned; replay: {s['replay_would_prune']} would be "
+              f"pruned, {s['replay_front_lost']} of the front")
+    if "b1_accuracy" in results:
+        a = results["b1_accuracy"]
+        print(f"{'b1 test accuracy':28s} classic {a['classic']:.4f} / kdtrain {a['kdtrain']:.4f} (default batch)")
+        a = results["b1_accuracy_batch64"]
+        print(f"{'':28s} classic {a['classic']:.4f} / kdtrain {a['kdtrain']:.4f} (batch 64)")
     print(f"machine: {results['machine']}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str))

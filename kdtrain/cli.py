@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from kdtrain.args import build_parser
-from kdtrain.console import EpochProgress, fmt_seconds, front_table, table, teacher_progress
+from kdtrain.console import EpochProgress, fmt_seconds, front_table, hv_history, table, teacher_progress
 
 
 def _load(args):
@@ -250,6 +250,9 @@ def cmd_status(args) -> int:
         c = search.counts(study)
         print(f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
               f"{c['RUNNING']} running, {c['WAITING']} waiting (target {search.target(study) or '?'})")
+        hv = hv_history(study, search.study_config(study).study.objectives)
+        if hv:
+            print(f"  hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials, {fmt_seconds(hv[-1][0])} of training")
         for t in search.trials(study, "RUNNING"):
             age = fmt_seconds((datetime.datetime.now() - t.datetime_start).total_seconds()) if t.datetime_start else "?"
             print(f"  trial {t.number} running for {age} on {t.user_attrs.get(search.T_HOST, '?')} "

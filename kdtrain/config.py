@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 from pydantic import ConfigDict, ValidationError
+
+from kdtrain import pareto
 from pydantic.dataclasses import dataclass
 
 
@@ -59,8 +61,13 @@ class StudyConfig:
     """Wall-clock budget such as '8h' or '30m'; None means no limit."""
     sampler: str = "tpe"
     """tpe, nsga2 or random."""
-    pruner: str = "median"
-    """median, hyperband or none (only used with a single objective)."""
+    pruner: str = "auto"
+    """auto, median, hyperband, pareto or none. auto: median for a single objective, pareto for val_accuracy
+    plus cost objectives, else none. median and hyperband prune single-objective studies only."""
+    prune_warmup_epochs: int | None = None
+    """pareto: epochs every trial trains before it can be pruned; None for a fifth of train.epochs."""
+    prune_margin: float = 0.02
+    """pareto: how much more accurate (val, absolute) a cheaper finished trial must be to prune a trial."""
     constraints: dict = field(default_factory=dict)
     """Upper bounds such as {max_params: 50000, max_latency_ms: 0.1}."""
     seed: int | None = None
@@ -71,6 +78,18 @@ class StudyConfig:
     """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
     baseline_seeds: int = 3
     """Seeds of each width's no-teacher baseline; its MLflow run logs their mean and std."""
+
+    def resolved_pruner(self) -> str:
+        """The pruner in effect: auto resolved for these objectives."""
+        if self.pruner != "auto":
+            return self.pruner
+        if len(self.objectives) == 1:
+            return "median"
+        return "pareto" if pareto.prunable(self.objectives) else "none"
+
+    def prune_warmup(self, epochs: int) -> int:
+        """pareto: the warm-up in epochs (a fifth of the training by default)."""
+        return self.prune_warmup_epochs if self.prune_warmup_epochs is not None else max(1, epochs // 5)
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -279,7 +298,7 @@ TOP_LEVEL = set(SECTIONS) | {"teachers", "search"}
 # the registries of the modules that implement them (kdtrain.data, .models, .train, .losses).
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("auto", "median", "hyperband", "pareto", "none")
 SEARCH_TYPES = ("float", "int", "categorical", "subset")
 BACKENDS = ("eager", "onnxruntime")
 METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95",
@@ -290,7 +309,8 @@ AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "
             "train.batch_size": 1, "train.eval_batch_size": 1, "train.threads": 0, "train.weight_decay": 0,
             "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
             "profile.warmup": 0, "study.baseline_seeds": 1, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
-            "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0}
+            "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0,
+            "study.prune_warmup_epochs": 0, "study.prune_margin": 0}
 """Lower bounds (inclusive) of single settings; None passes where the type allows it."""
 ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
 
@@ -411,6 +431,12 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         need(direction in DIRECTIONS, f"study.objectives.{metric}: direction must be maximize or minimize, got {direction!r}")
     one_of("study.sampler", SAMPLERS)
     one_of("study.pruner", PRUNERS)
+    need(s.pruner != "pareto" or pareto.prunable(s.objectives),
+         f"study.pruner: pareto needs val_accuracy (maximize) plus cost objectives ({', '.join(pareto.COSTS)}), "
+         f"got {', '.join(s.objectives)}; use auto or none")
+    need(s.pruner not in ("median", "hyperband") or len(s.objectives) == 1,
+         f"study.pruner: {s.pruner} prunes single-objective studies only; this study has {len(s.objectives)} "
+         "objectives: use pareto, auto or none")
     for key, bound in s.constraints.items():
         metric = ("latency_ms_p50" if key == "max_latency_ms" else key[4:]) if isinstance(key, str) else None
         need(metric in METRICS and key[:4] in ("max_", "min_"),

@@ -25,6 +25,19 @@ def fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def hv_history(study, objectives: dict) -> list[tuple[float, float]]:
+    """(training seconds so far, hypervolume) after each finished trial (COMPLETE or PRUNED) of a
+    multi-objective study, in the order they finished; [] before its reference point exists."""
+    from kdtrain import pareto, search
+
+    ref = study.user_attrs.get(search.A_HV_REF)
+    if ref is None or len(objectives) < 2:
+        return []
+    done = [(t.user_attrs.get(search.T_COMPUTE, 0.0), t.values if t.state.name == "COMPLETE" else None)
+            for t in search.trials(study, "COMPLETE", "PRUNED")]
+    return pareto.history(done, list(objectives.values()), ref)
+
+
 def front_table(study) -> str:
     """The study's Pareto front (or best trial) with objectives and parameters, as a text table."""
     from kdtrain.search import A_OBJECTIVES, pareto

@@ -63,6 +63,8 @@ class StudyData:
     """Where the study's runs live (what it was given, else what the study recorded)."""
     confirms: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     """kdtrain confirm's runs: one row per (trial, seed), with the paired baseline's accuracies."""
+    hypervolume: list = dataclasses.field(default_factory=list)
+    """(training seconds so far, hypervolume) after each finished trial (multi-objective studies)."""
 
     @property
     def front(self) -> pd.DataFrame:
@@ -75,7 +77,7 @@ class StudyData:
 def load(study_name: str, tracking_uri: str | None = None, storage_url: str | None = None) -> StudyData:
     import optuna
 
-    from kdtrain import search
+    from kdtrain import console, search
     from kdtrain.tracking import Tracker
 
     study = search.load(study_name, storage_url)
@@ -108,7 +110,8 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     return StudyData(study_name, dict(cfg.study.objectives), students,
                      runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),
                      c, seconds, importances, history, tracker.link(exp_id) if exp_id else "",
-                     study.user_attrs.get(search.A_PARENT), tracking_uri, runs[role == "confirm"].reset_index(drop=True))
+                     study.user_attrs.get(search.A_PARENT), tracking_uri, runs[role == "confirm"].reset_index(drop=True),
+                     console.hv_history(study, cfg.study.objectives))
 
 
 # --------------------------------------------------------------------------- headline and tables
@@ -323,6 +326,15 @@ def _hyper_plots(d: StudyData, folder: Path) -> list[str]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         names.append(_save(fig, folder, "history"))
+    if d.hypervolume:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.step([c for c, _ in d.hypervolume], [h for _, h in d.hypervolume], where="post", color="tab:purple",
+                marker="o", ms=3)
+        ax.set_xlabel("training seconds (finished trials, pruned ones included)")
+        ax.set_ylabel("hypervolume (fraction of the reference box)")
+        ax.set_title("front quality against compute")
+        ax.grid(alpha=0.3)
+        names.append(_save(fig, folder, "hypervolume"))
     g = gain_per_width(d)
     if not g.empty:
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -436,7 +448,8 @@ def write_study(d: StudyData, out: Path) -> Path:
     gains, confirms = gain_per_width(d), confirm_table(d)
     c = d.counts
     counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; "
-              f"total compute {d.compute_seconds / 60:.1f} min")
+              f"total compute {d.compute_seconds / 60:.1f} min"
+              + (f"; hypervolume {d.hypervolume[-1][1]:.4f}" if d.hypervolume else ""))
     head = _headline_text(d)
     (folder / "summary.md").write_text("\n".join([
         f"# {d.name}", "", *[f"- {line}" for line in head], f"- {counts}", "",

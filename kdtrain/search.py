@@ -41,12 +41,13 @@ TrialTakenOver = optuna.exceptions.UpdateFinishedTrialError
 # Study user attributes (written by create_or_open / the worker, read by workers, status and reports)
 A_CONFIG, A_TRIALS, A_OBJECTIVES = "kdtrain.config", "kdtrain.trials", "kdtrain.objectives"
 A_PARENT, A_EXP, A_TRACKING = "kdtrain.parent_run_id", "kdtrain.experiment_id", "kdtrain.tracking_uri"
-A_READY = "kdtrain.ready"
+A_READY, A_HV_REF = "kdtrain.ready", "kdtrain.hv_reference"
 """Set once the study's teacher runs are logged: a worker that waits (--wait) joins only then."""
 # Trial user attributes
 T_RUN, T_HOST, T_PID = "mlflow_run_id", "kdtrain.host", "kdtrain.pid"
 T_FAIL_REASON, T_INTERRUPTED, T_REQUEUED_FROM, T_REFERENCE = (
     "fail_reason", "kdtrain.interrupted", "kdtrain.requeued_from", "kdtrain.reference")
+T_CURVE, T_COMPUTE = "kdtrain.val_curve", "kdtrain.train_seconds"  # per-epoch val accuracy; seconds trained
 
 
 # --------------------------------------------------------------------------- storage
@@ -129,8 +130,7 @@ def apply_heartbeat(storage, cfg: Config) -> None:
 
 
 def configure(study: optuna.Study, cfg: Config, worker: int = 0) -> None:
-    """This process's view of the study: the study's heartbeat settings, its sampler (seeded per worker) and
-    pruner."""
+    """This process's view of the study: its heartbeat settings, sampler (seeded per worker) and pruner."""
     apply_heartbeat(_storage(study), cfg)
     study.sampler, study.pruner = make_sampler(cfg, worker), make_pruner(cfg)
 
@@ -272,10 +272,11 @@ def make_sampler(cfg: Config, worker: int = 0):
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
-def make_pruner(cfg: Config):
-    if len(cfg.study.objectives) > 1 or cfg.study.pruner == "none":
+def make_pruner(cfg: Config):  # the pareto rule is kdtrain's own (kdtrain.pareto, applied by the worker)
+    pruner = cfg.study.resolved_pruner()
+    if pruner in ("none", "pareto"):
         return optuna.pruners.NopPruner()
-    if cfg.study.pruner == "hyperband":
+    if pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=cfg.train.epochs)
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.train.epochs // 5))
 
@@ -290,9 +291,11 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return c
 
 
-def trials(study: optuna.Study, state: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials in one state ('COMPLETE', 'RUNNING', 'FAIL', ...)."""
-    return study.get_trials(deepcopy=False, states=(TrialState[state],))
+def trials(study: optuna.Study, *states: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials in these states ('COMPLETE', 'RUNNING', 'FAIL', ...): finished ones in the order
+    they finished, then the others by number."""
+    found = study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states))
+    return sorted(found, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number))
 
 
 def pareto(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -72,7 +72,7 @@ def base_params(cfg: Config) -> dict:
 def signature(cfg: Config) -> dict:
     """What must not change under an existing study name: objectives, search space, the rest of the settings."""
     d = cfg.to_dict()
-    for k in ("trials", "timeout"):
+    for k in ("trials", "timeout", "pruner", "prune_warmup_epochs", "prune_margin"):  # how, not what, is searched
         d["study"].pop(k)
     for k in ("root", "download"):
         d["data"].pop(k)
@@ -92,3 +92,20 @@ def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k}")
     return out
+
+
+def costliest(cfg: Config) -> list[dict]:
+    """Overrides for the largest students the search can propose: each searched student.arch (else the base
+    one) at the top of the searched student.width and student.depth ranges (the hypervolume's reference)."""
+    def top(key):
+        spec = cfg.search.get(key)
+        if spec is None:
+            return None
+        if spec["type"] == "categorical":
+            return max((c for c in spec["choices"] if isinstance(c, (int, float))), default=None)
+        return spec["high"] if spec["type"] in ("int", "float") else None
+
+    arch = cfg.search.get("student.arch")
+    archs = arch["choices"] if arch and arch["type"] == "categorical" else [cfg.student.arch]
+    sizes = {k: int(top(k)) for k in ("student.width", "student.depth") if top(k) is not None}
+    return [{"student.arch": a, **sizes} for a in archs]

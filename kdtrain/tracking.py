@@ -171,6 +171,13 @@ class Tracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
 
+    def log_step(self, run_id: str, metrics: dict, step: int) -> None:
+        """Metrics at one step (a study's progress on its parent run)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import yaml
 
-from kdtrain import config, data, search, space, teachers, tracking
+from kdtrain import config, console, data, models, pareto, search, space, teachers, tracking
 from kdtrain.config import METRICS, Config, KdtrainError, home, redact
 from kdtrain.profile import model_identity, profile
 from kdtrain.run import distill_student
@@ -73,6 +73,8 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
         parent_id = ensure_parent(tracker, exp_id, study, cfg, sweep_file)
     ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log)
     ensure_teacher_runs(ctx)
+    if len(cfg.study.objectives) > 1:
+        hv_reference(ctx)
     if not study.user_attrs.get(search.A_READY):
         study.set_user_attr(search.A_READY, True)  # workers waiting with --wait may join now
     return ctx
@@ -269,6 +271,9 @@ def run_trial(ctx: Context, trial) -> list[float]:
     trial.set_user_attr(search.T_RUN, run_id)
     history = []
     single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
+    # cost metrics depend on the architecture only: known before training, they let the pareto rule prune
+    metrics = _measure(models.from_config(tcfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx, tcfg.student)
+    pareto_check = pareto_guard(ctx, tcfg, metrics)
 
     def on_epoch(s):
         history.append(s)
@@ -276,13 +281,18 @@ def run_trial(ctx: Context, trial) -> list[float]:
             trial.report(s.val_accuracy, s.epoch)
             if trial.should_prune():
                 raise search.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
+        elif pareto_check:
+            pareto_check([h.val_accuracy for h in history])
 
+    start = time.perf_counter()
     try:
         r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch, epoch_guard=cpu_room)
     except BaseException:
+        trial.set_user_attr(search.T_COMPUTE, time.perf_counter() - start)
         ctx.tracker.log_metrics(run_id, {}, history)  # keep the partial curves
         raise
-    metrics = _measure(r.model, ctx, tcfg.student)
+    trial.set_user_attr(search.T_COMPUTE, time.perf_counter() - start)
+    trial.set_user_attr(search.T_CURVE, [round(h.val_accuracy, 6) for h in r.history])
     metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
     metrics.update(gains(metrics, ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
     for key, value in constraint_values(ctx.cfg.study.constraints, metrics).items():
@@ -293,6 +303,48 @@ def run_trial(ctx: Context, trial) -> list[float]:
     ctx.tracker.log_state_dict(run_id, r.model.state_dict(), tracking.MODEL_ARTIFACT)
     ctx.tracker.log_text(run_id, yaml.safe_dump(tcfg.to_dict(), sort_keys=False), tracking.CONFIG_ARTIFACT)
     return [metrics[m] for m in ctx.cfg.study.objectives]
+
+
+def pareto_guard(ctx: Context, tcfg: Config, costs: dict) -> Callable[[list[float]], None] | None:
+    """For a study with the pareto pruner: the check that, given the trial's val accuracy per epoch so far,
+    raises TrialPruned when kdtrain.pareto's rule says so (None for other pruners)."""
+    s = ctx.cfg.study
+    if s.resolved_pruner() != "pareto":
+        return None
+    warmup, epochs = s.prune_warmup(tcfg.train.epochs), tcfg.train.epochs
+
+    def check(curve: list[float]) -> None:
+        if len(curve) <= warmup:
+            return
+        finished = [pareto.Course(t.number, {m: t.user_attrs[m] for m in s.objectives if m in pareto.COSTS},
+                                  t.user_attrs[search.T_CURVE])
+                    for t in search.trials(ctx.study, "COMPLETE") if len(t.user_attrs.get(search.T_CURVE, ())) == epochs]
+        hit = pareto.dominated_by(costs, curve, finished, s.objectives, s.prune_margin, warmup)
+        if hit:
+            raise search.TrialPruned(f"pruned at epoch {len(curve)}: trial {hit[0].number} is at least as cheap "
+                                     f"and was {100 * hit[1]:.1f} points more accurate at this epoch")
+    return check
+
+
+def hv_reference(ctx: Context) -> list[float]:
+    """The study's fixed hypervolume reference point (stored in the study the first time it is needed)."""
+    ref = ctx.study.user_attrs.get(search.A_HV_REF)
+    if ref is None:
+        worst = {}
+        for over in space.costliest(ctx.cfg):
+            m = config.replace(ctx.cfg, over).student
+            cost = _measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m)
+            worst = {k: max(v, worst.get(k, v)) for k, v in cost.items()}
+        ref = pareto.reference_point(ctx.cfg.study.objectives, worst)
+        ctx.study.set_user_attr(search.A_HV_REF, ref)
+    return ref
+
+
+def log_progress(ctx: Context) -> None:
+    """The parent run's hypervolume and compute_s (training seconds so far), step = finished trials."""
+    h = console.hv_history(ctx.study, ctx.cfg.study.objectives)
+    if h:
+        ctx.tracker.log_step(ctx.parent_id, {"hypervolume": h[-1][1], "compute_s": h[-1][0]}, len(h))
 
 
 def trial_config(tracker: Tracker, run_id: str) -> Config:
@@ -383,10 +435,12 @@ def _run_and_tell(ctx: Context, trial) -> None:
         close(tracker, run_id(), "COMPLETE", "FINISHED")
         ctx.log(f"trial {trial.number} complete: "
                 + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values)))
+        log_progress(ctx)
     except search.TrialPruned as e:
         search.tell(study, trial, "PRUNED")
         close(tracker, run_id(), "PRUNED", "FINISHED", {"prune_reason": str(e)})
         ctx.log(f"trial {trial.number} pruned: {e}")
+        log_progress(ctx)
     except search.TrialTakenOver:
         # another worker saw no heartbeat for the grace period and failed this trial (a long database outage);
         # its re-queued copy runs again, so this result is dropped rather than counted twice

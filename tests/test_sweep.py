@@ -467,3 +467,38 @@ def test_heartbeat_recovery_on_an_rdb_storage(tmp_path, capsys):
     assert "pid 999999 on elsewhere" in t.user_attrs["fail_reason"] and "more than 2 s" in t.user_attrs["fail_reason"]
     queued = [q for q in study.trials if q.user_attrs.get("kdtrain.requeued_from") == trial.number]
     assert t.params and len(queued) == 1 and queued[0].state.name == "WAITING"
+
+
+def test_pareto_pruner_prunes_a_dominated_course_and_logs_the_hypervolume(tmp_path):
+    """A wide student that learns nothing is pruned once a cheaper finished trial was ahead at the same epoch; a
+    student cheaper than every finished one is kept however bad; the parent run's hypervolume has one step per
+    finished trial and never decreases."""
+    text = SEARCH + "  train.lr: {type: float, low: 0.001, high: 0.05, log: true}\n"
+    p = write_sweep(tmp_path, text, **{"trials: 3}": "trials: 4, prune_warmup_epochs: 2, prune_margin: 0.05}",
+                                       "epochs: 4,": "epochs: 10,"})
+    cfg = config.load(p)
+    assert cfg.study.resolved_pruner() == "pareto"  # auto, for val_accuracy + params
+    storage = search.open_storage(str(tmp_path / "j.journal"))
+    study = search.create_or_open(cfg, storage, "front", 4)  # trial 0: the base settings (width 8)
+    study.enqueue_trial({**space.base_params(cfg), "student.width": 16, "train.lr": 1e-7})  # dominated course
+    study.enqueue_trial({**space.base_params(cfg), "student.width": 2, "train.lr": 1e-7})  # bad but cheapest
+    study.enqueue_trial({**space.base_params(cfg), "student.width": 4})
+    ctx = worker.join("front", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    worker.work(ctx)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {0: "COMPLETE", 1: "PRUNED", 2: "COMPLETE", 3: "COMPLETE"}
+    pruned = study.trials[1]
+    run = ctx.tracker.client.get_run(pruned.user_attrs["mlflow_run_id"])
+    assert run.data.tags["optuna.state"] == "PRUNED" and run.info.status == "FINISHED"
+    assert "trial 0 is at least as cheap" in run.data.tags["prune_reason"]
+    assert 2 < len(ctx.tracker.client.get_metric_history(run.info.run_id, "val_accuracy")) < 10
+    assert len(study.trials[0].user_attrs[search.T_CURVE]) == 10
+    hv = ctx.tracker.client.get_metric_history(ctx.parent_id, "hypervolume")
+    compute = ctx.tracker.client.get_metric_history(ctx.parent_id, "compute_s")
+    assert sorted(m.step for m in hv) == [1, 2, 3, 4]
+    values = [m.value for m in sorted(hv, key=lambda m: m.step)]
+    assert values == sorted(values) and values[0] > 0
+    spent = [m.value for m in sorted(compute, key=lambda m: m.step)]
+    assert all(b > a for a, b in zip(spent, spent[1:]))  # the pruned trial's seconds count too
+    r = run_cli("status", "--storage", tmp_path / "j.journal", "--study", "front")
+    assert r.returncode == 0 and f"hypervolume {values[-1]:.4f} after 4 finished trials" in r.stdout, r.stdout
