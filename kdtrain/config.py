@@ -66,7 +66,7 @@ class StudyConfig:
     plus cost objectives, else none. median and hyperband prune single-objective studies only."""
     prune_warmup_epochs: int | None = None
     """pareto: epochs every trial trains before it can be pruned; None for a fifth of train.epochs."""
-    prune_margin: float = 0.02
+    prune_margin: float = 0.01
     """pareto: how much more accurate (val, absolute) a cheaper finished trial must be to prune a trial."""
     constraints: dict = field(default_factory=dict)
     """Upper bounds such as {max_params: 50000, max_latency_ms: 0.1}."""

@@ -27,15 +27,15 @@ def fmt_seconds(s: float) -> str:
 
 def hv_history(study, objectives: dict) -> list[tuple[float, float]]:
     """(training seconds so far, hypervolume) after each finished trial (COMPLETE or PRUNED) of a
-    multi-objective study, in the order they finished; [] before its reference point exists."""
+    multi-objective study, in the order they finished; [] before its box exists."""
     from kdtrain import pareto, search
 
-    ref = study.user_attrs.get(search.A_HV_REF)
-    if ref is None or len(objectives) < 2:
+    hv_box = study.user_attrs.get(search.A_HV_REF)
+    if hv_box is None or len(objectives) < 2:
         return []
     done = [(t.user_attrs.get(search.T_COMPUTE, 0.0), t.values if t.state.name == "COMPLETE" else None)
             for t in search.trials(study, "COMPLETE", "PRUNED")]
-    return pareto.history(done, list(objectives.values()), ref)
+    return pareto.history(done, hv_box)
 
 
 def front_table(study) -> str:

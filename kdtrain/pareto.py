@@ -4,9 +4,10 @@ kdtrain's two-objective studies trade accuracy against a cost (params, size_byte
 throughput). A trial's cost is known before its first epoch (it depends only on the architecture), so only
 its accuracy is uncertain while it trains. The rule (README, "Pruning multi-objective studies"): after the
 warm-up, a trial is pruned at epoch e when a finished trial that is at least as cheap on every cost objective
-was, at that same epoch e, more accurate than the best this trial has reached so far, by the margin, and
-also ended more accurate than that by the margin. The trial is then on course to be dominated by a trial
-that exists already. A trial cheaper than every finished one is never pruned.
+(a rival) was, at that same epoch, more accurate than the best this trial has reached so far by the margin,
+and ended more accurate than that best plus the largest late gain any finished trial made from epoch e to its
+end, plus the margin. Even improving as much as the best late bloomer seen so far, the trial would end
+dominated by a trial that exists already. A trial cheaper than every finished one is never pruned.
 """
 
 from __future__ import annotations
@@ -49,17 +50,15 @@ def dominated_by(costs: dict, curve: Sequence[float], finished: Iterable[Course]
     if epoch <= warmup:
         return None
     best = max(curve)
-    hits = [(f, f.curve[epoch - 1] - best) for f in finished
-            if len(f.curve) >= epoch and as_cheap(f.costs, costs, objectives)
-            and f.curve[epoch - 1] >= best + margin and f.curve[-1] >= best + margin]
+    same = [f for f in finished if len(f.curve) >= epoch]
+    late = max((f.curve[-1] - max(f.curve[:epoch]) for f in same), default=0.0)
+    hits = [(f, f.curve[epoch - 1] - best) for f in same
+            if as_cheap(f.costs, costs, objectives) and f.curve[epoch - 1] >= best + margin
+            and f.curve[-1] >= best + max(late, 0.0) + margin]
     return max(hits, key=lambda h: h[1]) if hits else None
 
 
 # --------------------------------------------------------------------------- hypervolume
-
-
-def to_minimize(values: Sequence[float], directions: Sequence[str]) -> list[float]:
-    return [-v if d == "maximize" else v for v, d in zip(values, directions)]
 
 
 def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:
@@ -80,24 +79,42 @@ def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -
     return total
 
 
-def study_hypervolume(values: Iterable[Sequence[float]], directions: Sequence[str],
-                      reference: Sequence[float]) -> float:
-    """Hypervolume of objective values as a study records them (in its directions), scaled so that each cost
-    objective's reference is 1 and accuracy stays in [0, 1]: the fraction of the box between the reference
-    point and the ideal (accuracy 1, cost 0) that the trials dominate."""
-    scale = [abs(r) if r and math.isfinite(r) else 1.0 for r in reference]
-    pts = [to_minimize([v / s for v, s in zip(vals, scale)], directions) for vals in values]
-    return hypervolume(pts, to_minimize([r / s for r, s in zip(reference, scale)], directions))
+def box(objectives: dict, cheapest: dict, costliest: dict) -> dict:
+    """The study's fixed box for the hypervolume: per objective its ideal and reference value and its scale.
+    Accuracy runs linearly from 1 (ideal) to 0 (reference); each cost runs on a log scale from just below the
+    cheapest student the search space can propose to just above the costliest (1.1x either way; throughput,
+    higher being cheaper, the other way round), so that every trial can add volume and a front is judged
+    across the whole range of sizes, not only near the largest ones."""
+    ideal, reference, log = [], [], []
+    for m, d in objectives.items():
+        if m in COSTS:
+            lo, hi = float(cheapest[m]), float(costliest[m])
+            ideal.append(lo * 1.1 if d == "maximize" else lo / 1.1)
+            reference.append(hi / 1.1 if d == "maximize" else hi * 1.1)
+            log.append(True)
+        else:
+            ideal.append(1.0 if d == "maximize" else 0.0)
+            reference.append(0.0 if d == "maximize" else 1.0)
+            log.append(False)
+    return {"ideal": ideal, "reference": reference, "log": log}
 
 
-def reference_point(objectives: dict, worst_costs: dict) -> list[float]:
-    """The study's fixed reference: accuracy 0 (and throughput 0); each cost minimised at 1.1 times its value
-    for the costliest student the search space can propose, so that every trial can add volume."""
-    return [0.0 if d == "maximize" else 1.1 * float(worst_costs[m]) for m, d in objectives.items()]
+def normalize(values: Sequence[float], hv_box: dict) -> list[float]:
+    """Objective values as distances from the ideal (0) towards the reference (1), clipped at 0 below."""
+    out = []
+    for v, i, r, log in zip(values, hv_box["ideal"], hv_box["reference"], hv_box["log"]):
+        x = math.log(max(v, 1e-300) / i) / math.log(r / i) if log else (v - i) / (r - i)
+        out.append(max(x, 0.0))
+    return out
 
 
-def history(finished: Iterable[tuple[float, Sequence[float] | None]], directions: Sequence[str],
-            reference: Sequence[float]) -> list[tuple[float, float]]:
+def study_hypervolume(values: Iterable[Sequence[float]], hv_box: dict) -> float:
+    """Hypervolume of objective values as a study records them: the fraction of the unit box between the ideal
+    and the reference point (see box) that they dominate."""
+    return hypervolume([normalize(v, hv_box) for v in values], [1.0] * len(hv_box["ideal"]))
+
+
+def history(finished: Iterable[tuple[float, Sequence[float] | None]], hv_box: dict) -> list[tuple[float, float]]:
     """(compute seconds so far, hypervolume) after each finished trial, in the order they finished; a trial
     that was pruned or has no values adds its compute and no point."""
     out, points, compute = [], [], 0.0
@@ -105,5 +122,7 @@ def history(finished: Iterable[tuple[float, Sequence[float] | None]], directions
         compute += seconds or 0.0
         if values is not None:
             points.append(values)
-        out.append((compute, study_hypervolume(points, directions, reference)))
+        # adding a point never shrinks a hypervolume; max() only drops the last bits of rounding that a
+        # different slicing order leaves
+        out.append((compute, max(study_hypervolume(points, hv_box), out[-1][1] if out else 0.0)))
     return out

@@ -94,18 +94,21 @@ def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def costliest(cfg: Config) -> list[dict]:
-    """Overrides for the largest students the search can propose: each searched student.arch (else the base
-    one) at the top of the searched student.width and student.depth ranges (the hypervolume's reference)."""
-    def top(key):
+def extreme_students(cfg: Config, end: str) -> list[dict]:
+    """Overrides for the largest (end='high') or smallest ('low') students the search can propose: each searched
+    student.arch (else the base one) at that end of the searched student.width and student.depth ranges (the
+    hypervolume's box)."""
+    pick = max if end == "high" else min
+
+    def at_end(key):
         spec = cfg.search.get(key)
         if spec is None:
             return None
         if spec["type"] == "categorical":
-            return max((c for c in spec["choices"] if isinstance(c, (int, float))), default=None)
-        return spec["high"] if spec["type"] in ("int", "float") else None
+            return pick((c for c in spec["choices"] if isinstance(c, (int, float))), default=None)
+        return spec[end] if spec["type"] in ("int", "float") else None
 
     arch = cfg.search.get("student.arch")
     archs = arch["choices"] if arch and arch["type"] == "categorical" else [cfg.student.arch]
-    sizes = {k: int(top(k)) for k in ("student.width", "student.depth") if top(k) is not None}
+    sizes = {k: int(at_end(k)) for k in ("student.width", "student.depth") if at_end(k) is not None}
     return [{"student.arch": a, **sizes} for a in archs]

@@ -74,7 +74,7 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log)
     ensure_teacher_runs(ctx)
     if len(cfg.study.objectives) > 1:
-        hv_reference(ctx)
+        hv_box(ctx)
     if not study.user_attrs.get(search.A_READY):
         study.set_user_attr(search.A_READY, True)  # workers waiting with --wait may join now
     return ctx
@@ -326,18 +326,21 @@ def pareto_guard(ctx: Context, tcfg: Config, costs: dict) -> Callable[[list[floa
     return check
 
 
-def hv_reference(ctx: Context) -> list[float]:
-    """The study's fixed hypervolume reference point (stored in the study the first time it is needed)."""
-    ref = ctx.study.user_attrs.get(search.A_HV_REF)
-    if ref is None:
-        worst = {}
-        for over in space.costliest(ctx.cfg):
-            m = config.replace(ctx.cfg, over).student
-            cost = _measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m)
-            worst = {k: max(v, worst.get(k, v)) for k, v in cost.items()}
-        ref = pareto.reference_point(ctx.cfg.study.objectives, worst)
-        ctx.study.set_user_attr(search.A_HV_REF, ref)
-    return ref
+def hv_box(ctx: Context) -> dict:
+    """The study's fixed hypervolume box (pareto.box; stored in the study the first time it is needed): the
+    costs of the cheapest and the costliest students the search space can propose."""
+    found = ctx.study.user_attrs.get(search.A_HV_REF)
+    if found is None:
+        ends = {}
+        for end, pick in (("low", min), ("high", max)):
+            for over in space.extreme_students(ctx.cfg, end):
+                m = config.replace(ctx.cfg, over).student
+                cost = _measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m)
+                ends[end] = {k: (pick if k != "throughput" else {min: max, max: min}[pick])(
+                    v, ends.get(end, {}).get(k, v)) for k, v in cost.items()}  # throughput: higher is cheaper
+        found = pareto.box(ctx.cfg.study.objectives, ends["low"], ends["high"])
+        ctx.study.set_user_attr(search.A_HV_REF, found)
+    return found
 
 
 def log_progress(ctx: Context) -> None:

@@ -26,7 +26,6 @@ from kdtrain import search
 
 from conftest import TINY_SEARCH, TINY_SWEEP, run_cli
 
-pytestmark = pytest.mark.integration
 
 
 def sweep_file(folder: Path, trials: int, size: int = 400, epochs: int = 4) -> Path:
@@ -119,6 +118,7 @@ def mlflow_runs(url: str, experiment: str):
 # --------------------------------------------------------------------------- the kill test
 
 
+@pytest.mark.postgres
 def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp_path, new_database,
                                                                              mlflow_server):
     """Two `kdtrain worker` processes (each with its own home, like two machines) share one PostgreSQL study
@@ -206,6 +206,7 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
 # --------------------------------------------------------------------------- secrets
 
 
+@pytest.mark.postgres
 def test_passwords_never_leave_the_url(tmp_path, new_database, mlflow_server):
     """A sweep on PostgreSQL with a password, through the tracking server, two local workers, then status and
     report: the password is in no output, no log, no MLflow param/tag/artifact, no report and not in the study."""
@@ -251,6 +252,7 @@ def test_passwords_never_leave_the_url(tmp_path, new_database, mlflow_server):
     assert "kdtrain.config" in stored and "trial_heartbeats" in tables and password not in stored
 
 
+@pytest.mark.postgres
 def test_wrong_database_password_is_one_clear_error(tmp_path, pg_url):
     wrong = pg_url.split("://", 1)[0] + "://kdtrain:Wrong-Pw-4242@" + pg_url.split("@", 1)[1]
     p = sweep_file(tmp_path, 2)
@@ -265,6 +267,7 @@ def test_wrong_database_password_is_one_clear_error(tmp_path, pg_url):
 # --------------------------------------------------------------------------- local soak
 
 
+@pytest.mark.slow
 def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
     """4 workers x 40 tiny trials on the default journal and SQLite MLflow store: no failure, no loss, no
     duplicate, every MLflow run present and finished."""

@@ -59,6 +59,13 @@ def test_keeps_a_trial_whose_rival_did_not_end_ahead():
     assert rule([0.4, 0.5], [faded]) is None
 
 
+def test_a_late_bloomer_seen_before_protects_a_slow_start():
+    rival = Course(0, {"params": 100}, [0.5, 0.6, 0.8])
+    assert rule([0.3, 0.4], [rival]) is not None  # 0.8 >= 0.4 + late gain 0.2 (the rival's own) + 0.02
+    bloomer = Course(1, {"params": 500}, [0.1, 0.2, 0.9])  # gained 0.7 after epoch 2
+    assert rule([0.3, 0.4], [rival, bloomer]) is None  # 0.4 + 0.7 could still beat the rival's 0.8
+
+
 def test_uses_the_best_accuracy_so_far_not_the_last():
     cheap = Course(0, {"params": 100}, [0.5, 0.7, 0.8, 0.85])
     assert rule([0.3, 0.9, 0.4], [cheap]) is None  # dipped to 0.4 after 0.9: 0.8 does not beat 0.9
@@ -139,32 +146,45 @@ def test_hypervolume_small_cases():
     assert pareto.hypervolume([[1, 3], [3, 1]], [4, 4]) == 5  # two 3x1 strips overlapping in one cell
 
 
+ACC_PARAMS_BOX = {"ideal": [1.0, 100.0], "reference": [0.0, 10000.0], "log": [False, True]}
+"""Accuracy from 1 down to 0; params on a log scale from 100 to 10,000 (a decade is half the axis)."""
+
+
+def test_normalize_puts_the_ideal_at_0_and_the_reference_at_1():
+    assert pareto.normalize([1.0, 100.0], ACC_PARAMS_BOX) == pytest.approx([0.0, 0.0])
+    assert pareto.normalize([0.0, 10000.0], ACC_PARAMS_BOX) == pytest.approx([1.0, 1.0])
+    assert pareto.normalize([0.75, 1000.0], ACC_PARAMS_BOX) == pytest.approx([0.25, 0.5])  # one decade of two
+    assert pareto.normalize([0.75, 50.0], ACC_PARAMS_BOX) == pytest.approx([0.25, 0.0])  # beyond the ideal
+
+
 def test_study_hypervolume_of_one_point_and_a_dominated_one():
-    directions, reference = ["maximize", "minimize"], [0.0, 1000.0]
-    assert pareto.study_hypervolume([(0.75, 250)], directions, reference) == pytest.approx(0.75 * 0.75)
-    assert pareto.study_hypervolume([(0.5, 100)], directions, reference) == pytest.approx(0.5 * 0.9)
-    two = [(0.75, 250), (0.5, 500)]  # the second is less accurate and costlier
-    assert pareto.study_hypervolume(two, directions, reference) == pytest.approx(0.5625)
-    both = [(0.75, 250), (0.5, 100)]  # a staircase: 0.5 * 0.9 + 0.25 * 0.75
-    assert pareto.study_hypervolume(both, directions, reference) == pytest.approx(0.45 + 0.1875)
-    assert pareto.study_hypervolume([], directions, reference) == 0.0
+    assert pareto.study_hypervolume([(0.75, 1000)], ACC_PARAMS_BOX) == pytest.approx(0.75 * 0.5)
+    two = [(0.75, 1000), (0.5, 5000)]  # the second is less accurate and costlier
+    assert pareto.study_hypervolume(two, ACC_PARAMS_BOX) == pytest.approx(0.375)
+    staircase = [(0.75, 1000), (0.5, 100)]  # 0.5 over the whole axis, + 0.25 over the upper half
+    assert pareto.study_hypervolume(staircase, ACC_PARAMS_BOX) == pytest.approx(0.5 + 0.25 * 0.5)
+    assert pareto.study_hypervolume([], ACC_PARAMS_BOX) == 0.0
 
 
-def test_reference_point():
+def test_box_spans_the_cheapest_to_the_costliest_student():
     objectives = {"val_accuracy": "maximize", "params": "minimize", "throughput": "maximize"}
-    assert pareto.reference_point(objectives, {"params": 1000, "throughput": 5.0}) == \
-        pytest.approx([0.0, 1100.0, 0.0])
+    b = pareto.box(objectives, {"params": 110, "throughput": 1000.0}, {"params": 1000, "throughput": 11.0})
+    assert b["ideal"] == pytest.approx([1.0, 100.0, 1100.0])
+    assert b["reference"] == pytest.approx([0.0, 1100.0, 10.0])
+    assert b["log"] == [False, True, True]
+    # the cheapest and the costliest students both add volume
+    assert pareto.study_hypervolume([(0.5, 1000, 11.0)], b) > 0
+    assert pareto.normalize([0.5, 110, 1000.0], b)[1:] == pytest.approx([0.0397, 0.0203], abs=1e-3)  # ln 1.1 / ln 11, ln 1.1 / ln 110
 
 
 def test_history_accumulates_compute_and_never_loses_volume():
-    directions, reference = ["maximize", "minimize"], [0.0, 1000.0]
-    runs = [(10.0, (0.5, 500)), (5.0, None), (20.0, (0.75, 250)), (3.0, (0.25, 900)), (None, (0.5, 100))]
-    out = pareto.history(runs, directions, reference)
+    runs = [(10.0, (0.5, 5000)), (5.0, None), (20.0, (0.75, 1000)), (3.0, (0.25, 9000)), (None, (0.5, 100))]
+    out = pareto.history(runs, ACC_PARAMS_BOX)
     assert [c for c, _ in out] == pytest.approx([10, 15, 35, 38, 38])
     volumes = [v for _, v in out]
-    assert volumes[0] == pytest.approx(0.25) and volumes[1] == volumes[0]  # pruned: compute, no volume
-    assert volumes[2] == pytest.approx(0.5625) and volumes[3] == volumes[2]  # dominated: nothing added
-    assert volumes[4] == pytest.approx(0.45 + 0.1875)
+    assert volumes[0] > 0 and volumes[1] == volumes[0]  # pruned: compute, no volume
+    assert volumes[2] == pytest.approx(0.375) and volumes[3] == pytest.approx(volumes[2])  # dominated: nothing added
+    assert volumes[4] == pytest.approx(0.5 + 0.25 * 0.5)
     assert all(a <= b for a, b in zip(volumes, volumes[1:]))
 
 
@@ -214,14 +234,16 @@ def test_prune_warmup():
     assert sweep({"prune_warmup_epochs": 0}).study.prune_warmup(60) == 0
 
 
-def test_costliest_takes_the_top_of_the_searched_width():
+def test_extreme_students_take_the_ends_of_the_searched_width():
     cfg = sweep(search={"student.width": {"type": "int", "low": 2, "high": 32}}, width=8)
-    assert space.costliest(cfg) == [{"student.arch": "mlp", "student.width": 32}]
-    assert space.costliest(sweep()) == [{"student.arch": "mlp"}]
+    assert space.extreme_students(cfg, "high") == [{"student.arch": "mlp", "student.width": 32}]
+    assert space.extreme_students(cfg, "low") == [{"student.arch": "mlp", "student.width": 2}]
+    assert space.extreme_students(sweep(), "high") == [{"student.arch": "mlp"}]
 
 
-def test_costliest_gives_one_override_per_searched_arch():
+def test_extreme_students_give_one_override_per_searched_arch():
     cfg = sweep(search={"student.arch": {"type": "categorical", "choices": ["mlp", "cnn1d"]},
                         "student.width": {"type": "categorical", "choices": [16, 64, 8]}})
-    assert space.costliest(cfg) == [{"student.arch": "mlp", "student.width": 64},
-                                    {"student.arch": "cnn1d", "student.width": 64}]
+    assert space.extreme_students(cfg, "high") == [{"student.arch": "mlp", "student.width": 64},
+                                                   {"student.arch": "cnn1d", "student.width": 64}]
+    assert space.extreme_students(cfg, "low")[1] == {"student.arch": "cnn1d", "student.width": 8}

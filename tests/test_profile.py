@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import torch
 from kdtrain.config import ProfileConfig, home
 from kdtrain.export import export_model, max_diff_onnx, to_onnx
 from kdtrain.shared import cpu_room
-from kdtrain.models import MODELS, create_model
+from kdtrain.models import MODELS, count_params, create_model
 from kdtrain.profile import flops, latency, profile, size_bytes
 
 QUICK = ProfileConfig(blocks=3, calls=10, warmup=3, throughput_batch=32)
@@ -21,10 +22,47 @@ def test_flops_of_the_classic_student_equal_the_hand_count():
     assert flops(m, (1, 28, 28)) == 2 * (784 * 128 + 128 * 10)
 
 
-def test_size_bytes_is_the_saved_file_size(tmp_path):
+def _tiny_cnn_params(w: int) -> int:
+    """Hand count of tiny_cnn on 1x28x28, 10 classes: Conv(w)-Pool-Conv(2w)-Pool-FC(8w)-FC (7x7 after two pools)."""
+    return (1 * w * 9 + w) + (w * 2 * w * 9 + 2 * w) + (2 * w * 7 * 7 * 8 * w + 8 * w) + (8 * w * 10 + 10)
+
+
+RECORD_PAD = 64
+"""torch.save's zip aligns each tensor's record to 64 bytes: sizes of equal-layout files differ by at most this
+per tensor beyond their data."""
+
+
+def test_size_bytes_is_the_fp32_weights_plus_a_small_file_overhead():
+    """size_bytes is the serialized state dict: 4 bytes per fp32 parameter plus the archive's headers and pickle,
+    checked against hand-counted parameters (not against another torch.save)."""
     m = create_model("tiny_cnn", (1, 28, 28), 10, 16)
-    torch.save(m.state_dict(), tmp_path / "model.pt")  # the name of kdtrain's weight files
-    assert size_bytes(m) == os.path.getsize(tmp_path / "model.pt")
+    p16 = _tiny_cnn_params(16)
+    assert p16 == 206_922 and count_params(m) == p16 and len(m.state_dict()) == 8
+    size = size_bytes(m)
+    # measured overhead 3,145 bytes for these 8 tensors (zip headers, the pickled key map, alignment): < 0.5%
+    assert 4 * p16 <= size <= 4 * p16 + 4096
+
+    wide = create_model("tiny_cnn", (1, 28, 28), 10, 32)
+    p32 = _tiny_cnn_params(32)
+    assert size_bytes(wide) > size  # grows with the width...
+    assert abs((size_bytes(wide) - size) - 4 * (p32 - p16)) <= RECORD_PAD * 8  # ...by its extra fp32 weights
+
+    # the bytes of the stored dtype, not 4 x params: fp16 weights save 2 bytes per parameter
+    assert abs((size - size_bytes(copy.deepcopy(m).half())) - 2 * p16) <= RECORD_PAD * 8
+    # stored uncompressed, so new weights of the same architecture have the same size (profile caches on it)
+    assert size_bytes(create_model("tiny_cnn", (1, 28, 28), 10, 16)) == size
+
+
+def test_size_bytes_counts_the_buffers_of_the_state_dict():
+    """cnn1d's three BatchNorms add buffers that are not parameters: running mean and var (fp32, width each) and
+    num_batches_tracked (one int64) each."""
+    w = 64
+    m = create_model("cnn1d", (1, 40), 10, w)
+    params = (1 * w * 5 + w) + 2 * (w * w * 3 + w) + 3 * (2 * w) + (2 * w * 10 + 10)  # convs, BN affine, head
+    assert count_params(m) == params == 26_762 and len(m.state_dict()) == 23
+    data = 4 * params + 3 * (4 * 2 * w + 8)
+    # measured overhead 6,180 bytes for these 23 tensors
+    assert data <= size_bytes(m) <= data + 8192
 
 
 def test_latency_reports_percentiles_spread_and_threads():

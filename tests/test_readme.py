@@ -1,6 +1,14 @@
+import argparse
+import json
 import re
 
+import pytest
+
 from conftest import ROOT
+
+from kdtrain.args import build_parser
+
+README = (ROOT / "README.md").read_text()
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
@@ -13,13 +21,86 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
     assert test in ci, ".ci/run must run the README's test command verbatim"
 
 
-def test_readme_commands_name_real_files_and_subcommands():
-    from kdtrain.cli import build_parser
+# ------------------------------------------------------------------ the commands the README shows
 
-    text = (ROOT / "README.md").read_text()
-    subcommands = set(build_parser()._subparsers._group_actions[0].choices)
-    for cmd in re.findall(r"kdtrain (\w+)", text):
-        if cmd in ("is", "trains", "train", "sweep", "teachers", "status", "ui", "worker"):
-            assert cmd in subcommands | {"is", "trains"}
-    for path in set(re.findall(r"sweeps/[\w.]+\.yaml", text)):
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+COMMAND = re.compile(r"(?:^|(?<=[\s/]))kdtrain\s+(\S+)(.*)", re.S)
+"""`kdtrain SUB ...` or `.venv/bin/kdtrain SUB ...`; not kdtrain/..., kdtrain.role, kdtrain[onnx], kdtrain-worker."""
+FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
+
+
+def shown_commands(text: str) -> list[tuple[str, list[str], str]]:
+    """(subcommand, its --flags, where) for every kdtrain command in the README's code: each shell command of a
+    fenced block (comments dropped, `&&`, `;` and pipes split; a JSON argv list such as a Kubernetes
+    `command: [...]` read as words) and each inline code span (read as a usage synopsis, where `|` separates
+    alternatives and a span may wrap across lines)."""
+    segments = []
+    for block in FENCE.findall(text):
+        for line in block.splitlines():
+            argv = re.search(r'\[\s*"kdtrain".*\]', line)
+            if argv:
+                line = " ".join(json.loads(argv.group(0)))
+            line = re.sub(r"(^|\s)#.*", "", line)
+            segments += [(part, "block: " + line.strip()) for part in re.split(r"&&|\|\||;|\s\|\s", line)]
+    prose = FENCE.sub("", text)
+    segments += [(span.replace("\n", " "), "inline: " + span.replace("\n", " ")) for span in
+                 re.findall(r"`([^`]+)`", prose)]
+    out = []
+    for seg, where in segments:
+        m = COMMAND.search(seg)
+        if m:
+            out.append((m.group(1), FLAG.findall(m.group(2)), where))
+    return out
+
+
+def subcommand_options(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
+    """Subcommand -> every option string its argparse parser accepts (help included)."""
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: {s for a in sp._actions for s in a.option_strings} for name, sp in sub.choices.items()}
+
+
+def readme_problems(text: str, options: dict[str, set[str]]) -> list[str]:
+    problems, seen = [], set()
+    for cmd, flags, where in shown_commands(text):
+        if cmd not in options:
+            problems.append(f"unknown subcommand {cmd!r} ({where})")
+            continue
+        seen.add(cmd)
+        problems += [f"kdtrain {cmd} does not accept {f} ({where})" for f in flags if f not in options[cmd]]
+    problems += [f"subcommand {cmd!r} is not shown in the README" for cmd in sorted(set(options) - seen)]
+    return problems
+
+
+def test_readme_commands_use_real_subcommands_and_flags():
+    options = subcommand_options(build_parser())
+    assert readme_problems(README, options) == []
+    shown = {(cmd, f) for cmd, flags, _ in shown_commands(README) for f in flags}
+    # the parse reaches code blocks, wrapped inline synopses and the Kubernetes argv list
+    assert {("sweep", "--trials"), ("sweep", "--no-report"), ("confirm", "--seeds"), ("confirm", "--trial"),
+            ("report", "--no-mlflow"), ("worker", "--threads"), ("worker", "--wait"), ("train", "--set"),
+            ("export", "--pareto")} <= shown
+    assert len(shown_commands(README)) >= 30
+
+
+@pytest.mark.parametrize("old, new, problem", [
+    ("--pareto --seeds 3", "--pareto --seed 3", "kdtrain confirm does not accept --seed"),  # code block
+    ("--trials 12", "--trails 12", "kdtrain sweep does not accept --trails"),
+    ("[--no-report]`", "[--no-reprot]`", "kdtrain sweep does not accept --no-reprot"),  # wrapped inline span
+    ('"--wait", "30m"', '"--wiat", "30m"', "kdtrain worker does not accept --wiat"),  # argv list
+    ("`kdtrain status --storage URL`", "`kdtrain status --tracking-uri URL`",  # another subcommand's flag
+     "kdtrain status does not accept --tracking-uri"),
+    ("kdtrain ui ", "kdtrain gui ", "unknown subcommand 'gui'"),
+    ("kdtrain ui ", "kdtrain gui ", "subcommand 'ui' is not shown in the README"),
+])
+def test_a_misspelled_readme_command_is_caught(old, new, problem):
+    """The check above fails on a copy of the README with one word changed."""
+    assert old in README
+    problems = readme_problems(README.replace(old, new, 1), subcommand_options(build_parser()))
+    assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_readme_names_real_sweep_files():
+    paths = set(re.findall(r"sweeps/[\w.]+\.yaml", README))
+    assert "sweeps/quickstart.yaml" in paths
+    for path in paths:
         assert (ROOT / path).exists(), path
