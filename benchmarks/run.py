@@ -186,11 +186,14 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     shutil.copytree(teacher_cache, home / "cache" / "teachers")
     env = {**os.environ, "KDTRAIN_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # no pruning: both sweeps must do the same work (which trials the pareto rule prunes depends on which
+    # trials finished first, and so on the number of workers)
     cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--workers",
-           str(workers), "--no-report"]
+           str(workers), "--set", "study.pruner=none", "--no-report"]
     name = "bench" if "bench" in sweep.read_text() else config.load(sweep).study.name
     # create the study (its base-settings trial comes first), then queue the same parameters for every run
-    r = subprocess.run(cmd[:-2] + ["0", "--no-report"], env=env, capture_output=True, text=True, cwd=home)
+    create = [a if i != cmd.index("--workers") + 1 else "0" for i, a in enumerate(cmd)]
+    r = subprocess.run(create, env=env, capture_output=True, text=True, cwd=home)
     if r.returncode != 0:
         raise SystemExit(f"sweep --workers 0 failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     study = optuna.load_study(study_name=name, storage=open_storage(str(home / "optuna.journal")))
@@ -250,17 +253,24 @@ def b6_sweep(sweep: Path, home: Path, cache: Path | None, trials: int, seed: int
     from kdtrain import pareto, search
     from kdtrain.console import hv_history
 
-    if cache is not None:
-        shutil.copytree(cache, home / "cache")
-    env = {**os.environ, "KDTRAIN_HOME": str(home)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--no-report",
-           "--set", f"study.seed={seed}", "--set", f"study.pruner={pruner}", "--set", "train.threads=1"]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=home)
-    if r.returncode != 0:
-        raise SystemExit(f"B6 sweep failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    wall = time.perf_counter() - t0
+    wall_file = home / "b6_wall_s"
+    if wall_file.exists():  # finished by an earlier, interrupted B6 (--b6-work): read it, do not rerun it
+        wall = float(wall_file.read_text())
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        if cache is not None:
+            shutil.copytree(cache, home / "cache")
+        env = {**os.environ, "KDTRAIN_HOME": str(home)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--no-report",
+               "--set", f"study.seed={seed}", "--set", f"study.pruner={pruner}", "--set", "train.threads=1"]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=home)
+        if r.returncode != 0:
+            raise SystemExit(f"B6 sweep failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        wall = time.perf_counter() - t0
+        wall_file.write_text(str(wall))
     cfg = config.load(sweep)
     study = search.load(cfg.study.name, str(home / "optuna.journal"))
     done = search.trials(study, "COMPLETE", "PRUNED")
@@ -303,7 +313,6 @@ def b6(sweep: Path, work: Path, trials: int, seeds: list[int]) -> dict:
     for seed in seeds:
         for pruner in ("none", "pareto"):
             home = work / f"b6-{pruner}-{seed}"
-            home.mkdir(parents=True)
             print(f"  B6: seed {seed}, pruner {pruner}...", flush=True)
             runs.append(b6_sweep(sweep, home, cache, trials, seed, pruner))
             cache = home / "cache"
@@ -334,6 +343,8 @@ def main() -> None:
     ap.add_argument("--only", default="b1,b2,b3,b4,b5,b6",
                     help="comma-separated benchmarks (b1 and b2 run together, as do b3, b4 and b5)")
     ap.add_argument("--b6-trials", type=int, default=None, help="trials per B6 study (default: the sweep file's)")
+    ap.add_argument("--b6-work", help="B6's folder, kept: studies it finished before are read, not rerun "
+                                      "(resumes an interrupted B6)")
     args = ap.parse_args()
     only = {b.strip().lower() for b in args.only.split(",") if b.strip()}
     unknown = only - {"b1", "b2", "b3", "b4", "b5", "b6"}
@@ -388,7 +399,7 @@ def main() -> None:
     if "b6" in only:
         print("B6: pareto pruning against none...", flush=True)
         b6_trials = args.b6_trials or (4 if args.quick else cfg.study.trials)
-        results.update(b6(sweep, work, b6_trials, b6_seeds))
+        results.update(b6(sweep, Path(args.b6_work) if args.b6_work else work, b6_trials, b6_seeds))
         targets.update({"b6_compute_ratio": (">=", 1.5), "b6_final_hv_ratio": (">=", 0.98),
                         "b6_front_trials_lost": ("<=", 0)})
     shutil.rmtree(work, ignore_errors=True)

@@ -149,7 +149,7 @@ def cmd_sweep(args) -> int:
         return 0
     deadline = time.time() + timeout if timeout else None
     failed, interrupted = _run_workers(args, ctx, trials, threads, deadline, home() / "logs")
-    return _finish_sweep(args, ctx, trials, failed, interrupted)
+    return _finish_sweep(args, ctx, trials, failed, interrupted, deadline)
 
 
 def _run_workers(args, ctx, trials: int, threads: int, deadline: float | None, logs: Path):
@@ -180,12 +180,18 @@ def _run_workers(args, ctx, trials: int, threads: int, deadline: float | None, l
     return [log for p, log in procs if p.returncode not in (0, None)], False
 
 
-def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: bool) -> int:
+def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: bool,
+                  deadline: float | None = None) -> int:
     from kdtrain import search
 
     c = search.counts(ctx.study)
     done = c["DONE"]
-    ctx.tracker.end(ctx.parent_id, "KILLED" if interrupted else ("FINISHED" if done >= trials else "FAILED"))
+    timed_out = done < trials and deadline is not None and time.time() >= deadline
+    ctx.tracker.end(ctx.parent_id, "KILLED" if interrupted else
+                    ("FINISHED" if done >= trials or timed_out else "FAILED"))
+    if timed_out and not interrupted:
+        print(f"\nstopped at the time limit (--timeout / study.timeout): {done}/{trials} trials done. Run the "
+              "same command again (with a new --timeout) to go on.")
     if interrupted:
         print(f"\nstopped: {done}/{trials} trials done; the running trial was marked failed and re-queued. "
               f"Run the same command again to resume.", file=sys.stderr)

@@ -57,8 +57,8 @@ class StudyConfig:
     """Metric -> direction (maximize/minimize). Two or more make a multi-objective study."""
     trials: int = 20
     """Trials to run (the total for the study)."""
-    timeout: str | None = None
-    """Wall-clock budget such as '8h' or '30m'; None means no limit."""
+    timeout: str | int | float | None = None
+    """Wall-clock budget such as '8h' or '30m' (a number: seconds); None means no limit."""
     sampler: str = "tpe"
     """tpe, nsga2 or random."""
     pruner: str = "auto"
@@ -583,22 +583,20 @@ def _check_loss_search(cfg: Config, problems: list[str], losses: tuple, settings
 
 
 def parse_duration(text: str | int | float) -> float:
-    """'8h', '30m', '90s', '1h30m' or a number of seconds -> seconds."""
+    """'8h', '30m', '90s', '1h30m' or a number of seconds -> seconds (positive)."""
+    import re as _re
+
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s)")
     if isinstance(text, (int, float)):
-        return float(text)
-    units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
-    total, num = 0.0, ""
-    for ch in str(text).strip():
-        if ch.isdigit() or ch == ".":
-            num += ch
-        elif ch in units and num:
-            total += float(num) * units[ch]
-            num = ""
-        else:
+        total = float(text)
+    else:
+        units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
+        parts = _re.fullmatch(r"((\d+(\.\d+)?)[dhms])*(\d+(\.\d+)?)?", str(text).strip())
+        if not str(text).strip() or parts is None:
             raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s)")
-    if num:
-        total += float(num)
-    if total <= 0:
+        total = sum(float(n) * units.get(u, 1) for n, u in _re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", str(text)))
+    if not total > 0 or total == float("inf"):
         raise ValueError(f"must be positive: {text!r}")
     return total
 

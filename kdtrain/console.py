@@ -6,6 +6,7 @@ timestamped lines, a few per run, so that the log stays readable the next mornin
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -115,6 +116,8 @@ class SweepProgress:
         self.stream, self.tty = stream, stream.isatty()
         self.start, self.last, self.printed = time.time(), None, 0.0
         self.done0 = self.storage = self.bar = None
+        with contextlib.suppress(Exception):  # the count at the start: the ETA's rate is per trial done since
+            self.done0 = self.state()[0]
 
     def state(self) -> tuple[int, str]:
         from kdtrain import search

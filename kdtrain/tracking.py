@@ -83,8 +83,14 @@ def check_reachable(uri: str | None) -> None:
     import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:  # a proxy may guard /health too: send what MLflow's client will send
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+        urllib.request.urlopen(request, timeout=10).close()
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise KdtrainError(f"the MLflow tracking server {redact(uri)} refused the credentials (HTTP {e.code}); "

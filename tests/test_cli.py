@@ -23,14 +23,18 @@ def test_teachers_twice_second_run_trains_nothing(tiny_sweep, capsys):
 
 
 def test_train_prints_student_next_to_teacher(tiny_sweep):
-    r = run_cli("train", tiny_sweep, "--set", "kd.teachers=[big,conv]", "--set", "kd.ensemble=mean_logits")
+    # 16 epochs (the tiny sweep's 4 are 20 steps: val accuracy 0.40-0.90 over seeds; a student epoch costs ~ms)
+    r = run_cli("train", tiny_sweep, "--set", "kd.teachers=[big,conv]", "--set", "kd.ensemble=mean_logits",
+                "--set", "train.epochs=16")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "student epoch   4/4" in out  # per-epoch progress
-    student = re.search(r"student \(mlp, width 8\)\s+([\d,]+)\s+(0\.\d+)\s+(0\.\d+)", out)
-    teacher = re.search(r"teacher big \(mlp, width 64\)\s+([\d,]+)\s+(0\.\d+)\s+(0\.\d+)\s+([\d.]+)", out)
+    assert "student epoch  16/16" in out  # per-epoch progress
+    student = re.search(r"student \(mlp, width 8\)\s+([\d,]+)\s+([01]\.\d+)\s+([01]\.\d+)", out)
+    teacher = re.search(r"teacher big \(mlp, width 64\)\s+([\d,]+)\s+([01]\.\d+)\s+([01]\.\d+)\s+([\d.]+)", out)
     assert student and teacher and re.search(r"teacher conv \(cnn1d, width 8\)", out)
-    assert float(student.group(2)) > 0.5
+    # it learned: val 0.975 here, 0.975-1.0 over data seeds 1-3 x train seeds 0-2; chance is 0.25 and an
+    # untrained mlp scores up to 0.55 on synthetic data (60 inits on test_train.py's split)
+    assert float(student.group(2)) > 0.85
     assert float(teacher.group(4)) > 1  # the teacher is larger
     assert "teachers=big+conv (mean_logits)" in out
 

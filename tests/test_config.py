@@ -27,9 +27,9 @@ def test_quickstart_is_mnist1d_with_two_teacher_families():
 
 def test_config_is_frozen(tiny_sweep):
     cfg = config.load(tiny_sweep)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'alpha'"):
         cfg.kd.alpha = 0.1  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'kd'"):
         cfg.kd = None  # type: ignore[misc]
     assert cfg.kd.alpha == 0.7
 
@@ -160,8 +160,12 @@ def test_durations():
     assert config.parse_duration("8h") == 8 * 3600
     assert config.parse_duration("1h30m") == 5400
     assert config.parse_duration(90) == 90
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"not a duration: 'soon' \(use e\.g\. 8h, 30m, 90s\)"):
         config.parse_duration("soon")
+    with pytest.raises(ValueError, match="not a duration: '-1h'"):
+        config.parse_duration("-1h")
+    with pytest.raises(ValueError, match="must be positive: '0m'"):
+        config.parse_duration("0m")
 
 
 def test_cli_bad_config_exits_2_with_one_message_and_writes_nothing(tmp_path):

@@ -56,13 +56,19 @@ def test_size_bytes_is_the_fp32_weights_plus_a_small_file_overhead():
 def test_size_bytes_counts_the_buffers_of_the_state_dict():
     """cnn1d's three BatchNorms add buffers that are not parameters: running mean and var (fp32, width each) and
     num_batches_tracked (one int64) each."""
-    w = 64
-    m = create_model("cnn1d", (1, 40), 10, w)
-    params = (1 * w * 5 + w) + 2 * (w * w * 3 + w) + 3 * (2 * w) + (2 * w * 10 + 10)  # convs, BN affine, head
-    assert count_params(m) == params == 26_762 and len(m.state_dict()) == 23
-    data = 4 * params + 3 * (4 * 2 * w + 8)
+    def params(w):  # convs, BatchNorm affine, head
+        return (1 * w * 5 + w) + 2 * (w * w * 3 + w) + 3 * (2 * w) + (2 * w * 10 + 10)
+
+    def data_bytes(w):
+        return 4 * params(w) + 3 * (4 * 2 * w + 8)
+
+    m = create_model("cnn1d", (1, 40), 10, 64)
+    assert count_params(m) == params(64) == 26_762 and len(m.state_dict()) == 23
     # measured overhead 6,180 bytes for these 23 tensors
-    assert data <= size_bytes(m) <= data + 8192
+    assert data_bytes(64) <= size_bytes(m) <= data_bytes(64) + 8192
+    # from width 64 to 256 the buffers add 3 x 2 x 192 fp32 values (4,608 bytes), more than the records' padding
+    wide = create_model("cnn1d", (1, 40), 10, 256)
+    assert abs((size_bytes(wide) - size_bytes(m)) - (data_bytes(256) - data_bytes(64))) <= RECORD_PAD * 23
 
 
 def test_latency_reports_percentiles_spread_and_threads():

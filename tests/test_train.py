@@ -78,10 +78,13 @@ def test_online_teacher_with_augmentation(ds):
     teacher = fit(ds).model
     calls = []
     teacher.register_forward_hook(lambda *a: calls.append(1))
-    r = fit(ds, distill=Distill(temperature=2.0, alpha=0.5, models=[teacher]), augment_kinds=["crop"])
-    steps = 5 * (len(ds.y_train) // 64)
+    r = fit(ds, TrainConfig(epochs=10, batch_size=64, threads=1),
+            distill=Distill(temperature=2.0, alpha=0.5, models=[teacher]), augment_kinds=["crop"])
+    steps = 10 * (len(ds.y_train) // 64)
     assert len(calls) == steps
-    assert r.val_accuracy > 0.35  # chance is 0.25: it learns (two epochs of a width-8 student); crops blur these position-coded clusters
+    # it learns through the crops: measured 0.858 here, 0.825-0.942 over student seeds 0-9 (at 5 epochs it was
+    # 0.63-0.84); chance is 0.25 and an untrained mlp scores up to 0.55 on this split (median 0.27, 60 inits)
+    assert r.val_accuracy > 0.75
     assert not teacher.training  # used in eval mode
 
 
@@ -113,7 +116,7 @@ def test_every_loss_and_ensemble_trains_or_is_refused(ds, two_teachers, loss, en
     """Each combination of the sweep file trains a student with a finite loss, or validation refuses it naming
     both settings."""
     raw = {"data": {"name": "synthetic"}, "teachers": [{"name": "a", "arch": "mlp"}, {"name": "b", "arch": "mlp"}],
-           "student": {"arch": "mlp", "width": 8}, "train": {"epochs": 2, "batch_size": 64, "threads": 1},
+           "student": {"arch": "mlp", "width": 8}, "train": {"epochs": 8, "batch_size": 64, "threads": 1},
            "kd": {"teachers": ["a", "b"], "loss": loss, "ensemble": ensemble, "standardize": standardize,
                   "warmup_epochs": 2}}
     try:
@@ -123,9 +126,18 @@ def test_every_loss_and_ensemble_trains_or_is_refused(ds, two_teachers, loss, en
         assert "kd.standardize" in str(e) and "dist" in str(e) and "use kd.loss: kd or dkd" in str(e)
         return
     r = distill_student(cfg, ds, two_teachers)
-    assert len(r.history) == 2
+    assert len(r.history) == 8
     assert all(math.isfinite(h.train_loss) and h.kd_loss > 0 for h in r.history)
-    assert r.val_accuracy > 0.35  # chance is 0.25: it learns (two epochs of a width-8 student)
+    # the student moves toward the teachers: the last epoch's kd_loss (unscaled by the warm-up) is below the first
+    # (measured last/first <= 0.81 for every pair over train seeds 0-7)
+    assert r.history[-1].kd_loss < r.history[0].kd_loss
+    if (loss, standardize) == ("dkd", True):
+        # dkd on z-scored logits (dkd_beta 8, T 4) does not learn reliably in 8 epochs of a width-8 student: val
+        # accuracy 0.34-0.89 over train seeds 0-7 (0.725 at seed 0), so no accuracy bound separates it from chance
+        return
+    # it learns: measured 0.69-0.99 over train seeds 0-7 for every other pair (0.80-0.975 at seed 0, as here);
+    # chance is 0.25 and an untrained width-8 mlp scores up to 0.55 on this split (median 0.27, 60 inits)
+    assert r.val_accuracy > 0.6
 
 
 def test_dkd_warmup_through_train(ds):

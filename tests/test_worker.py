@@ -36,7 +36,7 @@ def test_worker_waits_for_a_study_created_after_it_started(tmp_path):
     assert out.count("fetched from MLflow run") == 2  # the sweep's two teachers, not copies of its own
     assert "teacher big: training" not in out
     study = load_study(tmp_path / "home")
-    done = search.trials(study, "COMPLETE")
+    done = search.trials(study, "COMPLETE", "PRUNED")  # the pareto pruner may stop a dominated trial
     assert len(done) == 3 and {t.user_attrs[search.T_PID] for t in done} == {worker.pid}
 
 
