@@ -289,7 +289,7 @@ def run_trial(ctx: Context, trial) -> list[float]:
         r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch, epoch_guard=cpu_room)
     except BaseException:
         trial.set_user_attr(search.T_COMPUTE, time.perf_counter() - start)
-        ctx.tracker.log_metrics(run_id, {}, history)  # keep the partial curves
+        ctx.tracker.log_metrics(run_id, metrics, history)  # its costs and the partial curves
         raise
     trial.set_user_attr(search.T_COMPUTE, time.perf_counter() - start)
     trial.set_user_attr(search.T_CURVE, [round(h.val_accuracy, 6) for h in r.history])

@@ -28,10 +28,11 @@ from conftest import TINY_SEARCH, TINY_SWEEP, run_cli
 
 
 
-def sweep_file(folder: Path, trials: int, size: int = 400, epochs: int = 4) -> Path:
+def sweep_file(folder: Path, trials: int, size: int = 400, epochs: int = 4, pruner: str = "none") -> Path:
+    """The tiny sweep for these tests; pruning off by default, as a killed trial must be retried, not pruned."""
     text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(TINY_SEARCH)
     text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
-                        f"params: minimize}}, trials: {trials}}}")
+                        f"params: minimize}}, trials: {trials}, pruner: {pruner}}}")
     text = text.replace("size: 400", f"size: {size}").replace("epochs: 4,", f"epochs: {epochs},")
     # profiling is not under test here: keep it short
     text += "profile: {blocks: 3, calls: 10, warmup: 5, throughput_batch: 64}\n"
@@ -272,7 +273,7 @@ def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
     """4 workers x 40 tiny trials on the default journal and SQLite MLflow store: no failure, no loss, no
     duplicate, every MLflow run present and finished."""
     trials = 40
-    p = sweep_file(tmp_path, trials, epochs=2)
+    p = sweep_file(tmp_path, trials, epochs=2, pruner="auto")  # the pareto pruner under 4 workers too
     home = tmp_path / "home"
     env = {"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(tmp_path / "data")}
     r = run_cli("sweep", p, "--workers", "4", "--no-report", env=env, timeout=900)
@@ -280,7 +281,7 @@ def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
 
     study = optuna.load_study(study_name="tiny", storage=search.open_storage(str(home / "optuna.journal")))
     states = [t.state.name for t in study.trials]
-    assert states == ["COMPLETE"] * trials, states  # no failed, no extra, no running left
+    assert len(states) == trials and set(states) <= {"COMPLETE", "PRUNED"}, states  # no failed, extra or running
     assert sorted(t.number for t in study.trials) == list(range(trials))
     pids = {t.user_attrs["kdtrain.pid"] for t in study.trials}
     assert len(pids) == 4  # every worker took part
