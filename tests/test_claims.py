@@ -255,6 +255,7 @@ def test_eta_counts_every_trial_finished_since_the_sweep_started(tmp_path):
 
 
 def sweep_cfg(tmp_path, objectives: str, **study) -> config.Config:
+    study = {"pruner": "auto", **study}  # write_sweep turns pruning off unless the file names a pruner
     extra = "".join(f", {k}: {v}" for k, v in study.items())
     name = "-".join(f"{k}{v}" for k, v in study.items()) + f"-{len(objectives)}.yaml"
     return config.load(write_sweep(tmp_path, name=name, **{MULTI: objectives + extra}))
