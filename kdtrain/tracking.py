@@ -74,32 +74,37 @@ def _split_credentials(uri: str) -> str:
 
 
 def check_reachable(uri: str | None) -> None:
-    """Fail fast, with one clear message, when an MLflow tracking server cannot be reached (local stores: no-op).
+    """Fail fast, with one clear message, when an MLflow tracking server cannot be reached or refuses the
+    credentials (local stores: no-op).
 
-    MLflow's own client retries for minutes before giving up; this asks /health once with a 10 s timeout."""
+    MLflow's own client retries for minutes before giving up; this asks twice, with a 10 s timeout: /health
+    (is a server there?) and one read of the tracking API (does it accept us? MLflow's basic-auth app leaves
+    /health open, so a wrong password shows only there)."""
     uri = _split_credentials(uri or default_uri())
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(uri.rstrip("/") + "/health")
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:  # a proxy may guard /health too: send what MLflow's client will send
-        import base64
-
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    try:
-        urllib.request.urlopen(request, timeout=10).close()
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 403):
-            raise KdtrainError(f"the MLflow tracking server {redact(uri)} refused the credentials (HTTP {e.code}); "
-                               "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
-        # any other answer means a server is there (a proxy without /health)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise KdtrainError(f"cannot reach the MLflow tracking server {redact(uri)} ({reason}); start it "
-                           "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+    auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if user and password else None
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        request = urllib.request.Request(uri.rstrip("/") + path)
+        if auth:  # what MLflow's client will send (a proxy may guard /health too)
+            request.add_header("Authorization", auth)
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                what = "refused the credentials" if auth else "needs credentials"
+                raise KdtrainError(f"the MLflow tracking server {redact(uri)} {what} (HTTP {e.code}); set "
+                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user it knows") from None
+            # any other answer means a server is there (a proxy without /health, an older API)
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise KdtrainError(f"cannot reach the MLflow tracking server {redact(uri)} ({reason}); start it "
+                               "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
 class Tracker:

@@ -135,7 +135,7 @@ def ensure_teacher_runs(ctx: Context) -> None:
     """Every teacher of the pool is a run of the study (logged once)."""
     with search.study_lock(ctx.study, ctx.study.study_name, "teachers"):
         for t in ctx.pool.values():
-            if ctx.tracker.find(ctx.exp_id, {"kdtrain.teacher_key": t.key}):
+            if logged_whole(ctx, {"kdtrain.teacher_key": t.key}):
                 continue
             run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
                                     tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source},
@@ -147,6 +147,20 @@ def ensure_teacher_runs(ctx: Context) -> None:
             # training their own, slightly different, copy of the teacher
             ctx.tracker.log_dir(run, t.path, tracking.TEACHER_ARTIFACTS)
             ctx.tracker.end(run)
+
+
+def logged_whole(ctx: Context, tags: dict) -> bool:
+    """Whether the run with these tags (a teacher or baseline run) is logged. Such runs are written whole under
+    the study lock, so one still RUNNING there lost its worker mid-write (killed, machine gone): it is closed as
+    KILLED and the caller logs the run again."""
+    done = False
+    for run_id in ctx.tracker.find(ctx.exp_id, tags):
+        if ctx.tracker.status(run_id) != "RUNNING":
+            done = True
+            continue
+        ctx.tracker.set_tags(run_id, {"fail_reason": "its worker died while logging it; logged again"})
+        ctx.tracker.end(run_id, "KILLED")
+    return done
 
 
 def _measure(model, ctx: Context, model_cfg) -> dict:
@@ -220,7 +234,7 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
     metrics = {**result["metrics"], **seed_stats([result["runs"][str(s)] for s in seeds])}
     key = student_key(cfg)
     with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
-        if not ctx.tracker.find(ctx.exp_id, {"kdtrain.baseline_key": key}):
+        if not logged_whole(ctx, {"kdtrain.baseline_key": key}):
             run = ctx.tracker.start(ctx.exp_id, f"baseline-{cfg.student.arch}-w{cfg.student.width}", "baseline",
                                     ctx.parent_id, tags={"kdtrain.baseline_key": key},
                                     params={**{k: v for k, v in _flat_params(cfg).items()

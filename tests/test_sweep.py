@@ -505,3 +505,20 @@ def test_pareto_pruner_prunes_a_dominated_course_and_logs_the_hypervolume(tmp_pa
     assert all(b > a for a, b in zip(spent, spent[1:]))  # the pruned trial's seconds count too
     r = run_cli("status", "--storage", tmp_path / "j.journal", "--study", "front")
     assert r.returncode == 0 and f"hypervolume {values[-1]:.4f} after 4 finished trials" in r.stdout, r.stdout
+
+
+def test_a_baseline_run_left_running_by_a_dead_worker_is_closed_and_logged_again(tmp_path):
+    """Teacher and baseline runs are written whole under the study lock: one found RUNNING there lost its worker
+    mid-write (as when a worker is killed while logging), so it is closed as KILLED and logged again."""
+    cfg = config.load(write_sweep(tmp_path, **{"trials: 3}": "trials: 1}"}))
+    search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "dead", 1)
+    ctx = worker.join("dead", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    key = worker.student_key(cfg)  # the base trial's student
+    stale = ctx.tracker.start(ctx.exp_id, "baseline-stale", "baseline", ctx.parent_id,
+                              tags={"kdtrain.baseline_key": key})
+    worker.work(ctx)
+    runs = ctx.tracker.find(ctx.exp_id, {"kdtrain.baseline_key": key})
+    assert sorted(ctx.tracker.status(r) for r in runs) == ["FINISHED", "KILLED"]
+    assert ctx.tracker.status(stale) == "KILLED"
+    fresh = next(r for r in runs if r != stale)
+    assert "val_accuracy_std" in ctx.tracker.metrics(fresh)
