@@ -378,6 +378,7 @@ def test_a_sweep_logs_through_mlflow_authentication_and_a_wrong_password_is_one_
     assert wrong.stderr.strip() == (f"kdtrain: error: the MLflow tracking server {url} refused the credentials "
                                     "(HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user "
                                     "it knows")
+    assert "not-the-password" not in wrong.stdout + wrong.stderr
     assert not (tmp_path / "home" / "optuna.journal").exists()  # nothing started
     anonymous = run_cli("sweep", p, "--tracking-uri", url, "--no-report", env=base)
     assert anonymous.returncode == 1 and "needs credentials (HTTP 401)" in anonymous.stderr
