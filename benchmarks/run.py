@@ -192,7 +192,8 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
            str(workers), "--set", "study.pruner=none", "--no-report"]
     name = "bench" if "bench" in sweep.read_text() else config.load(sweep).study.name
     # create the study (its base-settings trial comes first), then queue the same parameters for every run
-    create = [a if i != cmd.index("--workers") + 1 else "0" for i, a in enumerate(cmd)]
+    create = list(cmd)
+    create[cmd.index("--workers") + 1] = "0"
     r = subprocess.run(create, env=env, capture_output=True, text=True, cwd=home)
     if r.returncode != 0:
         raise SystemExit(f"sweep --workers 0 failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")

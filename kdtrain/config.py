@@ -584,18 +584,14 @@ def _check_loss_search(cfg: Config, problems: list[str], losses: tuple, settings
 
 def parse_duration(text: str | int | float) -> float:
     """'8h', '30m', '90s', '1h30m' or a number of seconds -> seconds (positive)."""
-    import re as _re
-
-    if isinstance(text, bool):
-        raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s)")
-    if isinstance(text, (int, float)):
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
         total = float(text)
     else:
-        units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
-        parts = _re.fullmatch(r"((\d+(\.\d+)?)[dhms])*(\d+(\.\d+)?)?", str(text).strip())
-        if not str(text).strip() or parts is None:
+        stripped = "" if isinstance(text, bool) else str(text).strip()
+        if not stripped or not re.fullmatch(r"(\d+(\.\d+)?[dhms])*(\d+(\.\d+)?)?", stripped):
             raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s)")
-        total = sum(float(n) * units.get(u, 1) for n, u in _re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", str(text)))
+        units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
+        total = sum(float(n) * units.get(u, 1) for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", stripped))
     if not total > 0 or total == float("inf"):
         raise ValueError(f"must be positive: {text!r}")
     return total

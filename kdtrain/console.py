@@ -31,7 +31,7 @@ def hv_history(study, objectives: dict) -> list[tuple[float, float]]:
     multi-objective study, in the order they finished; [] before its box exists."""
     from kdtrain import pareto, search
 
-    hv_box = study.user_attrs.get(search.A_HV_REF)
+    hv_box = study.user_attrs.get(search.A_HV_BOX)
     if hv_box is None or len(objectives) < 2:
         return []
     done = [(t.user_attrs.get(search.T_COMPUTE, 0.0), t.values if t.state.name == "COMPLETE" else None)

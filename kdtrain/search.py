@@ -41,7 +41,7 @@ TrialTakenOver = optuna.exceptions.UpdateFinishedTrialError
 # Study user attributes (written by create_or_open / the worker, read by workers, status and reports)
 A_CONFIG, A_TRIALS, A_OBJECTIVES = "kdtrain.config", "kdtrain.trials", "kdtrain.objectives"
 A_PARENT, A_EXP, A_TRACKING = "kdtrain.parent_run_id", "kdtrain.experiment_id", "kdtrain.tracking_uri"
-A_READY, A_HV_REF = "kdtrain.ready", "kdtrain.hv_box"
+A_READY, A_HV_BOX = "kdtrain.ready", "kdtrain.hv_box"
 """Set once the study's teacher runs are logged: a worker that waits (--wait) joins only then."""
 # Trial user attributes
 T_RUN, T_HOST, T_PID = "mlflow_run_id", "kdtrain.host", "kdtrain.pid"

@@ -343,17 +343,18 @@ def pareto_guard(ctx: Context, tcfg: Config, costs: dict) -> Callable[[list[floa
 def hv_box(ctx: Context) -> dict:
     """The study's fixed hypervolume box (pareto.box; stored in the study the first time it is needed): the
     costs of the cheapest and the costliest students the search space can propose."""
-    found = ctx.study.user_attrs.get(search.A_HV_REF)
+    found = ctx.study.user_attrs.get(search.A_HV_BOX)
     if found is None:
-        ends = {}
-        for end, pick in (("low", min), ("high", max)):
-            for over in space.extreme_students(ctx.cfg, end):
-                m = config.replace(ctx.cfg, over).student
-                cost = _measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m)
-                ends[end] = {k: (pick if k != "throughput" else {min: max, max: min}[pick])(
-                    v, ends.get(end, {}).get(k, v)) for k, v in cost.items()}  # throughput: higher is cheaper
-        found = pareto.box(ctx.cfg.study.objectives, ends["low"], ends["high"])
-        ctx.study.set_user_attr(search.A_HV_REF, found)
+        def costs(end: str) -> list[dict]:
+            students = [config.replace(ctx.cfg, over).student for over in space.extreme_students(ctx.cfg, end)]
+            return [_measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m) for m in students]
+
+        low, high = costs("low"), costs("high")
+        cheaper = lambda k: max if k == "throughput" else min  # noqa: E731  (throughput: higher is cheaper)
+        dearer = lambda k: min if k == "throughput" else max  # noqa: E731
+        found = pareto.box(ctx.cfg.study.objectives, {k: cheaper(k)(c[k] for c in low) for k in low[0]},
+                           {k: dearer(k)(c[k] for c in high) for k in high[0]})
+        ctx.study.set_user_attr(search.A_HV_BOX, found)
     return found
 
 

@@ -339,24 +339,24 @@ def test_max_latency_constraint_reaches_the_sampler_as_p50_minus_the_bound(sweep
 # ------------------------------------------------------------------ 6. export
 
 
-class OnnxDiffers(nn.Module):
-    """Computes y in PyTorch and in TorchScript, y + 1 in the ONNX file (a module that special-cases ONNX export)."""
+class _Linear16(nn.Module):
+    """A 16 -> 4 linear layer; subclasses choose how their forward pass exports."""
 
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(16, 4)
+
+
+class OnnxDiffers(_Linear16):
+    """Computes y in PyTorch and in TorchScript, y + 1 in the ONNX file (a module that special-cases ONNX export)."""
 
     def forward(self, x):
         y = self.fc(x.flatten(1))
         return y + 1.0 if torch.onnx.is_in_onnx_export() else y
 
 
-class TraceDiffers(nn.Module):
+class TraceDiffers(_Linear16):
     """Data-dependent control flow: tracing on zeros freezes the negative branch into both exported files."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(16, 4)
 
     def forward(self, x):
         y = self.fc(x.flatten(1))
