@@ -19,11 +19,22 @@ from kdtrain.console import EpochProgress, fmt_seconds, front_table, hv_history,
 def _load(args):
     from kdtrain import config, data
 
-    cfg = config.load(args.sweep, args.set)
+    return _load_data(config.load(args.sweep, args.set))
+
+
+def _load_data(cfg):
+    """The data of cfg, and every model of cfg that is not a registered family run once on it (torchvision: and
+    python: archs): a file or model that does not fit is one error before any training. (cfg, dataset)"""
+    from kdtrain import data, models, teachers
+
     t0 = time.perf_counter()
     ds = data.load(cfg.data)
     print(f"data {cfg.data.name}: {len(ds.y_train)} train / {len(ds.y_val)} val / {len(ds.y_test)} test, "
-          f"input {tuple(ds.input_shape)}, {ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
+          f"input {tuple(ds.input_shape)}, {ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)"
+          + (f"; {ds.note}" if ds.note else ""))
+    built = [("student", cfg.student)] + [(f"teachers ({t.name})", t) for t in cfg.teachers
+                                          if teachers.kind(t) in ("train", "weights")]
+    models.check_fits(built, ds.input_shape, ds.num_classes)
     return cfg, ds
 
 
@@ -35,7 +46,7 @@ def cmd_teachers(args) -> int:
         print("the sweep file defines no teachers (add a teachers: list)")
         return 0
     pool = load_pool(cfg, ds, on_epoch=teacher_progress())
-    rows = [{"name": t.name, "arch": t.config.arch, "width": t.config.width, "params": f"{t.params:,}",
+    rows = [{"name": t.name, "arch": t.arch, "width": t.width, "params": t.params_text,
              "val_acc": f"{t.val_accuracy:.4f}", "test_acc": f"{t.test_accuracy:.4f}",
              "status": "cached" if t.cached else t.source, "seconds": f"{t.seconds:.1f}"} for t in pool.values()]
     print()
@@ -67,9 +78,9 @@ def cmd_train(args) -> int:
     rows = [{"model": f"student ({cfg.student.arch}, width {cfg.student.width})", "params": f"{params:,}",
              "val_acc": f"{result.val_accuracy:.4f}", "test_acc": f"{result.test_accuracy:.4f}", "x smaller": "1.0"}]
     for t in pool.values():
-        rows.append({"model": f"teacher {t.name} ({t.config.arch}, width {t.config.width})",
-                     "params": f"{t.params:,}", "val_acc": f"{t.val_accuracy:.4f}",
-                     "test_acc": f"{t.test_accuracy:.4f}", "x smaller": f"{t.params / params:.1f}"})
+        rows.append({"model": f"teacher {t.name} ({t.described})",
+                     "params": t.params_text, "val_acc": f"{t.val_accuracy:.4f}", "test_acc": f"{t.test_accuracy:.4f}",
+                     "x smaller": f"{t.params / params:.1f}" if t.params is not None else "?"})
     print()
     print(table(rows, ["model", "params", "val_acc", "test_acc", "x smaller"]))
     print(f"\nstudent trained in {result.seconds:.1f}s on {result.device}")
@@ -116,18 +127,18 @@ def _preflight(args):
 def cmd_sweep(args) -> int:
     import os
 
-    from kdtrain import data, search, worker
+    from kdtrain import search, worker
     from kdtrain.config import home, redact
     from kdtrain.tracking import Tracker
 
     args.storage = args.storage or search.default_storage()
     cfg, storage, name, trials, timeout = _preflight(args)
-    ds = data.load(cfg.data)
+    cfg, ds = _load_data(cfg)
     # load_pool reads every teacher checkpoint before training any: a bad one stops here, nothing trained
     pool = worker.load_pool(cfg, ds, on_epoch=teacher_progress())
     for t in pool.values():
         print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}, "
-              f"{t.params:,} params")
+              f"{t.params_text} params")
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage or search.open_storage(args.storage), name, trials)
     search.remember_tracking(study, tracker.uri)
@@ -289,7 +300,7 @@ def cmd_ui(args) -> int:
 def cmd_profile(args) -> int:
     import dataclasses
 
-    from kdtrain import models
+    from kdtrain import models, teachers
     from kdtrain.console import profile_row
     from kdtrain.profile import model_identity, profile, width_ladder
 
@@ -297,7 +308,7 @@ def cmd_profile(args) -> int:
     p = cfg.profile
     print(f"latency: batch 1, {p.threads} thread(s), {p.device}, {p.backend}; throughput: batch "
           f"{p.throughput_batch}; FLOPs per sample (a multiply-add counts 2)")
-    entries = [(f"teacher {t.name}", t) for t in cfg.teachers]
+    entries = [(f"teacher {t.name}", t) for t in cfg.teachers if teachers.kind(t) in ("train", "weights")]
     widths = width_ladder(cfg, args.widths)
     entries += [(f"student {cfg.student.arch}", dataclasses.replace(cfg.student, width=w)) for w in widths]
     rows, ref = [], None

@@ -30,6 +30,13 @@ class KdtrainError(Exception):
     exit_code = 1
 
 
+class DataError(KdtrainError):
+    """The user's data (data.path, data.factory, a teacher's logits or weights file) cannot be used: one line
+    naming the file and what is wrong, exit code 2 like a bad sweep file."""
+
+    exit_code = 2
+
+
 class ConfigError(KdtrainError):
     """The sweep file or an override is wrong; lists every problem found."""
 
@@ -112,6 +119,22 @@ class DataConfig:
     """Standardise inputs with per-channel train mean and std."""
     limit: int | None = None
     """Use at most this many training samples (quick experiments)."""
+    path: str | None = None
+    """folder, arrays, csv: the folder of images or the file (relative to the current directory)."""
+    test_path: str | None = None
+    """csv: a second table for the test split; without it data.test_fraction of the rows are held out."""
+    test_fraction: float = 0.2
+    """folder, csv: the share held out for testing when the source has no test split of its own."""
+    label: str = "label"
+    """csv: the label column (class indices or names); the other numeric columns are the features."""
+    factory: str | None = None
+    """python: package.module:function returning the arrays (x_train, y_train, x_test, y_test[, class_names])."""
+    image_size: int = 32
+    """folder: images are resized to image_size x image_size once, when they are decoded."""
+    mean: list | None = None
+    """Fixed per-channel mean to normalise with (e.g. ImageNet's for a pretrained teacher); default: train's."""
+    std: list | None = None
+    """Fixed per-channel std to normalise with, beside data.mean."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -119,9 +142,9 @@ class ModelConfig:
     """What builds a network (kdtrain.models.from_config); shared by the student and the teachers."""
 
     arch: str = "mlp"
-    """Model family (see kdtrain.models.MODELS)."""
+    """Model family (see kdtrain.models.MODELS), torchvision:NAME or python:package.module:function."""
     width: int = 32
-    """Width of the family (channels or hidden units)."""
+    """Width of the family (channels or hidden units); torchvision: models have none and ignore it."""
     depth: int | None = None
     """Layers/blocks where the family has a depth; None for its default."""
     hidden: list | None = None
@@ -129,7 +152,8 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout before the classifier."""
     pretrained: bool = False
-    """resnet18 only: start from torchvision ImageNet weights (must be in the local torch cache or data.download)."""
+    """resnet18 and torchvision:NAME: start from torchvision's ImageNet weights (from the local torch cache only);
+    python: factories receive it as a keyword."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -150,7 +174,11 @@ class TeacherConfig(ModelConfig):
     lr: float | None = None
     """Learning rate; default train.lr."""
     weights: str | None = None
-    """Load instead of train: a checkpoint file (.pt) or an MLflow model URI (runs:/, models:/)."""
+    """Load instead of train: a state dict (.pt) for arch, a TorchScript (.pt) or ONNX (.onnx) file, or an MLflow
+    model URI (runs:/, models:/)."""
+    logits: str | None = None
+    """Knowledge without a model: a .npz (or .pt) file of the teacher's logits, arrays train and test, rows in the
+    data's order (before the validation split is carved)."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -310,7 +338,7 @@ AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "
             "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
             "profile.warmup": 0, "study.baseline_seeds": 1, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
             "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0,
-            "study.prune_warmup_epochs": 0, "study.prune_margin": 0}
+            "study.prune_warmup_epochs": 0, "study.prune_margin": 0, "data.image_size": 1}
 """Lower bounds (inclusive) of single settings; None passes where the type allows it."""
 ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
 
@@ -386,23 +414,94 @@ def _check_shape(raw: Any, source: str) -> None:
 
 def _check_model(m: ModelConfig, where: str, need) -> None:
     """The checks of the student and of every teacher."""
-    from kdtrain.models import MODELS  # models imports this module
+    from kdtrain import plugins
+    from kdtrain.models import MODELS, TORCHVISION, torchvision_names  # models imports this module
 
-    need(m.arch in MODELS, f"{where}.arch: unknown arch {m.arch!r} (known: {', '.join(sorted(MODELS))})")
+    if m.arch.startswith(TORCHVISION):
+        name = m.arch[len(TORCHVISION):]
+        need(name in torchvision_names(), f"{where}.arch: {m.arch}: torchvision has no classification model "
+             f"{name!r} (e.g. {', '.join(torchvision_names()[:6])}, ...)")
+    elif plugins.is_ref(m.arch):
+        problem = plugins.ref_problem(m.arch[len(plugins.PREFIX):])
+        need(problem is None, f"{where}.arch: {problem}")
+    else:
+        need(m.arch in MODELS, f"{where}.arch: unknown arch {m.arch!r} (known: {', '.join(sorted(MODELS))}, "
+             f"{TORCHVISION}NAME, python:package.module:function)")
     need(m.width >= 1, f"{where}.width: must be >= 1, got {m.width}")
     need(m.depth is None or m.depth >= 1, f"{where}.depth: must be >= 1, got {m.depth}")
     need(0 <= m.dropout < 1, f"{where}.dropout: must be in [0, 1), got {m.dropout}")
     if m.hidden is not None:
-        need(m.arch == "mlp", f"{where}.hidden: only the mlp family takes explicit hidden sizes")
+        need(m.arch == "mlp" or plugins.is_ref(m.arch),
+             f"{where}.hidden: only the mlp family (and python: factories) take explicit hidden sizes")
         need(len(m.hidden) > 0 and all(type(h) is int and h >= 1 for h in m.hidden),
              f"{where}.hidden: must be a non-empty list of positive ints, got {m.hidden}")
-    need(not m.pretrained or m.arch == "resnet18", f"{where}.pretrained: only resnet18 has torchvision weights")
-    need(not m.pretrained or m.width == 64, f"{where}.pretrained: torchvision weights need width 64, got {m.width}")
+    need(not m.pretrained or m.arch == "resnet18" or m.arch.startswith(TORCHVISION) or plugins.is_ref(m.arch),
+         f"{where}.pretrained: only resnet18, torchvision: models and python: factories have pretrained weights")
+    need(not m.pretrained or m.arch != "resnet18" or m.width == 64,
+         f"{where}.pretrained: torchvision weights need width 64, got {m.width}")
+
+
+def _check_data(d: DataConfig, need) -> None:
+    """The data section: a built-in dataset, or the user's own (folder, arrays, csv, python) with its file."""
+    from kdtrain import plugins
+    from kdtrain.data import AUGMENTATIONS, DATASETS
+
+    need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r} (known: {', '.join(DATASETS)})")
+    need(0 < d.val_fraction < 1, f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
+    need(0 < d.test_fraction < 1, f"data.test_fraction: must be in (0, 1), got {d.test_fraction}")
+    for a in d.augment:
+        need(a in AUGMENTATIONS, f"data.augment: unknown augmentation {a!r} (known: {', '.join(AUGMENTATIONS)})")
+    kinds = {"folder": "a folder of class folders", "arrays": "a .npz or .pt file", "csv": "a CSV file"}
+    if d.name in kinds:
+        if not d.path:
+            need(False, f"data.path: data.name {d.name} reads {kinds[d.name]}; set data.path")
+        else:
+            p = Path(d.path).expanduser()
+            need(p.exists(), f"data.path: no such {'folder' if d.name == 'folder' else 'file'}: {p.resolve()}")
+            need(not p.exists() or p.is_dir() == (d.name == "folder"),
+                 f"data.path: {p.resolve()} is {'not ' if d.name == 'folder' else ''}a folder; data.name "
+                 f"{d.name} reads {kinds[d.name]}")
+    else:
+        need(d.path is None, f"data.path: only data.name folder, arrays or csv read a path, not {d.name}")
+    if d.test_path is not None:
+        need(d.name == "csv", "data.test_path: only data.name csv takes a test table")
+        need(Path(d.test_path).expanduser().is_file(),
+             f"data.test_path: no such file: {Path(d.test_path).expanduser().resolve()}")
+    if d.name == "python":
+        ref = (d.factory or "").removeprefix(plugins.PREFIX)
+        need(bool(d.factory), "data.factory: data.name python needs data.factory: package.module:function")
+        need(not d.factory or plugins.ref_problem(ref) is None, f"data.factory: {plugins.ref_problem(ref)}")
+    else:
+        need(d.factory is None, f"data.factory: only data.name python calls a factory, not {d.name}")
+    need(bool(d.label), "data.label: name the label column")
+    for key in ("mean", "std"):
+        v = getattr(d, key)
+        need(v is None or (len(v) > 0 and all(type(x) in (int, float) and x == x for x in v)),
+             f"data.{key}: a list of numbers, one per channel, got {v}")
+    need((d.mean is None) == (d.std is None), "data.mean and data.std: give both or neither")
+    need(d.std is None or all(type(x) not in (int, float) or x > 0 for x in d.std),
+         f"data.std: must be > 0, got {d.std}")
+
+
+def _check_teacher_source(t, where: str, augment: list, need) -> None:
+    """A teacher from a logits file, or from an exported model (ONNX, TorchScript) instead of its arch."""
+    import importlib.util
+
+    need(not (t.logits and t.weights), f"{where}: give weights or logits, not both")
+    if t.logits:
+        p = Path(t.logits).expanduser()  # read (and its rows checked) with the data, before any training
+        need(p.suffix in (".npz", ".pt", ".pth"), f"{where}.logits: expected a .npz (or .pt) file with arrays "
+             f"train and test, got {p.name}")
+    if t.weights and t.weights.endswith(".onnx"):
+        need(importlib.util.find_spec("onnxruntime") is not None,
+             f"{where}.weights: an ONNX teacher needs onnxruntime (pip install 'kdtrain[onnx]')")
+    if augment and (t.logits or (t.weights or "").endswith(".onnx")):
+        need(False, f"{where}: data.augment needs a teacher model to run on the augmented inputs; a "
+             f"{'logits file' if t.logits else 'ONNX file'} gives fixed logits only (turn data.augment off)")
 
 
 def _check_values(cfg: Config, problems: list[str]) -> None:
-    from kdtrain.data import AUGMENTATIONS, DATASETS  # lazy: data and train import this module
-    from kdtrain.losses import ENSEMBLES, LOSSES
+    from kdtrain.losses import ENSEMBLES, LOSSES  # lazy: losses and train import this module
     from kdtrain.train import OPTIMIZERS, SCHEDULES
 
     def need(cond: bool, msg: str) -> None:
@@ -452,10 +551,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         except ValueError as e:
             problems.append(f"study.timeout: {e}")
 
-    need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r} (known: {', '.join(DATASETS)})")
-    need(0 < d.val_fraction < 1, f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
-    for a in d.augment:
-        need(a in AUGMENTATIONS, f"data.augment: unknown augmentation {a!r} (known: {', '.join(AUGMENTATIONS)})")
+    _check_data(d, need)
 
     _check_model(cfg.student, "student", need)
     names = [t.name for t in cfg.teachers]
@@ -465,6 +561,9 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         _check_model(t, where, need)
         need(t.epochs is None or t.epochs >= 0, f"{where}.epochs: must be >= 0, got {t.epochs}")
         need(t.lr is None or t.lr > 0, f"{where}.lr: must be > 0, got {t.lr}")
+        _check_teacher_source(t, where, d.augment, need)
+    need(not (cfg.student.arch.startswith("torchvision:") and "student.width" in cfg.search),
+         f"search.student.width: {cfg.student.arch} has no width to search; use a family or a python: factory")
     for n in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"teachers: name {n!r} is used twice")
 

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kdtrain.config import DataConfig, KdtrainError, data_root
+from kdtrain import sources
+from kdtrain.config import DataConfig, DataError, KdtrainError, data_root
 
 
 @dataclass
@@ -37,6 +38,14 @@ class Dataset:
     """Per-channel std the centred inputs were divided by."""
     scale: float = 1.0
     """Raw inputs (pixels 0-255, ...) are multiplied by this before normalisation."""
+    train_rows: np.ndarray | None = None
+    """Which rows of the source's training set are x_train (the rest of the carve: val_rows); a teacher's
+    logits file is indexed with them."""
+    val_rows: np.ndarray | None = None
+    source_rows: int = 0
+    """Rows of the source's training set before the carve (and before data.limit)."""
+    note: str = ""
+    """What loading did worth saying (a folder decoded or read from its cache, ignored columns)."""
 
     def to(self, device: torch.device | str) -> "Dataset":
         fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -194,17 +203,20 @@ def _cifar100(cfg: DataConfig):
                   ("meta", "fine_label_names"))
 
 
+DATASETS.update(sources.SOURCES)  # the user's own data: folder, arrays, csv, python
+
 # --------------------------------------------------------------------------- assembly
 
-RAW_SCALE = {"digits": 1 / 16, "mnist": 1 / 255, "fashion_mnist": 1 / 255, "cifar10": 1 / 255, "cifar100": 1 / 255}
+RAW_SCALE = {"digits": 1 / 16, "mnist": 1 / 255, "fashion_mnist": 1 / 255, "cifar10": 1 / 255, "cifar100": 1 / 255,
+             **sources.RAW_SCALE}
 """What each loader multiplied raw values by (for deployment cards)."""
 
 
 def load(cfg: DataConfig) -> Dataset:
-    """Load a dataset, carve the validation split, normalise with train statistics."""
+    """Load a dataset, carve the validation split, normalise with train statistics (or data.mean / data.std)."""
     if cfg.name not in DATASETS:
         raise KdtrainError(f"unknown dataset {cfg.name!r} (known: {', '.join(DATASETS)})")
-    x, y, x_test, y_test, names = DATASETS[cfg.name](cfg)
+    x, y, x_test, y_test, names, *note = DATASETS[cfg.name](cfg)
     perm = np.random.default_rng(cfg.seed).permutation(len(y))
     n_val = max(1, int(round(len(y) * cfg.val_fraction)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -213,11 +225,18 @@ def load(cfg: DataConfig) -> Dataset:
     x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
     axes = (0,) + tuple(range(2, x.ndim))  # per channel
-    if cfg.normalize:
+    channels = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if cfg.mean is not None:
+        if len(cfg.mean) not in (1, x.shape[1]) or len(cfg.std) not in (1, x.shape[1]):
+            raise DataError(f"data.mean / data.std: {len(cfg.mean)} and {len(cfg.std)} values for data with "
+                            f"{x.shape[1]} channel(s); give one value per channel (or one for all)")
+        mean = np.broadcast_to(np.asarray(cfg.mean, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
+        std = np.broadcast_to(np.asarray(cfg.std, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
+    elif cfg.normalize:
         mean = x_train.mean(axis=axes, keepdims=True)
         std = x_train.std(axis=axes, keepdims=True) + 1e-8
     else:
-        mean = np.zeros((1, x.shape[1]) + (1,) * (x.ndim - 2), np.float32)
+        mean = np.zeros(channels, np.float32)
         std = np.ones_like(mean)
     norm = lambda a: torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))  # noqa: E731
     return Dataset(
@@ -226,7 +245,14 @@ def load(cfg: DataConfig) -> Dataset:
         x_test=norm(x_test), y_test=torch.from_numpy(y_test),
         input_shape=tuple(x.shape[1:]), num_classes=len(names), class_names=list(names),
         mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist(), scale=RAW_SCALE.get(cfg.name, 1.0),
+        train_rows=train_idx, val_rows=val_idx, source_rows=len(y), note=note[0] if note else "",
     )
+
+
+def identity(cfg: DataConfig) -> str | None:
+    """What the user's data holds (its files' content), for cache keys and study settings; None for the built-in
+    datasets, which their settings identify."""
+    return sources.identity(cfg)
 
 
 AUGMENTATIONS = ("crop", "flip")

@@ -9,12 +9,14 @@ accepts every dataset shape kdtrain loads: 1-D signals (C, L) and images
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from kdtrain.config import KdtrainError
+from kdtrain import plugins
+from kdtrain.config import DataError, KdtrainError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,8 +28,23 @@ def register(name: str):
     return deco
 
 
+TORCHVISION = "torchvision:"
+"""arch prefix: any torchvision classification model by name (torchvision:resnet50), its head sized to the data."""
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def create_model(arch: str, input_shape, num_classes: int, width: int, depth: int | None = None,
                  hidden: list[int] | None = None, dropout: float = 0.0, pretrained: bool = False) -> nn.Module:
+    if arch.startswith(TORCHVISION):
+        return torchvision_model(arch[len(TORCHVISION):], tuple(input_shape), num_classes, pretrained)
+    if plugins.is_ref(arch):
+        return python_model(arch, tuple(input_shape), num_classes, width, depth=depth, hidden=hidden,
+                            dropout=dropout, pretrained=pretrained)
     if arch not in MODELS:
         raise KdtrainError(f"unknown arch {arch!r} (known: {', '.join(sorted(MODELS))})")
     return MODELS[arch](tuple(input_shape), num_classes, width, depth=depth, hidden=hidden,
@@ -38,6 +55,29 @@ def from_config(m, input_shape, num_classes: int) -> nn.Module:
     """Build a model from a ModelConfig (a StudentConfig or a TeacherConfig)."""
     return create_model(m.arch, input_shape, num_classes, m.width, depth=m.depth, hidden=m.hidden,
                         dropout=m.dropout, pretrained=m.pretrained)
+
+
+def check_fits(models_cfg: list[tuple[str, object]], input_shape, num_classes: int) -> None:
+    """Build each (where, ModelConfig) whose arch is not a registered family (those fit every shape) and run one
+    batch of zeros through it: a model that cannot take this data, or a factory that fails, is one error before
+    any training."""
+    for where, m in models_cfg:
+        if m.arch in MODELS:
+            continue
+        try:
+            model = from_config(m, input_shape, num_classes).eval()
+            with torch.no_grad():
+                out = model(torch.zeros(2, *input_shape))
+        except KdtrainError as e:
+            raise DataError(f"{where}.arch {m.arch}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - user code or a model too deep for small inputs
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise DataError(f"{where}.arch {m.arch} does not run on this data's samples of shape "
+                               f"{tuple(input_shape)}: {type(e).__name__}: {first}") from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DataError(f"{where}.arch {m.arch}: returns {shape} for a batch of 2; a classifier of this "
+                               f"data returns logits of shape (batch, {num_classes})")
 
 
 def count_params(model: nn.Module) -> int:
@@ -203,8 +243,6 @@ def resnet18(input_shape, num_classes, width=64, depth=None, hidden=None, dropou
 
 
 def _load_torchvision_weights(net: nn.Module) -> None:
-    from pathlib import Path
-
     from torchvision.models import ResNet18_Weights
 
     weights = ResNet18_Weights.IMAGENET1K_V1
@@ -216,3 +254,77 @@ def _load_torchvision_weights(net: nn.Module) -> None:
     own = net.state_dict()
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     net.load_state_dict(keep, strict=False)
+
+
+# --------------------------------------------------------------------------- torchvision:NAME and python:
+
+
+class _RepeatChannels(nn.Module):
+    """Feed a 1-channel image to a network built for 3 channels (the grey values on each)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.expand(-1, 3, -1, -1))
+
+
+def _replace_head(net: nn.Module, num_classes: int) -> None:
+    """Replace the last Linear layer (the classifier of every torchvision classification model but SqueezeNet,
+    whose head is a 1x1 conv) by one with num_classes outputs."""
+    last = None
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            last = (name, module)
+    name, module = last
+    parent = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
+    if isinstance(module, nn.Linear):
+        new = nn.Linear(module.in_features, num_classes)
+    else:
+        new = nn.Conv2d(module.in_channels, num_classes, module.kernel_size, module.stride)
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+
+
+def torchvision_model(name: str, input_shape, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """torchvision's classification model NAME, sized for num_classes. With pretrained, its default ImageNet
+    weights come from the local torch cache only (never downloaded) and the head is replaced. 1-channel images
+    are repeated to 3 channels; signals (C, L) are refused."""
+    import torchvision
+
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise KdtrainError(f"torchvision models take 1- or 3-channel images (C, H, W); this data's samples are "
+                           f"{tuple(input_shape)}")
+    if not pretrained:
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    else:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.exists():
+            raise KdtrainError(f"torchvision {name} pretrained weights are not in the local torch cache ({cached}); "
+                               "kdtrain never downloads them: copy the file there, or set pretrained: false")
+        net = torchvision.models.get_model(name, weights=None)
+        net.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+        _replace_head(net, num_classes)
+    return _RepeatChannels(net) if input_shape[0] == 1 else net
+
+
+def python_model(arch: str, input_shape, num_classes: int, width: int, **family) -> nn.Module:
+    """python:package.module:function, called as function(input_shape, num_classes, width) plus the settings it
+    names among depth, hidden, dropout and pretrained (a setting given but not taken is an error)."""
+    ref = arch[len(plugins.PREFIX):]
+    fn = plugins.load_object(ref, arch)
+    defaults = {"depth": None, "hidden": None, "dropout": 0.0, "pretrained": False}
+    kwargs = {k: v for k, v in family.items() if plugins.accepts(fn, k)}
+    ignored = [k for k, v in family.items() if k not in kwargs and v != defaults[k]]
+    if ignored:
+        raise KdtrainError(f"{arch} takes no {', '.join(ignored)} argument; remove the setting or add it to the "
+                           "function's signature")
+    try:
+        model = fn(tuple(input_shape), num_classes, width, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's factory failed
+        raise KdtrainError(f"{arch}({tuple(input_shape)}, {num_classes}, {width}) raised {type(e).__name__}: "
+                           f"{str(e)[:300]}") from None
+    if not isinstance(model, nn.Module):
+        raise KdtrainError(f"{arch} must return a torch.nn.Module, got {type(model).__name__}")
+    return model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 
 from kdtrain.config import Config
+from kdtrain.data import identity
 from kdtrain.losses import LOSS_SETTINGS
 
 
@@ -74,8 +75,11 @@ def signature(cfg: Config) -> dict:
     d = cfg.to_dict()
     for k in ("trials", "timeout", "pruner", "prune_warmup_epochs", "prune_margin"):  # how, not what, is searched
         d["study"].pop(k)
-    for k in ("root", "download"):
+    for k in ("root", "download", "path", "test_path"):  # where the files live, not what they hold
         d["data"].pop(k)
+    content = identity(cfg.data)
+    if content is not None:  # the user's own data: its content (a changed file is a changed study)
+        d["data"]["content"] = content
     for k in ("device", "threads"):
         d["train"].pop(k)
     return d

@@ -140,7 +140,7 @@ def ensure_teacher_runs(ctx: Context) -> None:
             run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
                                     tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source},
                                     params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
-            metrics = _measure(t.model, ctx, t.config)
+            metrics = _measure_teacher(t, ctx)
             metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
             ctx.tracker.log_metrics(run, metrics)
             # the cache entry itself (weights, logits, meta): workers on other machines fetch it instead of
@@ -161,6 +161,22 @@ def logged_whole(ctx: Context, tags: dict) -> bool:
         ctx.tracker.set_tags(run_id, {"fail_reason": "its worker died while logging it; logged again"})
         ctx.tracker.end(run_id, "KILLED")
     return done
+
+
+def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
+    """A teacher's deployment metrics where they can be measured: none for a logits or ONNX file (no PyTorch
+    model); a TorchScript model is measured as is, uncached (its file, not an arch, defines it)."""
+    import torch
+
+    if t.model is None:
+        return {}
+    if not isinstance(t.model, torch.jit.ScriptModule):
+        return _measure(t.model, ctx, t.config)
+    try:
+        return profile(t.model, ctx.ds.input_shape, ctx.cfg.profile, None, ctx.log)
+    except Exception as e:  # noqa: BLE001 - a TorchScript model may not export or count; its accuracy still counts
+        ctx.log(f"teacher {t.name}: deployment metrics not measured ({type(e).__name__}: {str(e)[:200]})")
+        return {"params": float(t.params)} if t.params is not None else {}
 
 
 def _measure(model, ctx: Context, model_cfg) -> dict:

@@ -1,0 +1,359 @@
+"""The user's own data: a folder of images, an arrays file, a CSV table, or a python factory.
+
+Each source ends in the same raw arrays as the built-in datasets (x as float32 (N, C, L) or (N, C, H, W), y as
+int64 class indices, class names) and goes through one check (`checked`), so that a bad file is one
+`DataError` naming the file and what is wrong, raised before anything is trained or written. A folder's images
+are decoded once and cached as a tensor file keyed by the folder's listing (names, sizes, modification times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pickle
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdtrain import plugins
+from kdtrain.config import DataConfig, DataError, KdtrainError, data_root
+from kdtrain.shared import content_key
+
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FOLDER_CACHE_VERSION = 1
+decoded_images = 0
+"""Images this process has decoded (a second run on the same folder decodes none: the tests read this)."""
+
+
+# --------------------------------------------------------------------------- the one check
+
+
+def _labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | None, where: str):
+    """Labels -> int64 class indices and class names. Strings map to their sorted names (or to class_names)."""
+    if y_train.dtype.kind in "USO":
+        known = list(names) if names is not None else sorted({str(v) for v in y_train})
+        index = {n: i for i, n in enumerate(known)}
+        for split, y in (("y_train", y_train), ("y_test", y_test)):
+            unknown = sorted({str(v) for v in y} - set(index))
+            if unknown:
+                raise DataError(f"{where}: {split} has label(s) {', '.join(map(repr, unknown[:5]))} that "
+                                + ("are not in class_names" if names is not None else "y_train never has")
+                                + " (every class needs training samples)")
+        return (np.array([index[str(v)] for v in y_train], np.int64),
+                np.array([index[str(v)] for v in y_test], np.int64), known)
+    out = []
+    for split, y in (("y_train", y_train), ("y_test", y_test)):
+        if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise DataError(f"{where}: {split} must hold class indices (integers) or class names (strings), "
+                            f"got {y.dtype} values")
+        out.append(y.astype(np.int64))
+    classes = len(names) if names is not None else int(max(out[0].max(), out[1].max(initial=0))) + 1
+    for split, y in zip(("y_train", "y_test"), out):
+        bad = y[(y < 0) | (y >= classes)]
+        if len(bad):
+            raise DataError(f"{where}: {split} has label {int(bad[0])} outside 0..{classes - 1}"
+                            + (f" (class_names names {classes} classes)" if names is not None else ""))
+    return out[0], out[1], list(names) if names is not None else [str(i) for i in range(classes)]
+
+
+def _features(x, split: str, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{where}: {split} must be numeric, got {x.dtype} values")
+    if x.ndim == 2:
+        x = x[:, None, :]  # (N, F) features read as (N, 1, F)
+    if x.ndim not in (3, 4):
+        raise DataError(f"{where}: {split} has samples of shape {tuple(x.shape[1:])}; kdtrain takes (F,) features, "
+                        "(C, L) signals or (C, H, W) images")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{where}: {split} holds NaN or infinite values")
+    return x
+
+
+def checked(x_train, y_train, x_test, y_test, names, where: str):
+    """Validate and convert raw arrays: (x_train, y_train, x_test, y_test, class_names), or one DataError."""
+    as_np = lambda a: a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)  # noqa: E731
+    x_train, x_test = _features(as_np(x_train), "x_train", where), _features(as_np(x_test), "x_test", where)
+    y_train, y_test = as_np(y_train), as_np(y_test)
+    for split, y, x in (("train", y_train, x_train), ("test", y_test, x_test)):
+        if y.ndim != 1:
+            raise DataError(f"{where}: y_{split} must be one label per sample (1-D), got shape {y.shape}")
+        if len(y) != len(x):
+            raise DataError(f"{where}: y_{split} has {len(y)} labels but x_{split} has {len(x)} samples")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{where}: x_train samples have shape {x_train.shape[1:]} but x_test samples "
+                        f"{x_test.shape[1:]}")
+    if len(y_train) < 10 or len(y_test) < 1:
+        raise DataError(f"{where}: {len(y_train)} training and {len(y_test)} test samples; kdtrain needs at "
+                        "least 10 to train (a validation split is carved from them) and 1 to test")
+    if names is not None:
+        names = [str(n) for n in as_np(names).tolist()]
+        if len(set(names)) != len(names) or not names:
+            raise DataError(f"{where}: class_names must be distinct names, got {names[:10]}")
+    y_train, y_test, names = _labels(y_train, y_test, names, where)
+    if len(np.unique(y_train)) < 2:
+        raise DataError(f"{where}: y_train has one class only ({names[y_train[0]]!r}); a classifier needs two or more")
+    return x_train, y_train, x_test, y_test, names
+
+
+def _split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of a source that has no test split of its own (data.test_fraction, data.seed)."""
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    n_test = max(1, int(round(n * cfg.test_fraction)))
+    return perm[n_test:], perm[:n_test]
+
+
+def _path(cfg: DataConfig, key: str = "path") -> Path:
+    return Path(getattr(cfg, key)).expanduser().resolve()
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def read_arrays(path: Path, what: str) -> dict:
+    """A .npz or .pt file of named arrays -> {name: array}; one DataError when it cannot be read."""
+    if path.suffix not in (".npz", ".pt", ".pth"):
+        raise DataError(f"{what} {path}: expected a .npz (numpy.savez) or .pt (torch.save of a dict) file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise DataError(f"{what} {path}: holds Python objects (an object array); save labels and class "
+                            "names as string arrays, e.g. np.array(names, dtype=str)") from None
+        raise DataError(f"{what} {path}: not a readable {path.suffix} file ({str(e)[:200]})") from None
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise DataError(f"{what} {path}: not a readable {path.suffix} file ({str(e).splitlines()[0][:200]})") \
+            from None
+    if not isinstance(d, dict):
+        raise DataError(f"{what} {path}: expected a dict of named arrays, got {type(d).__name__}")
+    return d
+
+
+def _arrays(cfg: DataConfig):
+    path = _path(cfg)
+    d = read_arrays(path, "data.path")
+    missing = [k for k in ARRAY_KEYS if k not in d]
+    if missing:
+        raise DataError(f"data.path {path}: missing {', '.join(missing)} (an arrays file holds "
+                        f"{', '.join(ARRAY_KEYS)} and optionally class_names; it has {', '.join(map(str, d)) or 'nothing'})")
+    return checked(*(d[k] for k in ARRAY_KEYS), d.get("class_names"), f"data.path {path}")
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def _read_table(path: Path, label: str, what: str):
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
+        raise DataError(f"{what} {path}: not a readable CSV table ({str(e).splitlines()[0][:200]})") from None
+    if label not in df.columns:
+        raise DataError(f"{what} {path}: no column {label!r} (columns: {', '.join(map(str, df.columns[:20]))}); "
+                        "set data.label to the label column")
+    features = [c for c in df.columns if c != label and pd.api.types.is_numeric_dtype(df[c])]
+    if not features:
+        raise DataError(f"{what} {path}: no numeric feature column besides {label!r}")
+    empty = [str(c) for c in [*features, label] if df[c].isna().any()]
+    if empty:
+        raise DataError(f"{what} {path}: empty or non-numeric cells in column(s) {', '.join(empty[:10])}")
+    y = df[label].to_numpy()
+    if y.dtype.kind == "O":
+        y = y.astype(str)
+    ignored = [str(c) for c in df.columns if c != label and c not in features]
+    return df[features].to_numpy(np.float32), y, [str(c) for c in features], ignored
+
+
+def _csv(cfg: DataConfig):
+    path = _path(cfg)
+    x, y, features, ignored = _read_table(path, cfg.label, "data.path")
+    if cfg.test_path:
+        test = _path(cfg, "test_path")
+        x_test, y_test, test_features, _ = _read_table(test, cfg.label, "data.test_path")
+        if test_features != features:
+            raise DataError(f"data.test_path {test}: feature columns differ from data.path's "
+                            f"({', '.join(sorted(set(features) ^ set(test_features))[:10])})")
+        if y.dtype.kind != y_test.dtype.kind and "U" in (y.dtype.kind, y_test.dtype.kind):
+            y, y_test = y.astype(str), y_test.astype(str)
+    else:
+        train, test = _split(len(y), cfg)
+        x, y, x_test, y_test = x[train], y[train], x[test], y[test]
+    out = checked(x, y, x_test, y_test, None, f"data.path {path}")
+    note = f"{len(features)} feature columns" + (f"; ignored non-numeric column(s) {', '.join(ignored)}" if ignored else "")
+    return (*out, note)
+
+
+# --------------------------------------------------------------------------- folder of images
+
+
+def _folder_listing(cfg: DataConfig) -> tuple[list[str], list[tuple[str, Path, int]], Path]:
+    """(class names, [(split, file, class index)], root): train/<class>/ and test/<class>/, or <class>/ alone."""
+    root = _path(cfg)
+    if not root.is_dir():
+        raise DataError(f"data.path {root}: not a folder (the folder source reads <class>/ or train/<class>/ "
+                        "and test/<class>/ folders of images)")
+    splits = [("train", root / "train"), ("test", root / "test")] if (root / "train").is_dir() else [("all", root)]
+    subdirs = lambda d: sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))  # noqa: E731
+    names = [p.name for p in subdirs(splits[0][1])]
+    if splits[0][0] == "train" and not (root / "test").is_dir():
+        splits = splits[:1]  # train/ alone: split by data.test_fraction
+        splits[0] = ("all", root / "train")
+    if len(names) < 2:
+        raise DataError(f"data.path {splits[0][1]}: {len(names)} class folder(s) "
+                        f"({', '.join(names) or 'none'}); a classifier needs two or more, one folder of images each")
+    files = []
+    for split, folder in splits:
+        for d in subdirs(folder):
+            if d.name not in names:
+                raise DataError(f"data.path {d}: class {d.name!r} has no folder under {splits[0][1]} "
+                                "(every class needs training images)")
+            images = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images and split != "test":
+                raise DataError(f"data.path {d}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += [(split, p, names.index(d.name)) for p in images]
+    return names, files, root
+
+
+def _decode(files: list[tuple[str, Path, int]], size: int) -> np.ndarray:
+    """Decode every image once: (N, C, size, size) uint8, C = 1 (grayscale) or 3 (colour), one mode for all."""
+    global decoded_images
+    from PIL import Image, UnidentifiedImageError
+
+    out, first = None, {}
+    for i, (_, path, _) in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                kind = "grayscale" if len(img.getbands()) <= 2 and img.mode != "P" else "colour"
+                first.setdefault(kind, (path, img.mode))
+                if len(first) > 1:
+                    (p1, m1), (p2, m2) = first["grayscale"], first["colour"]
+                    raise DataError(f"data.path: images of mixed modes: {p1} is {m1} (grayscale) but {p2} is "
+                                    f"{m2} (colour); convert them to one mode (all RGB or all L)")
+                img = img.convert("L" if kind == "grayscale" else "RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                a = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"data.path: cannot decode image {path} ({str(e)[:200]})") from None
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if out is None:
+            out = np.empty((len(files), *a.shape), np.uint8)
+        out[i] = a
+        decoded_images += 1
+    return out
+
+
+def folder_key(cfg: DataConfig) -> str:
+    """The decoded folder's cache key: the listing (relative names, sizes, modification times) and image size."""
+    names, files, root = _folder_listing(cfg)
+    listing = [(split, str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns, c) for split, p, c in files]
+    return content_key({"version": FOLDER_CACHE_VERSION, "size": cfg.image_size, "names": names, "files": listing})
+
+
+def _folder(cfg: DataConfig):
+    names, files, root = _folder_listing(cfg)
+    key = folder_key(cfg)
+    cache = data_root(cfg) / "folders" / f"{key}.pt"
+    t0 = time.perf_counter()
+    try:
+        d = torch.load(cache, map_location="cpu", weights_only=True)
+        x, note = d["x"].numpy(), f"{len(files)} images from the cache {cache}"
+    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError):
+        x = _decode(files, cfg.image_size)
+        note = (f"decoded {len(files)} images to {cfg.image_size}x{cfg.image_size} in "
+                f"{time.perf_counter() - t0:.1f}s; cached in {cache}")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp")
+        torch.save({"x": torch.from_numpy(x), "names": names}, tmp)
+        tmp.replace(cache)
+    x = x.astype(np.float32) / 255.0
+    y = np.array([c for _, _, c in files], np.int64)
+    split = np.array([s for s, _, _ in files])
+    if (split == "test").any():
+        train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    else:
+        train, test = _split(len(y), cfg)
+    return (*checked(x[train], y[train], x[test], y[test], names, f"data.path {root}"), note)
+
+
+# --------------------------------------------------------------------------- python factory
+
+_factory_results: dict[str, tuple] = {}
+
+
+def _python(cfg: DataConfig):
+    key = content_key(dataclasses.asdict(cfg))
+    if key in _factory_results:  # the identity (cache keys) and the load read it once per process
+        return _factory_results[key]
+    ref = cfg.factory.removeprefix(plugins.PREFIX)
+    what = f"data.factory {ref}"
+    fn = plugins.load_object(ref, what)
+    try:
+        out = fn(cfg) if plugins.positional_count(fn) >= 1 else fn()
+    except KdtrainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed; say where, once
+        raise DataError(f"{what} raised {type(e).__name__}: {str(e)[:300]}") from None
+    if isinstance(out, dict):
+        missing = [k for k in ARRAY_KEYS if k not in out]
+        if missing:
+            raise DataError(f"{what}: returned a dict without {', '.join(missing)}")
+        arrays = [out[k] for k in ARRAY_KEYS] + [out.get("class_names")]
+    elif isinstance(out, (tuple, list)) and len(out) in (4, 5):
+        arrays = [*out, None][:5]
+    else:
+        raise DataError(f"{what}: must return a dict with {', '.join(ARRAY_KEYS)} (and optionally class_names), "
+                        f"or a tuple (x_train, y_train, x_test, y_test[, class_names]); got {type(out).__name__}")
+    result = checked(*arrays, what)
+    _factory_results[key] = result
+    return result
+
+
+# --------------------------------------------------------------------------- identity
+
+_file_digests: dict[tuple, str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (memoised per path, size and modification time)."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    if memo not in _file_digests:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _file_digests[memo] = h.hexdigest()[:16]
+    return _file_digests[memo]
+
+
+def identity(cfg: DataConfig) -> str | None:
+    """What the user's data holds, for cache keys and the study's settings (None for the built-in datasets, which
+    their settings identify): the files' content, a folder's listing, or the factory's arrays."""
+    if cfg.name in ("arrays", "csv"):
+        return "+".join(file_digest(_path(cfg, k)) for k in ("path", "test_path") if getattr(cfg, k))
+    if cfg.name == "folder":
+        return folder_key(cfg)
+    if cfg.name == "python":
+        x_train, y_train, x_test, y_test, names = _python(cfg)
+        h = hashlib.sha256()
+        for a in (x_train, y_train, x_test, y_test):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update("\n".join(names).encode())
+        return h.hexdigest()[:16]
+    return None
+
+
+SOURCES = {"folder": _folder, "arrays": _arrays, "csv": _csv, "python": _python}
+"""data.name -> loader of the user's data (registered in kdtrain.data.DATASETS)."""
+RAW_SCALE = {"folder": 1 / 255}
