@@ -30,6 +30,13 @@ class KdtrainError(Exception):
     exit_code = 1
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first non-empty line, cut to limit characters (its type name when it says nothing): the
+    reason shown inside kdtrain's one-line errors."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(e).__name__
+
+
 class DataError(KdtrainError):
     """The user's data (data.path, data.factory, a teacher's logits or weights file) cannot be used: one line
     naming the file and what is wrong, exit code 2 like a bad sweep file."""

@@ -37,6 +37,16 @@ def to_onnx(model: nn.Module, input_shape, path: str | Path) -> Path:
     return path
 
 
+def onnx_params(path: str | Path) -> int:
+    """Parameters of an ONNX model: the values of its initializers (weights and biases)."""
+    need_onnx()
+    import math
+
+    import onnx
+
+    return sum(math.prod(t.dims) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+
+
 def onnx_session(path: str | Path, threads: int = 1):
     need_onnx()
     import onnxruntime as ort

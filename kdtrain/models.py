@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdtrain import plugins
-from kdtrain.config import DataError, KdtrainError
+from kdtrain.config import DataError, KdtrainError, first_line
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -69,11 +69,10 @@ def check_fits(models_cfg: list[tuple[str, object]], input_shape, num_classes: i
             with torch.no_grad():
                 out = model(torch.zeros(2, *input_shape))
         except KdtrainError as e:
-            raise DataError(f"{where}.arch {m.arch}: {e}") from None
+            raise DataError(f"{where}.arch: {e}") from None
         except Exception as e:  # noqa: BLE001 - user code or a model too deep for small inputs
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             raise DataError(f"{where}.arch {m.arch} does not run on this data's samples of shape "
-                               f"{tuple(input_shape)}: {type(e).__name__}: {first}") from None
+                               f"{tuple(input_shape)}: {type(e).__name__}: {first_line(e, 300)}") from None
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise DataError(f"{where}.arch {m.arch}: returns {shape} for a batch of 2; a classifier of this "
@@ -306,6 +305,11 @@ def torchvision_model(name: str, input_shape, num_classes: int, pretrained: bool
         net = torchvision.models.get_model(name, weights=None)
         net.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
         _replace_head(net, num_classes)
+    if getattr(net, "aux_logits", False):  # GoogLeNet, Inception v3: train on the main head alone (one tensor out)
+        net.aux_logits = False
+        for aux in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(net, aux):
+                setattr(net, aux, None)
     return _RepeatChannels(net) if input_shape[0] == 1 else net
 
 
@@ -324,7 +328,7 @@ def python_model(arch: str, input_shape, num_classes: int, width: int, **family)
         model = fn(tuple(input_shape), num_classes, width, **kwargs)
     except Exception as e:  # noqa: BLE001 - the user's factory failed
         raise KdtrainError(f"{arch}({tuple(input_shape)}, {num_classes}, {width}) raised {type(e).__name__}: "
-                           f"{str(e)[:300]}") from None
+                           f"{first_line(e, 300)}") from None
     if not isinstance(model, nn.Module):
         raise KdtrainError(f"{arch} must return a torch.nn.Module, got {type(model).__name__}")
     return model

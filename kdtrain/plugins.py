@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from kdtrain.config import KdtrainError
+from kdtrain.config import KdtrainError, first_line
 
 PREFIX = "python:"
 REF = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
@@ -46,7 +46,7 @@ def load_object(ref: str, what: str, search_dirs: tuple[str, ...] = ()) -> Calla
         raise KdtrainError(f"{what}: cannot import {module_name!r} ({e}); put {module_name.split('.')[0]}.py in "
                            f"the current directory or install its package") from None
     except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
-        raise KdtrainError(f"{what}: importing {module_name!r} raised {type(e).__name__}: {str(e)[:300]}") from None
+        raise KdtrainError(f"{what}: importing {module_name!r} raised {type(e).__name__}: {first_line(e, 300)}") from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise KdtrainError(f"{what}: {module_name} has no function {func!r}")

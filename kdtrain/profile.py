@@ -14,6 +14,7 @@ per (architecture, input shape, backend, device, threads, settings).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import statistics
@@ -59,12 +60,15 @@ def _time(fn: Callable[[], object], calls: int, sync: Callable[[], None]) -> lis
 
 
 def _runner(model: nn.Module, input_shape, pcfg: ProfileConfig, device: torch.device, tmp: str):
-    """(call at batch 1, call at the throughput batch, sync) for the chosen backend."""
-    if pcfg.backend == "onnxruntime":
-        sess = onnx_session(to_onnx(model, input_shape, Path(tmp) / "m.onnx"), pcfg.threads)
+    """(call at batch 1, call at the throughput batch, sync) for the chosen backend; an ONNX file (a teacher given
+    as one) runs in ONNX Runtime whatever the backend."""
+    if isinstance(model, Path) or pcfg.backend == "onnxruntime":
+        sess = onnx_session(model if isinstance(model, Path) else to_onnx(model, input_shape, Path(tmp) / "m.onnx"),
+                            pcfg.threads)
+        name = sess.get_inputs()[0].name
         x1 = torch.randn(1, *input_shape).numpy()
         xb = torch.randn(pcfg.throughput_batch, *input_shape).numpy()
-        return (lambda: sess.run(None, {"input": x1})), (lambda: sess.run(None, {"input": xb})), (lambda: None)
+        return (lambda: sess.run(None, {name: x1})), (lambda: sess.run(None, {name: xb})), (lambda: None)
     m = copy.deepcopy(model).to(device).eval()
     x1 = torch.randn(1, *input_shape, device=device)
     xb = torch.randn(pcfg.throughput_batch, *input_shape, device=device)
@@ -133,6 +137,18 @@ def profile(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()
                 "flagged latency_noisy=1 and not cached")
     elif path is not None:
         atomic_write_text(path, json.dumps(out))
+    return out
+
+
+def profile_onnx(path: Path, input_shape, pcfg: ProfileConfig = ProfileConfig()) -> dict:
+    """Deployment metrics of an ONNX file (a teacher given as one): its parameters (the initializers' values), its
+    bytes on disk, and latency and throughput in ONNX Runtime on the CPU (not cached: the file defines it)."""
+    from kdtrain.export import onnx_params
+
+    out = {"params": onnx_params(path), "size_bytes": path.stat().st_size}
+    with cpu_room(exclusive=True):
+        out.update(latency(path, input_shape, dataclasses.replace(pcfg, device="cpu")))
+    out["latency_noisy"] = float(out["latency_cv"] > pcfg.max_cv)
     return out
 
 

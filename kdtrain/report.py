@@ -123,14 +123,14 @@ def headline(d: StudyData) -> dict:
     if d.teachers.empty or d.students.empty:
         return {}
     t = d.teachers.loc[d.teachers["val_accuracy"].idxmax()]
+    # a teacher known by its logits (a logits or ONNX file) has no params or latency: NaN, said so in the text
     out = {"teacher": str(t["tag:mlflow.runName"]).removeprefix("teacher-"), "teacher_val_accuracy": t["val_accuracy"],
-           "teacher_params": t["params"], "teacher_latency_ms_p50": t["latency_ms_p50"],
-           "teacher_throughput": t["throughput"]}
+           **{f"teacher_{k}": t.get(k, np.nan) for k in ("params", "latency_ms_p50", "throughput")}}
     keep = d.students[d.students["val_accuracy"] >= KEEP * t["val_accuracy"]]
     if not keep.empty:
         s = keep.sort_values(["params", "val_accuracy"], ascending=[True, False]).iloc[0]
         out["smallest"] = _student_summary(s, t)
-    smaller = d.students[d.students["params"] < t["params"]]
+    smaller = d.students[d.students["params"] < out["teacher_params"]]
     if not smaller.empty:
         out["best_smaller"] = _student_summary(smaller.loc[smaller["val_accuracy"].idxmax()], t)
     return out
@@ -140,8 +140,9 @@ def _student_summary(s, t) -> dict:
     return {"trial": int(s["trial"]), "run_id": s["run_id"], "val_accuracy": s["val_accuracy"],
             "test_accuracy": s["test_accuracy"], "params": s["params"],
             "pct_of_teacher": 100 * s["val_accuracy"] / t["val_accuracy"],
-            "x_smaller": t["params"] / s["params"], "x_faster_b1": t["latency_ms_p50"] / s["latency_ms_p50"],
-            "x_throughput": s["throughput"] / t["throughput"]}
+            "x_smaller": t.get("params", np.nan) / s["params"],
+            "x_faster_b1": t.get("latency_ms_p50", np.nan) / s["latency_ms_p50"],
+            "x_throughput": s["throughput"] / t.get("throughput", np.nan)}
 
 
 FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "params", "size_bytes", "flops",
@@ -409,16 +410,18 @@ def _headline_text(d: StudyData) -> list[str]:
     h = headline(d)
     if not h:
         return ["No complete trials or no teacher yet."]
+    known = not pd.isna(h["teacher_params"])
     lines = [f"Best teacher: {h['teacher']} at {h['teacher_val_accuracy']:.4f} val accuracy, "
-             f"{h['teacher_params']:,.0f} params."]
+             + (f"{h['teacher_params']:,.0f} params." if known else "its size unknown (known by its logits only).")]
     s = h.get("smallest")
     if s:
+        costs = (f", {s['x_smaller']:.1f}x smaller, {s['x_faster_b1']:.2f}x faster at batch 1 and "
+                 f"{s['x_throughput']:.1f}x the throughput at batch "
+                 f"{int(d.students.get('profile.throughput_batch', pd.Series(['256'])).iloc[0])}"
+                 f" ({d.students.get('profile.backend', pd.Series(['eager'])).iloc[0]})") if known else ""
         lines.append(f"The smallest student keeping {KEEP:.0%} of its accuracy is trial {s['trial']}: "
                      f"{s['val_accuracy']:.4f} val / {s['test_accuracy']:.4f} test accuracy "
-                     f"({s['pct_of_teacher']:.1f}% of the teacher), {s['x_smaller']:.1f}x smaller, "
-                     f"{s['x_faster_b1']:.2f}x faster at batch 1 and {s['x_throughput']:.1f}x the throughput at "
-                     f"batch {int(d.students.get('profile.throughput_batch', pd.Series(['256'])).iloc[0])}"
-                     f" ({d.students.get('profile.backend', pd.Series(['eager'])).iloc[0]}).")
+                     f"({s['pct_of_teacher']:.1f}% of the teacher){costs}.")
     else:
         lines.append(f"No student reaches {KEEP:.0%} of the teacher's accuracy yet.")
     b = h.get("best_smaller")

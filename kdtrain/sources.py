@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import pickle
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kdtrain import plugins
-from kdtrain.config import DataConfig, DataError, KdtrainError, data_root
+from kdtrain.config import DataConfig, DataError, KdtrainError, data_root, first_line
 from kdtrain.shared import content_key
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -128,10 +126,9 @@ def read_arrays(path: Path, what: str) -> dict:
         if "allow_pickle" in str(e):
             raise DataError(f"{what} {path}: holds Python objects (an object array); save labels and class "
                             "names as string arrays, e.g. np.array(names, dtype=str)") from None
-        raise DataError(f"{what} {path}: not a readable {path.suffix} file ({str(e)[:200]})") from None
-    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise DataError(f"{what} {path}: not a readable {path.suffix} file ({str(e).splitlines()[0][:200]})") \
-            from None
+        raise DataError(f"{what} {path}: not a readable {path.suffix} file ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - torch.load and np.load raise a dozen types on a damaged file
+        raise DataError(f"{what} {path}: not a readable {path.suffix} file ({first_line(e)})") from None
     if not isinstance(d, dict):
         raise DataError(f"{what} {path}: expected a dict of named arrays, got {type(d).__name__}")
     return d
@@ -156,7 +153,7 @@ def _read_table(path: Path, label: str, what: str):
     try:
         df = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
-        raise DataError(f"{what} {path}: not a readable CSV table ({str(e).splitlines()[0][:200]})") from None
+        raise DataError(f"{what} {path}: not a readable CSV table ({first_line(e)})") from None
     if label not in df.columns:
         raise DataError(f"{what} {path}: no column {label!r} (columns: {', '.join(map(str, df.columns[:20]))}); "
                         "set data.label to the label column")
@@ -243,7 +240,7 @@ def _decode(files: list[tuple[str, Path, int]], size: int) -> np.ndarray:
                     img = img.resize((size, size), Image.BILINEAR)
                 a = np.asarray(img, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"data.path: cannot decode image {path} ({str(e)[:200]})") from None
+            raise DataError(f"data.path: cannot decode image {path} ({first_line(e)})") from None
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         if out is None:
             out = np.empty((len(files), *a.shape), np.uint8)
@@ -267,7 +264,7 @@ def _folder(cfg: DataConfig):
     try:
         d = torch.load(cache, map_location="cpu", weights_only=True)
         x, note = d["x"].numpy(), f"{len(files)} images from the cache {cache}"
-    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError):
+    except Exception:  # noqa: BLE001 - missing or damaged: decode again (and rewrite it)
         x = _decode(files, cfg.image_size)
         note = (f"decoded {len(files)} images to {cfg.image_size}x{cfg.image_size} in "
                 f"{time.perf_counter() - t0:.1f}s; cached in {cache}")
@@ -302,7 +299,7 @@ def _python(cfg: DataConfig):
     except KdtrainError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code failed; say where, once
-        raise DataError(f"{what} raised {type(e).__name__}: {str(e)[:300]}") from None
+        raise DataError(f"{what} raised {type(e).__name__}: {first_line(e, 300)}") from None
     if isinstance(out, dict):
         missing = [k for k in ARRAY_KEYS if k not in out]
         if missing:

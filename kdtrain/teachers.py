@@ -13,6 +13,7 @@ import dataclasses
 import json
 import pickle
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 
 from kdtrain import models
 from kdtrain.config import Config, KdtrainError, TeacherConfig, home
-from kdtrain.config import DataError
+from kdtrain.config import DataError, first_line
 from kdtrain.data import Dataset
 from kdtrain.data import identity as data_identity
 from kdtrain.sources import file_digest, read_arrays
@@ -132,8 +133,7 @@ def _read_checkpoint(ref: str) -> dict:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KdtrainError(f"teacher checkpoint {p} is not a readable PyTorch state dict ({first[:200]})") from None
+        raise KdtrainError(f"teacher checkpoint {p} is not a readable PyTorch state dict ({first_line(e)})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -170,7 +170,9 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
 def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict) -> None:
     with atomic_dir(folder) as tmp:  # another process may finish the same teacher first: either copy will do
         if isinstance(model, torch.jit.ScriptModule):
-            torch.jit.save(model, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.save(model, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
         elif model is not None:
             torch.save(model.state_dict(), tmp / MODEL_FILE)
         torch.save(logits, tmp / LOGITS_FILE)
@@ -183,7 +185,7 @@ def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> T
         logits = torch.load(folder / LOGITS_FILE, map_location="cpu", weights_only=True)
         model = None
         if meta.get("source") == "torchscript":
-            model = torch.jit.load(str(folder / MODEL_FILE), map_location="cpu")
+            model = _jit_load(folder / MODEL_FILE)
         elif meta.get("source") not in ("logits", "onnx"):
             state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
             model = models.from_config(t, data.input_shape, data.num_classes)
@@ -267,7 +269,7 @@ def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int) -> dict[str, tor
     try:
         sess = onnx_session(Path(t.weights).expanduser(), max(1, threads))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
-        raise DataError(f"{where}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        raise DataError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
     inp = sess.get_inputs()[0]
     fixed = [d if isinstance(d, int) else None for d in inp.shape]
     sample = tuple(data.input_shape)
@@ -285,7 +287,7 @@ def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int) -> dict[str, tor
             try:
                 parts.append(sess.run(None, {inp.name: chunk})[0][: len(x[i:i + batch])])
             except Exception as e:  # noqa: BLE001
-                raise DataError(f"{where}: failed on the data ({str(e).splitlines()[0][:200]})") from None
+                raise DataError(f"{where}: failed on the data ({first_line(e)})") from None
         out[split] = torch.from_numpy(np.concatenate(parts)).float()
         if tuple(out[split].shape) != (len(x), data.num_classes):
             raise DataError(f"{where}: returns {tuple(out[split].shape[1:])} per sample; this data has "
@@ -293,18 +295,24 @@ def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int) -> dict[str, tor
     return out
 
 
+def _jit_load(path: Path) -> nn.Module:
+    with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated; users still export it
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
 def _torchscript(t: TeacherConfig, data: Dataset) -> nn.Module:
     try:
-        model = torch.jit.load(str(Path(t.weights).expanduser()), map_location="cpu")
+        model = _jit_load(Path(t.weights).expanduser())
     except (RuntimeError, ValueError) as e:
         raise DataError(f"{_where(t, 'weights')}: not a loadable TorchScript file "
-                        f"({str(e).strip().splitlines()[0][:200]})") from None
+                        f"({first_line(e)})") from None
     try:
         with torch.no_grad():
             out = model.eval()(data.x_val[:2].cpu())
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{_where(t, 'weights')}: does not run on the data's samples of shape "
-                        f"{tuple(data.input_shape)} ({str(e).strip().splitlines()[0][:200]})") from None
+                        f"{tuple(data.input_shape)} ({first_line(e)})") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != (data.num_classes,):
         raise DataError(f"{_where(t, 'weights')}: returns {getattr(out, 'shape', type(out).__name__)} for 2 "
                         f"samples; this data has {data.num_classes} classes")
@@ -316,6 +324,10 @@ def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, log
     val_acc = (logits["val"].argmax(1) == data.y_val.cpu()).float().mean().item()
     test_acc = (logits["test"].argmax(1) == data.y_test.cpu()).float().mean().item()
     params = models.count_params(model) if model is not None else None
+    if source == "onnx":
+        from kdtrain.export import onnx_params
+
+        params = onnx_params(Path(t.weights).expanduser())
     seconds = time.perf_counter() - start
     meta = {"name": t.name, "config": dataclasses.asdict(t), "params": params, "val_accuracy": val_acc,
             "test_accuracy": test_acc, "seconds": seconds, "source": source}

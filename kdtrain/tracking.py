@@ -17,7 +17,7 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from kdtrain.config import KdtrainError, home, redact
+from kdtrain.config import KdtrainError, first_line, home, redact
 from kdtrain.shared import atomic_dir
 
 ROLE = "kdtrain.role"
@@ -55,7 +55,7 @@ def load_state_dict(uri: str) -> dict:
     try:
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except Exception as e:  # mlflow raises many types for a bad URI; report it as one message
-        raise KdtrainError(f"could not load the MLflow model {uri}: {str(e).splitlines()[0][:300]}") from None
+        raise KdtrainError(f"could not load the MLflow model {uri}: {first_line(e, 300)}") from None
     return model.state_dict()
 
 
@@ -124,7 +124,7 @@ class Tracker:
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
         except Exception as e:
-            raise KdtrainError(f"cannot open the MLflow store {redact(self.uri)}: {str(e).splitlines()[0][:300]}") \
+            raise KdtrainError(f"cannot open the MLflow store {redact(self.uri)}: {first_line(e, 300)}") \
                 from None
 
     # ------------------------------------------------------------------ experiment and runs

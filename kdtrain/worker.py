@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,8 +24,8 @@ from typing import Callable
 import yaml
 
 from kdtrain import config, console, data, models, pareto, search, space, teachers, tracking
-from kdtrain.config import METRICS, Config, KdtrainError, home, redact
-from kdtrain.profile import model_identity, profile
+from kdtrain.config import METRICS, Config, KdtrainError, first_line, home, redact
+from kdtrain.profile import model_identity, profile, profile_onnx
 from kdtrain.run import distill_student
 from kdtrain.shared import atomic_write_text, content_key, cpu_room, file_lock
 from kdtrain.tracking import Tracker
@@ -164,18 +165,27 @@ def logged_whole(ctx: Context, tags: dict) -> bool:
 
 
 def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
-    """A teacher's deployment metrics where they can be measured: none for a logits or ONNX file (no PyTorch
-    model); a TorchScript model is measured as is, uncached (its file, not an arch, defines it)."""
+    """A teacher's deployment metrics where they can be measured: none for a logits file; an ONNX file in ONNX
+    Runtime and a TorchScript model as is, both uncached (the file, not an arch, defines them)."""
     import torch
 
     if t.model is None:
-        return {}
+        path = Path(t.config.weights or "").expanduser()
+        if not (t.config.weights or "").endswith(".onnx") or not path.is_file():
+            return {}  # a logits file: no model to measure
+        try:
+            return profile_onnx(path, ctx.ds.input_shape, ctx.cfg.profile)
+        except Exception as e:  # noqa: BLE001 - e.g. a fixed batch size: its accuracy still counts
+            ctx.log(f"teacher {t.name}: latency not measured ({type(e).__name__}: {first_line(e)})")
+            return {}
     if not isinstance(t.model, torch.jit.ScriptModule):
         return _measure(t.model, ctx, t.config)
     try:
-        return profile(t.model, ctx.ds.input_shape, ctx.cfg.profile, None, ctx.log)
+        with warnings.catch_warnings():  # copying a TorchScript module touches .grad of its non-leaf tensors
+            warnings.simplefilter("ignore", UserWarning)
+            return profile(t.model, ctx.ds.input_shape, ctx.cfg.profile, None, ctx.log)
     except Exception as e:  # noqa: BLE001 - a TorchScript model may not export or count; its accuracy still counts
-        ctx.log(f"teacher {t.name}: deployment metrics not measured ({type(e).__name__}: {str(e)[:200]})")
+        ctx.log(f"teacher {t.name}: deployment metrics not measured ({type(e).__name__}: {first_line(e)})")
         return {"params": float(t.params)} if t.params is not None else {}
 
 
