@@ -1,7 +1,7 @@
 """User code, named in a sweep file as ``package.module:function`` (after a ``python:`` prefix).
 
 The only way code enters through a sweep file: a name that is imported and called, never YAML that builds
-objects. A module beside the sweep file or in the current directory is found without installing it.
+objects. A module in the current directory is found without installing it (sys.path is searched first).
 """
 
 from __future__ import annotations

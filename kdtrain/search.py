@@ -39,7 +39,7 @@ TrialTakenOver = optuna.exceptions.UpdateFinishedTrialError
 """Telling a trial that another worker has already failed (no heartbeat for the grace period)."""
 
 # Study user attributes (written by create_or_open / the worker, read by workers, status and reports)
-A_CONFIG, A_TRIALS, A_OBJECTIVES = "kdtrain.config", "kdtrain.trials", "kdtrain.objectives"
+A_CONFIG, A_TRIALS, A_OBJECTIVES, A_DATA = "kdtrain.config", "kdtrain.trials", "kdtrain.objectives", "kdtrain.data"
 A_PARENT, A_EXP, A_TRACKING = "kdtrain.parent_run_id", "kdtrain.experiment_id", "kdtrain.tracking_uri"
 A_READY, A_HV_BOX = "kdtrain.ready", "kdtrain.hv_box"
 """Set once the study's teacher runs are logged: a worker that waits (--wait) joins only then."""
@@ -194,14 +194,14 @@ def wait_for(study_name: str, storage_url: str | None, wait_s: float, log: Calla
 # --------------------------------------------------------------------------- studies
 
 def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
-    """The existing study of that name (None if there is none); refused if its settings differ from cfg."""
+    """The existing study of that name (None if none); refused if its settings or its data's content changed."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
     stored = json.loads(study.user_attrs.get(A_CONFIG, "{}"))
     if stored:
-        changed = space.diff(space.signature(config.from_dict(stored)), space.signature(cfg))
+        changed = space.diff(space.signature(config.from_dict(stored), study.user_attrs.get(A_DATA)), space.signature(cfg))
         if changed:
             what = "search space" if any(c.startswith("search") for c in changed) else "settings"
             raise KdtrainError(
@@ -219,9 +219,9 @@ def create_or_open(cfg: Config, storage, name: str, trials: int) -> optuna.Study
         study.set_user_attr(A_TRIALS, trials)
         return study
     study = optuna.create_study(study_name=name, storage=storage, directions=list(cfg.study.objectives.values()))
-    study.set_user_attr(A_CONFIG, json.dumps(cfg.to_dict()))
-    study.set_user_attr(A_TRIALS, trials)
-    study.set_user_attr(A_OBJECTIVES, list(cfg.study.objectives))
+    for key, value in ((A_CONFIG, json.dumps(cfg.to_dict())), (A_TRIALS, trials), (A_DATA, space.identity(cfg.data)),
+                       (A_OBJECTIVES, list(cfg.study.objectives))):
+        study.set_user_attr(key, value)
     study.enqueue_trial(space.base_params(cfg), user_attrs={T_REFERENCE: "base settings"})
     return study
 

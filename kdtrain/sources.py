@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,9 @@ def read_arrays(path: Path, what: str) -> dict:
     """A .npz or .pt file of named arrays -> {name: array}; one DataError when it cannot be read."""
     if path.suffix not in (".npz", ".pt", ".pth"):
         raise DataError(f"{what} {path}: expected a .npz (numpy.savez) or .pt (torch.save of a dict) file")
+    if path.suffix == ".npz" and path.is_file() and not zipfile.is_zipfile(path):
+        # np.load reads any other bytes as a pickle and would blame "pickled data" (an object array)
+        raise DataError(f"{what} {path}: not a readable .npz file (not a zip archive, which numpy.savez writes)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:

@@ -70,14 +70,15 @@ def base_params(cfg: Config) -> dict:
     return {k: v for k, v in out.items() if k not in LOSS_SETTINGS or (loss is not None and in_use(k, loss))}
 
 
-def signature(cfg: Config) -> dict:
-    """What must not change under an existing study name: objectives, search space, the rest of the settings."""
+def signature(cfg: Config, content: str | None = None) -> dict:
+    """What must not change under an existing study name: objectives, search space, the rest of the settings, and
+    the content of the user's data files (`content` as recorded when the study was created, else read now)."""
     d = cfg.to_dict()
     for k in ("trials", "timeout", "pruner", "prune_warmup_epochs", "prune_margin"):  # how, not what, is searched
         d["study"].pop(k)
     for k in ("root", "download", "path", "test_path"):  # where the files live, not what they hold
         d["data"].pop(k)
-    content = identity(cfg.data)
+    content = content or identity(cfg.data)
     if content is not None:  # the user's own data: its content (a changed file is a changed study)
         d["data"]["content"] = content
     for k in ("device", "threads"):

@@ -111,6 +111,9 @@ def teacher_key(t: TeacherConfig, cfg: Config) -> str:
         "data": data,
         "train": tr,
     }
+    if kind(t) in ("logits", "onnx"):  # a file's logits, not training: the train settings cannot change them
+        for k in ("epochs", "lr", "train"):
+            ident.pop(k)
     if t.weights:
         ident["weights"] = _weights_identity(t.weights)
     if t.logits and Path(t.logits).expanduser().is_file():

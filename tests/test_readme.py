@@ -100,7 +100,7 @@ def test_a_misspelled_readme_command_is_caught(old, new, problem):
 
 
 def test_readme_names_real_sweep_files():
-    paths = set(re.findall(r"sweeps/[\w.]+\.yaml", README))
-    assert "sweeps/quickstart.yaml" in paths
+    paths = set(re.findall(r"sweeps/[\w./]+\.(?:yaml|py)", README))  # sweeps/examples/ too, and its scripts
+    assert {"sweeps/quickstart.yaml", "sweeps/examples/folder.yaml", "sweeps/examples/make_data.py"} <= paths
     for path in paths:
         assert (ROOT / path).exists(), path
