@@ -134,3 +134,30 @@ def make_card(cfg, ds, study: str, trial: int, run_id: str | None, metrics: dict
                           "formula": "x = (raw * scale - mean[c]) / std[c], per channel c; batch first"},
         "classes": ds.class_names,
     }
+
+
+def card_text(card: dict, gains: dict) -> str:
+    """The deployment card as Markdown (a registered model version's description): accuracy and the gain over
+    the no-teacher baseline, size and cost with how latency was measured, and the preprocessing its inputs need."""
+    m, lat, pre, kd = card["metrics"], card["latency_measured"], card["preprocessing"], card["distillation"]
+    fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "?"  # noqa: E731
+    lines = [
+        f"**{card['student']['arch']}, width {card['student']['width']}**: trial {card['trial']} of study "
+        f"`{card['study']}` (MLflow run `{card['mlflow_run_id']}`), distilled from {'+'.join(kd['teachers']) or 'no teacher'} "
+        f"(T={fmt(kd['temperature'], '.3g')}, alpha={fmt(kd['alpha'], '.3g')}, {kd['ensemble']}).",
+        "",
+        f"- accuracy: {fmt(m.get('val_accuracy'), '.4f')} validation, {fmt(m.get('test_accuracy'), '.4f')} test",
+        f"- gain over the no-teacher baseline (its mean over seeds): {fmt(gains.get('kd_gain'), '+.4f')} validation, "
+        f"{fmt(gains.get('kd_gain_test'), '+.4f')} test ({fmt(gains.get('kd_gain_sigma'), '.1f')} baseline standard "
+        f"deviations on validation)",
+        f"- size: {fmt(m.get('params'), ',.0f')} parameters, {fmt(m.get('size_bytes'), ',.0f')} bytes; "
+        f"{fmt(m.get('flops'), ',.0f')} FLOPs per sample",
+        f"- latency: {fmt(m.get('latency_ms_p50'), '.4f')} ms p50, {fmt(m.get('latency_ms_p95'), '.4f')} ms p95 at "
+        f"batch {lat['batch']}, {lat['threads']} thread(s), {lat['device']}, {lat['backend']}; throughput "
+        f"{fmt(m.get('throughput'), ',.0f')} samples/s",
+        f"- input: float32 of shape (batch, {', '.join(map(str, pre['input_shape']))}), preprocessed as "
+        f"{pre['formula']} with scale {pre['scale']:.6g}, mean {[round(v, 6) for v in pre['mean']]}, std "
+        f"{[round(v, 6) for v in pre['std']]} (data {pre['dataset']})",
+        f"- output: logits over {len(card['classes'])} classes {card['classes'][:20]}",
+    ]
+    return "\n".join(lines)

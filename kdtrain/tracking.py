@@ -26,6 +26,8 @@ MODEL_ARTIFACT, CONFIG_ARTIFACT, SWEEP_ARTIFACT = "model.pt", "config.yaml", "sw
 TEACHER_ARTIFACTS = "teacher"
 """A teacher run's folder holding its cache entry (weights, logits, meta), fetched by workers elsewhere."""
 TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName", "kdtrain.seed")
+MODEL_TAG = "kdtrain.model_id"
+"""A run's tag naming its MLflow logged model (models:/<id>): the student, baseline or teacher as an MLflow model."""
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"
 
@@ -36,7 +38,9 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in worker logs
     import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them afterwards)
 
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # machines without network; nothing to send anyway
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its advice on pickle: a TorchScript file is none
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
     warnings.filterwarnings("ignore", message=".*noload.*")
@@ -170,12 +174,13 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict, history: list | None = None) -> None:
-        """Final metrics (no step) and per-epoch history (step = epoch) in a few batched writes."""
+    def log_metrics(self, run_id: str, metrics: dict, history: list | None = None, model_id: str | None = None) -> None:
+        """Final metrics (no step; linked to the run's logged model when given) and per-epoch history (step =
+        epoch) in a few batched writes."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items() if v is not None]
         for s in history or []:
             for key in ("train_loss", "kd_loss", "ce_loss", "val_accuracy"):
                 items.append(Metric(key, float(getattr(s, key)), now, s.epoch))
@@ -231,6 +236,72 @@ class Tracker:
             torch.save(state, p)
             self.client.log_artifact(run_id, str(p))
 
+    # ------------------------------------------------------------------ MLflow models and dataset inputs
+    def log_model(self, run_id: str, exp_id: str, name: str, model, example, tags: dict | None = None) -> str | None:
+        """The run's model as an MLflow logged model (linked to the run; kdtrain.model_id tags the run): TorchScript
+        in MLflow's pytorch flavor, so that mlflow.pyfunc.load_model needs torch alone, not kdtrain (a pickled
+        module would need kdtrain's classes; ONNX would need onnxruntime). Its signature and input example come
+        from `example` (inputs as the model takes them). None, with a tag saying why, when the model cannot be
+        traced or scripted exactly (a python: factory with data-dependent control flow, say)."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model, infer_signature
+
+        x = torch.as_tensor(example).float().cpu()
+        ts = torchscript(model, x)
+        if ts is None:
+            self.set_tags(run_id, {MODEL_TAG: "none: TorchScript cannot reproduce this model; see model.pt"})
+            return None
+        with torch.no_grad():
+            out = ts(x).numpy()
+        lm = self.client.create_logged_model(exp_id, name=name, source_run_id=run_id, model_type="classifier",
+                                             tags={k: str(v) for k, v in (tags or {}).items()},
+                                             params=dict(self.client.get_run(run_id).data.params))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "model"
+            meta = Model(artifact_path=lm.artifact_location, model_uuid=lm.model_id, run_id=run_id, model_id=lm.model_id)
+            mlflow.pytorch.save_model(ts, folder, mlflow_model=meta, signature=infer_signature(x.numpy(), out),
+                                      input_example=x[:1].numpy(), serialization_format="pickle",
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            self.client.log_model_artifacts(lm.model_id, str(folder))
+        self.client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step=0)])
+        self.client.finalize_logged_model(lm.model_id, "READY")
+        self.set_tags(run_id, {MODEL_TAG: lm.model_id})
+        return lm.model_id
+
+    def register(self, name: str, model_id: str, run_id: str, description: str, tags: dict) -> str:
+        """A version of registered model `name` for a logged model (the registered model created if need be); the
+        version that already holds this model when it was registered before. Returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise KdtrainError(f"cannot create registered model {name!r}: {first_line(e)}") from None
+        for v in self.client.search_model_versions(f"name = '{name}'"):
+            if v.source == f"models:/{model_id}":
+                return v.version
+        return self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, description=description,
+                                                tags={k: str(v) for k, v in tags.items()}, model_id=model_id).version
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def dataset_inputs(self, name: str, splits: dict) -> list:
+        """MLflow dataset inputs for the runs of one dataset: split -> (x, y) arrays, each with MLflow's digest of
+        the arrays and the split as its context (the runs view's Dataset column and filters). Made once."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        return [DatasetInput(mlflow.data.from_numpy(x, targets=y, name=name)._to_mlflow_entity(),
+                             tags=[InputTag("mlflow.data.context", split)]) for split, (x, y) in splits.items()]
+
+    def log_inputs(self, run_id: str, inputs: list) -> None:
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
+
     def runs_frame(self, experiment: str):
         """(the experiment's runs as a DataFrame with plain column names, experiment id): metrics and params
         under their own names (val_accuracy, kd.alpha), the tags of TIDY_TAGS as tag:<name>, plus run_id,
@@ -268,3 +339,24 @@ class Tracker:
 
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
+
+
+def torchscript(model, x):
+    """TorchScript of a model that gives its outputs (within 1e-5) on x and on a batch of another size: traced,
+    else scripted; a ScriptModule as it is; None when neither reproduces the model."""
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    model = model.cpu().eval()
+    other = torch.cat([x, x[:1]])  # a second batch size: a trace that fixed the batch dimension fails here
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings
+        for make in (lambda: torch.jit.trace(model, x, check_trace=False), lambda: torch.jit.script(model)):
+            try:
+                ts = make()
+                if all(torch.allclose(ts(a), model(a), atol=1e-5, rtol=0) for a in (x, other)):
+                    return ts
+            except Exception:  # noqa: BLE001 - trace or script refused the model: try the next, else None
+                continue
+    return None

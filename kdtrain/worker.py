@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 import yaml
 
 from kdtrain import config, console, data, models, pareto, search, space, teachers, tracking
@@ -43,6 +44,17 @@ class Context:
     exp_id: str
     parent_id: str
     log: Callable[[str], None]
+    inputs: list = dataclasses.field(default_factory=list)
+    """The data as MLflow dataset inputs (train, validation, test), logged with every run."""
+
+    def example(self):
+        """Two validation samples as the models take them: the logged models' input example and signature."""
+        return self.ds.x_val[:2].cpu().numpy()
+
+    def log_model(self, run_id: str, name: str, model, tags: dict) -> str | None:
+        """A run's model as an MLflow logged model (see Tracker.log_model), named after its run."""
+        return self.tracker.log_model(run_id, self.exp_id, name, model, self.example(),
+                                      {"optuna.study": self.study.study_name, **tags})
 
 
 # --------------------------------------------------------------------------- assembling a worker
@@ -72,13 +84,23 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     parent_id = study.user_attrs.get(search.A_PARENT)
     if sweep_file or not parent_id:
         parent_id = ensure_parent(tracker, exp_id, study, cfg, sweep_file)
-    ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log)
+    splits = {s: (getattr(ds, f"x_{s}").cpu().numpy(), getattr(ds, f"y_{s}").cpu().numpy())
+              for s in ("train", "val", "test")}
+    ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log,
+                  tracker.dataset_inputs(dataset_name(cfg.data), {"train": splits["train"],
+                                                                  "validation": splits["val"], "test": splits["test"]}))
     ensure_teacher_runs(ctx)
     if len(cfg.study.objectives) > 1:
         hv_box(ctx)
     if not study.user_attrs.get(search.A_READY):
         study.set_user_attr(search.A_READY, True)  # workers waiting with --wait may join now
     return ctx
+
+
+def dataset_name(d) -> str:
+    """The data's name in MLflow: the dataset, with the user's file or factory (folder:shapes, csv:flowers.csv)."""
+    source = d.path or d.factory
+    return f"{d.name}:{Path(source).name if d.path else source}" if source else d.name
 
 
 def join(study_name: str, storage_url: str | None, tracking_uri: str | None, threads: int | None = None,
@@ -141,9 +163,12 @@ def ensure_teacher_runs(ctx: Context) -> None:
             run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
                                     tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source},
                                     params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
+            ctx.tracker.log_inputs(run, ctx.inputs)
             metrics = _measure_teacher(t, ctx)
             metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
-            ctx.tracker.log_metrics(run, metrics)
+            model_id = ctx.log_model(run, f"teacher-{t.name}", t.model, {"kdtrain.role": "teacher"}) \
+                if t.model is not None else None
+            ctx.tracker.log_metrics(run, metrics, model_id=model_id)
             # the cache entry itself (weights, logits, meta): workers on other machines fetch it instead of
             # training their own, slightly different, copy of the teacher
             ctx.tracker.log_dir(run, t.path, tracking.TEACHER_ARTIFACTS)
@@ -167,8 +192,6 @@ def logged_whole(ctx: Context, tags: dict) -> bool:
 def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
     """A teacher's deployment metrics where they can be measured: none for a logits file; an ONNX file in ONNX
     Runtime and a TorchScript model as is, both uncached (the file, not an arch, defines them)."""
-    import torch
-
     if t.model is None:
         path = Path(t.config.weights or "").expanduser()
         if not (t.config.weights or "").endswith(".onnx") or not path.is_file():
@@ -203,7 +226,7 @@ def student_key(cfg: Config) -> str:
     sig = space.signature(cfg)
     train = {k: v for k, v in sig["train"].items() if k != "seed"}
     return content_key({"student": dataclasses.asdict(cfg.student), "train": train, "data": sig["data"],
-                        "format": 2})
+                        "format": 3})  # 3: each seed's weights beside the results
 
 
 def _flat_params(cfg: Config) -> dict:
@@ -230,6 +253,8 @@ def baseline_runs(ctx: Context, cfg: Config, seeds: list[int]) -> dict:
                                 epoch_guard=cpu_room)
             if "metrics" not in result:
                 result["metrics"] = _measure(r.model, ctx, cfg.student)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(r.model.state_dict(), path.with_name(f"{key}-seed{seed}.pt"))  # the baseline run's model
             result["runs"][str(seed)] = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
                                          "train_seconds": r.seconds,
                                          "history": [dataclasses.asdict(h) for h in r.history]}
@@ -261,7 +286,8 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
     key = student_key(cfg)
     with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
         if not logged_whole(ctx, {"kdtrain.baseline_key": key}):
-            run = ctx.tracker.start(ctx.exp_id, f"baseline-{cfg.student.arch}-w{cfg.student.width}", "baseline",
+            run_name = f"baseline-{cfg.student.arch}-w{cfg.student.width}"
+            run = ctx.tracker.start(ctx.exp_id, run_name, "baseline",
                                     ctx.parent_id, tags={"kdtrain.baseline_key": key},
                                     params={**{k: v for k, v in _flat_params(cfg).items()
                                                if not k.startswith("kd.")}, "kd.alpha": 0.0,
@@ -270,9 +296,19 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
             curves = [EpochStats(**{k: epoch[0][k] if k in ("epoch", "epochs") else statistics.fmean(h[k] for h in epoch)
                                     for k in epoch[0]})
                       for epoch in zip(*(result["runs"][str(s)]["history"] for s in seeds))]
-            ctx.tracker.log_metrics(run, {k: v for k, v in metrics.items() if k != "seeds"}, curves)
+            ctx.tracker.log_inputs(run, ctx.inputs)
+            model_id = ctx.log_model(run, run_name, baseline_model(ctx, cfg, seeds[0]), {"kdtrain.role": "baseline"})
+            ctx.tracker.log_metrics(run, {k: v for k, v in metrics.items() if k != "seeds"}, curves, model_id=model_id)
             ctx.tracker.end(run)
     return metrics
+
+
+def baseline_model(ctx: Context, cfg: Config, seed: int):
+    """The no-teacher student of cfg trained with this seed (weights cached by baseline_runs)."""
+    model = models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes)
+    path = home() / "cache" / "baselines" / f"{student_key(cfg)}-seed{seed}.pt"
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
 
 
 def gains(metrics: dict, baseline: dict, val_samples: int) -> dict:
@@ -309,6 +345,7 @@ def run_trial(ctx: Context, trial) -> list[float]:
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
                                params=_flat_params(tcfg))
     trial.set_user_attr(search.T_RUN, run_id)
+    ctx.tracker.log_inputs(run_id, ctx.inputs)
     history = []
     single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
     # cost metrics depend on the architecture only: known before training, they let the pareto rule prune
@@ -339,7 +376,9 @@ def run_trial(ctx: Context, trial) -> list[float]:
         trial.set_constraint(key, value)
     for k in METRICS:
         trial.set_user_attr(k, metrics[k])
-    ctx.tracker.log_metrics(run_id, metrics, history)
+    model_id = ctx.log_model(run_id, f"trial-{trial.number}", r.model,
+                             {"kdtrain.role": "student", "optuna.trial": trial.number})
+    ctx.tracker.log_metrics(run_id, metrics, history, model_id=model_id)
     ctx.tracker.log_state_dict(run_id, r.model.state_dict(), tracking.MODEL_ARTIFACT)
     ctx.tracker.log_text(run_id, yaml.safe_dump(tcfg.to_dict(), sort_keys=False), tracking.CONFIG_ARTIFACT)
     return [metrics[m] for m in ctx.cfg.study.objectives]
@@ -403,10 +442,6 @@ def trial_config(tracker: Tracker, run_id: str) -> Config:
 def trial_student(tracker: Tracker, run_id: str):
     """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts."""
     import tempfile
-
-    import torch
-
-    from kdtrain import models
 
     cfg = trial_config(tracker, run_id)
     with tempfile.TemporaryDirectory() as tmp:
