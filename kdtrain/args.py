@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from kdtrain import __version__
 
@@ -17,6 +18,41 @@ class _Parser(argparse.ArgumentParser):
 
             self.epilog = "allowed values:\n" + "\n".join(f"  {k}: {', '.join(v)}" for k, v in allowed_values().items())
         return super().format_help()
+
+    def error(self, message: str):
+        """A bad flag ends like every other bad input: one `kdtrain: error:` line (exit code 2), after the usage."""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"kdtrain: error: {message} (see {self.prog} --help)\n")
+
+
+def study_name_problem(name: str) -> str | None:
+    """What is wrong with a study name, or None: the name becomes an MLflow experiment, a folder of artifacts and
+    one of reports, so it must be one folder name."""
+    if not name.strip():
+        return "must not be empty"
+    if "/" in name or name in (".", ".."):
+        return f"must be one folder name (no '/', not . or ..), got {name!r}"
+    if not name.isprintable():
+        return f"must not contain control characters, got {name!r}"
+    if len(name.encode()) > 255:
+        return f"must be at most 255 bytes (a folder name), got {len(name.encode())}"
+    return None
+
+
+def _study(text: str) -> str:
+    problem = study_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _text(text: str) -> str:
+    """A name, path or URL: not empty (an unset shell variable), no control characters."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"must not contain control characters, got {text!r}")
+    return text
 
 
 def _positive(text: str) -> int:
@@ -35,10 +71,10 @@ def _with_sweep(sub, name: str, help_: str):
 
 
 def _stores(sp, storage_help: str | None = None) -> None:
-    sp.add_argument("--storage", help=storage_help or "Optuna storage: a journal file or an RDB URL such as "
-                    "postgresql://... (default $KDTRAIN_STORAGE, else mlruns/optuna.journal)")
-    sp.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the server the "
-                    "study recorded, else mlruns/mlflow.db)")
+    sp.add_argument("--storage", type=_text, help=storage_help or "Optuna storage: a journal file or an RDB URL such "
+                    "as postgresql://... (default $KDTRAIN_STORAGE, else mlruns/optuna.journal)")
+    sp.add_argument("--tracking-uri", type=_text, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the "
+                    "server the study recorded, else mlruns/mlflow.db)")
 
 
 def _add_sweep(sub) -> None:
@@ -48,7 +84,7 @@ def _add_sweep(sub) -> None:
     sp.add_argument("--workers", type=int, default=1,
                     help="worker processes on this machine (CPU threads split); 0 creates the study and its runs "
                     "and exits, for workers started elsewhere with kdtrain worker")
-    sp.add_argument("--study", help="study name (default: study.name)")
+    sp.add_argument("--study", type=_study, help="study name (default: study.name)")
     sp.add_argument("--new-study", action="store_true",
                     help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings")
     _stores(sp)
@@ -58,7 +94,7 @@ def _add_sweep(sub) -> None:
 
 def _add_worker(sub) -> None:
     wp = sub.add_parser("worker", help="join an existing study (the sweep config is read from the study)")
-    wp.add_argument("--study", required=True)
+    wp.add_argument("--study", type=_text, required=True)
     _stores(wp)
     wp.add_argument("--threads", type=int, help="CPU threads for training")
     wp.add_argument("--wait", metavar="DURATION", help="wait this long (e.g. 10m) for the study to be created "
@@ -69,18 +105,18 @@ def _add_worker(sub) -> None:
 
 def _add_study_commands(sub) -> None:
     rp = sub.add_parser("report", help="Pareto plots and comparison reports (HTML, Markdown, CSV) of studies")
-    rp.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study)")
+    rp.add_argument("studies", nargs="*", type=_text, metavar="STUDY", help="study names (default: every study)")
     rp.add_argument("--out", default="reports", help="output folder (default: reports/)")
     rp.add_argument("--name", help="folder name of a comparison report (default: compare-A-vs-B)")
     _stores(rp)
     rp.add_argument("--no-mlflow", action="store_true", help="do not log the report to the parent runs")
 
     st = sub.add_parser("status", help="each study's trial counts, running trials and current Pareto front")
-    st.add_argument("--study")
-    st.add_argument("--storage")
+    st.add_argument("--study", type=_text)
+    st.add_argument("--storage", type=_text)
 
     ep = sub.add_parser("export", help="export trials of a study to ONNX and TorchScript with a JSON card")
-    ep.add_argument("--study", required=True)
+    ep.add_argument("--study", type=_text, required=True)
     which = ep.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, nargs="+", help="trial number(s)")
     which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
@@ -89,7 +125,7 @@ def _add_study_commands(sub) -> None:
 
     cp = sub.add_parser("confirm", help="retrain chosen trials with new seeds, paired with the no-teacher baseline "
                         "of each seed: the check before shipping a student")
-    cp.add_argument("study", metavar="STUDY")
+    cp.add_argument("study", type=_text, metavar="STUDY")
     which = cp.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, nargs="+", help="trial number(s)")
     which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
@@ -100,7 +136,7 @@ def _add_study_commands(sub) -> None:
 
     up = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the local store")
     up.add_argument("--port", type=int, default=5000)
-    up.add_argument("--tracking-uri")
+    up.add_argument("--tracking-uri", type=_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

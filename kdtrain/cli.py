@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdtrain.args import build_parser
+from kdtrain.args import build_parser, study_name_problem
 from kdtrain.console import EpochProgress, fmt_seconds, front_table, hv_history, table, teacher_progress
 
 
@@ -92,7 +92,7 @@ def _duration(flag: str, text: str | None) -> float | None:
     from kdtrain.config import KdtrainError, parse_duration
 
     try:
-        return parse_duration(text) if text else None
+        return parse_duration(text) if text is not None else None  # "" (an unset variable) is an error, not None
     except ValueError as e:
         raise KdtrainError(f"{flag}: {e}") from None
 
@@ -100,7 +100,7 @@ def _duration(flag: str, text: str | None) -> float | None:
 def _preflight(args):
     """What can be checked before any work (sweep file, flags, storage, the study of that name, tracking server),
     so that a bad setting fails in seconds with nothing written. (config, storage | None, name, trials, timeout)"""
-    from kdtrain import config, search
+    from kdtrain import config, preflight, search
     from kdtrain.config import ConfigError, KdtrainError
     from kdtrain.tracking import check_reachable
 
@@ -113,10 +113,14 @@ def _preflight(args):
         raise KdtrainError("--workers must be >= 0 (0: create the study and let kdtrain worker run it)")
     if args.trials is not None and args.trials < 1:
         raise KdtrainError("--trials must be >= 1")
-    timeout = _duration("--timeout", args.timeout or cfg.study.timeout)
-    name, storage = args.study or cfg.study.name, None
-    if search.is_rdb(args.storage) or Path(args.storage).expanduser().exists():
-        storage = search.open_storage(args.storage)
+    timeout = (_duration("--timeout", args.timeout) if args.timeout is not None
+               else _duration("study.timeout", cfg.study.timeout))
+    name = args.study or cfg.study.name  # --study is checked by its argparse type
+    if not args.study and study_name_problem(name):
+        raise ConfigError([f"study.name: {study_name_problem(name)}"], args.sweep)
+    preflight.check_tracking(args.tracking_uri)
+    storage = preflight.storage(args.storage, create=True)
+    if storage is not None:
         if args.new_study:
             name = search.free_name(storage, name)
         search.check_study(cfg, storage, name)
@@ -222,10 +226,12 @@ def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: 
 
 
 def cmd_report(args) -> int:
-    from kdtrain import report, search
+    from kdtrain import preflight, report, search
     from kdtrain.config import KdtrainError
 
-    studies = args.studies or search.study_names(search.existing_storage(args.storage))
+    preflight.check_tracking(args.tracking_uri)
+    storage = preflight.storage(args.storage) or search.existing_storage(args.storage)  # None: no journal yet
+    studies = args.studies or search.study_names(storage)
     if not studies:
         raise KdtrainError("no studies yet: run kdtrain sweep first")
     folders = report.build(studies, args.out, args.tracking_uri, args.storage, args.name,
@@ -239,11 +245,14 @@ def cmd_worker(args) -> int:
     import os
     import socket
 
-    from kdtrain import search, worker
+    from kdtrain import preflight, search, worker
     from kdtrain.config import redact
 
     log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
     wait_s = _duration("--wait", args.wait)
+    preflight.check_tracking(args.tracking_uri)
+    if not wait_s:  # a waiting worker may start before its journal exists
+        preflight.storage(args.storage)
     ctx = worker.join(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index, wait_s, log)
     log(f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
         f"(optuna: {redact(args.storage or search.default_storage())}, mlflow: {redact(ctx.tracker.uri)})")
@@ -259,9 +268,9 @@ def cmd_worker(args) -> int:
 def cmd_status(args) -> int:
     import datetime
 
-    from kdtrain import search
+    from kdtrain import preflight, search
 
-    storage = search.existing_storage(args.storage)
+    storage = preflight.storage(args.storage) or search.existing_storage(args.storage)
     for name in [args.study] if args.study else search.study_names(storage):
         study = search.load(name, args.storage, storage)
         c = search.counts(study)
@@ -301,6 +310,7 @@ def cmd_profile(args) -> int:
     import dataclasses
 
     from kdtrain import models, teachers
+    from kdtrain.config import KdtrainError
     from kdtrain.console import profile_row
     from kdtrain.profile import model_identity, profile, width_ladder
 
@@ -311,10 +321,18 @@ def cmd_profile(args) -> int:
     entries = [(f"teacher {t.name}", t) for t in cfg.teachers if teachers.kind(t) in ("train", "weights")]
     widths = width_ladder(cfg, args.widths)
     entries += [(f"student {cfg.student.arch}", dataclasses.replace(cfg.student, width=w)) for w in widths]
+    built = []
+    for label, m in entries:  # every model first: a width too large to build fails before any measurement is cached
+        try:
+            # cost does not depend on the weights, so untrained models are measured
+            built.append(models.from_config(dataclasses.replace(m, pretrained=False), ds.input_shape,
+                                            ds.num_classes))
+        except (RuntimeError, OverflowError, MemoryError, TypeError, ValueError) as e:  # torch: no memory, or > int64
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise KdtrainError(f"{label} at width {m.width}: the model cannot be built ({reason}); profile "
+                               "smaller widths (--widths)") from None
     rows, ref = [], None
-    for label, m in entries:
-        # cost does not depend on the weights, so untrained models are measured
-        model = models.from_config(dataclasses.replace(m, pretrained=False), ds.input_shape, ds.num_classes)
+    for (label, m), model in zip(entries, built):
         r = profile(model, ds.input_shape, p, model_identity(m, ds.num_classes), log=print)
         ref = ref or r
         rows.append(profile_row(label, m.width, r, ref))
@@ -324,12 +342,13 @@ def cmd_profile(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from kdtrain import search, worker
+    from kdtrain import preflight, search, worker
     from kdtrain.export import export_model, make_card, need_onnx
     from kdtrain.tracking import Tracker
 
     need_onnx()
-    study = search.load(args.study, args.storage)
+    preflight.check_tracking(args.tracking_uri)
+    study = search.load(args.study, args.storage, preflight.storage(args.storage))
     chosen = _chosen(study, args)
     tracker = Tracker(search.tracking_uri(study, args.tracking_uri))
     rows = []
@@ -363,9 +382,11 @@ def _chosen(study, args) -> list:
 
 
 def cmd_confirm(args) -> int:
-    from kdtrain import report, worker
+    from kdtrain import preflight, report, worker
     from kdtrain.console import confirm_rows
 
+    preflight.check_tracking(args.tracking_uri)
+    preflight.storage(args.storage)
     ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
     rows = confirm_rows([worker.confirm(ctx, t, args.seeds) for t in _chosen(ctx.study, args)])
     print(table(rows, list(rows[0])))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 from dataclasses import field
@@ -383,6 +384,13 @@ def _section(cls, raw: Any, where: str, problems: list[str]):
     # unknown keys first, so that a key such as 1 or __dataclass_self__ never reaches __init__
     problems.extend(f"{where}.{k}: unknown key (known: {', '.join(sorted(fields))})" for k in raw if k not in fields)
     kwargs = {k: v for k, v in raw.items() if k in fields}
+    for key in [k for k, v in kwargs.items() if fields[k].annotation is dict and isinstance(v, dict)]:
+        # metric names and bounds are text; YAML reads 1, true, null or 2001-01-01 as other types
+        odd = [x for x in kwargs[key] if not isinstance(x, str)]
+        if odd:
+            problems.append(f"{where}.{key}: keys must be text, got {odd[0]} ({type(odd[0]).__name__}; quote a key "
+                            "that YAML would read as a number, date, boolean or null)")
+            del kwargs[key]
     try:
         return cls(**kwargs)
     except ValidationError as e:
@@ -396,10 +404,12 @@ def _section(cls, raw: Any, where: str, problems: list[str]):
 
 def _check_shape(raw: Any, source: str) -> None:
     """Refuse what would make the checks themselves fail: nesting that recursion cannot walk (YAML anchors can
-    even make a list contain itself), aliases that expand to millions of values, integers too long to print."""
-    stack, count = [(raw, 0)], 0
+    even make a list contain itself), aliases that expand to millions of values, integers too long to print, and
+    .nan or .inf, which no setting takes (NaN passes every range check, since it compares false)."""
+    stack, count = [(raw, 0, "")], 0
     while stack:
-        value, depth = stack.pop()
+        value, depth, where = stack.pop()
+        at = f"{where}: " if where else ""
         count += 1
         if depth > MAX_DEPTH:
             raise ConfigError([f"nested more than {MAX_DEPTH} levels deep (or a YAML anchor inside itself); "
@@ -408,12 +418,17 @@ def _check_shape(raw: Any, source: str) -> None:
             raise ConfigError([f"more than {MAX_VALUES} values once YAML aliases are expanded; "
                                "a sweep file needs a few dozen"], source)
         if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
-            raise ConfigError([f"an integer longer than {MAX_INT_BITS} bits (about 19 digits); no setting needs "
+            raise ConfigError([f"{at}an integer longer than {MAX_INT_BITS} bits (about 19 digits); no setting needs "
                                "one: write it as a float (1e30) or quote it"], source)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError([f"{at}{value} is not a finite number; no setting takes .nan or .inf (give a number, "
+                               "or leave the setting out for its default)"], source)
         if isinstance(value, dict):
-            stack += [(x, depth + 1) for kv in value.items() for x in kv]
+            for k, v in value.items():
+                path = f"{where}.{str(k)[:40]}" if where else str(k)[:40]  # cut: a key may be megabytes long
+                stack += [(k, depth + 1, f"{path} (a key)"), (v, depth + 1, path)]
         elif isinstance(value, (list, tuple, set, frozenset)):
-            stack += [(x, depth + 1) for x in value]
+            stack += [(x, depth + 1, f"{where}[{i}]") for i, x in enumerate(value)]
 
 
 # --------------------------------------------------------------------------- value checks
@@ -763,9 +778,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _merge_teacher_overrides(raw: dict, over: dict, problems: list[str]) -> dict:
     """--set teachers.NAME.key=value edits one teacher of the list."""
-    t_over = over.pop("teachers", None)
-    if not t_over:
+    if "teachers" not in over:
         return raw
+    t_over = over.pop("teachers")  # teachers=[] or teachers= too: a --set is never ignored
     if not isinstance(t_over, dict) or not isinstance(raw.get("teachers") or [], list):
         problems.append("--set teachers: use teachers.NAME.key=value on a sweep file with a list of teachers")
         return raw

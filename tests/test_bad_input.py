@@ -10,7 +10,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kdtrain import models, search
 from kdtrain.cli import main
@@ -36,10 +39,14 @@ def sweep_file(tmp_path: Path, text: str | None = None, extra: str = SEARCH) -> 
     return p
 
 
-def refused(tmp_path, capsys, args, code=None, says=(), secret=None):
-    """Run `kdtrain sweep ARGS`; check the exit code, the one message and that nothing was written."""
+def refused(tmp_path, capsys, args, code=None, says=(), secret=None, command=("sweep", "--no-report")):
+    """Run `kdtrain sweep ARGS` (or another command); check the exit code, the one message and that nothing was
+    written. A bad flag ends in argparse's exit (SystemExit) rather than a return code."""
     before = snapshot(tmp_path)
-    rc = main(["sweep", *map(str, args), "--no-report"])
+    try:
+        rc = main([command[0], *map(str, args), *command[1:]])
+    except SystemExit as e:
+        rc = e.code
     out, err = capsys.readouterr()
     assert rc != 0 and (code is None or rc == code), (rc, out, err)
     assert err.count("kdtrain: error:") == 1 and "Traceback" not in err + out, err
@@ -136,3 +143,122 @@ def test_changed_search_space_under_an_existing_study(tmp_path, capsys):
     summaries = optuna.get_all_study_summaries(search.open_storage(str(home / "optuna.journal")), False)
     assert [s.study_name for s in summaries] == ["tiny"]
     assert len(optuna.load_study(study_name="tiny", storage=journal).trials) == runs_before
+
+
+# --------------------------------------------------------------------------- flags (found by fuzzing the CLI)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--trials", "abc"], "argument --trials: invalid int value"),  # argparse's own 'kdtrain sweep: error:' before
+    (["--workers", "1e3"], "argument --workers: invalid int value"),
+    (["--study", ""], "argument --study: must not be empty"),  # was: silently the sweep file's study
+    (["--storage", ""], "argument --storage: must not be empty"),  # was: silently the default journal
+    (["--tracking-uri", ""], "argument --tracking-uri: must not be empty"),
+    (["--storage", "j\x00"], "control characters"),  # was: ValueError (embedded null byte) after the teachers trained
+    (["--tracking-uri", "http://127.0.0.1:1/\n"], "control characters"),  # was: http.client.InvalidURL
+    (["--study", "a/b"], "one folder name"),  # study.name refuses '/', --study took it
+    (["--study", ".."], "one folder name"),  # the study's artifacts went to the folder above
+    (["--study", "x" * 300], "at most 255 bytes"),  # was: OSError (file name too long) creating the artifact folder
+    (["--study", "x" * 5000], "at most 255 bytes"),  # was: MlflowException (name longer than 500)
+], ids=lambda v: repr(v)[:40])
+def test_bad_flag_is_one_error_line_exit_2(tmp_path, capsys, args, says):
+    refused(tmp_path, capsys, [sweep_file(tmp_path), *args], 2, ["(see kdtrain sweep --help)", says])
+
+
+def test_empty_timeout_is_refused_not_ignored(tmp_path, capsys):
+    """--timeout "" (an unset variable) ran with no time limit at all."""
+    refused(tmp_path, capsys, [sweep_file(tmp_path), "--timeout", ""], 1, ["--timeout: not a duration: ''"])
+
+
+@pytest.mark.parametrize("name, says", [("..", "one folder name"), ("x" * 300, "at most 255 bytes"),
+                                        ("'a\tb'", "control characters")], ids=["dots", "long", "tab"])
+def test_study_name_that_cannot_be_a_folder(tmp_path, capsys, name, says):
+    refused(tmp_path, capsys, [sweep_file(tmp_path), "--set", f"study.name={name}"], 2, ["study.name: ", says])
+
+
+def storage_cases(tmp_path: Path) -> list[tuple[str, str]]:
+    """--storage values that cannot be an Optuna storage, with what the message says."""
+    (tmp_path / "binary.journal").write_bytes(b"\xff\xfe\x00garbage\n{nope\n")
+    (tmp_path / "valid.json").write_text('[1, 2]\n')
+    (tmp_path / "plain").write_text("x")
+    return [
+        (str(tmp_path / "sweep.yaml"), "is not an Optuna journal (JSONDecodeError"),  # was: JSONDecodeError
+        (str(tmp_path / "binary.journal"), "is not an Optuna journal (UnicodeDecodeError"),  # was: UnicodeDecodeError
+        (str(tmp_path / "valid.json"), "is not an Optuna journal"),
+        ("/dev/null", "is not a regular file"),  # was: OSError (EINVAL, fsync) after the teachers trained
+        ("~no-such-user-kdtrain/optuna.journal", "Could not determine home directory"),  # was: RuntimeError
+        ("x" * 300, "File name too long"),  # was: OSError after the teachers trained
+        (str(tmp_path / "plain" / "optuna.journal"), "is not a folder"),  # was: NotADirectoryError after training
+        ("sqlite://", "in-memory database"),  # was: the study vanished when the sweep ended
+        ("sqlite:///", "in-memory database"),
+    ]
+
+
+def test_storage_that_cannot_be_a_journal(tmp_path, capsys):
+    p = sweep_file(tmp_path)
+    for storage, says in storage_cases(tmp_path):
+        refused(tmp_path, capsys, [p, "--storage", storage], 1, ["kdtrain: error: ", says])
+
+
+@pytest.mark.parametrize("command", [("status",), ("report",), ("worker", "--study", "tiny"),
+                                     ("export", "--study", "tiny", "--pareto"), ("confirm", "tiny", "--pareto")],
+                         ids=lambda c: c[0])
+def test_every_command_refuses_a_broken_journal(tmp_path, capsys, command):
+    """A file that is not a journal ended in a traceback (UnicodeDecodeError, JSONDecodeError) in every command."""
+    if command[0] == "export":  # export first checks that its exporters are installed
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    sweep_file(tmp_path)
+    for storage, says in storage_cases(tmp_path)[:4]:
+        refused(tmp_path, capsys, ["--storage", storage], 1, [says], command=command)
+
+
+@pytest.mark.parametrize("uri, says", [
+    ("http://[::1", "is not a valid URI (Invalid IPv6 URL)"),  # was: ValueError from urlsplit
+    ("http://127.0.0.1:99999", "Port out of range"),
+    ("http://a b", "contains a space"),  # was: http.client.InvalidURL
+    ("ftp://x", "unknown scheme 'ftp'"),  # was: MLflow's error after the teachers trained
+    ("sqlite://", "in-memory database"),  # was: a sweep whose runs vanished
+    ("sqlite:///{tmp}", "names a folder"),  # was: minutes of MLflow retries
+    ("sqlite:///{tmp}/sweep.yaml", "is not a SQLite database"),  # was: refused after the teachers trained
+    ("{tmp}/sweep.yaml", "a local MLflow store is a folder"),
+    ("x" * 300 + "/y", "File name too long"),
+    ("postgresql://kd:Pw-123@127.0.0.1:1/db", "cannot reach the MLflow tracking database"),  # was: minutes of retries
+], ids=lambda v: repr(v)[:30])
+def test_tracking_uri_that_mlflow_would_trip_on_later(tmp_path, capsys, uri, says):
+    if uri.startswith("postgresql"):
+        try:
+            sqlalchemy.create_engine(uri)
+        except ImportError:
+            pytest.skip("no PostgreSQL driver")
+    uri = uri.replace("{tmp}", str(tmp_path))
+    refused(tmp_path, capsys, [sweep_file(tmp_path), "--tracking-uri", uri], 1, [says], secret="Pw-123")
+
+
+def test_profile_width_too_large_to_build(tmp_path, capsys):
+    """--widths 10**23 ended in torch's TypeError (overflow) after the teachers' measurements were cached."""
+    refused(tmp_path, capsys, [sweep_file(tmp_path), "--widths", "8,99999999999999999999999"], 1,
+            ["student mlp at width 99999999999999999999999: the model cannot be built"], command=("profile",))
+
+
+NASTY = st.sampled_from(["", " ", "\x00", "\n", "/", "..", "~", "~nobody-kdtrain/x", "x" * 300, "é", "://",
+                         "sqlite://", "http://[", ":99999", "%00", "file:", "-1", "0", "nan", "8h", "1e400", "@", "?", "#"])
+flag_values = st.lists(NASTY | st.text(max_size=6), min_size=1, max_size=4).map("".join)
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=60,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(flags=st.dictionaries(st.sampled_from(["--study", "--storage", "--tracking-uri", "--timeout", "--trials",
+                                              "--workers"]), flag_values, min_size=1, max_size=3))
+def test_any_flag_values_end_in_one_error_line(tmp_path, capsys, flags):
+    """Whatever the flags hold: one error line, no traceback, nothing written. A broken journal stands behind
+    every flag that passes its check, so that no example starts work."""
+    broken = tmp_path / "broken.journal"
+    broken.write_bytes(b"not a journal\n")
+    flags = {"--storage": str(broken), **flags} if "--storage" not in flags else flags
+    if "://" in flags["--storage"] and not flags["--storage"].startswith("sqlite://"):
+        flags["--storage"] = str(broken)  # an RDB URL would connect (and sqlite:///x create a file)
+    args = [sweep_file(tmp_path), *[x for kv in flags.items() for x in kv]]
+    if "--tracking-uri" not in flags:
+        args += ["--tracking-uri", "http://127.0.0.1:1"]  # refused last, should the storage pass
+    refused(tmp_path, capsys, args)

@@ -7,6 +7,7 @@ Deterministic (derandomize) and quick: the file runs in a few seconds.
 """
 
 import dataclasses
+import typing
 
 import pytest
 import yaml
@@ -125,6 +126,8 @@ def outcome(load) -> Config | ConfigError:
 @example(content=b"kd: {teachers: &a [*a]}")  # a list that contains itself
 @example(content=b"study: {constraints: {1: 2}}")  # 'int' object is not subscriptable
 @example(content=b"search: {kd.alpha: {type: [float]}}")  # unhashable type: 'list'
+@example(content=b"study: {objectives: {1: maximize}}")  # TypeError: sequence item 0: expected str instance
+@example(content=b"study: {objectives: {val_accuracy: maximize, 2001-01-01: minimize}}")  # the same, a date
 def test_any_bytes_load_or_raise_config_error(tmp_path, content):
     p = tmp_path / "sweep.yaml"
     p.write_bytes(content)
@@ -142,6 +145,7 @@ def test_any_yaml_document_loads_or_raises_config_error(doc):
 @example(pairs=["kd.alpha=1", "kd.alpha.x=2"])  # 'float' object does not support item assignment
 @example(pairs=["data.name=2001-13-45"])  # ValueError from PyYAML
 @example(pairs=["teachers.gru=5"])
+@example(pairs=["study.objectives={~: maximize}"])  # TypeError: sequence item 0: expected str instance
 def test_any_set_overrides_load_or_raise_config_error(pairs):
     outcome(lambda: config.load(QUICKSTART, pairs))
 
@@ -162,6 +166,61 @@ def test_cli_refuses_any_document_without_a_valid_search_with_one_message(tmp_pa
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(doc))
     err = refused(tmp_path, capsys, [tmp_path / "sweep.yaml"], 2)
     assert sum(line.startswith("kdtrain: error:") for line in err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+
+
+@pytest.mark.parametrize("key", ["1", "~", "true", "2001-01-01", "1.5"])
+@pytest.mark.parametrize("setting", ["study.objectives", "study.constraints"])
+def test_mapping_setting_with_a_key_that_is_not_text(setting, key):
+    """A metric YAML reads as a number, null, bool or date ended in a TypeError (', '.join of the objectives)."""
+    value = "maximize" if setting == "study.objectives" else "5"
+    e = outcome(lambda: config.load(QUICKSTART, [f"{setting}={{{key}: {value}}}"]))
+    assert isinstance(e, ConfigError)
+    assert any(p.startswith(f"{setting}: keys must be text, got ") for p in e.problems), e.problems
+
+
+def numeric_settings() -> list[str]:
+    """Every setting (dotted, as --set takes it) that holds a number, the teachers' included."""
+    out = []
+    for where, cls in [*config.SECTIONS.items(), ("teachers.cnn_wide", config.TeacherConfig)]:
+        for name, f in cls.__pydantic_fields__.items():
+            if {int, float} & {f.annotation, *typing.get_args(f.annotation)}:
+                out.append(f"{where}.{name}")
+    return out
+
+
+def test_numeric_settings_cover_the_sections():
+    keys = numeric_settings()
+    assert {"kd.temperature", "train.lr", "train.momentum", "study.timeout", "profile.max_cv",
+            "teachers.cnn_wide.lr", "data.val_fraction"} <= set(keys) and len(keys) > 30
+
+
+@pytest.mark.parametrize("text, shown", [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf")])
+def test_nan_and_inf_are_refused_in_every_numeric_setting(text, shown):
+    """.nan passed every range check (it compares false: kd.temperature, train.momentum, kd.dkd_beta, ...) and .inf
+    every lower bound (train.lr, kd.temperature, teachers[].lr): a sweep diverged, or trained on nonsense."""
+    cases = [f"{k}={text}" for k in numeric_settings()] + [
+        f"kd.weights=[1, {text}]", f"study.constraints={{max_params: {text}}}",
+        f"search.train.lr={{type: float, low: {text}, high: 1}}"]
+    for pair in cases:
+        e = outcome(lambda: config.load(QUICKSTART, [pair]))
+        assert isinstance(e, ConfigError) and len(e.problems) == 1, (pair, e)
+        key = pair.split("=")[0].replace("teachers.cnn_wide", "teachers[0]")
+        where = {"kd.weights": "kd.weights[1]", "study.constraints": "study.constraints.max_params",
+                 "search.train.lr": "search.train.lr.low"}.get(key, key)
+        assert e.problems[0].startswith(f"{where}: {shown} is not a finite number"), (pair, e.problems)
+
+
+@pytest.mark.parametrize("value", ["", "[]", "~", "{}"])
+def test_set_teachers_to_a_value_is_refused_not_ignored(value):
+    """--set teachers=[] (or empty, or null) was dropped without a word: the sweep ran with all its teachers."""
+    e = outcome(lambda: config.load(QUICKSTART, [f"teachers={value}"]))
+    if value == "{}":  # a mapping of teacher names to changes: no change, nothing to refuse
+        assert isinstance(e, Config)
+    else:
+        assert isinstance(e, ConfigError) and e.problems[0].startswith("--set teachers: use teachers.NAME.key=value")
 
 
 # --------------------------------------------------------------------------- the strategies reach deep
