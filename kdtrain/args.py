@@ -61,6 +61,13 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _choose(sp) -> None:
+    """Which trials a command acts on: --trial N ... or --pareto (one of them)."""
+    which = sp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, nargs="+", help="trial number(s)")
+    which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
+
+
 def _with_sweep(sub, name: str, help_: str):
     sp = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.registries = True
@@ -117,22 +124,33 @@ def _add_study_commands(sub) -> None:
 
     ep = sub.add_parser("export", help="export trials of a study to ONNX and TorchScript with a JSON card")
     ep.add_argument("--study", type=_text, required=True)
-    which = ep.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, nargs="+", help="trial number(s)")
-    which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
+    _choose(ep)
     ep.add_argument("--out", default="exports", help="output folder (default: exports/)")
     _stores(ep)
 
     cp = sub.add_parser("confirm", help="retrain chosen trials with new seeds, paired with the no-teacher baseline "
                         "of each seed: the check before shipping a student")
     cp.add_argument("study", type=_text, metavar="STUDY")
-    which = cp.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, nargs="+", help="trial number(s)")
-    which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
+    _choose(cp)
     cp.add_argument("--seeds", type=_positive, default=3, metavar="N", help="new seeds per trial (default 3)")
     cp.add_argument("--out", default="reports", help="where the updated report goes (default: reports/)")
     cp.add_argument("--no-report", action="store_true", help="do not rewrite the study's report")
     _stores(cp)
+
+    gp = sub.add_parser("register", help="register chosen students in the MLflow Model Registry, each version's "
+                        "description its deployment card")
+    gp.add_argument("study", type=_text, metavar="STUDY")
+    _choose(gp)
+    gp.add_argument("--name", type=_text, required=True, help="the registered model's name, e.g. mnist1d-student")
+    gp.add_argument("--alias", type=_text, help="an alias (e.g. champion) for the most accurate (validation) of the "
+                    "chosen versions: models:/NAME@ALIAS")
+    _stores(gp)
+
+    dp = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage, on 127.0.0.1 "
+                        "(pip install 'kdtrain[dashboard]')")
+    dp.add_argument("--study", type=_text, help="open at this study (default: the list of studies)")
+    dp.add_argument("--storage", type=_text)
+    dp.add_argument("--port", type=int, default=8080)
 
     up = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the local store")
     up.add_argument("--port", type=int, default=5000)

@@ -396,6 +396,29 @@ def cmd_confirm(args) -> int:
     return 0
 
 
+def cmd_register(args) -> int:
+    from kdtrain import preflight, search, ship
+    from kdtrain.tracking import Tracker, check_reachable
+
+    preflight.check_tracking(args.tracking_uri)
+    study = search.load(args.study, args.storage, preflight.storage(args.storage))
+    uri = search.tracking_uri(study, args.tracking_uri)
+    check_reachable(uri)
+    tracker = Tracker(uri)
+    rows = ship.register(tracker, args.study, _chosen(study, args), args.name, args.alias)
+    print(table(rows, ["trial", "val_acc", "version", "model", "alias"]))
+    if args.alias:
+        print(f"\nmodels:/{args.name}@{args.alias} loads with mlflow.pyfunc.load_model (torch alone, no kdtrain)")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from kdtrain import preflight, ship
+
+    preflight.storage(args.storage)
+    return ship.dashboard(args.storage, args.study, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     from kdtrain.config import KdtrainError
 

@@ -29,6 +29,8 @@ TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName", "
 MODEL_TAG = "kdtrain.model_id"
 """A run's tag naming its MLflow logged model (models:/<id>): the student, baseline or teacher as an MLflow model."""
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+MODELS_VIEW = "#/experiments/{id}/models?workflowType=machine_learning"
+"""The experiment's logged models in the MLflow UI (its training view, not the GenAI one)."""
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
@@ -148,9 +150,9 @@ class Tracker:
         self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         return exp_id
 
-    def link(self, exp_id: str, server: str | None = None) -> str:
+    def link(self, exp_id: str, server: str | None = None, view: str = RUNS_VIEW) -> str:
         base = server or (self.uri if self.uri.startswith("http") else DEFAULT_UI)
-        return f"{redact(base).rstrip('/')}/{RUNS_VIEW.format(id=exp_id)}"
+        return f"{redact(base).rstrip('/')}/{view.format(id=exp_id)}"
 
     def find(self, exp_id: str, tags: dict[str, str]) -> list[str]:
         """Ids of the runs of an experiment whose tags equal the given values."""
@@ -278,16 +280,25 @@ class Tracker:
         try:
             self.client.create_registered_model(name)
         except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":  # an invalid name, a server without a registry
                 raise KdtrainError(f"cannot create registered model {name!r}: {first_line(e)}") from None
         for v in self.client.search_model_versions(f"name = '{name}'"):
             if v.source == f"models:/{model_id}":
                 return v.version
-        return self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, description=description,
-                                                tags={k: str(v) for k, v in tags.items()}, model_id=model_id).version
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        with _use_tracking_uri(self.uri):  # a local registry looks the logged model up through the global URI
+            return self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
+                                                    description=description, model_id=model_id,
+                                                    tags={k: str(v) for k, v in tags.items()}).version
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(name, alias, version)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_registered_model_alias(name, alias, version)
+        except MlflowException as e:
+            raise KdtrainError(f"cannot set alias {alias!r} on {name} version {version}: {first_line(e)}") from None
 
     def dataset_inputs(self, name: str, splits: dict) -> list:
         """MLflow dataset inputs for the runs of one dataset: split -> (x, y) arrays, each with MLflow's digest of
@@ -325,6 +336,9 @@ class Tracker:
         for tag in TIDY_TAGS:
             out[f"tag:{tag}"] = df.get(f"tags.{tag}")
         return out, exp.experiment_id
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
 
     def metrics(self, run_id: str) -> dict[str, float]:
         """A run's latest value of each metric."""

@@ -1,0 +1,79 @@
+"""From a sweep to a shipped student: register chosen trials' logged models in the MLflow Model Registry, and
+browse a study in optuna-dashboard. (MLflow stays behind kdtrain.tracking, Optuna behind kdtrain.search.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+from typing import Callable
+
+from kdtrain import data, export, search, worker
+from kdtrain.config import KdtrainError
+from kdtrain.tracking import MODEL_TAG, Tracker
+
+
+def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: str | None) -> list[dict]:
+    """Register each chosen trial's logged model as a version of `name` (created if need be), its description the
+    deployment card, tags naming the study and trial; the alias goes to the most accurate (validation) of them.
+    Every trial is checked before anything is registered. Rows for a table: trial, val_acc, version, alias."""
+    picks = []
+    for t in chosen:
+        run_id = t.user_attrs.get(search.T_RUN)
+        model_id = tracker.run_tags(run_id).get(MODEL_TAG, "") if run_id else ""
+        if not model_id.startswith("m-"):
+            why = model_id.removeprefix("none: ") or "its run has no MLflow logged model (a study swept before "
+            "kdtrain logged models: rerun the trial, or use kdtrain export)"
+            raise KdtrainError(f"trial {t.number} of {study_name!r} cannot be registered: {why}")
+        picks.append((t, run_id, model_id))
+    datasets: dict[str, data.Dataset] = {}
+    rows = []
+    for t, run_id, model_id in picks:
+        cfg = worker.trial_config(tracker, run_id)
+        key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str)
+        ds = datasets.setdefault(key, data.load(cfg.data))  # for the card's preprocessing (one load per dataset)
+        metrics = tracker.metrics(run_id)
+        card = export.make_card(cfg, ds, study_name, t.number, run_id, metrics)
+        tags = {"optuna.study": study_name, "optuna.trial": t.number, "kdtrain.role": "student",
+                "val_accuracy": f"{metrics.get('val_accuracy', float('nan')):.4f}",
+                "params": f"{metrics.get('params', float('nan')):.0f}"}
+        version = tracker.register(name, model_id, run_id, export.card_text(card, metrics), tags)
+        rows.append({"trial": t.number, "val_acc": metrics.get("val_accuracy", float("nan")), "version": version,
+                     "model": f"models:/{name}/{version}", "alias": ""})
+    if alias and rows:
+        best = max(rows, key=lambda r: r["val_acc"])
+        tracker.set_alias(name, alias, best["version"])
+        best["alias"] = alias
+    for r in rows:
+        r["val_acc"] = f"{r['val_acc']:.4f}"
+    return rows
+
+
+def dashboard(storage_url: str | None, study: str | None, port: int, log: Callable[[str], None] = print) -> int:
+    """optuna-dashboard on the study's storage (a journal file or an RDB), on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise KdtrainError("kdtrain dashboard needs optuna-dashboard: pip install 'kdtrain[dashboard]' "
+                           "(or pip install optuna-dashboard)") from None
+    storage = search.existing_storage(storage_url)
+    url = f"http://127.0.0.1:{port}/dashboard"
+    if study:
+        search.load(study, storage_url, storage)  # one clear error for an unknown study
+        url += f"/studies/{storage.get_study_id_from_name(study)}"
+    log(f"optuna-dashboard at {url}  (Ctrl-C to stop)")
+
+    def stop(signum, frame):  # a service manager's SIGTERM ends it as Ctrl-C does: cleanly, exit code 0
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        optuna_dashboard.run_server(storage, host="127.0.0.1", port=port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        raise KdtrainError(f"cannot serve on 127.0.0.1:{port} ({e.strerror or e}); choose another --port") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    log("optuna-dashboard stopped")
+    return 0
