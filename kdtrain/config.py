@@ -346,7 +346,7 @@ AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "
             "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
             "profile.warmup": 0, "study.baseline_seeds": 1, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
             "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0,
-            "study.prune_warmup_epochs": 0, "study.prune_margin": 0, "data.image_size": 1}
+            "study.prune_warmup_epochs": 0, "study.prune_margin": 0, "data.image_size": 1, "data.seed": 0}
 """Lower bounds (inclusive) of single settings; None passes where the type allows it."""
 ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
 
@@ -449,14 +449,20 @@ def _check_model(m: ModelConfig, where: str, need) -> None:
     else:
         need(m.arch in MODELS, f"{where}.arch: unknown arch {m.arch!r} (known: {', '.join(sorted(MODELS))}, "
              f"{TORCHVISION}NAME, python:package.module:function)")
+    max_width, max_depth = 65536, 1000  # far beyond any network kdtrain trains; torch fails on far larger ones
     need(m.width >= 1, f"{where}.width: must be >= 1, got {m.width}")
+    need(m.width <= max_width, f"{where}.width: must be <= {max_width} (units or channels per layer), got {m.width}")
     need(m.depth is None or m.depth >= 1, f"{where}.depth: must be >= 1, got {m.depth}")
+    need(m.depth is None or m.depth <= max_depth, f"{where}.depth: must be <= {max_depth} (layers), got {m.depth}")
     need(0 <= m.dropout < 1, f"{where}.dropout: must be in [0, 1), got {m.dropout}")
     if m.hidden is not None:
         need(m.arch == "mlp" or plugins.is_ref(m.arch),
              f"{where}.hidden: only the mlp family (and python: factories) take explicit hidden sizes")
         need(len(m.hidden) > 0 and all(type(h) is int and h >= 1 for h in m.hidden),
              f"{where}.hidden: must be a non-empty list of positive ints, got {m.hidden}")
+        need(len(m.hidden) <= max_depth and all(type(h) is not int or h <= max_width for h in m.hidden),
+             f"{where}.hidden: at most {max_depth} sizes, each <= {max_width}, got {len(m.hidden)} sizes, the "
+             f"largest {max((h for h in m.hidden if type(h) is int), default=None)}")
     need(not m.pretrained or m.arch == "resnet18" or m.arch.startswith(TORCHVISION) or plugins.is_ref(m.arch),
          f"{where}.pretrained: only resnet18, torchvision: models and python: factories have pretrained weights")
     need(not m.pretrained or m.arch != "resnet18" or m.width == 64,
@@ -522,7 +528,8 @@ def _check_teacher_source(t, where: str, augment: list, need) -> None:
              f"{'logits file' if t.logits else 'ONNX file'} gives fixed logits only (turn data.augment off)")
 
 
-def _check_values(cfg: Config, problems: list[str]) -> None:
+def _check_values(cfg: Config, problems: list[str], search: bool = True) -> None:
+    """Every value problem of cfg; search=False leaves out the search section's checks (for one trial's values)."""
     from kdtrain.losses import ENSEMBLES, LOSSES  # lazy: losses and train import this module
     from kdtrain.train import OPTIMIZERS, SCHEDULES
 
@@ -574,6 +581,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             problems.append(f"study.timeout: {e}")
 
     _check_data(d, need)
+    need(d.seed < 2**32, f"data.seed: must be < 2**32 = {2**32} (numpy's seed range), got {d.seed}")
 
     _check_model(cfg.student, "student", need)
     names = [t.name for t in cfg.teachers]
@@ -622,14 +630,22 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
              "profile.backend: onnxruntime is not installed (pip install 'kdtrain[onnx]')")
     need(pr.device in ("cpu", "cuda", "auto"), f"profile.device: cpu, cuda or auto, got {pr.device!r}")
 
-    _check_search(cfg, names, problems)
+    if search:
+        _check_search(cfg, names, problems)
 
 
 def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) -> None:
+    """The search section: each range and list of choices, then the trials it gives. Every trial's config is
+    validated again (config.replace), so each choice and each end of a range is substituted into the base config
+    and run through the same value checks: a value they refuse would fail every trial that draws it."""
+    import itertools
+
     from kdtrain.losses import ENSEMBLES, LOSS_SETTINGS, LOSSES
 
     registries = {"kd.loss": LOSSES, "kd.ensemble": ENSEMBLES}  # searchable only among their registered names
     flat = cfg.flat()
+    base = list(problems)  # the base config's own problems
+    drawn: dict[str, list[tuple[str, Any]]] = {}  # searched key -> (where, value) of the values its trials can get
     for key, spec in cfg.search.items():
         where = f"search.{key}"
         if key not in flat:
@@ -652,17 +668,35 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
         if kind in ("float", "int"):
             low, high = spec.get("low"), spec.get("high")
             num = (int,) if kind == "int" else (int, float)
+            log, step = spec.get("log", False), spec.get("step")
             if not (isinstance(low, num) and isinstance(high, num)) or isinstance(low, bool) or isinstance(high, bool):
                 problems.append(f"{where}: needs numeric low and high ({kind}), got low={low!r} high={high!r}")
             elif low > high:
                 problems.append(f"{where}: low ({low}) is above high ({high})")
             elif spec.get("log") and low <= 0:
                 problems.append(f"{where}: a log range needs low > 0, got {low}")
+            else:  # suggest_float gives floats, suggest_int ints
+                drawn[key] = [(f"{where}.low", float(low) if kind == "float" else low),
+                              (f"{where}.high", float(high) if kind == "float" else high)]
+            if not isinstance(log, bool):
+                problems.append(f"{where}.log: must be true or false, got {log!r}")
+            if "step" in spec:  # Optuna raises on each of these at the trial's suggest
+                if kind == "int" and type(step) is not int:
+                    problems.append(f"{where}.step: an int range needs a whole-number step (1, 2, ...), got {step!r}")
+                elif type(step) not in (int, float):
+                    problems.append(f"{where}.step: must be a number > 0, got {step!r}")
+                elif step <= 0:
+                    problems.append(f"{where}.step: must be > 0, got {step}")
+                elif log is True and not (kind == "int" and step == 1):
+                    problems.append(f"{where}.step: a log range takes no step (Optuna refuses both); remove step "
+                                    "or log")
         elif kind == "categorical":
             ch = spec.get("choices")
             if not isinstance(ch, list) or not ch:
                 problems.append(f"{where}.choices: must be a non-empty list")
-            elif key in registries:
+                continue
+            drawn[key] = [(f"{where}.choices", c) for c in ch]
+            if key in registries:
                 for c in ch:
                     if not (isinstance(c, str) and c in registries[key]):
                         problems.append(f"{where}.choices: unknown {key.split('.')[1]} {c!r} "
@@ -677,7 +711,78 @@ def _check_search(cfg: Config, teacher_names: list[str], problems: list[str]) ->
                 for n in of:
                     if n not in teacher_names:
                         problems.append(f"{where}.of: {n!r} is not in the teacher pool ({', '.join(teacher_names) or 'empty'})")
+                if len(of) <= 6 and all(isinstance(n, str) for n in of):  # each subset (at most 63) as kdtrain.space
+                    drawn[key] = [(f"{where}.of", list(c)) for r in range(1, len(of) + 1)
+                                  for c in itertools.combinations(of, r)]
     _check_loss_search(cfg, problems, LOSSES, LOSS_SETTINGS)
+
+    # --- the trials: each drawn value in the base config, checked as config.replace will check the trial
+    def used(key: str, loss: Any) -> bool:  # kdtrain.space.in_use: a trial of this loss is given the setting
+        return key not in LOSS_SETTINGS or loss in LOSS_SETTINGS[key]
+
+    def lead(problem: str) -> str:  # the setting a problem names: "student.width: must be ..." -> student.width
+        return problem.split(": ", 1)[0]
+
+    def trial(values: dict) -> tuple[list[str], list[str]]:
+        """(type problems, value problems) of the base config with these dotted values, as a trial gets them."""
+        if not used("kd.standardize", values.get("kd.loss", cfg.kd.loss)):
+            values = {**values, "kd.standardize": False}  # as kdtrain.space.suggest
+        changes: dict[str, dict] = {}
+        for k, v in values.items():
+            section, name = k.split(".", 1)
+            changes.setdefault(section, {})[name] = v
+        typed: list[str] = []
+        sections = {s: _section(SECTIONS[s], {**dataclasses.asdict(getattr(cfg, s)), **c}, s, typed)
+                    for s, c in changes.items()}
+        found: list[str] = []
+        if not typed:
+            _check_values(dataclasses.replace(cfg, **sections), found, search=False)
+        return typed, found
+
+    def always(key: str, values: dict, name: str) -> bool:
+        """Whether a problem naming `name` stays whatever each other searched setting draws (one at a time): a
+        problem that another setting's choice removes fails some trials only, as it did before this check."""
+        for other, values_of_other in drawn.items():
+            for _, v in values_of_other if other != key else ():
+                combo = {**values, other: v}
+                loss = combo.get("kd.loss", cfg.kd.loss)
+                if not (used(key, loss) and used(other, loss)):
+                    continue  # no trial has both
+                typed, found = trial(combo)
+                if not typed and name not in map(lead, found):
+                    return False
+        return True
+
+    base_problems, base_leads = set(base), {lead(p) for p in base}
+    loss_choices = [v for _, v in drawn.get("kd.loss", [(None, cfg.kd.loss)]) if v in LOSSES]
+    for key, values_of_key in drawn.items():
+        if key in registries:
+            continue  # checked above, with _check_loss_search
+        kind = cfg.search[key]["type"]
+        # a loss's own setting is drawn by trials of that loss only (kdtrain.space.suggest)
+        loss = next((x for x in [cfg.kd.loss, *loss_choices] if x in loss_choices and used(key, x)), None)
+        if loss is None:
+            continue  # never drawn: reported by _check_loss_search
+        fixed = {} if loss == cfg.kd.loss else {"kd.loss": loss}
+        for where, value in values_of_key:
+            values = {**fixed, key: value}
+            typed, found = trial(values)
+            if typed and kind in ("float", "int"):
+                section, name = key.split(".", 1)
+                expected = SECTIONS[section].__pydantic_fields__[name].annotation
+                expected = getattr(expected, "__name__", None) or str(expected)  # int, int | None, str
+                hint = "type int" if "int" in expected.split(" | ") else "type categorical with choices"
+                problems.append(f"search.{key}.type: {'an' if kind == 'int' else 'a'} {kind} range gives "
+                                f"{type(value).__name__} values, but {key} takes {expected} (use {hint})")
+                break
+            new = [f"{where}: {p.split(': ', 1)[1]}" for p in typed]  # "train.lr: expected float, got 'x'"
+            for p in found:
+                name = lead(p)
+                if name != key and (p in base_problems or name in base_leads):
+                    continue  # the base config's own problem: reported already
+                if always(key, values, name):
+                    new.append(f"{where}: {p.split(': ', 1)[1]}" if name == key else f"{where}: with {value!r}, {p}")
+            problems.extend([p for p in dict.fromkeys(new) if p not in problems])
 
 
 def _check_loss_search(cfg: Config, problems: list[str], losses: tuple, settings: dict) -> None:

@@ -250,3 +250,136 @@ def test_strategies_reach_type_and_value_validation(strategy, wanted):
     seen = problems_raised(strategy)
     for text in wanted:
         assert any(text in p for p in seen), text
+
+
+# --------------------------------------------------------------------------- found by fuzzing: failing every trial
+# Each of these passed validation, trained the teachers, created the study and then failed every trial (or every
+# trial that drew the value): Optuna refused the range, config.replace refused the trial's config, or torch/numpy
+# raised. Each is now a problem of the sweep file, naming the key.
+
+SEARCH_CASES = {
+    "step zero": ("kd.alpha", "{type: float, low: 0, high: 1, step: 0}", "search.kd.alpha.step: must be > 0, got 0"),
+    "step negative": ("kd.alpha", "{type: float, low: 0, high: 1, step: -0.1}", "search.kd.alpha.step: must be > 0"),
+    "step not a number": ("kd.alpha", "{type: float, low: 0, high: 1, step: x}",
+                          "search.kd.alpha.step: must be a number > 0, got 'x'"),
+    "step with log": ("kd.temperature", "{type: float, low: 1, high: 8, log: true, step: 1}",
+                      "search.kd.temperature.step: a log range takes no step (Optuna refuses both); remove step "
+                      "or log"),
+    "fractional int step": ("student.width", "{type: int, low: 2, high: 32, step: 0.5}",
+                            "search.student.width.step: an int range needs a whole-number step (1, 2, ...), got 0.5"),
+    "log not a bool": ("kd.alpha", "{type: float, low: 0.1, high: 1, log: maybe}",
+                       "search.kd.alpha.log: must be true or false, got 'maybe'"),
+    "unknown dataset": ("data.name", "{type: categorical, choices: [mnist1d, imagenet]}",
+                        "search.data.name.choices: unknown dataset 'imagenet' (known: mnist1d, "),
+    "unknown arch": ("student.arch", "{type: categorical, choices: [cnn1d, vit]}",
+                     "search.student.arch.choices: unknown arch 'vit' (known: "),
+    "unknown torchvision model": ("student.arch", "{type: categorical, choices: [cnn1d, 'torchvision:nope']}",
+                                  "search.student.arch.choices: torchvision:nope: torchvision has no classification "
+                                  "model 'nope'"),
+    "bad python ref": ("student.arch", "{type: categorical, choices: [cnn1d, 'python:nofunction']}",
+                       "search.student.arch.choices: expected python:package.module:function, got python:nofunction"),
+    "unknown optimizer": ("train.optimizer", "{type: categorical, choices: [adam, lion]}",
+                          "search.train.optimizer.choices: one of sgd, adam, adamw, got 'lion'"),
+    "unknown schedule": ("train.schedule", "{type: categorical, choices: [cosine, step]}",
+                         "search.train.schedule.choices: one of onecycle, cosine, constant, got 'step'"),
+    "unknown augmentation": ("data.augment", "{type: categorical, choices: [[], [warp]]}",
+                             "search.data.augment.choices: unknown augmentation 'warp' (known: "),
+    "augmentation not a list": ("data.augment", "{type: categorical, choices: [[], flip]}",
+                                "search.data.augment.choices: expected list, got 'flip'"),
+    "choice of the wrong type": ("train.lr", "{type: categorical, choices: [0.1, fast]}",
+                                 "search.train.lr.choices: expected float, got 'fast'"),
+    "float range of an int setting": ("student.width", "{type: float, low: 2, high: 32}",
+                                      "search.student.width.type: a float range gives float values, but student.width "
+                                      "takes int (use type int)"),
+    "range above a bound": ("kd.alpha", "{type: float, low: 0.5, high: 2}",
+                            "search.kd.alpha.high: must be in [0, 1], got 2.0"),
+    "range below a bound": ("train.lr", "{type: float, low: 0, high: 0.1}",
+                            "search.train.lr.low: must be > 0, got 0.0"),
+    "width too large": ("student.width", "{type: int, low: 8, high: 100000, log: true}",
+                        "search.student.width.high: must be <= 65536 (units or channels per layer), got 100000"),
+    "depth too large": ("student.depth", "{type: int, low: 1, high: 2000}",
+                        "search.student.depth.high: must be <= 1000 (layers), got 2000"),
+    "choice that needs another setting": ("data.name", "{type: categorical, choices: [mnist1d, csv]}",
+                                          "search.data.name.choices: with 'csv', data.path: data.name csv reads a CSV "
+                                          "file; set data.path"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEARCH_CASES))
+def test_a_searched_value_that_every_trial_would_refuse_is_a_problem(case):
+    key, spec, expected = SEARCH_CASES[case]
+    e = outcome(lambda: config.load(QUICKSTART, [f"search.{key}={spec}"]))
+    assert isinstance(e, ConfigError), case
+    assert any(p.startswith(expected) for p in e.problems), e.problems
+    assert all(p.startswith(f"search.{key}") for p in e.problems), e.problems  # the base settings are fine
+
+
+@pytest.mark.parametrize("spec", ["{type: float, low: 0.1, high: 1, step: 0.1}",
+                                  "{type: int, low: 2, high: 32, step: 2}",
+                                  "{type: int, low: 2, high: 32, log: true, step: 1}",
+                                  "{type: float, low: 0.1, high: 1, log: false}"])
+def test_steps_and_log_optuna_accepts_still_load(spec):
+    key = "student.width" if "int" in spec else "kd.alpha"
+    assert config.load(QUICKSTART, [f"search.{key}={spec}"]).search[key]["type"] in ("int", "float")
+
+
+def test_a_choice_another_searched_setting_can_make_valid_is_accepted():
+    """Only a value that fails whatever the other searched settings draw is refused: resnet18's pretrained weights
+    need width 64, and width is searched too; the trials that draw a valid pair pass config.replace, at the file's
+    check and at each trial's (where the other settings hold the trial's values)."""
+    raw = {"data": {"name": "synthetic"}, "teachers": [{"name": "t", "arch": "mlp"}],
+           "student": {"arch": "resnet18", "width": 64},
+           "search": {"student.width": {"type": "categorical", "choices": [32, 64]},
+                      "student.pretrained": {"type": "categorical", "choices": [True, False]}}}
+    cfg = config.from_dict(raw)
+    for width, pretrained in [(32, False), (64, True), (64, False)]:
+        config.replace(cfg, {"student.width": width, "student.pretrained": pretrained})
+    with pytest.raises(ConfigError, match="student.pretrained: torchvision weights need width 64, got 32"):
+        config.replace(cfg, {"student.width": 32, "student.pretrained": True})  # that one trial fails, as before
+    raw["student"]["pretrained"] = True
+    del raw["search"]["student.pretrained"]  # now every width-32 trial would fail
+    e = outcome(lambda: config.from_dict(raw))
+    assert isinstance(e, ConfigError) and e.problems == [
+        "search.student.width.choices: with 32, student.pretrained: torchvision weights need width 64, got 32"]
+
+
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_trial_of_the_shipped_sweeps_passes_validation(path):
+    """The search check refuses no trial the shipped sweep files give (config.replace checks each trial's config)."""
+    import optuna
+
+    from kdtrain import space
+
+    cfg = config.load(path)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(25):
+        trial = study.ask()
+        config.replace(cfg, space.suggest(trial, cfg.search, cfg.kd.loss))
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("pair, expected", [
+    ("data.seed=-1", "data.seed: must be >= 0, got -1"),  # numpy: expected non-negative integer
+    ("data.seed=4294967296", "data.seed: must be < 2**32 = 4294967296 (numpy's seed range), got 4294967296"),
+    ("student.width=9223372036854775807", "student.width: must be <= 65536 (units or channels per layer), "
+                                          "got 9223372036854775807"),  # torch: RuntimeError
+    ("teachers.cnn_wide.width=70000", "teachers[0] (cnn_wide).width: must be <= 65536 (units or channels per layer), "
+                                      "got 70000"),
+    ("student.depth=1001", "student.depth: must be <= 1000 (layers), got 1001"),
+    ("student.hidden=[64, 70000]", "student.hidden: at most 1000 sizes, each <= 65536, got 2 sizes, the largest 70000"),
+])
+def test_seeds_and_sizes_numpy_or_torch_refuse_are_problems(pair, expected):
+    over = [pair, "student.arch=mlp"] if pair.startswith("student.hidden") else [pair]
+    e = outcome(lambda: config.load(QUICKSTART, over))
+    assert isinstance(e, ConfigError) and e.problems == [expected], e
+
+
+@pytest.mark.parametrize("pair", ["data.seed=-1", "student.width=9223372036854775807",
+                                  "search.data.name={type: categorical, choices: [mnist1d, imagenet]}"])
+def test_train_refuses_them_before_any_work(tmp_path, capsys, pair):
+    """`kdtrain train --set data.seed=-1` ended in numpy's ValueError traceback, a huge width in torch's."""
+    refused(tmp_path, capsys, [QUICKSTART, "--set", pair], 2, [pair.split("=")[0]], command=("train",))
