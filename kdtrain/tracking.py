@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 import urllib.parse
@@ -257,6 +258,7 @@ class Tracker:
             return None
         with torch.no_grad():
             out = ts(x).numpy()
+        name = re.sub(r"[^A-Za-z0-9_-]+", "-", name)  # MLflow refuses ':', '.', '/' in a model name (python: archs)
         lm = self.client.create_logged_model(exp_id, name=name, source_run_id=run_id, model_type="classifier",
                                              tags={k: str(v) for k, v in (tags or {}).items()},
                                              params=dict(self.client.get_run(run_id).data.params))
