@@ -284,15 +284,14 @@ class Tracker:
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":  # an invalid name, a server without a registry
                 raise KdtrainError(f"cannot create registered model {name!r}: {first_line(e)}") from None
+        # the logged model's own artifact location as the source: a models:/ source makes a local registry look
+        # the model up through MLflow's global tracking URI, not this client's
+        source = self.client.get_logged_model(model_id).artifact_location
         for v in self.client.search_model_versions(f"name = '{name}'"):
-            if v.source == f"models:/{model_id}":
+            if v.source == source:
                 return v.version
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-        with _use_tracking_uri(self.uri):  # a local registry looks the logged model up through the global URI
-            return self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
-                                                    description=description, model_id=model_id,
-                                                    tags={k: str(v) for k, v in tags.items()}).version
+        return self.client.create_model_version(name, source, run_id=run_id, description=description,
+                                                model_id=model_id, tags={k: str(v) for k, v in tags.items()}).version
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         from mlflow.exceptions import MlflowException
