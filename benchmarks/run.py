@@ -180,13 +180,13 @@ def model_logging(cfg, ds, home: Path, repeats: int = 10) -> dict:
     """B4's share of MLflow models: seconds to log one student as an MLflow logged model (trace, check, save,
     upload, link; what every complete trial adds) and its data as dataset inputs, in a fresh SQLite store."""
     from kdtrain.tracking import Tracker
+    from kdtrain.worker import data_inputs
 
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
     exp = tracker.experiment("b4-models")
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     example = ds.x_val[:2].numpy()
-    inputs = tracker.dataset_inputs(cfg.data.name, {s: (getattr(ds, f"x_{s}").numpy(), getattr(ds, f"y_{s}").numpy())
-                                                    for s in ("train", "val", "test")})
+    inputs = data_inputs(tracker, cfg, ds)
     model_s, inputs_s = [], []
     for i in range(repeats + 1):  # the first one warms MLflow's imports up
         run = tracker.start(exp, f"trial-{i}", "student", params={"student.width": cfg.student.width})

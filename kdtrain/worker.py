@@ -84,11 +84,7 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     parent_id = study.user_attrs.get(search.A_PARENT)
     if sweep_file or not parent_id:
         parent_id = ensure_parent(tracker, exp_id, study, cfg, sweep_file)
-    splits = {s: (getattr(ds, f"x_{s}").cpu().numpy(), getattr(ds, f"y_{s}").cpu().numpy())
-              for s in ("train", "val", "test")}
-    ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log,
-                  tracker.dataset_inputs(dataset_name(cfg.data), {"train": splits["train"],
-                                                                  "validation": splits["val"], "test": splits["test"]}))
+    ctx = Context(study, cfg, ds, pool, tracker, exp_id, parent_id, log, data_inputs(tracker, cfg, ds))
     ensure_teacher_runs(ctx)
     if len(cfg.study.objectives) > 1:
         hv_box(ctx)
@@ -97,10 +93,14 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     return ctx
 
 
-def dataset_name(d) -> str:
-    """The data's name in MLflow: the dataset, with the user's file or factory (folder:shapes, csv:flowers.csv)."""
+def data_inputs(tracker: Tracker, cfg: Config, ds: data.Dataset) -> list:
+    """The data as MLflow dataset inputs, one per split (context train, validation, test), named after the dataset
+    and the user's file or factory (mnist1d, folder:shapes, csv:flowers.csv)."""
+    d = cfg.data
     source = d.path or d.factory
-    return f"{d.name}:{Path(source).name if d.path else source}" if source else d.name
+    name = f"{d.name}:{Path(source).name if d.path else source}" if source else d.name
+    return tracker.dataset_inputs(name, {context: (getattr(ds, f"x_{s}").cpu().numpy(), getattr(ds, f"y_{s}").cpu().numpy())
+                                         for s, context in (("train", "train"), ("val", "validation"), ("test", "test"))})
 
 
 def join(study_name: str, storage_url: str | None, tracking_uri: str | None, threads: int | None = None,
