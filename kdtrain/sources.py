@@ -253,16 +253,16 @@ def _decode(files: list[tuple[str, Path, int]], size: int) -> np.ndarray:
     return out
 
 
-def folder_key(cfg: DataConfig) -> str:
+def folder_key(cfg: DataConfig, listing: tuple | None = None) -> str:
     """The decoded folder's cache key: the listing (relative names, sizes, modification times) and image size."""
-    names, files, root = _folder_listing(cfg)
+    names, files, root = listing or _folder_listing(cfg)
     listing = [(split, str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns, c) for split, p, c in files]
     return content_key({"version": FOLDER_CACHE_VERSION, "size": cfg.image_size, "names": names, "files": listing})
 
 
 def _folder(cfg: DataConfig):
-    names, files, root = _folder_listing(cfg)
-    key = folder_key(cfg)
+    names, files, root = listing = _folder_listing(cfg)
+    key = folder_key(cfg, listing)
     cache = data_root(cfg) / "folders" / f"{key}.pt"
     t0 = time.perf_counter()
     try:
