@@ -9,6 +9,7 @@ them instead of running the teacher again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pickle
@@ -173,8 +174,7 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
 def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict) -> None:
     with atomic_dir(folder) as tmp:  # another process may finish the same teacher first: either copy will do
         if isinstance(model, torch.jit.ScriptModule):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
+            with _torchscript_quiet():
                 torch.jit.save(model, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
         elif model is not None:
             torch.save(model.state_dict(), tmp / MODEL_FILE)
@@ -298,9 +298,15 @@ def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int) -> dict[str, tor
     return out
 
 
-def _jit_load(path: Path) -> nn.Module:
+@contextlib.contextmanager
+def _torchscript_quiet():
     with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated; users still export it
         warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _jit_load(path: Path) -> nn.Module:
+    with _torchscript_quiet():
         return torch.jit.load(str(path), map_location="cpu")
 
 

@@ -242,7 +242,7 @@ def baseline_runs(ctx: Context, cfg: Config, seeds: list[int]) -> dict:
     """The no-teacher (alpha = 0) student of cfg trained with each of the given train seeds, cached per machine
     and seed: {"metrics": deployment metrics, "runs": {seed: accuracies and per-epoch history}}."""
     key = student_key(cfg)
-    path = home() / "cache" / "baselines" / f"{key}.json"
+    path = baseline_file(key)
     with file_lock(f"baseline-{key}"):
         result = json.loads(path.read_text()) if path.exists() else {"runs": {}}
         missing = [s for s in seeds if str(s) not in result["runs"]]
@@ -254,7 +254,7 @@ def baseline_runs(ctx: Context, cfg: Config, seeds: list[int]) -> dict:
             if "metrics" not in result:
                 result["metrics"] = _measure(r.model, ctx, cfg.student)
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(r.model.state_dict(), path.with_name(f"{key}-seed{seed}.pt"))  # the baseline run's model
+            torch.save(r.model.state_dict(), baseline_file(key, seed))  # the baseline run's model
             result["runs"][str(seed)] = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
                                          "train_seconds": r.seconds,
                                          "history": [dataclasses.asdict(h) for h in r.history]}
@@ -297,17 +297,21 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
                                     for k in epoch[0]})
                       for epoch in zip(*(result["runs"][str(s)]["history"] for s in seeds))]
             ctx.tracker.log_inputs(run, ctx.inputs)
-            model_id = ctx.log_model(run, run_name, baseline_model(ctx, cfg, seeds[0]), {"kdtrain.role": "baseline"})
+            model_id = ctx.log_model(run, run_name, baseline_model(ctx, cfg, key, seeds[0]), {"kdtrain.role": "baseline"})
             ctx.tracker.log_metrics(run, {k: v for k, v in metrics.items() if k != "seeds"}, curves, model_id=model_id)
             ctx.tracker.end(run)
     return metrics
 
 
-def baseline_model(ctx: Context, cfg: Config, seed: int):
-    """The no-teacher student of cfg trained with this seed (weights cached by baseline_runs)."""
+def baseline_file(key: str, seed: int | None = None) -> Path:
+    """A baseline's cache file: its seeds' results (.json), or one seed's weights (-seed<s>.pt)."""
+    return home() / "cache" / "baselines" / (f"{key}.json" if seed is None else f"{key}-seed{seed}.pt")
+
+
+def baseline_model(ctx: Context, cfg: Config, key: str, seed: int):
+    """The no-teacher student of cfg (its baseline key) trained with this seed (weights cached by baseline_runs)."""
     model = models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes)
-    path = home() / "cache" / "baselines" / f"{student_key(cfg)}-seed{seed}.pt"
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(baseline_file(key, seed), map_location="cpu", weights_only=True))
     return model
 
 
