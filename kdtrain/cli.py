@@ -32,8 +32,10 @@ def _load_data(cfg):
     print(f"data {cfg.data.name}: {len(ds.y_train)} train / {len(ds.y_val)} val / {len(ds.y_test)} test, "
           f"input {tuple(ds.input_shape)}, {ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)"
           + (f"; {ds.note}" if ds.note else ""))
+    # a teacher with its own data, output or classes is run on its own data by teachers.check_weights instead
     built = [("student", cfg.student)] + [(f"teachers ({t.name})", t) for t in cfg.teachers
-                                          if teachers.kind(t) in ("train", "weights")]
+                                          if teachers.kind(t) in ("train", "weights")
+                                          and t.data is None and t.output is None and t.classes is None]
     models.check_fits(built, ds.input_shape, ds.num_classes)
     return cfg, ds
 

@@ -143,6 +143,20 @@ class DataConfig:
     """Fixed per-channel mean to normalise with (e.g. ImageNet's for a pretrained teacher); default: train's."""
     std: list | None = None
     """Fixed per-channel std to normalise with, beside data.mean."""
+    labels: int | float | None = None
+    """Scarce labels: the training split's rows that keep their label, a fraction in (0, 1] (0.05) or a count (180);
+    stratified by class, chosen with data.seed. The validation split is carved from these rows; the others are
+    unlabelled and enter the distillation term only. None: every row is labelled."""
+    unlabeled: dict | None = None
+    """A transfer set: a second data section (same keys: a built-in generator with its own size and seed, a folder
+    of images, arrays with x only, a csv without the label column, a python factory returning inputs) whose rows
+    enter only the distillation term. Labels it carries are ignored."""
+    options: dict | None = None
+    """Keyword settings of a built-in generator (mnist1d: iid_noise_scale, corr_noise_scale, shear_scale,
+    scale_coeff, max_translation, ...), e.g. to make a shifted domain offline."""
+    classes: dict | list | None = None
+    """Remap the dataset's labels to a task: {new class: [old classes]} (every label mapped) or a list of the old
+    classes to keep."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -187,6 +201,15 @@ class TeacherConfig(ModelConfig):
     logits: str | None = None
     """Knowledge without a model: a .npz (or .pt) file of the teacher's logits, arrays train and test, rows in the
     data's order (before the validation split is carved)."""
+    data: dict | None = None
+    """The teacher's own data (its source domain): a data section it is trained on; a teacher from a file may name
+    it for the report. Its logits are computed on the student's rows, normalised as its own data was. None: the
+    student's data."""
+    output: int | str | None = None
+    """For a model whose forward returns a tuple or list (an index) or a dict (a key): the output to distil from."""
+    classes: dict | list | None = None
+    """The teacher's classes -> the student's: a list of teacher class indices, one per student class (a subset),
+    or {student class: [teacher classes]} (a coarser task: probabilities summed within each group)."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -511,6 +534,70 @@ def _check_data(d: DataConfig, need) -> None:
          f"data.std: must be > 0, got {d.std}")
 
 
+OPTIONS = {"mnist1d": ("iid_noise_scale", "corr_noise_scale", "shear_scale", "scale_coeff", "max_translation",
+                       "train_split"),
+           "synthetic": ("noise", "spread")}
+"""data.options: the keyword settings each built-in generator takes (mnist1d's are its get_dataset_args)."""
+
+
+def sub_data(raw: dict, parent: DataConfig) -> DataConfig:
+    """A data section inside another (data.unlabeled, teachers[].data), with the parent's root and download unless
+    it sets its own. Call on a validated config only."""
+    return DataConfig(**{"root": parent.root, "download": parent.download, **raw})
+
+
+def _check_scarce(d: DataConfig, need) -> None:
+    """data.labels, data.options and data.classes: their form (counts against the data are checked on loading)."""
+    from kdtrain import classmap
+
+    if type(d.labels) is int:
+        need(d.labels >= 1, f"data.labels: a count of labelled rows must be >= 1 (or give a fraction in (0, 1]), "
+             f"got {d.labels}")
+    elif d.labels is not None:
+        need(0 < d.labels <= 1, f"data.labels: a fraction must be in (0, 1] (a whole number is a count of rows), "
+             f"got {d.labels}")
+    if d.options is not None:
+        known = OPTIONS.get(d.name)
+        need(known is not None, f"data.options: only the generators {', '.join(OPTIONS)} take options, not {d.name}")
+        for k, v in (d.options.items() if known else ()):
+            need(k in known, f"data.options.{k}: unknown option of {d.name} (known: {', '.join(known)})")
+            need(type(v) in (int, float) and v >= 0, f"data.options.{k}: must be a number >= 0, got {v!r}")
+    for p in classmap.syntax_problems(d.classes, "data.classes"):
+        need(False, p)
+
+
+def _check_sub_data(raw: Any, parent: DataConfig, where: str, refused: tuple, problems: list[str], need) -> None:
+    """A nested data section: known keys of the right types, then the data section's own checks."""
+    if not isinstance(raw, dict):
+        need(False, f"{where}: expected a data section (a mapping such as {{name: mnist1d, size: 4000, seed: 7}}), "
+             f"got {type(raw).__name__}")
+        return
+    for key in refused:
+        need(key not in raw, f"{where}.{key}: not taken here (" + {
+            "labels": "its labels are not used", "unlabeled": "one level of transfer data only",
+            "classes": "its labels are not used", "val_fraction": "none of its rows is used for selection"}[key] + ")")
+    sub = _section(DataConfig, {k: v for k, v in raw.items() if k not in refused}, where, problems)
+    sub = dataclasses.replace(sub, root=sub.root if "root" in raw else parent.root)
+    _check_data(sub, lambda cond, msg: need(cond, msg.replace("data.", f"{where}.")))
+    _check_scarce(sub, lambda cond, msg: need(cond, msg.replace("data.", f"{where}.")))
+
+
+def _check_teacher_domain(t, where: str, cfg, problems: list[str], need) -> None:
+    """teachers[].data, .output and .classes: the teacher's own data and label space."""
+    from kdtrain import classmap
+
+    if t.data is not None:
+        _check_sub_data(t.data, cfg.data, f"{where}.data", ("unlabeled",), problems, need)
+    need(t.output is None or (type(t.output) is int and t.output >= 0) or (type(t.output) is str and t.output != ""),
+         f"{where}.output: an index (>= 0) into the tuple the model returns, or a key of its dict, got {t.output!r}")
+    need(t.output is None or not t.logits, f"{where}.output: a logits file holds one output; drop output")
+    for p in classmap.syntax_problems(t.classes, f"{where}.classes"):
+        need(False, p)
+    if t.logits and cfg.data.unlabeled is not None:
+        need(False, f"{where}.logits: a logits file has no rows for the transfer set data.unlabeled; give the "
+             "teacher as a model (weights, ONNX, TorchScript) or drop data.unlabeled")
+
+
 def _check_teacher_source(t, where: str, augment: list, need) -> None:
     """A teacher from a logits file, or from an exported model (ONNX, TorchScript) instead of its arch."""
     import importlib.util
@@ -581,6 +668,10 @@ def _check_values(cfg: Config, problems: list[str], search: bool = True) -> None
             problems.append(f"study.timeout: {e}")
 
     _check_data(d, need)
+    _check_scarce(d, need)
+    if d.unlabeled is not None:
+        _check_sub_data(d.unlabeled, d, "data.unlabeled", ("labels", "unlabeled", "classes", "val_fraction"),
+                        problems, need)
     need(d.seed < 2**32, f"data.seed: must be < 2**32 = {2**32} (numpy's seed range), got {d.seed}")
 
     _check_model(cfg.student, "student", need)
@@ -592,6 +683,7 @@ def _check_values(cfg: Config, problems: list[str], search: bool = True) -> None
         need(t.epochs is None or t.epochs >= 0, f"{where}.epochs: must be >= 0, got {t.epochs}")
         need(t.lr is None or t.lr > 0, f"{where}.lr: must be > 0, got {t.lr}")
         _check_teacher_source(t, where, d.augment, need)
+        _check_teacher_domain(t, where, cfg, problems, need)
     need(not (cfg.student.arch.startswith("torchvision:") and "student.width" in cfg.search),
          f"search.student.width: {cfg.student.arch} has no width to search; use a family or a python: factory")
     for n in sorted({n for n in names if names.count(n) > 1}):

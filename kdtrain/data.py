@@ -7,6 +7,7 @@ from the training set with a fixed seed; the test split is only ever reported.
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kdtrain import sources
-from kdtrain.config import DataConfig, DataError, KdtrainError, data_root
+from kdtrain import classmap, sources
+from kdtrain.config import DataConfig, DataError, KdtrainError, data_root, sub_data
+from kdtrain.shared import atomic_write_bytes, content_key
 
 
 @dataclass
@@ -46,6 +48,33 @@ class Dataset:
     """Rows of the source's training set before the carve (and before data.limit)."""
     note: str = ""
     """What loading did worth saying (a folder decoded or read from its cache, ignored columns)."""
+    labelled_rows: int = -1
+    """Training rows with a label (data.labels); -1: all of them (set in __post_init__)."""
+    transfer_rows: int = 0
+    """Training rows from the transfer set data.unlabeled (the last rows of x_train), unlabelled."""
+
+    def __post_init__(self):
+        if self.labelled_rows < 0:
+            self.labelled_rows = int((self.y_train >= 0).sum())
+
+    @property
+    def unlabelled_rows(self) -> int:
+        """Training rows without a label: the unlabelled part of the training split plus the transfer set."""
+        return len(self.y_train) - self.labelled_rows
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo this data's normalisation (to renormalise its inputs for a teacher trained on other data)."""
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
+        return x * std + mean
+
+    def normalized(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw inputs normalised as this data's own (a teacher sees the student's rows through this)."""
+        shape = (1, -1) + (1,) * (raw.ndim - 2)
+        mean = torch.tensor(self.mean, dtype=raw.dtype, device=raw.device).reshape(shape)
+        std = torch.tensor(self.std, dtype=raw.dtype, device=raw.device).reshape(shape)
+        return (raw - mean) / std
 
     def to(self, device: torch.device | str) -> "Dataset":
         fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -73,12 +102,15 @@ DIGIT_NAMES = [str(i) for i in range(10)]
 @register("mnist1d")
 def _mnist1d(cfg: DataConfig):
     # Generating 5000 samples takes ~3 s, so the result is cached on disk.
-    path = data_root(cfg) / "mnist1d" / f"mnist1d_n{cfg.size}_seed{cfg.seed}.npz"
+    opts = f"_{content_key(cfg.options)}" if cfg.options else ""  # data.options: another generator, another file
+    path = data_root(cfg) / "mnist1d" / f"mnist1d_n{cfg.size}_seed{cfg.seed}{opts}.npz"
     if not path.exists():
         from mnist1d.data import get_dataset_args, make_dataset
 
         args = get_dataset_args()
         args.num_samples, args.seed = cfg.size, cfg.seed
+        for k, v in (cfg.options or {}).items():  # noise, shear, scale, translation: a shifted domain
+            setattr(args, k, int(v) if k == "max_translation" else v)
         # mnist1d seeds numpy's and random's global generators; keep the caller's state.
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
@@ -87,12 +119,12 @@ def _mnist1d(cfg: DataConfig):
             np.random.set_state(np_state)
             random.setstate(py_state)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
-        tmp.replace(path)
-    z = np.load(path)
-    f = lambda a: a.astype(np.float32)[:, None, :]  # noqa: E731  (N, 1, 40)
-    return f(z["x"]), z["y"].astype(np.int64), f(z["x_test"]), z["y_test"].astype(np.int64), DIGIT_NAMES
+        buf = io.BytesIO()
+        np.savez(buf, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        atomic_write_bytes(path, buf.getvalue())  # two workers on a cold data root: each writes its own temp file
+    with np.load(path) as z:
+        f = lambda a: a.astype(np.float32)[:, None, :]  # noqa: E731  (N, 1, 40)
+        return f(z["x"]), z["y"].astype(np.int64), f(z["x_test"]), z["y_test"].astype(np.int64), DIGIT_NAMES
 
 
 @register("digits")
@@ -113,10 +145,12 @@ def _synthetic(cfg: DataConfig):
     """Gaussian clusters in 1x16 signals: learnable in a few epochs, for fast tests."""
     g = np.random.default_rng(cfg.seed)
     classes, length = 4, 16
-    centers = g.normal(0, 1.0, size=(classes, 1, length)).astype(np.float32)
+    opts = {"noise": 0.8, "spread": 1.0, **(cfg.options or {})}
+    centers = np.random.default_rng(0).normal(0, opts["spread"], size=(classes, 1, length)).astype(np.float32) \
+        if cfg.options else g.normal(0, 1.0, size=(classes, 1, length)).astype(np.float32)
     n = cfg.size + cfg.size // 4
     y = g.integers(0, classes, size=n)
-    x = centers[y] + g.normal(0, 0.8, size=(n, 1, length)).astype(np.float32)
+    x = centers[y] + g.normal(0, opts["noise"], size=(n, 1, length)).astype(np.float32)
     return x[: cfg.size], y[: cfg.size].astype(np.int64), x[cfg.size:], y[cfg.size:].astype(np.int64), \
         [f"class{i}" for i in range(classes)]
 
@@ -212,17 +246,32 @@ RAW_SCALE = {"digits": 1 / 16, "mnist": 1 / 255, "fashion_mnist": 1 / 255, "cifa
 """What each loader multiplied raw values by (for deployment cards)."""
 
 
+UNLABELLED = -1
+"""y_train of a row without a label (data.labels, data.unlabeled): cross-entropy skips it, distillation uses it."""
+
+
 def load(cfg: DataConfig) -> Dataset:
-    """Load a dataset, carve the validation split, normalise with train statistics (or data.mean / data.std)."""
+    """Load a dataset, carve the validation split, normalise with train statistics (or data.mean / data.std).
+
+    With data.classes the labels are remapped first; with data.labels only that many training rows keep their
+    label (the validation split is carved from them) and the rest are UNLABELLED; data.unlabeled's rows are
+    appended to the training split, UNLABELLED, normalised with the same statistics."""
     if cfg.name not in DATASETS:
         raise KdtrainError(f"unknown dataset {cfg.name!r} (known: {', '.join(DATASETS)})")
     x, y, x_test, y_test, names, *note = DATASETS[cfg.name](cfg)
-    perm = np.random.default_rng(cfg.seed).permutation(len(y))
-    n_val = max(1, int(round(len(y) * cfg.val_fraction)))
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    notes = [note[0]] if note and note[0] else []
+    if cfg.classes is not None:
+        x, y, x_test, y_test, names = _relabel(cfg.classes, x, y, x_test, y_test, list(names))
+    if cfg.labels is None:
+        perm = np.random.default_rng(cfg.seed).permutation(len(y))
+        n_val = max(1, int(round(len(y) * cfg.val_fraction)))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        labelled = np.ones(len(train_idx), bool)
+    else:
+        val_idx, train_idx, labelled = scarce_split(y, len(names), cfg)
     if cfg.limit is not None:
-        train_idx = train_idx[: cfg.limit]
-    x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+        train_idx, labelled = train_idx[: cfg.limit], labelled[: cfg.limit]
+    x_train, y_train, x_val, y_val = x[train_idx], np.where(labelled, y[train_idx], UNLABELLED), x[val_idx], y[val_idx]
 
     axes = (0,) + tuple(range(2, x.ndim))  # per channel
     channels = (1, x.shape[1]) + (1,) * (x.ndim - 2)
@@ -238,6 +287,17 @@ def load(cfg: DataConfig) -> Dataset:
     else:
         mean = np.zeros(channels, np.float32)
         std = np.ones_like(mean)
+    transfer = 0
+    if cfg.unlabeled is not None:
+        x_u, note_u = transfer_inputs(cfg, tuple(x.shape[1:]))
+        transfer = len(x_u)
+        x_train = np.concatenate([x_train, x_u])
+        y_train = np.concatenate([y_train, np.full(transfer, UNLABELLED, y_train.dtype)])
+        notes.append(note_u)
+    if cfg.labels is not None or transfer:
+        notes.append(f"labels: {int(labelled.sum())} rows to train on, {len(val_idx)} to select on, "
+                     f"{int((~labelled).sum()) + transfer} unlabelled" + (f" ({transfer} of them transfer data)"
+                                                                          if transfer else ""))
     norm = lambda a: torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))  # noqa: E731
     return Dataset(
         x_train=norm(x_train), y_train=torch.from_numpy(y_train),
@@ -245,14 +305,83 @@ def load(cfg: DataConfig) -> Dataset:
         x_test=norm(x_test), y_test=torch.from_numpy(y_test),
         input_shape=tuple(x.shape[1:]), num_classes=len(names), class_names=list(names),
         mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist(), scale=RAW_SCALE.get(cfg.name, 1.0),
-        train_rows=train_idx, val_rows=val_idx, source_rows=len(y), note=note[0] if note else "",
+        train_rows=train_idx, val_rows=val_idx, source_rows=len(y), note="; ".join(notes),
+        labelled_rows=int(labelled.sum()), transfer_rows=transfer,
     )
+
+
+def _relabel(spec, x, y, x_test, y_test, names: list[str]):
+    """data.classes: every label through the mapping; a list's left-out classes drop their rows."""
+    new, new_names = classmap.relabel(spec, names)
+    lookup = np.array([-1 if v is None else v for v in new], np.int64)
+    keep, keep_test = lookup[y] >= 0, lookup[y_test] >= 0
+    return x[keep], lookup[y[keep]], x_test[keep_test], lookup[y_test[keep_test]], new_names
+
+
+def label_budget(labels: int | float, rows: int) -> int:
+    """data.labels as a count of rows: a fraction of the training split's rows (at least 1), or the count."""
+    return labels if type(labels) is int else max(1, int(round(labels * rows)))
+
+
+def scarce_split(y: np.ndarray, classes: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """data.labels: (val rows, train rows, which train rows keep their label). The labelled rows are stratified by
+    class (each class in proportion, at least 2) and drawn with data.seed; the validation split is
+    data.val_fraction of each class's labelled rows (at least 1, at most all but 1); every other row trains,
+    unlabelled unless chosen."""
+    n = len(y)
+    budget = label_budget(cfg.labels, n)
+    if budget > n:
+        raise DataError(f"data.labels: {budget} labelled rows asked for, but the training split has {n} rows "
+                        "(give a count up to that, or a fraction in (0, 1])")
+    if budget < 2 * classes:
+        raise DataError(f"data.labels: {budget} label(s) for {classes} classes; give at least {2 * classes}, two per "
+                        "class (one to train on, one to select on)")
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    members = [perm[y[perm] == c] for c in range(classes)]
+    counts = np.array([len(m) for m in members])
+    if (counts < 2).any():
+        c = int(np.argmin(counts))
+        raise DataError(f"data.labels: class {c} has {counts[c]} training row(s); each class needs 2 to keep labels "
+                        "for training and selection")
+    ideal = budget * counts / n
+    quota = np.minimum(counts, np.maximum(2, np.floor(ideal).astype(int)))
+    while quota.sum() < budget:  # largest shortfall first, within each class's rows
+        gap = np.where(quota < counts, ideal - quota, -np.inf)
+        quota[int(np.argmax(gap))] += 1
+    while quota.sum() > budget:  # the minimum of 2 overshot: take from the most over-served class
+        over = np.where(quota > 2, quota - ideal, -np.inf)
+        quota[int(np.argmax(over))] -= 1
+    val, labelled = [], []
+    for m, q in zip(members, quota):
+        v = min(q - 1, max(1, int(round(q * cfg.val_fraction))))
+        val.append(m[:v])
+        labelled.append(m[v:q])
+    val_idx = np.concatenate(val)
+    train_idx = perm[~np.isin(perm, val_idx)]
+    return val_idx, train_idx, np.isin(train_idx, np.concatenate(labelled))
+
+
+def transfer_inputs(cfg: DataConfig, shape: tuple) -> tuple[np.ndarray, str]:
+    """data.unlabeled's raw inputs (the loaders' natural scale), checked against the data's sample shape."""
+    sub = sub_data(cfg.unlabeled, cfg)
+    if sub.name in sources.INPUT_SOURCES:
+        x, said = sources.INPUT_SOURCES[sub.name](sub)
+    else:
+        x, _, _, _, _, *rest = DATASETS[sub.name](sub)
+        said = f"its labels are ignored ({sub.name} is labelled)"
+    if tuple(x.shape[1:]) != shape:
+        raise DataError(f"data.unlabeled ({sub.name}): samples of shape {tuple(x.shape[1:])}, but the data's "
+                        f"samples are {shape}; a transfer set holds inputs like the student's")
+    return x, f"transfer set {sub.name}: {len(x)} unlabelled rows" + (f"; {said}" if said else "")
 
 
 def identity(cfg: DataConfig) -> str | None:
     """What the user's data holds (its files' content), for cache keys and study settings; None for the built-in
     datasets, which their settings identify."""
-    return sources.identity(cfg)
+    own = sources.identity(cfg)
+    if cfg.unlabeled is None:
+        return own
+    return f"{own}+unlabeled:{sources.inputs_identity(sub_data(cfg.unlabeled, cfg))}"
 
 
 AUGMENTATIONS = ("crop", "flip")

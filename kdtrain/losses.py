@@ -156,12 +156,15 @@ def _kd_targets(logp: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> Ta
 
 
 def _dkd_targets(logp: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> Targets:
+    # an unlabelled row (label < 0) splits target from non-target classes at the teachers' top class
+    top = (w[:, None, None] * logp.exp()).sum(0).argmax(-1)
+    labels = torch.where(labels >= 0, labels, top)
     target = F.one_hot(labels, logp.shape[-1]).bool().expand_as(logp)
     log_rest = logp.masked_fill(target, float("-inf")).logsumexp(-1)  # log(1 - p_g), without cancellation
     log_b = torch.stack([logp.gather(-1, labels.expand(logp.shape[:-1])[..., None])[..., 0], log_rest], -1)
     log_hat = (logp - log_rest[..., None]).masked_fill(target, float("-inf"))  # log p^, -inf at the target
     wn = w[:, None]
-    return Targets("dkd", {"b": (wn[..., None] * log_b.exp()).sum(0), "c_b": (wn * _neg_entropy(log_b)).sum(0),
+    return Targets("dkd", {"g": labels, "b": (wn[..., None] * log_b.exp()).sum(0), "c_b": (wn * _neg_entropy(log_b)).sum(0),
                            "hat": (wn[..., None] * log_hat.exp()).sum(0), "c_hat": (wn * _neg_entropy(log_hat)).sum(0)})
 
 
@@ -172,6 +175,26 @@ def _dist_targets(logp: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> 
 
 
 _TARGETS = {"kd": _kd_targets, "dkd": _dkd_targets, "dist": _dist_targets}
+
+
+def labelled_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled rows (label >= 0); 0 for a batch without any. No host sync: the
+    count is a tensor, so a batch of unlabelled rows costs no .item()."""
+    mask = labels >= 0
+    per_row = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    return (per_row * mask).sum() / mask.sum().clamp_min(1)
+
+
+def map_logits(logits: torch.Tensor, groups: list[list[int]] | None, temperature: float) -> torch.Tensor:
+    """A teacher's logits (..., C_teacher) -> logits over the student's classes (..., C_student) whose softmax at
+    this temperature is the teacher's tempered softmax summed within each group (groups of one: renormalised over
+    the subset): T * logsumexp(z_g / T). A subset is a plain selection, at every temperature. None: unchanged."""
+    if groups is None:
+        return logits
+    if all(len(g) == 1 for g in groups):
+        return logits[..., [g[0] for g in groups]]
+    z = logits.float() / temperature
+    return temperature * torch.stack([z[..., g].logsumexp(-1) for g in groups], -1)
 
 
 def _check(spec: LossConfig) -> None:
@@ -203,6 +226,7 @@ def _kd_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossConfig
 
 
 def _dkd_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossConfig) -> torch.Tensor:
+    labels = t.tensors["g"]  # the labels, or the teachers' top class on an unlabelled row
     target = F.one_hot(labels, z.shape[-1]).bool()
     log_all = z.logsumexp(-1)
     log_rest = z.masked_fill(target, float("-inf")).logsumexp(-1)  # log of the non-target classes' mass (x Z)
@@ -229,8 +253,8 @@ def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor,
             spec: LossConfig = LossConfig(), epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, kd, ce) for a batch: ``loss = alpha * w(epoch) * T^2 * kd + (1 - alpha) * ce``. ``target`` is
     teacher_targets(...) for this batch (or kd's (p, c) from soft_targets), or None (no teacher); ``epoch`` (from 1)
-    drives DKD's warm-up."""
-    ce = F.cross_entropy(student_logits, labels)
+    drives DKD's warm-up. Rows labelled UNLABELLED (< 0) enter kd only: ce averages over the labelled rows."""
+    ce = labelled_ce(student_logits, labels)
     if target is None or alpha == 0:
         kd = torch.zeros((), device=student_logits.device)
         return (1 - alpha) * ce if target is not None else ce, kd, ce

@@ -79,6 +79,33 @@ def check_fits(models_cfg: list[tuple[str, object]], input_shape, num_classes: i
                                f"data returns logits of shape (batch, {num_classes})")
 
 
+def pick_output(out, key: int | str, where: str) -> torch.Tensor:
+    """One output of a model that returns several (teachers[].output): an index into a tuple or list, a key of a
+    dict. A missing one is a DataError naming what the model does return."""
+    if isinstance(out, dict):
+        if key not in out:
+            raise DataError(f"{where}: output {key!r} is not among the model's outputs "
+                            f"(its forward returns a dict with keys {', '.join(map(repr, out))})")
+        return out[key]
+    if isinstance(out, (tuple, list)):
+        if type(key) is not int or not 0 <= key < len(out):
+            raise DataError(f"{where}: output {key!r} is not among the model's outputs (its forward returns a "
+                            f"{type(out).__name__} of {len(out)}: give an index 0..{len(out) - 1})")
+        return out[key]
+    raise DataError(f"{where}: the model returns one {type(out).__name__}, not a tuple, list or dict; drop output")
+
+
+class PickOutput(nn.Module):
+    """A multi-output model seen through one of its outputs (teachers[].output)."""
+
+    def __init__(self, model: nn.Module, key: int | str, where: str = "teachers[].output"):
+        super().__init__()
+        self.model, self.key, self.where = model, key, where
+
+    def forward(self, x):
+        return pick_output(self.model(x), self.key, self.where)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

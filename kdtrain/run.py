@@ -16,8 +16,12 @@ def make_distill(cfg: Config, pool: dict[str, Teacher]) -> Distill | None:
     if cfg.kd.alpha == 0:
         return None
     names, kd = cfg.kd_teachers, cfg.kd
+    # each teacher's logits mapped to the student's classes at this T (teachers[].classes); the online models see
+    # the student's inputs as their own data's and return the same mapped logits
+    online = all(pool[n].model is not None for n in names)
     return Distill(temperature=kd.temperature, alpha=kd.alpha, ensemble=kd.ensemble, weights=kd.weights,
-                   logits=stacked_logits(pool, names, "train"), models=[pool[n].model for n in names], loss=kd)
+                   logits=stacked_logits(pool, names, "train", kd.temperature),
+                   models=[pool[n].as_student_model(kd.temperature) for n in names] if online else None, loss=kd)
 
 
 def distill_student(cfg: Config, data: Dataset, pool: dict[str, Teacher],

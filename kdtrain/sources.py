@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import time
 import zipfile
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from kdtrain import plugins
 from kdtrain.config import DataConfig, DataError, KdtrainError, data_root, first_line
-from kdtrain.shared import content_key
+from kdtrain.shared import atomic_write_bytes, content_key
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -272,10 +273,9 @@ def _folder(cfg: DataConfig):
         x = _decode(files, cfg.image_size)
         note = (f"decoded {len(files)} images to {cfg.image_size}x{cfg.image_size} in "
                 f"{time.perf_counter() - t0:.1f}s; cached in {cache}")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        torch.save({"x": torch.from_numpy(x), "names": names}, tmp)
-        tmp.replace(cache)
+        buf = io.BytesIO()
+        torch.save({"x": torch.from_numpy(x), "names": names}, buf)
+        atomic_write_bytes(cache, buf.getvalue())  # two workers on a cold data root never share a temp file
     x = x.astype(np.float32) / 255.0
     y = np.array([c for _, _, c in files], np.int64)
     split = np.array([s for s, _, _ in files])
@@ -354,6 +354,96 @@ def identity(cfg: DataConfig) -> str | None:
         return h.hexdigest()[:16]
     return None
 
+
+# --------------------------------------------------------------------------- inputs only (data.unlabeled)
+
+
+def _folder_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
+    """Every image under the folder, class folders or none (their names are ignored), decoded once and cached."""
+    root = _path(cfg)
+    if not root.is_dir():
+        raise DataError(f"data.unlabeled.path {root}: not a folder of images")
+    files = [("all", p, 0) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        raise DataError(f"data.unlabeled.path {root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    key = folder_key(cfg, (["unlabelled"], files, root))
+    cache = data_root(cfg) / "folders" / f"{key}.pt"
+    try:
+        x = torch.load(cache, map_location="cpu", weights_only=True)["x"].numpy()
+    except Exception:  # noqa: BLE001 - missing or damaged: decode again
+        x = _decode(files, cfg.image_size)
+        buf = io.BytesIO()
+        torch.save({"x": torch.from_numpy(x)}, buf)
+        atomic_write_bytes(cache, buf.getvalue())
+    subfolders = any(p.parent != root for _, p, _ in files)
+    return x.astype(np.float32) / 255.0, "its folder names are ignored" if subfolders else ""
+
+
+def _arrays_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
+    path = _path(cfg)
+    d = read_arrays(path, "data.unlabeled.path")
+    key = next((k for k in ("x", "x_train") if k in d), None)
+    if key is None:
+        raise DataError(f"data.unlabeled.path {path}: no array x (a transfer set's file holds its inputs as x; it "
+                        f"has {', '.join(map(str, d)) or 'nothing'})")
+    labels = [k for k in d if k.startswith("y")]
+    x = _features(d[key].numpy() if isinstance(d[key], torch.Tensor) else d[key], key, f"data.unlabeled.path {path}")
+    return x, f"its array(s) {', '.join(labels)} are ignored" if labels else ""
+
+
+def _csv_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
+    import pandas as pd
+
+    path = _path(cfg)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
+        raise DataError(f"data.unlabeled.path {path}: not a readable CSV table ({first_line(e)})") from None
+    ignored = [str(c) for c in df.columns if c == cfg.label or not pd.api.types.is_numeric_dtype(df[c])]
+    features = [c for c in df.columns if str(c) not in ignored]
+    if not features:
+        raise DataError(f"data.unlabeled.path {path}: no numeric feature column")
+    if df[features].isna().any().any():
+        raise DataError(f"data.unlabeled.path {path}: empty cells in the feature columns")
+    return _features(df[features].to_numpy(np.float32), "rows", f"data.unlabeled.path {path}"), \
+        f"column(s) {', '.join(ignored)} ignored" if ignored else ""
+
+
+def _python_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
+    ref = cfg.factory.removeprefix(plugins.PREFIX)
+    what = f"data.unlabeled.factory {ref}"
+    fn = plugins.load_object(ref, what)
+    try:
+        out = fn(cfg) if plugins.positional_count(fn) >= 1 else fn()
+    except KdtrainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed; say where, once
+        raise DataError(f"{what} raised {type(e).__name__}: {first_line(e, 300)}") from None
+    said = ""
+    if isinstance(out, dict):
+        if "x" not in out and "x_train" not in out:
+            raise DataError(f"{what}: returned a dict without x (a transfer set's factory returns its inputs)")
+        said = "its labels are ignored" if any(k.startswith("y") for k in out) else ""
+        out = out.get("x", out.get("x_train"))
+    elif isinstance(out, (tuple, list)):
+        out, said = out[0], "only the first of the values it returns is used (its inputs)"
+    x = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    return _features(x, "inputs", what), said
+
+
+def inputs_identity(cfg: DataConfig) -> str | None:
+    """identity() of a transfer set read by INPUT_SOURCES (None for a built-in generator)."""
+    if cfg.name not in INPUT_SOURCES or cfg.name in ("arrays", "csv"):
+        return identity(cfg)
+    if cfg.name == "folder":
+        root = _path(cfg)
+        files = [("all", p, 0) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        return folder_key(cfg, (["unlabelled"], files, root))
+    return hashlib.sha256(np.ascontiguousarray(_python_inputs(cfg)[0]).tobytes()).hexdigest()[:16]
+
+
+INPUT_SOURCES = {"folder": _folder_inputs, "arrays": _arrays_inputs, "csv": _csv_inputs, "python": _python_inputs}
+"""data.unlabeled.name -> reader of inputs alone (raw x, what was ignored); built-in datasets drop their labels."""
 
 SOURCES = {"folder": _folder, "arrays": _arrays, "csv": _csv, "python": _python}
 """data.name -> loader of the user's data (registered in kdtrain.data.DATASETS)."""

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdtrain import models
-from kdtrain.config import Config, KdtrainError, TeacherConfig, home
+from kdtrain import classmap, models
+from kdtrain.config import Config, KdtrainError, TeacherConfig, home, sub_data
 from kdtrain.config import DataError, first_line
 from kdtrain.data import Dataset
 from kdtrain.data import identity as data_identity
+from kdtrain.data import load as load_data
+from kdtrain.losses import map_logits
 from kdtrain.sources import file_digest, read_arrays
 from kdtrain.shared import atomic_dir, content_key
 from kdtrain.train import EpochStats, predict, resolve_device, seed_all, train
@@ -57,6 +59,25 @@ class Teacher:
     """Time spent producing it on the run that first made it (training, loading)."""
     key: str
     path: Path
+    classes: list[str] = dataclasses.field(default_factory=list)
+    """Its own class names (its data's, or column numbers for a file); its logits have one column each."""
+    groups: list[list[int]] | None = None
+    """Its classes -> the student's (teachers[].classes resolved, kdtrain.classmap); None: the same classes."""
+    view: tuple[list[float], list[float]] | None = None
+    """(scale, shift) per channel turning the student's normalised inputs into its own (teachers[].data); None:
+    the student's normalisation."""
+    source_val_accuracy: float | None = None
+    """Accuracy on its own data's validation and test splits (teachers[].data with a model); None otherwise."""
+    source_test_accuracy: float | None = None
+
+    def student_logits(self, split: str, temperature: float = 1.0) -> torch.Tensor:
+        """Its logits on the student's rows, mapped to the student's classes (at this temperature)."""
+        return map_logits(self.logits[split], self.groups, temperature)
+
+    def as_student_model(self, temperature: float) -> nn.Module:
+        """Its model taking the student's inputs and returning logits over the student's classes (for the online
+        path, when augmentation changes the inputs every epoch)."""
+        return TeacherView(self.model, self.view, self.groups, temperature)
 
     @property
     def cached(self) -> bool:
@@ -87,6 +108,80 @@ class Teacher:
         return f"{self.params:,}" if self.params is not None else "?"
 
 
+class TeacherView(nn.Module):
+    """A teacher seen from the student's side: the student's inputs renormalised as the teacher's own data was,
+    its logits mapped to the student's classes."""
+
+    def __init__(self, model: nn.Module, view, groups, temperature: float):
+        super().__init__()
+        self.model, self.groups, self.temperature = model, groups, temperature
+        self.scale = torch.tensor(view[0]) if view else None
+        self.shift = torch.tensor(view[1]) if view else None
+
+    def forward(self, x):
+        if self.scale is not None:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x = x * self.scale.to(x.device).reshape(shape) + self.shift.to(x.device).reshape(shape)
+        return map_logits(self.model(x).float(), self.groups, self.temperature)
+
+
+_own: dict[str, Dataset] = {}
+
+
+def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
+    """The data the teacher learns from: teachers[].data (its source domain, loaded once per process) or the
+    student's."""
+    if t.data is None:
+        return ds
+    sub = sub_data(t.data, cfg.data)
+    key = content_key(dataclasses.asdict(sub))
+    if key not in _own:
+        try:
+            _own[key] = load_data(sub)
+        except KdtrainError as e:
+            raise type(e)(f"teachers ({t.name}).data: {e}") from None
+    return _own[key]
+
+
+def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | None:
+    """(scale, shift) per channel so that x_student * scale + shift is the student's raw input normalised with the
+    teacher data's statistics; None when the teacher learnt from the student's data."""
+    if tds is ds:
+        return None
+    if tuple(tds.input_shape) != tuple(ds.input_shape):
+        raise DataError(f"teachers[].data: samples of shape {tuple(tds.input_shape)}, the student's data has "
+                        f"{tuple(ds.input_shape)}; a teacher's data must hold inputs like the student's")
+    s_mean, s_std = np.asarray(ds.mean), np.asarray(ds.std)
+    t_mean, t_std = np.asarray(tds.mean), np.asarray(tds.std)
+    t_mean, t_std = np.broadcast_to(t_mean, s_mean.shape), np.broadcast_to(t_std, s_std.shape)
+    return (s_std / t_std).tolist(), ((s_mean - t_mean) / t_std).tolist()
+
+
+def _viewed(x: torch.Tensor, view) -> torch.Tensor:
+    if view is None:
+        return x
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return x * torch.tensor(view[0], dtype=x.dtype).reshape(shape) + torch.tensor(view[1], dtype=x.dtype).reshape(shape)
+
+
+def resolve_groups(t: TeacherConfig, ds: Dataset, teacher_classes: list[str]) -> list[list[int]] | None:
+    """teachers[].classes against the two label spaces; without it the teacher's classes must be the student's."""
+    where = f"teachers ({t.name}).classes"
+    if t.classes is not None:
+        return classmap.groups(t.classes, ds.class_names, teacher_classes, where)
+    if len(teacher_classes) != ds.num_classes:
+        raise DataError(f"teachers ({t.name}): the teacher has {len(teacher_classes)} classes, the student's data "
+                        f"{ds.num_classes}; map them with teachers[].classes (a list of teacher classes, one per "
+                        "student class, or {student class: [teacher classes]})")
+    return None
+
+
+def build(t: TeacherConfig, tds: Dataset) -> nn.Module:
+    """The teacher's network for its own data, seen through teachers[].output when it returns several."""
+    model = models.from_config(t, tds.input_shape, tds.num_classes)
+    return models.PickOutput(model, t.output, f"teachers ({t.name}).output") if t.output is not None else model
+
+
 def _weights_identity(ref: str) -> dict:
     """What identifies a weights source: a file's size and mtime, or a URI as is."""
     p = Path(ref).expanduser()
@@ -115,6 +210,8 @@ def teacher_key(t: TeacherConfig, cfg: Config) -> str:
     if kind(t) in ("logits", "onnx"):  # a file's logits, not training: the train settings cannot change them
         for k in ("epochs", "lr", "train"):
             ident.pop(k)
+    if t.data is not None:  # its own data: what the files hold, as for the student's
+        ident["teacher_data_content"] = data_identity(sub_data(t.data, cfg.data))
     if t.weights:
         ident["weights"] = _weights_identity(t.weights)
     if t.logits and Path(t.logits).expanduser().is_file():
@@ -173,31 +270,38 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
 
 def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict) -> None:
     with atomic_dir(folder) as tmp:  # another process may finish the same teacher first: either copy will do
-        if isinstance(model, torch.jit.ScriptModule):
+        inner = model.model if isinstance(model, models.PickOutput) else model
+        if isinstance(inner, torch.jit.ScriptModule):
             with _torchscript_quiet():
-                torch.jit.save(model, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
+                torch.jit.save(inner, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
         elif model is not None:
             torch.save(model.state_dict(), tmp / MODEL_FILE)
         torch.save(logits, tmp / LOGITS_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
+def _pick(t: TeacherConfig, model: nn.Module) -> nn.Module:
+    return models.PickOutput(model, t.output, f"teachers ({t.name}).output") if t.output is not None else model
+
+
 def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> Teacher | None:
     try:
         meta = json.loads((folder / META_FILE).read_text())
         logits = torch.load(folder / LOGITS_FILE, map_location="cpu", weights_only=True)
+        classes = meta.get("classes") or list(data.class_names)
         model = None
         if meta.get("source") == "torchscript":
-            model = _jit_load(folder / MODEL_FILE)
+            model = _pick(t, _jit_load(folder / MODEL_FILE))
         elif meta.get("source") not in ("logits", "onnx"):
             state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-            model = models.from_config(t, data.input_shape, data.num_classes)
+            model = _pick(t, models.from_config(t, data.input_shape, len(classes)))
             model.load_state_dict(state)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
         return None  # missing or damaged: train again
     return Teacher(t.name, t, model.eval() if model is not None else None, logits, meta["params"],
                    meta["val_accuracy"], meta["test_accuracy"], "cache", meta["seconds"], folder.name.rsplit("-", 1)[1],
-                   folder)
+                   folder, classes, None, meta.get("view"), meta.get("source_val_accuracy"),
+                   meta.get("source_test_accuracy"))
 
 
 def kind(t: TeacherConfig) -> str:
@@ -221,6 +325,14 @@ def _where(t: TeacherConfig, key: str) -> str:
     return f"teachers ({t.name}).{key} {Path(getattr(t, key)).expanduser().resolve()}"
 
 
+def _columns(t: TeacherConfig, data: Dataset, got: int, where: str) -> None:
+    """A file teacher's logits have one column per class: the student's classes, or with teachers[].classes any
+    number (the mapping's indices are checked against it)."""
+    if t.classes is None and got != data.num_classes:
+        raise DataError(f"{where}: {got} logits per sample, this data has {data.num_classes} classes (map the "
+                        "teacher's classes to the student's with teachers[].classes)")
+
+
 def _file_logits(t: TeacherConfig, data: Dataset) -> dict[str, torch.Tensor]:
     """A logits file's rows, split as the data is: 'train' holds the source's training rows in their order (the
     validation rows are carved from them here), 'test' the test rows."""
@@ -235,9 +347,12 @@ def _file_logits(t: TeacherConfig, data: Dataset) -> dict[str, torch.Tensor]:
     out = {}
     for split, rows in (("train", data.source_rows), ("test", len(data.y_test))):
         a = torch.as_tensor(d[split]).float() if not isinstance(d[split], torch.Tensor) else d[split].float()
-        if tuple(a.shape) != (rows, data.num_classes):
-            raise DataError(f"{where}: {split} has shape {tuple(a.shape)}, the data needs ({rows}, "
-                            f"{data.num_classes}): one row of logits per {split} sample, one column per class")
+        cols = a.shape[1] if a.ndim == 2 else -1
+        if a.ndim != 2 or a.shape[0] != rows or (t.classes is None and cols != data.num_classes) \
+                or (split == "test" and cols != out["train"].shape[1]):
+            need = f"({rows}, {data.num_classes})" if t.classes is None else f"({rows}, teacher classes)"
+            raise DataError(f"{where}: {split} has shape {tuple(a.shape)}, the data needs {need}: one row of logits "
+                            f"per {split} sample, one column per class")
         if not torch.isfinite(a).all():
             raise DataError(f"{where}: {split} holds NaN or infinite values")
         out[split] = a
@@ -246,10 +361,12 @@ def _file_logits(t: TeacherConfig, data: Dataset) -> dict[str, torch.Tensor]:
             "test": out["test"]}
 
 
-def _check_order(t: TeacherConfig, logits: dict[str, torch.Tensor], data: Dataset, log: Callable[[str], None]):
+def _check_order(t: TeacherConfig, logits: dict[str, torch.Tensor], groups, data: Dataset, log: Callable[[str], None]):
     """Print a logits teacher's accuracy; refuse one that agrees with the labels no better than it would with
     the rows shuffled (its rows are then almost surely in another order than the data's)."""
-    pred, y = logits["train"].argmax(1), data.y_train.cpu()
+    y = data.y_train.cpu()
+    labelled = y >= 0  # data.labels: only these rows have a label to agree with
+    pred, y = map_logits(logits["train"], groups, 1.0).argmax(1)[labelled], y[labelled]
     accuracy = (pred == y).float().mean().item()
     k = data.num_classes
     shuffled = float((torch.bincount(pred, minlength=k).float() / len(y)
@@ -262,7 +379,7 @@ def _check_order(t: TeacherConfig, logits: dict[str, torch.Tensor], data: Datase
                         "train rows follow the data's training set, before kdtrain carves its validation split)")
 
 
-def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int) -> dict[str, torch.Tensor]:
+def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int, view=None) -> dict[str, torch.Tensor]:
     """An ONNX teacher's logits on each split, run once with ONNX Runtime."""
     from kdtrain.export import onnx_session
 
@@ -274,6 +391,15 @@ def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int) -> dict[str, tor
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
         raise DataError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
     inp = sess.get_inputs()[0]
+    names = [o.name for o in sess.get_outputs()]
+    if t.output is None:
+        which = 0
+    elif type(t.output) is int and t.output < len(names):
+        which = t.output
+    elif t.output in names:
+        which = names.index(t.output)
+    else:
+        raise DataError(f"{where}: output {t.output!r} is not among the model's outputs ({', '.join(names)})")
     fixed = [d if isinstance(d, int) else None for d in inp.shape]
     sample = tuple(data.input_shape)
     if len(fixed) != len(sample) + 1 or any(f is not None and f != s for f, s in zip(fixed[1:], sample)):
@@ -281,20 +407,21 @@ def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int) -> dict[str, tor
     batch = fixed[0] or 1024
     out = {}
     for split in ("train", "val", "test"):
-        x = getattr(data, f"x_{split}").cpu().numpy()
+        x = _viewed(getattr(data, f"x_{split}").cpu(), view).numpy()
         parts = []
         for i in range(0, len(x), batch):
             chunk = x[i:i + batch]
             if fixed[0] and len(chunk) < batch:  # a fixed batch size: pad the last chunk
                 chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *sample), np.float32)])
             try:
-                parts.append(sess.run(None, {inp.name: chunk})[0][: len(x[i:i + batch])])
+                parts.append(sess.run(None, {inp.name: chunk})[which][: len(x[i:i + batch])])
             except Exception as e:  # noqa: BLE001
                 raise DataError(f"{where}: failed on the data ({first_line(e)})") from None
         out[split] = torch.from_numpy(np.concatenate(parts)).float()
-        if tuple(out[split].shape) != (len(x), data.num_classes):
-            raise DataError(f"{where}: returns {tuple(out[split].shape[1:])} per sample; this data has "
-                            f"{data.num_classes} classes")
+        if out[split].ndim != 2 or len(out[split]) != len(x):
+            raise DataError(f"{where}: returns {tuple(out[split].shape[1:])} per sample; a classifier returns one "
+                            "logit per class")
+        _columns(t, data, out[split].shape[1], where)
     return out
 
 
@@ -310,28 +437,39 @@ def _jit_load(path: Path) -> nn.Module:
         return torch.jit.load(str(path), map_location="cpu")
 
 
-def _torchscript(t: TeacherConfig, data: Dataset) -> nn.Module:
+def _torchscript(t: TeacherConfig, data: Dataset, view=None) -> nn.Module:
     try:
-        model = _jit_load(Path(t.weights).expanduser())
+        model = _pick(t, _jit_load(Path(t.weights).expanduser()))
     except (RuntimeError, ValueError) as e:
         raise DataError(f"{_where(t, 'weights')}: not a loadable TorchScript file "
                         f"({first_line(e)})") from None
     try:
         with torch.no_grad():
-            out = model.eval()(data.x_val[:2].cpu())
+            out = model.eval()(_viewed(data.x_val[:2].cpu(), view))
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{_where(t, 'weights')}: does not run on the data's samples of shape "
                         f"{tuple(data.input_shape)} ({first_line(e)})") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != (data.num_classes,):
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise DataError(f"{_where(t, 'weights')}: returns {getattr(out, 'shape', type(out).__name__)} for 2 "
-                        f"samples; this data has {data.num_classes} classes")
+                        f"samples; a classifier returns (batch, classes)")
+    _columns(t, data, out.shape[1], _where(t, "weights"))
     return model
 
 
-def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, logits, source: str, start: float):
-    """Cache a teacher made now and return it."""
-    val_acc = (logits["val"].argmax(1) == data.y_val.cpu()).float().mean().item()
-    test_acc = (logits["test"].argmax(1) == data.y_test.cpu()).float().mean().item()
+def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, logits, source: str, start: float,
+          classes: list[str], view=None, tds: Dataset | None = None):
+    """Cache a teacher made now and return it: its accuracy on the student's splits (mapped to the student's
+    classes) and, when it learnt from its own data, on that data's splits."""
+    groups = resolve_groups(t, data, classes)
+    acc = lambda split, y: (map_logits(logits[split], groups, 1.0).argmax(1) == y.cpu()).float().mean().item()  # noqa: E731
+    val_acc, test_acc = acc("val", data.y_val), acc("test", data.y_test)
+    source_val = source_test = None
+    if tds is not None and tds is not data and model is not None:
+        bs, bf16 = cfg.train.eval_batch_size, cfg.train.bf16
+        source_val = (predict(model, tds.x_val, bs, bf16).argmax(1) == tds.y_val).float().mean().item()
+        source_test = (predict(model, tds.x_test, bs, bf16).argmax(1) == tds.y_test).float().mean().item()
     params = models.count_params(model) if model is not None else None
     if source == "onnx":
         from kdtrain.export import onnx_params
@@ -339,20 +477,40 @@ def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, log
         params = onnx_params(Path(t.weights).expanduser())
     seconds = time.perf_counter() - start
     meta = {"name": t.name, "config": dataclasses.asdict(t), "params": params, "val_accuracy": val_acc,
-            "test_accuracy": test_acc, "seconds": seconds, "source": source}
+            "test_accuracy": test_acc, "seconds": seconds, "source": source, "classes": list(classes), "view": view,
+            "source_val_accuracy": source_val, "source_test_accuracy": source_test}
     _save_atomic(folder, model, logits, meta)
     return Teacher(t.name, t, model, logits, params, val_acc, test_acc, source, seconds,
-                   folder.name.rsplit("-", 1)[1], folder)
+                   folder.name.rsplit("-", 1)[1], folder, list(classes), groups, view, source_val, source_test)
 
 
-def _predict_all(model: nn.Module, cfg: Config, data: Dataset) -> dict[str, torch.Tensor]:
+def _predict_all(model: nn.Module, cfg: Config, data: Dataset, view=None) -> dict[str, torch.Tensor]:
     device = resolve_device(cfg.train.device)
     model.to(device)
     bs, bf16 = cfg.train.eval_batch_size, cfg.train.bf16
-    logits = {split: predict(model, getattr(data, f"x_{split}").to(device), bs, bf16).cpu()
+    logits = {split: predict(model, _viewed(getattr(data, f"x_{split}").cpu(), view).to(device), bs, bf16).cpu()
               for split in ("train", "val", "test")}
     model.cpu().eval()
     return logits
+
+
+def _file_classes(t: TeacherConfig, cfg: Config, data: Dataset, columns: int) -> list[str]:
+    """A file teacher's class names: its teachers[].data's when that names as many, else column numbers."""
+    if t.data is not None:
+        names = own_data(t, cfg, data).class_names
+        if len(names) == columns:
+            return list(names)
+    return list(data.class_names) if columns == data.num_classes and t.classes is None \
+        else [str(i) for i in range(columns)]
+
+
+def _domain(t: TeacherConfig, cfg: Config, data: Dataset):
+    """(the teacher's own data, the input view from the student's) for a teacher with a model."""
+    tds = own_data(t, cfg, data)
+    try:
+        return tds, input_view(tds, data)
+    except DataError as e:
+        raise DataError(str(e).replace("teachers[].data", f"teachers ({t.name}).data")) from None
 
 
 def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str], None] = print,
@@ -361,53 +519,96 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str
     folder = cache_dir(t, cfg)
     hit = _from_cache(t, cfg, data, folder)
     if hit is not None:
+        hit.groups = resolve_groups(t, data, hit.classes)
         return hit
 
     start = time.perf_counter()
     how = kind(t)
     if how == "logits":
         logits = _file_logits(t, data)
-        _check_order(t, logits, data, log)
-        return _made(t, cfg, data, folder, None, logits, "logits", start)
+        classes = _file_classes(t, cfg, data, logits["train"].shape[1])
+        _check_order(t, logits, resolve_groups(t, data, classes), data, log)
+        return _made(t, cfg, data, folder, None, logits, "logits", start, classes)
+    tds, view = _domain(t, cfg, data)
     if how == "onnx":
         log(f"teacher {t.name}: computing its logits with ONNX Runtime from {t.weights}")
-        return _made(t, cfg, data, folder, None, _onnx_logits(t, data, cfg.train.threads), "onnx", start)
+        logits = _onnx_logits(t, data, cfg.train.threads, view)
+        return _made(t, cfg, data, folder, None, logits, "onnx", start,
+                     _file_classes(t, cfg, data, logits["train"].shape[1]), view)
     if how == "torchscript":
         log(f"teacher {t.name}: loaded TorchScript model {t.weights}")
-        model = _torchscript(t, data)
-        return _made(t, cfg, data, folder, model, _predict_all(model, cfg, data), "torchscript", start)
+        model = _torchscript(t, data, view)
+        logits = _predict_all(model, cfg, data, view)
+        return _made(t, cfg, data, folder, model, logits, "torchscript", start,
+                     _file_classes(t, cfg, data, logits["train"].shape[1]), view, tds)
     seed_all(cfg.train.seed)
-    model = models.from_config(t, data.input_shape, data.num_classes)
+    model = build(t, tds)
+    inner = model.model if isinstance(model, models.PickOutput) else model
     if t.weights:
-        source = _load_weights(t, model, load_uri)
+        source = _load_weights(t, inner, load_uri)
         log(f"teacher {t.name}: loaded weights from {t.weights}")
     else:
         epochs = t.epochs if t.epochs is not None else cfg.train.epochs
         family = "" if t.arch.startswith("torchvision:") else f"width {t.width}, "
-        log(f"teacher {t.name}: training {t.arch} ({family}{models.count_params(model):,} params) for {epochs} epochs")
+        own = f" on its own data ({t.data.get('name', 'mnist1d')})" if t.data is not None else ""
+        log(f"teacher {t.name}: training {t.arch} ({family}{models.count_params(model):,} params) for {epochs} "
+            f"epochs{own}")
         source = "trained"
+        augment = sub_data(t.data, cfg.data).augment if t.data is not None else cfg.data.augment
         if epochs > 0:
-            model = train(model, data, cfg.train, augment_kinds=cfg.data.augment, on_epoch=on_epoch,
-                          epochs=epochs, lr=t.lr).model
-    return _made(t, cfg, data, folder, model, _predict_all(model, cfg, data), source, start)
+            model = train(model, tds, cfg.train, augment_kinds=augment, on_epoch=on_epoch, epochs=epochs,
+                          lr=t.lr).model
+    return _made(t, cfg, data, folder, model, _predict_all(model, cfg, data, view), source, start,
+                 list(tds.class_names), view, tds)
+
+
+def _first_batch(t: TeacherConfig, model: nn.Module, tds: Dataset) -> None:
+    """Run two of the teacher's own samples through it: teachers[].output naming an output it does not return is
+    found here, before any training."""
+    with torch.no_grad():
+        try:
+            out = model.eval()(tds.x_val[:2].cpu())
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - user code
+            raise DataError(f"teachers ({t.name}).arch {t.arch} does not run on its data's samples of shape "
+                            f"{tuple(tds.input_shape)}: {type(e).__name__}: {first_line(e, 300)}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, tds.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"teachers ({t.name}): returns {shape} for a batch of 2; its data has {tds.num_classes} "
+                        "classes" + ("" if t.output is not None else " (a model with several outputs needs "
+                                     "teachers[].output)"))
 
 
 def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadURI | None = None) -> None:
     """Read every not-yet-cached teacher's file (a checkpoint into its arch, a TorchScript model, a logits file's
-    shapes), so that a corrupt or ill-fitting one is reported before any other teacher spends time training."""
+    shapes), run every model once on its data and check its classes against the student's, so that a corrupt or
+    ill-fitting teacher is reported before any other teacher spends time training."""
     for name in names:
         t = cfg.teacher(name)
         if is_cached(t, cfg):
             continue
         how = kind(t)
         if how == "logits":
-            _check_order(t, _file_logits(t, data), data, log=lambda line: None)
-        elif how == "torchscript":
-            _torchscript(t, data)
+            logits = _file_logits(t, data)
+            classes = _file_classes(t, cfg, data, logits["train"].shape[1])
+            _check_order(t, logits, resolve_groups(t, data, classes), data, log=lambda line: None)
+            continue
+        tds, view = _domain(t, cfg, data)
+        if how == "torchscript":
+            model = _torchscript(t, data, view)
+            with torch.no_grad():
+                columns = model(_viewed(data.x_val[:2].cpu(), view)).shape[1]
+            resolve_groups(t, data, _file_classes(t, cfg, data, columns))
         elif how == "onnx" and not Path(t.weights).expanduser().is_file():
             raise DataError(f"{_where(t, 'weights')}: no such file")
-        elif how == "weights":
-            _load_weights(t, models.from_config(t, data.input_shape, data.num_classes), load_uri)
+        elif how in ("weights", "train"):
+            model = build(t, tds)
+            if how == "weights":
+                _load_weights(t, model.model if isinstance(model, models.PickOutput) else model, load_uri)
+            if t.output is not None or t.data is not None or not t.arch.split(":")[0] in models.MODELS:
+                _first_batch(t, model, tds)
+            resolve_groups(t, data, list(tds.class_names))
 
 
 def load_pool(cfg: Config, data: Dataset, names: list[str] | None = None,
@@ -424,6 +625,8 @@ def load_pool(cfg: Config, data: Dataset, names: list[str] | None = None,
     return pool
 
 
-def stacked_logits(pool: dict[str, Teacher], names: list[str], split: str = "train") -> torch.Tensor:
-    """(K, N, C) logits of the named teachers on a split."""
-    return torch.stack([pool[n].logits[split] for n in names])
+def stacked_logits(pool: dict[str, Teacher], names: list[str], split: str = "train",
+                   temperature: float = 1.0) -> torch.Tensor:
+    """(K, N, C) logits of the named teachers on a split, each mapped to the student's classes at this
+    temperature (teachers[].classes)."""
+    return torch.stack([pool[n].student_logits(split, temperature) for n in names])

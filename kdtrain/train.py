@@ -68,6 +68,8 @@ class TrainResult:
     seconds: float
     device: str
     history: list[EpochStats] = field(default_factory=list)
+    steps: int = 0
+    """Optimizer steps taken (a no-teacher run on scarce labels takes as many as a distilled run)."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -171,6 +173,12 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
     steps_per_epoch = n // bs  # the partial last batch is dropped; each epoch reshuffles
     total_steps = epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling stream, independent of model init
+    # Without a teacher only labelled rows teach anything: train on them alone, for as many steps as a distilled
+    # run over every row takes (the same number of epochs would give 180 labelled rows one step per epoch).
+    pool = None
+    if (distill is None or distill.alpha == 0) and data.labelled_rows < n:
+        pool = torch.nonzero(data.y_train >= 0).flatten().cpu()
+        bs = min(cfg.batch_size, len(pool))
 
     target = None  # the teachers' side of the loss over the whole train set, computed once
     teacher_models = None
@@ -193,7 +201,11 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
             t0 = time.perf_counter()
             model.train()
             sums = torch.zeros(3, device=device)  # loss, kd, ce: summed on device, read once per epoch
-            perm = torch.randperm(n, generator=gen).to(device)
+            if pool is None:
+                perm = torch.randperm(n, generator=gen).to(device)
+            else:  # the labelled rows, reshuffled each time round, until the epoch's steps are filled
+                rounds = -(-steps_per_epoch * bs // len(pool))
+                perm = torch.cat([pool[torch.randperm(len(pool), generator=gen)] for _ in range(rounds)]).to(device)
             for i in range(steps_per_epoch):
                 idx = perm[i * bs:(i + 1) * bs]
                 x, y = data.x_train[idx], data.y_train[idx]
@@ -230,4 +242,4 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
 
     test_acc = accuracy(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.bf16)
     return TrainResult(model=model, val_accuracy=history[-1].val_accuracy, test_accuracy=test_acc,
-                       seconds=time.perf_counter() - start, device=str(device), history=history)
+                       seconds=time.perf_counter() - start, device=str(device), history=history, steps=step)

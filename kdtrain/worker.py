@@ -161,11 +161,16 @@ def ensure_teacher_runs(ctx: Context) -> None:
             if logged_whole(ctx, {"kdtrain.teacher_key": t.key}):
                 continue
             run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
-                                    tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source},
+                                    tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source,
+                                          **({"kdtrain.teacher_data": teacher_data_name(t.config)}
+                                             if t.config.data is not None else {})},
                                     params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
             ctx.tracker.log_inputs(run, ctx.inputs)
             metrics = _measure_teacher(t, ctx)
             metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
+            # a teacher from another domain: its accuracy on its own data beside the student's ("source only")
+            metrics.update({k: v for k, v in (("source_val_accuracy", t.source_val_accuracy),
+                                              ("source_test_accuracy", t.source_test_accuracy)) if v is not None})
             model_id = ctx.log_model(run, f"teacher-{t.name}", t.model, {"kdtrain.role": "teacher"}) \
                 if t.model is not None else None
             ctx.tracker.log_metrics(run, metrics, model_id=model_id)
@@ -202,7 +207,7 @@ def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
             ctx.log(f"teacher {t.name}: latency not measured ({type(e).__name__}: {first_line(e)})")
             return {}
     if not isinstance(t.model, torch.jit.ScriptModule):
-        return _measure(t.model, ctx, t.config)
+        return _measure(t.model, ctx, t.config, len(t.classes) or None)
     try:
         with warnings.catch_warnings():  # copying a TorchScript module touches .grad of its non-leaf tensors
             warnings.simplefilter("ignore", UserWarning)
@@ -212,10 +217,25 @@ def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
         return {"params": float(t.params)} if t.params is not None else {}
 
 
-def _measure(model, ctx: Context, model_cfg) -> dict:
-    """Deployment metrics of a model (cached per architecture)."""
-    return profile(model, ctx.ds.input_shape, ctx.cfg.profile, model_identity(model_cfg, ctx.ds.num_classes),
-                   ctx.log)
+def _measure(model, ctx: Context, model_cfg, num_classes: int | None = None) -> dict:
+    """Deployment metrics of a model (cached per architecture and output size: a teacher may have its own)."""
+    return profile(model, ctx.ds.input_shape, ctx.cfg.profile,
+                   model_identity(model_cfg, num_classes or ctx.ds.num_classes), ctx.log)
+
+
+def teacher_data_name(t) -> str:
+    """A teacher's own data in words, for its run and the report: mnist1d (size 5000, seed 1, iid_noise_scale 0.1)."""
+    d = dict(t.data)
+    name = d.pop("name", "mnist1d")
+    opts = d.pop("options", None) or {}
+    parts = [f"{k} {v}" for k, v in {**d, **opts}.items() if k not in ("root", "download")]
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def label_metrics(ds: data.Dataset) -> dict:
+    """How many labels a run used: to train on (labelled_rows), to select on (val_rows), and the rows that enter
+    the distillation term only (unlabelled_rows: the unlabelled training rows plus the transfer set)."""
+    return {"labelled_rows": ds.labelled_rows, "unlabelled_rows": ds.unlabelled_rows, "val_rows": len(ds.y_val)}
 
 
 # --------------------------------------------------------------------------- baselines and trials
@@ -256,7 +276,7 @@ def baseline_runs(ctx: Context, cfg: Config, seeds: list[int]) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(r.model.state_dict(), baseline_file(key, seed))  # the baseline run's model
             result["runs"][str(seed)] = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
-                                         "train_seconds": r.seconds,
+                                         "train_seconds": r.seconds, "train_steps": r.steps,
                                          "history": [dataclasses.asdict(h) for h in r.history]}
         if missing:
             atomic_write_text(path, json.dumps(result))
@@ -298,7 +318,10 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
                       for epoch in zip(*(result["runs"][str(s)]["history"] for s in seeds))]
             ctx.tracker.log_inputs(run, ctx.inputs)
             model_id = ctx.log_model(run, run_name, baseline_model(ctx, cfg, key, seeds[0]), {"kdtrain.role": "baseline"})
-            ctx.tracker.log_metrics(run, {k: v for k, v in metrics.items() if k != "seeds"}, curves, model_id=model_id)
+            steps = {"train_steps": result["runs"][str(seeds[0])]["train_steps"]} \
+                if "train_steps" in result["runs"][str(seeds[0])] else {}
+            ctx.tracker.log_metrics(run, {**{k: v for k, v in metrics.items() if k != "seeds"}, **steps,
+                                          **label_metrics(ctx.ds)}, curves, model_id=model_id)
             ctx.tracker.end(run)
     return metrics
 
@@ -374,7 +397,8 @@ def run_trial(ctx: Context, trial) -> list[float]:
         raise
     trial.set_user_attr(search.T_COMPUTE, time.perf_counter() - start)
     trial.set_user_attr(search.T_CURVE, [round(h.val_accuracy, 6) for h in r.history])
-    metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds)
+    metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds,
+                   train_steps=r.steps, **label_metrics(ctx.ds))
     metrics.update(gains(metrics, ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
     for key, value in constraint_values(ctx.cfg.study.constraints, metrics).items():
         trial.set_constraint(key, value)

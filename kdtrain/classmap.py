@@ -1,0 +1,108 @@
+"""Class mappings between label spaces: a teacher's classes -> the student's, a dataset's labels -> a task's.
+
+A teacher has its own label space and the student its own. ``teachers[].classes`` says how the teacher's classes
+make the student's, in one of two forms:
+
+- a list of teacher class indices, one per student class (``[3, 5, 7]``: student class 0 is teacher class 3, ...):
+  a subset. The soft target is the teacher's softmax at T renormalised over the subset.
+- a mapping ``{student class: [teacher classes]}`` (``{even: [0, 2, 4, 6, 8], odd: [1, 3, 5, 7, 9]}``): a coarser
+  task. The soft target is the teacher's softmax at T summed within each group, at every temperature.
+
+Both are "groups": one list of teacher classes per student class (a subset is groups of one). A student class is
+named by its index or by its name; every student class appears exactly once, and a teacher class in at most one
+group. ``data.classes`` takes the same forms for a dataset's own labels (kdtrain.data): a mapping relabels every
+row (a label left out is an error), a list keeps the rows of those classes only.
+
+Pure Python: parsing and checks here, the tempered sum of probabilities in kdtrain.losses.map_logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdtrain.config import DataError
+
+
+def syntax_problems(spec: Any, where: str) -> list[str]:
+    """What is wrong with a mapping's form alone (no class counts known yet): the config-time check."""
+    if spec is None:
+        return []
+    if isinstance(spec, list):
+        if not spec or not all(type(i) is int and i >= 0 for i in spec):
+            return [f"{where}: a list of class indices (integers >= 0), one per student class, got {spec!r}"]
+        twice = sorted({i for i in spec if spec.count(i) > 1})
+        return [f"{where}: class {twice[0]} is listed twice (each student class needs its own)"] if twice else []
+    if not isinstance(spec, dict) or not spec:
+        return [f"{where}: a list of class indices or a mapping {{student class: [classes]}}, got {spec!r}"]
+    problems, seen, owner = [], {}, {}
+    for key, value in spec.items():
+        if type(key) not in (int, str) or (type(key) is int and key < 0):
+            problems.append(f"{where}: a student class is an index (>= 0) or a name, got {key!r}")
+            continue
+        norm = str(key)
+        if norm in seen:
+            problems.append(f"{where}: student class {key!r} is named twice (as {seen[norm]!r} and {key!r})")
+        seen[norm] = key
+        members = value if isinstance(value, list) else [value]
+        if not members or not all(type(i) in (int, str) and (type(i) is not int or i >= 0) for i in members):
+            problems.append(f"{where}.{key}: a class index (>= 0) or a list of them, got {value!r}")
+            continue
+        for i in members:
+            if i in owner and owner[i] != key:
+                problems.append(f"{where}: class {i!r} is in two groups ({owner[i]!r} and {key!r})")
+            owner[i] = key
+    return problems
+
+
+def _index(name_or_index: Any, names: list[str], what: str, where: str) -> int:
+    if type(name_or_index) is int:
+        if name_or_index >= len(names):
+            owner = what.split()[0]
+            raise DataError(f"{where}: {what} {name_or_index} does not exist (the {owner} has {len(names)} classes, "
+                            f"0..{len(names) - 1})")
+        return name_or_index
+    if str(name_or_index) in names:
+        return names.index(str(name_or_index))
+    raise DataError(f"{where}: no {what} named {name_or_index!r} (known: {', '.join(names[:20])})")
+
+
+def groups(spec: Any, student_names: list[str], source_names: list[str], where: str, source: str = "teacher"
+           ) -> list[list[int]]:
+    """A checked mapping -> one list of source (teacher) class indices per student class, in the student's order.
+    Raises DataError naming a class index the source does not have, a student class named twice or missing."""
+    if isinstance(spec, list):
+        if len(spec) != len(student_names):
+            raise DataError(f"{where}: {len(spec)} {source} classes listed for {len(student_names)} student classes "
+                            "(one per student class, in the student's order)")
+        return [[_index(i, source_names, f"{source} class", where)] for i in spec]
+    out: dict[int, list[int]] = {}
+    for key, value in spec.items():
+        s = _index(key, student_names, "student class", where)
+        if s in out:
+            raise DataError(f"{where}: student class {student_names[s]!r} is named twice")
+        out[s] = [_index(i, source_names, f"{source} class", where) for i in (value if isinstance(value, list) else [value])]
+    missing = [student_names[i] for i in range(len(student_names)) if i not in out]
+    if missing:
+        raise DataError(f"{where}: student class(es) {', '.join(map(repr, missing[:10]))} have no {source} classes "
+                        "(map every student class)")
+    return [out[i] for i in range(len(student_names))]
+
+
+def relabel(spec: Any, names: list[str], where: str = "data.classes") -> tuple[list[int | None], list[str]]:
+    """data.classes on a dataset with these class names -> (new label of each old label or None to drop the row,
+    the new class names). A mapping must cover every label; a list keeps the listed classes, in its order."""
+    if isinstance(spec, list):
+        keep = [_index(i, names, "dataset class", where) for i in spec]
+        new = [None] * len(names)
+        for j, old in enumerate(keep):
+            new[old] = j
+        return new, [names[i] for i in keep]
+    new: list[int | None] = [None] * len(names)
+    for j, (key, value) in enumerate(spec.items()):
+        for old in (value if isinstance(value, list) else [value]):
+            new[_index(old, names, "dataset class", where)] = j
+    unmapped = [names[i] for i, v in enumerate(new) if v is None]
+    if unmapped:
+        raise DataError(f"{where}: label(s) {', '.join(map(repr, unmapped[:10]))} of the dataset are not mapped to "
+                        "any class; add them to a group (or list the classes to keep: data.classes: [3, 5])")
+    return new, [str(k) for k in spec]
