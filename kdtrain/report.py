@@ -432,6 +432,33 @@ def _headline_text(d: StudyData) -> list[str]:
     return lines + ([verdict] if verdict else [])
 
 
+def label_lines(d: StudyData) -> list[str]:
+    """How many labels the study's students used (data.labels, data.unlabeled), from their runs' metrics."""
+    cols = ("labelled_rows", "val_rows", "unlabelled_rows")
+    if d.students.empty or not all(c in d.students for c in cols) or d.students["unlabelled_rows"].fillna(0).max() == 0:
+        return []
+    lab, val, unl = (int(d.students[c].dropna().iloc[0]) for c in cols)
+    return [f"Labels: {lab:,} rows to train on and {val:,} to select on (the validation split); {unl:,} rows "
+            "unlabelled, in the distillation term only. The no-teacher baseline trained on the same labelled rows "
+            "for as many steps. Selection on so few rows is noisy: confirm the pick with new seeds."]
+
+
+def teacher_table(d: StudyData) -> pd.DataFrame:
+    """Each teacher's own data and its accuracy there (source) beside its accuracy on the student's test split
+    ("source only": the teacher alone on the student's task)."""
+    if d.teachers.empty:
+        return pd.DataFrame()
+    t = d.teachers
+    col = lambda k: t[k] if k in t else pd.Series([np.nan] * len(t))  # noqa: E731
+    data_col = t["tag:kdtrain.teacher_data"] if "tag:kdtrain.teacher_data" in t else pd.Series([None] * len(t))
+    return pd.DataFrame({
+        "teacher": [str(n).removeprefix("teacher-") for n in t["tag:mlflow.runName"]],
+        "its data": ["the student's" if pd.isna(x) or x is None else str(x) for x in data_col],
+        "params": col("params").to_numpy(),
+        "source test_accuracy": col("source_test_accuracy").to_numpy(),
+        "test_accuracy on the student's data": col("test_accuracy").to_numpy()})
+
+
 def write_study(d: StudyData, out: Path) -> Path:
     import matplotlib
 
@@ -453,10 +480,12 @@ def write_study(d: StudyData, out: Path) -> Path:
     counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; "
               f"total compute {d.compute_seconds / 60:.1f} min"
               + (f"; hypervolume {d.hypervolume[-1][1]:.4f}" if d.hypervolume else ""))
-    head = _headline_text(d)
+    head = _headline_text(d) + label_lines(d)
+    teachers = teacher_table(d)
     (folder / "summary.md").write_text("\n".join([
         f"# {d.name}", "", *[f"- {line}" for line in head], f"- {counts}", "",
-        "## Pareto-optimal students", "", _markdown(table), "", "## Distillation gain per width", "",
+        "## Pareto-optimal students", "", _markdown(table), "", "## Teachers", "", _markdown(teachers), "",
+        "## Distillation gain per width", "",
         _markdown(gains), "", "## Confirmed trials (new seeds)", "", _markdown(confirms), ""]))
     objectives = ", ".join(f"{k} ({v})" for k, v in d.objectives.items())
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain report: {html.escape(d.name)}</title>
@@ -472,6 +501,10 @@ crosses. Latency at batch 1.</p>
 {_figures(plots)}
 <h2>Pareto-optimal students</h2>
 <div style="overflow-x:auto">{_fmt(table, d.link).to_html(index=False, escape=False, table_id="pareto")}</div>
+<h2>Teachers</h2>
+<p class="muted">Each teacher's accuracy on its own data's test split (source) and on the student's test split, mapped
+to the student's classes: what the teacher alone would score on the student's task.</p>
+{_fmt(teachers).to_html(index=False, table_id="teachers") if not teachers.empty else "<p>None.</p>"}
 <h2>Distillation gain per width</h2>
 <p class="muted">Per width, the trial with the best validation accuracy against the no-teacher baseline's mean over
 its seeds; gains in points; kd_gain_sigma: the val gain in units of the baseline's seed spread; beyond_noise: the

@@ -26,7 +26,7 @@ MODEL_ARTIFACT, CONFIG_ARTIFACT, SWEEP_ARTIFACT = "model.pt", "config.yaml", "sw
 """A student run's state dict and its trial's full config; the parent run's resolved sweep file."""
 TEACHER_ARTIFACTS = "teacher"
 """A teacher run's folder holding its cache entry (weights, logits, meta), fetched by workers elsewhere."""
-TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName", "kdtrain.seed")
+TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName", "kdtrain.seed", "kdtrain.teacher_data")
 MODEL_TAG = "kdtrain.model_id"
 """A run's tag naming its MLflow logged model (models:/<id>): the student, baseline or teacher as an MLflow model."""
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
