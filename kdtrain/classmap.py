@@ -55,6 +55,8 @@ def syntax_problems(spec: Any, where: str) -> list[str]:
 
 
 def _index(name_or_index: Any, names: list[str], what: str, where: str) -> int:
+    if type(name_or_index) is str and name_or_index not in names and name_or_index.isdigit():
+        name_or_index = int(name_or_index)  # a mapping's int keys come back as text from JSON (a study's config)
     if type(name_or_index) is int:
         if name_or_index >= len(names):
             owner = what.split()[0]

@@ -50,9 +50,15 @@ def cmd_teachers(args) -> int:
     pool = load_pool(cfg, ds, on_epoch=teacher_progress())
     rows = [{"name": t.name, "arch": t.arch, "width": t.width, "params": t.params_text,
              "val_acc": f"{t.val_accuracy:.4f}", "test_acc": f"{t.test_accuracy:.4f}",
+             "own_test_acc": "-" if t.source_test_accuracy is None else f"{t.source_test_accuracy:.4f}",
              "status": "cached" if t.cached else t.source, "seconds": f"{t.seconds:.1f}"} for t in pool.values()]
+    # a teacher with its own data (teachers[].data): its test accuracy there beside the student's test split
+    own = ["own_test_acc"] if any(t.source_test_accuracy is not None for t in pool.values()) else []
     print()
-    print(table(rows, ["name", "arch", "width", "params", "val_acc", "test_acc", "status", "seconds"]))
+    print(table(rows, ["name", "arch", "width", "params", "val_acc", "test_acc", *own, "status", "seconds"]))
+    if own:
+        print("\nval_acc, test_acc: on the student's splits (mapped to its classes); own_test_acc: on the test split "
+              "of the teacher's own data (teachers[].data)")
     made = [t.name for t in pool.values() if not t.cached]
     if made:
         print(f"\n{len(made)} of {len(pool)} teachers trained or loaded now ({', '.join(made)}); "

@@ -14,6 +14,12 @@ the terms inside D and kd.alpha still balances D against CE (kd.alpha 0.5 is the
 
 Below, p = softmax(z_teacher / T), q = softmax(z_student / T), g is the sample's label, means are over the batch.
 
+Unlabelled rows (label UNLABELLED = -1: data.labels, data.unlabeled) enter the distillation term like any other
+row; the cross-entropy averages over the labelled rows of the batch only (0 for a batch without any). kd and
+dist need no label; dkd, which splits the target class from the rest, takes the teachers' top class (of the
+aggregated target distribution) as g on an unlabelled row. A teacher with other classes than the student's
+(teachers[].classes) gives logits mapped by ``map_logits`` before any of this, at the run's temperature.
+
 - ``kd`` (Hinton et al. 2015): kd = KL(p || q).
 - ``dkd`` (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation"). With the binary split b = [p_g, 1 - p_g]
   and the distribution over the non-target classes p^_j = p_j / (1 - p_g), j != g (and the same for q):

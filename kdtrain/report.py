@@ -139,7 +139,7 @@ def headline(d: StudyData) -> dict:
 def _student_summary(s, t) -> dict:
     return {"trial": int(s["trial"]), "run_id": s["run_id"], "val_accuracy": s["val_accuracy"],
             "test_accuracy": s["test_accuracy"], "params": s["params"],
-            "pct_of_teacher": 100 * s["val_accuracy"] / t["val_accuracy"],
+            "pct_of_teacher": 100 * s["val_accuracy"] / t["val_accuracy"] if t["val_accuracy"] > 0 else np.nan,
             "x_smaller": t.get("params", np.nan) / s["params"],
             "x_faster_b1": t.get("latency_ms_p50", np.nan) / s["latency_ms_p50"],
             "x_throughput": s["throughput"] / t.get("throughput", np.nan)}

@@ -291,19 +291,25 @@ def _folder(cfg: DataConfig):
 _factory_results: dict[str, tuple] = {}
 
 
-def _python(cfg: DataConfig):
-    key = content_key(dataclasses.asdict(cfg))
-    if key in _factory_results:  # the identity (cache keys) and the load read it once per process
-        return _factory_results[key]
+def _call_factory(cfg: DataConfig, key: str) -> tuple[str, object]:
+    """(how to name it, what it returned) for data.factory: the user's function called with the data section
+    when it takes an argument; its own failure is one DataError naming it."""
     ref = cfg.factory.removeprefix(plugins.PREFIX)
-    what = f"data.factory {ref}"
+    what = f"{key} {ref}"
     fn = plugins.load_object(ref, what)
     try:
-        out = fn(cfg) if plugins.positional_count(fn) >= 1 else fn()
+        return what, (fn(cfg) if plugins.positional_count(fn) >= 1 else fn())
     except KdtrainError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code failed; say where, once
         raise DataError(f"{what} raised {type(e).__name__}: {first_line(e, 300)}") from None
+
+
+def _python(cfg: DataConfig):
+    key = content_key(dataclasses.asdict(cfg))
+    if key in _factory_results:  # the identity (cache keys) and the load read it once per process
+        return _factory_results[key]
+    what, out = _call_factory(cfg, "data.factory")
     if isinstance(out, dict):
         missing = [k for k in ARRAY_KEYS if k not in out]
         if missing:
@@ -410,15 +416,7 @@ def _csv_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
 
 
 def _python_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
-    ref = cfg.factory.removeprefix(plugins.PREFIX)
-    what = f"data.unlabeled.factory {ref}"
-    fn = plugins.load_object(ref, what)
-    try:
-        out = fn(cfg) if plugins.positional_count(fn) >= 1 else fn()
-    except KdtrainError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's code failed; say where, once
-        raise DataError(f"{what} raised {type(e).__name__}: {first_line(e, 300)}") from None
+    what, out = _call_factory(cfg, "data.unlabeled.factory")
     said = ""
     if isinstance(out, dict):
         if "x" not in out and "x_train" not in out:

@@ -327,3 +327,37 @@ def test_an_output_the_teacher_does_not_return_is_found_on_the_first_batch(tmp_p
     factory = "dict_heads" if not output.isdigit() else "tuple_heads"
     p = _teacher_file(tmp_path, f"{{name: t, arch: 'python:heads:{factory}', width: 8, output: {output}}}")
     refused(tmp_path, capsys, [p], code=2, says=[says])
+
+
+def test_augmentation_runs_a_mapped_teacher_from_another_domain_online():
+    """With data.augment the teachers run on each batch: through the same view of the inputs and the same class
+    mapping as the cached logits (the mapping's int keys survive a JSON round trip, as in a study's config)."""
+    raw = {"data": {"name": "synthetic", "size": 300, "seed": 0, "augment": ["crop"],
+                    "classes": {"a": [0, 1], "b": [2, 3]}},
+           "teachers": [{"name": "src", "arch": "mlp", "width": 16, "epochs": 2,
+                         "data": {"name": "synthetic", "size": 300, "seed": 4}, "classes": {0: [0, 1], 1: [2, 3]}}],
+           "student": {"arch": "mlp", "width": 4}, "train": {"epochs": 2, "batch_size": 64, "threads": 1}}
+    import json
+
+    cfg = config.from_dict(json.loads(json.dumps(raw)))
+    ds = data.load(cfg.data)
+    pool = teachers.load_pool(cfg, ds, log=lambda s: None)
+    view = pool["src"].as_student_model(2.0)
+    with torch.no_grad():
+        assert torch.allclose(view(ds.x_val), pool["src"].student_logits("val", 2.0), atol=1e-4)
+    assert distill_student(cfg, ds, pool).steps == 2 * (len(ds.y_train) // 64)
+
+
+def test_transfer_sets_from_a_csv_without_labels_and_a_python_factory_of_inputs(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    g = np.random.default_rng(2)
+    header = ",".join(f"f{i}" for i in range(16))
+    rows = "\n".join(",".join(f"{v:.4f}" for v in g.normal(size=16)) for _ in range(30))
+    (tmp_path / "more.csv").write_text(f"{header},note\n" + "\n".join(r + ",x" for r in rows.splitlines()) + "\n")
+    (tmp_path / "inputs.py").write_text("import numpy as np\ndef make():\n    return np.ones((12, 16), np.float32)\n")
+    base = {"name": "synthetic", "size": 200, "seed": 0}
+    from_csv = data.load(DataConfig(**base, unlabeled={"name": "csv", "path": str(tmp_path / "more.csv")}))
+    assert from_csv.transfer_rows == 30 and "column(s) note ignored" in from_csv.note
+    from_py = data.load(DataConfig(**base, unlabeled={"name": "python", "factory": "inputs:make"}))
+    assert from_py.transfer_rows == 12 and (from_py.y_train[-12:] == data.UNLABELLED).all()
+    assert from_py.unlabelled_rows == 12 and from_py.labelled_rows == len(from_py.y_train) - 12

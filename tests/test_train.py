@@ -1,11 +1,12 @@
 import math
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import torch
 
 from kdtrain import config, models
-from kdtrain.config import ConfigError, DataConfig, TrainConfig
+from kdtrain.config import ConfigError, DataConfig, TeacherConfig, TrainConfig
+from kdtrain.teachers import Teacher
 from kdtrain.data import load
 from kdtrain.config import LossConfig
 from kdtrain.losses import ENSEMBLES, LOSSES
@@ -105,7 +106,8 @@ def two_teachers(ds):
     pool = {}
     for name, width, seed in (("a", 16, 0), ("b", 8, 1)):
         model = fit(ds, TrainConfig(epochs=2, batch_size=64, threads=1), seed=seed).model
-        pool[name] = SimpleNamespace(model=model, logits={"train": predict(model, ds.x_train)})
+        pool[name] = Teacher(name, TeacherConfig(name=name, arch="mlp", width=width), model,
+                             {"train": predict(model, ds.x_train)}, None, 0.0, 0.0, "trained", 0.0, name, Path("."))
     return pool
 
 
