@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,16 +77,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the rows as JSON here")
     ap.add_argument("--sweeps", default=",".join(SWEEPS), help="comma-separated sweep names under sweeps/")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one sweep in this process, its row as JSON
     args = ap.parse_args()
+    if args.one:  # MLflow keeps process-wide state (its tracking URI): one store per process
+        os.chdir(os.environ["KDTRAIN_HOME"])  # reports and logs stay in the temporary home
+        row = one(args.one, Path(os.environ["KDTRAIN_HOME"]))
+        print("ROW " + json.dumps(row))
+        return 0
     rows = []
     for name in args.sweeps.split(","):
         with tempfile.TemporaryDirectory(prefix=f"kdtrain-{name}-") as home:
-            cwd = os.getcwd()
-            os.chdir(home)  # reports and logs stay in the temporary home
-            try:
-                rows.append(one(name, Path(home)))
-            finally:
-                os.chdir(cwd)
+            done = subprocess.run([sys.executable, __file__, "--one", name], env={**os.environ, "KDTRAIN_HOME": home},
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+                return 1
+            rows.append(json.loads(done.stdout.split("ROW ", 1)[1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
     print("\n| sweep | labels (train / select / unlabelled) | no teacher, test % | distilled, test % | gain (points) "
           "| teacher on its data / on the student's, test % | sweep + confirm |")

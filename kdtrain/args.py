@@ -36,6 +36,8 @@ def study_name_problem(name: str) -> str | None:
         return f"must not contain control characters, got {name!r}"
     if len(name.encode()) > 255:
         return f"must be at most 255 bytes (a folder name), got {len(name.encode())}"
+    if "'" in name and '"' in name:  # MLflow's search matches a value in ' or " quotes, without escapes
+        return f"must not hold both ' and \" (MLflow's search cannot match such a name), got {name!r}"
     return None
 
 

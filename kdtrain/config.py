@@ -906,8 +906,11 @@ def parse_duration(text: str | int | float) -> float:
         total = float(text)
     else:
         stripped = "" if isinstance(text, bool) else str(text).strip()
-        if not stripped or not re.fullmatch(r"(\d+(\.\d+)?[dhms])*(\d+(\.\d+)?)?", stripped):
-            raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s)")
+        if re.fullmatch(r"(\d+(\.\d+)?[dhms])+\d+(\.\d+)?", stripped):  # 1h30: 1h30m or 1h30s? say, not guess
+            raise ValueError(f"not a duration: {text!r} (a number after a unit needs its own unit: write "
+                             f"{stripped}m or {stripped}s)")
+        if not stripped or not re.fullmatch(r"(\d+(\.\d+)?[dhms])+|\d+(\.\d+)?", stripped):
+            raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s, 1h30m)")
         units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
         total = sum(float(n) * units.get(u, 1) for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", stripped))
     if not total > 0 or total == float("inf"):

@@ -26,6 +26,18 @@ MODEL_ARTIFACT, CONFIG_ARTIFACT, SWEEP_ARTIFACT = "model.pt", "config.yaml", "sw
 """A student run's state dict and its trial's full config; the parent run's resolved sweep file."""
 TEACHER_ARTIFACTS = "teacher"
 """A teacher run's folder holding its cache entry (weights, logits, meta), fetched by workers elsewhere."""
+def literal(value) -> str:
+    """A value as a string literal of MLflow's search syntax: in single quotes, or in double quotes when it holds a
+    single quote (bob's-sweep); MLflow has no escape inside either, so a value with both kinds is refused (study
+    names are checked for that up front, see kdtrain.config)."""
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise KdtrainError(f"{text!r} holds both kinds of quote, which MLflow's search cannot match; rename it")
+
+
 TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName", "kdtrain.seed", "kdtrain.teacher_data")
 MODEL_TAG = "kdtrain.model_id"
 """A run's tag naming its MLflow logged model (models:/<id>): the student, baseline or teacher as an MLflow model."""
@@ -157,7 +169,7 @@ class Tracker:
 
     def find(self, exp_id: str, tags: dict[str, str]) -> list[str]:
         """Ids of the runs of an experiment whose tags equal the given values."""
-        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        flt = " and ".join(f"tags.`{k}` = {literal(v)}" for k, v in tags.items())
         return [r.info.run_id for r in self.client.search_runs([exp_id], filter_string=flt, max_results=1000)]
 
     def start(self, exp_id: str, name: str, role: str, parent_id: str | None = None,
@@ -287,7 +299,7 @@ class Tracker:
         # the logged model's own artifact location as the source: a models:/ source makes a local registry look
         # the model up through MLflow's global tracking URI, not this client's
         source = self.client.get_logged_model(model_id).artifact_location
-        for v in self.client.search_model_versions(f"name = '{name}'"):
+        for v in self.client.search_model_versions(f"name = {literal(name)}"):
             if v.source == source:
                 return v.version
         return self.client.create_model_version(name, source, run_id=run_id, description=description,

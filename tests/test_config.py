@@ -160,7 +160,7 @@ def test_durations():
     assert config.parse_duration("8h") == 8 * 3600
     assert config.parse_duration("1h30m") == 5400
     assert config.parse_duration(90) == 90
-    with pytest.raises(ValueError, match=r"not a duration: 'soon' \(use e\.g\. 8h, 30m, 90s\)"):
+    with pytest.raises(ValueError, match=r"not a duration: 'soon' \(use e\.g\. 8h, 30m, 90s, 1h30m\)"):
         config.parse_duration("soon")
     with pytest.raises(ValueError, match="not a duration: '-1h'"):
         config.parse_duration("-1h")

@@ -239,7 +239,7 @@ data:
   unlabeled: {name: synthetic, size: 200, seed: 9}
   classes: {left: [0, 1], right: [2, 3]}
 teachers:
-  - {name: src, arch: mlp, width: 32, epochs: 5, data: {name: synthetic, size: 600, seed: 3},
+  - {name: src, arch: mlp, width: 32, epochs: 5, data: {name: synthetic, size: 600, seed: 3, options: {noise: 0.6}},
      classes: {left: [0, 1], right: [2, 3]}}
 student: {arch: mlp, width: 4}
 train: {epochs: 3, batch_size: 64, threads: 1}
