@@ -284,7 +284,8 @@ def cmd_status(args) -> int:
         c = search.counts(study)
         print(f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
               f"{c['RUNNING']} running, {c['WAITING']} waiting (target {search.target(study) or '?'})")
-        hv = hv_history(study, search.study_config(study).study.objectives)
+        scfg = search.study_config(study).study
+        hv = hv_history(study, scfg.objectives, scfg.constraints)
         if hv:
             print(f"  hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials, {fmt_seconds(hv[-1][0])} of training")
         for t in search.trials(study, "RUNNING"):
@@ -383,9 +384,9 @@ def _chosen(study, args) -> list:
     if missing:
         raise KdtrainError(f"trial(s) {missing} of {study.study_name!r} are not complete "
                            f"(complete: {sorted(done)[:20]}{'...' if len(done) > 20 else ''})")
-    chosen = search.pareto(study) if args.pareto else [done[n] for n in args.trial]
+    chosen, reason = search.front_or_reason(study) if args.pareto else ([done[n] for n in args.trial], "")
     if not chosen:
-        raise KdtrainError(f"study {study.study_name!r} has no complete trial yet")
+        raise KdtrainError(reason or f"study {study.study_name!r} has no complete trial yet")
     return chosen
 
 

@@ -93,6 +93,10 @@ class StudyConfig:
     """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
     baseline_seeds: int = 3
     """Seeds of each width's no-teacher baseline; its MLflow run logs their mean and std."""
+    max_requeues: int = 2
+    """Times an interrupted trial's settings are queued again (a dead worker, Ctrl-C); past it they fail for good
+    and count toward the failure cap, so a setting that kills its worker cannot loop under a restarting
+    scheduler."""
 
     def resolved_pruner(self) -> str:
         """The pruner in effect: auto resolved for these objectives."""
@@ -367,7 +371,7 @@ METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "la
 AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "data.limit": 10, "train.epochs": 1,
             "train.batch_size": 1, "train.eval_batch_size": 1, "train.threads": 0, "train.weight_decay": 0,
             "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
-            "profile.warmup": 0, "study.baseline_seeds": 1, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
+            "profile.warmup": 0, "study.baseline_seeds": 1, "study.max_requeues": 0, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
             "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0,
             "study.prune_warmup_epochs": 0, "study.prune_margin": 0, "data.image_size": 1, "data.seed": 0}
 """Lower bounds (inclusive) of single settings; None passes where the type allows it."""

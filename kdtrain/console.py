@@ -26,32 +26,35 @@ def fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def hv_history(study, objectives: dict) -> list[tuple[float, float]]:
+def hv_history(study, objectives: dict, constraints: dict | None = None) -> list[tuple[float, float]]:
     """(training seconds so far, hypervolume) after each finished trial (COMPLETE or PRUNED) of a
-    multi-objective study, in the order they finished; [] before its box exists."""
+    multi-objective study, in the order they finished; [] before its box exists. A trial that breaks a
+    constraint adds its compute but no volume: the front is of feasible trials only."""
     from kdtrain import pareto, search
 
     hv_box = study.user_attrs.get(search.A_HV_BOX)
     if hv_box is None or len(objectives) < 2:
         return []
-    done = [(t.user_attrs.get(search.T_COMPUTE, 0.0), t.values if t.state.name == "COMPLETE" else None)
+    done = [(t.user_attrs.get(search.T_COMPUTE, 0.0),
+             t.values if t.state.name == "COMPLETE" and search.is_feasible(t, constraints or {}) else None)
             for t in search.trials(study, "COMPLETE", "PRUNED")]
     return pareto.history(done, hv_box)
 
 
 def front_table(study) -> str:
     """The study's Pareto front (or best trial) with objectives and parameters, as a text table."""
-    from kdtrain.search import A_OBJECTIVES, pareto
+    from kdtrain.search import A_OBJECTIVES, front_or_reason
 
     names = study.user_attrs.get(A_OBJECTIVES, [f"value{i}" for i in range(len(study.directions))])
+    front, reason = front_or_reason(study)
     rows = []
-    for t in sorted(pareto(study), key=lambda t: t.values):
+    for t in sorted(front, key=lambda t: t.values):
         row = {"trial": t.number}
         row.update({n: f"{v:.4g}" for n, v in zip(names, t.values)})
         row.update({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in t.params.items()})
         rows.append(row)
     if not rows:
-        return "no complete trials yet"
+        return reason
     cols = list(dict.fromkeys(k for r in rows for k in r))
     return f"pareto front of {study.study_name} ({len(rows)} trials):\n" + table(rows, cols)
 

@@ -126,3 +126,20 @@ def history(finished: Iterable[tuple[float, Sequence[float] | None]], hv_box: di
         # different slicing order leaves
         out.append((compute, max(study_hypervolume(points, hv_box), out[-1][1] if out else 0.0)))
     return out
+
+
+def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
+    """<= 0 when satisfied: metric - bound for max_<metric> (max_latency_ms is latency_ms_p50), bound - metric for
+    min_<metric>. What the worker gives Optuna (trial.set_constraint) and what the report tests."""
+    out = {}
+    for key, bound in constraints.items():
+        metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
+        out[key] = (float(metrics[metric]) - float(bound) if key.startswith("max_")
+                    else float(bound) - float(metrics[metric]))
+    return out
+
+
+def feasible(constraints: dict, metrics: dict) -> bool:
+    """Whether a trial with these metrics meets every constraint: the one definition of the front's members that
+    Optuna (best_trials), status, export, register, confirm and the report share."""
+    return all(v <= 0 for v in constraint_values(constraints, metrics).values())

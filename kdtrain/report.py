@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdtrain.pareto import feasible
+
 KEEP = 0.95
 """The headline's bar: the smallest student keeping this share of the best teacher's accuracy."""
 
@@ -65,13 +67,22 @@ class StudyData:
     """kdtrain confirm's runs: one row per (trial, seed), with the paired baseline's accuracies."""
     hypervolume: list = dataclasses.field(default_factory=list)
     """(training seconds so far, hypervolume) after each finished trial (multi-objective studies)."""
+    constraints: dict = dataclasses.field(default_factory=dict)
+    """study.constraints: the front holds the trials that meet them (kdtrain.pareto.feasible), as Optuna's does."""
+
+    @property
+    def feasible(self) -> pd.Series:
+        """Which students meet the study's constraints."""
+        return self.students.apply(lambda r: feasible(self.constraints, r.to_dict()), axis=1).astype(bool) \
+            if self.constraints and not self.students.empty else pd.Series(True, index=self.students.index)
 
     @property
     def front(self) -> pd.DataFrame:
-        if self.students.empty:
-            return self.students
-        mask = pareto_mask(self.students[list(self.objectives)].to_numpy(), list(self.objectives.values()))
-        return self.students[mask].sort_values(list(self.objectives)[-1])
+        ok = self.students[self.feasible]
+        if ok.empty:
+            return ok
+        mask = pareto_mask(ok[list(self.objectives)].to_numpy(), list(self.objectives.values()))
+        return ok[mask].sort_values(list(self.objectives)[-1])
 
 
 def load(study_name: str, tracking_uri: str | None = None, storage_url: str | None = None) -> StudyData:
@@ -111,7 +122,7 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
                      runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),
                      c, seconds, importances, history, tracker.link(exp_id) if exp_id else "",
                      study.user_attrs.get(search.A_PARENT), tracking_uri, runs[role == "confirm"].reset_index(drop=True),
-                     console.hv_history(study, cfg.study.objectives))
+                     console.hv_history(study, cfg.study.objectives, cfg.study.constraints), dict(cfg.study.constraints))
 
 
 # --------------------------------------------------------------------------- headline and tables
@@ -252,6 +263,14 @@ def _save(fig, folder: Path, name: str) -> str:
     return name
 
 
+def feasible_front(d: StudyData, columns: list[str]) -> np.ndarray:
+    """The students on the (accuracy up, cost down) front of these columns among those meeting the constraints."""
+    ok = d.feasible.to_numpy()
+    mask = np.zeros(len(d.students), dtype=bool)
+    mask[ok] = pareto_mask(d.students[ok][columns].to_numpy(), ["maximize", "minimize"])
+    return mask
+
+
 def _front_plot(d: StudyData, x: str, xlabel: str, folder: Path, name: str, colour: str = "kd.temperature"):
     import matplotlib
 
@@ -260,7 +279,7 @@ def _front_plot(d: StudyData, x: str, xlabel: str, folder: Path, name: str, colo
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     s = d.students
-    mask = pareto_mask(s[["val_accuracy", x]].to_numpy(), ["maximize", "minimize"]) if not s.empty else []
+    mask = feasible_front(d, ["val_accuracy", x]) if not s.empty else []
     if not s.empty:
         dom = s[~mask]
         ax.scatter(dom[x], dom["val_accuracy"], c=dom[colour], cmap="viridis", alpha=0.25, s=28,
@@ -367,7 +386,7 @@ def _compare_plot(studies: list[StudyData], folder: Path) -> str:
         s = d.students
         if s.empty:
             continue
-        mask = pareto_mask(s[["val_accuracy", "params"]].to_numpy(), ["maximize", "minimize"])
+        mask = feasible_front(d, ["val_accuracy", "params"])
         ax.scatter(s[~mask]["params"], s[~mask]["val_accuracy"], color=colour, alpha=0.2, s=20)
         fr = s[mask].sort_values("params")
         ax.step(fr["params"], fr["val_accuracy"], where="post", color=colour, lw=1.5)

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kdtrain import config, space
-from kdtrain.config import Config, KdtrainError, home, redact
+from kdtrain.config import METRICS, Config, KdtrainError, home, redact
 from kdtrain.shared import advisory_lock, every, file_lock, pid_alive
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,6 +47,8 @@ A_READY, A_HV_BOX = "kdtrain.ready", "kdtrain.hv_box"
 T_RUN, T_HOST, T_PID = "mlflow_run_id", "kdtrain.host", "kdtrain.pid"
 T_FAIL_REASON, T_INTERRUPTED, T_REQUEUED_FROM, T_REFERENCE = (
     "fail_reason", "kdtrain.interrupted", "kdtrain.requeued_from", "kdtrain.reference")
+T_REQUEUES = "kdtrain.requeues"
+"""How many times this trial's settings were queued again after an interruption (study.max_requeues caps it)."""
 T_CURVE, T_COMPUTE = "kdtrain.val_curve", "kdtrain.train_seconds"  # per-epoch val accuracy; seconds trained
 
 
@@ -246,6 +248,12 @@ def tracking_uri(study: optuna.Study, given: str | None = None) -> str | None:
     return given or os.environ.get("MLFLOW_TRACKING_URI") or study.user_attrs.get(A_TRACKING)
 
 
+def max_requeues(study: optuna.Study) -> int:
+    """study.max_requeues of the study's stored config (read without validating the whole config)."""
+    raw = study.user_attrs.get(A_CONFIG)
+    return int(json.loads(raw).get("study", {}).get("max_requeues", 2)) if raw else 2
+
+
 def study_config(study: optuna.Study) -> Config:
     raw = study.user_attrs.get(A_CONFIG)
     if not raw:
@@ -296,6 +304,32 @@ def trials(study: optuna.Study, *states: str) -> list[optuna.trial.FrozenTrial]:
     they finished, then the others by number."""
     found = study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states))
     return sorted(found, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number))
+
+
+def is_feasible(trial, constraints: dict) -> bool:
+    """A finished trial meets the study's constraints (kdtrain.pareto.feasible on the metrics it recorded)."""
+    from kdtrain import pareto as rule
+
+    metrics = {k: trial.user_attrs[k] for k in METRICS if k in trial.user_attrs}
+    try:
+        return rule.feasible(constraints, metrics)
+    except KeyError:  # a trial without its metrics (an old study): Optuna's verdict stands
+        return True
+
+
+def front_or_reason(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], str]:
+    """(the study's feasible Pareto front, or best trial), and when it is empty why: no complete trial yet, or
+    every complete trial breaks a constraint."""
+    front = pareto(study)
+    if front:
+        return front, ""
+    done = trials(study, "COMPLETE")
+    if not done:
+        return [], f"study {study.study_name!r} has no complete trial yet"
+    raw = json.loads(study.user_attrs.get(A_CONFIG, "{}")).get("study", {}).get("constraints", {})
+    bounds = ", ".join(f"{k} {v}" for k, v in raw.items())
+    return [], (f"study {study.study_name!r}: none of its {len(done)} complete trials meets the constraints "
+                f"({bounds}): no feasible student yet (relax study.constraints or search cheaper students)")
 
 
 def pareto(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -373,19 +407,26 @@ def next_trial(study: optuna.Study, default_target: int, deadline: float | None 
 
 def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | None = None,
                requeue: bool = True) -> bool:
-    """Mark a trial failed with its reason, re-queue its params once, report its MLflow run to on_failed.
+    """Mark a trial failed with its reason, re-queue its params (at most study.max_requeues times for one set of
+    settings), report its MLflow run to on_failed. A trial not re-queued for the cap counts toward the failure cap.
 
     False when another worker failed or finished it first (the storage refuses a second transition)."""
     storage = _storage(study)
     frozen = storage.get_trial(_trial_id(trial))
+    done, cap = frozen.user_attrs.get(T_REQUEUES, 0), max_requeues(study)
+    again = bool(requeue and frozen.params and done < cap)
+    if requeue and frozen.params and not again:
+        reason += (f"; not re-queued: its settings were interrupted {done + 1} times and study.max_requeues is "
+                   f"{cap} (a setting that kills its worker, e.g. out of memory, fails for good)")
     try:
         storage.set_trial_user_attr(_trial_id(trial), T_FAIL_REASON, reason)
-        storage.set_trial_user_attr(_trial_id(trial), T_INTERRUPTED, True)
+        storage.set_trial_user_attr(_trial_id(trial), T_INTERRUPTED, again or not frozen.params)
         storage.set_trial_state_values(_trial_id(trial), TrialState.FAIL)
     except TrialTakenOver:
         return False
-    if requeue and frozen.params:
-        study.enqueue_trial(frozen.params, user_attrs={T_REQUEUED_FROM: frozen.number}, skip_if_exists=False)
+    if again:
+        study.enqueue_trial(frozen.params, user_attrs={T_REQUEUED_FROM: frozen.number, T_REQUEUES: done + 1},
+                            skip_if_exists=False)
     run_id = frozen.user_attrs.get(T_RUN)
     if on_failed is not None and run_id:
         with contextlib.suppress(Exception):

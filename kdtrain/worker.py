@@ -349,16 +349,6 @@ def gains(metrics: dict, baseline: dict, val_samples: int) -> dict:
             "kd_gain_sigma": gain / max(baseline["val_accuracy_std"], 1.0 / val_samples)}
 
 
-def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
-    """<= 0 when satisfied: metric - bound for max_<metric> (max_latency_ms is latency_ms_p50)."""
-    out = {}
-    for key, bound in constraints.items():
-        metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
-        out[key] = (float(metrics[metric]) - float(bound) if key.startswith("max_")
-                    else float(bound) - float(metrics[metric]))
-    return out
-
-
 def describe(cfg: Config) -> str:
     return (f"{cfg.student.arch} width {cfg.student.width}, T={cfg.kd.temperature:.3g}, alpha={cfg.kd.alpha:.3g}, "
             f"teachers={'+'.join(cfg.kd_teachers)} ({cfg.kd.ensemble})")
@@ -400,7 +390,7 @@ def run_trial(ctx: Context, trial) -> list[float]:
     metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds,
                    train_steps=r.steps, **label_metrics(ctx.ds))
     metrics.update(gains(metrics, ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
-    for key, value in constraint_values(ctx.cfg.study.constraints, metrics).items():
+    for key, value in pareto.constraint_values(ctx.cfg.study.constraints, metrics).items():
         trial.set_constraint(key, value)
     for k in METRICS:
         trial.set_user_attr(k, metrics[k])
@@ -453,7 +443,7 @@ def hv_box(ctx: Context) -> dict:
 
 def log_progress(ctx: Context) -> None:
     """The parent run's hypervolume and compute_s (training seconds so far), step = finished trials."""
-    h = console.hv_history(ctx.study, ctx.cfg.study.objectives)
+    h = console.hv_history(ctx.study, ctx.cfg.study.objectives, ctx.cfg.study.constraints)
     if h:
         ctx.tracker.log_step(ctx.parent_id, {"hypervolume": h[-1][1], "compute_s": h[-1][0]}, len(h))
 

@@ -71,3 +71,72 @@ def test_a_study_name_with_both_quotes_is_refused_up_front(tiny_sweep, capsys):
                           + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 2
     assert "must not hold both ' and \"" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- 4: re-queues have a limit
+
+
+def test_an_interrupted_setting_is_requeued_at_most_max_requeues_times():
+    """Before, every interruption queued the settings again and none counted toward the failure cap: a setting
+    that kills its worker looped forever under a restarting scheduler."""
+    import json
+
+    import optuna
+
+    from kdtrain import search
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    study.set_user_attr(search.A_CONFIG, json.dumps({"study": {"max_requeues": 2}}))
+    study.enqueue_trial({"x": 0.25})
+    for _ in range(3):  # the setting kills its worker every time
+        trial = study.ask()
+        assert trial.suggest_float("x", 0, 1) == 0.25
+        assert search.fail_trial(study, trial, "interrupted: its worker died")
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL"] * 3  # the third interruption queued nothing
+    assert [t.user_attrs.get(search.T_REQUEUES, 0) for t in study.trials] == [0, 1, 2]
+    last = study.trials[-1].user_attrs
+    assert "not re-queued: its settings were interrupted 3 times and study.max_requeues is 2" in \
+        last[search.T_FAIL_REASON]
+    assert last[search.T_INTERRUPTED] is False  # counts toward the failure cap
+
+
+# --------------------------------------------------------------------------- 5: one front, feasibility included
+
+CONSTRAINED = """
+search:
+  student.width: {type: categorical, choices: [8, 16]}
+"""
+
+
+def _constrained_sweep(tiny_sweep, bound: int):
+    text = tiny_sweep.read_text().replace(
+        "study: {name: tiny}", "study: {name: tiny, trials: 4, seed: 3, sampler: random, pruner: none, "
+        "objectives: {val_accuracy: maximize, params: minimize}, constraints: {min_params: %d}}" % bound)
+    tiny_sweep.write_text(text + CONSTRAINED)
+    assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
+
+
+def test_the_reports_front_leaves_out_trials_that_break_a_constraint_as_optunas_does(tiny_sweep, tmp_path):
+    """The report's front and hypervolume took every complete trial: the base trial (width 8, 172 params, below
+    min_params 200) is the cheapest, so it stood on the report's front but not on status's."""
+    from kdtrain import report, search
+
+    _constrained_sweep(tiny_sweep, 200)
+    study = search.load("tiny", None)
+    d = report.load("tiny")
+    assert set(d.students["student.width"].astype(float)) == {8.0, 16.0}  # both kinds of trial ran
+    assert set(d.front["trial"]) == {t.number for t in search.pareto(study)}
+    assert (d.front["params"] >= 200).all() and len(d.front) >= 1
+    assert report.front_table(d)["params"].min() >= 200
+
+
+def test_when_no_trial_meets_the_constraints_each_command_says_so(tiny_sweep, capsys):
+    _constrained_sweep(tiny_sweep, 100000)
+    out = capsys.readouterr().out
+    assert "none of its 4 complete trials meets the constraints (min_params 100000)" in out  # the sweep's end
+    assert main(["status", "--study", "tiny"]) == 0
+    assert "none of its 4 complete trials meets the constraints" in capsys.readouterr().out
+    assert main(["confirm", "tiny", "--pareto", "--seeds", "1", "--no-report"]) == 1
+    err = capsys.readouterr().err
+    assert "none of its 4 complete trials meets the constraints" in err and "no complete trial" not in err
