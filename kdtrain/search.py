@@ -355,8 +355,24 @@ def ask(study: optuna.Study) -> optuna.Trial:
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, state: str, values: list[float] | None = None) -> None:
-    """'COMPLETE' with its values, 'PRUNED' or 'FAIL'; TrialTakenOver if another worker failed it meanwhile."""
-    study.tell(trial, values, state=TrialState[state])
+    """'COMPLETE' with its values, 'PRUNED' or 'FAIL'; TrialTakenOver if another worker failed it meanwhile (Optuna
+    5 says so with a ValueError, "Cannot tell a FAIL trial.", where older releases raised UpdateFinishedTrialError)."""
+    try:
+        study.tell(trial, values, state=TrialState[state])
+    except ValueError as e:
+        if str(e).startswith("Cannot tell a"):
+            raise TrialTakenOver(str(e)) from None
+        raise
+
+
+def set_trial_attr(trial, key: str, value) -> bool:
+    """A user attribute on a running trial; False (nothing raised) when the trial was finished meanwhile by another
+    worker, which the tell that follows reports as TrialTakenOver."""
+    try:
+        trial.set_user_attr(key, value)
+        return True
+    except (TrialTakenOver, RuntimeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

@@ -524,26 +524,18 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
 
 
 def _run_and_tell(ctx: Context, trial) -> None:
-    study, tracker = ctx.study, ctx.tracker
-    run_id = lambda: trial.user_attrs.get(search.T_RUN)  # noqa: E731  (set once the trial's run starts)
+    """Run a trial, tell Optuna its outcome, then end its MLflow run. Once the tell is made nothing here may stop
+    the worker: the result is in the study, and a run that cannot be closed costs a warning, not the sweep."""
+    study, tracker, n = ctx.study, ctx.tracker, trial.number
+    run_id = lambda: trial.user_attrs.get(search.T_RUN)  # noqa: E731  (read when needed: set once its run starts)
     try:
         values = run_trial(ctx, trial)
-        search.tell(study, trial, "COMPLETE", values)
-        close(tracker, run_id(), "COMPLETE", "FINISHED")
-        ctx.log(f"trial {trial.number} complete: "
-                + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values)))
-        log_progress(ctx)
+        state, status, tags = "COMPLETE", "FINISHED", {}
+        line = f"trial {n} complete: " + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values))
     except search.TrialPruned as e:
-        search.tell(study, trial, "PRUNED")
-        close(tracker, run_id(), "PRUNED", "FINISHED", {"prune_reason": str(e)})
-        ctx.log(f"trial {trial.number} pruned: {e}")
-        log_progress(ctx)
+        values, state, status, tags, line = None, "PRUNED", "FINISHED", {"prune_reason": str(e)}, f"trial {n} pruned: {e}"
     except search.TrialTakenOver:
-        # another worker saw no heartbeat for the grace period and failed this trial (a long database outage);
-        # its re-queued copy runs again, so this result is dropped rather than counted twice
-        close(tracker, run_id(), "FAIL", "KILLED",
-              {"fail_reason": "failed by another worker (no heartbeat) while still running; result dropped"})
-        ctx.log(f"trial {trial.number} was failed by another worker while running (no heartbeat); result dropped")
+        values, state = None, None
     except (KeyboardInterrupt, SystemExit):
         search.fail_trial(study, trial, "interrupted: stopped by the user (Ctrl-C)", killed(tracker))
         raise
@@ -551,17 +543,46 @@ def _run_and_tell(ctx: Context, trial) -> None:
         reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
             f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
         reason = redact(reason)[:2000]
-        trial.set_user_attr(search.T_FAIL_REASON, reason)
-        search.tell(study, trial, "FAIL")
-        close(tracker, run_id(), "FAIL", "FAILED", {"fail_reason": reason})
-        ctx.log(f"trial {trial.number} failed: {reason.splitlines()[0]}")
+        values, state, status, tags = None, "FAIL", "FAILED", {"fail_reason": reason}
+        line = f"trial {n} failed: {reason.splitlines()[0]}"
+        search.set_trial_attr(trial, search.T_FAIL_REASON, reason)
+    if state is not None:
+        try:
+            search.tell(study, trial, state, values)
+        except search.TrialTakenOver:
+            state = None
+    if state is None:
+        # another worker saw no heartbeat for the grace period and failed this trial (a long database outage);
+        # its re-queued copy runs again, so this result is dropped rather than counted twice
+        close(tracker, run_id(), "FAIL", "KILLED",
+              {"fail_reason": "failed by another worker (no heartbeat) while still running; result dropped"}, ctx.log)
+        ctx.log(f"trial {n} was failed by another worker while running (no heartbeat); result dropped")
+        return
+    close(tracker, run_id(), state, status, tags, ctx.log)
+    ctx.log(line)
+    if state != "FAIL":
+        try:
+            log_progress(ctx)
+        except Exception as e:  # noqa: BLE001 - the study's progress curve misses a point; the trial is told
+            ctx.log(f"warning: trial {n}: the study's progress was not logged to MLflow ({first_line(e)})")
 
 
-def close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: dict | None = None) -> None:
-    """End a trial's MLflow run with the trial's final Optuna state as a tag."""
-    if run_id:
-        tracker.set_tags(run_id, {"optuna.state": state, **(tags or {})})
-        tracker.end(run_id, status)
+def close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: dict | None = None,
+          log: Callable[[str], None] | None = None) -> None:
+    """End a trial's MLflow run with the trial's final Optuna state as a tag. With ``log`` a failure is one warning
+    line (the trial is told already): the tags failing does not keep the run from ending."""
+    if not run_id:
+        return
+    try:
+        try:
+            tracker.set_tags(run_id, {"optuna.state": state, **(tags or {})})
+        finally:
+            tracker.end(run_id, status)
+    except Exception as e:  # noqa: BLE001 - MLflow's errors are many; the study holds the result
+        if log is None:
+            raise
+        log(f"warning: MLflow run {run_id} of this trial not fully closed ({type(e).__name__}: {first_line(e)}); "
+            "the study holds the trial's result")
 
 
 def killed(tracker: Tracker) -> search.OnFailed:
