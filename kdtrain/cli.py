@@ -17,7 +17,7 @@ from kdtrain.console import EpochProgress, fmt_seconds, front_table, hv_history,
 
 
 def _load(args):
-    from kdtrain import config, data
+    from kdtrain import config
 
     return _load_data(config.load(args.sweep, args.set))
 

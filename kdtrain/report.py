@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import math
-import warnings
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +85,6 @@ class StudyData:
 
 
 def load(study_name: str, tracking_uri: str | None = None, storage_url: str | None = None) -> StudyData:
-    import optuna
-
     from kdtrain import console, search
     from kdtrain.tracking import Tracker
 
@@ -100,23 +97,15 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
         if key in runs:
             runs[key] = pd.to_numeric(runs[key], errors="coerce")
     role = runs["tag:kdtrain.role"]
-    complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    complete = {t.number: t for t in search.trials(study, "COMPLETE")}
     students = runs[(role == "student") & (runs["tag:optuna.state"] == "COMPLETE")].copy()
     students["trial"] = pd.to_numeric(students["tag:optuna.trial"], errors="coerce").astype("Int64")
     students = students[students["trial"].isin(list(complete))].sort_values("trial").reset_index(drop=True)
 
     c = search.counts(study)
     seconds = sum((t.duration.total_seconds() for t in study.trials if t.duration is not None), 0.0)
-    importances = {}
-    if len(complete) >= 3:
-        try:
-            # Optuna's default evaluator ranks parameters by how they lead to LOW target values
-            sign = -1.0 if cfg.study.objectives[next(iter(cfg.study.objectives))] == "maximize" else 1.0
-            with warnings.catch_warnings():  # its reminder of that is handled by the sign above
-                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-                importances = optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
-        except Exception:  # not enough variation yet: the report simply omits the plot
-            importances = {}
+    first = next(iter(cfg.study.objectives))
+    importances = search.importances(study, cfg.study.objectives[first] == "maximize") if len(complete) >= 3 else {}
     history = pd.DataFrame({"trial": list(complete), "value": [t.values[0] for t in complete.values()]})
     return StudyData(study_name, dict(cfg.study.objectives), students,
                      runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -114,14 +115,19 @@ def _rdb(storage) -> optuna.storages.RDBStorage | None:
     return inner if isinstance(inner, optuna.storages.RDBStorage) else None
 
 
-# Private attributes, each for want of a public accessor: asking and failing trials by hand (heartbeats,
-# recovery) needs the study's storage and its trial-level calls, which take a trial's id, not its number.
+# A private attribute for want of a public accessor: asking and failing trials by hand (heartbeats, recovery)
+# needs the study's storage. The trial-level calls take a trial's id, found through public storage calls.
 def _storage(study: optuna.Study):
     return study._storage
 
 
-def _trial_id(trial) -> int:
-    return trial._trial_id
+def _study_id(study: optuna.Study) -> int:
+    return _storage(study).get_study_id_from_name(study.study_name)
+
+
+def _trial_id(study: optuna.Study, trial) -> int:
+    """A trial's storage id, from its number (public BaseStorage calls; Trial._trial_id is private)."""
+    return _storage(study).get_trial_id_from_study_id_trial_number(_study_id(study), trial.number)
 
 
 def apply_heartbeat(storage, cfg: Config) -> None:
@@ -348,7 +354,7 @@ def ask(study: optuna.Study) -> optuna.Trial:
     trusts the host and pid set here."""
     trial = study.ask()
     if heartbeat_interval(_storage(study)):  # first: from here on a death is seen by its silence
-        _storage(study).record_heartbeat(_trial_id(trial))
+        _storage(study).record_heartbeat(_trial_id(study, trial))
     trial.set_user_attr(T_HOST, socket.gethostname())
     trial.set_user_attr(T_PID, os.getpid())
     return trial
@@ -363,6 +369,40 @@ def tell(study: optuna.Study, trial: optuna.Trial, state: str, values: list[floa
         if str(e).startswith("Cannot tell a"):
             raise TrialTakenOver(str(e)) from None
         raise
+
+
+def importances(study: optuna.Study, maximize: bool) -> dict[str, float]:
+    """Optuna's parameter importances for the first objective ({} with one line on stderr when they cannot be
+    computed: the report then leaves out their plot)."""
+    # Optuna's default evaluator ranks parameters by how they lead to LOW target values
+    sign = -1.0 if maximize else 1.0
+    try:
+        with warnings.catch_warnings():  # its reminder of that is handled by the sign above
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+            return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
+    except Exception as e:  # noqa: BLE001 - e.g. every trial alike: nothing to rank
+        print(f"warning: parameter importances of {study.study_name!r} not computed ({type(e).__name__}: "
+              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the report leaves out their plot", file=sys.stderr)
+        return {}
+
+
+def record(trial, attrs: dict) -> None:
+    """User attributes of a running trial (its MLflow run, curve, metrics)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def report(trial, value: float, step: int) -> bool:
+    """An intermediate value for the study's pruner; True when the trial should be pruned."""
+    trial.report(value, step)
+    return trial.should_prune()
+
+
+def set_constraints(trial, values: dict[str, float]) -> None:
+    """The trial's constraint values (<= 0: satisfied), for Optuna's feasible front and constrained samplers
+    (Trial.set_constraint: Optuna 5, hence pyproject's optuna>=5,<6)."""
+    for key, value in values.items():
+        trial.set_constraint(key, value)
 
 
 def set_trial_attr(trial, key: str, value) -> bool:
@@ -380,7 +420,8 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial):
     """Record the trial's heartbeat every interval while it runs (RDB storages; nothing for a journal file)."""
     storage = _storage(study)
     interval = heartbeat_interval(storage)
-    with every(interval, lambda: storage.record_heartbeat(_trial_id(trial)), f"heartbeat-{trial.number}") \
+    trial_id = _trial_id(study, trial) if interval else None
+    with every(interval, lambda: storage.record_heartbeat(trial_id), f"heartbeat-{trial.number}") \
             if interval else contextlib.nullcontext():
         yield
 
@@ -428,16 +469,17 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
 
     False when another worker failed or finished it first (the storage refuses a second transition)."""
     storage = _storage(study)
-    frozen = storage.get_trial(_trial_id(trial))
+    trial_id = _trial_id(study, trial)
+    frozen = storage.get_trial(trial_id)
     done, cap = frozen.user_attrs.get(T_REQUEUES, 0), max_requeues(study)
     again = bool(requeue and frozen.params and done < cap)
     if requeue and frozen.params and not again:
         reason += (f"; not re-queued: its settings were interrupted {done + 1} times and study.max_requeues is "
                    f"{cap} (a setting that kills its worker, e.g. out of memory, fails for good)")
     try:
-        storage.set_trial_user_attr(_trial_id(trial), T_FAIL_REASON, reason)
-        storage.set_trial_user_attr(_trial_id(trial), T_INTERRUPTED, again or not frozen.params)
-        storage.set_trial_state_values(_trial_id(trial), TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, T_FAIL_REASON, reason)
+        storage.set_trial_user_attr(trial_id, T_INTERRUPTED, again or not frozen.params)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except TrialTakenOver:
         return False
     if again:
@@ -455,7 +497,7 @@ def _stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     optuna.storages.fail_stale_trials fails them itself and runs only its own retry callback, while kdtrain must
     also record why, re-queue them once and close their MLflow runs, under its own ask lock."""
     storage = _storage(study)
-    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]
+    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(_study_id(study))]
 
 
 def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:

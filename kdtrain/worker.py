@@ -361,7 +361,7 @@ def run_trial(ctx: Context, trial) -> list[float]:
             search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
                                params=_flat_params(tcfg))
-    trial.set_user_attr(search.T_RUN, run_id)
+    search.record(trial, {search.T_RUN: run_id})
     ctx.tracker.log_inputs(run_id, ctx.inputs)
     history = []
     single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
@@ -372,8 +372,7 @@ def run_trial(ctx: Context, trial) -> list[float]:
     def on_epoch(s):
         history.append(s)
         if single:
-            trial.report(s.val_accuracy, s.epoch)
-            if trial.should_prune():
+            if search.report(trial, s.val_accuracy, s.epoch):
                 raise search.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
         elif pareto_check:
             pareto_check([h.val_accuracy for h in history])
@@ -382,18 +381,16 @@ def run_trial(ctx: Context, trial) -> list[float]:
     try:
         r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch, epoch_guard=cpu_room)
     except BaseException:
-        trial.set_user_attr(search.T_COMPUTE, time.perf_counter() - start)
+        search.set_trial_attr(trial, search.T_COMPUTE, time.perf_counter() - start)  # quietly: the error matters
         ctx.tracker.log_metrics(run_id, metrics, history)  # its costs and the partial curves
         raise
-    trial.set_user_attr(search.T_COMPUTE, time.perf_counter() - start)
-    trial.set_user_attr(search.T_CURVE, [round(h.val_accuracy, 6) for h in r.history])
+    search.record(trial, {search.T_COMPUTE: time.perf_counter() - start,
+                          search.T_CURVE: [round(h.val_accuracy, 6) for h in r.history]})
     metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds,
                    train_steps=r.steps, **label_metrics(ctx.ds))
     metrics.update(gains(metrics, ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
-    for key, value in pareto.constraint_values(ctx.cfg.study.constraints, metrics).items():
-        trial.set_constraint(key, value)
-    for k in METRICS:
-        trial.set_user_attr(k, metrics[k])
+    search.set_constraints(trial, pareto.constraint_values(ctx.cfg.study.constraints, metrics))
+    search.record(trial, {k: metrics[k] for k in METRICS})
     model_id = ctx.log_model(run_id, f"trial-{trial.number}", r.model,
                              {"kdtrain.role": "student", "optuna.trial": trial.number})
     ctx.tracker.log_metrics(run_id, metrics, history, model_id=model_id)

@@ -208,3 +208,41 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goe
     assert "RUNNING" not in set(runs["status"])
     assert (runs["tag:optuna.trial"] == str(taken[0])).sum() == 1
     assert runs[runs["tag:optuna.trial"] == str(taken[0])]["status"].iloc[0] == "KILLED"
+
+
+# --------------------------------------------------------------------------- 1: the Optuna floor and boundary
+
+
+def test_optuna_is_declared_at_the_major_version_whose_api_kdtrain_calls():
+    """pyproject said optuna>=4.0, but Trial.set_constraint exists only in Optuna 5 (on 4.9 every trial of a study
+    with constraints failed with AttributeError)."""
+    import tomllib
+
+    import optuna
+    from packaging.requirements import Requirement
+
+    from conftest import ROOT
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [Requirement(d).specifier for d in deps if Requirement(d).name == "optuna"]
+    assert "4.9" not in spec and "5.0" in spec and "6.0" not in spec
+    assert optuna.__version__ in spec and hasattr(optuna.Trial, "set_constraint")
+
+
+def test_only_kdtrain_search_drives_optuna_trials():
+    """The worker called trial.report, should_prune, set_user_attr and set_constraint itself; only kdtrain.search
+    (and kdtrain.space's suggest, which search's trials are handed to) may call a trial's methods."""
+    import ast
+
+    from conftest import ROOT
+
+    for module in ("worker.py", "run.py", "cli.py", "report.py", "ship.py", "export.py"):
+        tree = ast.parse((ROOT / "kdtrain" / module).read_text())
+        calls = [f"{module}:{n.lineno}: trial.{n.func.attr}()" for n in ast.walk(tree)
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and isinstance(n.func.value, ast.Name) and n.func.value.id == "trial"]
+        imports = [f"{module}:{n.lineno}: imports optuna" for n in ast.walk(tree)
+                   if isinstance(n, (ast.Import, ast.ImportFrom))
+                   and any(a.name.split(".")[0] == "optuna" for a in n.names)
+                   or isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "optuna"]
+        assert calls + imports == [], calls + imports
