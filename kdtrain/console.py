@@ -12,6 +12,8 @@ import time
 
 from tqdm import tqdm
 
+from kdtrain.shared import warning_once
+
 
 def table(rows: list[dict], columns: list[str]) -> str:
     """Plain aligned text table (first column left-aligned, the others right-aligned)."""
@@ -119,6 +121,9 @@ class SweepProgress:
         self.stream, self.tty = stream, stream.isatty()
         self.start, self.last, self.printed = time.time(), None, 0.0
         self.done0 = self.storage = self.bar = None
+        self.misses = 0  # reads failed in a row: one is a read racing a writer, three a store going away
+        self.warn = warning_once(lambda e: f"the progress of study {study_name} could not be read for "
+                                 f"{self.misses} updates in a row; the study's storage may be unreachable")
         with contextlib.suppress(Exception):  # the count at the start: the ETA's rate is per trial done since
             self.done0 = self.state()[0]
 
@@ -144,8 +149,12 @@ class SweepProgress:
     def update(self, final: bool = False) -> None:
         try:
             done, state = self.state()
-        except Exception:  # a read racing a writer: try again on the next tick
+        except Exception as e:  # noqa: BLE001 - a read racing a writer: try again on the next tick
+            self.misses += 1
+            if self.misses >= 3:
+                self.warn(e)
             return
+        self.misses = 0
         if self.done0 is None:
             self.done0 = done
         if self.tty:

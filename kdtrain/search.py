@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from kdtrain import config, space
 from kdtrain.config import METRICS, Config, KdtrainError, home, redact
-from kdtrain.shared import advisory_lock, every, file_lock, pid_alive
+from kdtrain.shared import advisory_lock, every, file_lock, pid_alive, warning_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -421,7 +421,9 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial):
     storage = _storage(study)
     interval = heartbeat_interval(storage)
     trial_id = _trial_id(study, trial) if interval else None
-    with every(interval, lambda: storage.record_heartbeat(trial_id), f"heartbeat-{trial.number}") \
+    warn = warning_once(lambda e: f"trial {trial.number}: its heartbeat could not be recorded; the study's storage "
+                        "may be unreachable (past study.grace_period without one, another worker fails the trial)")
+    with every(interval, lambda: storage.record_heartbeat(trial_id), f"heartbeat-{trial.number}", warn) \
             if interval else contextlib.nullcontext():
         yield
 
@@ -487,8 +489,11 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
                             skip_if_exists=False)
     run_id = frozen.user_attrs.get(T_RUN)
     if on_failed is not None and run_id:
-        with contextlib.suppress(Exception):
+        try:
             on_failed(run_id, reason)
+        except Exception as e:  # noqa: BLE001 - the trial is failed and re-queued; its MLflow run stays as it was
+            warning_once(lambda e: f"trial {frozen.number} was failed and re-queued, but its MLflow run {run_id} "
+                         "could not be closed")(e)
     return True
 
 

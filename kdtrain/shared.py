@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -123,16 +124,34 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def warning_once(what: Callable[[Exception], str]) -> Callable[[Exception], None]:
+    """on_error for a repeated call: the first error is one 'warning:' line on stderr (what(error) says what failed
+    and why), later ones are silent: a dying store is visible without a line per beat or epoch."""
+    said: list[bool] = []
+
+    def warn(e: Exception) -> None:
+        if not said:
+            said.append(True)
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            print(f"warning: {what(e)} ({type(e).__name__}{': ' + reason if reason else ''})", file=sys.stderr,
+                  flush=True)
+    return warn
+
+
 @contextlib.contextmanager
-def every(seconds: float, fn: Callable[[], None], name: str):
-    """Call fn every `seconds` in a daemon thread while the block runs; fn's errors are ignored (a heartbeat
-    that misses one beat is covered by the grace period)."""
+def every(seconds: float, fn: Callable[[], None], name: str, on_error: Callable[[Exception], None] | None = None):
+    """Call fn every `seconds` in a daemon thread while the block runs. fn's errors do not stop it (a heartbeat
+    that misses one beat is covered by the grace period); each goes to on_error (see warning_once)."""
     stop = threading.Event()
 
     def loop():
         while not stop.wait(seconds):
-            with contextlib.suppress(Exception):
+            try:
                 fn()
+            except Exception as e:  # noqa: BLE001 - whatever the store raised: say it, keep beating
+                if on_error is not None:
+                    with contextlib.suppress(Exception):
+                        on_error(e)
 
     thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()

@@ -246,3 +246,59 @@ def test_only_kdtrain_search_drives_optuna_trials():
                    and any(a.name.split(".")[0] == "optuna" for a in n.names)
                    or isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "optuna"]
         assert calls + imports == [], calls + imports
+
+
+# --------------------------------------------------------------------------- 9: no silent failures
+
+
+def test_a_heartbeat_that_fails_is_one_warning_line_not_silence(tmp_path, monkeypatch, capsys):
+    """Heartbeat errors were swallowed: a dying database was invisible until its trials were failed."""
+    import time
+
+    import optuna
+
+    from kdtrain import search
+
+    storage = search.open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    search._rdb(storage).heartbeat_interval = 1  # what apply_heartbeat sets from study.heartbeat_interval
+    study = optuna.create_study(storage=storage, study_name="beats")
+    trial = study.ask()
+
+    def unreachable(trial_id):  # the database went away: the real storage's call fails as it would
+        raise ConnectionError("could not connect to server: Connection refused")
+
+    monkeypatch.setattr(storage, "record_heartbeat", unreachable)
+    with search.heartbeat(study, trial):
+        time.sleep(2.6)  # two beats, both failing
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1, err
+    assert f"trial {trial.number}: its heartbeat could not be recorded" in err and "Connection refused" in err
+
+
+def test_a_study_whose_progress_cannot_be_read_says_so_once(tmp_path, capsys):
+    from kdtrain.console import SweepProgress
+
+    gone = tmp_path / "gone.journal"
+    progress = SweepProgress("ghost", str(gone), 3, {"val_accuracy": "maximize"})
+    for _ in range(5):
+        progress.update()
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "progress of study ghost could not be read for 3 updates" in err
+
+
+def test_a_recovered_trial_whose_mlflow_run_cannot_be_closed_says_so(capsys):
+    import optuna
+
+    from kdtrain import search
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr(search.T_RUN, "abc123")
+
+    def tracking_down(run_id, reason):
+        raise ConnectionError("tracking server unreachable")
+
+    assert search.fail_trial(study, trial, "interrupted: its worker died", tracking_down)
+    err = capsys.readouterr().err
+    assert "its MLflow run abc123 could not be closed (ConnectionError: tracking server unreachable)" in err
