@@ -91,7 +91,8 @@ def _add_sweep(sub) -> None:
     sp.add_argument("--trials", type=int, help="trials for the study (default: study.trials)")
     sp.add_argument("--timeout", help="stop starting trials after this long, e.g. 8h, 30m (default: study.timeout)")
     sp.add_argument("--workers", type=int, default=1,
-                    help="worker processes on this machine (CPU threads split); 0 creates the study and its runs "
+                    help="worker processes on this machine (train.threads, else the CPUs this process may use, split "
+                    "evenly among them); 0 creates the study and its runs "
                     "and exits, for workers started elsewhere with kdtrain worker")
     sp.add_argument("--study", type=_study, help="study name (default: study.name)")
     sp.add_argument("--new-study", action="store_true",
@@ -105,7 +106,8 @@ def _add_worker(sub) -> None:
     wp = sub.add_parser("worker", help="join an existing study (the sweep config is read from the study)")
     wp.add_argument("--study", type=_text, required=True)
     _stores(wp)
-    wp.add_argument("--threads", type=int, help="CPU threads for training")
+    wp.add_argument("--threads", type=int, help="CPU threads for training (default: train.threads, else the CPUs "
+                    "this process may use: its affinity mask and cgroup CPU quota)")
     wp.add_argument("--wait", metavar="DURATION", help="wait this long (e.g. 10m) for the study to be created "
                     "and its teachers logged, for workers that start before the sweep (SLURM arrays, Kubernetes)")
     wp.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # sampler seed offset of local workers

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from kdtrain.args import build_parser, study_name_problem
+from kdtrain.shared import threads_per_worker
 from kdtrain.console import EpochProgress, fmt_seconds, front_table, hv_history, table, teacher_progress
 
 
@@ -137,7 +138,6 @@ def _preflight(args):
 
 
 def cmd_sweep(args) -> int:
-    import os
 
     from kdtrain import search, worker
     from kdtrain.config import home, redact
@@ -154,7 +154,7 @@ def cmd_sweep(args) -> int:
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage or search.open_storage(args.storage), name, trials)
     search.remember_tracking(study, tracker.uri)
-    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
+    threads = threads_per_worker(cfg.train.threads, args.workers)  # the machine's CPUs split among its workers
     quiet = (lambda s: None) if sys.stdout.isatty() and args.workers == 1 else print  # the bar says it all
     ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep,
                               log=quiet)

@@ -160,3 +160,62 @@ def every(seconds: float, fn: Callable[[], None], name: str, on_error: Callable[
     finally:
         stop.set()
         thread.join()
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """The CPU quota of this process's cgroup and its ancestors (CPUs, e.g. 1.5), or None for no limit: cgroup v2's
+    cpu.max, or v1's cpu.cfs_quota_us over cpu.cfs_period_us (what a container's or pod's CPU limit sets)."""
+    limits = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and not controllers:  # v2: one unified tree
+            base, v2 = CGROUP_ROOT, True
+        elif "cpu" in controllers.split(","):
+            base = CGROUP_ROOT / controllers
+            base, v2 = (base if base.is_dir() else CGROUP_ROOT / "cpu"), False
+        else:
+            continue
+        node = base / path.lstrip("/")
+        while True:  # a limit anywhere above applies too
+            try:
+                if v2:
+                    quota, period = (node / "cpu.max").read_text().split()[:2]
+                    if quota != "max":
+                        limits.append(int(quota) / int(period))
+                else:
+                    quota = int((node / "cpu.cfs_quota_us").read_text())
+                    if quota > 0:
+                        limits.append(quota / int((node / "cpu.cfs_period_us").read_text()))
+            except (OSError, ValueError):
+                pass
+            if node == base or node.parent == node:
+                break
+            node = node.parent
+    return min(limits) if limits else None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask (taskset, SLURM, a container's cpuset), capped by its
+    cgroup's CPU quota (a Kubernetes limit of 2 CPUs on a 64-core node is 2), not os.cpu_count()."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, int(quota + 0.5)))  # 1.5 CPUs of quota: 2 threads keep it busy
+    return max(1, n)
+
+
+def threads_per_worker(train_threads: int, workers: int, cpus: int | None = None) -> int:
+    """The one rule for CPU threads: a machine's budget (train.threads when the sweep file sets it, else the CPUs
+    this process may use) split evenly among the workers on that machine, at least one each."""
+    budget = train_threads if train_threads > 0 else (cpus or available_cpus())
+    return max(1, budget // max(1, workers))

@@ -28,7 +28,7 @@ from kdtrain import config, console, data, models, pareto, search, space, teache
 from kdtrain.config import METRICS, Config, KdtrainError, first_line, home, redact
 from kdtrain.profile import model_identity, profile, profile_onnx
 from kdtrain.run import distill_student
-from kdtrain.shared import atomic_write_text, content_key, cpu_room, file_lock
+from kdtrain.shared import atomic_write_text, content_key, cpu_room, file_lock, threads_per_worker
 from kdtrain.tracking import Tracker
 from kdtrain.train import DivergedError, EpochStats
 
@@ -73,7 +73,10 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     its sweep file (the parent run is then reopened); `kdtrain worker` gets all of it from the study alone,
     fetching the teachers from the study's teacher runs instead of training its own copies."""
     cfg = cfg or search.study_config(study)
-    if threads:
+    # `kdtrain worker` without --threads is one worker on its machine: the sweep file's train.threads, else the
+    # CPUs it may use (its affinity and cgroup quota); `kdtrain sweep` passes its split
+    threads = threads or threads_per_worker(cfg.train.threads, 1)
+    if threads != cfg.train.threads:
         cfg = config.replace(cfg, {"train.threads": threads})
     search.configure(study, cfg, worker)
     ds = ds or data.load(cfg.data)

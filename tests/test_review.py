@@ -302,3 +302,75 @@ def test_a_recovered_trial_whose_mlflow_run_cannot_be_closed_says_so(capsys):
     assert search.fail_trial(study, trial, "interrupted: its worker died", tracking_down)
     err = capsys.readouterr().err
     assert "its MLflow run abc123 could not be closed (ConnectionError: tracking server unreachable)" in err
+
+
+# --------------------------------------------------------------------------- 8: threads
+
+
+def test_threads_follow_the_cpus_this_process_may_use_not_the_hosts():
+    """The split divided os.cpu_count(), which ignores affinity and container limits; `kdtrain worker` kept
+    torch's default; train.threads reached every worker unsplit."""
+    import os
+    import subprocess
+    import sys
+
+    from kdtrain.shared import available_cpus, threads_per_worker
+
+    assert threads_per_worker(0, 2, cpus=8) == 4 and threads_per_worker(0, 3, cpus=2) == 1
+    assert threads_per_worker(8, 4) == 2  # the sweep file's budget is split too
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no affinity masks here")
+    code = "from kdtrain.shared import available_cpus, threads_per_worker; print(available_cpus(), threads_per_worker(0, 1))"
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True)
+    assert pinned.stdout.split() == ["1", "1"], pinned.stderr
+    assert available_cpus() == len(os.sched_getaffinity(0))
+
+
+@pytest.fixture
+def one_cpu_cgroup():
+    """A real cgroup limited to one CPU of quota (v1 cpu controller or v2 cpu.max), removed afterwards; skipped
+    where this process may not create one."""
+    import os
+    from pathlib import Path
+
+    from kdtrain.shared import CGROUP_ROOT
+
+    v1, v2 = CGROUP_ROOT / "cpu", CGROUP_ROOT / "cgroup.subtree_control"
+    folder = (v1 if v1.is_dir() else CGROUP_ROOT) / f"kdtrain-test-{os.getpid()}"
+    try:
+        folder.mkdir()
+        if v1.is_dir():
+            (folder / "cpu.cfs_quota_us").write_text("100000")
+            assert (folder / "cpu.cfs_period_us").read_text().strip() == "100000"
+        else:
+            assert "cpu" in v2.read_text()
+            (folder / "cpu.max").write_text("100000 100000")
+    except (OSError, AssertionError) as e:
+        if folder.is_dir():
+            folder.rmdir()
+        pytest.skip(f"cannot create a cgroup with a CPU quota here ({e})")
+    yield folder / "cgroup.procs"
+    folder.rmdir()
+
+
+def test_a_worker_without_threads_takes_its_machines_budget(tiny_sweep, one_cpu_cgroup):
+    """`kdtrain worker` without --threads kept torch's default, every core of the host, whatever the container's
+    CPU limit: in a cgroup of one CPU on this 2-core machine it trained with 2 threads."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    text = tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
+    tiny_sweep.write_text(text.replace(", threads: 1", "") + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    assert "threads" not in tiny_sweep.read_text()  # no train.threads: the machine's budget decides
+    assert run_cli("sweep", tiny_sweep, "--workers", "0").returncode == 0
+    code = ("import sys, torch; from kdtrain.cli import main; rc = main(sys.argv[1:]); "
+            "print('threads', torch.get_num_threads()); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # the worker starts inside the cgroup, as a pod's process would
+    done = subprocess.run(["sh", "-c", f'echo $$ > {one_cpu_cgroup} && exec "$@"', "sh", sys.executable, "-c",
+                           code, "worker", "--study", "tiny"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threads 1" in done.stdout and (os.cpu_count() or 1) > 1
