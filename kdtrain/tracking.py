@@ -96,34 +96,42 @@ def check_reachable(uri: str | None) -> None:
     """Fail fast, with one clear message, when an MLflow tracking server cannot be reached or refuses the
     credentials (local stores: no-op).
 
-    MLflow's own client retries for minutes before giving up; this asks twice, with a 10 s timeout: /health
-    (is a server there?) and one read of the tracking API (does it accept us? MLflow's basic-auth app leaves
-    /health open, so a wrong password shows only there)."""
+    Asks the way MLflow's own client will, with the credentials and TLS settings it reads (user and password or
+    MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS, client certificates,
+    ~/.mlflow/credentials), but without its minutes of retries: /health (is a server there?) and one read of the
+    tracking API (does it accept us? MLflow's basic-auth app leaves /health open, so a wrong password shows only
+    there), each once with a 10 s timeout."""
     uri = _split_credentials(uri or default_uri())
     if not uri.startswith(("http://", "https://")):
         return
-    import base64
-    import urllib.error
-    import urllib.request
+    _quiet()
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if user and password else None
-    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
-        request = urllib.request.Request(uri.rstrip("/") + path)
-        if auth:  # what MLflow's client will send (a proxy may guard /health too)
-            request.add_header("Authorization", auth)
+    creds = get_default_host_creds(uri)
+    for endpoint, params in (("/health", None), ("/api/2.0/mlflow/experiments/search", {"max_results": 1})):
         try:
-            urllib.request.urlopen(request, timeout=10).close()
-        except urllib.error.HTTPError as e:
-            if e.code in (401, 403):
-                what = "refused the credentials" if auth else "needs credentials"
-                raise KdtrainError(f"the MLflow tracking server {redact(uri)} {what} (HTTP {e.code}); set "
-                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user it knows") from None
-            # any other answer means a server is there (a proxy without /health, an older API)
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise KdtrainError(f"cannot reach the MLflow tracking server {redact(uri)} ({reason}); start it "
-                               "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+            response = http_request(creds, endpoint, "GET", max_retries=0, timeout=10, raise_on_status=False,
+                                    params=params)
+        except Exception as e:  # noqa: BLE001 - requests' connection, TLS and timeout errors, wrapped by MLflow
+            raise KdtrainError(f"cannot reach the MLflow tracking server {redact(uri)} ({_reason(e)}); start it "
+                               "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI"
+                               + ("; for a private CA set MLFLOW_TRACKING_SERVER_CERT_PATH" if "SSL" in str(e)
+                                  or "certificate" in str(e) else "")) from None
+        if response.status_code in (401, 403):
+            what = "refused the credentials" if creds.username or creds.token else "needs credentials"
+            raise KdtrainError(f"the MLflow tracking server {redact(uri)} {what} (HTTP {response.status_code}); set "
+                               "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user it knows (or "
+                               "MLFLOW_TRACKING_TOKEN)")
+        # any other answer means a server is there (a proxy without /health, an older API)
+
+
+def _reason(e: Exception) -> str:
+    """The innermost cause of a connection error, in one line without the URL's credentials."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return redact(text)[:300]
 
 
 class Tracker:

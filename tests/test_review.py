@@ -374,3 +374,98 @@ def test_a_worker_without_threads_takes_its_machines_budget(tiny_sweep, one_cpu_
                            code, "worker", "--study", "tiny"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "threads 1" in done.stdout and (os.cpu_count() or 1) > 1
+
+
+# --------------------------------------------------------------------------- 6: the pre-flight asks as MLflow does
+
+
+def _self_signed(folder):
+    """A certificate for 127.0.0.1 signed by itself (a private CA's server, as a company's MLflow often is)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.fixture
+def tls_mlflow(tmp_path, monkeypatch):
+    """A real `mlflow server` on https://127.0.0.1 with a self-signed certificate; stopped afterwards."""
+    import signal
+    import socket
+    import ssl
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cert, key = _self_signed(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--uvicorn-opts", f"--ssl-keyfile {key} --ssl-certfile {cert}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url, trusted = f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert))
+    deadline = time.time() + 180
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=2, context=trusted).status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        for k in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_USERNAME",
+                  "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        yield url, cert
+    finally:
+        import os
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # uvicorn waits on a half-done TLS handshake: the group goes anyway
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+
+
+def test_a_tls_server_with_its_own_ca_passes_the_preflight_when_mlflow_is_told(tls_mlflow, monkeypatch):
+    """The pre-flight used plain urllib and the system's CAs: a server that MLflow's client reaches with
+    MLFLOW_TRACKING_SERVER_CERT_PATH (or MLFLOW_TRACKING_INSECURE_TLS) was refused."""
+    from kdtrain.config import KdtrainError
+    from kdtrain.tracking import check_reachable
+
+    url, cert = tls_mlflow
+    with pytest.raises(KdtrainError, match="certificate.*MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        check_reachable(url)  # untrusted: refused, saying what to set
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+    check_reachable(url)
+    Tracker(url).experiment("tls-check")  # and MLflow's own client agrees
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+    check_reachable(url)
