@@ -27,7 +27,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdtrain import config, data, search, space, worker
+from kdtrain import config, data, pareto, search, space, worker
 from kdtrain.cli import main
 from kdtrain.config import KdtrainError, redact
 from kdtrain.console import SweepProgress
@@ -331,7 +331,7 @@ def test_max_latency_constraint_reaches_the_sampler_as_p50_minus_the_bound(sweep
         assert t.constraints["max_latency_ms"] > 0  # violated by every trial ...
     assert study.best_trials == []  # ... so Optuna, which reads them, finds no feasible trial for the front
     # the rule in general: max_<metric> is metric - bound, min_<metric> is bound - metric (<= 0: satisfied)
-    assert worker.constraint_values({"max_latency_ms": 0.5, "min_throughput": 1000.0},
+    assert pareto.constraint_values({"max_latency_ms": 0.5, "min_throughput": 1000.0},
                                     {"latency_ms_p50": 0.2, "latency_ms_p95": 9.0, "throughput": 1500.0}) == \
         {"max_latency_ms": pytest.approx(-0.3), "min_throughput": -500.0}
 
