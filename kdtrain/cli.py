@@ -139,7 +139,7 @@ def _preflight(args):
 
 def cmd_sweep(args) -> int:
 
-    from kdtrain import search, worker
+    from kdtrain import recovery, search, worker
     from kdtrain.config import home, redact
     from kdtrain.tracking import Tracker
 
@@ -158,7 +158,7 @@ def cmd_sweep(args) -> int:
     quiet = (lambda s: None) if sys.stdout.isatty() and args.workers == 1 else print  # the bar says it all
     ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep,
                               log=quiet)
-    recovered = search.recover(study, worker.killed(tracker))
+    recovered = recovery.recover(study, worker.killed(tracker))
     print(f"study {name}: {search.counts(study)['DONE']}/{trials} trials done"
           + (f", {len(recovered)} interrupted trial(s) failed and re-queued: {recovered}" if recovered else "")
           + f"\noptuna storage: {redact(args.storage)}\nmlflow: {redact(tracker.uri)}  experiment {ctx.exp_id}")
@@ -253,7 +253,7 @@ def cmd_worker(args) -> int:
     import os
     import socket
 
-    from kdtrain import preflight, search, worker
+    from kdtrain import preflight, recovery, search, worker
     from kdtrain.config import redact
 
     log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
@@ -264,7 +264,7 @@ def cmd_worker(args) -> int:
     ctx = worker.join(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index, wait_s, log)
     log(f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
         f"(optuna: {redact(args.storage or search.default_storage())}, mlflow: {redact(ctx.tracker.uri)})")
-    recovered = search.recover(ctx.study, worker.killed(ctx.tracker))
+    recovered = recovery.recover(ctx.study, worker.killed(ctx.tracker))
     if recovered:
         log(f"interrupted trial(s) {recovered} failed and re-queued")
     worker.work(ctx, args.deadline)

@@ -1,15 +1,15 @@
-"""The Optuna side, and only it: storage, studies (creation, checks, sampler, pruner, counts), asking and
-telling, and recovery of trials whose worker died. The search space itself is kdtrain.space.
+"""The Optuna side, with kdtrain.recovery (heartbeats, the next trial, dead workers' trials): storage, studies
+(creation, checks, sampler, pruner, counts, the feasible front), asking and telling. The search space itself is
+kdtrain.space.
 
 A study stores its whole sweep config, so a worker needs only the study name and the storage URL. Trials are
 asked and told by hand (not ``study.optimize``) so that the trial count is exact across workers, every failure
-carries its reason, and interrupted trials are re-queued once. MLflow is the caller's: see ``on_failed``.
+carries its reason, and interrupted trials are re-queued (at most study.max_requeues times).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import itertools
 import json
 import os
@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,7 @@ from optuna.trial import TrialState
 
 from kdtrain import config, space
 from kdtrain.config import METRICS, Config, KdtrainError, home, redact
-from kdtrain.shared import advisory_lock, every, file_lock, pid_alive, warning_once
+from kdtrain.shared import advisory_lock, file_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -254,12 +253,6 @@ def tracking_uri(study: optuna.Study, given: str | None = None) -> str | None:
     return given or os.environ.get("MLFLOW_TRACKING_URI") or study.user_attrs.get(A_TRACKING)
 
 
-def max_requeues(study: optuna.Study) -> int:
-    """study.max_requeues of the study's stored config (read without validating the whole config)."""
-    raw = study.user_attrs.get(A_CONFIG)
-    return int(json.loads(raw).get("study", {}).get("max_requeues", 2)) if raw else 2
-
-
 def study_config(study: optuna.Study) -> Config:
     raw = study.user_attrs.get(A_CONFIG)
     if not raw:
@@ -413,141 +406,3 @@ def set_trial_attr(trial, key: str, value) -> bool:
         return True
     except (TrialTakenOver, RuntimeError, ValueError):
         return False
-
-
-@contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial):
-    """Record the trial's heartbeat every interval while it runs (RDB storages; nothing for a journal file)."""
-    storage = _storage(study)
-    interval = heartbeat_interval(storage)
-    trial_id = _trial_id(study, trial) if interval else None
-    warn = warning_once(lambda e: f"trial {trial.number}: its heartbeat could not be recorded; the study's storage "
-                        "may be unreachable (past study.grace_period without one, another worker fails the trial)")
-    with every(interval, lambda: storage.record_heartbeat(trial_id), f"heartbeat-{trial.number}", warn) \
-            if interval else contextlib.nullcontext():
-        yield
-
-
-@dataclass
-class Next:
-    """Run `trial`; or wait (`waiting` trials run elsewhere); or stop. `recovered`: dead workers' trials."""
-    trial: optuna.Trial | None
-    waiting: int = 0
-    recovered: list[int] | None = None
-
-
-OnFailed = Callable[[str, str], None]
-"""Called with (MLflow run id, reason) for each trial failed on behalf of a dead or interrupted worker."""
-
-
-def next_trial(study: optuna.Study, default_target: int, deadline: float | None = None,
-               on_failed: OnFailed | None = None) -> Next:
-    """Under the study's ask lock: recover dead workers' trials, then ask for a trial if the study still needs
-    one. When the trials still missing are all running elsewhere, wait: a worker that dies is recovered
-    (heartbeat or dead pid) and its trial re-queued, and someone must be left to run it."""
-    with study_lock(study, study.study_name, "ask"):
-        recovered = _recover(study, on_failed)
-        goal = study.user_attrs.get(A_TRIALS, default_target)
-        c = counts(study)
-        if c["DONE"] >= goal or (deadline is not None and time.time() >= deadline):
-            return Next(None, recovered=recovered)
-        if c["DONE"] + c["RUNNING"] < goal:
-            errors = [t for t in trials(study, "FAIL") if not t.user_attrs.get(T_INTERRUPTED)]
-            if len(errors) > max(5, goal):  # a broken setting, not bad luck: stop instead of looping
-                raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
-                                   f"reason: {errors[-1].user_attrs.get(T_FAIL_REASON, '?').splitlines()[0]}")
-            return Next(ask(study), recovered=recovered)
-        if not _recoverable(study):
-            return Next(None, recovered=recovered)  # the rest runs on hosts whose death this worker cannot see
-        return Next(None, waiting=c["RUNNING"], recovered=recovered)
-
-
-# --------------------------------------------------------------------------- recovery
-
-def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | None = None,
-               requeue: bool = True) -> bool:
-    """Mark a trial failed with its reason, re-queue its params (at most study.max_requeues times for one set of
-    settings), report its MLflow run to on_failed. A trial not re-queued for the cap counts toward the failure cap.
-
-    False when another worker failed or finished it first (the storage refuses a second transition)."""
-    storage = _storage(study)
-    trial_id = _trial_id(study, trial)
-    frozen = storage.get_trial(trial_id)
-    done, cap = frozen.user_attrs.get(T_REQUEUES, 0), max_requeues(study)
-    again = bool(requeue and frozen.params and done < cap)
-    if requeue and frozen.params and not again:
-        reason += (f"; not re-queued: its settings were interrupted {done + 1} times and study.max_requeues is "
-                   f"{cap} (a setting that kills its worker, e.g. out of memory, fails for good)")
-    try:
-        storage.set_trial_user_attr(trial_id, T_FAIL_REASON, reason)
-        storage.set_trial_user_attr(trial_id, T_INTERRUPTED, again or not frozen.params)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    except TrialTakenOver:
-        return False
-    if again:
-        study.enqueue_trial(frozen.params, user_attrs={T_REQUEUED_FROM: frozen.number, T_REQUEUES: done + 1},
-                            skip_if_exists=False)
-    run_id = frozen.user_attrs.get(T_RUN)
-    if on_failed is not None and run_id:
-        try:
-            on_failed(run_id, reason)
-        except Exception as e:  # noqa: BLE001 - the trial is failed and re-queued; its MLflow run stays as it was
-            warning_once(lambda e: f"trial {frozen.number} was failed and re-queued, but its MLflow run {run_id} "
-                         "could not be closed")(e)
-    return True
-
-
-def _stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """RUNNING trials without a heartbeat for the grace period. Private method: Optuna's public
-    optuna.storages.fail_stale_trials fails them itself and runs only its own retry callback, while kdtrain must
-    also record why, re-queue them once and close their MLflow runs, under its own ask lock."""
-    storage = _storage(study)
-    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(_study_id(study))]
-
-
-def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
-    """Fail the RUNNING trials whose worker is gone. Call under study_lock(..., "ask").
-
-    RDB storages (PostgreSQL: workers on many machines): a trial without a heartbeat for the grace period.
-    Journal file (workers on this machine): a trial whose worker process on this host no longer exists."""
-    recovered = []
-    b = _rdb(_storage(study))
-    if b is not None:
-        stale = _stale(study)
-        # a worker that died between ask and its first heartbeat left a trial with no heartbeat and no pid
-        old = datetime.datetime.now() - datetime.timedelta(seconds=b.grace_period)
-        seen = {t.number for t in stale}
-        stale += [t for t in trials(study, "RUNNING")
-                  if T_PID not in t.user_attrs and t.datetime_start and t.datetime_start < old
-                  and t.number not in seen]
-        for t in stale:
-            who = (f"pid {t.user_attrs[T_PID]} on {t.user_attrs.get(T_HOST)}"
-                   if T_PID in t.user_attrs else "which died before its first heartbeat")
-            if fail_trial(study, t, f"interrupted: no heartbeat from its worker ({who}) for more than "
-                          f"{b.grace_period} s; the worker died or lost the database", on_failed):
-                recovered.append(t.number)
-        return recovered
-    host = socket.gethostname()
-    for t in trials(study, "RUNNING"):
-        pid, t_host = t.user_attrs.get(T_PID), t.user_attrs.get(T_HOST)
-        if t_host not in (None, host) or (pid is not None and pid != os.getpid() and pid_alive(pid)):
-            continue
-        if fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial "
-                      "finished", on_failed):
-            recovered.append(t.number)
-    return recovered
-
-
-def recover(study: optuna.Study, on_failed: OnFailed | None = None) -> list[int]:
-    """Fail and re-queue the trials whose worker is gone (kill -9, power loss, a lost machine)."""
-    with study_lock(study, study.study_name, "ask"):  # no trial is between ask and its pid meanwhile
-        return _recover(study, on_failed)
-
-
-def _recoverable(study: optuna.Study) -> bool:
-    """Will the RUNNING trials of this study finish or be recovered by a worker here? (heartbeats, or all on
-    this host where a dead pid is seen)."""
-    if heartbeat_interval(_storage(study)):
-        return True
-    host = socket.gethostname()
-    return all(t.user_attrs.get(T_HOST) in (None, host) for t in trials(study, "RUNNING"))

@@ -1,6 +1,6 @@
 """The MLflow side: the only module that imports mlflow.
 
-Naming contract (see DESIGN.md): experiment = study name, one parent run per
+Naming contract (the README's "What MLflow holds"): experiment = study name, one parent run per
 study (tag kdtrain.role=sweep), a child run per trial (``trial-<n>``), per
 teacher (``teacher-<name>``) and per no-teacher baseline
 (``baseline-<arch>-w<width>``); params under their dotted names; per-epoch

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import yaml
 
-from kdtrain import config, console, data, models, pareto, search, space, teachers, tracking
+from kdtrain import config, console, data, models, pareto, recovery, search, space, teachers, tracking
 from kdtrain.config import METRICS, Config, KdtrainError, first_line, home, redact
 from kdtrain.profile import model_identity, profile, profile_onnx
 from kdtrain.run import distill_student
@@ -507,7 +507,7 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
     """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes."""
     waiting_said = False
     while True:
-        nxt = search.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker))
+        nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker))
         for n in nxt.recovered or []:
             ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
         if nxt.trial is None and not nxt.waiting:
@@ -519,7 +519,7 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
             time.sleep(poll_s)
             continue
         waiting_said = False
-        with search.heartbeat(ctx.study, nxt.trial):
+        with recovery.heartbeat(ctx.study, nxt.trial):
             _run_and_tell(ctx, nxt.trial)
 
 
@@ -537,7 +537,7 @@ def _run_and_tell(ctx: Context, trial) -> None:
     except search.TrialTakenOver:
         values, state = None, None
     except (KeyboardInterrupt, SystemExit):
-        search.fail_trial(study, trial, "interrupted: stopped by the user (Ctrl-C)", killed(tracker))
+        recovery.fail_trial(study, trial, "interrupted: stopped by the user (Ctrl-C)", killed(tracker))
         raise
     except Exception as e:
         reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
@@ -585,7 +585,7 @@ def close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: d
             "the study holds the trial's result")
 
 
-def killed(tracker: Tracker) -> search.OnFailed:
+def killed(tracker: Tracker) -> recovery.OnFailed:
     """What recovery does to the MLflow run of a trial it fails for a dead or interrupted worker."""
     return lambda run_id, reason: close(tracker, run_id, "FAIL", "KILLED", {"fail_reason": reason})
 

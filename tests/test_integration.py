@@ -377,7 +377,7 @@ def test_a_sweep_logs_through_mlflow_authentication_and_a_wrong_password_is_one_
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
     assert wrong.stderr.strip() == (f"kdtrain: error: the MLflow tracking server {url} refused the credentials "
                                     "(HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user "
-                                    "it knows")
+                                    "it knows (or MLFLOW_TRACKING_TOKEN)")
     assert "not-the-password" not in wrong.stdout + wrong.stderr
     assert not (tmp_path / "home" / "optuna.journal").exists()  # nothing started
     anonymous = run_cli("sweep", p, "--tracking-uri", url, "--no-report", env=base)

@@ -1,10 +1,9 @@
 """Defects found by a review of the whole package (issue 22), each with a test that failed on the code before its
 fix (the note of the change says what each saw)."""
 
-import numpy as np
 import pytest
 
-from kdtrain import config, data, sources
+from kdtrain import config, data, recovery, sources
 from kdtrain.cli import main
 from kdtrain.config import DataConfig, data_root
 from kdtrain.tracking import Tracker, literal
@@ -91,7 +90,7 @@ def test_an_interrupted_setting_is_requeued_at_most_max_requeues_times():
     for _ in range(3):  # the setting kills its worker every time
         trial = study.ask()
         assert trial.suggest_float("x", 0, 1) == 0.25
-        assert search.fail_trial(study, trial, "interrupted: its worker died")
+        assert recovery.fail_trial(study, trial, "interrupted: its worker died")
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL"] * 3  # the third interruption queued nothing
     assert [t.user_attrs.get(search.T_REQUEUES, 0) for t in study.trials] == [0, 1, 2]
@@ -195,7 +194,7 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goe
         values = real(ctx, trial)
         if not taken:
             taken.append(trial.number)
-            assert search.fail_trial(ctx.study, trial, "interrupted: no heartbeat (test)")
+            assert recovery.fail_trial(ctx.study, trial, "interrupted: no heartbeat (test)")
         return values
 
     monkeypatch.setattr(worker, "run_trial", then_taken_over)
@@ -268,7 +267,7 @@ def test_a_heartbeat_that_fails_is_one_warning_line_not_silence(tmp_path, monkey
         raise ConnectionError("could not connect to server: Connection refused")
 
     monkeypatch.setattr(storage, "record_heartbeat", unreachable)
-    with search.heartbeat(study, trial):
+    with recovery.heartbeat(study, trial):
         time.sleep(2.6)  # two beats, both failing
     err = capsys.readouterr().err
     assert err.count("warning:") == 1, err
@@ -299,7 +298,7 @@ def test_a_recovered_trial_whose_mlflow_run_cannot_be_closed_says_so(capsys):
     def tracking_down(run_id, reason):
         raise ConnectionError("tracking server unreachable")
 
-    assert search.fail_trial(study, trial, "interrupted: its worker died", tracking_down)
+    assert recovery.fail_trial(study, trial, "interrupted: its worker died", tracking_down)
     err = capsys.readouterr().err
     assert "its MLflow run abc123 could not be closed (ConnectionError: tracking server unreachable)" in err
 
@@ -331,7 +330,6 @@ def one_cpu_cgroup():
     """A real cgroup limited to one CPU of quota (v1 cpu controller or v2 cpu.max), removed afterwards; skipped
     where this process may not create one."""
     import os
-    from pathlib import Path
 
     from kdtrain.shared import CGROUP_ROOT
 

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 
-from kdtrain import config, models, search, space, worker
+from kdtrain import config, models, recovery, search, space, worker
 from kdtrain.config import KdtrainError
 from kdtrain.tracking import Tracker
 
@@ -466,15 +466,15 @@ def test_heartbeat_recovery_on_an_rdb_storage(tmp_path, capsys):
     trial.set_user_attr("kdtrain.host", "elsewhere")
     storage.record_heartbeat(trial._trial_id)
     mute = study.ask()  # a worker killed between ask and its first heartbeat: no heartbeat, no pid
-    assert search.recover(study, None) == []  # still within the grace period
+    assert recovery.recover(study, None) == []  # still within the grace period
     capsys.readouterr()
     assert main(["status", "--storage", url]) == 0  # who runs what, for the operator of many machines
     out = capsys.readouterr().out
     assert "2 running" in out and f"trial {trial.number} running for 0m0" in out and "on elsewhere (pid 999999)" in out
     time.sleep(3.2)
-    assert search.recover(study, None) == [trial.number, mute.number]
+    assert recovery.recover(study, None) == [trial.number, mute.number]
     assert "died before its first heartbeat" in study.trials[mute.number].user_attrs["fail_reason"]
-    assert search.recover(study, None) == []  # once only
+    assert recovery.recover(study, None) == []  # once only
     t = study.trials[trial.number]
     assert t.state.name == "FAIL" and "no heartbeat" in t.user_attrs["fail_reason"]
     assert "pid 999999 on elsewhere" in t.user_attrs["fail_reason"] and "more than 2 s" in t.user_attrs["fail_reason"]
