@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import threading
+from socketserver import ThreadingMixIn
 from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from kdtrain import data, export, search, worker
 from kdtrain.config import KdtrainError
@@ -49,6 +52,18 @@ def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: 
     return rows
 
 
+class _DashboardServer(ThreadingMixIn, WSGIServer):
+    """optuna-dashboard's WSGI app, a thread per request (daemon threads: a request in flight, even a half-sent one,
+    never keeps the process alive once the server stops)."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # no line per request on the terminal
+        pass
+
+
 def dashboard(storage_url: str | None, study: str | None, port: int, log: Callable[[str], None] = print) -> int:
     """optuna-dashboard on the study's storage (a journal file or an RDB), on 127.0.0.1 until Ctrl-C or SIGTERM."""
     try:
@@ -62,18 +77,21 @@ def dashboard(storage_url: str | None, study: str | None, port: int, log: Callab
         search.load(study, storage_url, storage)  # one clear error for an unknown study
         url += f"/studies/{storage.get_study_id_from_name(study)}"
     log(f"optuna-dashboard at {url}  (Ctrl-C to stop)")
-
-    def stop(signum, frame):  # a service manager's SIGTERM ends it as Ctrl-C does: cleanly, exit code 0
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        optuna_dashboard.run_server(storage, host="127.0.0.1", port=port)
-    except KeyboardInterrupt:
-        pass
+        server = make_server("127.0.0.1", port, optuna_dashboard.wsgi(storage), server_class=_DashboardServer,
+                             handler_class=_QuietHandler)
     except OSError as e:
         raise KdtrainError(f"cannot serve on 127.0.0.1:{port} ({e.strerror or e}); choose another --port") from None
+
+    def stop(signum, frame):  # SIGTERM or Ctrl-C: the server's own shutdown, from a thread (serve_forever waits)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.serve_forever(poll_interval=0.2)  # requests run in their own threads: none can hold up a stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.server_close()
     log("optuna-dashboard stopped")
     return 0
