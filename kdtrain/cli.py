@@ -8,6 +8,7 @@ kdtrain.tracking the MLflow side, kdtrain.console the tables and progress bars.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -309,10 +310,31 @@ def cmd_ui(args) -> int:
           f"each study opens in the runs view: {url}/#/experiments/<id>/runs?workflowType=machine_learning")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port)]
+    # its own process group (mlflow ui starts a server of its own): one SIGTERM or Ctrl-C to kdtrain ui ends all
+    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True)
+    stopped = []
+
+    def stop(signum, frame):
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-    except KeyboardInterrupt:
-        return 0
+        rc = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:  # kdtrain ui itself failed: leave nothing behind
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # workers of the group that outlived their parent
+            os.killpg(proc.pid, signal.SIGKILL)
+    return 0 if stopped else rc
 
 
 def cmd_profile(args) -> int:
