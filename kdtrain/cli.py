@@ -423,6 +423,8 @@ def cmd_confirm(args) -> int:
     print(table(rows, list(rows[0])))
     if not args.no_report:
         folder = report.build([args.study], args.out, ctx.tracker.uri, args.storage)[0]
+        head = (folder / "summary.md").read_text().split("\n## ", 1)[0]  # the report's headline, as it now reads
+        print("\n" + "\n".join(line[2:] for line in head.splitlines() if line.startswith("- ")))
         print(f"\nreport: {folder / 'index.html'} (with the confirmed trials)")
     return 0
 
@@ -436,9 +438,10 @@ def cmd_register(args) -> int:
     uri = search.tracking_uri(study, args.tracking_uri)
     check_reachable(uri)
     tracker = Tracker(uri)
-    rows = ship.register(tracker, args.study, _chosen(study, args), args.name, args.alias)
-    print(table(rows, ["trial", "val_acc", "version", "model", "alias"]))
+    rows, ranked_by = ship.register(tracker, args.study, _chosen(study, args), args.name, args.alias)
+    print(table(rows, ["trial", "val_acc", "confirmed_val_acc", "version", "model", "alias"]))
     if args.alias:
+        print(f"\nalias {args.alias}: {ranked_by}")
         print(f"\nmodels:/{args.name}@{args.alias} loads with mlflow.pyfunc.load_model (torch alone, no kdtrain)")
     return 0
 

@@ -70,6 +70,11 @@ class StudyData:
     """study.constraints: the front holds the trials that meet them (kdtrain.pareto.feasible), as Optuna's does."""
 
     @property
+    def confirmed(self) -> pd.DataFrame:
+        """kdtrain confirm's numbers per trial (see confirmed_stats); empty before any confirm."""
+        return confirmed_stats(self.confirms)
+
+    @property
     def feasible(self) -> pd.Series:
         """Which students meet the study's constraints."""
         return self.students.apply(lambda r: feasible(self.constraints, r.to_dict()), axis=1).astype(bool) \
@@ -117,6 +122,35 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
 # --------------------------------------------------------------------------- headline and tables
 
 
+def confirmed_stats(confirms: pd.DataFrame) -> pd.DataFrame:
+    """kdtrain confirm's runs -> one row per confirmed trial (index: trial number): seeds, the mean and sample std
+    of val and test accuracy (fractions) and of the paired test gain over the same seeds' baselines (points)."""
+    if confirms.empty or "tag:optuna.trial" not in confirms:
+        return pd.DataFrame(columns=["seeds", "val", "val_std", "test", "test_std", "gain", "gain_std"])
+    c = confirms.assign(trial=pd.to_numeric(confirms["tag:optuna.trial"]).astype(int),
+                        gain=100 * confirms["kd_gain_test"])
+    g = c.groupby("trial")
+    return pd.DataFrame({"seeds": g.size(), "val": g["val_accuracy"].mean(), "val_std": g["val_accuracy"].std(),
+                         "test": g["test_accuracy"].mean(), "test_std": g["test_accuracy"].std(),
+                         "gain": g["gain"].mean(), "gain_std": g["gain"].std()}).fillna(0.0)
+
+
+def decided_on(d: StudyData) -> pd.DataFrame:
+    """The students as a decision should see them: a confirmed trial's val and test accuracy are its means over
+    the new seeds (confirmed_seeds > 0), the others' their single training."""
+    s = d.students.copy()
+    s["confirmed_seeds"] = 0
+    c = d.confirmed
+    if s.empty or c.empty:
+        return s
+    hit = s["trial"].astype(int).isin(c.index)
+    rows = c.loc[s.loc[hit, "trial"].astype(int)]
+    s.loc[hit, "val_accuracy"] = rows["val"].to_numpy()
+    s.loc[hit, "test_accuracy"] = rows["test"].to_numpy()
+    s.loc[hit, "confirmed_seeds"] = rows["seeds"].to_numpy()
+    return s
+
+
 def headline(d: StudyData) -> dict:
     """The classic answer: smallest student keeping 95% of the best teacher, and the most accurate
     student smaller than that teacher (accuracy on the validation split, test shown beside)."""
@@ -126,11 +160,12 @@ def headline(d: StudyData) -> dict:
     # a teacher known by its logits (a logits or ONNX file) has no params or latency: NaN, said so in the text
     out = {"teacher": str(t["tag:mlflow.runName"]).removeprefix("teacher-"), "teacher_val_accuracy": t["val_accuracy"],
            **{f"teacher_{k}": t.get(k, np.nan) for k in ("params", "latency_ms_p50", "throughput")}}
-    keep = d.students[d.students["val_accuracy"] >= KEEP * t["val_accuracy"]]
+    students = decided_on(d)  # confirmed trials by their confirmed means
+    keep = students[students["val_accuracy"] >= KEEP * t["val_accuracy"]]
     if not keep.empty:
         s = keep.sort_values(["params", "val_accuracy"], ascending=[True, False]).iloc[0]
         out["smallest"] = _student_summary(s, t)
-    smaller = d.students[d.students["params"] < out["teacher_params"]]
+    smaller = students[students["params"] < out["teacher_params"]]
     if not smaller.empty:
         out["best_smaller"] = _student_summary(smaller.loc[smaller["val_accuracy"].idxmax()], t)
     return out
@@ -138,6 +173,7 @@ def headline(d: StudyData) -> dict:
 
 def _student_summary(s, t) -> dict:
     return {"trial": int(s["trial"]), "run_id": s["run_id"], "val_accuracy": s["val_accuracy"],
+            "confirmed_seeds": int(s.get("confirmed_seeds", 0)),
             "test_accuracy": s["test_accuracy"], "params": s["params"],
             "pct_of_teacher": 100 * s["val_accuracy"] / t["val_accuracy"] if t["val_accuracy"] > 0 else np.nan,
             "x_smaller": t.get("params", np.nan) / s["params"],
@@ -183,29 +219,56 @@ def gain_per_width(d: StudyData) -> pd.DataFrame:
         best[c] = 100 * best[c]  # points
     best["beyond_noise"] = (best["kd_gain_test"] > 0) & \
         (best["kd_gain_test"] > NOISE * 100 * best["baseline_test_accuracy_std"])
-    return best[GAIN_COLUMNS].reset_index(drop=True)
+    best["confirmed_seeds"], best["gain_std"] = 0, np.nan
+    c = d.confirmed
+    hit = best["trial"].astype(int).isin(c.index)
+    if hit.any():  # a confirmed trial: its paired gain over the new seeds, judged against its own spread
+        rows = c.loc[best.loc[hit, "trial"].astype(int)]
+        best.loc[hit, "kd_gain_test"] = rows["gain"].to_numpy()
+        best.loc[hit, "gain_std"] = rows["gain_std"].to_numpy()
+        best.loc[hit, "confirmed_seeds"] = rows["seeds"].to_numpy()
+        best.loc[hit, "test_accuracy"] = rows["test"].to_numpy()
+        best.loc[hit, "beyond_noise"] = (rows["gain"] > 0).to_numpy() & \
+            (rows["gain"] > NOISE * rows["gain_std"]).to_numpy()
+    return best[GAIN_COLUMNS + ["confirmed_seeds", "gain_std"]].reset_index(drop=True)
 
 
 def gain_verdict(d: StudyData) -> str:
-    """In words: did distillation beat training alone beyond seed noise, where, by how much on test?"""
+    """In words: did distillation beat training alone beyond seed noise, where, by how much on test? A trial that
+    kdtrain confirm retrained is judged by its paired gain over the new seeds, and not asked to be confirmed again."""
     g = gain_per_width(d)
     if g.empty:
         return ""
     seeds = int(d.baselines["seeds"].astype(str).str.split(",").str.len().max()) if "seeds" in d.baselines else 1
+
+    def how(row) -> str:
+        if row["confirmed_seeds"]:
+            return (f"{row['kd_gain_test']:+.1f} ± {row['gain_std']:.1f} points on test, paired with the baseline "
+                    f"of each seed, confirmed over {int(row['confirmed_seeds'])} new seeds")
+        return (f"{row['kd_gain_test']:+.1f} points on test over the baseline's mean over {seeds} seeds (its spread: "
+                f"{100 * row['baseline_test_accuracy_std']:.1f} points)")
+
     won = g[g["beyond_noise"]]
     if won.empty:
         top = g.loc[g["kd_gain_test"].idxmax()]
-        return (f"Distillation did not beat training alone beyond seed noise at any width: the largest test gain "
-                f"of a best trial is {top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), "
-                f"within {NOISE:g} x the baseline's spread over {seeds} seeds "
-                f"({100 * top['baseline_test_accuracy_std']:.1f} points).")
+        others = g[(g["confirmed_seeds"] > 0) & (g["trial"] != top["trial"])]
+        tail = (" Also confirmed: " + ", ".join(f"trial {int(r.trial)} {r.kd_gain_test:+.1f} ± {r.gain_std:.1f}"
+                                                for r in others.itertuples()) + " points." if not others.empty else "")
+        lead = ("Distillation did not beat training alone beyond seed noise at any width: the largest test gain of "
+                "a best trial is ")
+        if top["confirmed_seeds"]:
+            return (f"{lead}{how(top)} (width {int(top['student.width'])}, trial {int(top['trial'])}), within "
+                    f"{NOISE:g} x its own spread over the new seeds.{tail}")
+        spread = 100 * top["baseline_test_accuracy_std"]
+        return (f"{lead}{top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), within {NOISE:g} x "
+                f"the baseline's spread over {seeds} seeds ({spread:.1f} points).{tail}")
     top = won.loc[won["kd_gain_test"].idxmax()]
     widths = ", ".join(str(int(w)) for w in won["student.width"])
+    ask = "" if top["confirmed_seeds"] else (
+        f" A best-of-many trial flatters itself: retrain it with new seeds before shipping (kdtrain confirm "
+        f"{d.name} --trial {int(top['trial'])}).")
     return (f"Distillation beat training alone beyond seed noise at width{'s' if len(won) > 1 else ''} {widths}: "
-            f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {top['kd_gain_test']:+.1f} "
-            f"points on test over the baseline's mean over {seeds} seeds (its spread: "
-            f"{100 * top['baseline_test_accuracy_std']:.1f} points). A best-of-many trial flatters itself: "
-            f"retrain it with new seeds before shipping (kdtrain confirm {d.name} --trial {int(top['trial'])}).")
+            f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {how(top)}.{ask}")
 
 
 def confirm_table(d: StudyData) -> pd.DataFrame:
@@ -427,15 +490,17 @@ def _headline_text(d: StudyData) -> list[str]:
                  f"{s['x_throughput']:.1f}x the throughput at batch "
                  f"{int(d.students.get('profile.throughput_batch', pd.Series(['256'])).iloc[0])}"
                  f" ({d.students.get('profile.backend', pd.Series(['eager'])).iloc[0]})") if known else ""
+        how = f", confirmed over {s['confirmed_seeds']} new seeds" if s["confirmed_seeds"] else ""
         lines.append(f"The smallest student keeping {KEEP:.0%} of its accuracy is trial {s['trial']}: "
-                     f"{s['val_accuracy']:.4f} val / {s['test_accuracy']:.4f} test accuracy "
+                     f"{s['val_accuracy']:.4f} val / {s['test_accuracy']:.4f} test accuracy{how} "
                      f"({s['pct_of_teacher']:.1f}% of the teacher){costs}.")
     else:
         lines.append(f"No student reaches {KEEP:.0%} of the teacher's accuracy yet.")
     b = h.get("best_smaller")
     if b:
+        how = f" (confirmed over {b['confirmed_seeds']} new seeds)" if b["confirmed_seeds"] else ""
         lines.append(f"The most accurate student smaller than the teacher is trial {b['trial']}: "
-                     f"{b['val_accuracy']:.4f} val accuracy, {b['x_smaller']:.1f}x smaller.")
+                     f"{b['val_accuracy']:.4f} val accuracy{how}, {b['x_smaller']:.1f}x smaller.")
     verdict = gain_verdict(d)
     return lines + ([verdict] if verdict else [])
 

@@ -18,8 +18,10 @@ from kdtrain.tracking import MODEL_TAG, Tracker
 
 def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: str | None) -> list[dict]:
     """Register each chosen trial's logged model as a version of `name` (created if need be), its description the
-    deployment card, tags naming the study and trial; the alias goes to the most accurate (validation) of them.
-    Every trial is checked before anything is registered. Rows for a table: trial, val_acc, version, alias."""
+    deployment card (with kdtrain confirm's numbers where it ran), tags naming the study and trial; the alias goes
+    to the confirmed trial with the highest mean val accuracy over its new seeds, else (none confirmed) to the
+    highest single-training val accuracy. Every trial is checked before anything is registered. (rows for a table:
+    trial, val_acc, confirmed_val_acc, version, alias; what the alias was ranked by, in words)"""
     picks = []
     for t in chosen:
         run_id = t.user_attrs.get(search.T_RUN)
@@ -29,6 +31,7 @@ def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: 
             "kdtrain logged models: rerun the trial, or use kdtrain export)"
             raise KdtrainError(f"trial {t.number} of {study_name!r} cannot be registered: {why}")
         picks.append((t, run_id, model_id))
+    confirmed = confirmed_trials(tracker, study_name)
     datasets: dict[str, data.Dataset] = {}
     rows = []
     for t, run_id, model_id in picks:
@@ -40,16 +43,46 @@ def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: 
         tags = {"optuna.study": study_name, "optuna.trial": t.number, "kdtrain.role": "student",
                 "val_accuracy": f"{metrics.get('val_accuracy', float('nan')):.4f}",
                 "params": f"{metrics.get('params', float('nan')):.0f}"}
-        version = tracker.register(name, model_id, run_id, export.card_text(card, metrics), tags)
-        rows.append({"trial": t.number, "val_acc": metrics.get("val_accuracy", float("nan")), "version": version,
+        c = confirmed.get(t.number)
+        text = export.card_text(card, metrics)
+        if c:  # what a reader of the registry should trust: the means over the new seeds
+            tags["confirmed_val_accuracy"] = f"{c['val']:.4f}"
+            text += (f"\n- confirmed over {c['seeds']} new seeds (kdtrain confirm): {c['val']:.4f} ± {c['val_std']:.4f} "
+                     f"validation, {c['test']:.4f} ± {c['test_std']:.4f} test; paired test gain over the no-teacher "
+                     f"baseline of each seed {c['gain']:+.2f} ± {c['gain_std']:.2f} points")
+        version = tracker.register(name, model_id, run_id, text, tags)
+        rows.append({"trial": t.number, "val_acc": metrics.get("val_accuracy", float("nan")),
+                     "confirmed_val_acc": c["val"] if c else None, "version": version,
                      "model": f"models:/{name}/{version}", "alias": ""})
+    ranked_by = ""
     if alias and rows:
-        best = max(rows, key=lambda r: r["val_acc"])
+        sure = [r for r in rows if r["confirmed_val_acc"] is not None]
+        if sure:  # confirmed trials by their mean over new seeds; a single training does not outrank them
+            best = max(sure, key=lambda r: r["confirmed_val_acc"])
+            left = [str(r["trial"]) for r in rows if r["confirmed_val_acc"] is None]
+            ranked_by = (f"version {best['version']} (trial {best['trial']}), the highest mean val accuracy over "
+                         f"kdtrain confirm's new seeds ({best['confirmed_val_acc']:.4f})"
+                         + (f"; unconfirmed trial(s) {', '.join(left)} not ranked" if left else ""))
+        else:
+            best = max(rows, key=lambda r: r["val_acc"])
+            ranked_by = (f"version {best['version']} (trial {best['trial']}), the highest single-training val "
+                         f"accuracy ({best['val_acc']:.4f}); none is confirmed: kdtrain confirm {study_name} "
+                         "--pareto --seeds 3 ranks them by new seeds")
         tracker.set_alias(name, alias, best["version"])
         best["alias"] = alias
     for r in rows:
         r["val_acc"] = f"{r['val_acc']:.4f}"
-    return rows
+        r["confirmed_val_acc"] = "-" if r["confirmed_val_acc"] is None else f"{r['confirmed_val_acc']:.4f}"
+    return rows, ranked_by
+
+
+def confirmed_trials(tracker: Tracker, study_name: str) -> dict[int, dict]:
+    """kdtrain confirm's numbers per trial of the study, from its MLflow runs (report.confirmed_stats)."""
+    from kdtrain.report import confirmed_stats
+
+    runs, _ = tracker.runs_frame(study_name)
+    stats = confirmed_stats(runs[runs["tag:kdtrain.role"] == "confirm"] if not runs.empty else runs)
+    return {int(trial): {**row, "seeds": int(row["seeds"])} for trial, row in stats.iterrows()}
 
 
 class _DashboardServer(ThreadingMixIn, WSGIServer):

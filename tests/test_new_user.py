@@ -9,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from conftest import TINY_SWEEP  # noqa: F401  (the tiny_sweep fixture lives in conftest)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -66,3 +68,38 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
             os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_numbers(tiny_sweep, tmp_path, capsys):
+    """After `kdtrain confirm` the report still gave the single-seed verdict, asked for the confirm just done, and
+    `register --alias` ranked by single-seed val accuracy."""
+    from mlflow import MlflowClient
+
+    from kdtrain.cli import main
+
+    # trial 0 (the enqueued base) distils nothing (kd.alpha 0): confirmed, it ties its baselines exactly
+    text = tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 3, seed: 1}")
+    tiny_sweep.write_text(text.replace("alpha: 0.7", "alpha: 0.0")
+                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["confirm", "tiny", "--trial", "0", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
+    page = (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    for where in (out, summary, page):
+        assert "--trial 0)" not in where  # no request for the confirm that was done
+    head = summary.split("\n## ", 1)[0]
+    assert ("the largest test gain of a best trial is +0.0 ± 0.0 points on test, paired with the baseline of each "
+            "seed, confirmed over 2 new seeds (width 8, trial 0), within 2 x its own spread over the new seeds") in head
+    verdict = next(line for line in head.splitlines() if "Distillation" in line)
+    assert verdict[2:] in out  # the terminal prints the headline the report now has
+
+    capsys.readouterr()
+    assert main(["register", "tiny", "--trial", "0", "1", "2", "--name", "tiny-student", "--alias", "champion"]) == 0
+    out = capsys.readouterr().out
+    assert "alias champion: version 1 (trial 0), the highest mean val accuracy over kdtrain confirm's new seeds" in out
+    assert "unconfirmed trial(s) 1, 2 not ranked" in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/home/mlflow.db")
+    champion = client.get_model_version_by_alias("tiny-student", "champion")
+    assert champion.tags["optuna.trial"] == "0" and "confirmed over 2 new seeds" in champion.description
