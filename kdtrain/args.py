@@ -19,6 +19,19 @@ class _Parser(argparse.ArgumentParser):
             self.epilog = "allowed values:\n" + "\n".join(f"  {k}: {', '.join(v)}" for k, v in allowed_values().items())
         return super().format_help()
 
+    def parse_known_args(self, args=None, namespace=None):
+        """The study of a command is named as STUDY or as --study STUDY, alike for every command that takes one."""
+        ns, rest = super().parse_known_args(args, namespace)
+        if getattr(self, "top", False) and hasattr(ns, "study_opt"):
+            pos, opt = ns.study, ns.study_opt
+            if pos and opt and pos != opt:
+                self.error(f"{ns.command}: the study is named twice, {pos!r} and --study {opt!r}; name it once")
+            ns.study = pos or opt
+            if ns.study is None and ns.study_required:
+                self.error(f"{ns.command}: name the study: kdtrain {ns.command} STUDY (or --study STUDY)")
+            del ns.study_opt, ns.study_required
+        return ns, rest
+
     def error(self, message: str):
         """A bad flag ends like every other bad input: one `kdtrain: error:` line (exit code 2), after the usage."""
         self.print_usage(sys.stderr)
@@ -63,6 +76,18 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _command(sub, name: str, help_: str):
+    """A subcommand whose --help opens with what it does."""
+    return sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+
+
+def _study_arg(sp, required: bool = True, what: str = "the study's name") -> None:
+    """STUDY as an argument, --study STUDY as its alias (every command takes both)."""
+    sp.add_argument("study", nargs="?", type=_study, metavar="STUDY", help=f"{what} (or --study STUDY)")
+    sp.add_argument("--study", dest="study_opt", type=_study, metavar="STUDY", help="the same as the STUDY argument")
+    sp.set_defaults(study_required=required)
+
+
 def _choose(sp) -> None:
     """Which trials a command acts on: --trial N ... or --pareto (one of them)."""
     which = sp.add_mutually_exclusive_group(required=True)
@@ -103,8 +128,8 @@ def _add_sweep(sub) -> None:
 
 
 def _add_worker(sub) -> None:
-    wp = sub.add_parser("worker", help="join an existing study (the sweep config is read from the study)")
-    wp.add_argument("--study", type=_text, required=True)
+    wp = _command(sub, "worker", "join an existing study and run its trials (the sweep config is read from the study)")
+    _study_arg(wp)
     _stores(wp)
     wp.add_argument("--threads", type=int, help="CPU threads for training (default: train.threads, else the CPUs "
                     "this process may use: its affinity mask and cgroup CPU quota)")
@@ -114,56 +139,65 @@ def _add_worker(sub) -> None:
     wp.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
 
 
+STORAGE_HELP = ("Optuna storage: a journal file or an RDB URL such as postgresql://... (default $KDTRAIN_STORAGE, "
+                "else mlruns/optuna.journal)")
+
+
 def _add_study_commands(sub) -> None:
-    rp = sub.add_parser("report", help="Pareto plots and comparison reports (HTML, Markdown, CSV) of studies")
+    rp = _command(sub, "report", "Pareto plots and comparison reports (HTML, Markdown, CSV) of studies")
     rp.add_argument("studies", nargs="*", type=_text, metavar="STUDY", help="study names (default: every study)")
+    rp.add_argument("--study", dest="studies_opt", action="append", type=_text, metavar="STUDY",
+                    help="a study name, the same as a STUDY argument (repeatable)")
     rp.add_argument("--out", default="reports", help="output folder (default: reports/)")
     rp.add_argument("--name", help="folder name of a comparison report (default: compare-A-vs-B)")
     _stores(rp)
     rp.add_argument("--no-mlflow", action="store_true", help="do not log the report to the parent runs")
 
-    st = sub.add_parser("status", help="each study's trial counts, running trials and current Pareto front")
-    st.add_argument("--study", type=_text)
-    st.add_argument("--storage", type=_text)
+    st = _command(sub, "status", "each study's trial counts, running trials and current Pareto front")
+    _study_arg(st, required=False, what="one study (default: every study of the storage)")
+    st.add_argument("--storage", type=_text, help=STORAGE_HELP)
 
-    ep = sub.add_parser("export", help="export trials of a study to ONNX and TorchScript with a JSON card")
-    ep.add_argument("--study", type=_text, required=True)
+    ep = _command(sub, "export", "export trials of a study to ONNX and TorchScript with a JSON card")
+    _study_arg(ep)
     _choose(ep)
     ep.add_argument("--out", default="exports", help="output folder (default: exports/)")
     _stores(ep)
 
-    cp = sub.add_parser("confirm", help="retrain chosen trials with new seeds, paired with the no-teacher baseline "
-                        "of each seed: the check before shipping a student")
-    cp.add_argument("study", type=_text, metavar="STUDY")
+    cp = _command(sub, "confirm", "retrain chosen trials with new seeds, paired with the no-teacher baseline "
+                  "of each seed: the check before shipping a student")
+    _study_arg(cp)
     _choose(cp)
     cp.add_argument("--seeds", type=_positive, default=3, metavar="N", help="new seeds per trial (default 3)")
     cp.add_argument("--out", default="reports", help="where the updated report goes (default: reports/)")
     cp.add_argument("--no-report", action="store_true", help="do not rewrite the study's report")
     _stores(cp)
 
-    gp = sub.add_parser("register", help="register chosen students in the MLflow Model Registry, each version's "
-                        "description its deployment card")
-    gp.add_argument("study", type=_text, metavar="STUDY")
+    gp = _command(sub, "register", "register chosen students in the MLflow Model Registry, each version's "
+                  "description its deployment card")
+    _study_arg(gp)
     _choose(gp)
     gp.add_argument("--name", type=_text, required=True, help="the registered model's name, e.g. mnist1d-student")
-    gp.add_argument("--alias", type=_text, help="an alias (e.g. champion) for the most accurate (mean val accuracy over kdtrain confirm's new seeds where it ran, else validation) of the "
-                    "chosen versions: models:/NAME@ALIAS")
+    gp.add_argument("--alias", type=_text, help="an alias (e.g. champion) for the most accurate of the chosen "
+                    "versions (by the mean val accuracy over kdtrain confirm's new seeds where it ran, else by val "
+                    "accuracy): models:/NAME@ALIAS")
     _stores(gp)
 
-    dp = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage, on 127.0.0.1 "
-                        "(pip install 'kdtrain[dashboard]')")
-    dp.add_argument("--study", type=_text, help="open at this study (default: the list of studies)")
-    dp.add_argument("--storage", type=_text)
-    dp.add_argument("--port", type=int, default=8080)
+    dp = _command(sub, "dashboard", "optuna-dashboard on the study's storage, on 127.0.0.1 "
+                  "(pip install 'kdtrain[dashboard]')")
+    _study_arg(dp, required=False, what="open at this study (default: the list of studies)")
+    dp.add_argument("--storage", type=_text, help=STORAGE_HELP)
+    dp.add_argument("--port", type=int, default=8080, help="the port on 127.0.0.1 (default 8080)")
 
-    up = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the local store")
-    up.add_argument("--port", type=int, default=5000)
-    up.add_argument("--tracking-uri", type=_text)
+    up = _command(sub, "ui", "start the MLflow UI on 127.0.0.1 against the local store (or --tracking-uri)")
+    up.add_argument("--port", type=int, default=5000, help="the port on 127.0.0.1 (default 5000)")
+    up.add_argument("--tracking-uri", type=_text, help="the MLflow store to browse (default $MLFLOW_TRACKING_URI, "
+                    "else mlruns/mlflow.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdtrain", description="Knowledge-distillation sweeps: Optuna search, MLflow tracking, "
                 "accuracy-vs-size reports.")
+    p.top = True  # names the study of every subcommand alike (parse_known_args)
     p.add_argument("--version", action="version", version=f"kdtrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _with_sweep(sub, "teachers", "train or load the sweep's teacher pool (cached) and print a table")

@@ -240,7 +240,7 @@ def cmd_report(args) -> int:
 
     preflight.check_tracking(args.tracking_uri)
     storage = preflight.storage(args.storage) or search.existing_storage(args.storage)  # None: no journal yet
-    studies = args.studies or search.study_names(storage)
+    studies = list(dict.fromkeys((args.studies or []) + (args.studies_opt or []))) or search.study_names(storage)
     if not studies:
         raise KdtrainError("no studies yet: run kdtrain sweep first")
     folders = report.build(studies, args.out, args.tracking_uri, args.storage, args.name,
@@ -402,10 +402,15 @@ def _chosen(study, args) -> list:
     from kdtrain.config import KdtrainError
 
     done = {t.number: t for t in search.trials(study, "COMPLETE")}
-    missing = [n for n in args.trial or [] if n not in done]
+    states = {t.number: t.state.name for t in study.trials}
+    complete = f"(complete: {sorted(done)[:20]}{'...' if len(done) > 20 else ''})"
+    unknown = [n for n in args.trial or [] if n not in states]
+    if unknown:
+        raise KdtrainError(f"no such trial in {study.study_name!r}: {', '.join(map(str, unknown))} (it has trials "
+                           f"0..{len(states) - 1}) {complete}")
+    missing = [f"{n} ({states[n]})" for n in args.trial or [] if n not in done]
     if missing:
-        raise KdtrainError(f"trial(s) {missing} of {study.study_name!r} are not complete "
-                           f"(complete: {sorted(done)[:20]}{'...' if len(done) > 20 else ''})")
+        raise KdtrainError(f"trial(s) {', '.join(missing)} of {study.study_name!r} are not complete {complete}")
     chosen, reason = search.front_or_reason(study) if args.pareto else ([done[n] for n in args.trial], "")
     if not chosen:
         raise KdtrainError(reason or f"study {study.study_name!r} has no complete trial yet")

@@ -387,7 +387,7 @@ def allowed_values() -> dict[str, list[str]]:
     from kdtrain.train import OPTIMIZERS, SCHEDULES
 
     return {"data.name": list(DATASETS), "data.augment": list(AUGMENTATIONS), "student.arch, teachers[].arch":
-            sorted(MODELS), "train.optimizer": list(OPTIMIZERS), "train.schedule": list(SCHEDULES),
+            sorted(MODELS) + ["torchvision:NAME (any torchvision classification model)", "python:package.module:function"], "train.optimizer": list(OPTIMIZERS), "train.schedule": list(SCHEDULES),
             "kd.ensemble": list(ENSEMBLES), "kd.loss": list(LOSSES),
             "study.objectives": [m for m in METRICS if m != "test_accuracy"], "study.sampler": list(SAMPLERS),
             "study.pruner": list(PRUNERS), "profile.backend": list(BACKENDS)}
@@ -409,7 +409,8 @@ def _section(cls, raw: Any, where: str, problems: list[str]):
         return cls()
     fields = cls.__pydantic_fields__
     # unknown keys first, so that a key such as 1 or __dataclass_self__ never reaches __init__
-    problems.extend(f"{where}.{k}: unknown key (known: {', '.join(sorted(fields))})" for k in raw if k not in fields)
+    problems.extend(f"{where}.{k}: unknown key{did_you_mean(k, fields)} (known: {', '.join(sorted(fields))})"
+                    for k in raw if k not in fields)
     kwargs = {k: v for k, v in raw.items() if k in fields}
     for key in [k for k, v in kwargs.items() if fields[k].annotation is dict and isinstance(v, dict)]:
         # metric names and bounds are text; YAML reads 1, true, null or 2001-01-01 as other types
@@ -427,6 +428,14 @@ def _section(cls, raw: Any, where: str, problems: list[str]):
         expected = getattr(expected, "__name__", None) or str(expected)  # int, float | None, list | None
         problems.append(f"{where}.{key}: expected {expected}, got {kwargs[key]!r}")
     return cls(**{k: v for k, v in kwargs.items() if k not in bad})
+
+
+def did_you_mean(word: Any, known) -> str:
+    """'; did you mean temperature?' for the closest known name (difflib), or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _check_shape(raw: Any, source: str) -> None:
@@ -469,12 +478,13 @@ def _check_model(m: ModelConfig, where: str, need) -> None:
     if m.arch.startswith(TORCHVISION):
         name = m.arch[len(TORCHVISION):]
         need(name in torchvision_names(), f"{where}.arch: {m.arch}: torchvision has no classification model "
-             f"{name!r} (e.g. {', '.join(torchvision_names()[:6])}, ...)")
+             f"{name!r}{did_you_mean(name, torchvision_names())} (e.g. {', '.join(torchvision_names()[:6])}, ...)")
     elif plugins.is_ref(m.arch):
         problem = plugins.ref_problem(m.arch[len(plugins.PREFIX):])
         need(problem is None, f"{where}.arch: {problem}")
     else:
-        need(m.arch in MODELS, f"{where}.arch: unknown arch {m.arch!r} (known: {', '.join(sorted(MODELS))}, "
+        need(m.arch in MODELS, f"{where}.arch: unknown arch {m.arch!r}{did_you_mean(m.arch, MODELS)} (known: "
+             f"{', '.join(sorted(MODELS))}, "
              f"{TORCHVISION}NAME, python:package.module:function)")
     max_width, max_depth = 65536, 1000  # far beyond any network kdtrain trains; torch fails on far larger ones
     need(m.width >= 1, f"{where}.width: must be >= 1, got {m.width}")
@@ -501,7 +511,8 @@ def _check_data(d: DataConfig, need) -> None:
     from kdtrain import plugins
     from kdtrain.data import AUGMENTATIONS, DATASETS
 
-    need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r} (known: {', '.join(DATASETS)})")
+    need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r}{did_you_mean(d.name, DATASETS)} (known: "
+         f"{', '.join(DATASETS)})")
     need(0 < d.val_fraction < 1, f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
     need(0 < d.test_fraction < 1, f"data.test_fraction: must be in (0, 1), got {d.test_fraction}")
     for a in d.augment:
@@ -1016,7 +1027,7 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
     raw = copy.deepcopy(raw)  # the Config shares nothing with the caller
     for key in raw:
         if key not in TOP_LEVEL:
-            problems.append(f"{key}: unknown section (known: {', '.join(sorted(TOP_LEVEL))})")
+            problems.append(f"{key}: unknown section{did_you_mean(key, TOP_LEVEL)} (known: {', '.join(sorted(TOP_LEVEL))})")
     sections = {name: _section(cls, raw.get(name), name, problems) for name, cls in SECTIONS.items()}
     teachers_raw = raw.get("teachers") or []
     if not isinstance(teachers_raw, list):

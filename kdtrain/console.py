@@ -86,7 +86,8 @@ def _stamp(text: str, stream) -> None:
 class EpochProgress:
     """Per-epoch progress of one model: a bar on a terminal, a line every ~10% of epochs otherwise."""
 
-    def __init__(self, label: str, stream=sys.stdout):
+    def __init__(self, label: str, stream=None):
+        stream = stream or sys.stdout  # the stdout of the moment, not the one at import (tests swap it)
         self.label, self.stream, self.bar = label, stream, None
         self.tty = stream.isatty()
 
@@ -105,7 +106,7 @@ class EpochProgress:
             _stamp(f"{self.label} epoch {s.epoch:>3}/{s.epochs}  {stats}", self.stream)
 
 
-def teacher_progress(stream=sys.stdout):
+def teacher_progress(stream=None):
     """on_epoch(name, stats) for a teacher pool: one progress display per teacher, kept across its epochs (a bar
     is stateful: a new one per epoch would print a bar per epoch)."""
     shown: dict[str, EpochProgress] = {}
@@ -116,7 +117,8 @@ class SweepProgress:
     """Trials done / running / pruned / failed, best so far, elapsed, ETA, read from the study itself (so that it
     counts every worker's trials). A bar on a terminal; a timestamped line per change otherwise."""
 
-    def __init__(self, study_name: str, storage_url: str, target: int, objectives: dict, stream=sys.stdout):
+    def __init__(self, study_name: str, storage_url: str, target: int, objectives: dict, stream=None):
+        stream = stream or sys.stdout
         self.study_name, self.storage_url, self.target, self.objectives = study_name, storage_url, target, objectives
         self.stream, self.tty = stream, stream.isatty()
         self.start, self.last, self.printed = time.time(), None, 0.0

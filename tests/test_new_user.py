@@ -103,3 +103,64 @@ def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_number
     client = MlflowClient(f"sqlite:///{tmp_path}/home/mlflow.db")
     champion = client.get_model_version_by_alias("tiny-student", "champion")
     assert champion.tags["optuna.trial"] == "0" and "confirmed over 2 new seeds" in champion.description
+
+
+def test_every_subcommand_says_what_it_does_and_every_option_has_help():
+    """worker, status, export, confirm, register, dashboard and ui had no description; --study, --storage and
+    --port had no help in status, dashboard and ui."""
+    import argparse
+
+    from kdtrain.args import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in sub.choices.items():
+        assert parser.description, f"kdtrain {name} --help has no description"
+        for action in parser._actions:
+            if action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction):
+                assert action.help, f"kdtrain {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_the_study_is_named_the_same_way_in_every_command(capsys):
+    """export took --study while report, confirm and register took the study as an argument."""
+    from kdtrain.args import build_parser
+
+    parse = build_parser().parse_args
+    for command in ("export", "confirm", "register", "worker", "status", "dashboard"):
+        extra = {"export": ["--pareto"], "confirm": ["--pareto"], "register": ["--pareto", "--name", "m"]}.get(
+            command, [])
+        assert parse([command, "s1", *extra]).study == parse([command, "--study", "s1", *extra]).study == "s1"
+    assert parse(["report", "a", "--study", "b"]).studies_opt == ["b"]
+    try:
+        parse(["confirm", "a", "--study", "b", "--pareto"])
+    except SystemExit as e:
+        assert e.code == 2
+    assert "the study is named twice, 'a' and --study 'b'" in capsys.readouterr().err
+
+
+def test_a_misspelt_key_or_model_gets_a_suggestion(tmp_path, capsys):
+    from kdtrain.cli import main
+
+    (tmp_path / "s.yaml").write_text("data: {name: synthetic, size: 200}\nstudent: {arch: mlp}\n"
+                                     "kd: {temprature: 3.0, alpha: 0}\n")
+    assert main(["train", str(tmp_path / "s.yaml")]) == 2
+    assert "kd.temprature: unknown key; did you mean temperature?" in capsys.readouterr().err
+    (tmp_path / "s.yaml").write_text("data: {name: synthetic, size: 200}\nstudent: {arch: 'torchvision:resnet181'}\n")
+    assert main(["train", str(tmp_path / "s.yaml")]) == 2
+    assert "torchvision has no classification model 'resnet181'; did you mean resnet18?" in capsys.readouterr().err
+    from kdtrain.config import allowed_values
+
+    archs = allowed_values()["student.arch, teachers[].arch"]
+    assert any(a.startswith("torchvision:NAME") for a in archs) and "python:package.module:function" in archs
+
+
+def test_a_trial_that_does_not_exist_is_named_so(tiny_sweep, capsys):
+    """`--trial 99` on a study without trial 99 said "not complete"."""
+    from kdtrain.cli import main
+
+    tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
+                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["confirm", "tiny", "--trial", "99", "--seeds", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no such trial in 'tiny': 99 (it has trials 0..0)" in err and "not complete" not in err
