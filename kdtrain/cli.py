@@ -8,7 +8,6 @@ kdtrain.tracking the MLflow side, kdtrain.console the tables and progress bars.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import time
 from pathlib import Path
@@ -140,7 +139,7 @@ def _preflight(args):
 
 def cmd_sweep(args) -> int:
 
-    from kdtrain import recovery, search, worker
+    from kdtrain import search, worker
     from kdtrain.config import home, redact
     from kdtrain.tracking import Tracker
 
@@ -159,7 +158,7 @@ def cmd_sweep(args) -> int:
     quiet = (lambda s: None) if sys.stdout.isatty() and args.workers == 1 else print  # the bar says it all
     ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep,
                               log=quiet)
-    recovered = recovery.recover(study, worker.killed(tracker))
+    recovered = worker.recover(ctx)
     print(f"study {name}: {search.counts(study)['DONE']}/{trials} trials done"
           + (f", {len(recovered)} interrupted trial(s) failed and re-queued: {recovered}" if recovered else "")
           + f"\noptuna storage: {redact(args.storage)}\nmlflow: {redact(tracker.uri)}  experiment {ctx.exp_id}")
@@ -254,7 +253,7 @@ def cmd_worker(args) -> int:
     import os
     import socket
 
-    from kdtrain import preflight, recovery, search, worker
+    from kdtrain import preflight, search, worker
     from kdtrain.config import redact
 
     log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
@@ -265,7 +264,7 @@ def cmd_worker(args) -> int:
     ctx = worker.join(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index, wait_s, log)
     log(f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
         f"(optuna: {redact(args.storage or search.default_storage())}, mlflow: {redact(ctx.tracker.uri)})")
-    recovered = recovery.recover(ctx.study, worker.killed(ctx.tracker))
+    recovered = worker.recover(ctx)
     if recovered:
         log(f"interrupted trial(s) {recovered} failed and re-queued")
     worker.work(ctx, args.deadline)
@@ -298,43 +297,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import os
-    import subprocess
-
-    from kdtrain.config import redact
+    from kdtrain import ship
     from kdtrain.tracking import default_uri
 
-    uri = args.tracking_uri or default_uri()
-    url = f"http://127.0.0.1:{args.port}"
-    print(f"MLflow UI for {redact(uri)} at {url}/#/experiments  (Ctrl-C to stop)\n"
-          f"each study opens in the runs view: {url}/#/experiments/<id>/runs?workflowType=machine_learning")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
-    # its own process group (mlflow ui starts a server of its own): one SIGTERM or Ctrl-C to kdtrain ui ends all
-    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True)
-    stopped = []
-
-    def stop(signum, frame):
-        stopped.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        rc = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if proc.poll() is None:  # kdtrain ui itself failed: leave nothing behind
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # workers of the group that outlived their parent
-            os.killpg(proc.pid, signal.SIGKILL)
-    return 0 if stopped else rc
+    return ship.mlflow_ui(args.tracking_uri or default_uri(), args.port)
 
 
 def cmd_profile(args) -> int:

@@ -128,3 +128,43 @@ def dashboard(storage_url: str | None, study: str | None, port: int, log: Callab
         server.server_close()
     log("optuna-dashboard stopped")
     return 0
+
+
+def mlflow_ui(uri: str, port: int) -> int:
+    """`mlflow ui` on 127.0.0.1 against the store, in its own process group (it starts a server of its own): one
+    SIGTERM or Ctrl-C to kdtrain ui ends all of it, and nothing outlives kdtrain ui."""
+    import contextlib
+    import os
+    import subprocess
+    import sys
+
+    from kdtrain.config import redact
+
+    url = f"http://127.0.0.1:{port}"
+    print(f"MLflow UI for {redact(uri)} at {url}/#/experiments  (Ctrl-C to stop)\n"
+          f"each study opens in the runs view: {url}/#/experiments/<id>/runs?workflowType=machine_learning")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True)
+    stopped = []
+
+    def stop(signum, frame):
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:  # kdtrain ui itself failed: leave nothing behind
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # workers of the group that outlived their parent
+            os.killpg(proc.pid, signal.SIGKILL)
+    return 0 if stopped else rc

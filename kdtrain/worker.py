@@ -585,6 +585,19 @@ def close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: d
             "the study holds the trial's result")
 
 
+def recover(ctx: Context) -> list[int]:
+    """Fail and re-queue the trials whose worker died (recovery.recover), closing their MLflow runs as KILLED;
+    then any student run still RUNNING whose trial is failed (a worker killed between creating the run and
+    recording its id in the study). The recovered trial numbers."""
+    recovered = recovery.recover(ctx.study, killed(ctx.tracker))
+    failed = {t.number for t in search.trials(ctx.study, "FAIL")}
+    for run_id in ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "student", "optuna.state": "RUNNING"}):
+        trial = ctx.tracker.run_tags(run_id).get("optuna.trial", "")
+        if trial.isdigit() and int(trial) in failed and ctx.tracker.status(run_id) == "RUNNING":
+            close(ctx.tracker, run_id, "FAIL", "KILLED", {"fail_reason": "its worker died before the study knew its run"})
+    return recovered
+
+
 def killed(tracker: Tracker) -> recovery.OnFailed:
     """What recovery does to the MLflow run of a trial it fails for a dead or interrupted worker."""
     return lambda run_id, reason: close(tracker, run_id, "FAIL", "KILLED", {"fail_reason": reason})

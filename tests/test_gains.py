@@ -77,10 +77,10 @@ def test_confirm_retrains_with_new_seeds_paired_with_baselines(gain_sweep):
     assert len(mlflow_runs(root / "home", "tiny").query("`tags.kdtrain.role` == 'confirm'")) == 2
 
 
-def test_confirm_refuses_a_trial_that_is_not_complete(gain_sweep):
+def test_confirm_refuses_a_trial_that_does_not_exist(gain_sweep):
     _, _, env, _ = gain_sweep
     r = run_cli("confirm", "tiny", "--trial", "99", env=env)
-    assert r.returncode == 1 and "trial(s) [99]" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "no such trial in 'tiny': 99" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("confirm", "tiny", "--trial", "0", "--seeds", "0", env=env)
     assert r.returncode == 2 and "positive integer" in r.stderr
 

@@ -175,7 +175,7 @@ def test_register_refuses_bad_names_and_incomplete_trials_in_one_line(home, caps
     assert main(["register", "ship", "--pareto", "--name", "ok-name", "--alias", "latest"]) == 1
     err = capsys.readouterr().err
     assert err.count("kdtrain: error:") == 3 and "Traceback" not in err
-    assert "not complete" in err and "Names cannot contain '/'" in err and "reserved" in err
+    assert "no such trial in 'ship': 99" in err and "Names cannot contain '/'" in err and "reserved" in err
 
 
 def test_register_against_a_real_mlflow_server(tmp_path, monkeypatch):

@@ -534,3 +534,22 @@ def test_one_sigterm_stops_the_dashboard_while_requests_are_in_flight(tmp_path):
     text = log.read_text()
     assert rc == 0 and "optuna-dashboard stopped" in text and "Traceback" not in text, text
     assert answered  # it was serving when the signal came
+
+
+def test_a_student_run_orphaned_before_the_study_knew_it_is_closed_on_recovery(tiny_sweep, tmp_path):
+    """A worker killed between creating a trial's MLflow run and recording its id in the study left that run
+    RUNNING for good (recovery knew no run id); seen once in a loaded suite's kill -9 test."""
+    from kdtrain import search, worker
+
+    tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
+                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    assert main(["sweep", str(tiny_sweep), "--workers", "0"]) == 0
+    ctx = worker.join("tiny", None, None, threads=1, log=lambda s: None)
+    trial = search.ask(ctx.study)
+    trial.suggest_float("kd.alpha", 0, 1)
+    run = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id,
+                            tags={"optuna.study": "tiny", "optuna.trial": trial.number, "optuna.state": "RUNNING"})
+    # ... and here its worker died: the study never heard of the run; its pid is dead (999999 stands for it)
+    search.record(trial, {search.T_PID: 999999})
+    assert worker.recover(ctx) == [trial.number]
+    assert ctx.tracker.status(run) == "KILLED"

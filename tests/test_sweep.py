@@ -335,7 +335,7 @@ def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
         assert float((torch.from_numpy(out) - model(ds.x_test)).abs().max()) <= 1e-4
     # a trial that does not exist is one clear error
     r = run_cli("export", "--study", "tiny", "--trial", "99", "--out", tmp_path / "exp2", env=env)
-    assert r.returncode == 1 and "not complete" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "no such trial in 'tiny': 99" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "exp2").exists()
 
 
