@@ -592,8 +592,8 @@ def recover(ctx: Context) -> list[int]:
     recovered = recovery.recover(ctx.study, killed(ctx.tracker))
     failed = {t.number for t in search.trials(ctx.study, "FAIL")}
     for run_id in ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "student", "optuna.state": "RUNNING"}):
-        trial = ctx.tracker.run_tags(run_id).get("optuna.trial", "")
-        if trial.isdigit() and int(trial) in failed and ctx.tracker.status(run_id) == "RUNNING":
+        number = ctx.tracker.run_tags(run_id).get("optuna.trial", "")
+        if number.isdigit() and int(number) in failed and ctx.tracker.status(run_id) == "RUNNING":
             close(ctx.tracker, run_id, "FAIL", "KILLED", {"fail_reason": "its worker died before the study knew its run"})
     return recovered
 
