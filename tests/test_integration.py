@@ -148,9 +148,11 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
     victim, deadline = None, time.time() + 300
     while victim is None and time.time() < deadline and a.poll() is None:
         time.sleep(0.2)
+        # count the finished trials first, then look for a's running one: read the other way round, a trial
+        # finishing between the two reads was both the victim (running) and the one done (seen in CI)
+        done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
         running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
                    if t.user_attrs.get("kdtrain.pid") == a.pid and "mlflow_run_id" in t.user_attrs]
-        done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
         if running and done >= 1:  # both workers have been sharing the study for a while
             victim = running[0]
     assert victim is not None, (tmp_path / "machine-a.log").read_text()[-3000:]
