@@ -62,18 +62,19 @@ class Dataset:
         """Training rows without a label: the unlabelled part of the training split plus the transfer set."""
         return len(self.y_train) - self.labelled_rows
 
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std shaped to broadcast over x's channels, on x's device and dtype."""
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return tuple(torch.tensor(v, dtype=x.dtype, device=x.device).reshape(shape) for v in (self.mean, self.std))
+
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Undo this data's normalisation (to renormalise its inputs for a teacher trained on other data)."""
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
+        mean, std = self._stats(x)
         return x * std + mean
 
     def normalized(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw inputs normalised as this data's own (a teacher sees the student's rows through this)."""
-        shape = (1, -1) + (1,) * (raw.ndim - 2)
-        mean = torch.tensor(self.mean, dtype=raw.dtype, device=raw.device).reshape(shape)
-        std = torch.tensor(self.std, dtype=raw.dtype, device=raw.device).reshape(shape)
+        mean, std = self._stats(raw)
         return (raw - mean) / std
 
     def to(self, device: torch.device | str) -> "Dataset":

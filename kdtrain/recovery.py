@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import socket
 import time
@@ -18,16 +17,15 @@ import optuna
 from optuna.trial import TrialState
 
 from kdtrain.config import KdtrainError
-from kdtrain.search import (A_CONFIG, A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REQUEUED_FROM,
+from kdtrain.search import (A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REQUEUED_FROM,
                             T_REQUEUES, T_RUN, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
-                            heartbeat_interval, study_lock, trials)
-from kdtrain.shared import every, pid_alive, warning_once
+                            heartbeat_interval, stored_study, study_lock, trials)
+from kdtrain.shared import every, pid_alive, warn, warning_once
 
 
 def max_requeues(study: optuna.Study) -> int:
-    """study.max_requeues of the study's stored config (read without validating the whole config)."""
-    raw = study.user_attrs.get(A_CONFIG)
-    return int(json.loads(raw).get("study", {}).get("max_requeues", 2)) if raw else 2
+    """study.max_requeues of the study's stored config."""
+    return int(stored_study(study).get("max_requeues", 2))
 
 
 
@@ -108,8 +106,7 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
         try:
             on_failed(run_id, reason)
         except Exception as e:  # noqa: BLE001 - the trial is failed and re-queued; its MLflow run stays as it was
-            warning_once(lambda e: f"trial {frozen.number} was failed and re-queued, but its MLflow run {run_id} "
-                         "could not be closed")(e)
+            warn(f"trial {frozen.number} was failed and re-queued, but its MLflow run {run_id} could not be closed", e)
     return True
 
 

@@ -122,9 +122,10 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
 # --------------------------------------------------------------------------- headline and tables
 
 
-def confirmed_stats(confirms: pd.DataFrame) -> pd.DataFrame:
+def _confirm_groups(confirms: pd.DataFrame) -> pd.DataFrame:
     """kdtrain confirm's runs -> one row per confirmed trial (index: trial number): seeds, the mean and sample std
-    of val and test accuracy (fractions) and of the paired test gain over the same seeds' baselines (points)."""
+    of val and test accuracy (fractions) and of the paired test gain over the same seeds' baselines (points); a
+    std is NaN for a single seed."""
     if confirms.empty or "tag:optuna.trial" not in confirms:
         return pd.DataFrame(columns=["seeds", "val", "val_std", "test", "test_std", "gain", "gain_std"])
     c = confirms.assign(trial=pd.to_numeric(confirms["tag:optuna.trial"]).astype(int),
@@ -132,7 +133,12 @@ def confirmed_stats(confirms: pd.DataFrame) -> pd.DataFrame:
     g = c.groupby("trial")
     return pd.DataFrame({"seeds": g.size(), "val": g["val_accuracy"].mean(), "val_std": g["val_accuracy"].std(),
                          "test": g["test_accuracy"].mean(), "test_std": g["test_accuracy"].std(),
-                         "gain": g["gain"].mean(), "gain_std": g["gain"].std()}).fillna(0.0)
+                         "gain": g["gain"].mean(), "gain_std": g["gain"].std()})
+
+
+def confirmed_stats(confirms: pd.DataFrame) -> pd.DataFrame:
+    """_confirm_groups with a single seed's spread as 0: what decisions (headline, verdict, register) read."""
+    return _confirm_groups(confirms).fillna(0.0)
 
 
 def decided_on(d: StudyData) -> pd.DataFrame:
@@ -274,16 +280,13 @@ def gain_verdict(d: StudyData) -> str:
 def confirm_table(d: StudyData) -> pd.DataFrame:
     """kdtrain confirm's runs per trial: seeds, mean and spread of val / test accuracy and of the paired test
     gain over the baseline trained with the same seed (points)."""
-    c = d.confirms
-    if c.empty:
+    if d.confirms.empty:
         return pd.DataFrame()
-    c = c.assign(trial=pd.to_numeric(c["tag:optuna.trial"]), gain=100 * c["kd_gain_test"],
-                 val=100 * c["val_accuracy"], test=100 * c["test_accuracy"])
-    g = c.groupby("trial")
-    out = pd.DataFrame({"seeds": g.size(), "val_accuracy %": g["val"].mean(), "val std": g["val"].std(),
-                        "test_accuracy %": g["test"].mean(), "test std": g["test"].std(),
-                        "paired test gain (points)": g["gain"].mean(), "gain std": g["gain"].std()})
-    return out.reset_index()
+    g = _confirm_groups(d.confirms)
+    out = pd.DataFrame({"seeds": g["seeds"], "val_accuracy %": 100 * g["val"], "val std": 100 * g["val_std"],
+                        "test_accuracy %": 100 * g["test"], "test std": 100 * g["test_std"],
+                        "paired test gain (points)": g["gain"], "gain std": g["gain_std"]})
+    return out.rename_axis("trial").reset_index()
 
 
 def size_buckets(studies: list[StudyData]) -> pd.DataFrame:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from optuna.trial import TrialState
 
 from kdtrain import config, space
 from kdtrain.config import METRICS, Config, KdtrainError, home, redact
-from kdtrain.shared import advisory_lock, file_lock
+from kdtrain.shared import advisory_lock, file_lock, warn
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -253,6 +252,11 @@ def tracking_uri(study: optuna.Study, given: str | None = None) -> str | None:
     return given or os.environ.get("MLFLOW_TRACKING_URI") or study.user_attrs.get(A_TRACKING)
 
 
+def stored_study(study: optuna.Study) -> dict:
+    """The study section of the study's stored config, as written (read without validating the whole config)."""
+    return json.loads(study.user_attrs.get(A_CONFIG, "{}")).get("study", {})
+
+
 def study_config(study: optuna.Study) -> Config:
     raw = study.user_attrs.get(A_CONFIG)
     if not raw:
@@ -325,8 +329,7 @@ def front_or_reason(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial]
     done = trials(study, "COMPLETE")
     if not done:
         return [], f"study {study.study_name!r} has no complete trial yet"
-    raw = json.loads(study.user_attrs.get(A_CONFIG, "{}")).get("study", {}).get("constraints", {})
-    bounds = ", ".join(f"{k} {v}" for k, v in raw.items())
+    bounds = ", ".join(f"{k} {v}" for k, v in stored_study(study).get("constraints", {}).items())
     return [], (f"study {study.study_name!r}: none of its {len(done)} complete trials meets the constraints "
                 f"({bounds}): no feasible student yet (relax study.constraints or search cheaper students)")
 
@@ -374,8 +377,7 @@ def importances(study: optuna.Study, maximize: bool) -> dict[str, float]:
             warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
             return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
     except Exception as e:  # noqa: BLE001 - e.g. every trial alike: nothing to rank
-        print(f"warning: parameter importances of {study.study_name!r} not computed ({type(e).__name__}: "
-              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the report leaves out their plot", file=sys.stderr)
+        warn(f"parameter importances of {study.study_name!r} not computed; the report leaves out their plot", e)
         return {}
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from kdtrain.config import home
+from kdtrain.config import first_line, home
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -124,18 +124,23 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def warn(what: str, e: Exception) -> None:
+    """One 'warning:' line on stderr: what failed, and the error's type and first line."""
+    reason = first_line(e)
+    detail = type(e).__name__ + (f": {reason}" if reason != type(e).__name__ else "")
+    print(f"warning: {what} ({detail})", file=sys.stderr, flush=True)
+
+
 def warning_once(what: Callable[[Exception], str]) -> Callable[[Exception], None]:
-    """on_error for a repeated call: the first error is one 'warning:' line on stderr (what(error) says what failed
-    and why), later ones are silent: a dying store is visible without a line per beat or epoch."""
+    """on_error for a repeated call: the first error is one warn() line (what(error) says what failed), later ones
+    are silent: a dying store is visible without a line per beat or epoch."""
     said: list[bool] = []
 
-    def warn(e: Exception) -> None:
+    def once(e: Exception) -> None:
         if not said:
             said.append(True)
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            print(f"warning: {what(e)} ({type(e).__name__}{': ' + reason if reason else ''})", file=sys.stderr,
-                  flush=True)
-    return warn
+            warn(what(e), e)
+    return once
 
 
 @contextlib.contextmanager

@@ -261,21 +261,31 @@ def folder_key(cfg: DataConfig, listing: tuple | None = None) -> str:
     return content_key({"version": FOLDER_CACHE_VERSION, "size": cfg.image_size, "names": names, "files": listing})
 
 
+def _decoded(files: list[tuple[str, Path, int]], size: int, cache: Path, extra: dict) -> tuple[np.ndarray, str]:
+    """The images decoded (uint8), from the cache file when it is there and readable, else decoded now and
+    cached (with extra beside them); and what happened, in words."""
+    t0 = time.perf_counter()
+    try:
+        x = torch.load(cache, map_location="cpu", weights_only=True)["x"].numpy()
+        return x, f"{len(files)} images from the cache {cache}"
+    except Exception:  # noqa: BLE001 - missing or damaged: decode again (and rewrite it)
+        x = _decode(files, size)
+        buf = io.BytesIO()
+        torch.save({"x": torch.from_numpy(x), **extra}, buf)
+        atomic_write_bytes(cache, buf.getvalue())  # two workers on a cold data root never share a temp file
+        return x, f"decoded {len(files)} images to {size}x{size} in {time.perf_counter() - t0:.1f}s; cached in {cache}"
+
+
+def _all_images(root: Path) -> list[tuple[str, Path, int]]:
+    """Every image under root, in subfolders or not, as the folder listing's (split, file, class) rows."""
+    return [("all", p, 0) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+
+
 def _folder(cfg: DataConfig):
     names, files, root = listing = _folder_listing(cfg)
     key = folder_key(cfg, listing)
     cache = data_root(cfg) / "folders" / f"{key}.pt"
-    t0 = time.perf_counter()
-    try:
-        d = torch.load(cache, map_location="cpu", weights_only=True)
-        x, note = d["x"].numpy(), f"{len(files)} images from the cache {cache}"
-    except Exception:  # noqa: BLE001 - missing or damaged: decode again (and rewrite it)
-        x = _decode(files, cfg.image_size)
-        note = (f"decoded {len(files)} images to {cfg.image_size}x{cfg.image_size} in "
-                f"{time.perf_counter() - t0:.1f}s; cached in {cache}")
-        buf = io.BytesIO()
-        torch.save({"x": torch.from_numpy(x), "names": names}, buf)
-        atomic_write_bytes(cache, buf.getvalue())  # two workers on a cold data root never share a temp file
+    x, note = _decoded(files, cfg.image_size, cache, {"names": names})
     x = x.astype(np.float32) / 255.0
     y = np.array([c for _, _, c in files], np.int64)
     split = np.array([s for s, _, _ in files])
@@ -369,18 +379,11 @@ def _folder_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
     root = _path(cfg)
     if not root.is_dir():
         raise DataError(f"data.unlabeled.path {root}: not a folder of images")
-    files = [("all", p, 0) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    files = _all_images(root)
     if not files:
         raise DataError(f"data.unlabeled.path {root}: no images ({', '.join(IMAGE_SUFFIXES)})")
     key = folder_key(cfg, (["unlabelled"], files, root))
-    cache = data_root(cfg) / "folders" / f"{key}.pt"
-    try:
-        x = torch.load(cache, map_location="cpu", weights_only=True)["x"].numpy()
-    except Exception:  # noqa: BLE001 - missing or damaged: decode again
-        x = _decode(files, cfg.image_size)
-        buf = io.BytesIO()
-        torch.save({"x": torch.from_numpy(x)}, buf)
-        atomic_write_bytes(cache, buf.getvalue())
+    x, _ = _decoded(files, cfg.image_size, data_root(cfg) / "folders" / f"{key}.pt", {})
     subfolders = any(p.parent != root for _, p, _ in files)
     return x.astype(np.float32) / 255.0, "its folder names are ignored" if subfolders else ""
 
@@ -416,6 +419,13 @@ def _csv_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
 
 
 def _python_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
+    key = "inputs:" + content_key(dataclasses.asdict(cfg))
+    if key not in _factory_results:  # the identity (cache keys) and the load read it once per process
+        _factory_results[key] = _read_python_inputs(cfg)
+    return _factory_results[key]
+
+
+def _read_python_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
     what, out = _call_factory(cfg, "data.unlabeled.factory")
     said = ""
     if isinstance(out, dict):
@@ -435,8 +445,7 @@ def inputs_identity(cfg: DataConfig) -> str | None:
         return identity(cfg)
     if cfg.name == "folder":
         root = _path(cfg)
-        files = [("all", p, 0) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-        return folder_key(cfg, (["unlabelled"], files, root))
+        return folder_key(cfg, (["unlabelled"], _all_images(root), root))
     return hashlib.sha256(np.ascontiguousarray(_python_inputs(cfg)[0]).tobytes()).hexdigest()[:16]
 
 

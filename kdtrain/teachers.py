@@ -114,15 +114,10 @@ class TeacherView(nn.Module):
 
     def __init__(self, model: nn.Module, view, groups, temperature: float):
         super().__init__()
-        self.model, self.groups, self.temperature = model, groups, temperature
-        self.scale = torch.tensor(view[0]) if view else None
-        self.shift = torch.tensor(view[1]) if view else None
+        self.model, self.view, self.groups, self.temperature = model, view, groups, temperature
 
     def forward(self, x):
-        if self.scale is not None:
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            x = x * self.scale.to(x.device).reshape(shape) + self.shift.to(x.device).reshape(shape)
-        return map_logits(self.model(x).float(), self.groups, self.temperature)
+        return map_logits(self.model(_viewed(x, self.view)).float(), self.groups, self.temperature)
 
 
 _own: dict[str, Dataset] = {}
@@ -158,10 +153,12 @@ def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | N
 
 
 def _viewed(x: torch.Tensor, view) -> torch.Tensor:
+    """x (the student's normalised inputs) as the teacher's own data would have it: x * scale + shift per channel."""
     if view is None:
         return x
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    return x * torch.tensor(view[0], dtype=x.dtype).reshape(shape) + torch.tensor(view[1], dtype=x.dtype).reshape(shape)
+    scale, shift = (torch.tensor(v, dtype=x.dtype, device=x.device).reshape(shape) for v in view)
+    return x * scale + shift
 
 
 def resolve_groups(t: TeacherConfig, ds: Dataset, teacher_classes: list[str]) -> list[list[int]] | None:
@@ -178,8 +175,7 @@ def resolve_groups(t: TeacherConfig, ds: Dataset, teacher_classes: list[str]) ->
 
 def build(t: TeacherConfig, tds: Dataset) -> nn.Module:
     """The teacher's network for its own data, seen through teachers[].output when it returns several."""
-    model = models.from_config(t, tds.input_shape, tds.num_classes)
-    return models.PickOutput(model, t.output, f"teachers ({t.name}).output") if t.output is not None else model
+    return _pick(t, models.from_config(t, tds.input_shape, tds.num_classes))
 
 
 def _weights_identity(ref: str) -> dict:
@@ -270,7 +266,7 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
 
 def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict) -> None:
     with atomic_dir(folder) as tmp:  # another process may finish the same teacher first: either copy will do
-        inner = model.model if isinstance(model, models.PickOutput) else model
+        inner = _inner(model)
         if isinstance(inner, torch.jit.ScriptModule):
             with _torchscript_quiet():
                 torch.jit.save(inner, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
@@ -281,7 +277,13 @@ def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict
 
 
 def _pick(t: TeacherConfig, model: nn.Module) -> nn.Module:
+    """The model seen through teachers[].output (unchanged without one)."""
     return models.PickOutput(model, t.output, f"teachers ({t.name}).output") if t.output is not None else model
+
+
+def _inner(model: nn.Module | None) -> nn.Module | None:
+    """The model inside _pick's wrapper: what a checkpoint loads into and a TorchScript file holds."""
+    return model.model if isinstance(model, models.PickOutput) else model
 
 
 def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> Teacher | None:
@@ -543,9 +545,8 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str
                      _file_classes(t, cfg, data, logits["train"].shape[1]), view, tds)
     seed_all(cfg.train.seed)
     model = build(t, tds)
-    inner = model.model if isinstance(model, models.PickOutput) else model
     if t.weights:
-        source = _load_weights(t, inner, load_uri)
+        source = _load_weights(t, _inner(model), load_uri)
         log(f"teacher {t.name}: loaded weights from {t.weights}")
     else:
         epochs = t.epochs if t.epochs is not None else cfg.train.epochs
@@ -605,8 +606,8 @@ def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadUR
         elif how in ("weights", "train"):
             model = build(t, tds)
             if how == "weights":
-                _load_weights(t, model.model if isinstance(model, models.PickOutput) else model, load_uri)
-            if t.output is not None or t.data is not None or not t.arch.split(":")[0] in models.MODELS:
+                _load_weights(t, _inner(model), load_uri)
+            if t.output is not None or t.data is not None or t.arch not in models.MODELS:
                 _first_batch(t, model, tds)
             resolve_groups(t, data, list(tds.class_names))
 

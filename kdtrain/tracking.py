@@ -130,8 +130,7 @@ def _reason(e: Exception) -> str:
     """The innermost cause of a connection error, in one line without the URL's credentials."""
     while e.__cause__ is not None or e.__context__ is not None:
         e = e.__cause__ or e.__context__
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return redact(text)[:300]
+    return redact(first_line(e, 300))
 
 
 class Tracker:
