@@ -436,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nkdtrain: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a database that went away outside a trial (kdtrain status, a report): one line too
+        from kdtrain.storage import lost_connection, unreachable
+        if not lost_connection(e):
+            raise
+        print(f"kdtrain: error: {unreachable(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ class StudyConfig:
     """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
     baseline_seeds: int = 3
     """Seeds of each width's no-teacher baseline; its MLflow run logs their mean and std."""
+    storage_patience: str | int | float = "10m"
+    """How long a worker waits out its study's database being unreachable (PostgreSQL restarted, a network cut),
+    retrying while the trial trains, before it stops with one error line (its trial then recovered as an
+    interrupted one). A duration such as '10m' or '1h'; a number: seconds."""
     max_requeues: int = 2
     """Times an interrupted trial's settings are queued again (a dead worker, Ctrl-C); past it they fail for good
     and count toward the failure cap, so a setting that kills its worker cannot loop under a restarting
@@ -676,11 +680,12 @@ def _check_values(cfg: Config, problems: list[str], search: bool = True) -> None
     need(s.grace_period > s.heartbeat_interval,
          f"study.grace_period: must be longer than study.heartbeat_interval ({s.heartbeat_interval}), "
          f"got {s.grace_period}")
-    if s.timeout is not None:
-        try:
-            parse_duration(s.timeout)
-        except ValueError as e:
-            problems.append(f"study.timeout: {e}")
+    for key in ("timeout", "storage_patience"):
+        if getattr(s, key) is not None:
+            try:
+                parse_duration(getattr(s, key))
+            except ValueError as e:
+                problems.append(f"study.{key}: {e}")
 
     _check_data(d, need)
     _check_scarce(d, need)

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from kdtrain.config import KdtrainError
 from kdtrain.search import (A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REQUEUED_FROM,
-                            T_REQUEUES, T_RUN, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
+                            T_REQUEUES, T_RUN, StorageLost, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
                             heartbeat_interval, stored_study, study_lock, trials)
 from kdtrain.shared import every, pid_alive, warn, warning_once
 
@@ -35,8 +35,9 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial):
     storage = _storage(study)
     interval = heartbeat_interval(storage)
     trial_id = _trial_id(study, trial) if interval else None
-    warn = warning_once(lambda e: f"trial {trial.number}: its heartbeat could not be recorded; the study's storage "
+    once = warning_once(lambda e: f"trial {trial.number}: its heartbeat could not be recorded; the study's storage "
                         "may be unreachable (past study.grace_period without one, another worker fails the trial)")
+    warn = lambda e: None if isinstance(e, StorageLost) else once(e)  # noqa: E731  (the storage said it, once)
     with every(interval, lambda: storage.record_heartbeat(trial_id), f"heartbeat-{trial.number}", warn) \
             if interval else contextlib.nullcontext():
         yield

@@ -9,23 +9,24 @@ carries its reason, and interrupted trials are re-queued (at most study.max_requ
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
-import re
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from kdtrain import config, space
-from kdtrain.config import METRICS, Config, KdtrainError, home, redact
-from kdtrain.shared import advisory_lock, file_lock, warn
+from kdtrain.config import METRICS, Config, KdtrainError, redact
+from kdtrain.shared import warn
+from kdtrain.storage import (PatientStorage, StorageDown, StorageLost, _rdb, _storage, _study_id, _trial_id,  # noqa: F401
+                             apply_heartbeat, default_storage, existing_storage, heartbeat_interval, is_rdb, no_wait,
+                             open_storage, study_lock)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -51,118 +52,11 @@ T_REQUEUES = "kdtrain.requeues"
 T_CURVE, T_COMPUTE = "kdtrain.val_curve", "kdtrain.train_seconds"  # per-epoch val accuracy; seconds trained
 
 
-# --------------------------------------------------------------------------- storage
-
-def default_storage() -> str:
-    """$KDTRAIN_STORAGE (keeps a password off the command line), else the journal file under kdtrain's home."""
-    return os.environ.get("KDTRAIN_STORAGE") or str(home() / "optuna.journal")
-
-
-def is_rdb(url: str) -> bool:
-    return "://" in url
-
-
-def _db_error(e: Exception) -> str:
-    """The driver's own words, without SQLAlchemy's wrapping, on one line, passwords hidden."""
-    text = str(e).replace("\n", " ").split("(Background on this error", 1)[0]
-    text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
-    hints = {"authentication failed": "check the user and password in the storage URL",
-             "Connection refused": "is the database server running and reachable from this machine?",
-             "could not connect": "is the database server running and reachable from this machine?",
-             "timeout expired": "is the database server running and reachable from this machine?",
-             "does not exist": "create the database first, e.g. createdb NAME"}
-    hint = next((f" ({h})" for k, h in hints.items() if k in text), "")
-    return redact(" ".join(text.split()))[:400] + hint
-
-
-def open_storage(url: str | None = None):
-    """A journal file path (the default) or an RDB URL (sqlite:///..., postgresql://...).
-
-    RDB storages record a heartbeat per running trial, at the defaults of StudyConfig until apply_heartbeat sets
-    the study's own: a trial whose worker stops beating for the grace period is failed and its parameters
-    re-queued by the next worker that looks (recover)."""
-    url = url or default_storage()
-    if is_rdb(url):
-        # pool_pre_ping: each pooled connection is checked before use, so a database restart overnight is survived
-        kwargs: dict = {"pool_pre_ping": True}
-        if url.startswith("postgresql"):
-            kwargs["connect_args"] = {"connect_timeout": 10}
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                              heartbeat_interval=config.StudyConfig.heartbeat_interval,
-                                              grace_period=config.StudyConfig.grace_period)
-        except ImportError:
-            raise KdtrainError(f"the Optuna storage {redact(url)} needs its database driver: "
-                               "pip install 'kdtrain[postgres]'") from None
-        except Exception as e:
-            raise KdtrainError(f"cannot open the Optuna storage {redact(url)}: {_db_error(e)}") from None
-    from optuna.storages.journal import JournalFileBackend
-
-    path = Path(url).expanduser().resolve()
-    if path.is_dir():
-        raise KdtrainError(f"the Optuna storage {path} is a directory; give a journal file such as "
-                           f"{path / 'optuna.journal'} or an RDB URL (postgresql://...)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def _rdb(storage) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage behind a storage, or None for a journal. Private attribute: Optuna wraps an RDBStorage in
-    a _CachedStorage and offers no public accessor, and heartbeat settings and the engine live on the inner one."""
-    inner = getattr(storage, "_backend", storage)
-    return inner if isinstance(inner, optuna.storages.RDBStorage) else None
-
-
-# A private attribute for want of a public accessor: asking and failing trials by hand (heartbeats, recovery)
-# needs the study's storage. The trial-level calls take a trial's id, found through public storage calls.
-def _storage(study: optuna.Study):
-    return study._storage
-
-
-def _study_id(study: optuna.Study) -> int:
-    return _storage(study).get_study_id_from_name(study.study_name)
-
-
-def _trial_id(study: optuna.Study, trial) -> int:
-    """A trial's storage id, from its number (public BaseStorage calls; Trial._trial_id is private)."""
-    return _storage(study).get_trial_id_from_study_id_trial_number(_study_id(study), trial.number)
-
-
-def apply_heartbeat(storage, cfg: Config) -> None:
-    """Every worker of a study beats at the study's own interval and grace period (stored with its config)."""
-    b = _rdb(storage)
-    if b is not None:
-        b.heartbeat_interval, b.grace_period = cfg.study.heartbeat_interval, cfg.study.grace_period
-
-
 def configure(study: optuna.Study, cfg: Config, worker: int = 0) -> None:
     """This process's view of the study: its heartbeat settings, sampler (seeded per worker) and pruner."""
     apply_heartbeat(_storage(study), cfg)
     study.sampler, study.pruner = make_sampler(cfg, worker), make_pruner(cfg)
 
-
-def heartbeat_interval(storage) -> int | None:
-    b = _rdb(storage)
-    return b.heartbeat_interval if b is not None else None
-
-
-@contextlib.contextmanager
-def study_lock(study_or_storage, study_name: str, purpose: str):
-    """A mutex over every worker of a study: a PostgreSQL advisory lock when the study lives there (workers on
-    several machines), else a file lock (workers on this machine). The lock dies with its holder."""
-    storage = _storage(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
-    b = _rdb(storage)
-    name = f"{purpose}-{study_name}"
-    with advisory_lock(b.engine, name) if b is not None and b.engine.dialect.name == "postgresql" else file_lock(name):
-        yield
-
-
-def existing_storage(url: str | None = None):
-    """Open a storage that must already hold studies (status, report): a missing journal is an error."""
-    url = url or default_storage()
-    if not is_rdb(url) and not Path(url).expanduser().exists():
-        raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
-    return open_storage(url)
 
 
 def study_names(storage) -> list[str]:

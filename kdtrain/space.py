@@ -74,7 +74,8 @@ def signature(cfg: Config, content: str | None = None) -> dict:
     """What must not change under an existing study name: objectives, search space, the rest of the settings, and
     the content of the user's data files (`content` as recorded when the study was created, else read now)."""
     d = cfg.to_dict()
-    for k in ("trials", "timeout", "pruner", "prune_warmup_epochs", "prune_margin", "max_requeues"):  # how, not what
+    for k in ("trials", "timeout", "pruner", "prune_warmup_epochs", "prune_margin", "max_requeues",
+              "storage_patience"):  # how, not what
         d["study"].pop(k)
     for k in ("root", "download", "path", "test_path"):  # where the files live, not what they hold
         d["data"].pop(k)

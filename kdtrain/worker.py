@@ -374,11 +374,15 @@ def run_trial(ctx: Context, trial) -> list[float]:
 
     def on_epoch(s):
         history.append(s)
-        if single:
-            if search.report(trial, s.val_accuracy, s.epoch):
-                raise search.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
-        elif pareto_check:
-            pareto_check([h.val_accuracy for h in history])
+        try:
+            with search.no_wait():  # the study's database away: this epoch goes unchecked, training goes on
+                if single:
+                    if search.report(trial, s.val_accuracy, s.epoch):
+                        raise search.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
+                elif pareto_check:
+                    pareto_check([h.val_accuracy for h in history])
+        except search.StorageDown:
+            pass
 
     start = time.perf_counter()
     try:
@@ -539,6 +543,8 @@ def _run_and_tell(ctx: Context, trial) -> None:
     except (KeyboardInterrupt, SystemExit):
         recovery.fail_trial(study, trial, "interrupted: stopped by the user (Ctrl-C)", killed(tracker))
         raise
+    except search.StorageLost:
+        raise  # the study's database is gone past study.storage_patience: the next run recovers the trial
     except Exception as e:
         reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
             f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"

@@ -1,0 +1,280 @@
+"""The study's storage, the third part of the Optuna side (with kdtrain.search and kdtrain.recovery): opening a
+journal file or a database, heartbeat settings, the study-wide lock, and surviving a database outage.
+
+A database that goes away while a trial trains (a restart, a failover, a network cut) costs a warning, not the
+sweep: every storage call of a worker that knows its study retries with backoff for study.storage_patience
+(PatientStorage), and the trial's epochs go on meanwhile (pruning checks skip the epochs the storage misses).
+Past the window the call raises StorageLost: the worker stops with one line, and its trial is recovered as any
+interrupted trial is (no heartbeat for study.grace_period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+
+from kdtrain import config
+from kdtrain.config import Config, KdtrainError, home, redact
+from kdtrain.shared import advisory_lock, file_lock
+
+
+class StorageLost(KdtrainError):
+    """The study's database stayed unreachable past study.storage_patience."""
+
+
+class StorageDown(Exception):
+    """A storage call that must not wait (an epoch's pruning check) met the database unreachable."""
+
+
+def lost_connection(e: BaseException) -> bool:
+    """Did a storage call fail because the database went away (not because of what it asked)? SQLAlchemy's
+    OperationalError, InterfaceError and DisconnectionError, or a DBAPI error that invalidated its connection,
+    anywhere in the chain (Optuna wraps them in StorageInternalError)."""
+    import sqlalchemy.exc as sa
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError, sa.PendingRollbackError)):
+            return True
+        if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def unreachable(e: BaseException) -> str:
+    """One line for a storage call that failed with the database gone: the driver's words, no password."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return (f"the study's storage is unreachable ({_db_error(e)}); start the database again and rerun the same "
+            "command (a sweep resumes; its running trial is recovered)")
+
+
+class PatientStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose public calls retry, with backoff up to 30 s, while the database is unreachable, for
+    `patience` seconds counted from the first failure of the outage (0, until a worker sets its study's
+    study.storage_patience: kdtrain status and report fail at once). One warning line when an outage starts,
+    one when the database answers again; past the window StorageLost. Inside `no_wait()` a call fails at once
+    with StorageDown instead (an epoch's pruning check: training goes on)."""
+
+    patience: float = 0.0
+    down_since: float | None = None
+    log = staticmethod(print)
+
+    def _patient(self, call):
+        delay = 1.0
+        while True:
+            try:
+                result = call()
+            except Exception as e:
+                if not lost_connection(e):
+                    raise
+                self._failed(e)
+                if getattr(_local, "no_wait", False):
+                    raise StorageDown(str(e)) from None
+                waited = time.time() - self.down_since
+                if waited >= self.patience:
+                    if not self.patience:
+                        raise
+                    raise StorageLost(f"the study's storage {self._name()} has been unreachable since "
+                                      f"{time.strftime('%H:%M:%S', time.localtime(self.down_since))} (more than "
+                                      f"study.storage_patience, {self.patience:.0f} s); this worker stops. Its "
+                                      "trial is failed and re-queued by the next worker or run once the database "
+                                      "is back (no heartbeat for study.grace_period)") from None
+                with contextlib.suppress(Exception):
+                    self.remove_session()  # a session whose connection died cannot roll back; start afresh
+                time.sleep(min(delay, self.patience - waited))
+                delay = min(2 * delay, 30.0)
+                continue
+            if self.down_since is not None:
+                self._back()
+            return result
+
+    def _name(self) -> str:
+        return redact(str(self.engine.url.render_as_string(hide_password=False)))
+
+    def _failed(self, e: Exception) -> None:
+        with _lock:
+            if self.down_since is None:
+                self.down_since = time.time()
+                if self.patience:
+                    while e.__cause__ is not None:  # the driver's words, not Optuna's "invalid data in the commit"
+                        e = e.__cause__
+                    print(f"warning: the study's storage {self._name()} is unreachable since "
+                          f"{time.strftime('%H:%M:%S', time.localtime(self.down_since))} ({_db_error(e)}); retrying "
+                          f"for up to {self.patience:.0f} s (study.storage_patience) while the trial trains",
+                          file=sys.stderr, flush=True)
+
+    def _back(self) -> None:
+        with _lock:
+            if self.down_since is not None:
+                self.log(f"the study's storage answers again (unreachable for {time.time() - self.down_since:.0f} s)")
+                self.down_since = None
+
+
+_lock, _local = threading.Lock(), threading.local()
+_WAITS = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+          "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+          "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+          "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
+          "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+          "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
+          "record_heartbeat", "_get_stale_trial_ids")
+
+
+def _waiting(name: str):
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._patient(lambda: method(self, *args, **kwargs))
+    return call
+
+
+for _name in _WAITS:
+    setattr(PatientStorage, _name, _waiting(_name))
+
+
+@contextlib.contextmanager
+def no_wait():
+    """Storage calls in this block (this thread) do not wait out an outage: they raise StorageDown."""
+    _local.no_wait = True
+    try:
+        yield
+    finally:
+        _local.no_wait = False
+
+
+def default_storage() -> str:
+    """$KDTRAIN_STORAGE (keeps a password off the command line), else the journal file under kdtrain's home."""
+    return os.environ.get("KDTRAIN_STORAGE") or str(home() / "optuna.journal")
+
+
+def is_rdb(url: str) -> bool:
+    return "://" in url
+
+
+def _db_error(e: Exception) -> str:
+    """The driver's own words, without SQLAlchemy's wrapping, on one line, passwords hidden."""
+    text = str(e).replace("\n", " ").split("(Background on this error", 1)[0]
+    text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
+    hints = {"authentication failed": "check the user and password in the storage URL",
+             "Connection refused": "is the database server running and reachable from this machine?",
+             "could not connect": "is the database server running and reachable from this machine?",
+             "timeout expired": "is the database server running and reachable from this machine?",
+             "does not exist": "create the database first, e.g. createdb NAME"}
+    hint = next((f" ({h})" for k, h in hints.items() if k in text), "")
+    return redact(" ".join(text.split()))[:400] + hint
+
+
+def open_storage(url: str | None = None):
+    """A journal file path (the default) or an RDB URL (sqlite:///..., postgresql://...).
+
+    RDB storages record a heartbeat per running trial, at the defaults of StudyConfig until apply_heartbeat sets
+    the study's own: a trial whose worker stops beating for the grace period is failed and its parameters
+    re-queued by the next worker that looks (recover)."""
+    url = url or default_storage()
+    if is_rdb(url):
+        # pool_pre_ping: each pooled connection is checked before use, so a database restart overnight is survived
+        kwargs: dict = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": 10}
+        try:
+            return PatientStorage(url, engine_kwargs=kwargs, heartbeat_interval=config.StudyConfig.heartbeat_interval,
+                                  grace_period=config.StudyConfig.grace_period)
+        except ImportError:
+            raise KdtrainError(f"the Optuna storage {redact(url)} needs its database driver: "
+                               "pip install 'kdtrain[postgres]'") from None
+        except Exception as e:  # noqa: BLE001 - a driver's or SQLAlchemy's: one line with the driver's words
+            raise KdtrainError(f"cannot open the Optuna storage {redact(url)}: {_db_error(e)}") from None
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(url).expanduser().resolve()
+    if path.is_dir():
+        raise KdtrainError(f"the Optuna storage {path} is a directory; give a journal file such as "
+                           f"{path / 'optuna.journal'} or an RDB URL (postgresql://...)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _rdb(storage) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage behind a storage, or None for a journal. Private attribute: Optuna wraps an RDBStorage in
+    a _CachedStorage and offers no public accessor, and heartbeat settings and the engine live on the inner one."""
+    inner = getattr(storage, "_backend", storage)
+    return inner if isinstance(inner, optuna.storages.RDBStorage) else None
+
+
+# A private attribute for want of a public accessor: asking and failing trials by hand (heartbeats, recovery)
+# needs the study's storage. The trial-level calls take a trial's id, found through public storage calls.
+def _storage(study: optuna.Study):
+    return study._storage
+
+
+def _study_id(study: optuna.Study) -> int:
+    return _storage(study).get_study_id_from_name(study.study_name)
+
+
+def _trial_id(study: optuna.Study, trial) -> int:
+    """A trial's storage id, from its number (public BaseStorage calls; Trial._trial_id is private)."""
+    return _storage(study).get_trial_id_from_study_id_trial_number(_study_id(study), trial.number)
+
+
+def apply_heartbeat(storage, cfg: Config) -> None:
+    """Every worker of a study beats at the study's own interval and grace period (stored with its config)."""
+    b = _rdb(storage)
+    if b is not None:
+        b.heartbeat_interval, b.grace_period = cfg.study.heartbeat_interval, cfg.study.grace_period
+        if isinstance(b, PatientStorage):
+            b.patience = config.parse_duration(cfg.study.storage_patience)
+
+
+def heartbeat_interval(storage) -> int | None:
+    b = _rdb(storage)
+    return b.heartbeat_interval if b is not None else None
+
+
+@contextlib.contextmanager
+def study_lock(study_or_storage, study_name: str, purpose: str):
+    """A mutex over every worker of a study: a PostgreSQL advisory lock when the study lives there (workers on
+    several machines), else a file lock (workers on this machine). The lock dies with its holder."""
+    storage = _storage(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
+    b = _rdb(storage)
+    name = f"{purpose}-{study_name}"
+    if b is None or b.engine.dialect.name != "postgresql":
+        with file_lock(name):
+            yield
+        return
+    def take():
+        lock = advisory_lock(b.engine, name)
+        lock.__enter__()
+        return lock
+
+    # taking the lock waits out an outage as any storage call does (a fresh attempt each time)
+    lock = b._patient(take) if isinstance(b, PatientStorage) else take()
+    try:
+        yield
+    finally:
+        try:
+            lock.__exit__(None, None, None)
+        except Exception as e:
+            if not lost_connection(e):  # a dead connection has released its advisory lock already
+                raise
+
+
+def existing_storage(url: str | None = None):
+    """Open a storage that must already hold studies (status, report): a missing journal is an error."""
+    url = url or default_storage()
+    if not is_rdb(url) and not Path(url).expanduser().exists():
+        raise KdtrainError(f"no Optuna storage at {url}: run a sweep first, or pass --storage")
+    return open_storage(url)
+
+
