@@ -274,25 +274,12 @@ def cmd_worker(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import datetime
-
     from kdtrain import preflight, search
+    from kdtrain.console import status_lines
 
     storage = preflight.storage(args.storage) or search.existing_storage(args.storage)
     for name in [args.study] if args.study else search.study_names(storage):
-        study = search.load(name, args.storage, storage)
-        c = search.counts(study)
-        print(f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
-              f"{c['RUNNING']} running, {c['WAITING']} waiting (target {search.target(study) or '?'})")
-        scfg = search.study_config(study).study
-        hv = hv_history(study, scfg.objectives, scfg.constraints)
-        if hv:
-            print(f"  hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials, {fmt_seconds(hv[-1][0])} of training")
-        for t in search.trials(study, "RUNNING"):
-            age = fmt_seconds((datetime.datetime.now() - t.datetime_start).total_seconds()) if t.datetime_start else "?"
-            print(f"  trial {t.number} running for {age} on {t.user_attrs.get(search.T_HOST, '?')} "
-                  f"(pid {t.user_attrs.get(search.T_PID, '?')})")
-        print(front_table(study) + "\n")
+        print("\n".join(status_lines(search.load(name, args.storage, storage))) + "\n")
     return 0
 
 

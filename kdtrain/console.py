@@ -61,6 +61,32 @@ def front_table(study) -> str:
     return f"pareto front of {study.study_name} ({len(rows)} trials):\n" + table(rows, cols)
 
 
+def status_lines(study) -> list[str]:
+    """kdtrain status of one study: its counts, hypervolume, running trials, trials whose MLflow writes wait for
+    the tracking server on this machine, and its front."""
+    import datetime
+
+    from kdtrain import search, tracking
+
+    c, name = search.counts(study), study.study_name
+    lines = [f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
+             f"{c['RUNNING']} running, {c['WAITING']} waiting (target {search.target(study) or '?'})"]
+    scfg = search.study_config(study).study
+    hv = hv_history(study, scfg.objectives, scfg.constraints)
+    if hv:
+        lines.append(f"  hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials, {fmt_seconds(hv[-1][0])} of "
+                     "training (the trials' own training time, summed)")
+    for t in search.trials(study, "RUNNING"):
+        age = fmt_seconds((datetime.datetime.now() - t.datetime_start).total_seconds()) if t.datetime_start else "?"
+        lines.append(f"  trial {t.number} running for {age} on {t.user_attrs.get(search.T_HOST, '?')} "
+                     f"(pid {t.user_attrs.get(search.T_PID, '?')})")
+    kept = tracking.kept_trials(search.tracking_uri(study), name)
+    if kept:
+        lines.append(f"  {len(kept)} finished trial(s) not yet in MLflow ({', '.join(map(str, kept))}): their writes "
+                     "wait on this machine for the tracking server; the next kdtrain sweep or worker sends them")
+    return [*lines, front_table(study)]
+
+
 def profile_row(label: str, width: int, r: dict, ref: dict) -> dict:
     """One model's deployment metrics as table cells, with ratios against the reference model's."""
     return {"model": label, "width": width, "params": f"{r['params']:,}", "size_kB": f"{r['size_bytes'] / 1024:.1f}",

@@ -269,6 +269,8 @@ def importances(study: optuna.Study, maximize: bool) -> dict[str, float]:
     try:
         with warnings.catch_warnings():  # its reminder of that is handled by the sign above
             warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+            # trials too alike to split (every one as accurate): the importances are equal, the plot says so
+            warnings.filterwarnings("ignore", message="Target and region quantiles select the same set")
             return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
     except Exception as e:  # noqa: BLE001 - e.g. every trial alike: nothing to rank
         warn(f"parameter importances of {study.study_name!r} not computed; the report leaves out their plot", e)

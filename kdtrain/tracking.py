@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import io
 import re
 import tempfile
 import time
@@ -19,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from kdtrain.config import KdtrainError, first_line, home, redact
+from kdtrain.outbox import PENDING, Deferring, Outbox, _reason, unreachable  # noqa: F401
 from kdtrain.shared import atomic_dir
 
 ROLE = "kdtrain.role"
@@ -45,6 +47,8 @@ RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 MODELS_VIEW = "#/experiments/{id}/models?workflowType=machine_learning"
 """The experiment's logged models in the MLflow UI (its training view, not the GenAI one)."""
 DEFAULT_UI = "http://127.0.0.1:5000"
+CURVES = ("train_loss", "kd_loss", "ce_loss", "val_accuracy")
+"""The per-epoch metrics of a run's history (step = epoch)."""
 
 
 def _quiet() -> None:
@@ -92,6 +96,12 @@ def _split_credentials(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
+def kept_trials(uri: str | None, study: str) -> list[int]:
+    """The trials of a study whose MLflow writes wait in this machine's outbox for the tracking server."""
+    uri = _split_credentials(uri or default_uri())
+    return [n for _, n in Outbox(redact(uri)).waiting_trials(study)] if uri.startswith(("http://", "https://")) else []
+
+
 def check_reachable(uri: str | None) -> None:
     """Fail fast, with one clear message, when an MLflow tracking server cannot be reached or refuses the
     credentials (local stores: no-op).
@@ -126,15 +136,13 @@ def check_reachable(uri: str | None) -> None:
         # any other answer means a server is there (a proxy without /health, an older API)
 
 
-def _reason(e: Exception) -> str:
-    """The innermost cause of a connection error, in one line without the URL's credentials."""
-    while e.__cause__ is not None or e.__context__ is not None:
-        e = e.__cause__ or e.__context__
-    return redact(first_line(e, 300))
+class Tracker(Deferring):
+    """Explicit-run-id logging through MlflowClient (safe across worker processes).
 
-
-class Tracker:
-    """Explicit-run-id logging through MlflowClient (safe across worker processes)."""
+    With a tracking server, the writes to existing runs (metrics, tags, artifacts, logged models, a run's end)
+    survive the server going away: a write the server cannot take, and every write after it, is kept in this
+    machine's outbox (kdtrain.outbox) and sent, in order and once, when the server answers again (flush). One
+    warning line says since when. Creating runs and reading still need the server."""
 
     def __init__(self, uri: str | None = None):
         _quiet()
@@ -152,6 +160,10 @@ class Tracker:
         except Exception as e:
             raise KdtrainError(f"cannot open the MLflow store {redact(self.uri)}: {first_line(e, 300)}") \
                 from None
+        self.outbox = Outbox(redact(self.uri)) if self.uri.startswith(("http://", "https://")) else None
+        self.down_since: float | None = None
+        self.labels: dict = {}
+        """The study and trial the writes of the moment belong to (kept with them: kdtrain status counts them)."""
 
     # ------------------------------------------------------------------ experiment and runs
     def experiment(self, name: str) -> str:
@@ -199,30 +211,46 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: dict, history: list | None = None, model_id: str | None = None) -> None:
         """Final metrics (no step; linked to the run's logged model when given) and per-epoch history (step =
         epoch) in a few batched writes."""
+        curves = [{"epoch": s.epoch, **{k: float(getattr(s, k)) for k in CURVES}} for s in history or []]
+        self._write("metrics", run_id, {"metrics": {k: float(v) for k, v in metrics.items() if v is not None},
+                                        "history": curves, "model_id": model_id})
+
+    def _w_metrics(self, run_id: str, folder, metrics: dict, history: list, model_id: str | None) -> None:
         from mlflow.entities import Metric
 
+        if model_id and model_id.startswith(PENDING):
+            model_id = self.outbox.alias(model_id)  # made by a kept log_model sent before this write
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items() if v is not None]
-        for s in history or []:
-            for key in ("train_loss", "kd_loss", "ce_loss", "val_accuracy"):
-                items.append(Metric(key, float(getattr(s, key)), now, s.epoch))
+        items = [Metric(k, v, now, 0, model_id=model_id) for k, v in metrics.items()]
+        items += [Metric(k, s[k], now, s["epoch"]) for s in history for k in CURVES]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
 
     def log_step(self, run_id: str, metrics: dict, step: int) -> None:
         """Metrics at one step (a study's progress on its parent run)."""
+        self._write("step", run_id, {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step})
+
+    def _w_step(self, run_id: str, folder, metrics: dict, step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
+        self._write("tags", run_id, {"tags": {k: str(v) for k, v in tags.items()}})
+
+    def _w_tags(self, run_id: str, folder, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, text, name)
+        self._write("artifact", run_id, {}, {name: text.encode()})
+
+    def _w_artifact(self, run_id: str, folder: Path, **_) -> None:
+        for f in sorted(folder.iterdir()):
+            if f.name != "record.json":
+                self.client.log_artifact(run_id, str(f))
 
     def log_file(self, run_id: str, path: str | Path) -> None:
         self.client.log_artifact(run_id, str(path))
@@ -253,10 +281,9 @@ class Tracker:
     def log_state_dict(self, run_id: str, state: dict, name: str = MODEL_ARTIFACT) -> None:
         import torch
 
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / name
-            torch.save(state, p)
-            self.client.log_artifact(run_id, str(p))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self._write("artifact", run_id, {}, {name: buffer.getvalue()})
 
     # ------------------------------------------------------------------ MLflow models and dataset inputs
     def log_model(self, run_id: str, exp_id: str, name: str, model, example, tags: dict | None = None) -> str | None:
@@ -265,33 +292,59 @@ class Tracker:
         module would need kdtrain's classes; ONNX would need onnxruntime). Its signature and input example come
         from `example` (inputs as the model takes them). None, with a tag saying why, when the model cannot be
         traced or scripted exactly (a python: factory with data-dependent control flow, say)."""
-        import mlflow.pytorch
         import torch
-        from mlflow.entities import LoggedModelOutput
-        from mlflow.models import Model, infer_signature
 
         x = torch.as_tensor(example).float().cpu()
         ts = torchscript(model, x)
         if ts is None:
             self.set_tags(run_id, {MODEL_TAG: "none: TorchScript cannot reproduce this model; see model.pt"})
             return None
+        files = {"model.ts": io.BytesIO(), "example.pt": io.BytesIO()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            torch.jit.save(ts, files["model.ts"])
+        torch.save(x, files["example.pt"])
+        return self._write("model", run_id, {"exp_id": exp_id, "name": name,
+                                             "tags": {k: str(v) for k, v in (tags or {}).items()}},
+                           {k: b.getvalue() for k, b in files.items()})
+
+    def _w_model(self, run_id: str, folder: Path, exp_id: str, name: str, tags: dict) -> str:
+        import mlflow.pytorch
+        import torch
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model, infer_signature
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            ts = torch.jit.load(str(folder / "model.ts"), map_location="cpu")
+        x = torch.load(folder / "example.pt", weights_only=True)
         with torch.no_grad():
             out = ts(x).numpy()
         name = re.sub(r"[^A-Za-z0-9_-]+", "-", name)  # MLflow refuses ':', '.', '/' in a model name (python: archs)
         lm = self.client.create_logged_model(exp_id, name=name, source_run_id=run_id, model_type="classifier",
-                                             tags={k: str(v) for k, v in (tags or {}).items()},
-                                             params=dict(self.client.get_run(run_id).data.params))
+                                             tags=tags, params=dict(self.client.get_run(run_id).data.params))
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "model"
+            saved = Path(tmp) / "model"
             meta = Model(artifact_path=lm.artifact_location, model_uuid=lm.model_id, run_id=run_id, model_id=lm.model_id)
-            mlflow.pytorch.save_model(ts, folder, mlflow_model=meta, signature=infer_signature(x.numpy(), out),
+            mlflow.pytorch.save_model(ts, saved, mlflow_model=meta, signature=infer_signature(x.numpy(), out),
                                       input_example=x[:1].numpy(), serialization_format="pickle",
                                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-            self.client.log_model_artifacts(lm.model_id, str(folder))
+            self.client.log_model_artifacts(lm.model_id, str(saved))
         self.client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step=0)])
         self.client.finalize_logged_model(lm.model_id, "READY")
-        self.set_tags(run_id, {MODEL_TAG: lm.model_id})
+        self._w_tags(run_id, folder, {MODEL_TAG: lm.model_id})
         return lm.model_id
+
+    def answers(self) -> bool:
+        """Does the tracking server answer /health now (one try, 5 s)?"""
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        try:
+            return http_request(get_default_host_creds(self.uri), "/health", "GET", max_retries=0, timeout=5,
+                                raise_on_status=False).status_code == 200
+        except Exception:  # noqa: BLE001 - refused, timed out: not answering
+            return False
 
     def register(self, name: str, model_id: str, run_id: str, description: str, tags: dict) -> str:
         """A version of registered model `name` for a logged model (the registered model created if need be); the
@@ -369,6 +422,9 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self._write("end", run_id, {"status": status})
+
+    def _w_end(self, run_id: str, folder, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
     def status(self, run_id: str) -> str:

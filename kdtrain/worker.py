@@ -46,6 +46,8 @@ class Context:
     log: Callable[[str], None]
     inputs: list = dataclasses.field(default_factory=list)
     """The data as MLflow dataset inputs (train, validation, test), logged with every run."""
+    unlogged: dict = dataclasses.field(default_factory=dict)
+    """Baselines trained while the tracking server was away, by key: their runs are logged once it answers."""
 
     def example(self):
         """Two validation samples as the models take them: the logged models' input example and signature."""
@@ -307,6 +309,21 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
     result = baseline_runs(ctx, cfg, seeds)
     metrics = {**result["metrics"], **seed_stats([result["runs"][str(s)] for s in seeds])}
     key = student_key(cfg)
+    if ctx.tracker.down_since is not None:  # the tracking server away: logged before the next trial
+        ctx.unlogged[key] = cfg
+        return metrics
+    try:
+        log_baseline(ctx, cfg, key, seeds, result, metrics)
+    except Exception as e:
+        if not tracking.unreachable(e):
+            raise
+        ctx.tracker.down(e)  # the trial needs the numbers, not the run: logged before the next trial
+        ctx.unlogged[key] = cfg
+    return metrics
+
+
+def log_baseline(ctx: Context, cfg: Config, key: str, seeds: list[int], result: dict, metrics: dict) -> None:
+    """The baseline's MLflow run, once per study (under the study's lock)."""
     with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
         if not logged_whole(ctx, {"kdtrain.baseline_key": key}):
             run_name = f"baseline-{cfg.student.arch}-w{cfg.student.width}"
@@ -326,7 +343,6 @@ def ensure_baseline(ctx: Context, cfg: Config) -> dict:
             ctx.tracker.log_metrics(run, {**{k: v for k, v in metrics.items() if k != "seeds"}, **steps,
                                           **label_metrics(ctx.ds)}, curves, model_id=model_id)
             ctx.tracker.end(run)
-    return metrics
 
 
 def baseline_file(key: str, seed: int | None = None) -> Path:
@@ -362,6 +378,7 @@ def run_trial(ctx: Context, trial) -> list[float]:
     tcfg = config.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search, ctx.cfg.kd.loss))
     tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
             search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
+    ctx.tracker.labels = {"study": ctx.study.study_name, "trial": trial.number}  # kept writes say whose they are
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
                                params=_flat_params(tcfg))
     search.record(trial, {search.T_RUN: run_id})
@@ -511,6 +528,11 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
     """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes."""
     waiting_said = False
     while True:
+        ctx.tracker.labels = {}
+        # a tracking server away: the finished trials' kept writes go first (a rerun sends a dead worker's too)
+        ctx.tracker.wait_sent(config.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
+        for cfg in list(ctx.unlogged.values()):
+            ensure_baseline(ctx, ctx.unlogged.pop(student_key(cfg)))
         nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker))
         for n in nxt.recovered or []:
             ctx.log(f"trial {n}: its worker is gone; failed and re-queued")

@@ -22,6 +22,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from kdtrain import search
+
 pytestmark = pytest.mark.postgres
 
 SWEEP = """
@@ -115,7 +117,7 @@ def wait_for_running(url: str, name: str, proc, timeout: float = 240) -> int:
     while time.time() < deadline:
         assert proc.poll() is None, output(proc)
         try:
-            study = optuna.load_study(study_name=name, storage=url)
+            study = optuna.load_study(study_name=name, storage=search.open_storage(url))
             running = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.number]
             if running:
                 return running[0]
@@ -126,7 +128,7 @@ def wait_for_running(url: str, name: str, proc, timeout: float = 240) -> int:
 
 
 def states(url: str, name: str) -> dict[int, str]:
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=search.open_storage(url))
     return {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
 
 
@@ -179,3 +181,149 @@ def test_a_database_outage_past_the_patience_window_stops_with_one_line_and_the_
     assert "no heartbeat" in failed[0].user_attrs["fail_reason"]
     assert sum(t.state.name == "COMPLETE" for t in final) == 3
     assert any(t.user_attrs.get("kdtrain.requeued_from") == victim for t in final)  # its settings ran again
+
+
+# --------------------------------------------------------------------------- the tracking server (item 12)
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite file and an artifacts folder, stopped and started again
+    on the same port and store."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = root, free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                                      f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination",
+                                      str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--workers", "1"], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 180
+        while True:
+            try:
+                if urllib.request.urlopen(self.url + "/health", timeout=2).status == 200:
+                    return
+            except OSError:
+                pass
+            assert self.proc.poll() is None and time.time() < deadline, (self.root / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    # MLflow's own retries (minutes by default) shortened: the outage is what is tested, not their length
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    root = tmp_path / "mlflow-server"
+    root.mkdir()
+    server = MlflowServer(root)
+    server.start()
+    yield server
+    server.stop()
+
+
+WRITER = """
+import sys, torch
+from kdtrain.tracking import Tracker
+from kdtrain.train import EpochStats
+t = Tracker(sys.argv[1])
+exp = t.experiment("kept")
+run = t.start(exp, "trial-0", "student", params={"kd.alpha": 0.5})
+print(run, flush=True)
+sys.stdin.readline()  # the test stops the server here
+t.labels = {"study": "kept", "trial": 0}
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+history = [EpochStats(epoch=e, epochs=2, train_loss=1.0 / e, kd_loss=0.5, ce_loss=0.5, val_accuracy=0.4 + e / 10,
+                      seconds=0.1, lr=0.01) for e in (1, 2)]
+t.log_metrics(run, {"params": 68}, history)
+mid = t.log_model(run, exp, "trial-0", model, torch.zeros(2, 1, 16))
+assert mid.startswith("outbox:"), mid
+t.log_metrics(run, {"val_accuracy": 0.6}, model_id=mid)
+t.log_state_dict(run, model.state_dict())
+t.set_tags(run, {"optuna.state": "COMPLETE"})
+t.end(run)
+print("kept", len(t.outbox.entries()), flush=True)
+"""
+
+
+def test_writes_a_stopped_tracking_server_missed_are_kept_and_sent_in_order_once_by_the_next_run(mlflow_server,
+                                                                                              tmp_path):
+    """A worker that exits while holding unsent writes: the next kdtrain run on this machine sends them."""
+    from mlflow.tracking import MlflowClient
+
+    from kdtrain import tracking
+
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, mlflow_server.url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = writer.stdout.readline().strip()
+    mlflow_server.stop()
+    out, err = writer.communicate("go\n", timeout=300)
+    assert writer.returncode == 0, err
+    assert out.strip() == "kept 6", out + err  # metrics, model, metrics, state dict, tags, end
+    assert len([line for line in err.splitlines() if "is unreachable since" in line]) == 1, err
+    assert "Traceback" not in err
+    assert tracking.kept_trials(mlflow_server.url, "kept") == [0]
+
+    mlflow_server.start()
+    t = tracking.Tracker(mlflow_server.url)  # the next run: its first flush sends them
+    assert t.flush() and t.outbox.entries() == []
+    assert tracking.kept_trials(mlflow_server.url, "kept") == []
+    client = MlflowClient(mlflow_server.url)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+    assert run.data.metrics["val_accuracy"] == pytest.approx(0.6) and run.data.metrics["params"] == 68
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy")) == [0, 1, 2]  # each once
+    model_id = run.data.tags[tracking.MODEL_TAG]
+    assert client.get_logged_model(model_id).status.name == "READY"
+    linked = {m.key: m.value for m in client.get_logged_model(model_id).metrics or []}
+    assert linked.get("val_accuracy") == 0.6  # the placeholder became the real id
+    assert "model.pt" in [f.path for f in client.list_artifacts(run_id)]
+    assert tracking.Tracker(mlflow_server.url).flush()  # nothing left, nothing sent twice:
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert len(client.get_metric_history(run_id, "params")) == 1
+
+
+def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    sweep = sweep_file(tmp_path, "ml-blip", trials=3, patience="5m", epochs=60)
+    storage = str(tmp_path / "optuna.journal")
+    proc = start_sweep(sweep, storage, tmp_path, "--tracking-uri", mlflow_server.url)
+    try:
+        wait_for_running(storage, "ml-blip", proc)
+        mlflow_server.stop()
+        deadline = time.time() + 300
+        while "is unreachable since" not in output(proc):
+            assert proc.poll() is None and time.time() < deadline, output(proc)
+            time.sleep(0.5)
+        time.sleep(3)
+        mlflow_server.start()
+        assert proc.wait(timeout=300) == 0, output(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = output(proc)
+    assert "Traceback" not in out, out
+    assert len([line for line in out.splitlines() if "is unreachable since" in line]) == 1, out
+    assert re.search(r"answers again .*sent \d+ kept write", out), out
+    assert set(states(storage, "ml-blip").values()) == {"COMPLETE"}, out
+    client = MlflowClient(mlflow_server.url)
+    exp = client.get_experiment_by_name("ml-blip")
+    runs = client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'")
+    assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"], out
+    for r in runs:
+        assert r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics, (r.info.run_name, out)
+        assert "model.pt" in [f.path for f in client.list_artifacts(r.info.run_id)], r.info.run_name
