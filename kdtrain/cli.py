@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kdtrain.args import build_parser, study_name_problem
 from kdtrain.shared import threads_per_worker
-from kdtrain.console import EpochProgress, fmt_seconds, front_table, hv_history, table, teacher_progress
+from kdtrain.console import EpochProgress, front_table, table, teacher_progress
 
 
 def _load(args):
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # a database that went away outside a trial (kdtrain status, a report): one line too
         from kdtrain.storage import lost_connection, unreachable
-        if not lost_connection(e):
+        if not lost_connection(e, context=False):
             raise
         print(f"kdtrain: error: {unreachable(e)}", file=sys.stderr)
         return 1

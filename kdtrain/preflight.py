@@ -12,6 +12,7 @@ import urllib.parse
 from pathlib import Path
 
 from kdtrain import search
+from kdtrain.storage import _db_error as db_error
 from kdtrain.config import KdtrainError, redact
 
 
@@ -117,12 +118,12 @@ def check_tracking(given: str | None) -> None:
         except ImportError:
             raise KdtrainError(f"{what} needs its database driver (e.g. pip install 'kdtrain[postgres]')") from None
         except Exception as e:  # noqa: BLE001 - SQLAlchemy's own words
-            raise KdtrainError(f"{what} is not a database URL SQLAlchemy can read: {search._db_error(e)}") from None
+            raise KdtrainError(f"{what} is not a database URL SQLAlchemy can read: {db_error(e)}") from None
         try:
             with engine.connect():
                 pass
         except Exception as e:  # noqa: BLE001
-            raise KdtrainError(f"cannot reach the MLflow tracking database {redact(uri)}: {search._db_error(e)}") \
+            raise KdtrainError(f"cannot reach the MLflow tracking database {redact(uri)}: {db_error(e)}") \
                 from None
         finally:
             engine.dispose()

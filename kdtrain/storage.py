@@ -34,10 +34,11 @@ class StorageDown(Exception):
     """A storage call that must not wait (an epoch's pruning check) met the database unreachable."""
 
 
-def lost_connection(e: BaseException) -> bool:
+def lost_connection(e: BaseException, context: bool = True) -> bool:
     """Did a storage call fail because the database went away (not because of what it asked)? SQLAlchemy's
     OperationalError, InterfaceError and DisconnectionError, or a DBAPI error that invalidated its connection,
-    anywhere in the chain (Optuna wraps them in StorageInternalError)."""
+    anywhere in the chain of causes (Optuna wraps them in StorageInternalError) and, with `context`, of errors
+    met while handling one (a rollback on a dead connection)."""
     import sqlalchemy.exc as sa
 
     seen = set()
@@ -47,7 +48,7 @@ def lost_connection(e: BaseException) -> bool:
             return True
         if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
             return True
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ or (e.__context__ if context else None)
     return False
 
 

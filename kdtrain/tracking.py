@@ -287,23 +287,31 @@ class Tracker(Deferring):
 
     # ------------------------------------------------------------------ MLflow models and dataset inputs
     def log_model(self, run_id: str, exp_id: str, name: str, model, example, tags: dict | None = None) -> str | None:
-        """The run's model as an MLflow logged model (linked to the run; kdtrain.model_id tags the run): TorchScript
-        in MLflow's pytorch flavor, so that mlflow.pyfunc.load_model needs torch alone, not kdtrain (a pickled
-        module would need kdtrain's classes; ONNX would need onnxruntime). Its signature and input example come
-        from `example` (inputs as the model takes them). None, with a tag saying why, when the model cannot be
-        traced or scripted exactly (a python: factory with data-dependent control flow, say)."""
+        """The run's model as an MLflow logged model (linked to the run; kdtrain.model_id tags the run), in MLflow's
+        pytorch flavor so that mlflow.pyfunc.load_model needs torch alone, not kdtrain (a pickled module would
+        need kdtrain's classes; ONNX would need onnxruntime): a torch.export program (pt2, which loads without
+        a warning), else TorchScript (a model export cannot capture; torch warns that TorchScript is deprecated
+        when it loads). Its signature and input example come from `example` (inputs as the model takes them).
+        None, with a tag saying why, when neither reproduces the model (a python: factory with data-dependent
+        control flow, say)."""
         import torch
 
         x = torch.as_tensor(example).float().cpu()
-        ts = torchscript(model, x)
-        if ts is None:
-            self.set_tags(run_id, {MODEL_TAG: "none: TorchScript cannot reproduce this model; see model.pt"})
-            return None
-        files = {"model.ts": io.BytesIO(), "example.pt": io.BytesIO()}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            torch.jit.save(ts, files["model.ts"])
+        files = {"example.pt": io.BytesIO()}
         torch.save(x, files["example.pt"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # export's notes on buffers, TorchScript's deprecation notice
+            program = exported(model, x)
+            if program is not None:
+                files["model.pt2"] = io.BytesIO()
+                torch.export.save(program, files["model.pt2"])
+            elif (ts := torchscript(model, x)) is not None:
+                files["model.ts"] = io.BytesIO()
+                torch.jit.save(ts, files["model.ts"])
+            else:
+                self.set_tags(run_id, {MODEL_TAG: "none: neither torch.export nor TorchScript reproduces this "
+                                                  "model; see model.pt"})
+                return None
         return self._write("model", run_id, {"exp_id": exp_id, "name": name,
                                              "tags": {k: str(v) for k, v in (tags or {}).items()}},
                            {k: b.getvalue() for k, b in files.items()})
@@ -314,21 +322,27 @@ class Tracker(Deferring):
         from mlflow.entities import LoggedModelOutput
         from mlflow.models import Model, infer_signature
 
+        pt2 = (folder / "model.pt2").exists()
+        x = torch.load(folder / "example.pt", weights_only=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            ts = torch.jit.load(str(folder / "model.ts"), map_location="cpu")
-        x = torch.load(folder / "example.pt", weights_only=True)
-        with torch.no_grad():
-            out = ts(x).numpy()
+            model = torch.export.load(str(folder / "model.pt2")).module() if pt2 else \
+                torch.jit.load(str(folder / "model.ts"), map_location="cpu")
+            with torch.no_grad():
+                out = model(x).numpy()
         name = re.sub(r"[^A-Za-z0-9_-]+", "-", name)  # MLflow refuses ':', '.', '/' in a model name (python: archs)
         lm = self.client.create_logged_model(exp_id, name=name, source_run_id=run_id, model_type="classifier",
                                              tags=tags, params=dict(self.client.get_run(run_id).data.params))
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "model"
             meta = Model(artifact_path=lm.artifact_location, model_uuid=lm.model_id, run_id=run_id, model_id=lm.model_id)
-            mlflow.pytorch.save_model(ts, saved, mlflow_model=meta, signature=infer_signature(x.numpy(), out),
-                                      input_example=x[:1].numpy(), serialization_format="pickle",
-                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # export's notes on buffers (a GRU's flat weights)
+                # pt2: the example's batch of 2 keeps the batch dimension dynamic (export fixes a size of 1)
+                mlflow.pytorch.save_model(model, saved, mlflow_model=meta, signature=infer_signature(x.numpy(), out),
+                                          input_example=(x if pt2 else x[:1]).numpy(),
+                                          serialization_format="pt2" if pt2 else "pickle",
+                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
             self.client.log_model_artifacts(lm.model_id, str(saved))
         self.client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step=0)])
         self.client.finalize_logged_model(lm.model_id, "READY")
@@ -429,6 +443,27 @@ class Tracker(Deferring):
 
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
+
+
+def exported(model, x):
+    """A torch.export program of the model, its batch dimension dynamic, that gives the model's outputs (within
+    1e-5) on x and on a batch of another size; None when export cannot capture it (a ScriptModule, a model with
+    data-dependent control flow). Call with warnings silenced."""
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule) or len(x) < 2:
+        return None
+    model = model.cpu().eval()
+    other = torch.cat([x, x[:1]])
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            module = program.module()
+            if all(torch.allclose(module(a), model(a), atol=1e-5, rtol=0) for a in (x, other)):
+                return program
+    except Exception:  # noqa: BLE001 - export refused the model (many error types): TorchScript is tried next
+        pass
+    return None
 
 
 def torchscript(model, x):
