@@ -189,6 +189,7 @@ def _add_study_commands(sub) -> None:
     dp.add_argument("--port", type=int, default=8080, help="the port on 127.0.0.1 (default 8080)")
 
     up = _command(sub, "ui", "start the MLflow UI on 127.0.0.1 against the local store (or --tracking-uri)")
+    _study_arg(up, False, "the study whose runs to link (default: a link per study in the store)")
     up.add_argument("--port", type=int, default=5000, help="the port on 127.0.0.1 (default 5000)")
     up.add_argument("--tracking-uri", type=_text, help="the MLflow store to browse (default $MLFLOW_TRACKING_URI, "
                     "else mlruns/mlflow.db)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kdtrain.args import build_parser, study_name_problem
 from kdtrain.shared import threads_per_worker
-from kdtrain.console import EpochProgress, front_table, table, teacher_progress
+from kdtrain.console import Countdown, EpochProgress, front_table, table, teacher_progress
 
 
 def _load(args):
@@ -229,7 +229,9 @@ def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: 
 
         folder = report.build([ctx.study.study_name], args.report_dir, ctx.tracker.uri, args.storage)[0]
         print(f"\nreport: {folder / 'index.html'} (also under the study's parent run in MLflow)")
-    print(f"\nbrowse the runs: kdtrain ui  ->  {ctx.tracker.link(ctx.exp_id)}")
+    where = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
+    print("\nbrowse the runs: " + (ctx.tracker.link(ctx.exp_id) or f"kdtrain ui {ctx.study.study_name}{where} (serves the "
+                                   "store on 127.0.0.1, --port 5000 by default, and prints the link to its runs)"))
     return 1 if failed_logs else 0
 
 
@@ -287,7 +289,7 @@ def cmd_ui(args) -> int:
     from kdtrain import ship
     from kdtrain.tracking import default_uri
 
-    return ship.mlflow_ui(args.tracking_uri or default_uri(), args.port)
+    return ship.mlflow_ui(args.tracking_uri or default_uri(), args.port, args.study)
 
 
 def cmd_profile(args) -> int:
@@ -377,7 +379,12 @@ def cmd_confirm(args) -> int:
     preflight.check_tracking(args.tracking_uri)
     preflight.storage(args.storage)
     ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
-    rows = confirm_rows([worker.confirm(ctx, t, args.seeds) for t in _chosen(ctx.study, args)])
+    trials = _chosen(ctx.study, args)
+    total = worker.confirm_plan(ctx, trials, args.seeds)
+    print(f"confirm: {len(trials)} trial(s) x {args.seeds} new seed(s): {total} training(s) to run (each seed "
+          "distilled, and the no-teacher baseline of each seed not trained on this machine before)")
+    say = Countdown(total, "confirm").step
+    rows = confirm_rows([worker.confirm(ctx, t, args.seeds, say) for t in trials])
     print(table(rows, list(rows[0])))
     if not args.no_report:
         folder = report.build([args.study], args.out, ctx.tracker.uri, args.storage)[0]

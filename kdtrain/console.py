@@ -61,6 +61,18 @@ def front_table(study) -> str:
     return f"pareto front of {study.study_name} ({len(rows)} trials):\n" + table(rows, cols)
 
 
+def time_spent(study) -> str:
+    """The study's time, named the same way in kdtrain status and the report: the trials' own training summed,
+    and their whole time (measuring, baselines and logging included)."""
+    from kdtrain import search
+
+    done = search.trials(study, "COMPLETE", "PRUNED", "FAIL")
+    train = sum(t.user_attrs.get(search.T_COMPUTE, 0.0) for t in done)
+    whole = sum(t.duration.total_seconds() for t in done if t.duration is not None)
+    return f"training time {fmt_seconds(train)} (the trials' own, summed; {fmt_seconds(whole)} with measuring, " \
+           "baselines and logging)"
+
+
 def status_lines(study) -> list[str]:
     """kdtrain status of one study: its counts, hypervolume, running trials, trials whose MLflow writes wait for
     the tracking server on this machine, and its front."""
@@ -73,9 +85,8 @@ def status_lines(study) -> list[str]:
              f"{c['RUNNING']} running, {c['WAITING']} waiting (target {search.target(study) or '?'})"]
     scfg = search.study_config(study).study
     hv = hv_history(study, scfg.objectives, scfg.constraints)
-    if hv:
-        lines.append(f"  hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials, {fmt_seconds(hv[-1][0])} of "
-                     "training (the trials' own training time, summed)")
+    lines.append(f"  {time_spent(study)}" + (f"; hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials"
+                                              if hv else ""))
     for t in search.trials(study, "RUNNING"):
         age = fmt_seconds((datetime.datetime.now() - t.datetime_start).total_seconds()) if t.datetime_start else "?"
         lines.append(f"  trial {t.number} running for {age} on {t.user_attrs.get(search.T_HOST, '?')} "
@@ -103,6 +114,22 @@ def confirm_rows(summaries: list[dict]) -> list[dict]:
     return [{"trial": d["trial"], "seeds": d["seeds"], "val_acc %": pm(d, "val_accuracy"),
              "test_acc %": pm(d, "test_accuracy"), "gain over baseline (test, paired) pts": pm(d, "kd_gain_test")}
             for d in summaries]
+
+
+class Countdown:
+    """`k/N` and an ETA for a known number of steps of similar length (kdtrain confirm's trainings):
+    step(label) says which one starts, with the time so far and the time left at the mean pace."""
+
+    def __init__(self, total: int, what: str, stream=None):
+        self.total, self.what, self.done, self.start = total, what, 0, time.monotonic()
+        self.stream = stream
+
+    def step(self, label: str) -> None:
+        elapsed = time.monotonic() - self.start
+        eta = fmt_seconds(elapsed / self.done * (self.total - self.done)) if self.done else "?"
+        self.done += 1
+        _stamp(f"{self.what} {self.done}/{self.total}: {label}  elapsed {fmt_seconds(elapsed)}  ETA {eta}",
+               self.stream or sys.stdout)
 
 
 def _stamp(text: str, stream) -> None:

@@ -53,12 +53,13 @@ class StudyData:
     teachers: pd.DataFrame
     baselines: pd.DataFrame
     counts: dict
-    compute_seconds: float
+    time_spent: str
+    """Training time and whole trial time, as kdtrain status words them (console.time_spent)."""
     importances: dict
     history: pd.DataFrame
     """trial number and first objective value of complete trials, in order."""
-    link: str
-    """MLflow UI runs view of the study's experiment."""
+    link: str | None
+    """MLflow UI runs view of the study's experiment on its tracking server (None for a local store)."""
     parent_run_id: str | None
     tracking_uri: str | None = None
     """Where the study's runs live (what it was given, else what the study recorded)."""
@@ -108,13 +109,12 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     students = students[students["trial"].isin(list(complete))].sort_values("trial").reset_index(drop=True)
 
     c = search.counts(study)
-    seconds = sum((t.duration.total_seconds() for t in study.trials if t.duration is not None), 0.0)
     first = next(iter(cfg.study.objectives))
     importances = search.importances(study, cfg.study.objectives[first] == "maximize") if len(complete) >= 3 else {}
     history = pd.DataFrame({"trial": list(complete), "value": [t.values[0] for t in complete.values()]})
     return StudyData(study_name, dict(cfg.study.objectives), students,
                      runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),
-                     c, seconds, importances, history, tracker.link(exp_id) if exp_id else "",
+                     c, console.time_spent(study), importances, history, tracker.link(exp_id) if exp_id else None,
                      study.user_attrs.get(search.A_PARENT), tracking_uri, runs[role == "confirm"].reset_index(drop=True),
                      console.hv_history(study, cfg.study.objectives, cfg.study.constraints), dict(cfg.study.constraints))
 
@@ -189,7 +189,7 @@ def _student_summary(s, t) -> dict:
 
 FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "params", "size_bytes", "flops",
                  "latency_ms_p50", "throughput", "x smaller", "x faster (b1)", "kd.temperature", "kd.alpha",
-                 "student.width", "kd.teachers", "kd.ensemble", "run_id"]
+                 "student.width", "kd.teachers", "kd.ensemble", "kd.loss", "run_id"]
 
 
 def front_table(d: StudyData) -> pd.DataFrame:
@@ -309,7 +309,41 @@ def size_buckets(studies: list[StudyData]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- plots
 
 
+def _tick_labels(axis, renderer) -> list:
+    """Display boxes of an axis's major tick labels inside its view."""
+    low, high = sorted(axis.get_view_interval())
+    span = (high - low) * 1e-9
+    labels = axis.get_majorticklabels()
+    locs = list(axis.get_majorticklocs())[:len(labels)]
+    return [lab.get_window_extent(renderer) for lab, loc in zip(labels, locs)
+            if low - span <= loc <= high + span and lab.get_text()]
+
+
+def _declutter(fig) -> None:
+    """Fewer ticks on any axis whose labels touch (0.0100 on 0.0125 on a narrow axis, 900 on 1,000): linear axes
+    at most 6 ticks, then 5, ... 2; log axes from every multiple of a power of ten to 1, 2 and 5 times them, to the
+    powers alone, to 3 even steps: the first whose labels stand apart."""
+    import matplotlib.ticker as mt
+
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_locator(), mt.FixedLocator):
+                continue  # ticks chosen one by one (the widths of gain_per_width)
+            fewer = [mt.MaxNLocator(n) for n in (6, 5, 4, 3, 2)] if axis.get_scale() == "linear" else \
+                [mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)), mt.LogLocator(base=10, subs=(1.0,)),
+                 mt.MaxNLocator(3), mt.MaxNLocator(2)]
+            for locator in fewer:
+                fig.canvas.draw()
+                boxes = _tick_labels(axis, renderer)
+                if not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]) and \
+                        (len(boxes) >= 2 or axis.get_scale() == "linear"):
+                    break
+                axis.set_major_locator(locator)
+
+
 def _save(fig, folder: Path, name: str) -> str:
+    _declutter(fig)
     fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
     fig.savefig(folder / f"{name}.svg", bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -344,23 +378,60 @@ def _front_plot(d: StudyData, x: str, xlabel: str, folder: Path, name: str, colo
                         norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
                         label="Pareto front (students)", zorder=3)
         ax.step(fr[x], fr["val_accuracy"], where="post", color="black", lw=1.2, zorder=2)
-        fig.colorbar(sc, ax=ax, label=colour)
+        bar = fig.colorbar(sc, ax=ax, label=colour)
+        if colour == "kd.temperature":
+            _log_ticks(bar.ax.yaxis)
     if not d.baselines.empty:  # joined by width on the size plot; loose points where x is not monotone in width
         b = d.baselines.sort_values(x)
         ax.plot(b[x], b["val_accuracy"], "x--" if x == "params" else "x", color="tab:red",
                 label="no-teacher baseline", zorder=2)
-    for _, t in d.teachers.iterrows():
-        ax.scatter([t[x]], [t["val_accuracy"]], marker="*", s=220, color="tab:orange", edgecolors="black", zorder=4)
-        ax.annotate(str(t["tag:mlflow.runName"]), (t[x], t["val_accuracy"]), textcoords="offset points",
-                    xytext=(6, -12), fontsize=8)
-    ax.scatter([], [], marker="*", s=120, color="tab:orange", edgecolors="black", label="teacher")
+    # teachers named in the legend, one colour each: labels beside the stars overlapped when two teachers were
+    # alike, and one was cut at the plot's edge
+    for i, (_, t) in enumerate(d.teachers.iterrows()):
+        ax.scatter([t[x]], [t["val_accuracy"]], marker="*", s=220, color=TEACHER_COLOURS[i % len(TEACHER_COLOURS)],
+                   edgecolors="black", zorder=4, label=f"teacher {str(t['tag:mlflow.runName']).removeprefix('teacher-')}")
     ax.set_xscale("log")
+    _log_ticks(ax.xaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{d.name}: accuracy vs {xlabel}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0]  # below the axes: it never covers a point or a label
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, max(1, len(handles))), fontsize=8,
+              frameon=False)
     return _save(fig, folder, name)
+
+
+TEACHER_COLOURS = ("tab:orange", "gold", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def _number(value: float, _pos=None) -> str:
+    """A tick value in plain digits (0.3, 2, 1,500, 2e+06), never 3×10⁻¹."""
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:,.4g}"
+    return f"{value:.0e}".replace("e+0", "e").replace("e-0", "e-")
+
+
+def _log_ticks(axis) -> None:
+    """A log axis (or a log colour bar's) with plain numbers: labels at each power of ten, at 1, 2 and 5 times
+    them when it spans under two decades, at every multiple under one, at 4 even steps when even that gives fewer
+    than two; no other minor labels (they collided: 3×10⁻¹ on 4×10⁻¹)."""
+    import matplotlib.ticker as mt
+
+    low, high = sorted(v for v in axis.get_view_interval())
+    decades = np.log10(high / low) if low > 0 and high > 0 else 3.0
+    subs = tuple(range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    if low > 0 and high > 0:
+        powers = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        inside = [m * 10.0 ** k for k in powers for m in subs if low <= m * 10.0 ** k <= high]
+    else:
+        inside = []
+    axis.set_major_locator(mt.LogLocator(base=10, subs=subs) if len(inside) >= 2 else mt.MaxNLocator(4))
+    axis.set_major_formatter(mt.FuncFormatter(_number))
+    axis.set_minor_locator(mt.LogLocator(base=10, subs=tuple(range(2, 10))))
+    axis.set_minor_formatter(mt.NullFormatter())
 
 
 def _hyper_plots(d: StudyData, folder: Path) -> list[str]:
@@ -373,9 +444,10 @@ def _hyper_plots(d: StudyData, folder: Path) -> list[str]:
             fig, ax = plt.subplots(figsize=(5, 3.6))
             sc = ax.scatter(s[key], s["val_accuracy"], c=s["params"], cmap="plasma", s=30,
                             norm=__import__("matplotlib").colors.LogNorm())
-            fig.colorbar(sc, ax=ax, label="params")
+            _log_ticks(fig.colorbar(sc, ax=ax, label="params").ax.yaxis)
             if log:
                 ax.set_xscale("log")
+                _log_ticks(ax.xaxis)
             ax.set_xlabel(key)
             ax.set_ylabel("validation accuracy")
             ax.set_title(f"accuracy vs {key}")
@@ -447,6 +519,7 @@ def _compare_plot(studies: list[StudyData], folder: Path) -> str:
         ax.step(fr["params"], fr["val_accuracy"], where="post", color=colour, lw=1.5)
         ax.scatter(fr["params"], fr["val_accuracy"], color=colour, edgecolors="black", s=50, label=d.name, zorder=3)
     ax.set_xscale("log")
+    _log_ticks(ax.xaxis)
     ax.set_xlabel("parameters")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Pareto fronts compared")
@@ -458,9 +531,9 @@ def _compare_plot(studies: list[StudyData], folder: Path) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:min(1360px,calc(100vw - 2em));color:#222}
 h1{margin-bottom:.2em}.headline{background:#f3f7ee;border-left:4px solid #5a9;padding:.6em 1em;margin:1em 0}
-table{border-collapse:collapse;font-size:13px;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}
 th{background:#f4f4f4}figure{display:inline-block;margin:.4em}img{max-width:100%}.muted{color:#777}"""
 
 
@@ -471,8 +544,31 @@ def _fmt(df: pd.DataFrame, link: str | None = None) -> pd.DataFrame:
             base = link.split("/runs?")[0]
             out[c] = [f'<a href="{html.escape(base)}/runs/{r}">{r[:8]}</a>' for r in out[c]]
         elif pd.api.types.is_float_dtype(out[c]):
-            out[c] = [("" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}")) for v in out[c]]
+            out[c] = [("" if pd.isna(v) else (f"{v / 1e6:.3g}M" if abs(v) >= 1e6 else f"{v:,.0f}" if abs(v) >= 1000
+                                              else f"{v:.4g}")) for v in out[c]]
     return out
+
+
+def _html(df: pd.DataFrame, table_id: str, link: str | None = None) -> str:
+    """A table for the page: numbers as in _fmt, headers that may wrap at their dots and underscores, and long
+    teacher lists at their '+', so that it fits the page's width (no horizontal scrolling at 1400 px)."""
+    f = _fmt(df, link)
+    if "run_id" in f and not link:  # the first 8 characters, the whole id on hover (and in pareto.csv)
+        f["run_id"] = [f'<span title="{html.escape(str(r))}">{html.escape(str(r)[:8])}</span>' for r in f["run_id"]]
+    for c in f.columns:
+        if c != "run_id":
+            f[c] = [html.escape("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+                    .replace("+", "+<wbr>") for v in f[c]]
+    f.columns = [html.escape(str(c)).replace("_", "_<wbr>").replace(".", ".<wbr>") for c in f.columns]
+    return f.to_html(index=False, escape=False, table_id=table_id)
+
+
+def _mlflow_link(d: StudyData) -> str:
+    """The study's runs in the MLflow UI: a link on a tracking server; for a local store, the command that serves
+    it and prints the link (its port is the user's choice, not known here)."""
+    if d.link:
+        return f'<a href="{html.escape(d.link)}">runs in MLflow</a>'
+    return f"runs in MLflow: <code>kdtrain ui {html.escape(d.name)}</code> serves them and prints the link"
 
 
 def _figures(names: list[str]) -> str:
@@ -554,7 +650,7 @@ def write_study(d: StudyData, out: Path) -> Path:
     gains, confirms = gain_per_width(d), confirm_table(d)
     c = d.counts
     counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; "
-              f"total compute {d.compute_seconds / 60:.1f} min"
+              f"{d.time_spent}"
               + (f"; hypervolume {d.hypervolume[-1][1]:.4f}" if d.hypervolume else ""))
     head = _headline_text(d) + label_lines(d)
     teachers = teacher_table(d)
@@ -568,7 +664,7 @@ def write_study(d: StudyData, out: Path) -> Path:
 <style>{CSS}</style></head><body>
 <h1>{html.escape(d.name)}</h1>
 <p class="muted">objectives: {html.escape(objectives)} &middot; {html.escape(counts)} &middot;
-<a href="{html.escape(d.link)}">runs in MLflow</a> &middot; <a href="trials.csv">trials.csv</a> &middot;
+{_mlflow_link(d)} &middot; <a href="trials.csv">trials.csv</a> &middot;
 <a href="pareto.csv">pareto.csv</a> &middot; <a href="summary.md">summary.md</a></p>
 <div class="headline">{"<br>".join(html.escape(x) for x in head)}</div>
 <h2>Accuracy against size and latency</h2>
@@ -576,20 +672,20 @@ def write_study(d: StudyData, out: Path) -> Path:
 crosses. Latency at batch 1.</p>
 {_figures(plots)}
 <h2>Pareto-optimal students</h2>
-<div style="overflow-x:auto">{_fmt(table, d.link).to_html(index=False, escape=False, table_id="pareto")}</div>
+<div style="overflow-x:auto">{_html(table, "pareto", d.link)}</div>
 <h2>Teachers</h2>
 <p class="muted">Each teacher's accuracy on its own data's test split (source) and on the student's test split, mapped
 to the student's classes: what the teacher alone would score on the student's task.</p>
-{_fmt(teachers).to_html(index=False, table_id="teachers") if not teachers.empty else "<p>None.</p>"}
+{_html(teachers, "teachers") if not teachers.empty else "<p>None.</p>"}
 <h2>Distillation gain per width</h2>
 <p class="muted">Per width, the trial with the best validation accuracy against the no-teacher baseline's mean over
 its seeds; gains in points; kd_gain_sigma: the val gain in units of the baseline's seed spread; beyond_noise: the
 test gain exceeds {NOISE:g} x the baseline's test spread.</p>
-{_fmt(gains).to_html(index=False, table_id="gains")}
+{_html(gains, "gains")}
 <h2>Confirmed trials (new seeds)</h2>
 <p class="muted">kdtrain confirm: each trial retrained with new seeds, each paired with the baseline of the same
 seed; mean and sample std over seeds.</p>
-{_fmt(confirms).to_html(index=False, table_id="confirms") if not confirms.empty else
+{_html(confirms, "confirms") if not confirms.empty else
  "<p>None yet: kdtrain confirm " + html.escape(d.name) + " --pareto --seeds 3</p>"}
 <h2>How the hyperparameters mattered</h2>
 {_figures(hyper)}
@@ -623,7 +719,7 @@ def write_comparison(studies: list[StudyData], out: Path, name: str) -> Path:
 <p class="muted">studies: {links}</p>
 {_figures([plot])}
 <h2>Best student per size bucket</h2>
-{_fmt(buckets).to_html(index=False, table_id="buckets")}
+{_html(buckets, "buckets")}
 </body></html>"""
     (folder / "index.html").write_text(page)
     return folder

@@ -130,19 +130,29 @@ def dashboard(storage_url: str | None, study: str | None, port: int, log: Callab
     return 0
 
 
-def mlflow_ui(uri: str, port: int) -> int:
+def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     """`mlflow ui` on 127.0.0.1 against the store, in its own process group (it starts a server of its own): one
-    SIGTERM or Ctrl-C to kdtrain ui ends all of it, and nothing outlives kdtrain ui."""
+    SIGTERM or Ctrl-C to kdtrain ui ends all of it, and nothing outlives kdtrain ui. Prints the link to the
+    study's runs (each study's, without one) on the port it serves."""
     import contextlib
     import os
     import subprocess
     import sys
 
-    from kdtrain.config import redact
+    from kdtrain.config import KdtrainError, redact
+    from kdtrain.tracking import Tracker
 
     url = f"http://127.0.0.1:{port}"
-    print(f"MLflow UI for {redact(uri)} at {url}/#/experiments  (Ctrl-C to stop)\n"
-          f"each study opens in the runs view: {url}/#/experiments/<id>/runs?workflowType=machine_learning")
+    tracker = Tracker(uri)
+    found = [(i, n) for i, n in tracker.experiments() if study in (None, n) and n != "Default"]
+    if study and not found:
+        raise KdtrainError(f"no study named {study!r} in the MLflow store {redact(uri)} (drop the name for every "
+                           "study, or pass the --tracking-uri the sweep used)")
+    print(f"MLflow UI for {redact(uri)} at {url}  (Ctrl-C to stop)")
+    for exp_id, name in found[:20]:
+        print(f"  {name}: {tracker.link(exp_id, url)}")
+    if len(found) > 20:
+        print(f"  ... and {len(found) - 20} more studies at {url}/#/experiments")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True)
     stopped = []

@@ -46,7 +46,6 @@ MODEL_TAG = "kdtrain.model_id"
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 MODELS_VIEW = "#/experiments/{id}/models?workflowType=machine_learning"
 """The experiment's logged models in the MLflow UI (its training view, not the GenAI one)."""
-DEFAULT_UI = "http://127.0.0.1:5000"
 CURVES = ("train_loss", "kd_loss", "ce_loss", "val_accuracy")
 """The per-epoch metrics of a run's history (step = epoch)."""
 
@@ -182,9 +181,15 @@ class Tracker(Deferring):
         self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         return exp_id
 
-    def link(self, exp_id: str, server: str | None = None, view: str = RUNS_VIEW) -> str:
-        base = server or (self.uri if self.uri.startswith("http") else DEFAULT_UI)
-        return f"{redact(base).rstrip('/')}/{view.format(id=exp_id)}"
+    def link(self, exp_id: str, server: str | None = None, view: str = RUNS_VIEW) -> str | None:
+        """The experiment's view on the tracking server (or on `server`, a UI serving this store); None for a
+        local store, whose UI runs wherever `kdtrain ui --port` puts it (kdtrain ui prints the link)."""
+        base = server or (self.uri if self.uri.startswith(("http://", "https://")) else None)
+        return f"{redact(base).rstrip('/')}/{view.format(id=exp_id)}" if base else None
+
+    def experiments(self) -> list[tuple[str, str]]:
+        """(id, name) of the store's experiments, newest first."""
+        return [(e.experiment_id, e.name) for e in self.client.search_experiments(order_by=["creation_time DESC"])]
 
     def find(self, exp_id: str, tags: dict[str, str]) -> list[str]:
         """Ids of the runs of an experiment whose tags equal the given values."""

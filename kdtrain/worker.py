@@ -263,17 +263,18 @@ def _flat_params(cfg: Config) -> dict:
     return flat
 
 
-def baseline_runs(ctx: Context, cfg: Config, seeds: list[int]) -> dict:
+def baseline_runs(ctx: Context, cfg: Config, seeds: list[int], say: Callable[[str], None] | None = None) -> dict:
     """The no-teacher (alpha = 0) student of cfg trained with each of the given train seeds, cached per machine
-    and seed: {"metrics": deployment metrics, "runs": {seed: accuracies and per-epoch history}}."""
+    and seed: {"metrics": deployment metrics, "runs": {seed: accuracies and per-epoch history}}. `say` announces
+    each training (default: the context's log)."""
     key = student_key(cfg)
     path = baseline_file(key)
     with file_lock(f"baseline-{key}"):
         result = json.loads(path.read_text()) if path.exists() else {"runs": {}}
         missing = [s for s in seeds if str(s) not in result["runs"]]
         for seed in missing:
-            ctx.log(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
-                    f"(seed {seed})")
+            (say or ctx.log)(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
+                             f"(seed {seed})")
             r = distill_student(config.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}), ctx.ds, {},
                                 epoch_guard=cpu_room)
             if "metrics" not in result:
@@ -492,14 +493,32 @@ def trial_student(tracker: Tracker, run_id: str):
     return cfg, ds, model
 
 
-def confirm(ctx: Context, trial, n_seeds: int) -> dict:
+def confirm_plan(ctx: Context, trials: list, n_seeds: int) -> int:
+    """How many trainings confirm(ctx, t, n_seeds) for these trials will run: the distilled seeds without a
+    confirm run, and the baseline seeds this machine has not cached (a width's shared by its trials)."""
+    students, baselines = 0, set()
+    for trial in trials:
+        cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
+        cached = baseline_file(student_key(cfg))
+        have = json.loads(cached.read_text())["runs"] if cached.exists() else {}
+        for seed in (cfg.train.seed + 1 + i for i in range(n_seeds)):
+            tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
+            students += not ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **tags})
+            if str(seed) not in have:
+                baselines.add((student_key(cfg), seed))
+    return students + len(baselines)
+
+
+def confirm(ctx: Context, trial, n_seeds: int, say: Callable[[str], None] | None = None) -> dict:
     """Retrain a finished trial with n new seeds (train.seed + 1, + 2, ...; same settings otherwise), each
     paired with the no-teacher baseline of the same seed. Every retraining is a run (kdtrain.role=confirm)
-    under the study's parent run; seeds confirmed before are reused, not retrained. Returns the summary: mean
-    and spread of accuracies, and of the paired gains."""
+    under the study's parent run; seeds confirmed before are reused, not retrained. `say` announces each
+    training (a console.Countdown's step). Returns the summary: mean and spread of accuracies, and of the
+    paired gains."""
+    say = say or ctx.log
     cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
     seeds = [cfg.train.seed + 1 + i for i in range(n_seeds)]
-    base = baseline_runs(ctx, cfg, seeds)["runs"]
+    base = baseline_runs(ctx, cfg, seeds, say)["runs"]
     runs = []
     for seed in seeds:
         tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
@@ -507,7 +526,7 @@ def confirm(ctx: Context, trial, n_seeds: int) -> dict:
         if found:
             runs.append(ctx.tracker.metrics(found[0]))
             continue
-        ctx.log(f"confirm trial {trial.number}: seed {seed}")
+        say(f"trial {trial.number} distilled with seed {seed}")
         r = distill_student(config.replace(cfg, {"train.seed": seed}), ctx.ds, ctx.pool, epoch_guard=cpu_room)
         b = base[str(seed)]
         metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,

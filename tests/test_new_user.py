@@ -1,6 +1,7 @@
 """What a new user met from report to shipped student (issue 24), each with a test that failed before its fix."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,10 +40,13 @@ def _processes_naming(text: str) -> list[int]:
 
 def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
     """SIGTERM to `kdtrain ui` left its `mlflow ui` child running, reparented to PID 1 and still answering."""
+    from kdtrain.tracking import Tracker
+
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    exp_id = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}").experiment("my-study")
     with open(tmp_path / "ui.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "ui", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "ui", "my-study", "--port", str(port),
                                  "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -56,6 +60,8 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-2000:]
             time.sleep(0.5)
         assert _processes_naming(f"--port {port}")  # the mlflow ui server (and its workers) are up
+        # item 4: the exact link to the study's runs, on the port it serves
+        assert f"my-study: http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?" in (tmp_path / "ui.log").read_text()
         proc.send_signal(signal.SIGTERM)  # once, to kdtrain ui alone
         assert proc.wait(timeout=30) == 0
         deadline = time.time() + 10
@@ -82,13 +88,20 @@ def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_number
     tiny_sweep.write_text(text.replace("alpha: 0.7", "alpha: 0.0")
                           + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
-    capsys.readouterr()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # item 4: no assumed port for a local store; kdtrain ui prints the link for the port it serves
+    assert "127.0.0.1:5000" not in last and last.startswith("browse the runs: kdtrain ui tiny ("), last
     assert main(["confirm", "tiny", "--trial", "0", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
+    # item 5: its size up front (seeds 1 and 2 distilled; their baselines are the sweep's, seeds 0-2), k/N, ETA
+    total = int(re.search(r"confirm: 1 trial\(s\) x 2 new seed\(s\): (\d+) training\(s\) to run", out).group(1))
+    assert total == 2 and re.findall(r"confirm (\d)/2: trial 0 distilled .*ETA", out) == ["1", "2"], out
+    assert out.count("report: ") == 1
     summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
     page = (tmp_path / "reports" / "tiny" / "index.html").read_text()
     for where in (out, summary, page):
         assert "--trial 0)" not in where  # no request for the confirm that was done
+    assert "127.0.0.1:5000" not in page and "<code>kdtrain ui tiny</code>" in page
     head = summary.split("\n## ", 1)[0]
     assert ("the largest test gain of a best trial is +0.0 ± 0.0 points on test, paired with the baseline of each "
             "seed, confirmed over 2 new seeds (width 8, trial 0), within 2 x its own spread over the new seeds") in head
@@ -160,7 +173,9 @@ def test_a_trial_that_does_not_exist_is_named_so(tiny_sweep, capsys):
     tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
                           + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
-    capsys.readouterr()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # item 4: no assumed port for a local store; kdtrain ui prints the link for the port it serves
+    assert "127.0.0.1:5000" not in last and last.startswith("browse the runs: kdtrain ui tiny ("), last
     assert main(["confirm", "tiny", "--trial", "99", "--seeds", "1"]) == 1
     err = capsys.readouterr().err
     assert "no such trial in 'tiny': 99 (it has trials 0..0)" in err and "not complete" not in err

@@ -118,7 +118,8 @@ def wait_for_running(url: str, name: str, proc, timeout: float = 240) -> int:
         assert proc.poll() is None, output(proc)
         try:
             study = optuna.load_study(study_name=name, storage=search.open_storage(url))
-            running = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.number]
+            running = [t.number for t in study.get_trials(deepcopy=False)
+                       if t.state.name == "RUNNING" and t.number and t.params]  # its settings drawn: it trains
             if running:
                 return running[0]
         except (KeyError, Exception):  # noqa: BLE001 - the study not yet created

@@ -533,3 +533,88 @@ def test_a_baseline_run_left_running_by_a_dead_worker_is_closed_and_logged_again
     assert ctx.tracker.status(stale) == "KILLED"
     fresh = next(r for r in runs if r != stale)
     assert "val_accuracy_std" in ctx.tracker.metrics(fresh)
+
+
+def drawn_texts(fig) -> list:
+    """(text, display box) of every label a reader sees: the ticks drawn at the current view, axis labels, titles,
+    annotations and legend entries, colour bars included."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in axis._update_ticks():  # private, for want of a public list of the ticks drawn
+                texts += [lab for lab in (tick.label1, tick.label2) if lab.get_visible() and lab.get_text()]
+            texts += [axis.label] if axis.label.get_text() else []
+        texts += [t for t in (ax.title, ax._left_title, ax._right_title, *ax.texts) if t.get_text()]
+        if ax.get_legend() is not None:
+            texts += [t for t in ax.get_legend().get_texts() if t.get_text()]
+    return [(t.get_text(), t.get_window_extent(renderer), t) for t in texts]
+
+
+def label_problems(fig) -> list[str]:
+    """Overlapping labels, labels outside the saved picture or their axes (annotations), and tick labels in
+    powers-of-ten notation (3×10⁻¹) rather than plain numbers."""
+    texts = drawn_texts(fig)
+    saved = fig.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans)
+    problems = []
+    for i, (a, box_a, _) in enumerate(texts):
+        for b, box_b, _ in texts[i + 1:]:
+            if box_a.shrunk(0.98, 0.9).overlaps(box_b.shrunk(0.98, 0.9)):
+                problems.append(f"{a!r} overlaps {b!r}")
+        if not (saved.x0 - 1 <= box_a.x0 and box_a.x1 <= saved.x1 + 1 and saved.y0 - 1 <= box_a.y0
+                and box_a.y1 <= saved.y1 + 1):
+            problems.append(f"{a!r} is cut off")
+        if "\\times" in a or "×" in a or "$" in a:
+            problems.append(f"tick label {a!r} is not a plain number")
+    for ax in fig.axes:
+        for t in ax.texts:
+            box = t.get_window_extent(fig.canvas.get_renderer())
+            if not ax.bbox.contains(box.x0, box.y0) or not ax.bbox.contains(box.x1, box.y1):
+                problems.append(f"{t.get_text()!r} leaves its plot")
+    return problems
+
+
+def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(swept, tmp_path, monkeypatch):
+    """Issue 24 item 7: teacher labels overlapped and one was cut at the latency plot's edge, the latency axis's
+    minor labels collided (3×10⁻¹ on 4×10⁻¹), colour bars ticked at 2×10⁰, and the Pareto table scrolled
+    sideways at 1400 px without the kd.loss column the terminal shows. The study is the real one, with its
+    teachers and students moved close together, as two alike teachers and a narrow latency range put them."""
+    from kdtrain import report
+
+    home, _, env = swept
+    monkeypatch.setenv("KDTRAIN_HOME", env["KDTRAIN_HOME"])
+    d = report.load("tiny", f"sqlite:///{home / 'mlflow.db'}", str(home / "optuna.journal"))
+    assert len(d.teachers) == 2 and len(d.students) == 3
+    d.teachers["val_accuracy"], d.teachers["params"] = [0.90, 0.905], [1000, 1100]
+    d.teachers["latency_ms_p50"] = [0.31, 0.33]
+    d.students["latency_ms_p50"], d.students["kd.temperature"] = [0.30, 0.36, 0.45], [1.5, 2.5, 3.5]
+    problems, save = {}, report._save
+
+    def checked(fig, folder, name):  # the picture as _save saves it (its _declutter first)
+        report._declutter(fig)
+        problems[name] = label_problems(fig)
+        return save(fig, folder, name)
+
+    monkeypatch.setattr(report, "_save", checked)
+    folder = report.write_study(d, tmp_path / "rep")
+    assert {"accuracy_vs_params", "accuracy_vs_latency", "accuracy_vs_temperature"} <= set(problems)
+    assert {name: p for name, p in problems.items() if p} == {}
+    assert "| kd.loss |" in (folder / "summary.md").read_text().replace(" | ", " |\n| ").replace("\n", " ") \
+        or "kd.loss" in (folder / "summary.md").read_text().split("## Pareto-optimal students")[1].split("\n")[2]
+
+    driver = chromium_driver(tmp_path)
+    try:
+        driver.set_window_size(1400, 2400)
+        driver.get((folder / "index.html").as_uri())
+        tables = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table')).map(t => [t.id, t.scrollWidth, "
+            "t.parentElement.clientWidth])")
+        page = driver.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        header = driver.execute_script("return Array.from(document.querySelectorAll('#pareto th')).map(h => h.textContent)")
+        driver.save_screenshot(str(tmp_path / "report-1400.png"))
+    finally:
+        driver.quit()
+    assert "kd.loss" in header
+    assert [t for t in tables if t[1] > t[2]] == [], tables  # no table scrolls sideways
+    assert page[0] <= page[1], page
