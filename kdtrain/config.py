@@ -94,9 +94,10 @@ class StudyConfig:
     baseline_seeds: int = 3
     """Seeds of each width's no-teacher baseline; its MLflow run logs their mean and std."""
     storage_patience: str | int | float = "10m"
-    """How long a worker waits out its study's database being unreachable (PostgreSQL restarted, a network cut),
-    retrying while the trial trains, before it stops with one error line (its trial then recovered as an
-    interrupted one). A duration such as '10m' or '1h'; a number: seconds."""
+    """How long a worker waits out its study's database (PostgreSQL restarted, a network cut: retried while the
+    trial trains) or its MLflow tracking server (a finished trial's writes kept on disk) being unreachable,
+    before it stops with one error line (a trial it held then recovered as an interrupted one). A duration such
+    as '10m' or '1h'; a number: seconds."""
     max_requeues: int = 2
     """Times an interrupted trial's settings are queued again (a dead worker, Ctrl-C); past it they fail for good
     and count toward the failure cap, so a setting that kills its worker cannot loop under a restarting

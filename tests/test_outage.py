@@ -5,6 +5,7 @@ The PostgreSQL is a private cluster (initdb into a temporary folder, its own por
 not touch the server the other integration tests share; it needs Debian's PostgreSQL binaries, which
 `.ci/postgres` installs."""
 
+import contextlib
 import glob
 import os
 import re
@@ -106,6 +107,25 @@ def start_sweep(sweep: Path, storage: str, tmp_path: Path, *extra: str) -> subpr
     return proc
 
 
+@contextlib.contextmanager
+def sweeping(sweep: Path, storage: str, tmp_path: Path, *extra: str):
+    """A running `kdtrain sweep`, killed with its group if the test fails before it ends."""
+    proc = start_sweep(sweep, storage, tmp_path, *extra)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def one_outage_line(out: str) -> str:
+    """The one line that says a store is unreachable (not one per heartbeat or write), and no traceback."""
+    assert "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if "is unreachable since" in line]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
 def output(proc) -> str:
     proc.log.seek(0)
     return proc.log.read()
@@ -135,22 +155,15 @@ def states(url: str, name: str) -> dict[int, str]:
 
 def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sweep(postgres, tmp_path):
     sweep = sweep_file(tmp_path, "pg-blip", trials=3, patience="2m", epochs=60)
-    proc = start_sweep(sweep, postgres.url, tmp_path)
-    try:
+    with sweeping(sweep, postgres.url, tmp_path) as proc:
         wait_for_running(postgres.url, "pg-blip", proc)
         time.sleep(1.5)  # a heartbeat or two recorded, the trial training
         postgres.stop()
         time.sleep(6)
         postgres.start()
         assert proc.wait(timeout=300) == 0, output(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     out = output(proc)
-    assert "Traceback" not in out, out
-    warnings = [line for line in out.splitlines() if "is unreachable since" in line]
-    assert len(warnings) == 1, out  # one line for the outage, not one per heartbeat
-    assert "kd:***@" not in warnings[0] or "kd@" in warnings[0]  # (no password in this URL; none printed anyway)
+    one_outage_line(out)
     assert "answers again" in out, out
     assert set(states(postgres.url, "pg-blip").values()) == {"COMPLETE"}  # nothing failed, nothing re-queued
 
@@ -158,24 +171,20 @@ def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sw
 def test_a_database_outage_past_the_patience_window_stops_with_one_line_and_the_next_run_recovers(postgres,
                                                                                                    tmp_path):
     sweep = sweep_file(tmp_path, "pg-gone", trials=3, patience="4s", epochs=60)
-    proc = start_sweep(sweep, postgres.url, tmp_path)
-    try:
+    with sweeping(sweep, postgres.url, tmp_path) as proc:
         victim = wait_for_running(postgres.url, "pg-gone", proc)
         postgres.stop()
         rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     out = output(proc)
     assert rc != 0, out
-    assert "Traceback" not in out, out
+    one_outage_line(out)
     errors = [line for line in out.splitlines() if line.startswith("kdtrain: error:")]
     assert len(errors) == 1 and "storage_patience" in errors[0], out
     postgres.start()
     assert states(postgres.url, "pg-gone")[victim] == "RUNNING"  # left for recovery, as a killed worker's
     time.sleep(4)  # past study.grace_period (3 s) without a heartbeat
-    again = start_sweep(sweep, postgres.url, tmp_path)
-    assert again.wait(timeout=300) == 0, output(again)
+    with sweeping(sweep, postgres.url, tmp_path) as again:
+        assert again.wait(timeout=300) == 0, output(again)
     final = optuna.load_study(study_name="pg-gone", storage=postgres.url).get_trials(deepcopy=False)
     failed = [t for t in final if t.state.name == "FAIL"]
     assert [t.number for t in failed] == [victim], output(again)
@@ -302,8 +311,7 @@ def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(ml
 
     sweep = sweep_file(tmp_path, "ml-blip", trials=3, patience="5m", epochs=60)
     storage = str(tmp_path / "optuna.journal")
-    proc = start_sweep(sweep, storage, tmp_path, "--tracking-uri", mlflow_server.url)
-    try:
+    with sweeping(sweep, storage, tmp_path, "--tracking-uri", mlflow_server.url) as proc:
         wait_for_running(storage, "ml-blip", proc)
         mlflow_server.stop()
         deadline = time.time() + 300
@@ -313,12 +321,8 @@ def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(ml
         time.sleep(3)
         mlflow_server.start()
         assert proc.wait(timeout=300) == 0, output(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     out = output(proc)
-    assert "Traceback" not in out, out
-    assert len([line for line in out.splitlines() if "is unreachable since" in line]) == 1, out
+    one_outage_line(out)
     assert re.search(r"answers again .*sent \d+ kept write", out), out
     assert set(states(storage, "ml-blip").values()) == {"COMPLETE"}, out
     client = MlflowClient(mlflow_server.url)
