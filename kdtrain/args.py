@@ -14,7 +14,7 @@ class _Parser(argparse.ArgumentParser):
 
     def format_help(self) -> str:
         if getattr(self, "registries", False) and self.epilog is None:
-            from kdtrain.config import allowed_values
+            from kdtrain.validate import allowed_values
 
             self.epilog = "allowed values:\n" + "\n".join(f"  {k}: {', '.join(v)}" for k, v in allowed_values().items())
         return super().format_help()
@@ -188,6 +188,9 @@ def _add_study_commands(sub) -> None:
     dp.add_argument("--storage", type=_text, help=STORAGE_HELP)
     dp.add_argument("--port", type=int, default=8080, help="the port on 127.0.0.1 (default 8080)")
 
+    sc = _command(sub, "schema", "print the sweep file's JSON Schema (editors complete and check keys with it; see "
+                  "docs/sweep.schema.json)")
+    sc.add_argument("--markdown", action="store_true", help="print the sweep-file reference (docs/reference.md) instead")
     up = _command(sub, "ui", "start the MLflow UI on 127.0.0.1 against the local store (or --tracking-uri)")
     _study_arg(up, False, "the study whose runs to link (default: a link per study in the store)")
     up.add_argument("--port", type=int, default=5000, help="the port on 127.0.0.1 (default 5000)")

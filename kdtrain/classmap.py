@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdtrain.config import DataError
+from kdtrain.errors import DataError
 
 
 def syntax_problems(spec: Any, where: str) -> list[str]:

@@ -18,9 +18,9 @@ from kdtrain.console import Countdown, EpochProgress, front_table, table, teache
 
 
 def _load(args):
-    from kdtrain import config
+    from kdtrain import sweepfile
 
-    return _load_data(config.load(args.sweep, args.set))
+    return _load_data(sweepfile.load(args.sweep, args.set))
 
 
 def _load_data(cfg):
@@ -98,7 +98,8 @@ def cmd_train(args) -> int:
 
 def _duration(flag: str, text: str | None) -> float | None:
     """A duration flag (8h, 30m, 90s) in seconds, None when not given; one clear error naming the flag."""
-    from kdtrain.config import KdtrainError, parse_duration
+    from kdtrain.errors import KdtrainError
+    from kdtrain.schema import parse_duration
 
     try:
         return parse_duration(text) if text is not None else None  # "" (an unset variable) is an error, not None
@@ -109,11 +110,11 @@ def _duration(flag: str, text: str | None) -> float | None:
 def _preflight(args):
     """What can be checked before any work (sweep file, flags, storage, the study of that name, tracking server),
     so that a bad setting fails in seconds with nothing written. (config, storage | None, name, trials, timeout)"""
-    from kdtrain import config, preflight, search
-    from kdtrain.config import ConfigError, KdtrainError
+    from kdtrain import preflight, search, sweepfile
+    from kdtrain.errors import ConfigError, KdtrainError
     from kdtrain.tracking import check_reachable
 
-    cfg = config.load(args.sweep, args.set)
+    cfg = sweepfile.load(args.sweep, args.set)
     if not cfg.search:
         raise ConfigError(["search: the search space is empty; add a search: section, e.g. "
                            "kd.temperature: {type: float, low: 1, high: 20, log: true} "
@@ -140,7 +141,7 @@ def _preflight(args):
 def cmd_sweep(args) -> int:
 
     from kdtrain import search, worker
-    from kdtrain.config import home, redact
+    from kdtrain.paths import home, redact
     from kdtrain.tracking import Tracker
 
     args.storage = args.storage or search.default_storage()
@@ -237,7 +238,7 @@ def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: 
 
 def cmd_report(args) -> int:
     from kdtrain import preflight, report, search
-    from kdtrain.config import KdtrainError
+    from kdtrain.errors import KdtrainError
 
     preflight.check_tracking(args.tracking_uri)
     storage = preflight.storage(args.storage) or search.existing_storage(args.storage)  # None: no journal yet
@@ -256,7 +257,7 @@ def cmd_worker(args) -> int:
     import socket
 
     from kdtrain import preflight, search, worker
-    from kdtrain.config import redact
+    from kdtrain.paths import redact
 
     log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
     wait_s = _duration("--wait", args.wait)
@@ -285,6 +286,12 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    from kdtrain.schema import json_schema_text, markdown_reference
+    print(markdown_reference() if args.markdown else json_schema_text(), end="")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from kdtrain import ship
     from kdtrain.tracking import default_uri
@@ -296,7 +303,7 @@ def cmd_profile(args) -> int:
     import dataclasses
 
     from kdtrain import models, teachers
-    from kdtrain.config import KdtrainError
+    from kdtrain.errors import KdtrainError
     from kdtrain.console import profile_row
     from kdtrain.profile import model_identity, profile, width_ladder
 
@@ -354,7 +361,7 @@ def cmd_export(args) -> int:
 def _chosen(study, args) -> list:
     """The complete trials named by --trial, or the Pareto front (--pareto); one clear error otherwise."""
     from kdtrain import search
-    from kdtrain.config import KdtrainError
+    from kdtrain.errors import KdtrainError
 
     done = {t.number: t for t in search.trials(study, "COMPLETE")}
     states = {t.number: t.state.name for t in study.trials}
@@ -419,7 +426,7 @@ def cmd_dashboard(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kdtrain.config import KdtrainError
+    from kdtrain.errors import KdtrainError
 
     args = build_parser().parse_args(argv)
     try:

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from kdtrain import classmap, sources
-from kdtrain.config import DataConfig, DataError, KdtrainError, data_root, sub_data
+from kdtrain.errors import DataError, KdtrainError
+from kdtrain.paths import data_root
+from kdtrain.schema import DataConfig, sub_data
 from kdtrain.shared import atomic_write_bytes, content_key
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdtrain.config import KdtrainError
+from kdtrain.errors import KdtrainError
 
 ONNX_TOLERANCE = 1e-4
 
@@ -119,7 +119,7 @@ def state_dict_bytes(model: nn.Module) -> int:
 def make_card(cfg, ds, study: str, trial: int, run_id: str | None, metrics: dict) -> dict:
     """The deployment card of a student: what it is, how it was distilled, what it measured (and how), and the
     preprocessing that its inputs need."""
-    from kdtrain.config import METRICS
+    from kdtrain.schema import METRICS
 
     return {
         "study": study, "trial": trial, "mlflow_run_id": run_id,

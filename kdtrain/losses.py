@@ -84,7 +84,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdtrain.config import LossConfig
+from kdtrain.schema import LossConfig
 
 
 ENSEMBLES = ("mean_probs", "mean_logits", "mean_kl")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdtrain import plugins
-from kdtrain.config import DataError, KdtrainError, first_line
+from kdtrain.errors import DataError, KdtrainError, first_line
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 

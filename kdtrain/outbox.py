@@ -24,7 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kdtrain.config import KdtrainError, first_line, home, redact
+from kdtrain.errors import KdtrainError, first_line
+from kdtrain.paths import home, redact
 from kdtrain.shared import atomic_dir, content_key
 
 _seq = itertools.count()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from kdtrain.config import KdtrainError, first_line
+from kdtrain.errors import KdtrainError, first_line
 
 PREFIX = "python:"
 REF = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")

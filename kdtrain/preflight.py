@@ -13,7 +13,8 @@ from pathlib import Path
 
 from kdtrain import search
 from kdtrain.storage import _db_error as db_error
-from kdtrain.config import KdtrainError, redact
+from kdtrain.errors import KdtrainError
+from kdtrain.paths import redact
 
 
 def storage(url: str | None, create: bool = False):

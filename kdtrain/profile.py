@@ -26,7 +26,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdtrain.config import KdtrainError, ProfileConfig, home
+from kdtrain.errors import KdtrainError
+from kdtrain.paths import home
+from kdtrain.schema import ProfileConfig
 from kdtrain.export import onnx_session, state_dict_bytes, to_onnx
 from kdtrain.shared import atomic_write_text, content_key, cpu_room
 from kdtrain.models import count_params

@@ -16,7 +16,7 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from kdtrain.config import KdtrainError
+from kdtrain.errors import KdtrainError
 from kdtrain.search import (A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REQUEUED_FROM,
                             T_REQUEUES, T_RUN, StorageLost, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
                             heartbeat_interval, stored_study, study_lock, trials)

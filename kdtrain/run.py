@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from kdtrain import models
-from kdtrain.config import Config
+from kdtrain.schema import Config
 from kdtrain.data import Dataset
 from kdtrain.teachers import Teacher, stacked_logits
 from kdtrain.train import Distill, EpochStats, TrainResult, seed_all, train

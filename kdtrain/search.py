@@ -21,8 +21,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from kdtrain import config, space
-from kdtrain.config import METRICS, Config, KdtrainError, redact
+from kdtrain import space, sweepfile
+from kdtrain.errors import KdtrainError
+from kdtrain.paths import redact
+from kdtrain.schema import Config, METRICS
 from kdtrain.shared import warn
 from kdtrain.storage import (PatientStorage, StorageDown, StorageLost, _rdb, _storage, _study_id, _trial_id,  # noqa: F401
                              apply_heartbeat, default_storage, existing_storage, heartbeat_interval, is_rdb, no_wait,
@@ -101,7 +103,7 @@ def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
         return None
     stored = json.loads(study.user_attrs.get(A_CONFIG, "{}"))
     if stored:
-        changed = space.diff(space.signature(config.from_dict(stored), study.user_attrs.get(A_DATA)), space.signature(cfg))
+        changed = space.diff(space.signature(sweepfile.from_dict(stored), study.user_attrs.get(A_DATA)), space.signature(cfg))
         if changed:
             what = "search space" if any(c.startswith("search") for c in changed) else "settings"
             raise KdtrainError(
@@ -155,7 +157,7 @@ def study_config(study: optuna.Study) -> Config:
     raw = study.user_attrs.get(A_CONFIG)
     if not raw:
         raise KdtrainError(f"study {study.study_name!r} was not created by kdtrain (no stored sweep config)")
-    return config.from_dict(json.loads(raw), source=f"study {study.study_name}")
+    return sweepfile.from_dict(json.loads(raw), source=f"study {study.study_name}")
 
 
 def target(study: optuna.Study, cfg: Config | None = None) -> int | None:

@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from kdtrain.config import first_line, home
+from kdtrain.errors import first_line
+from kdtrain.paths import home
 
 
 def content_key(obj: Any, length: int = 16) -> str:

@@ -12,7 +12,7 @@ from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from kdtrain import data, export, search, worker
-from kdtrain.config import KdtrainError
+from kdtrain.errors import KdtrainError
 from kdtrain.tracking import MODEL_TAG, Tracker
 
 
@@ -139,7 +139,8 @@ def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     import subprocess
     import sys
 
-    from kdtrain.config import KdtrainError, redact
+    from kdtrain.errors import KdtrainError
+    from kdtrain.paths import redact
     from kdtrain.tracking import Tracker
 
     url = f"http://127.0.0.1:{port}"

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from kdtrain import plugins
-from kdtrain.config import DataConfig, DataError, KdtrainError, data_root, first_line
+from kdtrain.errors import DataError, KdtrainError, first_line
+from kdtrain.paths import data_root
+from kdtrain.schema import DataConfig
 from kdtrain.shared import atomic_write_bytes, content_key
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 
-from kdtrain.config import Config
+from kdtrain.schema import Config
 from kdtrain.data import identity
 from kdtrain.losses import LOSS_SETTINGS
 

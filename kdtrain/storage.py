@@ -21,8 +21,10 @@ from pathlib import Path
 
 import optuna
 
-from kdtrain import config
-from kdtrain.config import Config, KdtrainError, home, redact
+from kdtrain import schema
+from kdtrain.errors import KdtrainError
+from kdtrain.paths import home, redact
+from kdtrain.schema import Config
 from kdtrain.shared import advisory_lock, file_lock
 
 
@@ -190,8 +192,8 @@ def open_storage(url: str | None = None):
         if url.startswith("postgresql"):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return PatientStorage(url, engine_kwargs=kwargs, heartbeat_interval=config.StudyConfig.heartbeat_interval,
-                                  grace_period=config.StudyConfig.grace_period)
+            return PatientStorage(url, engine_kwargs=kwargs, heartbeat_interval=schema.StudyConfig.heartbeat_interval,
+                                  grace_period=schema.StudyConfig.grace_period)
         except ImportError:
             raise KdtrainError(f"the Optuna storage {redact(url)} needs its database driver: "
                                "pip install 'kdtrain[postgres]'") from None
@@ -235,7 +237,7 @@ def apply_heartbeat(storage, cfg: Config) -> None:
     if b is not None:
         b.heartbeat_interval, b.grace_period = cfg.study.heartbeat_interval, cfg.study.grace_period
         if isinstance(b, PatientStorage):
-            b.patience = config.parse_duration(cfg.study.storage_patience)
+            b.patience = schema.parse_duration(cfg.study.storage_patience)
 
 
 def heartbeat_interval(storage) -> int | None:

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from kdtrain import classmap, models
-from kdtrain.config import Config, KdtrainError, TeacherConfig, home, sub_data
-from kdtrain.config import DataError, first_line
+from kdtrain.errors import KdtrainError
+from kdtrain.paths import home
+from kdtrain.schema import Config, TeacherConfig, sub_data
+from kdtrain.errors import DataError, first_line
 from kdtrain.data import Dataset
 from kdtrain.data import identity as data_identity
 from kdtrain.data import load as load_data

@@ -19,7 +19,8 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from kdtrain.config import KdtrainError, first_line, home, redact
+from kdtrain.errors import KdtrainError, first_line
+from kdtrain.paths import home, redact
 from kdtrain.outbox import PENDING, Deferring, Outbox, _reason, unreachable  # noqa: F401
 from kdtrain.shared import atomic_dir
 

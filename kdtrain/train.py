@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdtrain.config import KdtrainError, LossConfig, TrainConfig
+from kdtrain.errors import KdtrainError
+from kdtrain.schema import LossConfig, TrainConfig
 from kdtrain.data import Dataset, augment
 from kdtrain.losses import kd_loss, teacher_targets
 

@@ -24,8 +24,10 @@ from typing import Callable
 import torch
 import yaml
 
-from kdtrain import config, console, data, models, pareto, recovery, search, space, teachers, tracking
-from kdtrain.config import METRICS, Config, KdtrainError, first_line, home, redact
+from kdtrain import console, data, models, pareto, recovery, schema, search, space, sweepfile, teachers, tracking
+from kdtrain.errors import KdtrainError, first_line
+from kdtrain.paths import home, redact
+from kdtrain.schema import Config, METRICS
 from kdtrain.profile import model_identity, profile, profile_onnx
 from kdtrain.run import distill_student
 from kdtrain.shared import atomic_write_text, content_key, cpu_room, file_lock, threads_per_worker
@@ -79,7 +81,7 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     # CPUs it may use (its affinity and cgroup quota); `kdtrain sweep` passes its split
     threads = threads or threads_per_worker(cfg.train.threads, 1)
     if threads != cfg.train.threads:
-        cfg = config.replace(cfg, {"train.threads": threads})
+        cfg = sweepfile.replace(cfg, {"train.threads": threads})
     search.configure(study, cfg, worker)
     ds = ds or data.load(cfg.data)
     exp_id = tracker.experiment(study.study_name)
@@ -275,7 +277,7 @@ def baseline_runs(ctx: Context, cfg: Config, seeds: list[int], say: Callable[[st
         for seed in missing:
             (say or ctx.log)(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
                              f"(seed {seed})")
-            r = distill_student(config.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}), ctx.ds, {},
+            r = distill_student(sweepfile.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}), ctx.ds, {},
                                 epoch_guard=cpu_room)
             if "metrics" not in result:
                 result["metrics"] = _measure(r.model, ctx, cfg.student)
@@ -376,7 +378,7 @@ def describe(cfg: Config) -> str:
 
 def run_trial(ctx: Context, trial) -> list[float]:
     """Train, measure and log one trial's student; its objective values."""
-    tcfg = config.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search, ctx.cfg.kd.loss))
+    tcfg = sweepfile.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search, ctx.cfg.kd.loss))
     tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
             search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
     ctx.tracker.labels = {"study": ctx.study.study_name, "trial": trial.number}  # kept writes say whose they are
@@ -451,7 +453,7 @@ def hv_box(ctx: Context) -> dict:
     found = ctx.study.user_attrs.get(search.A_HV_BOX)
     if found is None:
         def costs(end: str) -> list[dict]:
-            students = [config.replace(ctx.cfg, over).student for over in space.extreme_students(ctx.cfg, end)]
+            students = [sweepfile.replace(ctx.cfg, over).student for over in space.extreme_students(ctx.cfg, end)]
             return [_measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m) for m in students]
 
         low, high = costs("low"), costs("high")
@@ -476,7 +478,7 @@ def trial_config(tracker: Tracker, run_id: str) -> Config:
 
     with tempfile.TemporaryDirectory() as tmp:
         text = tracker.download(run_id, tmp, tracking.CONFIG_ARTIFACT).read_text()
-    return config.from_dict(yaml.safe_load(text), f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
+    return sweepfile.from_dict(yaml.safe_load(text), f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
 
 
 def trial_student(tracker: Tracker, run_id: str):
@@ -527,7 +529,7 @@ def confirm(ctx: Context, trial, n_seeds: int, say: Callable[[str], None] | None
             runs.append(ctx.tracker.metrics(found[0]))
             continue
         say(f"trial {trial.number} distilled with seed {seed}")
-        r = distill_student(config.replace(cfg, {"train.seed": seed}), ctx.ds, ctx.pool, epoch_guard=cpu_room)
+        r = distill_student(sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, ctx.pool, epoch_guard=cpu_room)
         b = base[str(seed)]
         metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,
                    "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],
@@ -549,7 +551,7 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
     while True:
         ctx.tracker.labels = {}
         # a tracking server away: the finished trials' kept writes go first (a rerun sends a dead worker's too)
-        ctx.tracker.wait_sent(config.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
+        ctx.tracker.wait_sent(schema.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
         for cfg in list(ctx.unlogged.values()):
             ensure_baseline(ctx, ctx.unlogged.pop(student_key(cfg)))
         nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker))

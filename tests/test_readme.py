@@ -9,6 +9,9 @@ from conftest import ROOT
 from kdtrain.args import build_parser
 
 README = (ROOT / "README.md").read_text()
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+DOCS = README + "".join("\n" + p.read_text() for p in PAGES)
+"""The README and every page of the documentation site: their commands are checked alike."""
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
@@ -71,15 +74,17 @@ def readme_problems(text: str, options: dict[str, set[str]]) -> list[str]:
     return problems
 
 
-def test_readme_commands_use_real_subcommands_and_flags():
+def test_readme_and_docs_commands_use_real_subcommands_and_flags():
     options = subcommand_options(build_parser())
-    assert readme_problems(README, options) == []
-    shown = {(cmd, f) for cmd, flags, _ in shown_commands(README) for f in flags}
+    assert readme_problems(DOCS, options) == []
+    shown = {(cmd, f) for cmd, flags, _ in shown_commands(DOCS) for f in flags}
     # the parse reaches code blocks, wrapped inline synopses and the Kubernetes argv list
     assert {("sweep", "--trials"), ("sweep", "--no-report"), ("confirm", "--seeds"), ("confirm", "--trial"),
             ("report", "--no-mlflow"), ("worker", "--threads"), ("worker", "--wait"), ("train", "--set"),
             ("export", "--pareto")} <= shown
-    assert len(shown_commands(README)) >= 30
+    assert len(shown_commands(DOCS)) >= 30
+    for page in PAGES:  # each page's own commands too (a page's typo is not hidden by a correct README)
+        assert [p for p in readme_problems(page.read_text(), options) if "is not shown" not in p] == [], page.name
 
 
 @pytest.mark.parametrize("old, new, problem", [
@@ -93,14 +98,28 @@ def test_readme_commands_use_real_subcommands_and_flags():
     ("kdtrain ui ", "kdtrain gui ", "subcommand 'ui' is not shown in the README"),
 ])
 def test_a_misspelled_readme_command_is_caught(old, new, problem):
-    """The check above fails on a copy of the README with one word changed."""
-    assert old in README
-    problems = readme_problems(README.replace(old, new, 1), subcommand_options(build_parser()))
+    """The check above fails on a copy of the docs with one word changed."""
+    assert old in DOCS
+    problems = readme_problems(DOCS.replace(old, new, 1) if "gui" not in new else DOCS.replace(old, new),
+                               subcommand_options(build_parser()))
     assert any(p.startswith(problem) for p in problems), problems
 
 
+def test_readme_is_short_and_opens_with_the_product():
+    """Issue 23: the README opens with what kdtrain is (before the two commands), stays under 250 lines and links
+    every page of the documentation site."""
+    lines = README.splitlines()
+    assert len(lines) <= 250
+    before = README.split("```bash", 1)[0]
+    assert "knowledge-distillation" in before and len(before.split()) < 150
+    assert "docs/images/pareto.png" in README and (ROOT / "docs" / "images" / "pareto.png").stat().st_size > 10_000
+    for page in PAGES:
+        if page.name != "index.md":
+            assert f"docs/{page.name}" in README, page.name
+
+
 def test_readme_names_real_sweep_files():
-    paths = set(re.findall(r"sweeps/[\w./]+\.(?:yaml|py)", README))  # sweeps/examples/ too, and its scripts
+    paths = set(re.findall(r"sweeps/[\w./]+\.(?:yaml|py)", DOCS))  # sweeps/examples/ too, and its scripts
     assert {"sweeps/quickstart.yaml", "sweeps/examples/folder.yaml", "sweeps/examples/make_data.py"} <= paths
     for path in paths:
         assert (ROOT / path).exists(), path

@@ -105,7 +105,10 @@ def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
     run0 = trials.loc["trial-0"].run_id
     history = tracker.client.get_metric_history(run0, "val_accuracy")
     assert sorted(m.step for m in history if m.step > 0) == [1, 2, 3, 4]
-    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in r.stdout
+    # a local store's UI runs where `kdtrain ui --port` puts it: the sweep names the command, which prints the link
+    assert "browse the runs: kdtrain ui tiny (" in r.stdout and "127.0.0.1:5000" not in r.stdout
+    assert tracker.link(exp.experiment_id, "http://127.0.0.1:5001") == \
+        f"http://127.0.0.1:5001/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
 
 
 def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):

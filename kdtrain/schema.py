@@ -1,0 +1,437 @@
+"""The sweep file's sections as frozen pydantic dataclasses: every field with its type, default and docstring (the
+documentation of the key), and the config-only vocabularies. Choices a registry owns (datasets, models, losses,
+optimizers, schedules, ensembles) are checked against it by kdtrain.validate, not listed here.
+
+A sweep file's dotted keys (``kd.temperature``, ``student.width``) are the names used everywhere: in ``--set``, in
+the ``search:`` section, as Optuna parameter names and as MLflow params. Types are checked strictly: a bool is not
+an int, a number is not a str; an int is taken for a float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import field
+from typing import Any
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+
+from kdtrain import pareto
+
+
+# --------------------------------------------------------------------------- sections
+
+SECTION = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+"""Unknown keys are errors; no coercion (a str is not a number, a bool is not an int) but int -> float."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class StudyConfig:
+    name: str = "kdtrain"
+    """Study name: the Optuna study and the MLflow experiment."""
+    objectives: dict = field(default_factory=lambda: {"val_accuracy": "maximize"})
+    """Metric -> direction (maximize/minimize). Two or more make a multi-objective study."""
+    trials: int = 20
+    """Trials to run (the total for the study)."""
+    timeout: str | int | float | None = None
+    """Wall-clock budget such as '8h' or '30m' (a number: seconds); None means no limit."""
+    sampler: str = "tpe"
+    """tpe, nsga2 or random."""
+    pruner: str = "auto"
+    """auto, median, hyperband, pareto or none. auto: median for a single objective, pareto for val_accuracy
+    plus cost objectives, else none. median and hyperband prune single-objective studies only."""
+    prune_warmup_epochs: int | None = None
+    """pareto: epochs every trial trains before it can be pruned; None for a fifth of train.epochs."""
+    prune_margin: float = 0.01
+    """pareto: how much more accurate (val, absolute) a cheaper finished trial must be to prune a trial."""
+    constraints: dict = field(default_factory=dict)
+    """Upper bounds such as {max_params: 50000, max_latency_ms: 0.1}."""
+    seed: int | None = None
+    """Sampler seed; None for a random one."""
+    heartbeat_interval: int = 60
+    """Seconds between a running trial's heartbeats (RDB storages such as PostgreSQL)."""
+    grace_period: int = 180
+    """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
+    baseline_seeds: int = 3
+    """Seeds of each width's no-teacher baseline; its MLflow run logs their mean and std."""
+    storage_patience: str | int | float = "10m"
+    """How long a worker waits out its study's database (PostgreSQL restarted, a network cut: retried while the
+    trial trains) or its MLflow tracking server (a finished trial's writes kept on disk) being unreachable,
+    before it stops with one error line (a trial it held then recovered as an interrupted one). A duration such
+    as '10m' or '1h'; a number: seconds."""
+    max_requeues: int = 2
+    """Times an interrupted trial's settings are queued again (a dead worker, Ctrl-C); past it they fail for good
+    and count toward the failure cap, so a setting that kills its worker cannot loop under a restarting
+    scheduler."""
+
+    def resolved_pruner(self) -> str:
+        """The pruner in effect: auto resolved for these objectives."""
+        if self.pruner != "auto":
+            return self.pruner
+        if len(self.objectives) == 1:
+            return "median"
+        return "pareto" if pareto.prunable(self.objectives) else "none"
+
+    def prune_warmup(self, epochs: int) -> int:
+        """pareto: the warm-up in epochs (a fifth of the training by default)."""
+        return self.prune_warmup_epochs if self.prune_warmup_epochs is not None else max(1, epochs // 5)
+
+
+@dataclass(frozen=True, config=SECTION)
+class DataConfig:
+    name: str = "mnist1d"
+    """Dataset (see kdtrain.data.DATASETS)."""
+    size: int = 5000
+    """Samples to generate (mnist1d, synthetic); ignored by fixed datasets."""
+    val_fraction: float = 0.1
+    """Fraction of the training set carved out for validation (selection)."""
+    seed: int = 0
+    """Seed of the validation split and of generated data."""
+    root: str | None = None
+    """Where datasets live; default $KDTRAIN_DATA or ~/.cache/kdtrain/data."""
+    download: bool = False
+    """Allow torchvision datasets to be downloaded into root."""
+    augment: list = field(default_factory=list)
+    """Random augmentation on tensors (see kdtrain.data.AUGMENTATIONS; flip for images only)."""
+    normalize: bool = True
+    """Standardise inputs with per-channel train mean and std."""
+    limit: int | None = None
+    """Use at most this many training samples (quick experiments)."""
+    path: str | None = None
+    """folder, arrays, csv: the folder of images or the file (relative to the current directory)."""
+    test_path: str | None = None
+    """csv: a second table for the test split; without it data.test_fraction of the rows are held out."""
+    test_fraction: float = 0.2
+    """folder, csv: the share held out for testing when the source has no test split of its own."""
+    label: str = "label"
+    """csv: the label column (class indices or names); the other numeric columns are the features."""
+    factory: str | None = None
+    """python: package.module:function returning the arrays (x_train, y_train, x_test, y_test[, class_names])."""
+    image_size: int = 32
+    """folder: images are resized to image_size x image_size once, when they are decoded."""
+    mean: list | None = None
+    """Fixed per-channel mean to normalise with (e.g. ImageNet's for a pretrained teacher); default: train's."""
+    std: list | None = None
+    """Fixed per-channel std to normalise with, beside data.mean."""
+    labels: int | float | None = None
+    """Scarce labels: the training split's rows that keep their label, a fraction in (0, 1] (0.05) or a count (180);
+    stratified by class, chosen with data.seed. The validation split is carved from these rows; the others are
+    unlabelled and enter the distillation term only. None: every row is labelled."""
+    unlabeled: dict | None = None
+    """A transfer set: a second data section (same keys: a built-in generator with its own size and seed, a folder
+    of images, arrays with x only, a csv without the label column, a python factory returning inputs) whose rows
+    enter only the distillation term. Labels it carries are ignored."""
+    options: dict | None = None
+    """Keyword settings of a built-in generator (mnist1d: iid_noise_scale, corr_noise_scale, shear_scale,
+    scale_coeff, max_translation, ...), e.g. to make a shifted domain offline."""
+    classes: dict | list | None = None
+    """Remap the dataset's labels to a task: {new class: [old classes]} (every label mapped) or a list of the old
+    classes to keep."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class ModelConfig:
+    """What builds a network (kdtrain.models.from_config); shared by the student and the teachers."""
+
+    arch: str = "mlp"
+    """Model family (see kdtrain.models.MODELS), torchvision:NAME or python:package.module:function."""
+    width: int = 32
+    """Width of the family (channels or hidden units); torchvision: models have none and ignore it."""
+    depth: int | None = None
+    """Layers/blocks where the family has a depth; None for its default."""
+    hidden: list | None = None
+    """mlp only: explicit hidden sizes, e.g. [512, 256] (overrides width/depth)."""
+    dropout: float = 0.0
+    """Dropout before the classifier."""
+    pretrained: bool = False
+    """resnet18 and torchvision:NAME: start from torchvision's ImageNet weights (from the local torch cache only);
+    python: factories receive it as a keyword."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class StudentConfig(ModelConfig):
+    """The network being distilled (defaults: mlp, width 32)."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class TeacherConfig(ModelConfig):
+    arch: str = "cnn1d"
+    """Model family (see kdtrain.models.MODELS)."""
+    width: int = 64
+    """Width of the family (channels or hidden units)."""
+    name: str = ""
+    """Name used in kd.teachers and in MLflow."""
+    epochs: int | None = None
+    """Training epochs; default train.epochs."""
+    lr: float | None = None
+    """Learning rate; default train.lr."""
+    weights: str | None = None
+    """Load instead of train: a state dict (.pt) for arch, a TorchScript (.pt) or ONNX (.onnx) file, or an MLflow
+    model URI (runs:/, models:/)."""
+    logits: str | None = None
+    """Knowledge without a model: a .npz (or .pt) file of the teacher's logits, arrays train and test, rows in the
+    data's order (before the validation split is carved)."""
+    data: dict | None = None
+    """The teacher's own data (its source domain): a data section it is trained on; a teacher from a file may name
+    it for the report. Its logits are computed on the student's rows, normalised as its own data was. None: the
+    student's data."""
+    output: int | str | None = None
+    """For a model whose forward returns a tuple or list (an index) or a dict (a key): the output to distil from."""
+    classes: dict | list | None = None
+    """The teacher's classes -> the student's: a list of teacher class indices, one per student class (a subset),
+    or {student class: [teacher classes]} (a coarser task: probabilities summed within each group)."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class TrainConfig:
+    epochs: int = 30
+    """Epochs of student training."""
+    batch_size: int = 256
+    """Minibatch size."""
+    optimizer: str = "adam"
+    """Optimizer (see kdtrain.train.OPTIMIZERS)."""
+    lr: float = 0.01
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Weight decay (decoupled for adamw)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    schedule: str = "onecycle"
+    """Learning-rate schedule (see kdtrain.train.SCHEDULES)."""
+    seed: int = 0
+    """Seed of initialisation and shuffling."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    eval_batch_size: int = 1024
+    """Batch size for evaluation and teacher logits."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class LossConfig:
+    """The distillation term and its settings: the kd.* keys that kdtrain.losses reads (one source of their
+    defaults for the sweep file and for the loss functions)."""
+
+    loss: str = "kd"
+    """Distillation term (see kdtrain.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (correlation relations)."""
+    standardize: bool = False
+    """Z-score each sample's teacher and student logits before the tempered softmax (kd and dkd only)."""
+    dkd_alpha: float = 1.0
+    """dkd only: weight of the target-class term TCKD (>= 0)."""
+    dkd_beta: float = 8.0
+    """dkd only: weight of the non-target-class term NCKD (>= 0)."""
+    warmup_epochs: int = 0
+    """dkd only: the distillation term grows linearly over these first epochs (epoch / warmup_epochs); 0 for none."""
+    dist_beta: float = 1.0
+    """dist only: weight of the inter-class relation (each sample's classes) (>= 0)."""
+    dist_gamma: float = 1.0
+    """dist only: weight of the intra-class relation (each class across the batch) (>= 0)."""
+
+    def warmup(self, epoch: int | None) -> float:
+        """DKD's linear warm-up factor of the distillation term at an epoch (counted from 1); 1 when none."""
+        if self.loss != "dkd" or self.warmup_epochs <= 0 or epoch is None:
+            return 1.0
+        return min(epoch / self.warmup_epochs, 1.0)
+
+
+@dataclass(frozen=True, config=SECTION)
+class KDConfig(LossConfig):
+    temperature: float = 4.0
+    """Softening temperature T (> 0)."""
+    alpha: float = 0.7
+    """Weight of the teacher term; 1 - alpha weights the label cross-entropy."""
+    teachers: list | None = None
+    """Teachers forming the ensemble; default the first teacher of the pool."""
+    ensemble: str = "mean_probs"
+    """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
+    weights: list | None = None
+    """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
+
+
+@dataclass(frozen=True, config=SECTION)
+class ProfileConfig:
+    backend: str = "eager"
+    """Runtime the latency is measured in: eager (PyTorch) or onnxruntime (the exported model; kdtrain[onnx])."""
+    device: str = "cpu"
+    """cpu (an edge core), cuda, or auto (CUDA when present)."""
+    threads: int = 1
+    """CPU threads during measurement (1, like an edge core)."""
+    throughput_batch: int = 256
+    """Batch size of the throughput measurement."""
+    blocks: int = 5
+    """Timing blocks; their spread is latency_cv."""
+    calls: int = 40
+    """Batch-1 calls per block."""
+    warmup: int = 20
+    """Untimed calls first."""
+    max_cv: float = 0.15
+    """Block spread above which a measurement is flagged noisy (latency_noisy = 1)."""
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    study: StudyConfig = field(default_factory=StudyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: tuple = ()
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    search: dict = field(default_factory=dict)
+    source: str = ""
+    """Path of the sweep file (informational)."""
+
+    def teacher(self, name: str) -> TeacherConfig:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def kd_teachers(self) -> list[str]:
+        """The ensemble's teacher names (default: the first teacher of the pool)."""
+        if self.kd.teachers is not None:
+            return list(self.kd.teachers)
+        return [self.teachers[0].name] if self.teachers else []
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        d["teachers"] = [dataclasses.asdict(t) for t in self.teachers]
+        return d
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value for the scalar settings (what MLflow logs as params)."""
+        out = {}
+        for section in ("data", "student", "train", "kd", "profile"):
+            for k, v in dataclasses.asdict(getattr(self, section)).items():
+                out[f"{section}.{k}"] = v
+        return out
+
+
+SECTIONS = {
+    "study": StudyConfig,
+    "data": DataConfig,
+    "student": StudentConfig,
+    "train": TrainConfig,
+    "kd": KDConfig,
+    "profile": ProfileConfig,
+}
+TOP_LEVEL = set(SECTIONS) | {"teachers", "search"}
+
+# Config-only vocabularies. Datasets, augmentations, archs, optimizers, schedules and ensembles are
+# the registries of the modules that implement them (kdtrain.data, .models, .train, .losses).
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("auto", "median", "hyperband", "pareto", "none")
+SEARCH_TYPES = ("float", "int", "categorical", "subset")
+BACKENDS = ("eager", "onnxruntime")
+METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95",
+           "throughput")
+"""Metrics every trial records; objectives and constraints name them."""
+
+AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "data.limit": 10, "train.epochs": 1,
+            "train.batch_size": 1, "train.eval_batch_size": 1, "train.threads": 0, "train.weight_decay": 0,
+            "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
+            "profile.warmup": 0, "study.baseline_seeds": 1, "study.max_requeues": 0, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
+            "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0,
+            "study.prune_warmup_epochs": 0, "study.prune_margin": 0, "data.image_size": 1, "data.seed": 0}
+"""Lower bounds (inclusive) of single settings; None passes where the type allows it."""
+ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
+
+
+OPTIONS = {"mnist1d": ("iid_noise_scale", "corr_noise_scale", "shear_scale", "scale_coeff", "max_translation",
+                       "train_split"),
+           "synthetic": ("noise", "spread")}
+"""data.options: the keyword settings each built-in generator takes (mnist1d's are its get_dataset_args)."""
+
+
+def sub_data(raw: dict, parent: DataConfig) -> DataConfig:
+    """A data section inside another (data.unlabeled, teachers[].data), with the parent's root and download unless
+    it sets its own. Call on a validated config only."""
+    return DataConfig(**{"root": parent.root, "download": parent.download, **raw})
+    # kd.standardize: true with a dist choice is fine: dist trials get kd.standardize: false (kdtrain.space.suggest)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'8h', '30m', '90s', '1h30m' or a number of seconds -> seconds (positive)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        total = float(text)
+    else:
+        stripped = "" if isinstance(text, bool) else str(text).strip()
+        if re.fullmatch(r"(\d+(\.\d+)?[dhms])+\d+(\.\d+)?", stripped):  # 1h30: 1h30m or 1h30s? say, not guess
+            raise ValueError(f"not a duration: {text!r} (a number after a unit needs its own unit: write "
+                             f"{stripped}m or {stripped}s)")
+        if not stripped or not re.fullmatch(r"(\d+(\.\d+)?[dhms])+|\d+(\.\d+)?", stripped):
+            raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s, 1h30m)")
+        units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
+        total = sum(float(n) * units.get(u, 1) for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", stripped))
+    if not total > 0 or total == float("inf"):
+        raise ValueError(f"must be positive: {text!r}")
+    return total
+
+
+def json_schema() -> dict:
+    """The sweep file's JSON Schema, from the sections' fields: each key's type, default and docstring, unknown
+    keys refused. Editors read it through the yaml-language-server comment atop the sweep files (completion and
+    checks as the user types); `kdtrain schema` prints it. Values a registry owns (an arch, a loss) and every
+    bound are checked by kdtrain.validate when the file loads."""
+    from pydantic import TypeAdapter
+
+    defs: dict = {}
+
+    def of(cls) -> dict:
+        found = TypeAdapter(cls).json_schema()
+        defs.update(found.pop("$defs", {}))
+        return found
+
+    props = {name: of(cls) for name, cls in SECTIONS.items()}
+    props["teachers"] = {"type": "array", "items": of(TeacherConfig),
+                         "description": "The teacher pool: each trained on the data (or its own, teachers[].data), "
+                                        "or loaded from weights, ONNX, TorchScript, logits or an MLflow model."}
+    entry = {"type": "object", "required": ["type"],
+             "properties": {"type": {"enum": list(SEARCH_TYPES)}, "low": {"type": "number"}, "high": {"type": "number"},
+                            "log": {"type": "boolean"}, "step": {"type": "number"}, "choices": {"type": "array"},
+                            "of": {"type": "array", "items": {"type": "string"}}},
+             "additionalProperties": False}
+    props["search"] = {"type": "object", "additionalProperties": entry,
+                       "description": "Dotted key -> its range (float, int), its choices (categorical) or the "
+                                      "teachers to choose from (subset: kd.teachers)."}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "kdtrain sweep file",
+            "type": "object", "additionalProperties": False, "properties": props, **({"$defs": defs} if defs else {})}
+
+
+def json_schema_text() -> str:
+    """json_schema() as the text of docs/sweep.schema.json (a test keeps that file up to date)."""
+    import json
+
+    return json.dumps(json_schema(), indent=1) + "\n"
+
+
+def markdown_reference() -> str:
+    """The sweep-file reference of the docs (docs/reference.md): every key of every section with its type, default
+    and docstring, from the fields themselves, so that a default is written once (a test keeps the file current)."""
+    lines = ["# Sweep-file reference", "",
+             "Every key of a sweep file, by section, as `kdtrain schema` describes it (generated from the fields' "
+             "docstrings by `kdtrain schema --markdown > docs/reference.md`; do not edit by hand). Choices a "
+             "registry owns (datasets, models, losses, optimizers, schedules, ensembles) are listed in the other "
+             "pages and in each command's `--help`.", ""]
+    sections = {**SECTIONS, "teachers[]": TeacherConfig}
+    for name, cls in sections.items():
+        lines += [f"## `{name}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+            kind = getattr(f.type, "__name__", None) or str(f.type)
+            doc = " ".join((cls.__pydantic_fields__[f.name].description or "").split()).replace("|", "\\|")
+            lines.append(f"| `{f.name}` | {kind.replace('|', 'or')} | `{default!r}` | {doc} |")
+        lines.append("")
+    return "\n".join(lines)
