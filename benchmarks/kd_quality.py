@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from kdtrain import config, data, models  # noqa: E402
 from kdtrain.run import distill_student  # noqa: E402
 from kdtrain.teachers import load_pool  # noqa: E402
-from kdtrain.worker import mean_std  # noqa: E402
+from kdtrain.baselines import mean_std  # noqa: E402
 
 ROWS = {  # row label -> the kd settings that make it (the grid adds kd.temperature and kd.alpha)
     "baseline": {"kd.alpha": 0.0},

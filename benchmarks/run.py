@@ -316,7 +316,7 @@ def replay_lost(run: dict) -> tuple[int, int]:
     """(trials the pareto rule would have pruned, of which on the final front) in an unpruned run: each trial
     checked at every epoch against the trials that finished before it."""
     from kdtrain import pareto
-    from kdtrain.report import pareto_mask
+    from kdtrain.pareto import front_mask as pareto_mask
 
     trials, objectives = run["complete"], run["objectives"]
     front = pareto_mask([t["values"] for t in trials], list(objectives.values())) if trials else []

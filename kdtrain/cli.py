@@ -335,7 +335,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from kdtrain import preflight, search, worker
+    from kdtrain import baselines, preflight, search
     from kdtrain.export import export_model, make_card, need_onnx
     from kdtrain.tracking import Tracker
 
@@ -346,7 +346,7 @@ def cmd_export(args) -> int:
     tracker = Tracker(search.tracking_uri(study, args.tracking_uri))
     rows = []
     for t in chosen:
-        cfg, ds, model = worker.trial_student(tracker, t.user_attrs.get(search.T_RUN))
+        cfg, ds, model = baselines.trial_student(tracker, t.user_attrs.get(search.T_RUN))
         out = Path(args.out) / args.study / f"trial-{t.number}"
         export_model(model, ds.input_shape, out, ds.x_val[:64],
                      make_card(cfg, ds, args.study, t.number, t.user_attrs.get(search.T_RUN), t.user_attrs))
@@ -380,18 +380,18 @@ def _chosen(study, args) -> list:
 
 
 def cmd_confirm(args) -> int:
-    from kdtrain import preflight, report, worker
+    from kdtrain import baselines, preflight, report, worker
     from kdtrain.console import confirm_rows
 
     preflight.check_tracking(args.tracking_uri)
     preflight.storage(args.storage)
     ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
     trials = _chosen(ctx.study, args)
-    total = worker.confirm_plan(ctx, trials, args.seeds)
+    total = baselines.confirm_plan(ctx, trials, args.seeds)
     print(f"confirm: {len(trials)} trial(s) x {args.seeds} new seed(s): {total} training(s) to run (each seed "
           "distilled, and the no-teacher baseline of each seed not trained on this machine before)")
     say = Countdown(total, "confirm").step
-    rows = confirm_rows([worker.confirm(ctx, t, args.seeds, say) for t in trials])
+    rows = confirm_rows([baselines.confirm(ctx, t, args.seeds, say) for t in trials])
     print(table(rows, list(rows[0])))
     if not args.no_report:
         folder = report.build([args.study], args.out, ctx.tracker.uri, args.storage)[0]

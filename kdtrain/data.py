@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from kdtrain import classmap, sources
 from kdtrain.errors import DataError, KdtrainError
 from kdtrain.paths import data_root
 from kdtrain.schema import DataConfig, sub_data
+from kdtrain.lazy import Module
 from kdtrain.shared import atomic_write_bytes, content_key
+
+torch = Module("torch")  # imported on first use: the registry's names need none of it
 
 
 @dataclass

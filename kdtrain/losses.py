@@ -81,10 +81,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
+from kdtrain.lazy import Module
 from kdtrain.schema import LossConfig
+
+torch, F = Module("torch"), Module("torch.nn.functional")  # imported on first use: LOSSES and ENSEMBLES need neither
 
 
 ENSEMBLES = ("mean_probs", "mean_logits", "mean_kl")

@@ -12,11 +12,19 @@ import math
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch import nn
+from kdtrain.lazy import Module
 
 from kdtrain import plugins
 from kdtrain.errors import DataError, KdtrainError, first_line
+
+torch, nn = Module("torch"), Module("torch.nn")  # imported on first use: the registry's names need neither
+
+
+def nets():
+    """The modules the families are built from (kdtrain.nets, which imports torch)."""
+    from kdtrain import nets as built
+
+    return built
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -79,46 +87,8 @@ def check_fits(models_cfg: list[tuple[str, object]], input_shape, num_classes: i
                                f"data returns logits of shape (batch, {num_classes})")
 
 
-def pick_output(out, key: int | str, where: str) -> torch.Tensor:
-    """One output of a model that returns several (teachers[].output): an index into a tuple or list, a key of a
-    dict. A missing one is a DataError naming what the model does return."""
-    if isinstance(out, dict):
-        if key not in out:
-            raise DataError(f"{where}: output {key!r} is not among the model's outputs "
-                            f"(its forward returns a dict with keys {', '.join(map(repr, out))})")
-        return out[key]
-    if isinstance(out, (tuple, list)):
-        if type(key) is not int or not 0 <= key < len(out):
-            raise DataError(f"{where}: output {key!r} is not among the model's outputs (its forward returns a "
-                            f"{type(out).__name__} of {len(out)}: give an index 0..{len(out) - 1})")
-        return out[key]
-    raise DataError(f"{where}: the model returns one {type(out).__name__}, not a tuple, list or dict; drop output")
-
-
-class PickOutput(nn.Module):
-    """A multi-output model seen through one of its outputs (teachers[].output)."""
-
-    def __init__(self, model: nn.Module, key: int | str, where: str = "teachers[].output"):
-        super().__init__()
-        self.model, self.key, self.where = model, key, where
-
-    def forward(self, x):
-        return pick_output(self.model(x), self.key, self.where)
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-class Reshape(nn.Module):
-    """View each sample as a new shape (batch dimension kept)."""
-
-    def __init__(self, *shape: int):
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x):
-        return x.reshape(x.shape[0], *self.shape)
 
 
 # --------------------------------------------------------------------------- mlp
@@ -171,65 +141,25 @@ def cnn1d(input_shape, num_classes, width=64, depth=None, hidden=None, dropout=0
     """
     c = input_shape[0]
     length = math.prod(input_shape[1:])
-    layers: list[nn.Module] = [Reshape(c, length)] if len(input_shape) != 2 else []
+    layers: list[nn.Module] = [nets().Reshape(c, length)] if len(input_shape) != 2 else []
     prev = c
     for i in range(depth or 3):
         layers += [nn.Conv1d(prev, width, 5 if i == 0 else 3, stride=1 if i == 0 else 2, padding=2 if i == 0 else 1),
                    nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
         prev = width
-    return nn.Sequential(*layers, _AvgMaxPool(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
-
-
-class _AvgMaxPool(nn.Module):
-    """Concatenate global average and max over the last dimension."""
-
-    def forward(self, x):
-        return torch.cat([x.mean(-1), x.amax(-1)], dim=1)
+    return nn.Sequential(*layers, nets().AvgMaxPool(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
 
 
 # --------------------------------------------------------------------------- gru
 
 
-class _GRUClassifier(nn.Module):
-    """Reads a (C, L) signal as L steps of C features (an image row by row)."""
-
-    def __init__(self, input_shape, num_classes, width, depth, dropout):
-        super().__init__()
-        c, *spatial = input_shape
-        # Images: each row (C*W values) is one step; signals: each position is one step.
-        self.features = c * spatial[-1] if len(spatial) == 2 else c
-        self.gru = nn.GRU(self.features, width, num_layers=depth, batch_first=True, bidirectional=True)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(4 * width, num_classes)
-
-    def forward(self, x):
-        if x.ndim == 4:  # (N, C, H, W) -> (N, H, C*W)
-            seq = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
-        else:  # (N, C, L) -> (N, L, C)
-            seq = x.transpose(1, 2)
-        out, _ = self.gru(seq)
-        pooled = torch.cat([out.mean(1), out.amax(1)], dim=1)
-        return self.head(self.drop(pooled))
-
-
 @register("gru")
 def gru(input_shape, num_classes, width=64, depth=None, hidden=None, dropout=0.0, pretrained=False):
     """Bidirectional GRU over the sequence, mean+max pooled."""
-    return _GRUClassifier(input_shape, num_classes, width, depth or 1, dropout)
+    return nets().GRUClassifier(input_shape, num_classes, width, depth or 1, dropout)
 
 
 # --------------------------------------------------------------------------- resnet18
-
-
-class _As2d(nn.Module):
-    """Run a 2-D network on a 1-D signal by viewing (N, C, L) as (N, C, 1, L)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.unsqueeze(2))
 
 
 @register("resnet18")
@@ -265,7 +195,7 @@ def resnet18(input_shape, num_classes, width=64, depth=None, hidden=None, dropou
     if width != 64 or dropout:
         net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(8 * width, num_classes)) if dropout \
             else nn.Linear(8 * width, num_classes)
-    return _As2d(net) if len(spatial) == 1 else net
+    return nets().As2d(net) if len(spatial) == 1 else net
 
 
 def _load_torchvision_weights(net: nn.Module) -> None:
@@ -283,17 +213,6 @@ def _load_torchvision_weights(net: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- torchvision:NAME and python:
-
-
-class _RepeatChannels(nn.Module):
-    """Feed a 1-channel image to a network built for 3 channels (the grey values on each)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.expand(-1, 3, -1, -1))
 
 
 def _replace_head(net: nn.Module, num_classes: int) -> None:
@@ -337,7 +256,7 @@ def torchvision_model(name: str, input_shape, num_classes: int, pretrained: bool
         for aux in ("aux1", "aux2", "AuxLogits"):
             if hasattr(net, aux):
                 setattr(net, aux, None)
-    return _RepeatChannels(net) if input_shape[0] == 1 else net
+    return nets().RepeatChannels(net) if input_shape[0] == 1 else net
 
 
 def python_model(arch: str, input_shape, num_classes: int, width: int, **family) -> nn.Module:

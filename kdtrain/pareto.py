@@ -143,3 +143,14 @@ def feasible(constraints: dict, metrics: dict) -> bool:
     """Whether a trial with these metrics meets every constraint: the one definition of the front's members that
     Optuna (best_trials), status, export, register, confirm and the report share."""
     return all(v <= 0 for v in constraint_values(constraints, metrics).values())
+
+
+def front_mask(values: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
+    """True for the non-dominated rows of values (n rows of k objectives), for any directions.
+
+    Row j dominates row i when it is at least as good in every objective and strictly better in one; duplicates
+    do not dominate each other, so they are all on the front."""
+    signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
+    rows = [[s * float(x) for s, x in zip(signs, row)] for row in values]  # every objective now minimised
+    return [not any(all(b <= a for a, b in zip(ri, rj)) and any(b < a for a, b in zip(ri, rj)) for rj in rows)
+            for ri in rows]

@@ -16,29 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdtrain.pareto import feasible
+from kdtrain import pages, plots
+from kdtrain.pareto import feasible, front_mask
 
 KEEP = 0.95
 """The headline's bar: the smallest student keeping this share of the best teacher's accuracy."""
-
-
-# --------------------------------------------------------------------------- Pareto fronts
-
-
-def pareto_mask(values, directions: list[str]) -> np.ndarray:
-    """True for the non-dominated rows of values (n, k), for any number of objectives and directions.
-
-    Row j dominates row i when it is at least as good in every objective and
-    strictly better in one; duplicates do not dominate each other, so they are
-    all on the front."""
-    v = np.asarray(values, dtype=float)
-    if v.ndim != 2 or len(v) == 0:
-        return np.zeros(len(v), dtype=bool)
-    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
-    v = v * sign  # now every objective is minimised
-    no_worse = (v[None, :, :] <= v[:, None, :]).all(-1)  # [i, j]: j no worse than i everywhere
-    better = (v[None, :, :] < v[:, None, :]).any(-1)  # [i, j]: j strictly better somewhere
-    return ~(no_worse & better).any(1)
 
 
 # --------------------------------------------------------------------------- data
@@ -86,7 +68,7 @@ class StudyData:
         ok = self.students[self.feasible]
         if ok.empty:
             return ok
-        mask = pareto_mask(ok[list(self.objectives)].to_numpy(), list(self.objectives.values()))
+        mask = front_mask(ok[list(self.objectives)].to_numpy().tolist(), list(self.objectives.values()))
         return ok[mask].sort_values(list(self.objectives)[-1])
 
 
@@ -306,261 +288,7 @@ def size_buckets(studies: list[StudyData]) -> pd.DataFrame:
     return best.drop(columns="edge").reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _tick_labels(axis, renderer) -> list:
-    """Display boxes of an axis's major tick labels inside its view."""
-    low, high = sorted(axis.get_view_interval())
-    span = (high - low) * 1e-9
-    labels = axis.get_majorticklabels()
-    locs = list(axis.get_majorticklocs())[:len(labels)]
-    return [lab.get_window_extent(renderer) for lab, loc in zip(labels, locs)
-            if low - span <= loc <= high + span and lab.get_text()]
-
-
-def _declutter(fig) -> None:
-    """Fewer ticks on any axis whose labels touch (0.0100 on 0.0125 on a narrow axis, 900 on 1,000): linear axes
-    at most 6 ticks, then 5, ... 2; log axes from every multiple of a power of ten to 1, 2 and 5 times them, to the
-    powers alone, to 3 even steps: the first whose labels stand apart."""
-    import matplotlib.ticker as mt
-
-    renderer = fig.canvas.get_renderer()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            if isinstance(axis.get_major_locator(), mt.FixedLocator):
-                continue  # ticks chosen one by one (the widths of gain_per_width)
-            fewer = [mt.MaxNLocator(n) for n in (6, 5, 4, 3, 2)] if axis.get_scale() == "linear" else \
-                [mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)), mt.LogLocator(base=10, subs=(1.0,)),
-                 mt.MaxNLocator(3), mt.MaxNLocator(2)]
-            for locator in fewer:
-                fig.canvas.draw()
-                boxes = _tick_labels(axis, renderer)
-                if not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]) and \
-                        (len(boxes) >= 2 or axis.get_scale() == "linear"):
-                    break
-                axis.set_major_locator(locator)
-
-
-def _save(fig, folder: Path, name: str) -> str:
-    _declutter(fig)
-    fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
-    fig.savefig(folder / f"{name}.svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return name
-
-
-def feasible_front(d: StudyData, columns: list[str]) -> np.ndarray:
-    """The students on the (accuracy up, cost down) front of these columns among those meeting the constraints."""
-    ok = d.feasible.to_numpy()
-    mask = np.zeros(len(d.students), dtype=bool)
-    mask[ok] = pareto_mask(d.students[ok][columns].to_numpy(), ["maximize", "minimize"])
-    return mask
-
-
-def _front_plot(d: StudyData, x: str, xlabel: str, folder: Path, name: str, colour: str = "kd.temperature"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    s = d.students
-    mask = feasible_front(d, ["val_accuracy", x]) if not s.empty else []
-    if not s.empty:
-        dom = s[~mask]
-        ax.scatter(dom[x], dom["val_accuracy"], c=dom[colour], cmap="viridis", alpha=0.25, s=28,
-                   norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None)
-        fr = s[mask].sort_values(x)
-        sc = ax.scatter(fr[x], fr["val_accuracy"], c=fr[colour], cmap="viridis", s=60, edgecolors="black",
-                        norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
-                        label="Pareto front (students)", zorder=3)
-        ax.step(fr[x], fr["val_accuracy"], where="post", color="black", lw=1.2, zorder=2)
-        bar = fig.colorbar(sc, ax=ax, label=colour)
-        if colour == "kd.temperature":
-            _log_ticks(bar.ax.yaxis)
-    if not d.baselines.empty:  # joined by width on the size plot; loose points where x is not monotone in width
-        b = d.baselines.sort_values(x)
-        ax.plot(b[x], b["val_accuracy"], "x--" if x == "params" else "x", color="tab:red",
-                label="no-teacher baseline", zorder=2)
-    # teachers named in the legend, one colour each: labels beside the stars overlapped when two teachers were
-    # alike, and one was cut at the plot's edge
-    for i, (_, t) in enumerate(d.teachers.iterrows()):
-        ax.scatter([t[x]], [t["val_accuracy"]], marker="*", s=220, color=TEACHER_COLOURS[i % len(TEACHER_COLOURS)],
-                   edgecolors="black", zorder=4, label=f"teacher {str(t['tag:mlflow.runName']).removeprefix('teacher-')}")
-    ax.set_xscale("log")
-    _log_ticks(ax.xaxis)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{d.name}: accuracy vs {xlabel}")
-    ax.grid(alpha=0.3)
-    handles = ax.get_legend_handles_labels()[0]  # below the axes: it never covers a point or a label
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, max(1, len(handles))), fontsize=8,
-              frameon=False)
-    return _save(fig, folder, name)
-
-
-TEACHER_COLOURS = ("tab:orange", "gold", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
-
-
-def _number(value: float, _pos=None) -> str:
-    """A tick value in plain digits (0.3, 2, 1,500, 2e+06), never 3×10⁻¹."""
-    if value == 0:
-        return "0"
-    if 1e-3 <= abs(value) < 1e5:
-        return f"{value:,.4g}"
-    return f"{value:.0e}".replace("e+0", "e").replace("e-0", "e-")
-
-
-def _log_ticks(axis) -> None:
-    """A log axis (or a log colour bar's) with plain numbers: labels at each power of ten, at 1, 2 and 5 times
-    them when it spans under two decades, at every multiple under one, at 4 even steps when even that gives fewer
-    than two; no other minor labels (they collided: 3×10⁻¹ on 4×10⁻¹)."""
-    import matplotlib.ticker as mt
-
-    low, high = sorted(v for v in axis.get_view_interval())
-    decades = np.log10(high / low) if low > 0 and high > 0 else 3.0
-    subs = tuple(range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
-    if low > 0 and high > 0:
-        powers = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
-        inside = [m * 10.0 ** k for k in powers for m in subs if low <= m * 10.0 ** k <= high]
-    else:
-        inside = []
-    axis.set_major_locator(mt.LogLocator(base=10, subs=subs) if len(inside) >= 2 else mt.MaxNLocator(4))
-    axis.set_major_formatter(mt.FuncFormatter(_number))
-    axis.set_minor_locator(mt.LogLocator(base=10, subs=tuple(range(2, 10))))
-    axis.set_minor_formatter(mt.NullFormatter())
-
-
-def _hyper_plots(d: StudyData, folder: Path) -> list[str]:
-    import matplotlib.pyplot as plt
-
-    names = []
-    s = d.students
-    for key, log in (("kd.temperature", True), ("kd.alpha", False)):
-        if key in s and s[key].notna().any():
-            fig, ax = plt.subplots(figsize=(5, 3.6))
-            sc = ax.scatter(s[key], s["val_accuracy"], c=s["params"], cmap="plasma", s=30,
-                            norm=__import__("matplotlib").colors.LogNorm())
-            _log_ticks(fig.colorbar(sc, ax=ax, label="params").ax.yaxis)
-            if log:
-                ax.set_xscale("log")
-                _log_ticks(ax.xaxis)
-            ax.set_xlabel(key)
-            ax.set_ylabel("validation accuracy")
-            ax.set_title(f"accuracy vs {key}")
-            ax.grid(alpha=0.3)
-            names.append(_save(fig, folder, f"accuracy_vs_{key.split('.')[-1]}"))
-    if d.importances:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        items = sorted(d.importances.items(), key=lambda kv: kv[1])
-        ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
-        ax.set_xlabel(f"importance for {next(iter(d.objectives))} (Optuna's default evaluator)")
-        ax.set_title("hyperparameter importance")
-        names.append(_save(fig, folder, "importances"))
-    if not d.history.empty:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        metric, direction = next(iter(d.objectives.items()))
-        h = d.history.sort_values("trial")
-        best = h["value"].cummax() if direction == "maximize" else h["value"].cummin()
-        ax.scatter(h["trial"], h["value"], s=18, alpha=0.6, label="trial")
-        ax.plot(h["trial"], best, color="black", label="best so far")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(metric)
-        ax.set_title("optimisation history")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        names.append(_save(fig, folder, "history"))
-    if d.hypervolume:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.step([c for c, _ in d.hypervolume], [h for _, h in d.hypervolume], where="post", color="tab:purple",
-                marker="o", ms=3)
-        ax.set_xlabel("training seconds (finished trials, pruned ones included)")
-        ax.set_ylabel("hypervolume (fraction of the reference box)")
-        ax.set_title("front quality against compute")
-        ax.grid(alpha=0.3)
-        names.append(_save(fig, folder, "hypervolume"))
-    g = gain_per_width(d)
-    if not g.empty:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.axhline(0, color="black", lw=0.8)
-        ax.errorbar(g["student.width"], g["kd_gain_test"], yerr=NOISE * 100 * g["baseline_test_accuracy_std"],
-                    fmt="o", color="tab:green", ecolor="tab:red", capsize=4,
-                    label=f"best trial's test gain; bars: {NOISE:g} x baseline seed std")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_locator(__import__("matplotlib").ticker.NullLocator())
-        ax.set_xticks(list(g["student.width"]), [str(int(w)) for w in g["student.width"]], fontsize=8)
-        ax.set_xlabel("student width")
-        ax.set_ylabel("test accuracy gain over no teacher (points)")
-        ax.set_title("distillation gain per width")
-        ax.legend(fontsize=7, loc="best")
-        ax.grid(alpha=0.3)
-        names.append(_save(fig, folder, "gain_per_width"))
-    return names
-
-
-def _compare_plot(studies: list[StudyData], folder: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for i, d in enumerate(studies):
-        colour = f"C{i}"
-        s = d.students
-        if s.empty:
-            continue
-        mask = feasible_front(d, ["val_accuracy", "params"])
-        ax.scatter(s[~mask]["params"], s[~mask]["val_accuracy"], color=colour, alpha=0.2, s=20)
-        fr = s[mask].sort_values("params")
-        ax.step(fr["params"], fr["val_accuracy"], where="post", color=colour, lw=1.5)
-        ax.scatter(fr["params"], fr["val_accuracy"], color=colour, edgecolors="black", s=50, label=d.name, zorder=3)
-    ax.set_xscale("log")
-    _log_ticks(ax.xaxis)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Pareto fronts compared")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, folder, "fronts")
-
-
 # --------------------------------------------------------------------------- writing
-
-
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:min(1360px,calc(100vw - 2em));color:#222}
-h1{margin-bottom:.2em}.headline{background:#f3f7ee;border-left:4px solid #5a9;padding:.6em 1em;margin:1em 0}
-table{border-collapse:collapse;font-size:13px;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}
-th{background:#f4f4f4}figure{display:inline-block;margin:.4em}img{max-width:100%}.muted{color:#777}"""
-
-
-def _fmt(df: pd.DataFrame, link: str | None = None) -> pd.DataFrame:
-    out = df.copy()
-    for c in out.columns:
-        if c == "run_id" and link:
-            base = link.split("/runs?")[0]
-            out[c] = [f'<a href="{html.escape(base)}/runs/{r}">{r[:8]}</a>' for r in out[c]]
-        elif pd.api.types.is_float_dtype(out[c]):
-            out[c] = [("" if pd.isna(v) else (f"{v / 1e6:.3g}M" if abs(v) >= 1e6 else f"{v:,.0f}" if abs(v) >= 1000
-                                              else f"{v:.4g}")) for v in out[c]]
-    return out
-
-
-def _html(df: pd.DataFrame, table_id: str, link: str | None = None) -> str:
-    """A table for the page: numbers as in _fmt, headers that may wrap at their dots and underscores, and long
-    teacher lists at their '+', so that it fits the page's width (no horizontal scrolling at 1400 px)."""
-    f = _fmt(df, link)
-    if "run_id" in f and not link:  # the first 8 characters, the whole id on hover (and in pareto.csv)
-        f["run_id"] = [f'<span title="{html.escape(str(r))}">{html.escape(str(r)[:8])}</span>' for r in f["run_id"]]
-    for c in f.columns:
-        if c != "run_id":
-            f[c] = [html.escape("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
-                    .replace("+", "+<wbr>") for v in f[c]]
-    f.columns = [html.escape(str(c)).replace("_", "_<wbr>").replace(".", ".<wbr>") for c in f.columns]
-    return f.to_html(index=False, escape=False, table_id=table_id)
 
 
 def _mlflow_link(d: StudyData) -> str:
@@ -632,36 +360,43 @@ def teacher_table(d: StudyData) -> pd.DataFrame:
 
 
 def write_study(d: StudyData, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """reports/<study>/: index.html, summary.md, trials.csv, pareto.csv and the pictures (PNG and SVG)."""
     folder = out / d.name
     folder.mkdir(parents=True, exist_ok=True)
-    plots = []
-    if not d.students.empty:
-        plots.append(_front_plot(d, "params", "parameters", folder, "accuracy_vs_params"))
-        plots.append(_front_plot(d, "latency_ms_p50", "latency p50 (ms, batch 1)", folder, "accuracy_vs_latency",
-                                 colour="kd.alpha"))
-    hyper = _hyper_plots(d, folder) if not d.students.empty else []
     d.students.drop(columns=[c for c in d.students if c.startswith("tag:")]).to_csv(folder / "trials.csv",
                                                                                      index=False)
-    table = front_table(d)
+    table, gains, confirms, teachers = front_table(d), gain_per_width(d), confirm_table(d), teacher_table(d)
     table.to_csv(folder / "pareto.csv", index=False)
-    gains, confirms = gain_per_width(d), confirm_table(d)
+    fronts, hyper = _pictures(d, folder, gains)
     c = d.counts
-    counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; "
-              f"{d.time_spent}"
+    counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; {d.time_spent}"
               + (f"; hypervolume {d.hypervolume[-1][1]:.4f}" if d.hypervolume else ""))
     head = _headline_text(d) + label_lines(d)
-    teachers = teacher_table(d)
     (folder / "summary.md").write_text("\n".join([
         f"# {d.name}", "", *[f"- {line}" for line in head], f"- {counts}", "",
-        "## Pareto-optimal students", "", _markdown(table), "", "## Teachers", "", _markdown(teachers), "",
+        "## Pareto-optimal students", "", pages.markdown_table(table), "", "## Teachers", "", pages.markdown_table(teachers), "",
         "## Distillation gain per width", "",
-        _markdown(gains), "", "## Confirmed trials (new seeds)", "", _markdown(confirms), ""]))
+        pages.markdown_table(gains), "", "## Confirmed trials (new seeds)", "", pages.markdown_table(confirms), ""]))
+    (folder / "index.html").write_text(_page(d, head, counts, fronts, hyper, table, teachers, gains, confirms))
+    return folder
+
+
+def _pictures(d: StudyData, folder: Path, gains: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(the front pictures, the others) saved in folder: their names."""
+    if d.students.empty:
+        return [], []
+    fronts = [plots.front_plot(d, "params", "parameters", folder, "accuracy_vs_params"),
+              plots.front_plot(d, "latency_ms_p50", "latency p50 (ms, batch 1)", folder, "accuracy_vs_latency",
+                               colour="kd.alpha")]
+    return fronts, plots.hyper_plots(d, folder) + plots.progress_plots(d, folder, gains, NOISE)
+
+
+def _page(d: StudyData, head: list[str], counts: str, fronts: list[str], hyper: list[str], table: pd.DataFrame,
+          teachers: pd.DataFrame, gains: pd.DataFrame, confirms: pd.DataFrame) -> str:
+    """The study's index.html."""
     objectives = ", ".join(f"{k} ({v})" for k, v in d.objectives.items())
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain report: {html.escape(d.name)}</title>
-<style>{CSS}</style></head><body>
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain report: {html.escape(d.name)}</title>
+<style>{pages.CSS}</style></head><body>
 <h1>{html.escape(d.name)}</h1>
 <p class="muted">objectives: {html.escape(objectives)} &middot; {html.escape(counts)} &middot;
 {_mlflow_link(d)} &middot; <a href="trials.csv">trials.csv</a> &middot;
@@ -670,56 +405,45 @@ def write_study(d: StudyData, out: Path) -> Path:
 <h2>Accuracy against size and latency</h2>
 <p class="muted">Pareto front as a step line; dominated trials faded; teachers as stars; no-teacher baselines as red
 crosses. Latency at batch 1.</p>
-{_figures(plots)}
+{_figures(fronts)}
 <h2>Pareto-optimal students</h2>
-<div style="overflow-x:auto">{_html(table, "pareto", d.link)}</div>
+<div style="overflow-x:auto">{pages.html_table(table, "pareto", d.link)}</div>
 <h2>Teachers</h2>
 <p class="muted">Each teacher's accuracy on its own data's test split (source) and on the student's test split, mapped
 to the student's classes: what the teacher alone would score on the student's task.</p>
-{_html(teachers, "teachers") if not teachers.empty else "<p>None.</p>"}
+{pages.html_table(teachers, "teachers") if not teachers.empty else "<p>None.</p>"}
 <h2>Distillation gain per width</h2>
 <p class="muted">Per width, the trial with the best validation accuracy against the no-teacher baseline's mean over
 its seeds; gains in points; kd_gain_sigma: the val gain in units of the baseline's seed spread; beyond_noise: the
 test gain exceeds {NOISE:g} x the baseline's test spread.</p>
-{_html(gains, "gains")}
+{pages.html_table(gains, "gains")}
 <h2>Confirmed trials (new seeds)</h2>
 <p class="muted">kdtrain confirm: each trial retrained with new seeds, each paired with the baseline of the same
 seed; mean and sample std over seeds.</p>
-{_html(confirms, "confirms") if not confirms.empty else
+{pages.html_table(confirms, "confirms") if not confirms.empty else
  "<p>None yet: kdtrain confirm " + html.escape(d.name) + " --pareto --seeds 3</p>"}
 <h2>How the hyperparameters mattered</h2>
 {_figures(hyper)}
 </body></html>"""
-    (folder / "index.html").write_text(page)
-    return folder
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "(none)"
-    f = _fmt(df)
-    lines = ["| " + " | ".join(map(str, f.columns)) + " |", "|" + "---|" * len(f.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in f.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def write_comparison(studies: list[StudyData], out: Path, name: str) -> Path:
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    plot = _compare_plot(studies, folder)
+    plot = plots.compare_plot(studies, folder)
     buckets = size_buckets(studies)
     buckets.to_csv(folder / "buckets.csv", index=False)
     fronts = pd.concat([front_table(d).assign(study=d.name) for d in studies], ignore_index=True)
     fronts.to_csv(folder / "pareto.csv", index=False)
     links = " &middot; ".join(f'<a href="../{html.escape(d.name)}/index.html">{html.escape(d.name)}</a>'
                               for d in studies)
-    (folder / "summary.md").write_text(f"# {name}\n\n## Best student per size bucket\n\n{_markdown(buckets)}\n")
+    (folder / "summary.md").write_text(f"# {name}\n\n## Best student per size bucket\n\n{pages.markdown_table(buckets)}\n")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain comparison: {html.escape(name)}</title>
-<style>{CSS}</style></head><body><h1>{html.escape(name)}</h1>
+<style>{pages.CSS}</style></head><body><h1>{html.escape(name)}</h1>
 <p class="muted">studies: {links}</p>
 {_figures([plot])}
 <h2>Best student per size bucket</h2>
-{_html(buckets, "buckets")}
+{pages.html_table(buckets, "buckets")}
 </body></html>"""
     (folder / "index.html").write_text(page)
     return folder

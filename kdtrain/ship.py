@@ -11,7 +11,7 @@ from socketserver import ThreadingMixIn
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from kdtrain import data, export, search, worker
+from kdtrain import baselines, data, export, search
 from kdtrain.errors import KdtrainError
 from kdtrain.tracking import MODEL_TAG, Tracker
 
@@ -35,7 +35,7 @@ def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: 
     datasets: dict[str, data.Dataset] = {}
     rows = []
     for t, run_id, model_id in picks:
-        cfg = worker.trial_config(tracker, run_id)
+        cfg = baselines.trial_config(tracker, run_id)
         key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str)
         ds = datasets.setdefault(key, data.load(cfg.data))  # for the card's preprocessing (one load per dataset)
         metrics = tracker.metrics(run_id)

@@ -16,13 +16,15 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from kdtrain import plugins
 from kdtrain.errors import DataError, KdtrainError, first_line
 from kdtrain.paths import data_root
 from kdtrain.schema import DataConfig
+from kdtrain.lazy import Module
 from kdtrain.shared import atomic_write_bytes, content_key
+
+torch = Module("torch")  # imported on first use
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

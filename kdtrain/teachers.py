@@ -9,12 +9,10 @@ them instead of running the teacher again.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import pickle
 import time
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdtrain import classmap, models
+from kdtrain import classmap, models, nets, teacher_files
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import home
 from kdtrain.schema import Config, TeacherConfig, sub_data
@@ -33,7 +31,7 @@ from kdtrain.data import Dataset
 from kdtrain.data import identity as data_identity
 from kdtrain.data import load as load_data
 from kdtrain.losses import map_logits
-from kdtrain.sources import file_digest, read_arrays
+from kdtrain.sources import file_digest
 from kdtrain.shared import atomic_dir, content_key
 from kdtrain.train import EpochStats, predict, resolve_device, seed_all, train
 
@@ -119,7 +117,7 @@ class TeacherView(nn.Module):
         self.model, self.view, self.groups, self.temperature = model, view, groups, temperature
 
     def forward(self, x):
-        return map_logits(self.model(_viewed(x, self.view)).float(), self.groups, self.temperature)
+        return map_logits(self.model(teacher_files.viewed(x, self.view)).float(), self.groups, self.temperature)
 
 
 _own: dict[str, Dataset] = {}
@@ -154,15 +152,6 @@ def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | N
     return (s_std / t_std).tolist(), ((s_mean - t_mean) / t_std).tolist()
 
 
-def _viewed(x: torch.Tensor, view) -> torch.Tensor:
-    """x (the student's normalised inputs) as the teacher's own data would have it: x * scale + shift per channel."""
-    if view is None:
-        return x
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    scale, shift = (torch.tensor(v, dtype=x.dtype, device=x.device).reshape(shape) for v in view)
-    return x * scale + shift
-
-
 def resolve_groups(t: TeacherConfig, ds: Dataset, teacher_classes: list[str]) -> list[list[int]] | None:
     """teachers[].classes against the two label spaces; without it the teacher's classes must be the student's."""
     where = f"teachers ({t.name}).classes"
@@ -177,7 +166,7 @@ def resolve_groups(t: TeacherConfig, ds: Dataset, teacher_classes: list[str]) ->
 
 def build(t: TeacherConfig, tds: Dataset) -> nn.Module:
     """The teacher's network for its own data, seen through teachers[].output when it returns several."""
-    return _pick(t, models.from_config(t, tds.input_shape, tds.num_classes))
+    return teacher_files.pick(t, models.from_config(t, tds.input_shape, tds.num_classes))
 
 
 def _weights_identity(ref: str) -> dict:
@@ -225,22 +214,6 @@ def is_cached(t: TeacherConfig, cfg: Config) -> bool:
     return (cache_dir(t, cfg) / META_FILE).exists()
 
 
-def _read_checkpoint(ref: str) -> dict:
-    p = Path(ref).expanduser()
-    if not p.exists():
-        raise KdtrainError(f"teacher checkpoint {p} does not exist (teachers[].weights)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise KdtrainError(f"teacher checkpoint {p} is not a readable PyTorch state dict ({first_line(e)})") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise KdtrainError(f"teacher checkpoint {p} does not hold a state dict of tensors")
-    return state
-
-
 LoadURI = Callable[[str], dict]
 """URI (runs:/..., models:/...) -> state dict; given by the caller (kdtrain.tracking.load_state_dict), so that
 the teacher cache itself knows nothing of MLflow."""
@@ -256,7 +229,7 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
                                "kdtrain.worker.load_pool, which reads MLflow models")
         state, source = load_uri(ref), "mlflow"
     else:
-        state, source = _read_checkpoint(ref), "checkpoint"
+        state, source = teacher_files.read_checkpoint(ref), "checkpoint"
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -270,7 +243,7 @@ def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict
     with atomic_dir(folder) as tmp:  # another process may finish the same teacher first: either copy will do
         inner = _inner(model)
         if isinstance(inner, torch.jit.ScriptModule):
-            with _torchscript_quiet():
+            with teacher_files.torchscript_quiet():
                 torch.jit.save(inner, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
         elif model is not None:
             torch.save(model.state_dict(), tmp / MODEL_FILE)
@@ -278,14 +251,9 @@ def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def _pick(t: TeacherConfig, model: nn.Module) -> nn.Module:
-    """The model seen through teachers[].output (unchanged without one)."""
-    return models.PickOutput(model, t.output, f"teachers ({t.name}).output") if t.output is not None else model
-
-
 def _inner(model: nn.Module | None) -> nn.Module | None:
     """The model inside _pick's wrapper: what a checkpoint loads into and a TorchScript file holds."""
-    return model.model if isinstance(model, models.PickOutput) else model
+    return model.model if isinstance(model, nets.PickOutput) else model
 
 
 def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> Teacher | None:
@@ -295,10 +263,10 @@ def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> T
         classes = meta.get("classes") or list(data.class_names)
         model = None
         if meta.get("source") == "torchscript":
-            model = _pick(t, _jit_load(folder / MODEL_FILE))
+            model = teacher_files.pick(t, teacher_files.jit_load(folder / MODEL_FILE))
         elif meta.get("source") not in ("logits", "onnx"):
             state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-            model = _pick(t, models.from_config(t, data.input_shape, len(classes)))
+            model = teacher_files.pick(t, models.from_config(t, data.input_shape, len(classes)))
             model.load_state_dict(state)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
         return None  # missing or damaged: train again
@@ -323,143 +291,6 @@ def kind(t: TeacherConfig) -> str:
             if any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist()):
                 return "torchscript"
     return "weights"
-
-
-def _where(t: TeacherConfig, key: str) -> str:
-    return f"teachers ({t.name}).{key} {Path(getattr(t, key)).expanduser().resolve()}"
-
-
-def _columns(t: TeacherConfig, data: Dataset, got: int, where: str) -> None:
-    """A file teacher's logits have one column per class: the student's classes, or with teachers[].classes any
-    number (the mapping's indices are checked against it)."""
-    if t.classes is None and got != data.num_classes:
-        raise DataError(f"{where}: {got} logits per sample, this data has {data.num_classes} classes (map the "
-                        "teacher's classes to the student's with teachers[].classes)")
-
-
-def _file_logits(t: TeacherConfig, data: Dataset) -> dict[str, torch.Tensor]:
-    """A logits file's rows, split as the data is: 'train' holds the source's training rows in their order (the
-    validation rows are carved from them here), 'test' the test rows."""
-    where = _where(t, "logits")
-    if not Path(t.logits).expanduser().is_file():
-        raise DataError(f"{where}: no such file")
-    d = read_arrays(Path(t.logits).expanduser().resolve(), f"teachers ({t.name}).logits")
-    missing = [k for k in ("train", "test") if k not in d]
-    if missing:
-        raise DataError(f"{where}: missing array(s) {', '.join(missing)} (a logits file holds train and test, one "
-                        f"row of {data.num_classes} logits per sample; it has {', '.join(map(str, d)) or 'nothing'})")
-    out = {}
-    for split, rows in (("train", data.source_rows), ("test", len(data.y_test))):
-        a = torch.as_tensor(d[split]).float() if not isinstance(d[split], torch.Tensor) else d[split].float()
-        cols = a.shape[1] if a.ndim == 2 else -1
-        if a.ndim != 2 or a.shape[0] != rows or (t.classes is None and cols != data.num_classes) \
-                or (split == "test" and cols != out["train"].shape[1]):
-            need = f"({rows}, {data.num_classes})" if t.classes is None else f"({rows}, teacher classes)"
-            raise DataError(f"{where}: {split} has shape {tuple(a.shape)}, the data needs {need}: one row of logits "
-                            f"per {split} sample, one column per class")
-        if not torch.isfinite(a).all():
-            raise DataError(f"{where}: {split} holds NaN or infinite values")
-        out[split] = a
-    train = out["train"]
-    return {"train": train[torch.as_tensor(data.train_rows)], "val": train[torch.as_tensor(data.val_rows)],
-            "test": out["test"]}
-
-
-def _check_order(t: TeacherConfig, logits: dict[str, torch.Tensor], groups, data: Dataset, log: Callable[[str], None]):
-    """Print a logits teacher's accuracy; refuse one that agrees with the labels no better than it would with
-    the rows shuffled (its rows are then almost surely in another order than the data's)."""
-    y = data.y_train.cpu()
-    labelled = y >= 0  # data.labels: only these rows have a label to agree with
-    pred, y = map_logits(logits["train"], groups, 1.0).argmax(1)[labelled], y[labelled]
-    accuracy = (pred == y).float().mean().item()
-    k = data.num_classes
-    shuffled = float((torch.bincount(pred, minlength=k).float() / len(y)
-                      @ (torch.bincount(y, minlength=k).float() / len(y))))
-    log(f"teacher {t.name}: logits file agrees with the labels on {accuracy:.1%} of the training rows "
-        f"(rows in a random order would agree on about {shuffled:.1%})")
-    if accuracy - shuffled < 0.1:
-        raise DataError(f"{_where(t, 'logits')}: the logits agree with the labels on {accuracy:.1%} of the training "
-                        f"rows, about what shuffled rows would ({shuffled:.1%}): rows not in the data's order? (the "
-                        "train rows follow the data's training set, before kdtrain carves its validation split)")
-
-
-def _onnx_logits(t: TeacherConfig, data: Dataset, threads: int, view=None) -> dict[str, torch.Tensor]:
-    """An ONNX teacher's logits on each split, run once with ONNX Runtime."""
-    from kdtrain.export import onnx_session
-
-    where = _where(t, "weights")
-    if not Path(t.weights).expanduser().is_file():
-        raise DataError(f"{where}: no such file")
-    try:
-        sess = onnx_session(Path(t.weights).expanduser(), max(1, threads))
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
-        raise DataError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
-    inp = sess.get_inputs()[0]
-    names = [o.name for o in sess.get_outputs()]
-    if t.output is None:
-        which = 0
-    elif type(t.output) is int and t.output < len(names):
-        which = t.output
-    elif t.output in names:
-        which = names.index(t.output)
-    else:
-        raise DataError(f"{where}: output {t.output!r} is not among the model's outputs ({', '.join(names)})")
-    fixed = [d if isinstance(d, int) else None for d in inp.shape]
-    sample = tuple(data.input_shape)
-    if len(fixed) != len(sample) + 1 or any(f is not None and f != s for f, s in zip(fixed[1:], sample)):
-        raise DataError(f"{where}: takes inputs of shape {tuple(inp.shape)}, the data's samples are {sample}")
-    batch = fixed[0] or 1024
-    out = {}
-    for split in ("train", "val", "test"):
-        x = _viewed(getattr(data, f"x_{split}").cpu(), view).numpy()
-        parts = []
-        for i in range(0, len(x), batch):
-            chunk = x[i:i + batch]
-            if fixed[0] and len(chunk) < batch:  # a fixed batch size: pad the last chunk
-                chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *sample), np.float32)])
-            try:
-                parts.append(sess.run(None, {inp.name: chunk})[which][: len(x[i:i + batch])])
-            except Exception as e:  # noqa: BLE001
-                raise DataError(f"{where}: failed on the data ({first_line(e)})") from None
-        out[split] = torch.from_numpy(np.concatenate(parts)).float()
-        if out[split].ndim != 2 or len(out[split]) != len(x):
-            raise DataError(f"{where}: returns {tuple(out[split].shape[1:])} per sample; a classifier returns one "
-                            "logit per class")
-        _columns(t, data, out[split].shape[1], where)
-    return out
-
-
-@contextlib.contextmanager
-def _torchscript_quiet():
-    with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated; users still export it
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
-
-
-def _jit_load(path: Path) -> nn.Module:
-    with _torchscript_quiet():
-        return torch.jit.load(str(path), map_location="cpu")
-
-
-def _torchscript(t: TeacherConfig, data: Dataset, view=None) -> nn.Module:
-    try:
-        model = _pick(t, _jit_load(Path(t.weights).expanduser()))
-    except (RuntimeError, ValueError) as e:
-        raise DataError(f"{_where(t, 'weights')}: not a loadable TorchScript file "
-                        f"({first_line(e)})") from None
-    try:
-        with torch.no_grad():
-            out = model.eval()(_viewed(data.x_val[:2].cpu(), view))
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{_where(t, 'weights')}: does not run on the data's samples of shape "
-                        f"{tuple(data.input_shape)} ({first_line(e)})") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise DataError(f"{_where(t, 'weights')}: returns {getattr(out, 'shape', type(out).__name__)} for 2 "
-                        f"samples; a classifier returns (batch, classes)")
-    _columns(t, data, out.shape[1], _where(t, "weights"))
-    return model
 
 
 def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, logits, source: str, start: float,
@@ -492,7 +323,7 @@ def _predict_all(model: nn.Module, cfg: Config, data: Dataset, view=None) -> dic
     device = resolve_device(cfg.train.device)
     model.to(device)
     bs, bf16 = cfg.train.eval_batch_size, cfg.train.bf16
-    logits = {split: predict(model, _viewed(getattr(data, f"x_{split}").cpu(), view).to(device), bs, bf16).cpu()
+    logits = {split: predict(model, teacher_files.viewed(getattr(data, f"x_{split}").cpu(), view).to(device), bs, bf16).cpu()
               for split in ("train", "val", "test")}
     model.cpu().eval()
     return logits
@@ -529,19 +360,19 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str
     start = time.perf_counter()
     how = kind(t)
     if how == "logits":
-        logits = _file_logits(t, data)
+        logits = teacher_files.file_logits(t, data)
         classes = _file_classes(t, cfg, data, logits["train"].shape[1])
-        _check_order(t, logits, resolve_groups(t, data, classes), data, log)
+        teacher_files.check_order(t, logits, resolve_groups(t, data, classes), data, log)
         return _made(t, cfg, data, folder, None, logits, "logits", start, classes)
     tds, view = _domain(t, cfg, data)
     if how == "onnx":
         log(f"teacher {t.name}: computing its logits with ONNX Runtime from {t.weights}")
-        logits = _onnx_logits(t, data, cfg.train.threads, view)
+        logits = teacher_files.onnx_logits(t, data, cfg.train.threads, view)
         return _made(t, cfg, data, folder, None, logits, "onnx", start,
                      _file_classes(t, cfg, data, logits["train"].shape[1]), view)
     if how == "torchscript":
         log(f"teacher {t.name}: loaded TorchScript model {t.weights}")
-        model = _torchscript(t, data, view)
+        model = teacher_files.torchscript(t, data, view)
         logits = _predict_all(model, cfg, data, view)
         return _made(t, cfg, data, folder, model, logits, "torchscript", start,
                      _file_classes(t, cfg, data, logits["train"].shape[1]), view, tds)
@@ -593,18 +424,18 @@ def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadUR
             continue
         how = kind(t)
         if how == "logits":
-            logits = _file_logits(t, data)
+            logits = teacher_files.file_logits(t, data)
             classes = _file_classes(t, cfg, data, logits["train"].shape[1])
-            _check_order(t, logits, resolve_groups(t, data, classes), data, log=lambda line: None)
+            teacher_files.check_order(t, logits, resolve_groups(t, data, classes), data, log=lambda line: None)
             continue
         tds, view = _domain(t, cfg, data)
         if how == "torchscript":
-            model = _torchscript(t, data, view)
+            model = teacher_files.torchscript(t, data, view)
             with torch.no_grad():
-                columns = model(_viewed(data.x_val[:2].cpu(), view)).shape[1]
+                columns = model(teacher_files.viewed(data.x_val[:2].cpu(), view)).shape[1]
             resolve_groups(t, data, _file_classes(t, cfg, data, columns))
         elif how == "onnx" and not Path(t.weights).expanduser().is_file():
-            raise DataError(f"{_where(t, 'weights')}: no such file")
+            raise DataError(f"{teacher_files.file_of(t, 'weights')}: no such file")
         elif how in ("weights", "train"):
             model = build(t, tds)
             if how == "weights":

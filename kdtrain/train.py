@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-from torch import nn
-
 from kdtrain.errors import KdtrainError
 from kdtrain.schema import LossConfig, TrainConfig
 from kdtrain.data import Dataset, augment
 from kdtrain.losses import kd_loss, teacher_targets
+from kdtrain.lazy import Module
+
+torch, nn = Module("torch"), Module("torch.nn")  # imported on first use: OPTIMIZERS and SCHEDULES need neither
 
 
 class DivergedError(KdtrainError):
@@ -98,12 +98,11 @@ def autocast(device: torch.device, bf16: bool):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, bf16: bool = True) -> torch.Tensor:
     """Logits for x in eval mode (float32), in batches on x's device."""
     was_training = model.training
     model.eval()
-    with autocast(x.device, bf16):
+    with torch.no_grad(), autocast(x.device, bf16):
         out = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out

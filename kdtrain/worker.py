@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -24,15 +23,15 @@ from typing import Callable
 import torch
 import yaml
 
-from kdtrain import console, data, models, pareto, recovery, schema, search, space, sweepfile, teachers, tracking
+from kdtrain import baselines, console, data, models, pareto, recovery, schema, search, space, sweepfile, teachers, tracking
 from kdtrain.errors import KdtrainError, first_line
-from kdtrain.paths import home, redact
+from kdtrain.paths import redact
 from kdtrain.schema import Config, METRICS
-from kdtrain.profile import model_identity, profile, profile_onnx
+from kdtrain.profile import profile, profile_onnx
 from kdtrain.run import distill_student
-from kdtrain.shared import atomic_write_text, content_key, cpu_room, file_lock, threads_per_worker
+from kdtrain.shared import cpu_room, threads_per_worker
 from kdtrain.tracking import Tracker
-from kdtrain.train import DivergedError, EpochStats
+from kdtrain.train import DivergedError
 
 
 @dataclass
@@ -165,7 +164,7 @@ def ensure_teacher_runs(ctx: Context) -> None:
     """Every teacher of the pool is a run of the study (logged once)."""
     with search.study_lock(ctx.study, ctx.study.study_name, "teachers"):
         for t in ctx.pool.values():
-            if logged_whole(ctx, {"kdtrain.teacher_key": t.key}):
+            if baselines.logged_whole(ctx, {"kdtrain.teacher_key": t.key}):
                 continue
             run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
                                     tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source,
@@ -187,20 +186,6 @@ def ensure_teacher_runs(ctx: Context) -> None:
             ctx.tracker.end(run)
 
 
-def logged_whole(ctx: Context, tags: dict) -> bool:
-    """Whether the run with these tags (a teacher or baseline run) is logged. Such runs are written whole under
-    the study lock, so one still RUNNING there lost its worker mid-write (killed, machine gone): it is closed as
-    KILLED and the caller logs the run again."""
-    done = False
-    for run_id in ctx.tracker.find(ctx.exp_id, tags):
-        if ctx.tracker.status(run_id) != "RUNNING":
-            done = True
-            continue
-        ctx.tracker.set_tags(run_id, {"fail_reason": "its worker died while logging it; logged again"})
-        ctx.tracker.end(run_id, "KILLED")
-    return done
-
-
 def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
     """A teacher's deployment metrics where they can be measured: none for a logits file; an ONNX file in ONNX
     Runtime and a TorchScript model as is, both uncached (the file, not an arch, defines them)."""
@@ -214,7 +199,7 @@ def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
             ctx.log(f"teacher {t.name}: latency not measured ({type(e).__name__}: {first_line(e)})")
             return {}
     if not isinstance(t.model, torch.jit.ScriptModule):
-        return _measure(t.model, ctx, t.config, len(t.classes) or None)
+        return baselines.measure(t.model, ctx, t.config, len(t.classes) or None)
     try:
         with warnings.catch_warnings():  # copying a TorchScript module touches .grad of its non-leaf tensors
             warnings.simplefilter("ignore", UserWarning)
@@ -222,12 +207,6 @@ def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
     except Exception as e:  # noqa: BLE001 - a TorchScript model may not export or count; its accuracy still counts
         ctx.log(f"teacher {t.name}: deployment metrics not measured ({type(e).__name__}: {first_line(e)})")
         return {"params": float(t.params)} if t.params is not None else {}
-
-
-def _measure(model, ctx: Context, model_cfg, num_classes: int | None = None) -> dict:
-    """Deployment metrics of a model (cached per architecture and output size: a teacher may have its own)."""
-    return profile(model, ctx.ds.input_shape, ctx.cfg.profile,
-                   model_identity(model_cfg, num_classes or ctx.ds.num_classes), ctx.log)
 
 
 def teacher_data_name(t) -> str:
@@ -239,136 +218,7 @@ def teacher_data_name(t) -> str:
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
-def label_metrics(ds: data.Dataset) -> dict:
-    """How many labels a run used: to train on (labelled_rows), to select on (val_rows), and the rows that enter
-    the distillation term only (unlabelled_rows: the unlabelled training rows plus the transfer set)."""
-    return {"labelled_rows": ds.labelled_rows, "unlabelled_rows": ds.unlabelled_rows, "val_rows": len(ds.y_val)}
-
-
 # --------------------------------------------------------------------------- baselines and trials
-
-
-def student_key(cfg: Config) -> str:
-    """The baseline cache key: what shapes a no-teacher student (its seeds are entries of the cache file)."""
-    sig = space.signature(cfg)
-    train = {k: v for k, v in sig["train"].items() if k != "seed"}
-    return content_key({"student": dataclasses.asdict(cfg.student), "train": train, "data": sig["data"],
-                        "format": 3})  # 3: each seed's weights beside the results
-
-
-def _flat_params(cfg: Config) -> dict:
-    """The settings as MLflow params, without the loss settings that this run's loss does not use."""
-    from kdtrain.losses import LOSS_SETTINGS
-
-    flat = {k: v for k, v in cfg.flat().items() if cfg.kd.loss in LOSS_SETTINGS.get(k, (cfg.kd.loss,))}
-    flat["kd.teachers"] = "+".join(cfg.kd_teachers)
-    return flat
-
-
-def baseline_runs(ctx: Context, cfg: Config, seeds: list[int], say: Callable[[str], None] | None = None) -> dict:
-    """The no-teacher (alpha = 0) student of cfg trained with each of the given train seeds, cached per machine
-    and seed: {"metrics": deployment metrics, "runs": {seed: accuracies and per-epoch history}}. `say` announces
-    each training (default: the context's log)."""
-    key = student_key(cfg)
-    path = baseline_file(key)
-    with file_lock(f"baseline-{key}"):
-        result = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-        missing = [s for s in seeds if str(s) not in result["runs"]]
-        for seed in missing:
-            (say or ctx.log)(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
-                             f"(seed {seed})")
-            r = distill_student(sweepfile.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}), ctx.ds, {},
-                                epoch_guard=cpu_room)
-            if "metrics" not in result:
-                result["metrics"] = _measure(r.model, ctx, cfg.student)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(r.model.state_dict(), baseline_file(key, seed))  # the baseline run's model
-            result["runs"][str(seed)] = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
-                                         "train_seconds": r.seconds, "train_steps": r.steps,
-                                         "history": [dataclasses.asdict(h) for h in r.history]}
-        if missing:
-            atomic_write_text(path, json.dumps(result))
-    return result
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value): the spread over seeds everywhere in kdtrain."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def seed_stats(runs: list[dict], keys: tuple[str, ...] = ("val_accuracy", "test_accuracy")) -> dict:
-    """Mean and spread (mean_std) of each key over runs as key and key_std, plus train_seconds summed and the
-    number of seeds."""
-    out = {"seeds": len(runs), "train_seconds": sum(r.get("train_seconds", 0.0) for r in runs)}
-    for k in keys:
-        out[k], out[f"{k}_std"] = mean_std([r[k] for r in runs])
-    return out
-
-
-def ensure_baseline(ctx: Context, cfg: Config) -> dict:
-    """The no-teacher baseline of this student over study.baseline_seeds seeds (train.seed, +1, ...): trained
-    once per machine (cached), logged once per study with the seeds' mean accuracies and their spread."""
-    seeds = [cfg.train.seed + i for i in range(ctx.cfg.study.baseline_seeds)]
-    result = baseline_runs(ctx, cfg, seeds)
-    metrics = {**result["metrics"], **seed_stats([result["runs"][str(s)] for s in seeds])}
-    key = student_key(cfg)
-    if ctx.tracker.down_since is not None:  # the tracking server away: logged before the next trial
-        ctx.unlogged[key] = cfg
-        return metrics
-    try:
-        log_baseline(ctx, cfg, key, seeds, result, metrics)
-    except Exception as e:
-        if not tracking.unreachable(e):
-            raise
-        ctx.tracker.down(e)  # the trial needs the numbers, not the run: logged before the next trial
-        ctx.unlogged[key] = cfg
-    return metrics
-
-
-def log_baseline(ctx: Context, cfg: Config, key: str, seeds: list[int], result: dict, metrics: dict) -> None:
-    """The baseline's MLflow run, once per study (under the study's lock)."""
-    with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
-        if not logged_whole(ctx, {"kdtrain.baseline_key": key}):
-            run_name = f"baseline-{cfg.student.arch}-w{cfg.student.width}"
-            run = ctx.tracker.start(ctx.exp_id, run_name, "baseline",
-                                    ctx.parent_id, tags={"kdtrain.baseline_key": key},
-                                    params={**{k: v for k, v in _flat_params(cfg).items()
-                                               if not k.startswith("kd.")}, "kd.alpha": 0.0,
-                                            "seeds": ",".join(map(str, seeds))})
-            # the curves are the seeds' mean per epoch, so that the last epoch's val_accuracy is the final mean
-            curves = [EpochStats(**{k: epoch[0][k] if k in ("epoch", "epochs") else statistics.fmean(h[k] for h in epoch)
-                                    for k in epoch[0]})
-                      for epoch in zip(*(result["runs"][str(s)]["history"] for s in seeds))]
-            ctx.tracker.log_inputs(run, ctx.inputs)
-            model_id = ctx.log_model(run, run_name, baseline_model(ctx, cfg, key, seeds[0]), {"kdtrain.role": "baseline"})
-            steps = {"train_steps": result["runs"][str(seeds[0])]["train_steps"]} \
-                if "train_steps" in result["runs"][str(seeds[0])] else {}
-            ctx.tracker.log_metrics(run, {**{k: v for k, v in metrics.items() if k != "seeds"}, **steps,
-                                          **label_metrics(ctx.ds)}, curves, model_id=model_id)
-            ctx.tracker.end(run)
-
-
-def baseline_file(key: str, seed: int | None = None) -> Path:
-    """A baseline's cache file: its seeds' results (.json), or one seed's weights (-seed<s>.pt)."""
-    return home() / "cache" / "baselines" / (f"{key}.json" if seed is None else f"{key}-seed{seed}.pt")
-
-
-def baseline_model(ctx: Context, cfg: Config, key: str, seed: int):
-    """The no-teacher student of cfg (its baseline key) trained with this seed (weights cached by baseline_runs)."""
-    model = models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes)
-    model.load_state_dict(torch.load(baseline_file(key, seed), map_location="cpu", weights_only=True))
-    return model
-
-
-def gains(metrics: dict, baseline: dict, val_samples: int) -> dict:
-    """A trial's distillation gain over the baseline's seed mean, on val and test, and on val in units of the
-    baseline's seed spread (floored at one validation sample, so that equal seeds do not divide by zero)."""
-    gain = metrics["val_accuracy"] - baseline["val_accuracy"]
-    return {"baseline_val_accuracy": baseline["val_accuracy"], "baseline_val_accuracy_std": baseline["val_accuracy_std"],
-            "baseline_test_accuracy": baseline["test_accuracy"],
-            "baseline_test_accuracy_std": baseline["test_accuracy_std"], "kd_gain": gain,
-            "kd_gain_test": metrics["test_accuracy"] - baseline["test_accuracy"],
-            "kd_gain_sigma": gain / max(baseline["val_accuracy_std"], 1.0 / val_samples)}
 
 
 def describe(cfg: Config) -> str:
@@ -383,13 +233,13 @@ def run_trial(ctx: Context, trial) -> list[float]:
             search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
     ctx.tracker.labels = {"study": ctx.study.study_name, "trial": trial.number}  # kept writes say whose they are
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
-                               params=_flat_params(tcfg))
+                               params=baselines.flat_params(tcfg))
     search.record(trial, {search.T_RUN: run_id})
     ctx.tracker.log_inputs(run_id, ctx.inputs)
     history = []
     single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
     # cost metrics depend on the architecture only: known before training, they let the pareto rule prune
-    metrics = _measure(models.from_config(tcfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx, tcfg.student)
+    metrics = baselines.measure(models.from_config(tcfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx, tcfg.student)
     pareto_check = pareto_guard(ctx, tcfg, metrics)
 
     def on_epoch(s):
@@ -414,8 +264,8 @@ def run_trial(ctx: Context, trial) -> list[float]:
     search.record(trial, {search.T_COMPUTE: time.perf_counter() - start,
                           search.T_CURVE: [round(h.val_accuracy, 6) for h in r.history]})
     metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds,
-                   train_steps=r.steps, **label_metrics(ctx.ds))
-    metrics.update(gains(metrics, ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
+                   train_steps=r.steps, **baselines.label_metrics(ctx.ds))
+    metrics.update(baselines.gains(metrics, baselines.ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
     search.set_constraints(trial, pareto.constraint_values(ctx.cfg.study.constraints, metrics))
     search.record(trial, {k: metrics[k] for k in METRICS})
     model_id = ctx.log_model(run_id, f"trial-{trial.number}", r.model,
@@ -454,7 +304,7 @@ def hv_box(ctx: Context) -> dict:
     if found is None:
         def costs(end: str) -> list[dict]:
             students = [sweepfile.replace(ctx.cfg, over).student for over in space.extreme_students(ctx.cfg, end)]
-            return [_measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m) for m in students]
+            return [baselines.measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m) for m in students]
 
         low, high = costs("low"), costs("high")
         cheaper = lambda k: max if k == "throughput" else min  # noqa: E731  (throughput: higher is cheaper)
@@ -472,76 +322,6 @@ def log_progress(ctx: Context) -> None:
         ctx.tracker.log_step(ctx.parent_id, {"hypervolume": h[-1][1], "compute_s": h[-1][0]}, len(h))
 
 
-def trial_config(tracker: Tracker, run_id: str) -> Config:
-    """The full config a trial trained with, from its MLflow run (the config.yaml artifact)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        text = tracker.download(run_id, tmp, tracking.CONFIG_ARTIFACT).read_text()
-    return sweepfile.from_dict(yaml.safe_load(text), f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
-
-
-def trial_student(tracker: Tracker, run_id: str):
-    """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts."""
-    import tempfile
-
-    cfg = trial_config(tracker, run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        state = torch.load(tracker.download(run_id, tmp, tracking.MODEL_ARTIFACT), map_location="cpu",
-                           weights_only=True)
-    ds = data.load(cfg.data)
-    model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
-    model.load_state_dict(state)
-    return cfg, ds, model
-
-
-def confirm_plan(ctx: Context, trials: list, n_seeds: int) -> int:
-    """How many trainings confirm(ctx, t, n_seeds) for these trials will run: the distilled seeds without a
-    confirm run, and the baseline seeds this machine has not cached (a width's shared by its trials)."""
-    students, baselines = 0, set()
-    for trial in trials:
-        cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
-        cached = baseline_file(student_key(cfg))
-        have = json.loads(cached.read_text())["runs"] if cached.exists() else {}
-        for seed in (cfg.train.seed + 1 + i for i in range(n_seeds)):
-            tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
-            students += not ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **tags})
-            if str(seed) not in have:
-                baselines.add((student_key(cfg), seed))
-    return students + len(baselines)
-
-
-def confirm(ctx: Context, trial, n_seeds: int, say: Callable[[str], None] | None = None) -> dict:
-    """Retrain a finished trial with n new seeds (train.seed + 1, + 2, ...; same settings otherwise), each
-    paired with the no-teacher baseline of the same seed. Every retraining is a run (kdtrain.role=confirm)
-    under the study's parent run; seeds confirmed before are reused, not retrained. `say` announces each
-    training (a console.Countdown's step). Returns the summary: mean and spread of accuracies, and of the
-    paired gains."""
-    say = say or ctx.log
-    cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
-    seeds = [cfg.train.seed + 1 + i for i in range(n_seeds)]
-    base = baseline_runs(ctx, cfg, seeds, say)["runs"]
-    runs = []
-    for seed in seeds:
-        tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
-        found = ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **tags})
-        if found:
-            runs.append(ctx.tracker.metrics(found[0]))
-            continue
-        say(f"trial {trial.number} distilled with seed {seed}")
-        r = distill_student(sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, ctx.pool, epoch_guard=cpu_room)
-        b = base[str(seed)]
-        metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,
-                   "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],
-                   "kd_gain": r.val_accuracy - b["val_accuracy"], "kd_gain_test": r.test_accuracy - b["test_accuracy"]}
-        run = ctx.tracker.start(ctx.exp_id, f"confirm-{trial.number}-seed{seed}", "confirm", ctx.parent_id,
-                                tags=tags, params={**_flat_params(cfg), "train.seed": seed})
-        ctx.tracker.log_metrics(run, metrics, r.history)
-        ctx.tracker.end(run)
-        runs.append(metrics)
-    return {"trial": trial.number, **seed_stats(runs, ("val_accuracy", "test_accuracy", "kd_gain_test"))}
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -553,7 +333,7 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
         # a tracking server away: the finished trials' kept writes go first (a rerun sends a dead worker's too)
         ctx.tracker.wait_sent(schema.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
         for cfg in list(ctx.unlogged.values()):
-            ensure_baseline(ctx, ctx.unlogged.pop(student_key(cfg)))
+            baselines.ensure_baseline(ctx, ctx.unlogged.pop(baselines.student_key(cfg)))
         nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker))
         for n in nxt.recovered or []:
             ctx.log(f"trial {n}: its worker is gone; failed and re-queued")

@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdtrain import config, data, pareto, search, space, worker
+from kdtrain import baselines, config, data, pareto, search, space, worker
 from kdtrain.cli import main
 from kdtrain.config import KdtrainError, redact
 from kdtrain.console import SweepProgress
@@ -82,7 +82,7 @@ def test_each_trial_records_its_gain_over_the_baseline_runs_seed_mean(sweep8):
     for _, t in students.iterrows():
         b = base.loc[t["params.student.width"]]
         # the baseline run's accuracies are the mean and sample std of its seeds' trainings (the per-seed cache)
-        key = worker.student_key(worker.trial_config(tracker, t.run_id))
+        key = baselines.student_key(baselines.trial_config(tracker, t.run_id))
         runs = json.loads((home / "cache" / "baselines" / f"{key}.json").read_text())["runs"]
         assert sorted(runs) == ["0", "1"]
         for m in ("val_accuracy", "test_accuracy"):
@@ -103,13 +103,13 @@ def test_each_trial_records_its_gain_over_the_baseline_runs_seed_mean(sweep8):
 def test_gain_sigma_is_floored_at_one_validation_sample():
     trial = {"val_accuracy": 0.90, "test_accuracy": 0.80}
     same_seeds = {"val_accuracy": 0.85, "val_accuracy_std": 0.0, "test_accuracy": 0.82, "test_accuracy_std": 0.0}
-    g = worker.gains(trial, same_seeds, 80)
+    g = baselines.gains(trial, same_seeds, 80)
     assert g["kd_gain"] == pytest.approx(0.05) and g["kd_gain_test"] == pytest.approx(-0.02)
     assert g["kd_gain_sigma"] == pytest.approx(0.05 * 80)  # std 0: divided by 1/80, not by zero
     spread = {**same_seeds, "val_accuracy_std": 0.02}  # wider than one sample (1/80 = 0.0125): the std itself
-    assert worker.gains(trial, spread, 80)["kd_gain_sigma"] == pytest.approx(0.05 / 0.02)
+    assert baselines.gains(trial, spread, 80)["kd_gain_sigma"] == pytest.approx(0.05 / 0.02)
     narrow = {**same_seeds, "val_accuracy_std": 0.01}  # narrower than one sample: the floor
-    assert worker.gains(trial, narrow, 80)["kd_gain_sigma"] == pytest.approx(0.05 * 80)
+    assert baselines.gains(trial, narrow, 80)["kd_gain_sigma"] == pytest.approx(0.05 * 80)
 
 
 def test_baseline_per_epoch_curve_is_the_seeds_mean(sweep8):
@@ -118,7 +118,7 @@ def test_baseline_per_epoch_curve_is_the_seeds_mean(sweep8):
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
     compared = 0
     for _, t in df[df["tags.kdtrain.role"] == "student"].iterrows():
-        key = worker.student_key(worker.trial_config(tracker, t.run_id))
+        key = baselines.student_key(baselines.trial_config(tracker, t.run_id))
         runs = json.loads((home / "cache" / "baselines" / f"{key}.json").read_text())["runs"]
         first, second = ([h["val_accuracy"] for h in runs[s]["history"]] for s in ("0", "1"))
         if first == second:
@@ -400,7 +400,7 @@ def test_export_of_chosen_trials_writes_checked_files(sweep8, tmp_path):
         assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["logits"]
         assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
         # both files agree with the trial's student as MLflow stored it, at a batch size other than the traced one
-        _, ds, model = worker.trial_student(tracker, trial.user_attrs["mlflow_run_id"])
+        _, ds, model = baselines.trial_student(tracker, trial.user_attrs["mlflow_run_id"])
         x = ds.x_test[:5]
         with torch.no_grad():
             ref = model.eval()(x)

@@ -58,3 +58,28 @@ def test_the_ground_floor_imports_nothing_of_kdtrain():
     assert graph["errors"] == set() and graph["paths"] == set() and graph["pareto"] == set()
     assert graph["schema"] <= {"pareto"}
     assert "config" not in set().union(*graph.values())  # the re-exporting module is for users' code only
+
+
+def test_no_module_over_500_lines_and_no_function_over_60_but_the_training_loop():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 500} == {}
+    long = {}
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long[f"{path.name}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert set(long) == {"train.py:train"}, long  # the one loop a reader follows top to bottom
+
+
+def test_loading_a_sweep_file_leaves_torch_unimported():
+    """Validating a sweep file imported torch (through the registries it is checked against): seconds, and the
+    CUDA libraries, before a bad key could be reported. The registries name their choices without it now."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from kdtrain import sweepfile; sweepfile.load('sweeps/quickstart.yaml'); "
+            "sweepfile.load('sweeps/few_labels.yaml'); print(sorted(m for m in ('torch', 'torchvision', 'mlflow', "
+            "'optuna') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -22,7 +22,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from kdtrain import search, worker
+from kdtrain import baselines, search
 from kdtrain.cli import main
 from kdtrain.tracking import MODEL_TAG, MODELS_VIEW, Tracker
 
@@ -120,7 +120,7 @@ def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(
     client = MlflowClient(store(home))
     exp = client.get_experiment_by_name("ship")
     run = client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'", max_results=1)[0]
-    cfg, ds, model = worker.trial_student(Tracker(store(home)), run.info.run_id)  # from model.pt
+    cfg, ds, model = baselines.trial_student(Tracker(store(home)), run.info.run_id)  # from model.pt
     x = ds.x_val[:64].numpy()
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(x)).numpy()

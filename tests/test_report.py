@@ -5,7 +5,11 @@ import pandas as pd
 import pytest
 
 from kdtrain import report
-from kdtrain.report import pareto_mask
+from kdtrain.pareto import front_mask
+
+
+def pareto_mask(values, directions):
+    return np.array(front_mask(np.asarray(values).tolist(), directions), dtype=bool)
 
 
 def brute_force(points, directions):

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 
-from kdtrain import config, models, recovery, search, space, worker
+from kdtrain import baselines, config, models, recovery, search, space, worker
 from kdtrain.config import KdtrainError
 from kdtrain.tracking import Tracker
 
@@ -527,7 +527,7 @@ def test_a_baseline_run_left_running_by_a_dead_worker_is_closed_and_logged_again
     cfg = config.load(write_sweep(tmp_path, **{"trials: 3}": "trials: 1}"}))
     search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "dead", 1)
     ctx = worker.join("dead", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
-    key = worker.student_key(cfg)  # the base trial's student
+    key = baselines.student_key(cfg)  # the base trial's student
     stale = ctx.tracker.start(ctx.exp_id, "baseline-stale", "baseline", ctx.parent_id,
                               tags={"kdtrain.baseline_key": key})
     worker.work(ctx)
@@ -583,7 +583,7 @@ def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(sw
     minor labels collided (3×10⁻¹ on 4×10⁻¹), colour bars ticked at 2×10⁰, and the Pareto table scrolled
     sideways at 1400 px without the kd.loss column the terminal shows. The study is the real one, with its
     teachers and students moved close together, as two alike teachers and a narrow latency range put them."""
-    from kdtrain import report
+    from kdtrain import plots, report
 
     home, _, env = swept
     monkeypatch.setenv("KDTRAIN_HOME", env["KDTRAIN_HOME"])
@@ -592,14 +592,14 @@ def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(sw
     d.teachers["val_accuracy"], d.teachers["params"] = [0.90, 0.905], [1000, 1100]
     d.teachers["latency_ms_p50"] = [0.31, 0.33]
     d.students["latency_ms_p50"], d.students["kd.temperature"] = [0.30, 0.36, 0.45], [1.5, 2.5, 3.5]
-    problems, save = {}, report._save
+    problems, save = {}, plots.save
 
-    def checked(fig, folder, name):  # the picture as _save saves it (its _declutter first)
-        report._declutter(fig)
+    def checked(fig, folder, name):  # the picture as plots.save saves it (its declutter first)
+        plots.declutter(fig)
         problems[name] = label_problems(fig)
         return save(fig, folder, name)
 
-    monkeypatch.setattr(report, "_save", checked)
+    monkeypatch.setattr(plots, "save", checked)
     folder = report.write_study(d, tmp_path / "rep")
     assert {"accuracy_vs_params", "accuracy_vs_latency", "accuracy_vs_temperature"} <= set(problems)
     assert {name: p for name, p in problems.items() if p} == {}
