@@ -28,7 +28,7 @@ def fmt(df: pd.DataFrame, link: str | None = None) -> pd.DataFrame:
 
 
 def html_table(df: pd.DataFrame, table_id: str, link: str | None = None) -> str:
-    """A table for the page: numbers as in _fmt, headers that may wrap at their dots and underscores, and long
+    """A table for the page: numbers as in fmt, headers that may wrap at their dots and underscores, and long
     teacher lists at their '+', so that it fits the page's width (no horizontal scrolling at 1400 px)."""
     f = fmt(df, link)
     if "run_id" in f and not link:  # the first 8 characters, the whole id on hover (and in pareto.csv)
@@ -38,7 +38,7 @@ def html_table(df: pd.DataFrame, table_id: str, link: str | None = None) -> str:
             f[c] = [html.escape("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
                     .replace("+", "+<wbr>") for v in f[c]]
     f.columns = [html.escape(str(c)).replace("_", "_<wbr>").replace(".", ".<wbr>") for c in f.columns]
-    return f.tohtml_table(index=False, escape=False, table_id=table_id)
+    return f.to_html(index=False, escape=False, table_id=table_id)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
