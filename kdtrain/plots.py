@@ -111,6 +111,8 @@ def _number(value: float, _pos=None) -> str:
     """A tick value in plain digits (0.3, 2, 1,500, 2e+06), never 3×10⁻¹."""
     if value == 0:
         return "0"
+    if 1 <= abs(value) < 1e7 and value == round(value):
+        return f"{value:,.0f}"  # 10,000 (not 1e+04)
     if 1e-3 <= abs(value) < 1e5:
         return f"{value:,.4g}"
     return f"{value:.0e}".replace("e+0", "e").replace("e-0", "e-")
