@@ -74,7 +74,7 @@ def baseline_runs(ctx, cfg: Config, seeds: list[int], say: Callable[[str], None]
     key = student_key(cfg)
     path = baseline_file(key)
     with file_lock(f"baseline-{key}"):
-        result = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+        result = _cached(key)
         missing = [s for s in seeds if str(s) not in result["runs"]]
         for seed in missing:
             (say or ctx.log)(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
@@ -150,6 +150,12 @@ def log_baseline(ctx, cfg: Config, key: str, seeds: list[int], result: dict, met
             ctx.tracker.end(run)
 
 
+def _cached(key: str) -> dict:
+    """A baseline's cached results on this machine ({"runs": {}} before any seed)."""
+    path = baseline_file(key)
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
+
+
 def baseline_file(key: str, seed: int | None = None) -> Path:
     """A baseline's cache file: its seeds' results (.json), or one seed's weights (-seed<s>.pt)."""
     return home() / "cache" / "baselines" / (f"{key}.json" if seed is None else f"{key}-seed{seed}.pt")
@@ -202,14 +208,27 @@ def confirm_plan(ctx, trials: list, n_seeds: int) -> int:
     students, baselines = 0, set()
     for trial in trials:
         cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
-        cached = baseline_file(student_key(cfg))
-        have = json.loads(cached.read_text())["runs"] if cached.exists() else {}
-        for seed in (cfg.train.seed + 1 + i for i in range(n_seeds)):
-            tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
-            students += not ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **tags})
+        key = student_key(cfg)
+        have = _cached(key)["runs"]
+        for seed in _confirm_seeds(cfg, n_seeds):
+            students += not _confirm_runs(ctx, trial, seed)
             if str(seed) not in have:
-                baselines.add((student_key(cfg), seed))
+                baselines.add((key, seed))
     return students + len(baselines)
+
+
+def _confirm_seeds(cfg: Config, n_seeds: int) -> list[int]:
+    """The new seeds of kdtrain confirm: train.seed + 1, + 2, ..."""
+    return [cfg.train.seed + 1 + i for i in range(n_seeds)]
+
+
+def _confirm_tags(ctx, trial, seed: int) -> dict:
+    return {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
+
+
+def _confirm_runs(ctx, trial, seed: int) -> list[str]:
+    """The confirm runs of this trial and seed logged before (reused, not retrained)."""
+    return ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **_confirm_tags(ctx, trial, seed)})
 
 
 def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None) -> dict:
@@ -220,12 +239,11 @@ def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None) 
     paired gains."""
     say = say or ctx.log
     cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
-    seeds = [cfg.train.seed + 1 + i for i in range(n_seeds)]
+    seeds = _confirm_seeds(cfg, n_seeds)
     base = baseline_runs(ctx, cfg, seeds, say)["runs"]
     runs = []
     for seed in seeds:
-        tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "kdtrain.seed": seed}
-        found = ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **tags})
+        found = _confirm_runs(ctx, trial, seed)
         if found:
             runs.append(ctx.tracker.metrics(found[0]))
             continue
@@ -236,7 +254,7 @@ def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None) 
                    "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],
                    "kd_gain": r.val_accuracy - b["val_accuracy"], "kd_gain_test": r.test_accuracy - b["test_accuracy"]}
         run = ctx.tracker.start(ctx.exp_id, f"confirm-{trial.number}-seed{seed}", "confirm", ctx.parent_id,
-                                tags=tags, params={**flat_params(cfg), "train.seed": seed})
+                                tags=_confirm_tags(ctx, trial, seed), params={**flat_params(cfg), "train.seed": seed})
         ctx.tracker.log_metrics(run, metrics, r.history)
         ctx.tracker.end(run)
         runs.append(metrics)

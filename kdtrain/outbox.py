@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kdtrain.errors import KdtrainError, first_line
 from kdtrain.paths import home, redact
-from kdtrain.shared import atomic_dir, content_key
+from kdtrain.shared import atomic_dir, clock, content_key
 
 _seq = itertools.count()
 PENDING = "outbox:"
@@ -161,7 +161,7 @@ class Deferring:
         if self.down_since is None:
             self.down_since = time.time()
             print(f"warning: the MLflow tracking server {redact(self.uri)} is unreachable since "
-                  f"{time.strftime('%H:%M:%S', time.localtime(self.down_since))} ({_reason(e)}); the runs' writes "
+                  f"{clock(self.down_since)} ({_reason(e)}); the runs' writes "
                   f"are kept in {self.outbox.folder} and sent in order when it answers (kdtrain status counts "
                   "the trials waiting)", file=sys.stderr, flush=True)
 
@@ -185,13 +185,15 @@ class Deferring:
                     # the server refuses it (the run deleted meanwhile, say): said, and not tried again
                     print(f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) was refused "
                           f"by the server and dropped ({_reason(e)})", file=sys.stderr, flush=True)
+                    self.outbox.done(entry)
+                    continue
                 if record["op"] == "model" and made:
                     self.outbox.alias(PENDING + entry.name, made)
                 self.outbox.done(entry)
                 sent += 1
         left = bool(self.outbox.entries())
         if sent:
-            since = f" (unreachable since {time.strftime('%H:%M:%S', time.localtime(self.down_since))})" \
+            since = f" (unreachable since {clock(self.down_since)})" \
                 if self.down_since else ""
             print(f"the MLflow tracking server answers again{since}: sent {sent} kept write(s)"
                   + (", more waiting" if left else ""), flush=True)
@@ -210,7 +212,7 @@ class Deferring:
         while not self.flush():
             if time.time() - since > patience:
                 raise KdtrainError(f"the MLflow tracking server {redact(self.uri)} has been unreachable since "
-                                   f"{time.strftime('%H:%M:%S', time.localtime(since))} (more than "
+                                   f"{clock(since)} (more than "
                                    f"study.storage_patience); this worker stops. The finished trials' writes stay "
                                    f"in {self.outbox.folder}; the next kdtrain run against this server on this "
                                    "machine sends them (kdtrain status counts them)")

@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,6 +124,11 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def clock(t: float) -> str:
+    """A moment of today as HH:MM:SS in local time (since when a store has been unreachable)."""
+    return time.strftime("%H:%M:%S", time.localtime(t))
 
 
 def warn(what: str, e: Exception) -> None:

@@ -25,7 +25,7 @@ from kdtrain import schema
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import home, redact
 from kdtrain.schema import Config
-from kdtrain.shared import advisory_lock, file_lock
+from kdtrain.shared import advisory_lock, clock, file_lock
 
 
 class StorageLost(KdtrainError):
@@ -54,11 +54,16 @@ def lost_connection(e: BaseException, context: bool = True) -> bool:
     return False
 
 
-def unreachable(e: BaseException) -> str:
-    """One line for a storage call that failed with the database gone: the driver's words, no password."""
+def _driver_words(e: BaseException) -> str:
+    """The innermost cause's words (the driver's, not Optuna's "invalid data in the commit"), no password."""
     while e.__cause__ is not None:
         e = e.__cause__
-    return (f"the study's storage is unreachable ({_db_error(e)}); start the database again and rerun the same "
+    return _db_error(e)
+
+
+def unreachable(e: BaseException) -> str:
+    """One line for a storage call that failed with the database gone: the driver's words, no password."""
+    return (f"the study's storage is unreachable ({_driver_words(e)}); start the database again and rerun the same "
             "command (a sweep resumes; its running trial is recovered)")
 
 
@@ -89,7 +94,7 @@ class PatientStorage(optuna.storages.RDBStorage):
                     if not self.patience:
                         raise
                     raise StorageLost(f"the study's storage {self._name()} has been unreachable since "
-                                      f"{time.strftime('%H:%M:%S', time.localtime(self.down_since))} (more than "
+                                      f"{clock(self.down_since)} (more than "
                                       f"study.storage_patience, {self.patience:.0f} s); this worker stops. Its "
                                       "trial is failed and re-queued by the next worker or run once the database "
                                       "is back (no heartbeat for study.grace_period)") from None
@@ -110,10 +115,8 @@ class PatientStorage(optuna.storages.RDBStorage):
             if self.down_since is None:
                 self.down_since = time.time()
                 if self.patience:
-                    while e.__cause__ is not None:  # the driver's words, not Optuna's "invalid data in the commit"
-                        e = e.__cause__
                     print(f"warning: the study's storage {self._name()} is unreachable since "
-                          f"{time.strftime('%H:%M:%S', time.localtime(self.down_since))} ({_db_error(e)}); retrying "
+                          f"{clock(self.down_since)} ({_driver_words(e)}); retrying "
                           f"for up to {self.patience:.0f} s (study.storage_patience) while the trial trains",
                           file=sys.stderr, flush=True)
 

@@ -460,12 +460,10 @@ def exported(model, x):
     if isinstance(model, torch.jit.ScriptModule) or len(x) < 2:
         return None
     model = model.cpu().eval()
-    other = torch.cat([x, x[:1]])
     try:
         with torch.no_grad():
             program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-            module = program.module()
-            if all(torch.allclose(module(a), model(a), atol=1e-5, rtol=0) for a in (x, other)):
+            if _reproduces(program.module(), model, x):
                 return program
     except Exception:  # noqa: BLE001 - export refused the model (many error types): TorchScript is tried next
         pass
@@ -480,14 +478,21 @@ def torchscript(model, x):
     if isinstance(model, torch.jit.ScriptModule):
         return model
     model = model.cpu().eval()
-    other = torch.cat([x, x[:1]])  # a second batch size: a trace that fixed the batch dimension fails here
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings
         for make in (lambda: torch.jit.trace(model, x, check_trace=False), lambda: torch.jit.script(model)):
             try:
                 ts = make()
-                if all(torch.allclose(ts(a), model(a), atol=1e-5, rtol=0) for a in (x, other)):
+                if _reproduces(ts, model, x):
                     return ts
             except Exception:  # noqa: BLE001 - trace or script refused the model: try the next, else None
                 continue
     return None
+
+
+def _reproduces(made, model, x) -> bool:
+    """Does `made` (an export or a TorchScript of model) give model's outputs within 1e-5, on x and on a batch of
+    another size (a capture that fixed the batch dimension fails there)? Call under torch.no_grad()."""
+    import torch
+
+    return all(torch.allclose(made(a), model(a), atol=1e-5, rtol=0) for a in (x, torch.cat([x, x[:1]])))

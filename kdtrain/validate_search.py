@@ -170,6 +170,7 @@ def _check_trials(cfg: Config, drawn: dict, base: list[str], registries: dict, p
     """Each drawn value in the base config, checked as sweepfile.replace will check the trial that draws it."""
     from kdtrain.losses import LOSSES
 
+    base_leads = {_lead(p) for p in base}
     loss_choices = [v for _, v in drawn.get("kd.loss", [(None, cfg.kd.loss)]) if v in LOSSES]
     for key, values_of_key in drawn.items():
         if key in registries:
@@ -180,14 +181,14 @@ def _check_trials(cfg: Config, drawn: dict, base: list[str], registries: dict, p
             continue  # never drawn: reported by _check_loss_search
         fixed = {} if loss == cfg.kd.loss else {"kd.loss": loss}
         for where, value in values_of_key:
-            new = _drawn_problems(cfg, drawn, base, key, where, {**fixed, key: value}, value, problems)
+            new = _drawn_problems(cfg, drawn, base, base_leads, key, where, {**fixed, key: value}, value, problems)
             if new is None:
                 break
             problems.extend([p for p in dict.fromkeys(new) if p not in problems])
 
 
-def _drawn_problems(cfg: Config, drawn: dict, base: list[str], key: str, where: str, values: dict, value: Any,
-                    problems: list[str]) -> list[str] | None:
+def _drawn_problems(cfg: Config, drawn: dict, base: list[str], base_leads: set[str], key: str, where: str,
+                    values: dict, value: Any, problems: list[str]) -> list[str] | None:
     """The problems of the trials that draw this value (None, after one line, when the range's type is wrong)."""
     typed, found = _trial(cfg, values)
     kind = cfg.search[key]["type"]
@@ -200,7 +201,6 @@ def _drawn_problems(cfg: Config, drawn: dict, base: list[str], key: str, where: 
                         f"{type(value).__name__} values, but {key} takes {expected} (use {hint})")
         return None
     new = [f"{where}: {p.split(': ', 1)[1]}" for p in typed]  # "train.lr: expected float, got 'x'"
-    base_leads = {_lead(p) for p in base}
     for p in found:
         name = _lead(p)
         if name != key and (p in base or name in base_leads):

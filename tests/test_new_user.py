@@ -173,9 +173,7 @@ def test_a_trial_that_does_not_exist_is_named_so(tiny_sweep, capsys):
     tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
                           + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    # item 4: no assumed port for a local store; kdtrain ui prints the link for the port it serves
-    assert "127.0.0.1:5000" not in last and last.startswith("browse the runs: kdtrain ui tiny ("), last
+    capsys.readouterr()
     assert main(["confirm", "tiny", "--trial", "99", "--seeds", "1"]) == 1
     err = capsys.readouterr().err
     assert "no such trial in 'tiny': 99 (it has trials 0..0)" in err and "not complete" not in err
