@@ -61,3 +61,21 @@ def run_cli(*args, env=None, timeout=300):
     full_env = {**inherited, **(env or {})}
     return subprocess.run([sys.executable, "-m", "kdtrain.cli", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5) -> None:
+    """End a server started with start_new_session=True: SIGTERM to its process group, then SIGKILL after
+    `grace` seconds (uvicorn can wait on a half-open connection; a test has no reason to wait for it)."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still there (workers of a stopped server)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.xdist_group("benchmarks")  # one xdist worker runs the module: its module fixtures run once
+
 KEYS = ("b1_speedup_batch64", "b1_speedup_batch256", "b1_ablation", "b2_kd_over_scratch", "b3_speedup_2_workers",
         "b3_speedup_2_workers_wall", "b4_overhead_s_per_trial", "b4_overhead_s_per_trial_wall", "startup_s",
         "b5_peak_rss_mb", "b5_total_rss_mb", "b6_compute_ratio", "b6_final_hv_ratio", "b6_front_trials_lost")

@@ -38,6 +38,7 @@ from conftest import TINY_SEARCH, run_cli
 from test_bad_input import refused
 from test_sweep import load_study, mlflow_runs, write_sweep
 
+
 MULTI = "objectives: {val_accuracy: maximize, params: minimize}"
 SINGLE = "objectives: {val_accuracy: maximize}"
 
@@ -67,6 +68,7 @@ def sweep8(tmp_path_factory):
 # ------------------------------------------------------------------ 1. gains over the seeded baseline
 
 
+@pytest.mark.xdist_group("claims-sweep8")
 def test_each_trial_records_its_gain_over_the_baseline_runs_seed_mean(sweep8):
     home, _, _, p = sweep8
     cfg = config.load(p)
@@ -112,6 +114,7 @@ def test_gain_sigma_is_floored_at_one_validation_sample():
     assert baselines.gains(trial, narrow, 80)["kd_gain_sigma"] == pytest.approx(0.05 * 80)
 
 
+@pytest.mark.xdist_group("claims-sweep8")
 def test_baseline_per_epoch_curve_is_the_seeds_mean(sweep8):
     home, _, _, _ = sweep8
     df = mlflow_runs(home, "tiny")
@@ -154,6 +157,7 @@ def assert_stopped_at_deadline(study, budget_s: float, requested: int = 200):
     return len(states)
 
 
+@pytest.mark.xdist_group("claims-stopped-early")
 def test_study_timeout_stops_the_sweep_early_with_exit_code_0(stopped_early):
     root, r = stopped_early
     assert r.returncode == 0, r.stdout + r.stderr
@@ -165,6 +169,7 @@ def test_study_timeout_stops_the_sweep_early_with_exit_code_0(stopped_early):
     assert "pareto front of tiny" in r.stdout  # it ends as a finished sweep does
 
 
+@pytest.mark.xdist_group("claims-stopped-early")
 def test_a_sweep_stopped_by_its_timeout_says_so(stopped_early):
     root, r = stopped_early
     text = (r.stdout + r.stderr).replace(str(root), "<root>")
@@ -200,6 +205,7 @@ def seconds(text: str) -> int:
     return 60 * int(m) + int(s)
 
 
+@pytest.mark.xdist_group("claims-sweep8")
 def test_progress_is_timestamped_lines_with_counts_and_eta_when_not_a_terminal(sweep8):
     home, r, _, _ = sweep8
     lines = progress_lines(r.stdout)
@@ -317,6 +323,7 @@ def test_single_objective_with_pruner_none_never_prunes_a_hopeless_trial(tmp_pat
 # ------------------------------------------------------------------ 5. max_latency_ms constraints
 
 
+@pytest.mark.xdist_group("claims-sweep8")
 def test_max_latency_constraint_reaches_the_sampler_as_p50_minus_the_bound(sweep8):
     home, _, _, _ = sweep8
     study = load_study(home)
@@ -375,6 +382,7 @@ def test_export_refuses_a_model_whose_export_disagrees_with_pytorch(tmp_path, mo
     assert not [f.name for f in out.iterdir()]  # no model.onnx, no model.ts, no card.json
 
 
+@pytest.mark.xdist_group("claims-sweep8")
 def test_export_of_chosen_trials_writes_checked_files(sweep8, tmp_path):
     import onnx
     import onnxruntime as ort

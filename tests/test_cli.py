@@ -6,7 +6,7 @@ from kdtrain import config, data
 from kdtrain.cli import main
 from kdtrain.teachers import get_teacher
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, stop_group
 
 
 def test_teachers_twice_second_run_trains_nothing(tiny_sweep, capsys):
@@ -82,10 +82,7 @@ def test_ui_serves_mlflow_on_localhost(tmp_path):
                 assert proc.poll() is None, proc.stdout.read()
         assert ok, "the MLflow UI did not answer"
     finally:
-        import os
-        import signal
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_group(proc)
 
 
 def test_profile_command_lists_teachers_and_a_width_ladder(tiny_sweep):

@@ -9,6 +9,8 @@ from kdtrain.run import distill_student
 from conftest import run_cli
 from test_sweep import load_study, mlflow_runs, write_sweep
 
+pytestmark = pytest.mark.xdist_group("gains")  # one xdist worker runs the module: its module fixtures run once
+
 
 @pytest.fixture(scope="module")
 def gain_sweep(tmp_path_factory):

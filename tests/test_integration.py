@@ -24,7 +24,7 @@ import pytest
 
 from kdtrain import search
 
-from conftest import TINY_SEARCH, TINY_SWEEP, run_cli
+from conftest import TINY_SEARCH, TINY_SWEEP, run_cli, stop_group
 
 
 
@@ -104,8 +104,7 @@ def mlflow_server(new_database, tmp_path_factory):
         assert proc.poll() is None and time.time() < deadline, (root / "server.log").read_text()[-3000:]
         time.sleep(0.5)
     yield url, root
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    stop_group(proc)
     log.close()
 
 
@@ -120,6 +119,7 @@ def mlflow_runs(url: str, experiment: str):
 
 
 @pytest.mark.postgres
+@pytest.mark.xdist_group("pg-mlflow-server")  # with the next test, on the worker that holds the server
 def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp_path, new_database,
                                                                              mlflow_server):
     """Two `kdtrain worker` processes (each with its own home, like two machines) share one PostgreSQL study
@@ -210,6 +210,7 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
 
 
 @pytest.mark.postgres
+@pytest.mark.xdist_group("pg-mlflow-server")
 def test_passwords_never_leave_the_url(tmp_path, new_database, mlflow_server):
     """A sweep on PostgreSQL with a password, through the tracking server, two local workers, then status and
     report: the password is in no output, no log, no MLflow param/tag/artifact, no report and not in the study."""
@@ -362,8 +363,7 @@ def auth_server(tmp_path_factory):
     assert _api(url, "/api/2.0/mlflow/users/create", "admin", ADMIN_PW,
                 {"username": "kd", "password": USER_PW}) == 200
     yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    stop_group(proc)
     log.close()
 
 

@@ -26,7 +26,8 @@ from kdtrain import baselines, search
 from kdtrain.cli import main
 from kdtrain.tracking import MODEL_TAG, MODELS_VIEW, Tracker
 
-from conftest import TINY_SEARCH, TINY_SWEEP
+from conftest import TINY_SEARCH, TINY_SWEEP, stop_group
+
 
 SWEEP = textwrap.dedent(TINY_SWEEP).replace("study: {name: tiny}", "study: {name: ship, trials: 3, seed: 0, "
                                             "pruner: none, baseline_seeds: 1, objectives: {val_accuracy: maximize, "
@@ -84,6 +85,7 @@ def store(home: Path) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
+@pytest.mark.xdist_group("mlflow-models-shipped")
 def test_every_finished_run_is_a_logged_model_with_its_metrics_and_data(home):
     client = MlflowClient(store(home))
     exp = client.get_experiment_by_name("ship")
@@ -116,6 +118,7 @@ def test_every_finished_run_is_a_logged_model_with_its_metrics_and_data(home):
         assert len({d.dataset.digest for d in r.inputs.dataset_inputs}) == 3  # a digest per split
 
 
+@pytest.mark.xdist_group("mlflow-models-shipped")
 def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(home, tmp_path):
     client = MlflowClient(store(home))
     exp = client.get_experiment_by_name("ship")
@@ -144,6 +147,7 @@ def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(
     assert got.shape == (64, 4) and np.abs(got - expected).max() <= 1e-5
 
 
+@pytest.mark.xdist_group("mlflow-models-shipped")
 def test_register_the_front_with_an_alias_and_load_it(home, capsys):
     import mlflow
 
@@ -172,6 +176,7 @@ def test_register_the_front_with_an_alias_and_load_it(home, capsys):
     assert pred.shape == (3, 4)
 
 
+@pytest.mark.xdist_group("mlflow-models-shipped")
 def test_register_refuses_bad_names_and_incomplete_trials_in_one_line(home, capsys):
     assert main(["register", "ship", "--trial", "99", "--name", "x"]) == 1
     assert main(["register", "ship", "--pareto", "--name", "bad/name"]) == 1
@@ -207,10 +212,10 @@ def test_register_against_a_real_mlflow_server(tmp_path, monkeypatch):
             mlflow.set_tracking_uri("")
         assert pred.shape == (2, 4) and len(models) >= 2 + 2  # students, baselines and teachers
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_group(proc)
 
 
+@pytest.mark.xdist_group("mlflow-models-shipped")
 def test_dashboard_serves_the_study_and_stops_cleanly(home, tmp_path):
     port = free_port()
     log = tmp_path / "dashboard.log"
@@ -229,12 +234,14 @@ def test_dashboard_serves_the_study_and_stops_cleanly(home, tmp_path):
     assert f"http://127.0.0.1:{port}/dashboard/studies/" in text
 
 
+@pytest.mark.xdist_group("mlflow-models-shipped")
 def test_dashboard_without_optuna_dashboard_says_how_to_install_it(home, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # as if it were not installed
     assert main(["dashboard"]) == 1
     assert "pip install 'kdtrain[dashboard]'" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("mlflow-models-shipped")
 def test_the_mlflow_ui_lists_the_logged_models(home, tmp_path):
     from test_sweep import chromium_driver
 
@@ -261,7 +268,6 @@ def test_the_mlflow_ui_lists_the_logged_models(home, tmp_path):
         finally:
             driver.quit()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_group(proc)
     assert shown == names, (sorted(names - shown), text[:2000])
     assert "Agent versions" not in text  # the training-sweep view, not MLflow's GenAI one

@@ -25,6 +25,8 @@ import pytest
 
 from kdtrain import search
 
+from conftest import stop_group
+
 pytestmark = pytest.mark.postgres
 
 SWEEP = """
@@ -222,13 +224,8 @@ class MlflowServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc)
         self.proc = None
 
 

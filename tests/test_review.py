@@ -8,6 +8,8 @@ from kdtrain.cli import main
 from kdtrain.config import DataConfig, data_root
 from kdtrain.tracking import Tracker, literal
 
+from conftest import stop_group
+
 
 # --------------------------------------------------------------------------- 10: durations
 
@@ -406,7 +408,6 @@ def _self_signed(folder):
 @pytest.fixture
 def tls_mlflow(tmp_path, monkeypatch):
     """A real `mlflow server` on https://127.0.0.1 with a self-signed certificate; stopped afterwards."""
-    import signal
     import socket
     import ssl
     import subprocess
@@ -441,14 +442,7 @@ def tls_mlflow(tmp_path, monkeypatch):
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         yield url, cert
     finally:
-        import os
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # uvicorn waits on a half-done TLS handshake: the group goes anyway
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc, grace=2)  # uvicorn waits on a half-done TLS handshake: the group goes anyway
         log.close()
 
 
