@@ -79,3 +79,15 @@ def stop_group(proc: subprocess.Popen, grace: float = 5) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup` pytest-xdist suffixes a grouped test's id with `@group`, which sends the group to
+    one worker, so that its module fixture (a finished sweep, a server) is built once. pytest 9.2 with xdist 3.8
+    silently stopped doing it (every such fixture then ran on both workers); say so instead of running slower."""
+    if getattr(config.option, "loadgroup", False):
+        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist did not apply the xdist_group of {len(lost)} test(s) (e.g. "
+                                    f"{lost[0]}): install the versions the test extra pins (pip install -e '.[test]')")
