@@ -10,6 +10,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)  # the suite runs on small CPUs; one thread keeps runs repeatable and quick
+# the `mlflow server`s the tests start need none of MLflow 3's job runner (GenAI jobs): without it a server is
+# 2 processes instead of 10 and ~10 s less CPU to start (`kdtrain ui` turns it off itself; test_new_user checks)
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from kdtrain import config, data
 from kdtrain.cli import main
 from kdtrain.teachers import get_teacher
 
-from conftest import ROOT, run_cli, stop_group
+from conftest import ROOT, run_cli
 
 
 def test_teachers_twice_second_run_trains_nothing(tiny_sweep, capsys):
@@ -58,31 +58,6 @@ def test_quickstart_teacher_reaches_092_on_mnist1d():
     ds = data.load(cfg.data)
     t = get_teacher(cfg.teacher("cnn_wide"), cfg, ds, log=lambda s: None)
     assert t.test_accuracy >= 0.92
-
-
-def test_ui_serves_mlflow_on_localhost(tmp_path):
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "ui", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline, ok = time.time() + 120, False
-        while time.time() < deadline and not ok:
-            time.sleep(0.5)
-            try:
-                ok = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-        assert ok, "the MLflow UI did not answer"
-    finally:
-        stop_group(proc)
 
 
 def test_profile_command_lists_teachers_and_a_width_ladder(tiny_sweep):

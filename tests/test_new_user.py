@@ -38,16 +38,34 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
+def _descendants(pid: int) -> list[str]:
+    """The command lines of every process below pid (children, their children, ...)."""
+    parent, cmdline = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier}
+        found += [cmdline[p] for p in frontier]
+    return found
+
+
 def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
-    """SIGTERM to `kdtrain ui` left its `mlflow ui` child running, reparented to PID 1 and still answering."""
-    from kdtrain.tracking import Tracker
+    """SIGTERM to `kdtrain ui` left its `mlflow ui` child running, reparented to PID 1 and still answering. Also
+    `kdtrain ui` on the default store (this test's kdtrain home), served on 127.0.0.1 alone, and without MLflow's job
+    runner and its seven huey consumers (~1.5 GB kdtrain never uses)."""
+    from kdtrain.tracking import Tracker, default_uri
 
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    exp_id = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}").experiment("my-study")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION")}
+    exp_id = Tracker(default_uri()).experiment("my-study")
     with open(tmp_path / "ui.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "ui", "my-study", "--port", str(port),
-                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "ui", "my-study", "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.time() + 180
@@ -60,6 +78,8 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-2000:]
             time.sleep(0.5)
         assert _processes_naming(f"--port {port}")  # the mlflow ui server (and its workers) are up
+        assert "--host 127.0.0.1" in " ".join(_descendants(proc.pid))  # never on every interface
+        assert [c for c in _descendants(proc.pid) if "huey" in c or "job_runner" in c] == []
         # item 4: the exact link to the study's runs, on the port it serves
         assert f"my-study: http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?" in (tmp_path / "ui.log").read_text()
         proc.send_signal(signal.SIGTERM)  # once, to kdtrain ui alone
