@@ -1,5 +1,6 @@
 """What a new user met from report to shipped student (issue 24), each with a test that failed before its fix."""
 
+import contextlib
 import os
 import re
 import signal
@@ -38,8 +39,8 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
-def _descendants(pid: int) -> list[str]:
-    """The command lines of every process below pid (children, their children, ...)."""
+def _descendants(pid: int) -> dict[int, str]:
+    """The command line of every process below pid (children, their children, ...), by pid."""
     parent, cmdline = {}, {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -48,10 +49,10 @@ def _descendants(pid: int) -> list[str]:
                 cmdline[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except (OSError, IndexError, ValueError):
                 pass
-    found, frontier = [], {pid}
+    found, frontier = {}, {pid}
     while frontier:
         frontier = {p for p, pp in parent.items() if pp in frontier}
-        found += [cmdline[p] for p in frontier]
+        found.update({p: cmdline[p] for p in frontier})
     return found
 
 
@@ -78,8 +79,9 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-2000:]
             time.sleep(0.5)
         assert _processes_naming(f"--port {port}")  # the mlflow ui server (and its workers) are up
-        assert "--host 127.0.0.1" in " ".join(_descendants(proc.pid))  # never on every interface
-        assert [c for c in _descendants(proc.pid) if "huey" in c or "job_runner" in c] == []
+        below = _descendants(proc.pid)
+        assert "--host 127.0.0.1" in " ".join(below.values())  # never on every interface
+        assert [c for c in below.values() if "huey" in c or "job_runner" in c] == []
         # item 4: the exact link to the study's runs, on the port it serves
         assert f"my-study: http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?" in (tmp_path / "ui.log").read_text()
         proc.send_signal(signal.SIGTERM)  # once, to kdtrain ui alone
@@ -89,9 +91,10 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
             time.sleep(0.2)
         assert not _listening(port), "the MLflow UI still answers"
         assert _processes_naming(f"--port {port}") == [], "a process of kdtrain ui outlived it"
-    finally:
-        for pid in _processes_naming(f"--port {port}"):
-            os.kill(pid, signal.SIGKILL)
+    finally:  # a failed test leaves nothing running either
+        for pid in {*_descendants(proc.pid), *_processes_naming(f"--port {port}")}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
 
