@@ -418,7 +418,7 @@ def main() -> None:
         results["b4_overhead_s_per_trial"] = (one["trial_phase_s"] - one["train_s"]) / one["trials"]
         results["b4_overhead_s_per_trial_wall"] = (one["wall_s"] - one["train_s"]) / one["trials"]
         results["startup_s"] = {"1_worker": one["startup_s"], "2_workers": two["startup_s"]}
-        results.update(model_logging(cfg, ds, work / "models"))  # part of b4_overhead_s_per_trial
+        results.update(model_logging(cfg, ds, work / "models", repeats=2 if args.quick else 10))  # part of b4
         results["b5_peak_rss_mb"] = max(one["peak_rss_mb"], two["peak_rss_mb"])
         results["b5_total_rss_mb"] = max(one["total_rss_mb"], two["total_rss_mb"])
         results["sweeps"] = {"1_worker": one, "2_workers": two}

@@ -58,6 +58,22 @@ def tiny_sweep(tmp_path):
     return p
 
 
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """One finished 3-trial sweep of test_sweep's tiny sweep file, its report included: (root, sweep file, env,
+    the sweep's CompletedProcess), the kdtrain home at root / "home". Shared by test_sweep and test_gains, whose
+    tests that use it carry xdist_group("tiny-study") so that one worker builds it once. Tests add to it (a
+    confirm, a second study, a rerun that runs nothing) and remove nothing."""
+    from test_sweep import write_sweep
+
+    root = tmp_path_factory.mktemp("tiny-study")
+    env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
+    p = write_sweep(root)
+    r = run_cli("sweep", p, "--report-dir", root / "reports", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return root, p, env, r
+
+
 def run_cli(*args, env=None, timeout=300):
     """Run the real `kdtrain` entry point in a subprocess."""
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -7,19 +7,15 @@ from kdtrain import config, data, report
 from kdtrain.run import distill_student
 
 from conftest import run_cli
-from test_sweep import load_study, mlflow_runs, write_sweep
+from test_sweep import load_study, mlflow_runs
 
-pytestmark = pytest.mark.xdist_group("gains")  # one xdist worker runs the module: its module fixtures run once
+pytestmark = pytest.mark.xdist_group("tiny-study")  # with test_sweep's tests of conftest's tiny_study: built once
 
 
 @pytest.fixture(scope="module")
-def gain_sweep(tmp_path_factory):
-    """A 3-trial tiny sweep, then kdtrain confirm of its first trial with 2 seeds."""
-    root = tmp_path_factory.mktemp("gains")
-    env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
-    p = write_sweep(root)
-    r = run_cli("sweep", p, "--report-dir", root / "reports", env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
+def gain_sweep(tiny_study):
+    """conftest's finished 3-trial tiny sweep, then kdtrain confirm of its first trial with 2 seeds."""
+    root, p, env, _ = tiny_study
     c = run_cli("confirm", "tiny", "--trial", "0", "--seeds", "2", "--out", root / "reports", env=env)
     assert c.returncode == 0, c.stdout + c.stderr
     return root, p, env, c

@@ -47,19 +47,14 @@ def load_study(home: Path, name="tiny"):
     return optuna.load_study(study_name=name, storage=search.open_storage(str(home / "optuna.journal")))
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    """One real 3-trial sweep on synthetic data, shared by the contract tests."""
-    root = tmp_path_factory.mktemp("sweep")
-    home = root / "home"
-    env = {"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(root / "data")}
-    p = write_sweep(root)
-    r = run_cli("sweep", p, "--report-dir", root / "reports", env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return home, r, env
+@pytest.fixture
+def swept(tiny_study):
+    """One real 3-trial sweep on synthetic data (conftest's tiny_study), shared by the contract tests."""
+    root, _, env, r = tiny_study
+    return root / "home", r, env
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
     home, r, _ = swept
     study = load_study(home)
@@ -113,7 +108,7 @@ def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
         f"http://127.0.0.1:5001/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):
     import yaml
 
@@ -134,7 +129,7 @@ def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):
     assert accuracy(model, ds.x_val, ds.y_val) == pytest.approx(t.values[0])
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_optuna_cli_reads_the_journal(swept):
     home, _, _ = swept
     out = subprocess.run([str(Path(sys.executable).parent / "optuna"), "trials", "--study-name", "tiny",
@@ -145,7 +140,7 @@ def test_optuna_cli_reads_the_journal(swept):
     assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows)
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_status_prints_counts_and_front(swept):
     home, _, env = swept
     r = run_cli("status", env=env)
@@ -154,7 +149,7 @@ def test_status_prints_counts_and_front(swept):
     assert "pareto front of tiny" in r.stdout and "val_accuracy" in r.stdout
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_rerun_of_a_finished_study_runs_nothing_more(swept):
     home, _, env = swept
     r = run_cli("sweep", write_sweep(home.parent, name="again.yaml"), env=env)
@@ -313,7 +308,7 @@ def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
     assert not (df["status"] == "RUNNING").any()
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
     import onnxruntime as ort
 
@@ -360,7 +355,7 @@ def independent_front(df):
             if not any(a2 >= a and p2 <= p and (a2 > a or p2 < p) for _, a2, p2 in rows)}
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_sweep_writes_a_report_whose_front_matches_mlflow(swept):
     import pandas as pd
 
@@ -414,7 +409,7 @@ def chromium_driver(tmp_path):
     return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_report_opens_in_headless_chromium(swept, tmp_path):
     import pandas as pd
 
@@ -440,7 +435,7 @@ def test_report_opens_in_headless_chromium(swept, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_two_studies_make_one_comparison_report(swept, tmp_path):
     import pandas as pd
 
@@ -588,7 +583,7 @@ def label_problems(fig) -> list[str]:
     return problems
 
 
-@pytest.mark.xdist_group("sweep-swept")
+@pytest.mark.xdist_group("tiny-study")
 def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(swept, tmp_path, monkeypatch):
     """Issue 24 item 7: teacher labels overlapped and one was cut at the latency plot's edge, the latency axis's
     minor labels collided (3×10⁻¹ on 4×10⁻¹), colour bars ticked at 2×10⁰, and the Pareto table scrolled
