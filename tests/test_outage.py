@@ -156,7 +156,7 @@ def states(url: str, name: str) -> dict[int, str]:
 
 
 def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sweep(postgres, tmp_path):
-    sweep = sweep_file(tmp_path, "pg-blip", trials=3, patience="2m", epochs=60)
+    sweep = sweep_file(tmp_path, "pg-blip", trials=2, patience="2m", epochs=60)
     with sweeping(sweep, postgres.url, tmp_path) as proc:
         wait_for_running(postgres.url, "pg-blip", proc)
         time.sleep(1.5)  # a heartbeat or two recorded, the trial training
@@ -172,7 +172,7 @@ def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sw
 
 def test_a_database_outage_past_the_patience_window_stops_with_one_line_and_the_next_run_recovers(postgres,
                                                                                                    tmp_path):
-    sweep = sweep_file(tmp_path, "pg-gone", trials=3, patience="4s", epochs=60)
+    sweep = sweep_file(tmp_path, "pg-gone", trials=2, patience="4s", epochs=60)
     with sweeping(sweep, postgres.url, tmp_path) as proc:
         victim = wait_for_running(postgres.url, "pg-gone", proc)
         postgres.stop()
@@ -191,7 +191,7 @@ def test_a_database_outage_past_the_patience_window_stops_with_one_line_and_the_
     failed = [t for t in final if t.state.name == "FAIL"]
     assert [t.number for t in failed] == [victim], output(again)
     assert "no heartbeat" in failed[0].user_attrs["fail_reason"]
-    assert sum(t.state.name == "COMPLETE" for t in final) == 3
+    assert sum(t.state.name == "COMPLETE" for t in final) == 2
     assert any(t.user_attrs.get("kdtrain.requeued_from") == victim for t in final)  # its settings ran again
 
 
@@ -306,7 +306,7 @@ def test_writes_a_stopped_tracking_server_missed_are_kept_and_sent_in_order_once
 def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    sweep = sweep_file(tmp_path, "ml-blip", trials=3, patience="5m", epochs=60)
+    sweep = sweep_file(tmp_path, "ml-blip", trials=2, patience="5m", epochs=60)
     storage = str(tmp_path / "optuna.journal")
     with sweeping(sweep, storage, tmp_path, "--tracking-uri", mlflow_server.url) as proc:
         wait_for_running(storage, "ml-blip", proc)
@@ -325,7 +325,7 @@ def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(ml
     client = MlflowClient(mlflow_server.url)
     exp = client.get_experiment_by_name("ml-blip")
     runs = client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'")
-    assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"], out
+    assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1"], out
     for r in runs:
         assert r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics, (r.info.run_name, out)
         assert "model.pt" in [f.path for f in client.list_artifacts(r.info.run_id)], r.info.run_name
