@@ -100,8 +100,9 @@ def test_readme_and_docs_commands_use_real_subcommands_and_flags():
 def test_a_misspelled_readme_command_is_caught(old, new, problem):
     """The check above fails on a copy of the docs with one word changed."""
     assert old in DOCS
-    problems = readme_problems(DOCS.replace(old, new, 1) if "gui" not in new else DOCS.replace(old, new),
-                               subcommand_options(build_parser()))
+    # the gui cases rename every mention, at a space or a backquote alike, so that 'ui' is shown nowhere
+    changed = DOCS.replace(old, new, 1) if "gui" not in new else re.sub(r"kdtrain ui\b", "kdtrain gui", DOCS)
+    problems = readme_problems(changed, subcommand_options(build_parser()))
     assert any(p.startswith(problem) for p in problems), problems
 
 
