@@ -58,14 +58,27 @@ def tiny_sweep(tmp_path):
     return p
 
 
+def write_sweep(folder: Path, extra: str = TINY_SEARCH, name="tiny.yaml", **subs) -> Path:
+    """The tiny sweep as the two-objective, 3-trial study of the sweep tests (pruner none unless a test sets one),
+    with `extra` as its search section and each `subs` key replaced by its value."""
+    text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(extra)
+    text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
+                                                "params: minimize}, trials: 3}")
+    for a, b in subs.items():
+        text = text.replace(a, b)
+    if "pruner:" not in text:  # these tests count complete trials: pruning only where a test asks for it
+        text = text.replace("study: {name: tiny, ", "study: {name: tiny, pruner: none, ")
+    p = folder / name
+    p.write_text(text)
+    return p
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """One finished 3-trial sweep of test_sweep's tiny sweep file, its report included: (root, sweep file, env,
     the sweep's CompletedProcess), the kdtrain home at root / "home". Shared by test_sweep and test_gains, whose
     tests that use it carry xdist_group("tiny-study") so that one worker builds it once. Tests add to it (a
     confirm, a second study, a rerun that runs nothing) and remove nothing."""
-    from test_sweep import write_sweep
-
     root = tmp_path_factory.mktemp("tiny-study")
     env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
     p = write_sweep(root)

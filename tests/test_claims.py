@@ -34,9 +34,9 @@ from kdtrain.export import export_model
 from kdtrain.shared import cpu_room
 from kdtrain.tracking import Tracker, check_reachable
 
-from conftest import TINY_SEARCH, run_cli
+from conftest import TINY_SEARCH, run_cli, write_sweep
 from test_bad_input import refused
-from test_sweep import load_study, mlflow_runs, write_sweep
+from test_sweep import load_study, mlflow_runs
 
 
 MULTI = "objectives: {val_accuracy: maximize, params: minimize}"

@@ -26,33 +26,30 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _processes_naming(text: str) -> list[int]:
-    """Processes whose command line holds text (as ps would find them)."""
-    found = []
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process of this machine: pid -> (parent pid, command line), as ps would list them."""
+    found = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    found.append(int(d.name))
-            except OSError:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found[int(d.name)] = (ppid, (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, IndexError, ValueError):
                 pass
     return found
 
 
+def _processes_naming(text: str) -> list[int]:
+    """Processes whose command line holds text (as ps would find them)."""
+    return [pid for pid, (_, cmdline) in _processes().items() if text in cmdline]
+
+
 def _descendants(pid: int) -> dict[int, str]:
     """The command line of every process below pid (children, their children, ...), by pid."""
-    parent, cmdline = {}, {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmdline[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = {}, {pid}
+    table, found, frontier = _processes(), {}, {pid}
     while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier}
-        found.update({p: cmdline[p] for p in frontier})
+        frontier = {p for p, (pp, _) in table.items() if pp in frontier}
+        found.update({p: table[p][1] for p in frontier})
     return found
 
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,23 +16,10 @@ from kdtrain import baselines, config, models, recovery, search, space, worker
 from kdtrain.config import KdtrainError
 from kdtrain.tracking import Tracker
 
-from conftest import TINY_SEARCH, TINY_SWEEP, run_cli
+from conftest import TINY_SEARCH, run_cli, write_sweep
 
 
 SEARCH = TINY_SEARCH
-
-
-def write_sweep(folder: Path, extra: str = SEARCH, name="tiny.yaml", **subs) -> Path:
-    text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(extra)
-    text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
-                                                "params: minimize}, trials: 3}")
-    for a, b in subs.items():
-        text = text.replace(a, b)
-    if "pruner:" not in text:  # these tests count complete trials: pruning only where a test asks for it
-        text = text.replace("study: {name: tiny, ", "study: {name: tiny, pruner: none, ")
-    p = folder / name
-    p.write_text(text)
-    return p
 
 
 def mlflow_runs(home: Path, experiment: str):

@@ -8,8 +8,8 @@ import sys
 
 from kdtrain import config, search
 
-from conftest import ROOT, run_cli
-from test_sweep import load_study, write_sweep
+from conftest import ROOT, run_cli, write_sweep
+from test_sweep import load_study
 
 
 def test_worker_waits_for_a_study_created_after_it_started(tmp_path):
