@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kdtrain import __version__
@@ -104,6 +105,20 @@ def _with_sweep(sub, name: str, help_: str):
     return sp
 
 
+def _workers(text: str):
+    """--workers: auto or a count >= 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of workers (0 or more), got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be auto or >= 0 (0: create the study and let kdtrain worker run it), "
+                                         f"got {n}")
+    return n
+
+
 def _stores(sp, storage_help: str | None = None) -> None:
     sp.add_argument("--storage", type=_text, help=storage_help or "Optuna storage: a journal file or an RDB URL such "
                     "as postgresql://... (default $KDTRAIN_STORAGE, else mlruns/optuna.journal)")
@@ -115,10 +130,13 @@ def _add_sweep(sub) -> None:
     sp = _with_sweep(sub, "sweep", "run an Optuna study over the sweep's search space; every trial a run in MLflow")
     sp.add_argument("--trials", type=int, help="trials for the study (default: study.trials)")
     sp.add_argument("--timeout", help="stop starting trials after this long, e.g. 8h, 30m (default: study.timeout)")
-    sp.add_argument("--workers", type=int, default=1,
-                    help="worker processes on this machine (train.threads, else the CPUs this process may use, split "
-                    "evenly among them); 0 creates the study and its runs "
-                    "and exits, for workers started elsewhere with kdtrain worker")
+    sp.add_argument("--workers", type=_workers, default=os.environ.get("KDTRAIN_WORKERS", "auto"),
+                    help="worker processes on this machine (this one is the first). auto (default, or "
+                    "$KDTRAIN_WORKERS): with GPUs up to "
+                    "4 per GPU, each given its own GPU; else one single-threaded worker per CPU this process may "
+                    "use (or per train.threads), no more than trials or free memory allow. A number: that many, "
+                    "sharing the CPU budget and the GPUs. 0 creates the study and its runs and exits, for "
+                    "workers started elsewhere with kdtrain worker")
     sp.add_argument("--study", type=_study, help="study name (default: study.name)")
     sp.add_argument("--new-study", action="store_true",
                     help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings")

@@ -41,10 +41,11 @@ def flat_params(cfg: Config) -> dict:
     return flat
 
 
-def measure(model, ctx, model_cfg, num_classes: int | None = None) -> dict:
-    """Deployment metrics of a model (cached per architecture and output size: a teacher may have its own)."""
+def measure(model, ctx, model_cfg, num_classes: int | None = None, timing: bool = True) -> dict:
+    """Deployment metrics of a model (cached per architecture and output size: a teacher may have its own); without
+    ``timing`` the counted ones only, unless cached (see profile)."""
     return profile(model, ctx.ds.input_shape, ctx.cfg.profile,
-                   model_identity(model_cfg, num_classes or ctx.ds.num_classes), ctx.log)
+                   model_identity(model_cfg, num_classes or ctx.ds.num_classes), ctx.log, timing=timing)
 
 
 def label_metrics(ds: data.Dataset) -> dict:
@@ -188,15 +189,16 @@ def trial_config(tracker: Tracker, run_id: str) -> Config:
     return sweepfile.from_dict(yaml.safe_load(text), f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
 
 
-def trial_student(tracker: Tracker, run_id: str):
-    """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts."""
+def trial_student(tracker: Tracker, run_id: str, ds: data.Dataset | None = None):
+    """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts (the dataset loaded
+    from its config unless given)."""
     import tempfile
 
     cfg = trial_config(tracker, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         state = torch.load(tracker.download(run_id, tmp, tracking.MODEL_ARTIFACT), map_location="cpu",
                            weights_only=True)
-    ds = data.load(cfg.data)
+    ds = ds or data.load(cfg.data)
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     model.load_state_dict(state)
     return cfg, ds, model
@@ -248,7 +250,8 @@ def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None) 
             runs.append(ctx.tracker.metrics(found[0]))
             continue
         say(f"trial {trial.number} distilled with seed {seed}")
-        r = distill_student(sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, ctx.pool, epoch_guard=cpu_room)
+        pool = ctx.need(cfg.kd_teachers) if cfg.kd.alpha > 0 else ctx.pool
+        r = distill_student(sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, pool, epoch_guard=cpu_room)
         b = base[str(seed)]
         metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,
                    "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],

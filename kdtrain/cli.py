@@ -7,13 +7,12 @@ kdtrain.tracking the MLflow side, kdtrain.console the tables and progress bars.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
 
 from kdtrain.args import build_parser, study_name_problem
-from kdtrain.shared import threads_per_worker
+from kdtrain.shared import available_cpus, available_memory_gb, plan_workers
 from kdtrain.console import Countdown, EpochProgress, front_table, table, teacher_progress
 
 
@@ -119,8 +118,6 @@ def _preflight(args):
         raise ConfigError(["search: the search space is empty; add a search: section, e.g. "
                            "kd.temperature: {type: float, low: 1, high: 20, log: true} "
                            "(kdtrain train runs the base settings alone)"], args.sweep)
-    if args.workers < 0:
-        raise KdtrainError("--workers must be >= 0 (0: create the study and let kdtrain worker run it)")
     if args.trials is not None and args.trials < 1:
         raise KdtrainError("--trials must be >= 1")
     timeout = (_duration("--timeout", args.timeout) if args.timeout is not None
@@ -140,23 +137,30 @@ def _preflight(args):
 
 def cmd_sweep(args) -> int:
 
-    from kdtrain import search, worker
+    from kdtrain import processes, search, sweepfile, teachers, worker
     from kdtrain.paths import home, redact
-    from kdtrain.tracking import Tracker
+    from kdtrain.tracking import Tracker, load_state_dict
 
     args.storage = args.storage or search.default_storage()
     cfg, storage, name, trials, timeout = _preflight(args)
+    # the CPUs and GPUs split among the workers (this process the first), teachers trained with a worker's threads
+    _, threads, envs = plan_workers(args.workers or 1, available_cpus(), processes.local_gpus(), cfg.train.threads,
+                                    trials, available_memory_gb())
+    here = sweepfile.replace(cfg, {"train.threads": threads})  # the study keeps the file's own train.threads
     cfg, ds = _load_data(cfg)
-    # load_pool reads every teacher checkpoint before training any: a bad one stops here, nothing trained
-    pool = worker.load_pool(cfg, ds, on_epoch=teacher_progress())
-    for t in pool.values():
-        print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}, "
-              f"{t.params_text} params")
+    # every teacher file is read before any teacher trains (a bad one stops here); the teachers trained from scratch
+    # that the first trial does not need train when a trial first needs them (all now for --workers 0)
+    teachers.check_weights(here, ds, [t.name for t in cfg.teachers], load_state_dict)
+    first = [t.name for t in cfg.teachers] if args.workers == 0 else worker.first_teachers(cfg)
+    pool = worker.load_pool(here, ds, first, on_epoch=teacher_progress())
+    for t in cfg.teachers:
+        print(f"teacher {t.name}: " + (f"{'cached' if pool[t.name].cached else pool[t.name].source}, val_acc "
+              f"{pool[t.name].val_accuracy:.4f}, {pool[t.name].params_text} params" if t.name in pool else
+              "trained when a trial first needs it (the first trials draw among the teachers ready)"))
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage or search.open_storage(args.storage), name, trials)
     search.remember_tracking(study, tracker.uri)
-    threads = threads_per_worker(cfg.train.threads, args.workers)  # the machine's CPUs split among its workers
-    quiet = (lambda s: None) if sys.stdout.isatty() and args.workers == 1 else print  # the bar says it all
+    quiet = (lambda s: None) if sys.stdout.isatty() else print  # the bar says it all
     ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep,
                               log=quiet)
     recovered = worker.recover(ctx)
@@ -172,36 +176,8 @@ def cmd_sweep(args) -> int:
               + ("(with the real password: kdtrain never prints it)" if "***" in env else ""))
         return 0
     deadline = time.time() + timeout if timeout else None
-    failed, interrupted = _run_workers(args, ctx, trials, threads, deadline, home() / "logs")
+    failed, interrupted = processes.run_local(ctx, args.storage, trials, threads, envs, deadline, home() / "logs")
     return _finish_sweep(args, ctx, trials, failed, interrupted, deadline)
-
-
-def _run_workers(args, ctx, trials: int, threads: int, deadline: float | None, logs: Path):
-    """One worker in this process, or args.workers processes; progress meanwhile. (failed logs, interrupted)"""
-    from kdtrain import worker
-    from kdtrain.console import SweepProgress
-
-    progress = SweepProgress(ctx.study.study_name, args.storage, trials, ctx.cfg.study.objectives)
-    procs = []
-    try:
-        if args.workers == 1:
-            with progress.live():
-                worker.work(ctx, deadline)
-        else:
-            procs = worker.spawn(ctx.study.study_name, args.workers, threads, args.storage, ctx.tracker.uri,
-                                 deadline, logs)
-            print(f"{args.workers} workers, {threads} CPU thread(s) each; logs in {logs}")
-            while any(p.poll() is None for p, _ in procs):
-                progress.update()
-                time.sleep(2)
-    except KeyboardInterrupt:
-        for p, _ in procs:  # each worker got the Ctrl-C too: let it fail and re-queue its trial
-            with contextlib.suppress(Exception):
-                p.wait(timeout=60)
-        return [], True
-    finally:
-        progress.update(final=True)
-    return [log for p, log in procs if p.returncode not in (0, None)], False
 
 
 def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: bool,

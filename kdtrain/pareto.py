@@ -128,12 +128,17 @@ def history(finished: Iterable[tuple[float, Sequence[float] | None]], hv_box: di
     return out
 
 
+def constraint_metric(key: str) -> str:
+    """The metric a constraint bounds: max_<metric> and min_<metric>; max_latency_ms is latency_ms_p50."""
+    return "latency_ms_p50" if key == "max_latency_ms" else key[4:]
+
+
 def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
     """<= 0 when satisfied: metric - bound for max_<metric> (max_latency_ms is latency_ms_p50), bound - metric for
     min_<metric>. What the worker gives Optuna (trial.set_constraint) and what the report tests."""
     out = {}
     for key, bound in constraints.items():
-        metric = "latency_ms_p50" if key == "max_latency_ms" else key[4:]
+        metric = constraint_metric(key)
         out[key] = (float(metrics[metric]) - float(bound) if key.startswith("max_")
                     else float(bound) - float(metrics[metric]))
     return out

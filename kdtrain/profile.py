@@ -119,13 +119,16 @@ def _cache_path(identity: dict, input_shape, pcfg: ProfileConfig) -> Path:
 
 
 def profile(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig(), identity: dict | None = None,
-            log: Callable[[str], None] | None = None) -> dict:
+            log: Callable[[str], None] | None = None, timing: bool = True) -> dict:
     """All deployment metrics of a model. With ``identity`` (its architecture, e.g. arch/width/classes),
-    the result is cached on disk and reused by every model of that architecture."""
+    the result is cached on disk and reused by every model of that architecture. Without ``timing`` only what is
+    counted (params, bytes, FLOPs: milliseconds) unless the cache has the whole measurement."""
     path = _cache_path(identity, input_shape, pcfg) if identity is not None else None
     if path is not None and path.exists():
         return json.loads(path.read_text())
     out = {"params": count_params(model), "size_bytes": size_bytes(model), "flops": flops(model, input_shape)}
+    if not timing:
+        return out
     with cpu_room(exclusive=True):
         timing = latency(model, input_shape, pcfg)
         if timing["latency_cv"] > pcfg.max_cv:  # one retry: a stray process may have woken up

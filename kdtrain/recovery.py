@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kdtrain.errors import KdtrainError
-from kdtrain.search import (A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REQUEUED_FROM,
+from kdtrain.search import (A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REFERENCE, T_REQUEUED_FROM,
                             T_REQUEUES, T_RUN, StorageLost, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
                             heartbeat_interval, stored_study, study_lock, trials)
 from kdtrain.shared import every, pid_alive, warn, warning_once
@@ -56,10 +56,12 @@ OnFailed = Callable[[str, str], None]
 
 
 def next_trial(study: optuna.Study, default_target: int, deadline: float | None = None,
-               on_failed: OnFailed | None = None) -> Next:
+               on_failed: OnFailed | None = None, fixed: Callable[[], dict | None] | None = None) -> Next:
     """Under the study's ask lock: recover dead workers' trials, then ask for a trial if the study still needs
     one. When the trials still missing are all running elsewhere, wait: a worker that dies is recovered
-    (heartbeat or dead pid) and its trial re-queued, and someone must be left to run it."""
+    (heartbeat or dead pid) and its trial re-queued, and someone must be left to run it. `fixed` gives params to
+    fix in a new trial (the sampler draws the rest) and why (its kdtrain.reference); a queued trial (the base
+    settings, a re-queued one) goes first, as it is."""
     with study_lock(study, study.study_name, "ask"):
         recovered = _recover(study, on_failed)
         goal = study.user_attrs.get(A_TRIALS, default_target)
@@ -71,6 +73,9 @@ def next_trial(study: optuna.Study, default_target: int, deadline: float | None 
             if len(errors) > max(5, goal):  # a broken setting, not bad luck: stop instead of looping
                 raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
                                    f"reason: {errors[-1].user_attrs.get(T_FAIL_REASON, '?').splitlines()[0]}")
+            pinned = fixed() if fixed is not None and not c["WAITING"] else None
+            if pinned:
+                study.enqueue_trial(pinned[0], user_attrs={T_REFERENCE: pinned[1]})
             return Next(ask(study), recovered=recovered)
         if not _recoverable(study):
             return Next(None, recovered=recovered)  # the rest runs on hosts whose death this worker cannot see

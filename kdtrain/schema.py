@@ -55,6 +55,11 @@ class StudyConfig:
     """Seconds without a heartbeat after which a running trial is failed and its parameters re-queued."""
     baseline_seeds: int = 3
     """Seeds of each width's no-teacher baseline; its MLflow run logs their mean and std."""
+    follow_up: str = "after"
+    """When a complete trial's follow-up is done: its width's no-teacher baseline and its gain over it, its latency
+    (unless an objective or constraint needs it at once) and its MLflow logged model. after: once the study has its
+    trials, or while a worker waits for other workers' trials, the front's widths first (the front moves sooner);
+    per_trial: before the trial reports (each gain is known as its trial ends)."""
     storage_patience: str | int | float = "10m"
     """How long a worker waits out its study's database (PostgreSQL restarted, a network cut: retried while the
     trial trains) or its MLflow tracking server (a finished trial's writes kept on disk) being unreachable,
@@ -329,6 +334,7 @@ TOP_LEVEL = set(SECTIONS) | {"teachers", "search"}
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("auto", "median", "hyperband", "pareto", "none")
+FOLLOW_UPS = ("after", "per_trial")
 SEARCH_TYPES = ("float", "int", "categorical", "subset")
 BACKENDS = ("eager", "onnxruntime")
 METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95",

@@ -28,7 +28,7 @@ from kdtrain.schema import Config, METRICS
 from kdtrain.shared import warn
 from kdtrain.storage import (PatientStorage, StorageDown, StorageLost, _rdb, _storage, _study_id, _trial_id,  # noqa: F401
                              apply_heartbeat, default_storage, existing_storage, heartbeat_interval, is_rdb, no_wait,
-                             open_storage, study_lock)
+                             open_storage, study_lock, try_study_lock)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -231,3 +231,48 @@ def threads_per_worker(train_threads: int, workers: int, cpus: int | None = None
     this process may use) split evenly among the workers on that machine, at least one each."""
     budget = train_threads if train_threads > 0 else (cpus or available_cpus())
     return max(1, budget // max(1, workers))
+
+
+def available_memory_gb() -> float | None:
+    """Memory this machine can still give (MemAvailable of /proc/meminfo, GiB); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+WORKER_GB = 1.5
+"""Memory a local worker is planned with: B5 measured 1.0 GB for the largest process of a quickstart sweep."""
+
+
+def plan_workers(requested: str | int, cpus: int, gpus: list[str], train_threads: int = 0,
+                 trials: int | None = None, memory_gb: float | None = None) -> tuple[int, int, list[dict]]:
+    """How `kdtrain sweep --workers` uses this machine: (workers, CPU threads each, each worker's environment).
+
+    ``auto`` with GPUs: up to 4 workers per GPU (as many as the CPUs can feed, one at least), each worker given
+    its own GPU through CUDA_VISIBLE_DEVICES, round robin. ``auto`` on CPUs: one single-threaded worker per CPU
+    (train.threads, when set, is the budget instead). Measured (docs/benchmarks.md, B8): a second thread gains a
+    quickstart student 1.1-1.5x where a second worker doubles the trials, and two processes of two spinning
+    OpenMP threads on two cores slowed each other 4-7x, where single-threaded ones degrade in proportion (a
+    thread alone never waits for another, so OpenMP's wait policy does not matter). Either way no more workers
+    than trials, nor than the free memory holds at WORKER_GB each. A number asks for that many workers,
+    sharing the GPUs round robin and the CPU budget evenly (threads_per_worker)."""
+    budget = train_threads if train_threads > 0 else max(1, cpus)
+    if requested == "auto":
+        if gpus:
+            n = len(gpus) * max(1, min(4, cpus // len(gpus)))
+        else:
+            n = budget
+        if trials:
+            n = min(n, trials)
+        if memory_gb is not None:
+            n = min(n, max(1, int(memory_gb / WORKER_GB)))
+        n = max(1, n)
+    else:
+        n = int(requested)
+    threads = max(1, budget // max(1, n))
+    envs = [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {} for i in range(n)]
+    return n, threads, envs

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kdtrain import pareto
-from kdtrain.schema import (ABOVE_ZERO, AT_LEAST, BACKENDS, DIRECTIONS, METRICS, OPTIONS, PRUNERS, SAMPLERS, Config,
+from kdtrain.schema import (ABOVE_ZERO, AT_LEAST, BACKENDS, DIRECTIONS, FOLLOW_UPS, METRICS, OPTIONS, PRUNERS, SAMPLERS, Config,
                             DataConfig, ModelConfig, parse_duration)
 
 
@@ -27,7 +27,7 @@ def allowed_values() -> dict[str, list[str]]:
             sorted(MODELS) + ["torchvision:NAME (any torchvision classification model)", "python:package.module:function"], "train.optimizer": list(OPTIMIZERS), "train.schedule": list(SCHEDULES),
             "kd.ensemble": list(ENSEMBLES), "kd.loss": list(LOSSES),
             "study.objectives": [m for m in METRICS if m != "test_accuracy"], "study.sampler": list(SAMPLERS),
-            "study.pruner": list(PRUNERS), "profile.backend": list(BACKENDS)}
+            "study.pruner": list(PRUNERS), "study.follow_up": list(FOLLOW_UPS), "profile.backend": list(BACKENDS)}
 
 
 # --------------------------------------------------------------------------- building
@@ -272,6 +272,7 @@ def _check_study(s, need: _Need) -> None:
         need(direction in DIRECTIONS, f"study.objectives.{metric}: direction must be maximize or minimize, got {direction!r}")
     need.one_of("study.sampler", SAMPLERS)
     need.one_of("study.pruner", PRUNERS)
+    need.one_of("study.follow_up", FOLLOW_UPS)
     need(s.pruner != "pareto" or pareto.prunable(s.objectives),
          f"study.pruner: pareto needs val_accuracy (maximize) plus cost objectives ({', '.join(pareto.COSTS)}), "
          f"got {', '.join(s.objectives)}; use auto or none")

@@ -10,24 +10,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import socket
-import subprocess
-import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 import yaml
 
-from kdtrain import baselines, console, data, models, pareto, recovery, schema, search, space, sweepfile, teachers, tracking
+from kdtrain import (baselines, console, data, followup, models, pareto, recovery, schema, search, space, sweepfile,
+                     teachers, tracking)
 from kdtrain.errors import KdtrainError, first_line
 from kdtrain.paths import redact
 from kdtrain.schema import Config, METRICS
-from kdtrain.profile import profile, profile_onnx
 from kdtrain.run import distill_student
 from kdtrain.shared import cpu_room, threads_per_worker
 from kdtrain.tracking import Tracker
@@ -59,6 +56,19 @@ class Context:
         return self.tracker.log_model(run_id, self.exp_id, name, model, self.example(),
                                       {"optuna.study": self.study.study_name, **tags})
 
+    def need(self, names: list[str]) -> dict[str, teachers.Teacher]:
+        """The pool with these teachers in it: one this worker has not loaded yet comes from this machine's cache,
+        from the study's teacher run (another machine trained it), or is trained now, by one worker of this machine
+        while the others wait for it. Its run is logged once per study."""
+        for name in [n for n in names if n not in self.pool]:
+            key = teachers.teacher_key(self.cfg.teacher(name), self.cfg)
+            # study-wide (every machine): one trains and logs it, the others fetch that very teacher from its run
+            with search.study_lock(self.study, self.study.study_name, f"teacher-{key}"):
+                fetch_teachers(self.cfg, self.tracker, self.exp_id, self.log, [name])
+                self.pool.update(load_pool(self.cfg, self.ds, [name], log=self.log))
+                ensure_teacher_runs(self)
+        return self.pool
+
 
 # --------------------------------------------------------------------------- assembling a worker
 
@@ -67,6 +77,47 @@ def load_pool(cfg: Config, ds: data.Dataset, names: list[str] | None = None, log
               on_epoch=None) -> dict[str, teachers.Teacher]:
     """The teacher pool, with teachers[].weights that name MLflow models (runs:/, models:/) read through MLflow."""
     return teachers.load_pool(cfg, ds, names, log=log, on_epoch=on_epoch, load_uri=tracking.load_state_dict)
+
+
+def first_teachers(cfg: Config) -> list[str]:
+    """The teachers a sweep loads before its first trial: those the base trial distils from, every teacher that
+    is loaded rather than trained (a checkpoint, a logits or model file: seconds, and a bad file is an error
+    before anything trains) and every one this machine has cached. The rest are trained when a trial first needs
+    them (Context.need), so that the front starts to move after one teacher's training instead of all of them."""
+    base = set(cfg.kd_teachers) if cfg.kd.alpha > 0 and "kd.teachers" not in cfg.search else set()
+    if "kd.teachers" in cfg.search:  # the enqueued base trial distils from the base subset when it is a choice
+        spec = cfg.search["kd.teachers"]
+        choices = space.subsets(spec["of"]) if spec["type"] == "subset" else spec.get("choices", [])
+        base = set(cfg.kd_teachers) if "+".join(cfg.kd_teachers) in choices else {t.name for t in cfg.teachers}
+    return [t.name for t in cfg.teachers
+            if t.name in base or teachers.kind(t) != "train" or teachers.is_cached(t, cfg)]
+
+
+STEERED = "drawn among the teachers trained so far"
+"""kdtrain.reference of a trial whose kd.teachers steer() fixed."""
+
+
+def steer(ctx: Context) -> tuple[dict, str] | None:
+    """While teachers are still untrained (first_teachers), the first study.trials // 2 trials (at most 10, TPE's
+    random start-up) draw kd.teachers among the subsets of the teachers that are ready; the sampler draws every
+    other parameter as usual. Then the rest train when a trial first needs them, and each subset the start-up
+    could not draw is given to one trial, so that the sampler has seen every subset before it models them.
+    (fixed params for the next trial, why); None when nothing needs steering."""
+    spec = ctx.cfg.search.get("kd.teachers")
+    if not spec or spec["type"] != "subset":
+        return None
+    ready = set(ctx.pool) | {t.name for t in ctx.cfg.teachers if teachers.is_cached(t, ctx.cfg)}
+    done = search.counts(ctx.study)["DONE"]
+    if done < min(10, search.target(ctx.study, ctx.cfg) // 2) and not set(spec["of"]) <= ready:
+        choices = [s for s in space.subsets(spec["of"]) if set(s.split("+")) <= ready]
+        return ({"kd.teachers": random.Random(f"{ctx.cfg.study.seed}-{done}").choice(choices)}, STEERED) \
+            if choices else None
+    drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING")
+    if not any(t.user_attrs.get(search.T_REFERENCE) == STEERED for t in drawn):
+        return None  # every teacher was ready from the start: the sampler's own start-up covers the subsets
+    seen = {t.params.get("kd.teachers") for t in drawn}
+    unseen = [s for s in space.subsets(spec["of"]) if s not in seen]
+    return ({"kd.teachers": unseen[0]}, "a teachers subset the start-up could not draw") if unseen else None
 
 
 def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data.Dataset | None = None,
@@ -86,7 +137,7 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     exp_id = tracker.experiment(study.study_name)
     if pool is None:
         fetch_teachers(cfg, tracker, exp_id, log)
-        pool = load_pool(cfg, ds, log=log)
+        pool = load_pool(cfg, ds, first_teachers(cfg), log=log)
     parent_id = study.user_attrs.get(search.A_PARENT)
     if sweep_file or not parent_id:
         parent_id = ensure_parent(tracker, exp_id, study, cfg, sweep_file)
@@ -126,11 +177,12 @@ def join(study_name: str, storage_url: str | None, tracking_uri: str | None, thr
                         log=log)
 
 
-def fetch_teachers(cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[str], None]) -> None:
-    """Fill this machine's teacher cache from the study's teacher runs, so that every worker of a study, on any
-    machine, distils from the very same teachers (and none trains them again)."""
+def fetch_teachers(cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[str], None],
+                   names: list[str] | None = None) -> None:
+    """Fill this machine's teacher cache from the study's teacher runs (all, or the named ones), so that every
+    worker of a study, on any machine, distils from the very same teachers (and none trains them again)."""
     for t in cfg.teachers:
-        if teachers.is_cached(t, cfg):
+        if (names is not None and t.name not in names) or teachers.is_cached(t, cfg):
             continue
         folder = teachers.cache_dir(t, cfg)
         for run_id in tracker.find(exp_id, {"kdtrain.teacher_key": teachers.teacher_key(t, cfg)}):
@@ -172,41 +224,20 @@ def ensure_teacher_runs(ctx: Context) -> None:
                                              if t.config.data is not None else {})},
                                     params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
             ctx.tracker.log_inputs(run, ctx.inputs)
-            metrics = _measure_teacher(t, ctx)
+            # latency and the logged model wait for the follow-up (study.follow_up: after): the trials need the
+            # teacher's logits only, and exporting a GRU alone took seconds
+            later = followup.deferred(ctx.cfg)
+            metrics = followup.teacher_metrics(t, ctx, timing=not later)
             metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
             # a teacher from another domain: its accuracy on its own data beside the student's ("source only")
             metrics.update({k: v for k, v in (("source_val_accuracy", t.source_val_accuracy),
                                               ("source_test_accuracy", t.source_test_accuracy)) if v is not None})
-            model_id = ctx.log_model(run, f"teacher-{t.name}", t.model, {"kdtrain.role": "teacher"}) \
-                if t.model is not None else None
+            model_id = followup.teacher_model(ctx, run, t) if not later else None
             ctx.tracker.log_metrics(run, metrics, model_id=model_id)
             # the cache entry itself (weights, logits, meta): workers on other machines fetch it instead of
             # training their own, slightly different, copy of the teacher
             ctx.tracker.log_dir(run, t.path, tracking.TEACHER_ARTIFACTS)
             ctx.tracker.end(run)
-
-
-def _measure_teacher(t: teachers.Teacher, ctx: Context) -> dict:
-    """A teacher's deployment metrics where they can be measured: none for a logits file; an ONNX file in ONNX
-    Runtime and a TorchScript model as is, both uncached (the file, not an arch, defines them)."""
-    if t.model is None:
-        path = Path(t.config.weights or "").expanduser()
-        if not (t.config.weights or "").endswith(".onnx") or not path.is_file():
-            return {}  # a logits file: no model to measure
-        try:
-            return profile_onnx(path, ctx.ds.input_shape, ctx.cfg.profile)
-        except Exception as e:  # noqa: BLE001 - e.g. a fixed batch size: its accuracy still counts
-            ctx.log(f"teacher {t.name}: latency not measured ({type(e).__name__}: {first_line(e)})")
-            return {}
-    if not isinstance(t.model, torch.jit.ScriptModule):
-        return baselines.measure(t.model, ctx, t.config, len(t.classes) or None)
-    try:
-        with warnings.catch_warnings():  # copying a TorchScript module touches .grad of its non-leaf tensors
-            warnings.simplefilter("ignore", UserWarning)
-            return profile(t.model, ctx.ds.input_shape, ctx.cfg.profile, None, ctx.log)
-    except Exception as e:  # noqa: BLE001 - a TorchScript model may not export or count; its accuracy still counts
-        ctx.log(f"teacher {t.name}: deployment metrics not measured ({type(e).__name__}: {first_line(e)})")
-        return {"params": float(t.params)} if t.params is not None else {}
 
 
 def teacher_data_name(t) -> str:
@@ -238,8 +269,11 @@ def run_trial(ctx: Context, trial) -> list[float]:
     ctx.tracker.log_inputs(run_id, ctx.inputs)
     history = []
     single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
-    # cost metrics depend on the architecture only: known before training, they let the pareto rule prune
-    metrics = baselines.measure(models.from_config(tcfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx, tcfg.student)
+    # cost metrics depend on the architecture only: known before training, they let the pareto rule prune. The
+    # timed ones (latency, throughput) wait for the follow-up unless an objective or constraint needs them now.
+    later = followup.deferred(ctx.cfg)
+    metrics = baselines.measure(models.from_config(tcfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx,
+                                tcfg.student, timing=not later or followup.timing_needed(ctx.cfg))
     pareto_check = pareto_guard(ctx, tcfg, metrics)
 
     def on_epoch(s):
@@ -254,9 +288,10 @@ def run_trial(ctx: Context, trial) -> list[float]:
         except search.StorageDown:
             pass
 
+    pool = ctx.need(tcfg.kd_teachers) if tcfg.kd.alpha > 0 else ctx.pool  # a teacher not trained yet: now
     start = time.perf_counter()
     try:
-        r = distill_student(tcfg, ctx.ds, ctx.pool, on_epoch=on_epoch, epoch_guard=cpu_room)
+        r = distill_student(tcfg, ctx.ds, pool, on_epoch=on_epoch, epoch_guard=cpu_room)
     except BaseException:
         search.set_trial_attr(trial, search.T_COMPUTE, time.perf_counter() - start)  # quietly: the error matters
         ctx.tracker.log_metrics(run_id, metrics, history)  # its costs and the partial curves
@@ -265,11 +300,12 @@ def run_trial(ctx: Context, trial) -> list[float]:
                           search.T_CURVE: [round(h.val_accuracy, 6) for h in r.history]})
     metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds,
                    train_steps=r.steps, **baselines.label_metrics(ctx.ds))
-    metrics.update(baselines.gains(metrics, baselines.ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
+    if not later:  # study.follow_up: per_trial (else kdtrain.followup logs the gain, latency and model later)
+        metrics.update(baselines.gains(metrics, baselines.ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
     search.set_constraints(trial, pareto.constraint_values(ctx.cfg.study.constraints, metrics))
-    search.record(trial, {k: metrics[k] for k in METRICS})
-    model_id = ctx.log_model(run_id, f"trial-{trial.number}", r.model,
-                             {"kdtrain.role": "student", "optuna.trial": trial.number})
+    search.record(trial, {k: metrics[k] for k in METRICS if k in metrics})
+    model_id = None if later else ctx.log_model(run_id, f"trial-{trial.number}", r.model,
+                                                {"kdtrain.role": "student", "optuna.trial": trial.number})
     ctx.tracker.log_metrics(run_id, metrics, history, model_id=model_id)
     ctx.tracker.log_state_dict(run_id, r.model.state_dict(), tracking.MODEL_ARTIFACT)
     ctx.tracker.log_text(run_id, yaml.safe_dump(tcfg.to_dict(), sort_keys=False), tracking.CONFIG_ARTIFACT)
@@ -304,7 +340,9 @@ def hv_box(ctx: Context) -> dict:
     if found is None:
         def costs(end: str) -> list[dict]:
             students = [sweepfile.replace(ctx.cfg, over).student for over in space.extreme_students(ctx.cfg, end)]
-            return [baselines.measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m) for m in students]
+            timing = not followup.deferred(ctx.cfg) or followup.timing_needed(ctx.cfg)
+            return [baselines.measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m,
+                                      timing=timing) for m in students]
 
         low, high = costs("low"), costs("high")
         cheaper = lambda k: max if k == "throughput" else min  # noqa: E731  (throughput: higher is cheaper)
@@ -334,16 +372,21 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
         ctx.tracker.wait_sent(schema.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
         for cfg in list(ctx.unlogged.values()):
             baselines.ensure_baseline(ctx, ctx.unlogged.pop(baselines.student_key(cfg)))
-        nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker))
+        nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker),
+                                  fixed=lambda: steer(ctx))
         for n in nxt.recovered or []:
             ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
         if nxt.trial is None and not nxt.waiting:
+            if followup.deferred(ctx.cfg) and (deadline is None or time.time() < deadline):
+                followup.run(ctx)  # the trials are in: their baselines, latencies and logged models
             return
         if nxt.trial is None:
             if not waiting_said:
                 ctx.log(f"waiting: the {nxt.waiting} trial(s) still missing run on other workers")
                 waiting_said = True
-            time.sleep(poll_s)
+            # idle: one width's follow-up while the others' trials run, else wait for them
+            if not (followup.deferred(ctx.cfg) and followup.run(ctx, limit=1)):
+                time.sleep(poll_s)
             continue
         waiting_said = False
         with recovery.heartbeat(ctx.study, nxt.trial):
@@ -439,22 +482,3 @@ def finish(ctx: Context) -> int:
     if done >= goal:
         ctx.tracker.end(ctx.parent_id, "FINISHED")
     return done
-
-
-# --------------------------------------------------------------------------- local worker processes
-
-
-def spawn(study_name: str, n: int, threads: int, storage_url: str, tracking_uri: str, deadline: float | None,
-          logs: Path) -> list[tuple[subprocess.Popen, Path]]:
-    """n `kdtrain worker` processes on this machine, each logging to logs/<study>-worker<i>.log. The stores travel
-    in the environment, not on the command line where ps would show a password."""
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "KDTRAIN_STORAGE": storage_url, "MLFLOW_TRACKING_URI": tracking_uri}
-    procs = []
-    for i in range(n):
-        cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", study_name, "--threads", str(threads),
-               "--worker-index", str(i)] + (["--deadline", str(deadline)] if deadline else [])
-        log = logs / f"{study_name}-worker{i}.log"
-        with open(log, "a") as fh:  # the child keeps its own copy of the descriptor
-            procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), log))
-    return procs

@@ -13,6 +13,9 @@ torch.set_num_threads(1)  # the suite runs on small CPUs; one thread keeps runs 
 # the `mlflow server`s the tests start need none of MLflow 3's job runner (GenAI jobs): without it a server is
 # 2 processes instead of 10 and ~10 s less CPU to start (`kdtrain ui` turns it off itself; test_new_user checks)
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+# `kdtrain sweep` runs one worker per CPU by default; the suite already runs one pytest worker per CPU, so its sweeps
+# run one worker each (and repeat their trials exactly) unless a test asks for more (test_workers tests auto)
+os.environ.setdefault("KDTRAIN_WORKERS", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -150,7 +150,7 @@ def test_changed_search_space_under_an_existing_study(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, says", [
     (["--trials", "abc"], "argument --trials: invalid int value"),  # argparse's own 'kdtrain sweep: error:' before
-    (["--workers", "1e3"], "argument --workers: invalid int value"),
+    (["--workers", "1e3"], "argument --workers: expected auto or a number of workers"),
     (["--study", ""], "argument --study: must not be empty"),  # was: silently the sweep file's study
     (["--storage", ""], "argument --storage: must not be empty"),  # was: silently the default journal
     (["--tracking-uri", ""], "argument --tracking-uri: must not be empty"),

