@@ -72,6 +72,10 @@ def time_to(line: list[tuple[float, float, int]], target: float) -> float | None
     return next((s for s, hv, _ in line if hv >= target - 1e-12), None)
 
 
+SWEEP = ROOT / "sweeps" / "quickstart.yaml"
+"""kdtrain's side (--sweep): the quickstart as shipped, or benchmarks/b7_same_space.yaml (the hand-written space)."""
+
+
 def start(side: str, work: Path, cpus: str | None, trials: int, seed: int) -> tuple[subprocess.Popen, float]:
     """Start one side in its own empty folder, its sampler seeded with seed; (process, start time)."""
     folder = work / side
@@ -80,7 +84,7 @@ def start(side: str, work: Path, cpus: str | None, trials: int, seed: int) -> tu
     py = sys.executable
     if side == "kdtrain":
         kd = str(Path(py).with_name("kdtrain"))
-        cmd = [kd, "sweep", str(ROOT / "sweeps" / "quickstart.yaml"), "--set", f"study.trials={trials}",
+        cmd = [kd, "sweep", os.environ.get("B7_SWEEP", str(SWEEP)), "--set", f"study.trials={trials}",
                "--set", f"study.seed={seed}"]
     else:
         cmd = [py, str(ROOT / "benchmarks" / "handwritten.py"), "--out", str(folder / "out"), "--trials", str(trials),
@@ -159,10 +163,12 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/kdtrain-b7", help="the sides' folders (emptied first)")
     ap.add_argument("--mode", default="both", choices=["one-core", "machine", "both", "shared"])
     ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--sweep", default=str(SWEEP), help="kdtrain's sweep file (default: sweeps/quickstart.yaml)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per mode, sampler seeds 0, 1, ... on both sides")
     a = ap.parse_args()
     work = Path(a.work).resolve()
-    out = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    os.environ["B7_SWEEP"] = str(Path(a.sweep).resolve())  # start() reads it
+    out = {"date": datetime.date.today().isoformat(), "sweep": a.sweep, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "python": platform.python_version(), "trials": a.trials, "ref_params": REF_PARAMS, "runs": []}
     if a.mode == "shared":
         out["shared"] = r = shared(work / "shared", a.trials)

@@ -84,6 +84,11 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     for key in ("kd.temperature", "kd.alpha", "student.width", "train.lr", "teacher.width"):
         if key in runs:
             runs[key] = pd.to_numeric(runs[key], errors="coerce")
+    later = ("kd_gain", "kd_gain_test", "kd_gain_sigma", "baseline_val_accuracy", "baseline_val_accuracy_std",
+             "baseline_test_accuracy", "baseline_test_accuracy_std") if cfg.study.follow_up == "after" else ()
+    for key in ("latency_ms_p50", "latency_ms_p95", "throughput") + later:  # none before a sweep's follow-up
+        if key not in runs:
+            runs[key] = np.nan
     role = runs["tag:kdtrain.role"]
     complete = {t.number: t for t in search.trials(study, "COMPLETE")}
     students = runs[(role == "student") & (runs["tag:optuna.state"] == "COMPLETE")].copy()
@@ -207,6 +212,7 @@ def gain_per_width(d: StudyData) -> pd.DataFrame:
         best[c] = 100 * best[c]  # points
     best["beyond_noise"] = (best["kd_gain_test"] > 0) & \
         (best["kd_gain_test"] > NOISE * 100 * best["baseline_test_accuracy_std"])
+    best["pending"] = best["kd_gain_test"].isna()  # its follow-up (study.follow_up: after) not done yet
     best["confirmed_seeds"], best["gain_std"] = 0, np.nan
     c = d.confirmed
     hit = best["trial"].astype(int).isin(c.index)
@@ -218,7 +224,7 @@ def gain_per_width(d: StudyData) -> pd.DataFrame:
         best.loc[hit, "test_accuracy"] = rows["test"].to_numpy()
         best.loc[hit, "beyond_noise"] = (rows["gain"] > 0).to_numpy() & \
             (rows["gain"] > NOISE * rows["gain_std"]).to_numpy()
-    return best[GAIN_COLUMNS + ["confirmed_seeds", "gain_std"]].reset_index(drop=True)
+    return best[GAIN_COLUMNS + ["confirmed_seeds", "gain_std", "pending"]].reset_index(drop=True)
 
 
 def gain_verdict(d: StudyData) -> str:
@@ -227,6 +233,19 @@ def gain_verdict(d: StudyData) -> str:
     g = gain_per_width(d)
     if g.empty:
         return ""
+    waiting = g[g["pending"]]
+    g = g[~g["pending"]]
+    if not waiting.empty:
+        later = (f" Width{'s' if len(waiting) > 1 else ''} {', '.join(str(int(w)) for w in waiting['student.width'])} "
+                 f"still wait{'' if len(waiting) > 1 else 's'} for {'their' if len(waiting) > 1 else 'its'} "
+                 "no-teacher baseline: the sweep stopped before its follow-up; the same kdtrain sweep command "
+                 "finishes it.")
+        return (gain_verdict_of(d, g) + later).strip() if not g.empty else later.strip()
+    return gain_verdict_of(d, g)
+
+
+def gain_verdict_of(d: StudyData, g: pd.DataFrame) -> str:
+    """gain_verdict over the widths whose baselines are in (gain_per_width's rows)."""
     seeds = int(d.baselines["seeds"].astype(str).str.split(",").str.len().max()) if "seeds" in d.baselines else 1
 
     def how(row) -> str:
@@ -317,6 +336,8 @@ def _headline_text(d: StudyData) -> list[str]:
                  f"{s['x_throughput']:.1f}x the throughput at batch "
                  f"{int(d.students.get('profile.throughput_batch', pd.Series(['256'])).iloc[0])}"
                  f" ({d.students.get('profile.backend', pd.Series(['eager'])).iloc[0]})") if known else ""
+        if known and pd.isna(s["x_faster_b1"]):  # latency not measured yet: the sweep stopped before its follow-up
+            costs = f", {s['x_smaller']:.1f}x smaller (latency not measured yet)"
         how = f", confirmed over {s['confirmed_seeds']} new seeds" if s["confirmed_seeds"] else ""
         lines.append(f"The smallest student keeping {KEEP:.0%} of its accuracy is trial {s['trial']}: "
                      f"{s['val_accuracy']:.4f} val / {s['test_accuracy']:.4f} test accuracy{how} "
@@ -366,6 +387,8 @@ def write_study(d: StudyData, out: Path) -> Path:
     d.students.drop(columns=[c for c in d.students if c.startswith("tag:")]).to_csv(folder / "trials.csv",
                                                                                      index=False)
     table, gains, confirms, teachers = front_table(d), gain_per_width(d), confirm_table(d), teacher_table(d)
+    if "pending" in gains and not gains["pending"].any():
+        gains = gains.drop(columns="pending")  # a column worth showing only while baselines are still to come
     table.to_csv(folder / "pareto.csv", index=False)
     fronts, hyper = _pictures(d, folder, gains)
     c = d.counts
@@ -385,9 +408,10 @@ def _pictures(d: StudyData, folder: Path, gains: pd.DataFrame) -> tuple[list[str
     """(the front pictures, the others) saved in folder: their names."""
     if d.students.empty:
         return [], []
-    fronts = [plots.front_plot(d, "params", "parameters", folder, "accuracy_vs_params"),
-              plots.front_plot(d, "latency_ms_p50", "latency p50 (ms, batch 1)", folder, "accuracy_vs_latency",
-                               colour="kd.alpha")]
+    fronts = [plots.front_plot(d, "params", "parameters", folder, "accuracy_vs_params")]
+    if d.students["latency_ms_p50"].notna().any():  # none measured yet: a sweep stopped before its follow-up
+        fronts.append(plots.front_plot(d, "latency_ms_p50", "latency p50 (ms, batch 1)", folder,
+                                       "accuracy_vs_latency", colour="kd.alpha"))
     return fronts, plots.hyper_plots(d, folder) + plots.progress_plots(d, folder, gains, NOISE)
 
 

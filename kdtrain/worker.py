@@ -377,8 +377,8 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
         for n in nxt.recovered or []:
             ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
         if nxt.trial is None and not nxt.waiting:
-            if followup.deferred(ctx.cfg) and (deadline is None or time.time() < deadline):
-                followup.run(ctx)  # the trials are in: their baselines, latencies and logged models
+            if followup.deferred(ctx.cfg):  # the trials are in (or the deadline stopped new ones): their baselines,
+                followup.run(ctx)  # latencies and logged models, which the report needs
             return
         if nxt.trial is None:
             if not waiting_said:

@@ -53,3 +53,34 @@ def test_benchmark_numbers_follow_their_definitions(quick):
     assert hv == sorted(hv) and len(hv) == res["b6_trials"]
     assert res["b6_final_hv_ratio"] == pytest.approx(seed["final_hv_pruned"] / seed["final_hv_unpruned"])
     assert res["b6_front_trials_lost"] == seed["replay_front_lost"] <= seed["replay_would_prune"]
+
+
+def test_b7_hypervolume_and_time_to_target_follow_their_definitions():
+    """B7's measure, on points whose area is known: (test accuracy, params) against log10 params up to 10,000."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from b7 import hypervolume, time_to
+
+    assert hypervolume([]) == 0.0
+    assert hypervolume([(0.5, 100)]) == pytest.approx(0.5 * (4 - 2))
+    # a dominated point adds nothing; a cheaper, worse one adds its own strip; one past the reference nothing
+    two = hypervolume([(0.5, 100), (0.4, 1000), (0.9, 10), (0.99, 20_000)])
+    assert two == pytest.approx(0.9 * (4 - 1))
+    assert hypervolume([(0.5, 100), (0.9, 1000)]) == pytest.approx(0.5 * 1 + 0.9 * 1)
+    line = [(10.0, 1.0, 0), (20.0, 1.5, 1), (30.0, 1.9, 2)]
+    assert time_to(line, 1.5) == 20.0 and time_to(line, 2.0) is None
+
+
+def test_b7_like_for_like_sweep_searches_what_the_hand_written_study_searches():
+    from kdtrain import config
+
+    cfg = config.load(ROOT / "benchmarks" / "b7_same_space.yaml")
+    assert set(cfg.search) == {"kd.temperature", "kd.alpha", "student.width"}
+    text = (ROOT / "benchmarks" / "handwritten.py").read_text()
+    for key, spec in cfg.search.items():  # the same names, bounds and scales on both sides
+        low, high = spec["low"], spec["high"]
+        kind = "float" if spec["type"] == "float" else "int"
+        log = ", log=True" if spec.get("log") else ""
+        assert f'suggest_{kind}("{key}", {low:g}, {high:g}{log})' in text, key
+    quick = config.load(ROOT / "sweeps" / "quickstart.yaml")
+    assert (cfg.train, cfg.data, cfg.student) == (quick.train, quick.data, quick.student)
+    assert cfg.teachers[0] == quick.teacher("cnn_wide")

@@ -3,6 +3,9 @@ logged models after the trials (study.follow_up), against the same real journal,
 as the other sweep tests."""
 
 import datetime
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -118,3 +121,26 @@ def test_first_teachers_are_the_base_trials_and_the_loaded_ones(tmp_path):
     # a base subset the search cannot draw: the sampler picks the first trial's teachers, so all are needed
     odd = sweepfile.load(write_sweep(tmp_path, TINY_SEARCH, name="odd.yaml", **{"of: [big, conv]": "of: [conv]"}))
     assert worker.first_teachers(odd) == ["big", "conv"]
+
+
+def test_a_sweep_stopped_before_its_follow_up_says_which_widths_wait_and_the_rerun_finishes_it(tmp_path):
+    p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 60", "epochs: 4, batch_size": "epochs: 12, batch_size"})
+    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # Ctrl-C once two trials are in: their follow-up has not started
+            if line.startswith("trial 1 complete"):
+                proc.send_signal(signal.SIGINT)
+                break
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    r = run_cli("report", "tiny", "--out", tmp_path / "reports")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
+    assert "no-teacher baseline: the sweep stopped before its follow-up" in summary, summary
+    r = run_cli("sweep", p, "--workers", "1", "--report-dir", tmp_path / "reports")  # the same command
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "follow-up of width" in r.stdout
+    assert "stopped before its follow-up" not in (tmp_path / "reports" / "tiny" / "summary.md").read_text()
