@@ -76,15 +76,17 @@ SWEEP = ROOT / "sweeps" / "quickstart.yaml"
 """kdtrain's side (--sweep): the quickstart as shipped, or benchmarks/b7_same_space.yaml (the hand-written space)."""
 
 
-def start(side: str, work: Path, cpus: str | None, trials: int, seed: int) -> tuple[subprocess.Popen, float]:
-    """Start one side in its own empty folder, its sampler seeded with seed; (process, start time)."""
+def start(side: str, work: Path, cpus: str | None, trials: int, seed: int,
+          sweep: Path = SWEEP) -> tuple[subprocess.Popen, float]:
+    """Start one side in its own empty folder, its sampler seeded with seed (kdtrain on `sweep`); (process, start
+    time)."""
     folder = work / side
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     py = sys.executable
     if side == "kdtrain":
         kd = str(Path(py).with_name("kdtrain"))
-        cmd = [kd, "sweep", os.environ.get("B7_SWEEP", str(SWEEP)), "--set", f"study.trials={trials}",
+        cmd = [kd, "sweep", str(sweep), "--set", f"study.trials={trials}",
                "--set", f"study.seed={seed}"]
     else:
         cmd = [py, str(ROOT / "benchmarks" / "handwritten.py"), "--out", str(folder / "out"), "--trials", str(trials),
@@ -108,12 +110,12 @@ def side_result(side: str, work: Path, t0: float, t_end: float) -> dict:
             "timeline": [[round(s, 2), round(hv, 5), n] for s, hv, n in line]}
 
 
-def run_pair(work: Path, mode: str, trials: int, seed: int) -> dict:
+def run_pair(work: Path, mode: str, trials: int, seed: int, sweep: Path = SWEEP) -> dict:
     sides = ("kdtrain", "handwritten")
     ends, starts, procs = {}, {}, {}
     if mode == "one-core":
         for side, cpu in zip(sides, ("0", "1")):
-            procs[side], starts[side] = start(side, work, cpu, trials, seed)
+            procs[side], starts[side] = start(side, work, cpu, trials, seed, sweep)
         while len(ends) < 2:
             for side in sides:
                 if side not in ends and procs[side].poll() is not None:
@@ -121,7 +123,7 @@ def run_pair(work: Path, mode: str, trials: int, seed: int) -> dict:
             time.sleep(0.2)
     else:
         for side in sides:
-            procs[side], starts[side] = start(side, work, None, trials, seed)
+            procs[side], starts[side] = start(side, work, None, trials, seed, sweep)
             procs[side].wait()
             ends[side] = time.time()
     for side in sides:
@@ -167,7 +169,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs per mode, sampler seeds 0, 1, ... on both sides")
     a = ap.parse_args()
     work = Path(a.work).resolve()
-    os.environ["B7_SWEEP"] = str(Path(a.sweep).resolve())  # start() reads it
+    sweep = Path(a.sweep).resolve()
     out = {"date": datetime.date.today().isoformat(), "sweep": a.sweep, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "python": platform.python_version(), "trials": a.trials, "ref_params": REF_PARAMS, "runs": []}
     if a.mode == "shared":
@@ -177,7 +179,7 @@ def main() -> None:
     modes = ["one-core", "machine"] if a.mode == "both" else [] if a.mode == "shared" else [a.mode]
     for mode in modes:
         for i in range(a.repeats):
-            r = run_pair(work / f"{mode}-{i}", mode, a.trials, seed=i)
+            r = run_pair(work / f"{mode}-{i}", mode, a.trials, seed=i, sweep=sweep)
             r["mode"], r["seed"] = mode, i
             out["runs"].append(r)
             k, h = r["kdtrain"], r["handwritten"]

@@ -189,19 +189,23 @@ def trial_config(tracker: Tracker, run_id: str) -> Config:
     return sweepfile.from_dict(yaml.safe_load(text), f"run {run_id}: {tracking.CONFIG_ARTIFACT}")
 
 
-def trial_student(tracker: Tracker, run_id: str, ds: data.Dataset | None = None):
-    """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts (the dataset loaded
-    from its config unless given)."""
+def trial_student(tracker: Tracker, run_id: str):
+    """(config, dataset, trained model) of a finished trial, from its MLflow run's artifacts."""
+    cfg = trial_config(tracker, run_id)
+    ds = data.load(cfg.data)
+    return cfg, ds, trial_model(tracker, run_id, cfg, ds)
+
+
+def trial_model(tracker: Tracker, run_id: str, cfg: Config, ds: data.Dataset):
+    """The trained student of a finished trial whose config and data are known, from its run's model.pt."""
     import tempfile
 
-    cfg = trial_config(tracker, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         state = torch.load(tracker.download(run_id, tmp, tracking.MODEL_ARTIFACT), map_location="cpu",
                            weights_only=True)
-    ds = ds or data.load(cfg.data)
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     model.load_state_dict(state)
-    return cfg, ds, model
+    return model
 
 
 def confirm_plan(ctx, trials: list, n_seeds: int) -> int:

@@ -51,9 +51,9 @@ def trial_config(ctx, trial) -> Config:
         return sweepfile.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search, ctx.cfg.kd.loss))
 
 
-def pending(ctx) -> list[list]:
-    """The complete and pruned trials whose follow-up is not logged yet, grouped by student width (baseline key):
-    the groups holding a trial of the front first, then by width."""
+def pending(ctx) -> list[tuple[str, Config, list]]:
+    """The complete and pruned trials whose follow-up is not logged yet, grouped by student width: (baseline key,
+    the first trial's config, the trials), the groups holding a trial of the front first, then by width."""
     done = {k for k in ctx.study.user_attrs if k.startswith(A_DONE)}
     todo = [t for t in search.trials(ctx.study, "COMPLETE", "PRUNED") if f"{A_DONE}{t.number}" not in done]
     if not todo:
@@ -65,9 +65,9 @@ def pending(ctx) -> list[list]:
         cfg = trial_config(ctx, t)
         key = baselines.student_key(cfg)
         groups[key].append(t)
-        configs[key] = cfg
+        configs.setdefault(key, cfg)
     order = sorted(groups, key=lambda k: (not any(t.number in front for t in groups[k]), configs[k].student.width))
-    return [groups[k] for k in order]
+    return [(k, configs[k], groups[k]) for k in order]
 
 
 def run(ctx, log: Callable[[str], None] | None = None, limit: int | None = None) -> int:
@@ -85,20 +85,19 @@ def run(ctx, log: Callable[[str], None] | None = None, limit: int | None = None)
             if held and done not in ctx.study.user_attrs:
                 follow_up_teacher(ctx, t)
                 ctx.study.set_user_attr(done, True)
-    for group in pending(ctx):
+    for key, cfg, group in pending(ctx):
         if limit is not None and widths >= limit:
             break
-        key = baselines.student_key(trial_config(ctx, group[0]))
         with search.try_study_lock(ctx.study, ctx.study.study_name, f"follow-up-{key}") as held:
             if not held:
                 continue  # another worker has this width
-            n += follow_up(ctx, group, log)
+            n += follow_up(ctx, cfg, group, log)
             widths += 1
     return n
 
 
-def follow_up(ctx, group: list, log: Callable[[str], None]) -> int:
-    """One width's trials: the baseline (trained where this machine has not cached it, logged once per study) when
+def follow_up(ctx, cfg: Config, group: list, log: Callable[[str], None]) -> int:
+    """One width's trials (cfg: the first one's settings): the baseline (trained where this machine has not cached it, logged once per study) when
     one of them is complete, then per trial its latency (cached per architecture) and, when complete, its gain and
     its logged model (a pruned trial has neither, as it never had). Trials another worker did meanwhile are
     skipped."""
@@ -106,7 +105,6 @@ def follow_up(ctx, group: list, log: Callable[[str], None]) -> int:
     group = [t for t in group if f"{A_DONE}{t.number}" not in done]
     if not group:
         return 0
-    cfg = trial_config(ctx, group[0])
     complete = [t for t in group if t.state.name == "COMPLETE"]
     base = baselines.ensure_baseline(ctx, cfg) if complete else None
     costs = baselines.measure(models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx,
@@ -122,7 +120,7 @@ def follow_up(ctx, group: list, log: Callable[[str], None]) -> int:
         metrics.update(baselines.gains({k: trial.user_attrs[k] for k in ("val_accuracy", "test_accuracy")}, base,
                                        len(ctx.ds.y_val)))
         if run_id:
-            tcfg, _, model = baselines.trial_student(ctx.tracker, run_id, ctx.ds)
+            model = baselines.trial_model(ctx.tracker, run_id, cfg, ctx.ds)  # one student per key: cfg's
             model_id = ctx.log_model(run_id, f"trial-{trial.number}", model,
                                      {"kdtrain.role": "student", "optuna.trial": trial.number})
             ctx.tracker.log_metrics(run_id, {**final_metrics(ctx, run_id), **metrics}, model_id=model_id)

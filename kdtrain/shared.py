@@ -81,7 +81,7 @@ def advisory_lock(engine, name: str):
     a session-level advisory lock, released when its holder's connection dies."""
     import sqlalchemy
 
-    key = int(content_key(f"kdtrain/{name}"), 16) - 2**63  # a signed 64-bit lock id
+    key = _advisory_key(name)
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": key})
         try:
@@ -89,6 +89,28 @@ def advisory_lock(engine, name: str):
         finally:
             conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": key})
             conn.commit()
+
+
+@contextlib.contextmanager
+def try_advisory_lock(engine, name: str):
+    """advisory_lock without waiting: yields True holding it, False (holding nothing) when another holds it."""
+    import sqlalchemy
+
+    key = _advisory_key(name)
+    with engine.connect() as conn:
+        got = bool(conn.execute(sqlalchemy.text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        try:
+            yield got
+        finally:
+            if got:
+                with contextlib.suppress(Exception):  # a dead connection has released it already
+                    conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+
+
+def _advisory_key(name: str) -> int:
+    """The signed 64-bit PostgreSQL advisory lock id of a lock name."""
+    return int(content_key(f"kdtrain/{name}"), 16) - 2**63
 
 
 @contextlib.contextmanager
@@ -273,6 +295,6 @@ def plan_workers(requested: str | int, cpus: int, gpus: list[str], train_threads
         n = max(1, n)
     else:
         n = int(requested)
-    threads = max(1, budget // max(1, n))
+    threads = threads_per_worker(train_threads, n, cpus)
     envs = [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {} for i in range(n)]
     return n, threads, envs

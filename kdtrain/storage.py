@@ -25,7 +25,7 @@ from kdtrain import schema
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import home, redact
 from kdtrain.schema import Config
-from kdtrain.shared import advisory_lock, clock, content_key, file_lock
+from kdtrain.shared import advisory_lock, clock, file_lock, try_advisory_lock
 
 
 class StorageLost(KdtrainError):
@@ -252,10 +252,8 @@ def heartbeat_interval(storage) -> int | None:
 def study_lock(study_or_storage, study_name: str, purpose: str):
     """A mutex over every worker of a study: a PostgreSQL advisory lock when the study lives there (workers on
     several machines), else a file lock (workers on this machine). The lock dies with its holder."""
-    storage = _storage(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
-    b = _rdb(storage)
-    name = f"{purpose}-{study_name}"
-    if b is None or b.engine.dialect.name != "postgresql":
+    b, name = _lock_backend(study_or_storage), f"{purpose}-{study_name}"
+    if b is None:
         with file_lock(name):
             yield
         return
@@ -284,37 +282,32 @@ def existing_storage(url: str | None = None):
     return open_storage(url)
 
 
+def _lock_backend(study_or_storage):
+    """The PostgreSQL storage backend whose advisory locks a study's workers share; None where the study lives
+    elsewhere (a journal file, SQLite: workers on this machine only, file locks)."""
+    storage = _storage(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
+    b = _rdb(storage)
+    return b if b is not None and b.engine.dialect.name == "postgresql" else None
 
 
 @contextlib.contextmanager
 def try_study_lock(study_or_storage, study_name: str, purpose: str):
     """study_lock without waiting: yields True holding the lock, False (holding nothing) when another worker holds
     it. For work that any worker may do and none should do twice (a width's follow-up)."""
-    import sqlalchemy
     from filelock import Timeout
 
-    storage = _storage(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
-    b = _rdb(storage)
-    name = f"{purpose}-{study_name}"
-    if b is None or b.engine.dialect.name != "postgresql":
-        lock = file_lock(name)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+    b, name = _lock_backend(study_or_storage), f"{purpose}-{study_name}"
+    if b is not None:
+        with try_advisory_lock(b.engine, name) as held:
+            yield held
         return
-    key = int(content_key(f"kdtrain/{name}"), 16) - 2**63  # the id advisory_lock gives the same name
-    with b.engine.connect() as conn:
-        got = conn.execute(sqlalchemy.text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-        try:
-            yield bool(got)
-        finally:
-            if got:
-                with contextlib.suppress(Exception):  # a dead connection has released it already
-                    conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+    lock = file_lock(name)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
