@@ -60,6 +60,12 @@ class StudyConfig:
     (unless an objective or constraint needs it at once) and its MLflow logged model. after: once the study has its
     trials, or while a worker waits for other workers' trials, the front's widths first (the front moves sooner);
     per_trial: before the trial reports (each gain is known as its trial ends)."""
+    spread: bool = True
+    """With a cost objective (params, size_bytes, flops, latency, throughput) and student.width or student.depth
+    searched as an int range, the trials after the base trial train the base settings at student sizes spread
+    across that range (about a doubling apart, log scale, smallest first; at most 4 and at most a quarter of
+    study.trials), so that the front spans the sizes from its first trials; the sampler draws every trial after
+    them. false: the sampler draws every trial after the base trial."""
     storage_patience: str | int | float = "10m"
     """How long a worker waits out its study's database (PostgreSQL restarted, a network cut: retried while the
     trial trains) or its MLflow tracking server (a finished trial's writes kept on disk) being unreachable,

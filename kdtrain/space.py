@@ -70,12 +70,51 @@ def base_params(cfg: Config) -> dict:
     return {k: v for k, v in out.items() if k not in LOSS_SETTINGS or (loss is not None and in_use(k, loss))}
 
 
+SIZE_KEYS = ("student.width", "student.depth")
+"""The searched keys that set a student's size."""
+
+
+def spread_points(cfg: Config, trials: int | None = None, cap: int = 6) -> list[dict]:
+    """The student sizes the trials after the base trial train (study.spread), smallest first: each searched
+    int student.width and student.depth at the same quantile of its range, the quantiles a factor of about 1.4
+    apart in width (about 2 in a convolution's or a linear layer's parameters; log scale, the low end included),
+    the base trial's size left out; at most `cap` of them and at most a third of `trials` (the study's target, else
+    study.trials). Empty when no
+    objective is a cost, or when no size key is searched as an int range."""
+    from kdtrain.pareto import COSTS
+
+    keys = [k for k in SIZE_KEYS if cfg.search.get(k, {}).get("type") == "int"]
+    if not cfg.study.spread or not keys or not any(m in COSTS for m in cfg.study.objectives):
+        return []
+    n = max(2, round(2 * _span(cfg.search[keys[0]])) + 1)
+    base = {k: v for k, v in base_params(cfg).items() if k in keys}
+    points = []
+    for i in range(n):
+        point = {k: _at(cfg.search[k], i / (n - 1)) for k in keys}
+        if point != base and point not in points:
+            points.append(point)
+    return points[:min(cap, (trials or cfg.study.trials) // 3)]
+
+
+def _span(spec: dict) -> float:
+    """Doublings across an int range (its length in steps of a doubling; linear ranges from 1)."""
+    import math
+    return math.log2(max(spec["high"], 1) / max(spec["low"], 1))
+
+
+def _at(spec: dict, q: float) -> int:
+    """The range's value at quantile q: geometric for a positive low end, else linear; on its step."""
+    low, high, step = spec["low"], spec["high"], spec.get("step", 1)
+    value = low * (high / low) ** q if low > 0 else low + (high - low) * q
+    return min(high, low + step * round((value - low) / step))
+
+
 def signature(cfg: Config, content: str | None = None) -> dict:
     """What must not change under an existing study name: objectives, search space, the rest of the settings, and
     the content of the user's data files (`content` as recorded when the study was created, else read now)."""
     d = cfg.to_dict()
     for k in ("trials", "timeout", "pruner", "prune_warmup_epochs", "prune_margin", "max_requeues",
-              "storage_patience"):  # how, not what
+              "storage_patience", "spread"):  # how, not what
         d["study"].pop(k)
     for k in ("root", "download", "path", "test_path"):  # where the files live, not what they hold
         d["data"].pop(k)

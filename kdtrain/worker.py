@@ -97,7 +97,25 @@ STEERED = "drawn among the teachers trained so far"
 """kdtrain.reference of a trial whose kd.teachers steer() fixed."""
 
 
+SPREAD = "a size of the base settings spread across the searched range"
+"""kdtrain.reference of a trial whose student size study.spread fixed."""
+
+
 def steer(ctx: Context) -> tuple[dict, str] | None:
+    """The next trial's fixed params and why: the sizes study.spread asks for (space.spread_points; the base
+    settings at each), then the teachers steer_teachers fixes; None when the sampler draws it all."""
+    points = space.spread_points(ctx.cfg, search.target(ctx.study, ctx.cfg))
+    if points:
+        drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+        taken = [{k: t.params.get(k) for k in points[0]} for t in drawn
+                 if t.user_attrs.get(search.T_REFERENCE) == SPREAD]
+        left = [p for p in points if p not in taken]
+        if left:
+            return {**space.base_params(ctx.cfg), **left[0]}, SPREAD
+    return steer_teachers(ctx)
+
+
+def steer_teachers(ctx: Context) -> tuple[dict, str] | None:
     """While teachers are still untrained (first_teachers), the first study.trials // 2 trials (at most 10, TPE's
     random start-up) draw kd.teachers among the subsets of the teachers that are ready; the sampler draws every
     other parameter as usual. Then the rest train when a trial first needs them, and each subset the start-up

@@ -62,7 +62,8 @@ def tiny_sweep(tmp_path):
 
 
 def write_sweep(folder: Path, extra: str = TINY_SEARCH, name="tiny.yaml", **subs) -> Path:
-    """The tiny sweep as the two-objective, 3-trial study of the sweep tests (pruner none unless a test sets one),
+    """The tiny sweep as the two-objective, 3-trial study of the sweep tests (pruner none and study.spread off
+    unless a test sets them),
     with `extra` as its search section and each `subs` key replaced by its value."""
     text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(extra)
     text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
@@ -71,6 +72,8 @@ def write_sweep(folder: Path, extra: str = TINY_SEARCH, name="tiny.yaml", **subs
         text = text.replace(a, b)
     if "pruner:" not in text:  # these tests count complete trials: pruning only where a test asks for it
         text = text.replace("study: {name: tiny, ", "study: {name: tiny, pruner: none, ")
+    if "spread:" not in text:  # and their trials are the sampler's (or steered teachers') unless a test spreads
+        text = text.replace("study: {name: tiny, ", "study: {name: tiny, spread: false, ")
     p = folder / name
     p.write_text(text)
     return p
