@@ -22,7 +22,7 @@ import yaml
 
 from kdtrain import (baselines, console, data, followup, models, pareto, recovery, schema, search, space, sweepfile,
                      teachers, tracking)
-from kdtrain.errors import KdtrainError, first_line
+from kdtrain.errors import KdtrainError, Terminated, first_line
 from kdtrain.paths import redact
 from kdtrain.schema import Config, METRICS
 from kdtrain.run import distill_student
@@ -365,8 +365,12 @@ def log_progress(ctx: Context) -> None:
 
 def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> None:
     """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes."""
-    waiting_said = False
+    waiting_said, goal = False, search.target(ctx.study, ctx.cfg)
     while True:
+        if search.target(ctx.study, ctx.cfg) != goal:  # another kdtrain sweep set a new total (recovery.retarget)
+            print(f"study {ctx.study.study_name}: its target changed from {goal} to "
+                  f"{search.target(ctx.study, ctx.cfg)} trials (set by another kdtrain sweep)", flush=True)
+            goal = search.target(ctx.study, ctx.cfg)
         ctx.tracker.labels = {}
         # a tracking server away: the finished trials' kept writes go first (a rerun sends a dead worker's too)
         ctx.tracker.wait_sent(schema.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
@@ -406,8 +410,9 @@ def _run_and_tell(ctx: Context, trial) -> None:
         values, state, status, tags, line = None, "PRUNED", "FINISHED", {"prune_reason": str(e)}, f"trial {n} pruned: {e}"
     except search.TrialTakenOver:
         values, state = None, None
-    except (KeyboardInterrupt, SystemExit):
-        recovery.fail_trial(study, trial, "interrupted: stopped by the user (Ctrl-C)", killed(tracker))
+    except (KeyboardInterrupt, SystemExit) as e:
+        why = "SIGTERM" if isinstance(e, Terminated) else "the user (Ctrl-C)"
+        recovery.fail_trial(study, trial, f"interrupted: stopped by {why}", killed(tracker))
         raise
     except search.StorageLost:
         raise  # the study's database is gone past study.storage_patience: the next run recovers the trial
