@@ -92,7 +92,8 @@ def _study_arg(sp, required: bool = True, what: str = "the study's name") -> Non
 def _choose(sp) -> None:
     """Which trials a command acts on: --trial N ... or --pareto (one of them)."""
     which = sp.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, nargs="+", help="trial number(s)")
+    which.add_argument("--trial", type=int, nargs="+", action="extend",
+                       help="trial number(s): --trial 3 7, or --trial 3 --trial 7")
     which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
 
 
@@ -128,7 +129,7 @@ def _stores(sp, storage_help: str | None = None) -> None:
 
 def _add_sweep(sub) -> None:
     sp = _with_sweep(sub, "sweep", "run an Optuna study over the sweep's search space; every trial a run in MLflow")
-    sp.add_argument("--trials", type=int, help="trials for the study (default: study.trials)")
+    sp.add_argument("--trials", type=int, help="the study's total number of trials, complete and pruned (default: study.trials)")
     sp.add_argument("--timeout", help="stop starting trials after this long, e.g. 8h, 30m (default: study.timeout)")
     sp.add_argument("--workers", type=_workers, default=os.environ.get("KDTRAIN_WORKERS", "auto"),
                     help="worker processes on this machine (this one is the first). auto (default, or "

@@ -26,7 +26,9 @@ def _load_data(cfg):
     """The data of cfg, and every model of cfg that is not a registered family run once on it (torchvision: and
     python: archs): a file or model that does not fit is one error before any training. (cfg, dataset)"""
     from kdtrain import data, models, teachers
+    from kdtrain.train import resolve_device
 
+    resolve_device(cfg.train.device)  # cuda on a machine without CUDA: one line before any data loads
     t0 = time.perf_counter()
     ds = data.load(cfg.data)
     print(f"data {cfg.data.name}: {len(ds.y_train)} train / {len(ds.y_val)} val / {len(ds.y_test)} test, "
@@ -109,8 +111,8 @@ def _duration(flag: str, text: str | None) -> float | None:
 def _preflight(args):
     """What can be checked before any work (sweep file, flags, storage, the study of that name, tracking server),
     so that a bad setting fails in seconds with nothing written. (config, storage | None, name, trials, timeout)"""
-    from kdtrain import preflight, search, sweepfile
-    from kdtrain.errors import ConfigError, KdtrainError
+    from kdtrain import preflight, recovery, search, sweepfile
+    from kdtrain.errors import ConfigError, UsageError
     from kdtrain.tracking import check_reachable
 
     cfg = sweepfile.load(args.sweep, args.set)
@@ -119,7 +121,7 @@ def _preflight(args):
                            "kd.temperature: {type: float, low: 1, high: 20, log: true} "
                            "(kdtrain train runs the base settings alone)"], args.sweep)
     if args.trials is not None and args.trials < 1:
-        raise KdtrainError("--trials must be >= 1")
+        raise UsageError(f"--trials must be >= 1 (got {args.trials}): the study's total number of trials")
     timeout = (_duration("--timeout", args.timeout) if args.timeout is not None
                else _duration("study.timeout", cfg.study.timeout))
     name = args.study or cfg.study.name  # --study is checked by its argparse type
@@ -130,14 +132,20 @@ def _preflight(args):
     if storage is not None:
         if args.new_study:
             name = search.free_name(storage, name)
-        search.check_study(cfg, storage, name)
+        study = search.check_study(cfg, storage, name)
+        if study is not None:  # a lower target while another process runs the study: refused before any work
+            recovery.retarget(study, args.trials or cfg.study.trials, _trials_source(args, cfg), check_only=True)
     check_reachable(args.tracking_uri)
     return cfg, storage, name, args.trials or cfg.study.trials, timeout
 
 
+def _trials_source(args, cfg) -> str:
+    return f"--trials {args.trials}" if args.trials is not None else f"the sweep file's study.trials: {cfg.study.trials}"
+
+
 def cmd_sweep(args) -> int:
 
-    from kdtrain import processes, search, sweepfile, teachers, worker
+    from kdtrain import processes, recovery, search, sweepfile, teachers, worker
     from kdtrain.paths import home, redact
     from kdtrain.tracking import Tracker, load_state_dict
 
@@ -159,6 +167,9 @@ def cmd_sweep(args) -> int:
               "trained when a trial first needs it (the first trials draw among the teachers ready)"))
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage or search.open_storage(args.storage), name, trials)
+    said = recovery.retarget(study, trials, _trials_source(args, cfg))
+    if said:
+        print(said)
     search.remember_tracking(study, tracker.uri)
     quiet = (lambda s: None) if sys.stdout.isatty() else print  # the bar says it all
     ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep,
@@ -221,6 +232,9 @@ def cmd_report(args) -> int:
     studies = list(dict.fromkeys((args.studies or []) + (args.studies_opt or []))) or search.study_names(storage)
     if not studies:
         raise KdtrainError("no studies yet: run kdtrain sweep first")
+    if not (args.studies or args.studies_opt) and len(studies) > 1:
+        print(f"no study named: reporting every study in the store ({', '.join(studies)}), each alone, and "
+              "comparing them all; name the studies to compare (kdtrain report A B)")
     folders = report.build(studies, args.out, args.tracking_uri, args.storage, args.name,
                            log_to_mlflow=not args.no_mlflow)
     for f in folders:
@@ -356,11 +370,12 @@ def _chosen(study, args) -> list:
 
 
 def cmd_confirm(args) -> int:
-    from kdtrain import baselines, preflight, report, worker
+    from kdtrain import baselines, preflight, report, search, worker
     from kdtrain.console import confirm_rows
 
     preflight.check_tracking(args.tracking_uri)
     preflight.storage(args.storage)
+    _chosen(search.load(args.study, args.storage), args)  # a missing study or trial: said before any teacher trains
     ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
     trials = _chosen(ctx.study, args)
     total = baselines.confirm_plan(ctx, trials, args.seeds)
@@ -402,16 +417,23 @@ def cmd_dashboard(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kdtrain.errors import KdtrainError
+    import signal
+
+    from kdtrain.errors import KdtrainError, Terminated
 
     args = build_parser().parse_args(argv)
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)  # what schedulers and `timeout` send: handled like Ctrl-C
     try:
         return globals()[f"cmd_{args.command}"](args)
     except KdtrainError as e:
         print(f"kdtrain: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("\nkdtrain: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\nkdtrain: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as e:  # a database that went away outside a trial (kdtrain status, a report): one line too
         from kdtrain.storage import lost_connection, unreachable

@@ -89,8 +89,10 @@ def status_lines(study) -> list[str]:
                                               if hv else ""))
     for t in search.trials(study, "RUNNING"):
         age = fmt_seconds((datetime.datetime.now() - t.datetime_start).total_seconds()) if t.datetime_start else "?"
-        lines.append(f"  trial {t.number} running for {age} on {t.user_attrs.get(search.T_HOST, '?')} "
-                     f"(pid {t.user_attrs.get(search.T_PID, '?')})")
+        where = f"{t.user_attrs.get(search.T_HOST, '?')} (pid {t.user_attrs.get(search.T_PID, '?')})"
+        lines.append(f"  trial {t.number}: its worker on {where} is gone; the next kdtrain sweep or worker fails "
+                     "it and queues its settings again" if search.gone(t) else
+                     f"  trial {t.number} running for {age} on {where}")
     kept = tracking.kept_trials(search.tracking_uri(study), name)
     if kept:
         lines.append(f"  {len(kept)} finished trial(s) not yet in MLflow ({', '.join(map(str, kept))}): their writes "

@@ -10,11 +10,23 @@ class KdtrainError(Exception):
     exit_code = 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `timeout`, `kill`), raised in the main thread so that it is handled like Ctrl-C:
+    the running trial is failed and queued again, the MLflow run closed, the stop said."""
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's first non-empty line, cut to limit characters (its type name when it says nothing): the
     reason shown inside kdtrain's one-line errors."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[0][:limit] if lines else type(e).__name__
+
+
+class UsageError(KdtrainError):
+    """A flag that cannot be honoured as given (exit code 2, like a bad sweep file): the message says what to give
+    instead."""
+
+    exit_code = 2
 
 
 class DataError(KdtrainError):

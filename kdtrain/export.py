@@ -64,7 +64,7 @@ def to_torchscript(model: nn.Module, input_shape, path: str | Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(m, torch.zeros(2, *input_shape))
-    traced.save(str(path))
+        traced.save(str(path))  # torch 2.9+ calls TorchScript deprecated (FutureWarning); users still ship it
     return Path(path)
 
 
@@ -78,7 +78,9 @@ def max_diff_onnx(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
 
 
 def max_diff_torchscript(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
-    loaded = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path))
     with torch.no_grad():
         return float((loaded(x.cpu()) - model.cpu().eval()(x.cpu())).abs().max())
 

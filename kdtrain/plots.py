@@ -184,7 +184,7 @@ def hyper_plots(d, folder: Path) -> list[str]:
 
 def progress_plots(d, folder: Path, gains, noise: float) -> list[str]:
     """The hypervolume against training seconds, and each width's best test gain over its no-teacher baseline
-    (`gains`, report.gain_per_width) with noise x the baseline's seed spread as error bars."""
+    (`gains`, gains.gain_per_width) with noise x the baseline's seed spread as error bars."""
     import matplotlib.pyplot as plt
 
     names = []

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from kdtrain.errors import KdtrainError, first_line
+from kdtrain.errors import DataError, first_line
 
 PREFIX = "python:"
 REF = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
@@ -32,24 +32,24 @@ def ref_problem(ref: str) -> str | None:
 
 
 def load_object(ref: str, what: str, search_dirs: tuple[str, ...] = ()) -> Callable:
-    """package.module:function -> the callable; one KdtrainError naming `what` when it cannot be imported.
+    """package.module:function -> the callable; one DataError (exit code 2, like a bad sweep file) naming `what` when it cannot be imported.
     The current directory and search_dirs are tried after sys.path (a module of the user's own project)."""
     problem = ref_problem(ref)
     if problem:
-        raise KdtrainError(f"{what}: {problem}")
+        raise DataError(f"{what}: {problem}")
     module_name, func = ref.split(":")
     extra = [d for d in [str(Path.cwd()), *map(str, search_dirs)] if d not in sys.path]
     sys.path.extend(extra)  # after the installed packages: a local file never shadows a library
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise KdtrainError(f"{what}: cannot import {module_name!r} ({e}); put {module_name.split('.')[0]}.py in "
+        raise DataError(f"{what}: cannot import {module_name!r} ({e}); put {module_name.split('.')[0]}.py in "
                            f"the current directory or install its package") from None
     except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
-        raise KdtrainError(f"{what}: importing {module_name!r} raised {type(e).__name__}: {first_line(e, 300)}") from None
+        raise DataError(f"{what}: importing {module_name!r} raised {type(e).__name__}: {first_line(e, 300)}") from None
     fn = getattr(module, func, None)
     if not callable(fn):
-        raise KdtrainError(f"{what}: {module_name} has no function {func!r}")
+        raise DataError(f"{what}: {module_name} has no function {func!r}")
     return fn
 
 

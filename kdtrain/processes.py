@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from kdtrain.errors import Terminated
+
 
 def local_gpus() -> list[str]:
     """This machine's CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names ([] without CUDA)."""
@@ -59,9 +61,11 @@ def run_local(ctx, storage: str, trials: int, threads: int, envs: list[dict], de
             worker.work(ctx, deadline)
             while any(p.poll() is None for p, _ in procs):
                 time.sleep(1)
-    except KeyboardInterrupt:
-        for p, _ in procs:  # each worker got the Ctrl-C too: let it fail and re-queue its trial
+    except KeyboardInterrupt as e:
+        for p, _ in procs:  # each worker got the Ctrl-C too (SIGTERM: sent on): let it fail and re-queue its trial
             with contextlib.suppress(Exception):
+                if isinstance(e, Terminated):
+                    p.terminate()
                 p.wait(timeout=60)
         return [], True
     finally:

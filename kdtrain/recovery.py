@@ -16,10 +16,10 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from kdtrain.errors import KdtrainError
+from kdtrain.errors import KdtrainError, UsageError
 from kdtrain.search import (A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REFERENCE, T_REQUEUED_FROM,
-                            T_REQUEUES, T_RUN, StorageLost, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
-                            heartbeat_interval, stored_study, study_lock, trials)
+                            T_REQUEUE_DUE, T_REQUEUES, T_RUN, StorageLost, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
+                            gone, heartbeat_interval, stored_study, study_lock, trials)
 from kdtrain.shared import every, pid_alive, warn, warning_once
 
 
@@ -63,7 +63,7 @@ def next_trial(study: optuna.Study, default_target: int, deadline: float | None 
     fix in a new trial (the sampler draws the rest) and why (its kdtrain.reference); a queued trial (the base
     settings, a re-queued one) goes first, as it is."""
     with study_lock(study, study.study_name, "ask"):
-        recovered = _recover(study, on_failed)
+        recovered = _recover(study, on_failed) + requeue_missing(study)
         goal = study.user_attrs.get(A_TRIALS, default_target)
         c = counts(study)
         if c["DONE"] >= goal or (deadline is not None and time.time() >= deadline):
@@ -101,6 +101,8 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
     try:
         storage.set_trial_user_attr(trial_id, T_FAIL_REASON, reason)
         storage.set_trial_user_attr(trial_id, T_INTERRUPTED, again or not frozen.params)
+        if again:  # a stop before the copy below is queued: a later recovery queues it (requeue_missing)
+            storage.set_trial_user_attr(trial_id, T_REQUEUE_DUE, True)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except TrialTakenOver:
         return False
@@ -114,6 +116,24 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
         except Exception as e:  # noqa: BLE001 - the trial is failed and re-queued; its MLflow run stays as it was
             warn(f"trial {frozen.number} was failed and re-queued, but its MLflow run {run_id} could not be closed", e)
     return True
+
+
+def requeue_missing(study: optuna.Study, min_age_s: float = 60.0) -> list[int]:
+    """Queue the settings of interrupted trials failed at least min_age_s ago whose copy was never queued (a kill
+    or an outage between fail_trial's two steps): the numbers of those trials. The age leaves a worker that is
+    between the two steps right now the time to finish them."""
+    due = [t for t in trials(study, "FAIL") if t.user_attrs.get(T_REQUEUE_DUE)]
+    if not due:
+        return []
+    copies = {t.user_attrs.get(T_REQUEUED_FROM) for t in study.get_trials(deepcopy=False)}
+    now, out = datetime.datetime.now(), []
+    for t in due:
+        if t.number not in copies and t.datetime_complete and (now - t.datetime_complete).total_seconds() >= min_age_s:
+            study.enqueue_trial(t.params, user_attrs={T_REQUEUED_FROM: t.number,
+                                                      T_REQUEUES: t.user_attrs.get(T_REQUEUES, 0) + 1},
+                                skip_if_exists=False)
+            out.append(t.number)
+    return out
 
 
 def _stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -155,6 +175,44 @@ def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
                       "finished", on_failed):
             recovered.append(t.number)
     return recovered
+
+
+def live_elsewhere(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials of other processes not known to be dead (another host's, or a live pid here)."""
+    stale = {t.number for t in (_stale(study) if _rdb(_storage(study)) is not None else [])}
+    return [t for t in trials(study, "RUNNING") if t.number not in stale and not gone(t)
+            and t.user_attrs.get(T_PID) != os.getpid()]
+
+
+def retarget(study: optuna.Study, total: int, source: str, check_only: bool = False) -> str | None:
+    """Set the study's target to `total` trials (COMPLETE + PRUNED), as `source` (--trials N, or the sweep file's
+    study.trials) asks, and say what that means; None when nothing changes. A target is never lowered while
+    other processes run the study's trials (UsageError): that would end their sweep early without a word to its
+    user. check_only: raise if it would be refused, change nothing (before any teacher trains)."""
+    with study_lock(study, study.study_name, "ask"):
+        old, done = study.user_attrs.get(A_TRIALS), counts(study)["DONE"]
+        if old == total:
+            return _met(study.study_name, done, total, source)
+        running = live_elsewhere(study)
+        if old is not None and total < old and running:
+            raise UsageError(
+                f"study {study.study_name!r} is being run toward {old} trials ({done} done, {len(running)} running "
+                f"in another process); {source} would end that sweep at {total}. Give --trials {old} (or more) to "
+                f"add this machine's workers to it, or --new-study to start a separate study")
+        if check_only:
+            return None
+        study.set_user_attr(A_TRIALS, total)
+        said = f"study {study.study_name}: target {old} -> {total} trials ({source})"
+        return said + ("; the running sweep takes the new target" if running else "") + \
+            (f"\n{_met(study.study_name, done, total, source)}" if done >= total else "")
+
+
+def _met(name: str, done: int, total: int, source: str) -> str | None:
+    """What a target the study has already met means: nothing to train."""
+    if done < total:
+        return None
+    return (f"study {name} already has {done} finished trials, which meets its target of {total} ({source}): "
+            f"no trial to train. --trials is the study's total: to add 10 trials, give --trials {done + 10}")
 
 
 def recover(study: optuna.Study, on_failed: OnFailed | None = None) -> list[int]:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kdtrain import pages, plots
+from kdtrain.gains import NOISE, gain_per_width, gain_verdict
 from kdtrain.pareto import feasible, front_mask
 
 KEEP = 0.95
@@ -174,7 +175,8 @@ def _student_summary(s, t) -> dict:
             "x_throughput": s["throughput"] / t.get("throughput", np.nan)}
 
 
-FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "params", "size_bytes", "flops",
+FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "test gain (points)", "below baseline",
+                 "params", "size_bytes", "flops",
                  "latency_ms_p50", "throughput", "x smaller", "x faster (b1)", "kd.temperature", "kd.alpha",
                  "student.width", "kd.teachers", "kd.ensemble", "kd.loss", "run_id"]
 
@@ -188,94 +190,13 @@ def front_table(d: StudyData) -> pd.DataFrame:
         f["% of teacher"] = 100 * f["val_accuracy"] / h["teacher_val_accuracy"]
         f["x smaller"] = h["teacher_params"] / f["params"]
         f["x faster (b1)"] = h["teacher_latency_ms_p50"] / f["latency_ms_p50"]
+    if "kd_gain_test" in f:  # over the same-width no-teacher baseline's mean (after the follow-up)
+        f["test gain (points)"] = 100 * f["kd_gain_test"]
+        f["below baseline"] = f["kd_gain_test"].lt(0).where(f["kd_gain_test"].notna())
     for col in FRONT_COLUMNS:
         if col not in f:
             f[col] = np.nan
     return f[FRONT_COLUMNS].reset_index(drop=True)
-
-
-GAIN_COLUMNS = ["student.width", "trial", "val_accuracy", "test_accuracy", "baseline_test_accuracy",
-                "baseline_test_accuracy_std", "kd_gain", "kd_gain_test", "kd_gain_sigma", "beyond_noise"]
-NOISE = 2.0
-"""A gain counts as beyond seed noise when it exceeds NOISE times the baseline's seed spread (on test)."""
-
-
-def gain_per_width(d: StudyData) -> pd.DataFrame:
-    """Per student width, the best distilled trial (chosen on val) against the no-teacher baseline's mean over
-    its seeds: gains in points on val and test, the val gain in units of the baseline's seed spread, and
-    whether the test gain is beyond noise (> NOISE x the baseline's test spread, and positive)."""
-    s = d.students
-    if s.empty or "kd_gain_test" not in s:  # studies from before seeded baselines: no spread to compare with
-        return pd.DataFrame(columns=GAIN_COLUMNS)
-    best = s.loc[s.groupby("student.width")["val_accuracy"].idxmax()].sort_values("student.width").copy()
-    for c in ("kd_gain", "kd_gain_test"):
-        best[c] = 100 * best[c]  # points
-    best["beyond_noise"] = (best["kd_gain_test"] > 0) & \
-        (best["kd_gain_test"] > NOISE * 100 * best["baseline_test_accuracy_std"])
-    best["pending"] = best["kd_gain_test"].isna()  # its follow-up (study.follow_up: after) not done yet
-    best["confirmed_seeds"], best["gain_std"] = 0, np.nan
-    c = d.confirmed
-    hit = best["trial"].astype(int).isin(c.index)
-    if hit.any():  # a confirmed trial: its paired gain over the new seeds, judged against its own spread
-        rows = c.loc[best.loc[hit, "trial"].astype(int)]
-        best.loc[hit, "kd_gain_test"] = rows["gain"].to_numpy()
-        best.loc[hit, "gain_std"] = rows["gain_std"].to_numpy()
-        best.loc[hit, "confirmed_seeds"] = rows["seeds"].to_numpy()
-        best.loc[hit, "test_accuracy"] = rows["test"].to_numpy()
-        best.loc[hit, "beyond_noise"] = (rows["gain"] > 0).to_numpy() & \
-            (rows["gain"] > NOISE * rows["gain_std"]).to_numpy()
-    return best[GAIN_COLUMNS + ["confirmed_seeds", "gain_std", "pending"]].reset_index(drop=True)
-
-
-def gain_verdict(d: StudyData) -> str:
-    """In words: did distillation beat training alone beyond seed noise, where, by how much on test? A trial that
-    kdtrain confirm retrained is judged by its paired gain over the new seeds, and not asked to be confirmed again."""
-    g = gain_per_width(d)
-    if g.empty:
-        return ""
-    waiting = g[g["pending"]]
-    g = g[~g["pending"]]
-    if not waiting.empty:
-        later = (f" Width{'s' if len(waiting) > 1 else ''} {', '.join(str(int(w)) for w in waiting['student.width'])} "
-                 f"still wait{'' if len(waiting) > 1 else 's'} for {'their' if len(waiting) > 1 else 'its'} "
-                 "no-teacher baseline: the sweep stopped before its follow-up; the same kdtrain sweep command "
-                 "finishes it.")
-        return (gain_verdict_of(d, g) + later).strip() if not g.empty else later.strip()
-    return gain_verdict_of(d, g)
-
-
-def gain_verdict_of(d: StudyData, g: pd.DataFrame) -> str:
-    """gain_verdict over the widths whose baselines are in (gain_per_width's rows)."""
-    seeds = int(d.baselines["seeds"].astype(str).str.split(",").str.len().max()) if "seeds" in d.baselines else 1
-
-    def how(row) -> str:
-        if row["confirmed_seeds"]:
-            return (f"{row['kd_gain_test']:+.1f} ± {row['gain_std']:.1f} points on test, paired with the baseline "
-                    f"of each seed, confirmed over {int(row['confirmed_seeds'])} new seeds")
-        return (f"{row['kd_gain_test']:+.1f} points on test over the baseline's mean over {seeds} seeds (its spread: "
-                f"{100 * row['baseline_test_accuracy_std']:.1f} points)")
-
-    won = g[g["beyond_noise"]]
-    if won.empty:
-        top = g.loc[g["kd_gain_test"].idxmax()]
-        others = g[(g["confirmed_seeds"] > 0) & (g["trial"] != top["trial"])]
-        tail = (" Also confirmed: " + ", ".join(f"trial {int(r.trial)} {r.kd_gain_test:+.1f} ± {r.gain_std:.1f}"
-                                                for r in others.itertuples()) + " points." if not others.empty else "")
-        lead = ("Distillation did not beat training alone beyond seed noise at any width: the largest test gain of "
-                "a best trial is ")
-        if top["confirmed_seeds"]:
-            return (f"{lead}{how(top)} (width {int(top['student.width'])}, trial {int(top['trial'])}), within "
-                    f"{NOISE:g} x its own spread over the new seeds.{tail}")
-        spread = 100 * top["baseline_test_accuracy_std"]
-        return (f"{lead}{top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), within {NOISE:g} x "
-                f"the baseline's spread over {seeds} seeds ({spread:.1f} points).{tail}")
-    top = won.loc[won["kd_gain_test"].idxmax()]
-    widths = ", ".join(str(int(w)) for w in won["student.width"])
-    ask = "" if top["confirmed_seeds"] else (
-        f" A best-of-many trial flatters itself: retrain it with new seeds before shipping (kdtrain confirm "
-        f"{d.name} --trial {int(top['trial'])}).")
-    return (f"Distillation beat training alone beyond seed noise at width{'s' if len(won) > 1 else ''} {widths}: "
-            f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {how(top)}.{ask}")
 
 
 def confirm_table(d: StudyData) -> pd.DataFrame:
@@ -387,8 +308,7 @@ def write_study(d: StudyData, out: Path) -> Path:
     d.students.drop(columns=[c for c in d.students if c.startswith("tag:")]).to_csv(folder / "trials.csv",
                                                                                      index=False)
     table, gains, confirms, teachers = front_table(d), gain_per_width(d), confirm_table(d), teacher_table(d)
-    if "pending" in gains and not gains["pending"].any():
-        gains = gains.drop(columns="pending")  # a column worth showing only while baselines are still to come
+    gains = gains.drop(columns="pending") if "pending" in gains and not gains["pending"].any() else gains
     table.to_csv(folder / "pareto.csv", index=False)
     fronts, hyper = _pictures(d, folder, gains)
     c = d.counts
@@ -431,6 +351,8 @@ def _page(d: StudyData, head: list[str], counts: str, fronts: list[str], hyper: 
 crosses. Latency at batch 1.</p>
 {_figures(fronts)}
 <h2>Pareto-optimal students</h2>
+<p class="muted">test gain: points over the same-width no-teacher baseline's mean; below baseline: a student of that
+width trained without a teacher is more accurate on test (register and export --pareto still include it).</p>
 <div style="overflow-x:auto">{pages.html_table(table, "pareto", d.link)}</div>
 <h2>Teachers</h2>
 <p class="muted">Each teacher's accuracy on its own data's test split (source) and on the student's test split, mapped
@@ -439,7 +361,7 @@ to the student's classes: what the teacher alone would score on the student's ta
 <h2>Distillation gain per width</h2>
 <p class="muted">Per width, the trial with the best validation accuracy against the no-teacher baseline's mean over
 its seeds; gains in points; kd_gain_sigma: the val gain in units of the baseline's seed spread; beyond_noise: the
-test gain exceeds {NOISE:g} x the baseline's test spread.</p>
+test gain exceeds {NOISE:g} x the baseline's test spread (never with one baseline seed: no spread to measure).</p>
 {pages.html_table(gains, "gains")}
 <h2>Confirmed trials (new seeds)</h2>
 <p class="muted">kdtrain confirm: each trial retrained with new seeds, each paired with the baseline of the same

@@ -403,6 +403,8 @@ def json_schema() -> dict:
     def of(cls) -> dict:
         found = TypeAdapter(cls).json_schema()
         defs.update(found.pop("$defs", {}))
+        for key, prop in found.get("properties", {}).items():  # a field inherited from a base keeps its docstring
+            prop.setdefault("description", field_doc(cls, key))
         return found
 
     props = {name: of(cls) for name, cls in SECTIONS.items()}
@@ -428,6 +430,16 @@ def json_schema_text() -> str:
     return json.dumps(json_schema(), indent=1) + "\n"
 
 
+def field_doc(cls, name: str) -> str:
+    """A field's docstring: its own class's, else that of the first base class that documents it (pydantic reads
+    attribute docstrings only in the class body that defines the field)."""
+    for c in cls.__mro__:
+        info = getattr(c, "__pydantic_fields__", {}).get(name)
+        if info is not None and info.description:
+            return info.description
+    return ""
+
+
 def markdown_reference() -> str:
     """The sweep-file reference of the docs (docs/reference.md): every key of every section with its type, default
     and docstring, from the fields themselves, so that a default is written once (a test keeps the file current)."""
@@ -443,7 +455,7 @@ def markdown_reference() -> str:
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
             kind = getattr(f.type, "__name__", None) or str(f.type)
-            doc = " ".join((cls.__pydantic_fields__[f.name].description or "").split()).replace("|", "\\|")
+            doc = " ".join(field_doc(cls, f.name).split()).replace("|", "\\|")
             lines.append(f"| `{f.name}` | {kind.replace('|', 'or')} | `{default!r}` | {doc} |")
         lines.append("")
     return "\n".join(lines)

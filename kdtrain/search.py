@@ -25,7 +25,7 @@ from kdtrain import space, sweepfile
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import redact
 from kdtrain.schema import Config, METRICS
-from kdtrain.shared import warn
+from kdtrain.shared import pid_alive, warn
 from kdtrain.storage import (PatientStorage, StorageDown, StorageLost, _rdb, _storage, _study_id, _trial_id,  # noqa: F401
                              apply_heartbeat, default_storage, existing_storage, heartbeat_interval, is_rdb, no_wait,
                              open_storage, study_lock, try_study_lock)
@@ -49,15 +49,27 @@ A_READY, A_HV_BOX = "kdtrain.ready", "kdtrain.hv_box"
 T_RUN, T_HOST, T_PID = "mlflow_run_id", "kdtrain.host", "kdtrain.pid"
 T_FAIL_REASON, T_INTERRUPTED, T_REQUEUED_FROM, T_REFERENCE = (
     "fail_reason", "kdtrain.interrupted", "kdtrain.requeued_from", "kdtrain.reference")
+T_REQUEUE_DUE = "kdtrain.requeue_due"
+"""Set on an interrupted trial whose settings must be queued again: recovery queues them if no copy exists (a stop
+between the trial's failure and its re-queue)."""
 T_REQUEUES = "kdtrain.requeues"
 """How many times this trial's settings were queued again after an interruption (study.max_requeues caps it)."""
 T_CURVE, T_COMPUTE = "kdtrain.val_curve", "kdtrain.train_seconds"  # per-epoch val accuracy; seconds trained
 
 
 def configure(study: optuna.Study, cfg: Config, worker: int = 0) -> None:
-    """This process's view of the study: its heartbeat settings, sampler (seeded per worker) and pruner."""
+    """This process's view of the study: its heartbeat settings, sampler (seeded per worker and per resume) and
+    pruner."""
     apply_heartbeat(_storage(study), cfg)
-    study.sampler, study.pruner = make_sampler(cfg, worker), make_pruner(cfg)
+    started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    study.sampler, study.pruner = make_sampler(cfg, worker, started), make_pruner(cfg)
+
+
+def gone(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a RUNNING trial's worker is known dead: it ran on this host and its pid no longer exists."""
+    pid = t.user_attrs.get(T_PID)
+    return t.user_attrs.get(T_HOST) == socket.gethostname() and pid is not None and pid != os.getpid() \
+        and not pid_alive(pid)
 
 
 
@@ -104,6 +116,12 @@ def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
     stored = json.loads(study.user_attrs.get(A_CONFIG, "{}"))
     if stored:
         changed = space.diff(space.signature(sweepfile.from_dict(stored), study.user_attrs.get(A_DATA)), space.signature(cfg))
+        if changed == ["data.content"]:  # the same sweep file, other files behind data.path
+            raise KdtrainError(
+                f"study {name!r} was made from other data: what {cfg.data.path or cfg.data.factory} holds"
+                f"{' (and ' + cfg.data.test_path + ')' if cfg.data.test_path else ''} differs from what the study recorded "
+                "(the files' bytes, not their times). Changed on purpose: start a new study with --new-study (or "
+                "--study OTHER_NAME); if not, restore the files the study was made from.")
         if changed:
             what = "search space" if any(c.startswith("search") for c in changed) else "settings"
             raise KdtrainError(
@@ -114,12 +132,12 @@ def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
 
 
 def create_or_open(cfg: Config, storage, name: str, trials: int) -> optuna.Study:
-    """Create the study (config stored inside, base trial enqueued) or reopen it if the settings match."""
+    """Create the study (config stored inside, its target `trials`, base trial enqueued) or reopen it if the
+    settings match (its target unchanged: recovery.retarget sets it)."""
     apply_heartbeat(storage, cfg)
     study = check_study(cfg, storage, name)
     if study is not None:
-        study.set_user_attr(A_TRIALS, trials)
-        return study
+        return study  # its target: recovery.retarget
     study = optuna.create_study(study_name=name, storage=storage, directions=list(cfg.study.objectives.values()))
     for key, value in ((A_CONFIG, json.dumps(cfg.to_dict())), (A_TRIALS, trials), (A_DATA, space.identity(cfg.data)),
                        (A_OBJECTIVES, list(cfg.study.objectives))):
@@ -165,13 +183,16 @@ def target(study: optuna.Study, cfg: Config | None = None) -> int | None:
     return study.user_attrs.get(A_TRIALS, cfg.study.trials if cfg else None)
 
 
-def make_sampler(cfg: Config, worker: int = 0):
+def make_sampler(cfg: Config, worker: int = 0, started: int = 0):
     """The study's sampler. Each worker process gets its own seed (study.seed + worker): with one shared seed,
     parallel workers would propose the very same parameters while the sampler is still sampling at random.
-    The first (or only) worker of a sweep is worker 0, so one worker with a seed repeats itself exactly."""
+    The first (or only) worker of a sweep is worker 0, so one worker with a seed repeats itself exactly on an
+    empty study. A process that joins or resumes a study in which `started` trials have run draws from another
+    seed (study.seed + worker + 1,000,003 x started): with the first run's seed it would propose the first run's
+    settings again, one by one."""
     # Constraints reach the samplers through trial.set_constraint (Optuna 5), not constraints_func.
     s = cfg.study
-    seed = None if s.seed is None else (s.seed + worker) % 2**32
+    seed = None if s.seed is None else (s.seed + worker + 1_000_003 * started) % 2**32
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if s.sampler == "random":

@@ -130,6 +130,35 @@ def dashboard(storage_url: str | None, study: str | None, port: int, log: Callab
     return 0
 
 
+def _port_free(port: int) -> None:
+    """One clear error when 127.0.0.1:port is taken (another kdtrain ui, an mlflow server), before anything starts."""
+    import socket
+
+    from kdtrain.errors import UsageError
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"port {port} on 127.0.0.1 is in use (another kdtrain ui or MLflow server?); give a free "
+                             f"one with --port {port + 1}") from None
+
+
+def _answers(url: str, proc, timeout: float = 120) -> bool:
+    """Wait until the server at url answers (True), or its process ends (False)."""
+    import time
+    import urllib.request
+
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return proc.poll() is None
+
+
 def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     """`mlflow ui` on 127.0.0.1 against the store, in its own process group (it starts a server of its own): one
     SIGTERM or Ctrl-C to kdtrain ui ends all of it, and nothing outlives kdtrain ui. Prints the link to the
@@ -149,12 +178,11 @@ def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     if study and not found:
         raise KdtrainError(f"no study named {study!r} in the MLflow store {redact(uri)} (drop the name for every "
                            "study, or pass the --tracking-uri the sweep used)")
-    print(f"MLflow UI for {redact(uri)} at {url}  (Ctrl-C to stop)")
-    for exp_id, name in found[:20]:
-        print(f"  {name}: {tracker.link(exp_id, url)}")
-    if len(found) > 20:
-        print(f"  ... and {len(found) - 20} more studies at {url}/#/experiments")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    _port_free(port)
+    print(f"starting the MLflow UI for {redact(uri)} on {url} ...", flush=True)
+    # one server worker: one person browsing (MLflow's default, 4, is 4 more processes and about 0.5 GB)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
     # MLflow 3 starts a job runner and seven huey consumers with its server, for GenAI jobs kdtrain never uses:
     # 8 more processes, ~1.5 GB and ~10 s of CPU at start. Off unless the user's environment asks for them.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -168,6 +196,13 @@ def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if _answers(url, proc):  # the links once they work
+            print(f"MLflow UI for {redact(uri)} at {url}  (Ctrl-C to stop)")
+            for exp_id, name in found[:20]:
+                print(f"  {name}: {tracker.link(exp_id, url)}")
+            if len(found) > 20:
+                print(f"  ... and {len(found) - 20} more studies at {url}/#/experiments")
+            sys.stdout.flush()
         rc = proc.wait()
     finally:
         for sig, handler in previous.items():

@@ -28,7 +28,7 @@ torch = Module("torch")  # imported on first use
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-FOLDER_CACHE_VERSION = 1
+FOLDER_CACHE_VERSION = 2
 decoded_images = 0
 """Images this process has decoded (a second run on the same folder decodes none: the tests read this)."""
 
@@ -259,10 +259,46 @@ def _decode(files: list[tuple[str, Path, int]], size: int) -> np.ndarray:
 
 
 def folder_key(cfg: DataConfig, listing: tuple | None = None) -> str:
-    """The decoded folder's cache key: the listing (relative names, sizes, modification times) and image size."""
+    """The decoded folder's cache key: the listing (relative names, classes and each file's content) and image
+    size. Content, not modification times: the same images written again (make_data.py run twice, a copy, a
+    checkout) are the same data, for the cache and for a study's settings."""
     names, files, root = listing or _folder_listing(cfg)
-    listing = [(split, str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns, c) for split, p, c in files]
+    digests = _folder_digests(cfg, root, [p for _, p, _ in files])
+    listing = [(split, str(p.relative_to(root)), digests[str(p.relative_to(root))], c) for split, p, c in files]
     return content_key({"version": FOLDER_CACHE_VERSION, "size": cfg.image_size, "names": names, "files": listing})
+
+
+def _folder_digests(cfg: DataConfig, root: Path, paths: list[Path]) -> dict[str, str]:
+    """sha256 of each file under root by relative name, read again only for a file whose size or modification
+    time changed since the last time (kept in the data root, one small JSON per folder)."""
+    import json
+
+    memo_file = data_root(cfg) / "folders" / f"digests-{content_key(str(root))}.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    out, changed = {}, False
+    for p in paths:
+        rel, st = str(p.relative_to(root)), p.stat()
+        seen = memo.get(rel)
+        if not seen or seen[:2] != [st.st_size, st.st_mtime_ns]:
+            memo[rel], changed = [st.st_size, st.st_mtime_ns, file_digest(p)], True
+        out[rel] = memo[rel][2]
+    if changed:  # written once the folder decodes (_folder): a bad folder leaves nothing behind
+        _digest_memos[memo_file] = memo
+    return out
+
+
+_digest_memos: dict[Path, dict] = {}
+
+
+def _save_digest_memos() -> None:
+    import json
+
+    while _digest_memos:
+        memo_file, memo = _digest_memos.popitem()
+        atomic_write_bytes(memo_file, json.dumps(memo).encode())
 
 
 def _decoded(files: list[tuple[str, Path, int]], size: int, cache: Path, extra: dict) -> tuple[np.ndarray, str]:
@@ -290,6 +326,7 @@ def _folder(cfg: DataConfig):
     key = folder_key(cfg, listing)
     cache = data_root(cfg) / "folders" / f"{key}.pt"
     x, note = _decoded(files, cfg.image_size, cache, {"names": names})
+    _save_digest_memos()
     x = x.astype(np.float32) / 255.0
     y = np.array([c for _, _, c in files], np.int64)
     split = np.array([s for s, _, _ in files])

@@ -86,15 +86,15 @@ class PatientStorage(optuna.storages.RDBStorage):
             except Exception as e:
                 if not lost_connection(e):
                     raise
-                self._failed(e)
+                since = self._failed(e)  # this thread's view: the heartbeat thread may clear down_since meanwhile
                 if getattr(_local, "no_wait", False):
                     raise StorageDown(str(e)) from None
-                waited = time.time() - self.down_since
+                waited = time.time() - since
                 if waited >= self.patience:
                     if not self.patience:
                         raise
                     raise StorageLost(f"the study's storage {self._name()} has been unreachable since "
-                                      f"{clock(self.down_since)} (more than "
+                                      f"{clock(since)} (more than "
                                       f"study.storage_patience, {self.patience:.0f} s); this worker stops. Its "
                                       "trial is failed and re-queued by the next worker or run once the database "
                                       "is back (no heartbeat for study.grace_period)") from None
@@ -110,7 +110,8 @@ class PatientStorage(optuna.storages.RDBStorage):
     def _name(self) -> str:
         return redact(str(self.engine.url.render_as_string(hide_password=False)))
 
-    def _failed(self, e: Exception) -> None:
+    def _failed(self, e: Exception) -> float:
+        """Note a failed call: the outage's start (now, if none was under way), read under the lock."""
         with _lock:
             if self.down_since is None:
                 self.down_since = time.time()
@@ -119,6 +120,7 @@ class PatientStorage(optuna.storages.RDBStorage):
                           f"{clock(self.down_since)} ({_driver_words(e)}); retrying "
                           f"for up to {self.patience:.0f} s (study.storage_patience) while the trial trains",
                           file=sys.stderr, flush=True)
+            return self.down_since
 
     def _back(self) -> None:
         with _lock:

@@ -186,6 +186,9 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     raw, problem = _safe_load(text)
     if problem:
         raise ConfigError([problem], str(p))
+    if not raw:
+        raise ConfigError(["the file is empty: a sweep file names at least its teachers: and its search: (start "
+                           "from a copy of sweeps/quickstart.yaml; every key: docs/reference.md)"], str(p))
     return from_dict(raw, str(p), overrides)
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kdtrain.errors import KdtrainError
+from kdtrain.errors import ConfigError, KdtrainError
 from kdtrain.schema import LossConfig, TrainConfig
 from kdtrain.data import Dataset, augment
 from kdtrain.losses import kd_loss, teacher_targets
@@ -77,7 +77,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KdtrainError("train.device is cuda but no CUDA device is available; use --set train.device=auto")
+        raise ConfigError([f"train.device: {name}, but no CUDA device is available here; use --set "
+                           "train.device=auto (CUDA when present, else the CPU)"], "train.device")
     return torch.device(name)
 
 

@@ -5,6 +5,7 @@ raises them at once."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +264,8 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
 
 
 def _check_study(s, need: _Need) -> None:
-    need(bool(s.name) and "/" not in s.name, f"study.name: must be a non-empty name without '/', got {s.name!r}")
+    need(bool(s.name) and "/" not in s.name and s.name not in (".", ".."),
+         f"study.name: must be a non-empty name without '/', not . or .. (it names folders), got {s.name!r}")
     need(len(s.objectives) > 0, "study.objectives: give at least one metric -> maximize/minimize")
     for metric, direction in s.objectives.items():
         need(metric in METRICS, f"study.objectives.{metric}: unknown metric (known: {', '.join(METRICS)})")
@@ -303,6 +305,9 @@ def _check_pool(cfg: Config, need: _Need) -> None:
     for i, t in enumerate(cfg.teachers):
         where = f"teachers[{i}]" + (f" ({t.name})" if t.name else "")
         need(bool(t.name), f"{where}.name: every teacher needs a name")
+        need(not t.name or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", t.name) is not None,
+             f"{where}.name: letters, digits, '_', '.' and '-' only, from a letter or digit (a teacher's name is "
+             f"a cache folder's and joins kd.teachers subsets such as a+b), got {t.name!r}")
         _check_model(t, where, need)
         need(t.epochs is None or t.epochs >= 0, f"{where}.epochs: must be >= 0, got {t.epochs}")
         need(t.lr is None or t.lr > 0, f"{where}.lr: must be > 0, got {t.lr}")
@@ -342,7 +347,8 @@ def _check_train_kd(cfg: Config, need: _Need) -> None:
              f"kd.weights: {len(kd.weights)} weights for {len(cfg.kd_teachers)} teachers")
         need(all(type(w) in (int, float) and w >= 0 for w in kd.weights) and any(w > 0 for w in kd.weights),
              f"kd.weights: must be non-negative numbers with a positive sum, got {kd.weights}")
-    need(kd.alpha == 0 or bool(cfg.teachers), "kd.alpha: > 0 needs at least one teacher under teachers:")
+    need(kd.alpha == 0 or bool(cfg.teachers), "kd.alpha: > 0 needs at least one teacher under teachers: (add a teachers: list, "
+         "or set kd.alpha: 0 to train without a teacher)")
 
 
 def _check_profile(pr, need: _Need) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from kdtrain.schema import SEARCH_TYPES, SECTIONS, Config
-from kdtrain.validate import _check_values, _section
+from kdtrain.validate import _check_values, _section, did_you_mean
 
 
 def check_search(cfg: Config, problems: list[str]) -> None:
@@ -40,7 +40,8 @@ def _search_spec(key: str, spec: Any, flat: dict, registries: dict, teacher_name
     """One search entry's problems; the (where, value) pairs its trials can draw (None when it gives none)."""
     where = f"search.{key}"
     if key not in flat:
-        problems.append(f"{where}: not a setting of the sweep file (searchable: data.*, student.*, train.*, kd.*, profile.*)")
+        problems.append(f"{where}: not a setting of the sweep file{did_you_mean(key, flat)} (searchable: data.*, "
+                        "student.*, train.*, kd.*, profile.*)")
         return None
     if not isinstance(spec, dict) or "type" not in spec:
         problems.append(f"{where}: expected a mapping with a type ({', '.join(SEARCH_TYPES)})")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import socket
 import time
 import traceback
@@ -20,9 +19,9 @@ from typing import Callable
 
 import yaml
 
-from kdtrain import (baselines, console, data, followup, models, pareto, recovery, schema, search, space, sweepfile,
-                     teachers, tracking)
-from kdtrain.errors import KdtrainError, first_line
+from kdtrain import (baselines, console, data, first_trials, followup, models, pareto, recovery, schema, search, space,
+                     sweepfile, teachers, tracking)
+from kdtrain.errors import KdtrainError, Terminated, first_line
 from kdtrain.paths import redact
 from kdtrain.schema import Config, METRICS
 from kdtrain.run import distill_student
@@ -91,51 +90,6 @@ def first_teachers(cfg: Config) -> list[str]:
         base = set(cfg.kd_teachers) if "+".join(cfg.kd_teachers) in choices else {t.name for t in cfg.teachers}
     return [t.name for t in cfg.teachers
             if t.name in base or teachers.kind(t) != "train" or teachers.is_cached(t, cfg)]
-
-
-STEERED = "drawn among the teachers trained so far"
-"""kdtrain.reference of a trial whose kd.teachers steer() fixed."""
-
-
-SPREAD = "a size of the base settings spread across the searched range"
-"""kdtrain.reference of a trial whose student size study.spread fixed."""
-
-
-def steer(ctx: Context) -> tuple[dict, str] | None:
-    """The next trial's fixed params and why: the sizes study.spread asks for (space.spread_points; the base
-    settings at each), then the teachers steer_teachers fixes; None when the sampler draws it all."""
-    points = space.spread_points(ctx.cfg, search.target(ctx.study, ctx.cfg))
-    if points:
-        drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
-        taken = [{k: t.params.get(k) for k in points[0]} for t in drawn
-                 if t.user_attrs.get(search.T_REFERENCE) == SPREAD]
-        left = [p for p in points if p not in taken]
-        if left:
-            return {**space.base_params(ctx.cfg), **left[0]}, SPREAD
-    return steer_teachers(ctx)
-
-
-def steer_teachers(ctx: Context) -> tuple[dict, str] | None:
-    """While teachers are still untrained (first_teachers), the first study.trials // 2 trials (at most 10, TPE's
-    random start-up) draw kd.teachers among the subsets of the teachers that are ready; the sampler draws every
-    other parameter as usual. Then the rest train when a trial first needs them, and each subset the start-up
-    could not draw is given to one trial, so that the sampler has seen every subset before it models them.
-    (fixed params for the next trial, why); None when nothing needs steering."""
-    spec = ctx.cfg.search.get("kd.teachers")
-    if not spec or spec["type"] != "subset":
-        return None
-    ready = set(ctx.pool) | {t.name for t in ctx.cfg.teachers if teachers.is_cached(t, ctx.cfg)}
-    done = search.counts(ctx.study)["DONE"]
-    if done < min(10, search.target(ctx.study, ctx.cfg) // 2) and not set(spec["of"]) <= ready:
-        choices = [s for s in space.subsets(spec["of"]) if set(s.split("+")) <= ready]
-        return ({"kd.teachers": random.Random(f"{ctx.cfg.study.seed}-{done}").choice(choices)}, STEERED) \
-            if choices else None
-    drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING")
-    if not any(t.user_attrs.get(search.T_REFERENCE) == STEERED for t in drawn):
-        return None  # every teacher was ready from the start: the sampler's own start-up covers the subsets
-    seen = {t.params.get("kd.teachers") for t in drawn}
-    unseen = [s for s in space.subsets(spec["of"]) if s not in seen]
-    return ({"kd.teachers": unseen[0]}, "a teachers subset the start-up could not draw") if unseen else None
 
 
 def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data.Dataset | None = None,
@@ -383,15 +337,19 @@ def log_progress(ctx: Context) -> None:
 
 def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> None:
     """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes."""
-    waiting_said = False
+    waiting_said, goal = False, search.target(ctx.study, ctx.cfg)
     while True:
+        if search.target(ctx.study, ctx.cfg) != goal:  # another kdtrain sweep set a new total (recovery.retarget)
+            print(f"study {ctx.study.study_name}: its target changed from {goal} to "
+                  f"{search.target(ctx.study, ctx.cfg)} trials (set by another kdtrain sweep)", flush=True)
+            goal = search.target(ctx.study, ctx.cfg)
         ctx.tracker.labels = {}
         # a tracking server away: the finished trials' kept writes go first (a rerun sends a dead worker's too)
         ctx.tracker.wait_sent(schema.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
         for cfg in list(ctx.unlogged.values()):
             baselines.ensure_baseline(ctx, ctx.unlogged.pop(baselines.student_key(cfg)))
         nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker),
-                                  fixed=lambda: steer(ctx))
+                                  fixed=lambda: first_trials.steer(ctx))
         for n in nxt.recovered or []:
             ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
         if nxt.trial is None and not nxt.waiting:
@@ -424,8 +382,9 @@ def _run_and_tell(ctx: Context, trial) -> None:
         values, state, status, tags, line = None, "PRUNED", "FINISHED", {"prune_reason": str(e)}, f"trial {n} pruned: {e}"
     except search.TrialTakenOver:
         values, state = None, None
-    except (KeyboardInterrupt, SystemExit):
-        recovery.fail_trial(study, trial, "interrupted: stopped by the user (Ctrl-C)", killed(tracker))
+    except (KeyboardInterrupt, SystemExit) as e:
+        why = "SIGTERM" if isinstance(e, Terminated) else "the user (Ctrl-C)"
+        recovery.fail_trial(study, trial, f"interrupted: stopped by {why}", killed(tracker))
         raise
     except search.StorageLost:
         raise  # the study's database is gone past study.storage_patience: the next run recovers the trial

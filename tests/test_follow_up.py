@@ -12,7 +12,7 @@ import mlflow
 import optuna
 import pytest
 
-from kdtrain import followup, search, sweepfile, worker
+from kdtrain import first_trials, followup, search, sweepfile, worker
 
 from conftest import TINY_SEARCH, run_cli, write_sweep
 
@@ -70,7 +70,7 @@ def test_a_teacher_the_first_trials_do_not_need_trains_when_a_trial_first_does(f
     trials = sorted(study.trials, key=lambda t: t.number)
     # trials // 2 = 2 trials drawn among the ready teachers, then the subsets they could not draw, one trial each
     assert [t.params["kd.teachers"] for t in trials] == ["big", "big", "conv", "big+conv"]
-    assert trials[1].user_attrs[search.T_REFERENCE] == worker.STEERED
+    assert trials[1].user_attrs[search.T_REFERENCE] == first_trials.STEERED
     client, runs = _runs(home)
     teacher = {x.data.tags["mlflow.runName"]: x for x in runs if x.data.tags.get("kdtrain.role") == "teacher"}
     assert set(teacher) == {"teacher-big", "teacher-conv"}

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from kdtrain import config, data, report
+from kdtrain import config, data, gains, report
 from kdtrain.run import distill_student
 
 from conftest import run_cli
@@ -83,6 +83,23 @@ def test_confirm_refuses_a_trial_that_does_not_exist(gain_sweep):
     assert r.returncode == 2 and "positive integer" in r.stderr
 
 
+def test_confirm_checks_the_study_and_its_trials_before_loading_any_teacher(gain_sweep, tmp_path):
+    from pathlib import Path
+
+    from kdtrain.args import build_parser
+
+    _, _, env, _ = gain_sweep
+    home = Path(env["KDTRAIN_HOME"])
+    cold = {"KDTRAIN_HOME": str(tmp_path / "cold"), "KDTRAIN_DATA": env["KDTRAIN_DATA"]}  # another machine's caches
+    stores = ["--storage", str(home / "optuna.journal"), "--tracking-uri", f"sqlite:///{home / 'mlflow.db'}"]
+    r = run_cli("confirm", "tiny", "--trial", "99", *stores, env=cold)
+    assert r.returncode == 1 and "no such trial in 'tiny': 99" in r.stderr, r.stdout + r.stderr
+    assert "teacher" not in r.stdout and not (tmp_path / "cold" / "cache").exists()
+    r = run_cli("confirm", "nosuch", "--trial", "0", *stores, env=cold)
+    assert r.returncode == 1 and "nosuch" in r.stderr and "--wait" not in r.stderr, r.stderr
+    assert build_parser().parse_args(["confirm", "tiny", "--trial", "3", "--trial", "7"]).trial == [3, 7]
+
+
 def _study(gains_test: list[float], spreads: list[float]) -> report.StudyData:
     widths = [2, 4, 8][:len(gains_test)]
     students = pd.DataFrame({
@@ -96,11 +113,49 @@ def _study(gains_test: list[float], spreads: list[float]) -> report.StudyData:
 
 
 def test_verdict_says_beyond_noise_only_past_twice_the_spread():
-    yes = report.gain_verdict(_study([0.05, 0.001], [0.01, 0.01]))  # +5 points, spread 1: beyond
+    yes = gains.gain_verdict(_study([0.05, 0.001], [0.01, 0.01]))  # +5 points, spread 1: beyond
     assert yes.startswith("Distillation beat training alone beyond seed noise at width 2:")
     assert "+5.0 points on test" in yes and "over 3 seeds" in yes and "kdtrain confirm s --trial 0" in yes
-    no = report.gain_verdict(_study([0.015, -0.02], [0.01, 0.01]))  # +1.5 points, spread 1: within 2x
+    no = gains.gain_verdict(_study([0.015, -0.02], [0.01, 0.01]))  # +1.5 points, spread 1: within 2x
     assert no.startswith("Distillation did not beat training alone beyond seed noise")
     assert "+1.5 points (width 2)" in no
-    g = report.gain_per_width(_study([0.05, 0.015, 0.03], [0.01, 0.01, 0.02]))
+    g = gains.gain_per_width(_study([0.05, 0.015, 0.03], [0.01, 0.01, 0.02]))
     assert list(g["beyond_noise"]) == [True, False, False]  # width 8: 3 points, but the spread is 2
+
+
+def test_with_one_baseline_seed_a_gain_is_unmeasured_not_beyond_noise():
+    one = _study([0.05, 0.017], [0.0, 0.0])  # one seed: the sample spread is 0 (or missing), any gain would "beat" it
+    one.baselines["seeds"] = "0"
+    g = gains.gain_per_width(one)
+    assert not g["beyond_noise"].any()
+    v = gains.gain_verdict(one)
+    assert v.startswith("Distillation's gain is unmeasured against seed noise: the baselines have one seed")
+    assert "+5.0 points (width 2, trial 0)" in v and "kdtrain confirm s --trial 0" in v
+    assert "beyond seed noise at" not in v
+
+
+def test_a_one_seed_sweep_reports_its_gain_as_unmeasured(tmp_path):
+    from conftest import write_sweep
+    env = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    p = write_sweep(tmp_path, **{"trials: 3": "trials: 2, baseline_seeds: 1"})
+    r = run_cli("sweep", p, "--workers", "1", "--report-dir", tmp_path / "reports", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
+    assert "Distillation's gain is unmeasured against seed noise" in summary
+    assert "beyond seed noise at" not in summary
+
+
+def test_the_verdict_names_the_widths_where_distillation_lost_and_the_front_marks_them():
+    d = _study([0.05, -0.243, -0.004], [0.01, 0.02, 0.01])  # width 4: 24.3 points below, beyond 2 x 2 points
+    g = gains.gain_per_width(d)
+    assert list(g["lost_beyond_noise"]) == [False, True, False]  # width 8: -0.4 is within the spread
+    v = gains.gain_verdict(d)
+    assert v.startswith("Distillation beat training alone beyond seed noise at width 2:")
+    assert "Distillation lost to training alone beyond seed noise at width 4 (best trial -24.3 points on test)" in v
+    # the front (two objectives here) carries each student's test gain and marks those below their baseline
+    d.objectives = {"val_accuracy": "maximize", "params": "minimize"}
+    d.students["params"] = [100, 200, 300]
+    d.students["val_accuracy"] = [0.7, 0.8, 0.9]
+    front = report.front_table(d)
+    assert list(front["below baseline"]) == [False, True, True]
+    assert front["test gain (points)"].round(1).tolist() == [5.0, -24.3, -0.4]

@@ -67,18 +67,15 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.time() + 180
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
+        while "my-study: http://" not in (tmp_path / "ui.log").read_text():  # the links: once the server answers
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-2000:]
             time.sleep(0.5)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
         assert _processes_naming(f"--port {port}")  # the mlflow ui server (and its workers) are up
         below = _descendants(proc.pid)
         assert "--host 127.0.0.1" in " ".join(below.values())  # never on every interface
         assert [c for c in below.values() if "huey" in c or "job_runner" in c] == []
+        assert len(below) <= 2, below  # MLflow's command and its one server worker, as docs/machines.md says
         # item 4: the exact link to the study's runs, on the port it serves
         assert f"my-study: http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?" in (tmp_path / "ui.log").read_text()
         proc.send_signal(signal.SIGTERM)  # once, to kdtrain ui alone
@@ -94,6 +91,21 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_kdtrain_ui_on_a_taken_port_fails_at_once_and_starts_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "kdtrain.cli", "ui", "--port", str(port)], capture_output=True,
+                           text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in r.stderr and f"--port {port + 1}" in r.stderr
+    assert "MLflow UI for" not in r.stdout and "Traceback" not in r.stderr
+    assert _processes_naming(f"--port {port}") == []
 
 
 def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_numbers(tiny_sweep, tmp_path, capsys):

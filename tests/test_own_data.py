@@ -240,7 +240,28 @@ def test_a_study_refuses_to_resume_on_changed_data(tmp_path, capsys):
     write_arrays(path, n_train=130)
     assert sweep("arrays", f"data.path={path}", "teachers.cnn.epochs=1") == 1
     err = capsys.readouterr().err
-    assert "already exists with a different settings (changed: data.content)" in err and "--new-study" in err
+    assert "study 'example-arrays' was made from other data: what" in err and "waves.npz" in err
+    assert "--new-study" in err and "restore the files" in err
+
+
+def test_a_folder_is_keyed_by_its_images_content_not_their_file_times(tmp_path):
+    """make_data.py run twice wrote the same images with new modification times: the same data, for the decoded
+    cache and for a study's settings; another image's content is other data."""
+    import os
+
+    write_images(tmp_path / "imgs", {"a": 8, "b": 8})
+    cfg = config.load(EXAMPLES / "folder.yaml", [f"data.path={tmp_path / 'imgs'}", "data.image_size=8"])
+    before = sources.identity(cfg.data)
+    write_images(tmp_path / "imgs", {"a": 8, "b": 8})  # the same pixels, written again
+    for p in (tmp_path / "imgs").rglob("*.png"):
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    sources._file_digests.clear()  # as a new process would
+    assert sources.identity(cfg.data) == before
+    start = sources.decoded_images
+    data.load(cfg.data), data.load(cfg.data)
+    assert sources.decoded_images - start in (0, 16)  # decoded at most once for both loads
+    write_images(tmp_path / "imgs", {"a": 8, "b": 8}, seed=1)  # other pixels
+    assert sources.identity(cfg.data) != before
 
 
 def test_csv_source_with_string_labels(tmp_path, capsys):

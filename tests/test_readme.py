@@ -89,7 +89,7 @@ def test_readme_and_docs_commands_use_real_subcommands_and_flags():
 
 @pytest.mark.parametrize("old, new, problem", [
     ("--pareto --seeds 3", "--pareto --seed 3", "kdtrain confirm does not accept --seed"),  # code block
-    ("--trials 12", "--trails 12", "kdtrain sweep does not accept --trails"),
+    ("--trials 30", "--trails 30", "kdtrain sweep does not accept --trails"),
     ("[--no-report]`", "[--no-reprot]`", "kdtrain sweep does not accept --no-reprot"),  # wrapped inline span
     ('"--wait", "30m"', '"--wiat", "30m"', "kdtrain worker does not accept --wiat"),  # argv list
     ("`kdtrain status --storage URL`", "`kdtrain status --tracking-uri URL`",  # another subcommand's flag

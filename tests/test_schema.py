@@ -54,3 +54,17 @@ def test_the_docs_reference_is_generated_from_the_fields():
     assert r.stdout == (ROOT / "docs" / "reference.md").read_text(), \
         "regenerate: kdtrain schema --markdown > docs/reference.md"
     assert "| `storage_patience` | str or int or float | `'10m'` |" in r.stdout
+
+
+def test_every_key_has_a_meaning_in_the_reference_and_the_schema():
+    """A field inherited from a base class (student.*, teachers[].depth, kd.loss, ...) keeps its docstring."""
+    from kdtrain.schema import json_schema, markdown_reference
+
+    rows = [ln for ln in markdown_reference().splitlines() if ln.startswith("| `")]
+    empty = [ln.split("|")[1].strip() for ln in rows if ln.rstrip().endswith("|  |")]  # an empty last cell
+    assert len(rows) > 80 and empty == [], f"keys without a meaning: {empty}"
+    schema = json_schema()
+    sections = {**schema["properties"], "teachers[]": schema["properties"]["teachers"]["items"]}
+    missing = [f"{name}.{key}" for name, sec in sections.items() for key, prop in sec.get("properties", {}).items()
+               if not prop.get("description")]
+    assert missing == [], missing

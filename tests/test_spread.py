@@ -5,7 +5,7 @@ again."""
 import optuna
 import pytest
 
-from kdtrain import search, space, sweepfile, worker
+from kdtrain import first_trials, search, space, sweepfile
 
 from conftest import ROOT, TINY_SEARCH, run_cli, write_sweep
 
@@ -56,11 +56,11 @@ def test_a_sweep_trains_the_spread_sizes_at_the_base_settings_once_even_when_res
     trials = sorted(study.trials, key=lambda t: t.number)
     base = space.base_params(cfg)
     assert [t.params for t in trials[:3]] == [base, {**base, **points[0]}, {**base, **points[1]}]
-    assert [t.user_attrs[search.T_REFERENCE] for t in trials[1:3]] == [worker.SPREAD] * 2
-    assert trials[3].user_attrs.get(search.T_REFERENCE) != worker.SPREAD  # the sampler's, or a steered teacher's
+    assert [t.user_attrs[search.T_REFERENCE] for t in trials[1:3]] == [first_trials.SPREAD] * 2
+    assert trials[3].user_attrs.get(search.T_REFERENCE) != first_trials.SPREAD  # the sampler's, or a steered teacher's
     # resumed for more trials: the spread sizes are not trained again
     r = run_cli("sweep", p, "--trials", "8", "--workers", "1", "--no-report", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert len(study.trials) == 8
-    assert sum(t.user_attrs.get(search.T_REFERENCE) == worker.SPREAD for t in study.trials) == 2
+    assert sum(t.user_attrs.get(search.T_REFERENCE) == first_trials.SPREAD for t in study.trials) == 2

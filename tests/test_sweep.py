@@ -440,6 +440,10 @@ def test_two_studies_make_one_comparison_report(swept, tmp_path):
         assert (tmp_path / "rep" / study / "index.html").exists()
     buckets = pd.read_csv(compare / "buckets.csv")
     assert set(buckets["study"]) == {"tiny", "tiny2"}
+    # no study named: every study of the store, compared, and said so (issue 33, item 13)
+    r = run_cli("report", "--out", tmp_path / "all", "--no-mlflow", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "no study named: reporting every study in the store (" in r.stdout and "tiny2" in r.stdout
 
 
 def test_heartbeat_recovery_on_an_rdb_storage(tmp_path, capsys):

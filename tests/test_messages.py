@@ -1,0 +1,46 @@
+"""What a new user's mistakes get: one line that says what is wrong and how to fix it, exit code 2 for bad input,
+no traceback (issue 33, item 11)."""
+
+import textwrap
+
+from conftest import TINY_SEARCH, run_cli, write_sweep
+
+
+def test_an_empty_sweep_file_says_it_is_empty_and_where_to_start(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing yet\n")
+    r = run_cli("sweep", p)
+    assert r.returncode == 2 and "the file is empty" in r.stderr and "sweeps/quickstart.yaml" in r.stderr, r.stderr
+    assert "kd.alpha" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_misspelt_search_key_gets_a_suggestion(tmp_path):
+    p = write_sweep(tmp_path, TINY_SEARCH.replace("kd.temperature:", "kd.temprature:"))
+    r = run_cli("sweep", p)
+    assert r.returncode == 2 and "search.kd.temprature: not a setting of the sweep file; did you mean " \
+        "kd.temperature?" in r.stderr, r.stderr
+
+
+def test_a_python_reference_that_cannot_be_imported_is_bad_input(tmp_path):
+    (tmp_path / "broken_models.py").write_text("raise RuntimeError('half-written file')\n")
+    p = write_sweep(tmp_path, textwrap.dedent("""
+        search:
+          kd.alpha: {type: float, low: 0.1, high: 1}
+        """), **{"student: {arch: mlp, width: 8}": "student: {arch: 'python:broken_models:net', width: 8}"})
+    r = run_cli("sweep", p, env={"KDTRAIN_HOME": str(tmp_path / "home")})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "importing 'broken_models' raised RuntimeError: half-written file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_names_that_would_break_subsets_or_paths_are_refused_up_front(tmp_path):
+    p = write_sweep(tmp_path, **{"name: big,": "name: 'mlp+big',", "teachers: [big]": "teachers: ['mlp+big']",
+                                  "of: [big, conv]": "of: ['mlp+big', conv]"})
+    r = run_cli("sweep", p)
+    assert r.returncode == 2 and "teachers[0] (mlp+big).name: letters, digits" in r.stderr, r.stderr
+    for bad in ("../x", "..", "a/b"):
+        q = write_sweep(tmp_path, **{"name: conv,": f"name: '{bad}',", "of: [big, conv]": f"of: [big, '{bad}']"})
+        r = run_cli("sweep", q)
+        assert r.returncode == 2 and f"({bad}).name: letters, digits" in r.stderr, (bad, r.stderr)
+    q = write_sweep(tmp_path, **{"study: {name: tiny, ": "study: {name: '..', "})
+    r = run_cli("sweep", q)
+    assert r.returncode == 2 and "study.name: must be a non-empty name without '/', not . or .." in r.stderr, r.stderr
