@@ -175,8 +175,7 @@ def _student_summary(s, t) -> dict:
             "x_throughput": s["throughput"] / t.get("throughput", np.nan)}
 
 
-FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "test gain (points)", "below baseline",
-                 "params", "size_bytes", "flops",
+FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "test gain", "params", "size_bytes", "flops",
                  "latency_ms_p50", "throughput", "x smaller", "x faster (b1)", "kd.temperature", "kd.alpha",
                  "student.width", "kd.teachers", "kd.ensemble", "kd.loss", "run_id"]
 
@@ -190,9 +189,8 @@ def front_table(d: StudyData) -> pd.DataFrame:
         f["% of teacher"] = 100 * f["val_accuracy"] / h["teacher_val_accuracy"]
         f["x smaller"] = h["teacher_params"] / f["params"]
         f["x faster (b1)"] = h["teacher_latency_ms_p50"] / f["latency_ms_p50"]
-    if "kd_gain_test" in f:  # over the same-width no-teacher baseline's mean (after the follow-up)
-        f["test gain (points)"] = 100 * f["kd_gain_test"]
-        f["below baseline"] = f["kd_gain_test"].lt(0).where(f["kd_gain_test"].notna())
+    if "kd_gain_test" in f:  # points over the same-width no-teacher baseline's mean (after the follow-up)
+        f["test gain"] = 100 * f["kd_gain_test"]
     for col in FRONT_COLUMNS:
         if col not in f:
             f[col] = np.nan
@@ -271,7 +269,20 @@ def _headline_text(d: StudyData) -> list[str]:
         lines.append(f"The most accurate student smaller than the teacher is trial {b['trial']}: "
                      f"{b['val_accuracy']:.4f} val accuracy{how}, {b['x_smaller']:.1f}x smaller.")
     verdict = gain_verdict(d)
-    return lines + ([verdict] if verdict else [])
+    return lines + below_baseline(d) + ([verdict] if verdict else [])
+
+
+def below_baseline(d: StudyData) -> list[str]:
+    """The front's students that a no-teacher student of their width beats on test, said once."""
+    f = d.front
+    low = f[f["kd_gain_test"] < 0] if "kd_gain_test" in f else f.iloc[0:0]
+    if low.empty:
+        return []
+    which = ", ".join(f"{int(t)} ({100 * g:+.1f})" for t, g in zip(low["trial"], low["kd_gain_test"]))
+    return [f"On the front, trial{'s' if len(low) > 1 else ''} {which} score{'' if len(low) > 1 else 's'} below the "
+            f"no-teacher baseline of {'their' if len(low) > 1 else 'its'} width on test (points): a student trained "
+            "alone is the better choice there; register and export --pareto still include them (name trials with "
+            "--trial to leave them out)."]
 
 
 def label_lines(d: StudyData) -> list[str]:
@@ -351,8 +362,8 @@ def _page(d: StudyData, head: list[str], counts: str, fronts: list[str], hyper: 
 crosses. Latency at batch 1.</p>
 {_figures(fronts)}
 <h2>Pareto-optimal students</h2>
-<p class="muted">test gain: points over the same-width no-teacher baseline's mean; below baseline: a student of that
-width trained without a teacher is more accurate on test (register and export --pareto still include it).</p>
+<p class="muted">test gain: points over the same-width no-teacher baseline's mean; below 0, a student of that width
+trained without a teacher is more accurate on test (register and export --pareto still include it).</p>
 <div style="overflow-x:auto">{pages.html_table(table, "pareto", d.link)}</div>
 <h2>Teachers</h2>
 <p class="muted">Each teacher's accuracy on its own data's test split (source) and on the student's test split, mapped

@@ -265,7 +265,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
 
 def _check_study(s, need: _Need) -> None:
     need(bool(s.name) and "/" not in s.name and s.name not in (".", ".."),
-         f"study.name: must be a non-empty name without '/', not . or .. (it names folders), got {s.name!r}")
+         f"study.name: must be one folder name (not empty, no '/', not . or ..), got {s.name!r}")
     need(len(s.objectives) > 0, "study.objectives: give at least one metric -> maximize/minimize")
     for metric, direction in s.objectives.items():
         need(metric in METRICS, f"study.objectives.{metric}: unknown metric (known: {', '.join(METRICS)})")

@@ -43,4 +43,5 @@ def test_names_that_would_break_subsets_or_paths_are_refused_up_front(tmp_path):
         assert r.returncode == 2 and f"({bad}).name: letters, digits" in r.stderr, (bad, r.stderr)
     q = write_sweep(tmp_path, **{"study: {name: tiny, ": "study: {name: '..', "})
     r = run_cli("sweep", q)
-    assert r.returncode == 2 and "study.name: must be a non-empty name without '/', not . or .." in r.stderr, r.stderr
+    assert r.returncode == 2 and "study.name: must be one folder name (not empty, no '/', not . or ..)" in r.stderr, \
+        r.stderr
