@@ -24,7 +24,7 @@ def steer(ctx) -> tuple[dict, str] | None:
     points = space.spread_points(ctx.cfg, search.target(ctx.study, ctx.cfg))
     if points:
         drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
-        taken = [{k: t.params.get(k) for k in points[0]} for t in drawn
+        taken = [{k: _params(t).get(k) for k in points[0]} for t in drawn
                  if t.user_attrs.get(search.T_REFERENCE) == SPREAD]
         left = [p for p in points if p not in taken]
         if left:
@@ -50,6 +50,12 @@ def steer_teachers(ctx) -> tuple[dict, str] | None:
     drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING")
     if not any(t.user_attrs.get(search.T_REFERENCE) == STEERED for t in drawn):
         return None  # every teacher was ready from the start: the sampler's own start-up covers the subsets
-    seen = {t.params.get("kd.teachers") for t in drawn}
+    seen = {_params(t).get("kd.teachers") for t in drawn}
     unseen = [s for s in space.subsets(spec["of"]) if s not in seen]
     return ({"kd.teachers": unseen[0]}, "a teachers subset the start-up could not draw") if unseen else None
+
+
+def _params(t) -> dict:
+    """A trial's params, or the ones it was queued with while it has not suggested them yet (WAITING, or RUNNING
+    on another worker that has asked it but not yet reached its suggestions)."""
+    return t.params or t.system_attrs.get("fixed_params", {})

@@ -64,3 +64,18 @@ def test_a_sweep_trains_the_spread_sizes_at_the_base_settings_once_even_when_res
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert len(study.trials) == 8
     assert sum(t.user_attrs.get(search.T_REFERENCE) == first_trials.SPREAD for t in study.trials) == 2
+
+
+def test_a_spread_size_asked_by_one_worker_is_not_given_to_another(tmp_path):
+    """A worker asks its trial under the study's lock but suggests its params after: a trial that is RUNNING without
+    params yet still holds its spread size (its queued params), so the next worker gets the next size."""
+    from types import SimpleNamespace
+
+    cfg = _quickstart()
+    study = search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "q", 20)
+    ctx = SimpleNamespace(cfg=cfg, study=study)
+    fixed, why = first_trials.steer(ctx)
+    assert fixed["student.width"] == 2 and why == first_trials.SPREAD
+    study.enqueue_trial(fixed, user_attrs={search.T_REFERENCE: why})
+    study.ask(), study.ask()  # the base trial, then the spread one: both RUNNING, neither has suggested yet
+    assert first_trials.steer(ctx)[0]["student.width"] == 3
