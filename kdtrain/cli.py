@@ -375,9 +375,8 @@ def cmd_confirm(args) -> int:
 
     preflight.check_tracking(args.tracking_uri)
     preflight.storage(args.storage)
-    _chosen(search.load(args.study, args.storage), args)  # a missing study or trial: said before any teacher trains
+    trials = _chosen(search.load(args.study, args.storage), args)  # a missing study or trial: before any teacher
     ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
-    trials = _chosen(ctx.study, args)
     total = baselines.confirm_plan(ctx, trials, args.seeds)
     print(f"confirm: {len(trials)} trial(s) x {args.seeds} new seed(s): {total} training(s) to run (each seed "
           "distilled, and the no-teacher baseline of each seed not trained on this machine before)")

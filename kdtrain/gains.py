@@ -26,9 +26,9 @@ def gain_per_width(d) -> pd.DataFrame:
     best = s.loc[s.groupby("student.width")["val_accuracy"].idxmax()].sort_values("student.width").copy()
     for c in ("kd_gain", "kd_gain_test"):
         best[c] = 100 * best[c]  # points
-    noise, measured = NOISE * 100 * best["baseline_test_accuracy_std"], baseline_seeds(d) > 1
-    best["beyond_noise"] = (best["kd_gain_test"] > 0) & measured & (best["kd_gain_test"] > noise)
-    best["lost_beyond_noise"] = (best["kd_gain_test"] < 0) & measured & (-best["kd_gain_test"] > noise)
+    won, lost = _past(best["kd_gain_test"], NOISE * 100 * best["baseline_test_accuracy_std"])
+    measured = baseline_seeds(d) > 1
+    best["beyond_noise"], best["lost_beyond_noise"] = won & measured, lost & measured
     best["pending"] = best["kd_gain_test"].isna()  # its follow-up (study.follow_up: after) not done yet
     best["confirmed_seeds"], best["gain_std"] = 0, np.nan
     c = d.confirmed
@@ -39,10 +39,14 @@ def gain_per_width(d) -> pd.DataFrame:
         best.loc[hit, "gain_std"] = rows["gain_std"].to_numpy()
         best.loc[hit, "confirmed_seeds"] = rows["seeds"].to_numpy()
         best.loc[hit, "test_accuracy"] = rows["test"].to_numpy()
-        best.loc[hit, "beyond_noise"] = (rows["gain"] > NOISE * rows["gain_std"]).to_numpy() & (rows["gain"] > 0).to_numpy()
-        best.loc[hit, "lost_beyond_noise"] = (-rows["gain"] > NOISE * rows["gain_std"]).to_numpy() & \
-            (rows["gain"] < 0).to_numpy()
+        won, lost = _past(rows["gain"], NOISE * rows["gain_std"])
+        best.loc[hit, "beyond_noise"], best.loc[hit, "lost_beyond_noise"] = won.to_numpy(), lost.to_numpy()
     return best[GAIN_COLUMNS + ["confirmed_seeds", "gain_std", "pending"]].reset_index(drop=True)
+
+
+def _past(gain: pd.Series, noise: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(won, lost): a gain above the noise and positive; a gain below minus the noise and negative."""
+    return (gain > 0) & (gain > noise), (gain < 0) & (-gain > noise)
 
 
 def gain_verdict(d) -> str:

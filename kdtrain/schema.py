@@ -63,9 +63,10 @@ class StudyConfig:
     spread: bool = True
     """With a cost objective (params, size_bytes, flops, latency, throughput) and student.width or student.depth
     searched as an int range, the trials after the base trial train the base settings at student sizes spread
-    across that range (about a doubling apart, log scale, smallest first; at most 4 and at most a quarter of
-    study.trials), so that the front spans the sizes from its first trials; the sampler draws every trial after
-    them. false: the sampler draws every trial after the base trial."""
+    across that range (a factor of about 1.4 apart in width, about 2 in parameters, log scale, smallest first; the
+    base trial's size left out; at most 6 and at most a third of the study's trials), so that the front spans the
+    sizes from its first trials; the sampler draws every trial after them. false: the sampler draws every trial
+    after the base trial."""
     storage_patience: str | int | float = "10m"
     """How long a worker waits out its study's database (PostgreSQL restarted, a network cut: retried while the
     trial trains) or its MLflow tracking server (a finished trial's writes kept on disk) being unreachable,

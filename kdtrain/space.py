@@ -79,8 +79,7 @@ def spread_points(cfg: Config, trials: int | None = None, cap: int = 6) -> list[
     int student.width and student.depth at the same quantile of its range, the quantiles a factor of about 1.4
     apart in width (about 2 in a convolution's or a linear layer's parameters; log scale, the low end included),
     the base trial's size left out; at most `cap` of them and at most a third of `trials` (the study's target, else
-    study.trials). Empty when no
-    objective is a cost, or when no size key is searched as an int range."""
+    study.trials). Empty when no objective is a cost, or when no size key is searched as an int range."""
     from kdtrain.pareto import COSTS
 
     keys = [k for k in SIZE_KEYS if cfg.search.get(k, {}).get("type") == "int"]

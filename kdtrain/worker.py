@@ -339,10 +339,11 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
     """Ask, run, tell until the study has its trial count (COMPLETE + PRUNED) or the deadline passes."""
     waiting_said, goal = False, search.target(ctx.study, ctx.cfg)
     while True:
-        if search.target(ctx.study, ctx.cfg) != goal:  # another kdtrain sweep set a new total (recovery.retarget)
-            print(f"study {ctx.study.study_name}: its target changed from {goal} to "
-                  f"{search.target(ctx.study, ctx.cfg)} trials (set by another kdtrain sweep)", flush=True)
-            goal = search.target(ctx.study, ctx.cfg)
+        now = search.target(ctx.study, ctx.cfg)
+        if now != goal:  # another kdtrain sweep set a new total (recovery.retarget)
+            print(f"study {ctx.study.study_name}: its target changed from {goal} to {now} trials (set by another "
+                  "kdtrain sweep)", flush=True)
+            goal = now
         ctx.tracker.labels = {}
         # a tracking server away: the finished trials' kept writes go first (a rerun sends a dead worker's too)
         ctx.tracker.wait_sent(schema.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
