@@ -15,6 +15,15 @@ class Terminated(KeyboardInterrupt):
     the running trial is failed and queued again, the MLflow run closed, the stop said."""
 
 
+def not_a_stop(record) -> bool:
+    """A logging filter: False for a record whose exception a Ctrl-C or SIGTERM caused (MLflow logs the SQLite
+    write it cut short with a traceback; kdtrain says the stop once and closes the run as KILLED)."""
+    e = record.exc_info[1] if record.exc_info else None
+    while e is not None and not isinstance(e, KeyboardInterrupt):
+        e = e.__context__
+    return e is None
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's first non-empty line, cut to limit characters (its type name when it says nothing): the
     reason shown inside kdtrain's one-line errors."""

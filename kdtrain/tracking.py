@@ -19,7 +19,7 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from kdtrain.errors import KdtrainError, first_line
+from kdtrain.errors import KdtrainError, first_line, not_a_stop
 from kdtrain.paths import home, redact
 from kdtrain.outbox import PENDING, Deferring, Outbox, _reason, unreachable  # noqa: F401
 from kdtrain.shared import atomic_dir
@@ -61,6 +61,7 @@ def _quiet() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its advice on pickle: a TorchScript file is none
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").addFilter(not_a_stop)  # added once: a filter is never added twice
     warnings.filterwarnings("ignore", module="mlflow")
     warnings.filterwarnings("ignore", message=".*noload.*")
 
