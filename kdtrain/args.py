@@ -97,6 +97,24 @@ def _choose(sp) -> None:
     which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
 
 
+def _floor(sp) -> None:
+    """--min-gain: which front students --pareto leaves out (below the no-teacher baseline of their width)."""
+    sp.add_argument("--min-gain", type=_min_gain, default=0.0, metavar="POINTS",
+                    help="with --pareto, leave out students whose test gain over the no-teacher baseline of their "
+                    "width (kdtrain confirm's paired gain where it ran) is below POINTS (default 0: students a "
+                    "student trained alone beats); 'any' keeps the whole front")
+
+
+def _min_gain(text: str) -> float | None:
+    """--min-gain: points (a float, may be negative) or any (no floor)."""
+    if text.strip().lower() == "any":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points (e.g. 0, 1.5, -2) or 'any'") from None
+
+
 def _with_sweep(sub, name: str, help_: str):
     sp = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.registries = True
@@ -179,6 +197,7 @@ def _add_study_commands(sub) -> None:
     ep = _command(sub, "export", "export trials of a study to ONNX and TorchScript with a JSON card")
     _study_arg(ep)
     _choose(ep)
+    _floor(ep)
     ep.add_argument("--out", default="exports", help="output folder (default: exports/)")
     _stores(ep)
 
@@ -195,6 +214,7 @@ def _add_study_commands(sub) -> None:
                   "description its deployment card")
     _study_arg(gp)
     _choose(gp)
+    _floor(gp)
     gp.add_argument("--name", type=_text, required=True, help="the registered model's name, e.g. mnist1d-student")
     gp.add_argument("--alias", type=_text, help="an alias (e.g. champion) for the most accurate of the chosen "
                     "versions (by the mean val accuracy over kdtrain confirm's new seeds where it ran, else by val "

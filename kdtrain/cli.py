@@ -325,15 +325,15 @@ def cmd_profile(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from kdtrain import baselines, preflight, search
+    from kdtrain import baselines, preflight, search, ship
     from kdtrain.export import export_model, make_card, need_onnx
     from kdtrain.tracking import Tracker
 
     need_onnx()
     preflight.check_tracking(args.tracking_uri)
     study = search.load(args.study, args.storage, preflight.storage(args.storage))
-    chosen = _chosen(study, args)
     tracker = Tracker(search.tracking_uri(study, args.tracking_uri))
+    chosen = ship.above_floor(tracker, args.study, _chosen(study, args), args.min_gain if args.pareto else None)
     rows = []
     for t in chosen:
         cfg, ds, model = baselines.trial_student(tracker, t.user_attrs.get(search.T_RUN))
@@ -400,7 +400,8 @@ def cmd_register(args) -> int:
     uri = search.tracking_uri(study, args.tracking_uri)
     check_reachable(uri)
     tracker = Tracker(uri)
-    rows, ranked_by = ship.register(tracker, args.study, _chosen(study, args), args.name, args.alias)
+    chosen = ship.above_floor(tracker, args.study, _chosen(study, args), args.min_gain if args.pareto else None)
+    rows, ranked_by = ship.register(tracker, args.study, chosen, args.name, args.alias)
     print(table(rows, ["trial", "val_acc", "confirmed_val_acc", "version", "model", "alias"]))
     if args.alias:
         print(f"\nalias {args.alias}: {ranked_by}")

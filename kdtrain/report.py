@@ -275,14 +275,19 @@ def _headline_text(d: StudyData) -> list[str]:
 def below_baseline(d: StudyData) -> list[str]:
     """The front's students that a no-teacher student of their width beats on test, said once."""
     f = d.front
-    low = f[f["kd_gain_test"] < 0] if "kd_gain_test" in f else f.iloc[0:0]
+    if "kd_gain_test" not in f:
+        return []
+    gain = 100 * f["kd_gain_test"]  # points; kdtrain confirm's paired gain where it ran (as register/export judge)
+    sure = f["trial"].astype(int).isin(d.confirmed.index)
+    gain[sure] = d.confirmed.loc[f.loc[sure, "trial"].astype(int), "gain"].to_numpy()
+    low = f[gain < 0]
     if low.empty:
         return []
-    which = ", ".join(f"{int(t)} ({100 * g:+.1f})" for t, g in zip(low["trial"], low["kd_gain_test"]))
+    which = ", ".join(f"{int(t)} ({g:+.1f})" for t, g in zip(low["trial"], gain[gain < 0]))
     return [f"On the front, trial{'s' if len(low) > 1 else ''} {which} score{'' if len(low) > 1 else 's'} below the "
             f"no-teacher baseline of {'their' if len(low) > 1 else 'its'} width on test (points): a student trained "
-            "alone is the better choice there; register and export --pareto still include them (name trials with "
-            "--trial to leave them out)."]
+            "alone is the better choice there; register and export --pareto leave them out (--min-gain any "
+            "keeps them)."]
 
 
 def label_lines(d: StudyData) -> list[str]:

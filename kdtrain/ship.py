@@ -85,6 +85,40 @@ def confirmed_trials(tracker: Tracker, study_name: str) -> dict[int, dict]:
     return {int(trial): {**row, "seeds": int(row["seeds"])} for trial, row in stats.iterrows()}
 
 
+def above_floor(tracker: Tracker, study_name: str, chosen: list, min_gain: float | None,
+                log: Callable[[str], None] = print) -> list:
+    """The chosen front students whose test gain over the no-teacher baseline of their width is at least
+    `min_gain` points (kdtrain confirm's paired gain over its new seeds where it ran, else the gain of the single
+    training against the baseline's seed mean, as the report's Pareto table shows it); None keeps every one. One
+    line names those left out; a student whose gain is not measured yet (its follow-up not done) is kept and said."""
+    if min_gain is None:
+        return chosen
+    confirmed = confirmed_trials(tracker, study_name)
+    kept, out, unknown = [], [], []
+    for t in chosen:
+        c = confirmed.get(t.number)
+        run_id = t.user_attrs.get(search.T_RUN)
+        gain = c["gain"] if c else 100 * tracker.metrics(run_id).get("kd_gain_test", float("nan")) if run_id else None
+        if gain is None or gain != gain:
+            unknown.append(t.number)
+            kept.append(t)
+        elif gain < min_gain:
+            out.append(f"{t.number} ({gain:+.1f}{' confirmed' if c else ''})")
+        else:
+            kept.append(t)
+    if out:
+        log(f"left out (test gain over the no-teacher baseline of their width below {min_gain:g} points): trial"
+            f"{'s' if len(out) > 1 else ''} {', '.join(out)}; --min-gain any keeps them")
+    if unknown:
+        log(f"kept, gain not measured yet (the sweep's follow-up has not run): trial{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(str, unknown))}")
+    if not kept:
+        raise KdtrainError(f"every student on the front of {study_name!r} is below --min-gain {min_gain:g} points "
+                           "over the no-teacher baseline of its width: a student trained alone is the better choice; "
+                           "--min-gain any (or --trial N) takes them anyway")
+    return kept
+
+
 class _DashboardServer(ThreadingMixIn, WSGIServer):
     """optuna-dashboard's WSGI app, a thread per request (daemon threads: a request in flight, even a half-sent one,
     never keeps the process alive once the server stops)."""

@@ -151,7 +151,8 @@ def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(
 def test_register_the_front_with_an_alias_and_load_it(home, capsys):
     import mlflow
 
-    assert main(["register", "ship", "--pareto", "--name", "ship-student", "--alias", "champion"]) == 0
+    assert main(["register", "ship", "--pareto", "--name", "ship-student", "--alias", "champion",
+                 "--min-gain", "any"]) == 0
     out = capsys.readouterr().out
     assert "champion" in out and "models:/ship-student/1" in out
     client = MlflowClient(store(home))
@@ -166,7 +167,7 @@ def test_register_the_front_with_an_alias_and_load_it(home, capsys):
     assert f"trial {best.number} of study `ship`" in card and "gain over the no-teacher baseline" in card
     assert "batch 1, 1 thread(s), cpu, eager" in card and "preprocessed as x = (raw * scale - mean[c]) / std[c]" in card
     # registering again adds no version; the alias loads
-    assert main(["register", "ship", "--pareto", "--name", "ship-student"]) == 0
+    assert main(["register", "ship", "--pareto", "--name", "ship-student", "--min-gain", "any"]) == 0
     assert len(client.search_model_versions("name = 'ship-student'")) == len(versions)
     mlflow.set_tracking_uri(store(home))
     try:
@@ -174,6 +175,42 @@ def test_register_the_front_with_an_alias_and_load_it(home, capsys):
     finally:
         mlflow.set_tracking_uri("")
     assert pred.shape == (3, 4)
+
+
+@pytest.mark.xdist_group("mlflow-models-shipped")
+def test_register_and_export_pareto_leave_out_students_below_the_gain_floor(home, tmp_path, capsys):
+    """Issue 33 item 4: --pareto skips front students below the no-teacher baseline of their width (default) or
+    below --min-gain POINTS; --min-gain any keeps the whole front; a floor nobody reaches is refused in one line."""
+    client = MlflowClient(store(home))
+    study = optuna.load_study(study_name="ship", storage=search.open_storage(str(home / "optuna.journal")))
+    gains = {t.number: 100 * client.get_run(t.user_attrs[search.T_RUN]).data.metrics["kd_gain_test"]
+             for t in study.best_trials}
+    low, high = min(gains.values()), max(gains.values())
+    assert low < high, gains  # the front's students differ in gain: a floor between them splits the front
+
+    def registered(name):
+        return {int(v.tags["optuna.trial"]) for v in client.search_model_versions(f"name = '{name}'")}
+
+    floor = (low + high) / 2
+    assert main(["register", "ship", "--pareto", "--name", "floored", "--min-gain", f"{floor:.6f}"]) == 0
+    out = capsys.readouterr().out
+    below = {n for n, g in gains.items() if g < floor}
+    assert registered("floored") == set(gains) - below and below
+    assert "left out" in out and all(f"{n} ({gains[n]:+.1f})" in out for n in below), out
+    assert main(["register", "ship", "--pareto", "--name", "default-floor"]) == 0
+    assert registered("default-floor") == {n for n, g in gains.items() if g >= 0}
+    assert main(["register", "ship", "--pareto", "--name", "whole-front", "--min-gain", "any"]) == 0
+    assert registered("whole-front") == set(gains)
+    assert main(["register", "ship", "--trial", str(min(gains, key=gains.get)), "--name", "named",
+                 "--min-gain", f"{high + 1:.6f}"]) == 0  # --trial names what the user wants: no floor
+    assert main(["export", "ship", "--pareto", "--min-gain", f"{high + 1:.6f}", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "every student on the front of 'ship' is below --min-gain" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(SystemExit) as stop:
+        main(["register", "ship", "--pareto", "--name", "x", "--min-gain", "lots"])
+    assert stop.value.code == 2
+    assert "'lots' is not a number of points" in capsys.readouterr().err
 
 
 @pytest.mark.xdist_group("mlflow-models-shipped")
