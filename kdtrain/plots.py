@@ -107,15 +107,27 @@ def front_plot(d, x: str, xlabel: str, folder: Path, name: str, colour: str = "k
 TEACHER_COLOURS = ("tab:orange", "gold", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
-def _number(value: float, _pos=None) -> str:
-    """A tick value in plain digits (0.3, 2, 1,500, 2e+06), never 3×10⁻¹."""
+def _number(value: float, _pos=None, compact: bool = False) -> str:
+    """A tick value in plain digits (0.3, 2, 1,500), never 3×10⁻¹; `compact` (an axis reaching 10,000 or more)
+    writes thousands and millions as 5k, 200k, 1M, 30M, so that one axis never mixes 1,000,000 with 1e7."""
     if value == 0:
         return "0"
+    if compact and abs(value) >= 1e3:
+        for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= div:
+                return f"{value / div:.3g}{suffix}"
     if 1 <= abs(value) < 1e7 and value == round(value):
-        return f"{value:,.0f}"  # 10,000 (not 1e+04)
+        return f"{value:,.0f}"  # 1,500 (not 1.5e+03)
     if 1e-3 <= abs(value) < 1e5:
         return f"{value:,.4g}"
     return f"{value:.0e}".replace("e+0", "e").replace("e-0", "e-")
+
+
+def _axis_numbers(axis):
+    """_number for this axis's ticks: compact when the axis's view reaches 10,000 (read at drawing time)."""
+    import matplotlib.ticker as mt
+
+    return mt.FuncFormatter(lambda v, pos: _number(v, pos, compact=max(map(abs, axis.get_view_interval())) >= 1e4))
 
 
 def log_ticks(axis) -> None:
@@ -133,7 +145,7 @@ def log_ticks(axis) -> None:
     else:
         inside = []
     axis.set_major_locator(mt.LogLocator(base=10, subs=subs) if len(inside) >= 2 else mt.MaxNLocator(4))
-    axis.set_major_formatter(mt.FuncFormatter(_number))
+    axis.set_major_formatter(_axis_numbers(axis))
     axis.set_minor_locator(mt.LogLocator(base=10, subs=tuple(range(2, 10))))
     axis.set_minor_formatter(mt.NullFormatter())
 
@@ -164,7 +176,7 @@ def hyper_plots(d, folder: Path) -> list[str]:
         items = sorted(d.importances.items(), key=lambda kv: kv[1])
         ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
         ax.set_xlabel(f"importance for {next(iter(d.objectives))} (Optuna's default evaluator)")
-        ax.set_title("hyperparameter importance")
+        ax.set_title(f"hyperparameter importance ({len(d.history)} trials: a hint, not a measurement)", fontsize=9)
         names.append(save(fig, folder, "importances"))
     if not d.history.empty:
         fig, ax = plt.subplots(figsize=(5, 3.6))

@@ -237,9 +237,14 @@ def _mlflow_link(d: StudyData) -> str:
     return f"runs in MLflow: <code>kdtrain ui {html.escape(d.name)}</code> serves them and prints the link"
 
 
+CAPTIONS = {"importances": "A hint where to search next, not a measured effect: Optuna's importances are fitted to "
+                          "few trials, and settings that move together (a student's width and its size, the first "
+                          "trials' sizes at the base T and alpha) share their credit."}
+
+
 def _figures(names: list[str]) -> str:
-    return "\n".join(f'<figure><img src="{n}.png" alt="{n}"><figcaption><a href="{n}.svg">{n}.svg</a>'
-                     f"</figcaption></figure>" for n in names)
+    return "\n".join(f'<figure><img src="{n}.png" alt="{n}"><figcaption>{html.escape(CAPTIONS.get(n, ""))} '
+                     f'<a href="{n}.svg">{n}.svg</a></figcaption></figure>' for n in names)
 
 
 def _headline_text(d: StudyData) -> list[str]:

@@ -148,3 +148,35 @@ def test_headline_without_a_student_at_95_percent_or_smaller_than_the_teacher():
     lines = report._headline_text(headline_study(at_bar, [("t", 0.8, 1_000, 1.0, 1.0)]))
     assert "keeping 95% of its accuracy is trial 8: 0.7600 val" in lines[1]
     assert report._headline_text(headline_study([])) == ["No complete trials or no teacher yet."]
+
+
+@pytest.mark.parametrize("low, high", [(3e5, 2e7), (5e3, 4e6), (2e4, 9e4)])
+def test_a_parameters_axis_writes_its_ticks_in_one_style(low, high):
+    """Issue 33 item 13: the parameters axis mixed "1,000,000" with "1e7" (digits below 10 million, powers above);
+    every tick of one axis now reads the same way (5k, 200k, 1M, 30M)."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdtrain import plots
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.scatter([low, high], [0.5, 0.9])
+    ax.set_xscale("log")
+    plots.log_ticks(ax.xaxis)
+    plots.declutter(fig)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    plt.close(fig)
+    assert len(labels) >= 2, labels
+    assert all(re.fullmatch(r"\d+(\.\d+)?[kMG]|\d{1,3}", lab) for lab in labels), labels
+    assert not any("e" in lab or "," in lab for lab in labels), labels
+
+
+def test_the_importances_picture_says_it_is_a_hint(tmp_path):
+    """Issue 33 item 13: Optuna's importances over a handful of trials, confounded with width, carried no caveat."""
+    html = report._figures(["importances", "history"])
+    assert "not a measured effect" in html.split("history.png")[0] and html.count("not a measured effect") == 1
