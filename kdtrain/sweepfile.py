@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,21 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     if not raw:
         raise ConfigError(["the file is empty: a sweep file names at least its teachers: and its search: (start "
                            "from a copy of sweeps/quickstart.yaml; every key: docs/reference.md)"], str(p))
-    return from_dict(raw, str(p), overrides)
+    try:
+        return from_dict(raw, str(p), overrides)
+    except ConfigError as e:
+        raise ConfigError([p_ + _how_made(p_, text) for p_ in e.problems], str(p)) from None
+
+
+def _how_made(problem: str, text: str) -> str:
+    """For a data path that does not exist: where relative paths are read from, and the command the sweep file's
+    own comments give to make its data (the examples': python sweeps/examples/make_data.py data), if any."""
+    if ": no such f" not in problem or not problem.startswith("data."):
+        return ""
+    comments = " ".join(line.lstrip("# ") for line in text.splitlines() if line.lstrip().startswith("#"))
+    made = re.search(r"(python3? \S+\.py[^(.;#]*)", comments)
+    return (f"; relative paths are read from the current folder ({Path.cwd()})"
+            + (f"; the sweep file makes its data with: {made.group(1).strip()}" if made else ""))
 
 
 def replace(cfg: Config, values: dict[str, Any]) -> Config:

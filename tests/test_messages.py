@@ -45,3 +45,28 @@ def test_names_that_would_break_subsets_or_paths_are_refused_up_front(tmp_path):
     r = run_cli("sweep", q)
     assert r.returncode == 2 and "study.name: must be one folder name (not empty, no '/', not . or ..)" in r.stderr, \
         r.stderr
+
+
+def test_an_example_run_before_its_data_is_made_says_how_to_make_it(tmp_path, monkeypatch):
+    """Issue 33 item 11: folder.yaml before make_data.py said only 'no such folder'; the sweep file's own comments
+    name the command that makes the data, and relative paths are read from the current folder."""
+    from pathlib import Path
+
+    import pytest
+
+    from kdtrain import sweepfile
+    from kdtrain.errors import ConfigError
+
+    examples = Path(__file__).resolve().parent.parent / "sweeps" / "examples"
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    for name in ("folder.yaml", "csv.yaml"):
+        with pytest.raises(ConfigError) as e:
+            sweepfile.load(examples / name)
+        (line,) = [p for p in e.value.problems if p.startswith("data.path: no such")]
+        assert "the sweep file makes its data with: python sweeps/examples/make_data.py data" in line, line
+        assert f"relative paths are read from the current folder ({tmp_path})" in line, line
+    (tmp_path / "mine.yaml").write_text("data: {name: folder, path: nowhere}\n")
+    with pytest.raises(ConfigError) as e:  # no comment to quote: where relative paths are read from, no more
+        sweepfile.load(tmp_path / "mine.yaml")
+    (line,) = [p for p in e.value.problems if p.startswith("data.path: no such")]
+    assert "current folder" in line and "makes its data" not in line
