@@ -282,13 +282,12 @@ def below_baseline(d: StudyData) -> list[str]:
     f = d.front
     if "kd_gain_test" not in f:
         return []
-    gain = 100 * f["kd_gain_test"]  # points; kdtrain confirm's paired gain where it ran (as register/export judge)
-    sure = f["trial"].astype(int).isin(d.confirmed.index)
-    gain[sure] = d.confirmed.loc[f.loc[sure, "trial"].astype(int), "gain"].to_numpy()
-    low = f[gain < 0]
-    if low.empty:
+    c = d.confirmed  # kdtrain confirm's paired gain where it ran (as register/export --pareto judge), else the run's
+    gain = {int(t): c.loc[int(t), "gain"] if int(t) in c.index else 100 * g for t, g in zip(f["trial"], f["kd_gain_test"])}
+    low = {t: g for t, g in gain.items() if g < 0}
+    if not low:
         return []
-    which = ", ".join(f"{int(t)} ({g:+.1f})" for t, g in zip(low["trial"], gain[gain < 0]))
+    which = ", ".join(f"{t} ({g:+.1f})" for t, g in low.items())
     return [f"On the front, trial{'s' if len(low) > 1 else ''} {which} score{'' if len(low) > 1 else 's'} below the "
             f"no-teacher baseline of {'their' if len(low) > 1 else 'its'} width on test (points): a student trained "
             "alone is the better choice there; register and export --pareto leave them out (--min-gain any "

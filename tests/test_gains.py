@@ -160,3 +160,5 @@ def test_the_verdict_names_the_widths_where_distillation_lost_and_the_front_mark
     assert front["test gain"].round(1).tolist() == [5.0, -24.3, -0.4]
     said = report.below_baseline(d)
     assert said and said[0].startswith("On the front, trials 1 (-24.3), 2 (-0.4) score below the no-teacher baseline")
+    d.students = d.students.iloc[[2, 0, 1]]  # as a real study's front comes: sorted by cost, not by row
+    assert report.below_baseline(d) == said  # (a boolean-mask assignment once raised a TypeError on this)
