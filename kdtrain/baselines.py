@@ -68,10 +68,11 @@ def logged_whole(ctx, tags: dict) -> bool:
     return done
 
 
-def baseline_runs(ctx, cfg: Config, seeds: list[int], say: Callable[[str], None] | None = None) -> dict:
+def baseline_runs(ctx, cfg: Config, seeds: list[int], say: Callable[[str], None] | None = None,
+                  on_epoch=None) -> dict:
     """The no-teacher (alpha = 0) student of cfg trained with each of the given train seeds, cached per machine
     and seed: {"metrics": deployment metrics, "runs": {seed: accuracies and per-epoch history}}. `say` announces
-    each training (default: the context's log)."""
+    each training (default: the context's log), `on_epoch` follows its epochs."""
     key = student_key(cfg)
     path = baseline_file(key)
     with file_lock(f"baseline-{key}"):
@@ -81,7 +82,7 @@ def baseline_runs(ctx, cfg: Config, seeds: list[int], say: Callable[[str], None]
             (say or ctx.log)(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
                              f"(seed {seed})")
             r = distill_student(sweepfile.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}), ctx.ds, {},
-                                epoch_guard=cpu_room)
+                                on_epoch=on_epoch, epoch_guard=cpu_room)
             if "metrics" not in result:
                 result["metrics"] = measure(r.model, ctx, cfg.student)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,16 +238,16 @@ def _confirm_runs(ctx, trial, seed: int) -> list[str]:
     return ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "confirm", **_confirm_tags(ctx, trial, seed)})
 
 
-def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None) -> dict:
+def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None, on_epoch=None) -> dict:
     """Retrain a finished trial with n new seeds (train.seed + 1, + 2, ...; same settings otherwise), each
     paired with the no-teacher baseline of the same seed. Every retraining is a run (kdtrain.role=confirm)
     under the study's parent run; seeds confirmed before are reused, not retrained. `say` announces each
-    training (a console.Countdown's step). Returns the summary: mean and spread of accuracies, and of the
+    training (a console.Countdown's step), `on_epoch` follows its epochs (the Countdown's epoch). Returns the summary: mean and spread of accuracies, and of the
     paired gains."""
     say = say or ctx.log
     cfg = trial_config(ctx.tracker, trial.user_attrs[search.T_RUN])
     seeds = _confirm_seeds(cfg, n_seeds)
-    base = baseline_runs(ctx, cfg, seeds, say)["runs"]
+    base = baseline_runs(ctx, cfg, seeds, say, on_epoch)["runs"]
     runs = []
     for seed in seeds:
         found = _confirm_runs(ctx, trial, seed)
@@ -255,7 +256,8 @@ def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None) 
             continue
         say(f"trial {trial.number} distilled with seed {seed}")
         pool = ctx.need(cfg.kd_teachers) if cfg.kd.alpha > 0 else ctx.pool
-        r = distill_student(sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, pool, epoch_guard=cpu_room)
+        r = distill_student(sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, pool, on_epoch=on_epoch,
+                            epoch_guard=cpu_room)
         b = base[str(seed)]
         metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,
                    "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],

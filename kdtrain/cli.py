@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kdtrain.args import build_parser, study_name_problem
 from kdtrain.shared import available_cpus, available_memory_gb, plan_workers
-from kdtrain.console import Countdown, EpochProgress, front_table, table, teacher_progress
+from kdtrain.console import Countdown, EpochProgress, beside_bar, front_table, table, teacher_progress
 
 
 def _load(args):
@@ -165,13 +165,14 @@ def cmd_sweep(args) -> int:
         print(f"teacher {t.name}: " + (f"{'cached' if pool[t.name].cached else pool[t.name].source}, val_acc "
               f"{pool[t.name].val_accuracy:.4f}, {pool[t.name].params_text} params" if t.name in pool else
               "trained when a trial first needs it (the first trials draw among the teachers ready)"))
+    print("opening the study's stores; its parent and teacher runs go to MLflow (a few seconds the first time)")
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage or search.open_storage(args.storage), name, trials)
     said = recovery.retarget(study, trials, _trials_source(args, cfg))
     if said:
         print(said)
     search.remember_tracking(study, tracker.uri)
-    quiet = (lambda s: None) if sys.stdout.isatty() else print  # the bar says it all
+    quiet = beside_bar if sys.stdout.isatty() else print  # trials' results: the bar says them
     ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep,
                               log=quiet)
     recovered = worker.recover(ctx)
@@ -380,8 +381,8 @@ def cmd_confirm(args) -> int:
     total = baselines.confirm_plan(ctx, trials, args.seeds)
     print(f"confirm: {len(trials)} trial(s) x {args.seeds} new seed(s): {total} training(s) to run (each seed "
           "distilled, and the no-teacher baseline of each seed not trained on this machine before)")
-    say = Countdown(total, "confirm").step
-    rows = confirm_rows([baselines.confirm(ctx, t, args.seeds, say) for t in trials])
+    countdown = Countdown(total, "confirm")
+    rows = confirm_rows([baselines.confirm(ctx, t, args.seeds, countdown.step, countdown.epoch) for t in trials])
     print(table(rows, list(rows[0])))
     if not args.no_report:
         folder = report.build([args.study], args.out, ctx.tracker.uri, args.storage)[0]

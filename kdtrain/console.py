@@ -7,6 +7,7 @@ timestamped lines, a few per run, so that the log stays readable the next mornin
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 
@@ -134,8 +135,25 @@ class Countdown:
                self.stream or sys.stdout)
 
 
+    def epoch(self, s) -> None:
+        """While the first training runs (no pace known yet, the ETA was "?"): its pace and the ETA it gives, the
+        trainings taken alike, after its first epoch and every quarter of its epochs."""
+        if self.done != 1 or s.epoch == s.epochs or (s.epoch != 1 and s.epoch % max(1, s.epochs // 4)):
+            return
+        left = (s.epochs - s.epoch) * s.seconds + (self.total - 1) * s.epochs * s.seconds
+        _stamp(f"{self.what} 1/{self.total}: epoch {s.epoch}/{s.epochs}, {s.seconds:.2f}s/epoch  ETA ~{fmt_seconds(left)}",
+               self.stream or sys.stdout)
+
+
 def _stamp(text: str, stream) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", file=stream, flush=True)
+
+
+def beside_bar(line: str) -> None:
+    """A worker's line on a terminal, where the sweep's bar counts the trials: a trial's result is the bar's to say
+    (dropped); the rest (baselines training, follow-ups, warnings) is written above the bar, which stays whole."""
+    if not re.match(r"trial \d+ (complete|pruned): ", line):
+        tqdm.write(line, file=sys.stdout)
 
 
 class EpochProgress:

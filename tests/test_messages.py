@@ -70,3 +70,35 @@ def test_an_example_run_before_its_data_is_made_says_how_to_make_it(tmp_path, mo
         sweepfile.load(tmp_path / "mine.yaml")
     (line,) = [p for p in e.value.problems if p.startswith("data.path: no such")]
     assert "current folder" in line and "makes its data" not in line
+
+
+def test_on_a_terminal_the_sweep_says_what_it_waits_for_beside_its_bar(tmp_path):
+    """Issue 33 item 10: on a terminal the sweep went silent while it opened its stores and logged its teachers,
+    and the baselines it trained never showed (only the bar did). Run under a real pseudo-terminal."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    p = write_sweep(tmp_path, **{"trials: 3": "trials: 2"})
+    master, slave = pty.openpty()
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+           "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--no-report"], stdout=slave,
+                            stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the sweep ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    out = b"".join(chunks).decode(errors="replace")
+    assert "opening the study's stores" in out, out
+    assert "training without a teacher" in out, out  # the follow-up's baselines, above the bar
+    assert "study tiny" in out and "trial 0 complete:" not in out, out  # the trials' results are the bar's

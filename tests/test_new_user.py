@@ -128,6 +128,9 @@ def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_number
     # item 5: its size up front (seeds 1 and 2 distilled; their baselines are the sweep's, seeds 0-2), k/N, ETA
     total = int(re.search(r"confirm: 1 trial\(s\) x 2 new seed\(s\): (\d+) training\(s\) to run", out).group(1))
     assert total == 2 and re.findall(r"confirm (\d)/2: trial 0 distilled .*ETA", out) == ["1", "2"], out
+    # issue 33 item 10: "ETA ?" through the whole first training; its first epoch now gives the pace and an ETA
+    first = re.search(r"confirm 1/2: epoch 1/(\d+), ([\d.]+)s/epoch  ETA ~(\d+m\d\ds)", out)
+    assert first and out.index("confirm 1/2: trial 0") < first.start() < out.index("confirm 2/2: trial 0"), out
     assert out.count("report: ") == 1
     summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
     page = (tmp_path / "reports" / "tiny" / "index.html").read_text()
