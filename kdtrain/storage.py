@@ -2,8 +2,9 @@
 journal file or a database, heartbeat settings, the study-wide lock, and surviving a database outage.
 
 A database that goes away while a trial trains (a restart, a failover, a network cut) costs a warning, not the
-sweep: every storage call of a worker that knows its study retries with backoff for study.storage_patience
-(PatientStorage), and the trial's epochs go on meanwhile (pruning checks skip the epochs the storage misses).
+sweep: every storage call of a process that knows its study (a worker; kdtrain status, report, confirm once the
+study is loaded) retries with backoff for study.storage_patience (PatientStorage), whichever RDBStorage method
+Optuna calls, and the trial's epochs go on meanwhile (pruning checks skip the epochs the storage misses).
 Past the window the call raises StorageLost: the worker stops with one line, and its trial is recovered as any
 interrupted trial is (no heartbeat for study.grace_period).
 """
@@ -171,9 +172,9 @@ class PatientStorage(optuna.storages.RDBStorage):
 
     def _back(self) -> None:
         with _lock:  # read and cleared under the lock: another thread's call may end the outage at the same time
-            if self.down_since is not None:
+            if self.down_since is not None and self.patience:  # one that does not wait said nothing (_failed)
                 self.log(f"the study's storage answers again (unreachable for {time.time() - self.down_since:.0f} s)")
-                self.down_since = None
+            self.down_since = None
 
 
 _lock, _local = threading.Lock(), threading.local()

@@ -80,7 +80,7 @@ class Database:
     """What a test does to one real SQLite database file through SQLAlchemy events on `target` (an engine, or the
     Engine class for the engines a sweep opens itself): every SQL statement refused with OperationalError while a
     window is open (down()), and the replies of the next `lose` trial state changes lost right after their COMMIT
-    landed. `outside`: statements run outside any waiting storage call."""
+    landed (a trial taken, finished: not one created). `outside`: statements run outside any waiting storage call."""
 
     def __init__(self, path, target=sqlalchemy.engine.Engine):
         self.path, self.target, self.until, self.lose, self.lost = str(path), target, 0.0, 0, []
@@ -114,7 +114,7 @@ class Database:
             raise self.gone(statement)
 
     def after(self, conn, cursor, statement, *args):
-        if self.ours(conn) and self.lose and statement.startswith("UPDATE trials SET state"):
+        if self.ours(conn) and self.lose and statement.startswith("UPDATE trials SET state=?, datetime_"):
             self.changing = True
 
     def commit(self, conn):
@@ -247,3 +247,80 @@ def test_a_taken_queued_trial_left_without_its_settings_is_failed_and_queued_aga
     assert failed.state.name == "FAIL" and failed.user_attrs[search.T_INTERRUPTED] is True
     assert copy.state.name == "WAITING" and copy.system_attrs["fixed_params"] == {"kd.alpha": 0.5}
     assert copy.user_attrs[search.T_REQUEUED_FROM] == 0 and copy.user_attrs[search.T_REQUEUES] == 1
+
+
+QUICKSTART_SHAPED = """
+study: {name: qs-outage, objectives: {val_accuracy: maximize, params: minimize}, pruner: pareto,
+        prune_warmup_epochs: 1, trials: 3, heartbeat_interval: 1, grace_period: 5, storage_patience: 2m,
+        baseline_seeds: 1, spread: false, seed: 0}
+data: {name: synthetic, size: 400, val_fraction: 0.2, seed: 1}
+teachers:
+  - {name: big, arch: mlp, width: 32, epochs: 4}
+student: {arch: mlp, width: 8}
+train: {epochs: 8, batch_size: 64, lr: 0.01, threads: 1}
+kd: {temperature: 4.0, alpha: 0.7, teachers: [big]}
+search:
+  kd.temperature: {type: float, low: 1, high: 8, log: true}
+  student.width: {type: int, low: 2, high: 16, log: true}
+"""
+
+
+def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_completes_every_trial(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """Issue 29 items 1 and 2 end to end: a real sweep (two objectives, the pareto pruner) on a SQLite file whose
+    every SQL statement fails for 3 s from the third epoch of its second trial (the pruning checks of those epochs
+    skipped, the heartbeat and the trial's writes waiting) and for 2 s as it asks for its third; the first take
+    of a queued trial and the first tell lose their reply after their commit. Before, the pruning check failed the
+    trial (StorageInternalError from _get_trials) and next_trial stopped the sweep."""
+    from mlflow.tracking import MlflowClient
+
+    from kdtrain import recovery, tracking, worker
+    from kdtrain.cli import main
+
+    path = tmp_path / "optuna.db"
+    sweep = tmp_path / "qs.yaml"
+    sweep.write_text(textwrap.dedent(QUICKSTART_SHAPED))
+    db = Database(path)
+    db.lose = 2  # trial 0 taken from the queue (the base settings), trial 0 told
+    trained, asked = [], []
+
+    def distill(cfg, ds, pool, on_epoch, **kw):
+        trained.append(1)
+
+        def epoch(s):
+            if len(trained) == 2 and s.epoch == 3:
+                db.down(3.0)
+            on_epoch(s)
+        return real_distill(cfg, ds, pool, on_epoch=epoch, **kw)
+
+    def next_trial(*a, **kw):
+        asked.append(1)
+        if len(asked) == 3:
+            db.down(2.0)
+        return real_next(*a, **kw)
+
+    real_distill, real_next = worker.distill_student, recovery.next_trial
+    monkeypatch.setattr(worker, "distill_student", distill)
+    monkeypatch.setattr(recovery, "next_trial", next_trial)
+    try:
+        rc = main(["sweep", str(sweep), "--storage", f"sqlite:///{path}", "--workers", "1", "--no-report"])
+    finally:
+        db.close()
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert db.windows == 2 and db.refused and len(db.lost) == 2, out + err
+    assert "Traceback" not in out + err and "result dropped" not in out + err, out + err
+    starts = [line for line in err.splitlines() if "study's storage" in line and "is unreachable since" in line]
+    ends = [line for line in out.splitlines() if "study's storage answers again" in line]
+    assert len(starts) == len(ends) == 4, out + err  # the two windows and the two lost replies, each said once
+
+    study = optuna.load_study(study_name="qs-outage", storage=search.open_storage(f"sqlite:///{path}"))
+    final = study.get_trials(deepcopy=False)
+    assert len(final) == 3 and {t.state.name for t in final} <= {"COMPLETE", "PRUNED"}, [t.state for t in final]
+    assert final[0].user_attrs[search.T_REFERENCE] == "base settings"  # the queued trial, taken and run
+    client = MlflowClient(tracking.default_uri())
+    runs = client.search_runs([client.get_experiment_by_name("qs-outage").experiment_id],
+                              "tags.`kdtrain.role` = 'student' and tags.`optuna.trial` != ''")
+    trial_runs = [r for r in runs if r.info.run_name.startswith("trial-")]
+    assert sorted(r.info.run_name for r in trial_runs) == ["trial-0", "trial-1", "trial-2"], out
+    assert {r.info.status for r in trial_runs} == {"FINISHED"}, out
