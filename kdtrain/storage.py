@@ -93,7 +93,7 @@ class PatientStorage(optuna.storages.RDBStorage):
     log = staticmethod(print)
 
     def _patient(self, call):
-        if getattr(_local, "depth", 0):  # inside another call of this thread: that one retries, this one says
+        if getattr(_local, "depth", 0):  # inside another call of this thread: that one waits, and retries it whole
             return call()
         _local.depth = 1
         try:
@@ -133,7 +133,9 @@ class PatientStorage(optuna.storages.RDBStorage):
         """RDBStorage's, retried as every call is; a retry after a lost connection that finds its own write already
         made (the first attempt's commit landed, its reply did not) returns True: the trial in `state`, with these
         `values`, changed since this call began. A finished state is refused as UpdateFinishedTrialError, and
-        RUNNING (a queued trial taken) answers False, when another process changed the trial first."""
+        RUNNING (a queued trial taken) answers False, when another process changed the trial first. (A queued trial
+        is taken under the study's ask lock: another worker taking the same one between the two attempts needs that
+        lock lost with the database, PostgreSQL's advisory lock, and a take that lands in the same seconds.)"""
         begun, tries = datetime.datetime.now(), [0]
 
         def call():

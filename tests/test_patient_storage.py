@@ -1,9 +1,18 @@
 """The study's storage waiting out a lost database (kdtrain.storage.PatientStorage), on a real SQLite store: the
 parts that need no PostgreSQL restarted under them (test_outage does that)."""
 
+import json
+import sqlite3
+import textwrap
+import time
+
+import optuna
+import pytest
+import sqlalchemy
 import sqlalchemy.exc as sa
 
 from kdtrain import search
+from kdtrain import storage as storage_module
 
 
 def test_an_outage_that_ends_on_another_thread_mid_retry_does_not_break_the_retry(tmp_path):
@@ -34,9 +43,6 @@ def test_an_outage_that_ends_on_another_thread_mid_retry_does_not_break_the_retr
 def test_an_interrupted_trial_whose_requeue_was_lost_is_queued_again_once(tmp_path):
     """Issue 29 item 3: fail_trial marks the trial FAIL, then queues its settings; a kill or an outage between the two
     lost the settings for good. A later recovery queues the missing copy, once."""
-    import optuna
-    import pytest
-
     from kdtrain import recovery
 
     study = optuna.create_study(study_name="s", storage=search.open_storage(str(tmp_path / "j.journal")))
@@ -61,17 +67,6 @@ def test_an_interrupted_trial_whose_requeue_was_lost_is_queued_again_once(tmp_pa
 
 
 # --------------------------------------------------------------------------- issue 29 items 1 and 2
-
-import json  # noqa: E402
-import sqlite3  # noqa: E402
-import textwrap  # noqa: E402
-import time  # noqa: E402
-
-import optuna  # noqa: E402
-import pytest  # noqa: E402
-import sqlalchemy  # noqa: E402
-
-from kdtrain import storage as storage_module  # noqa: E402
 
 QUICKSTART_OBJECTIVES = ["maximize", "minimize"]  # sweeps/quickstart.yaml: val_accuracy, params
 
