@@ -207,7 +207,8 @@ class SweepProgress:
 
         if self.storage is None:  # opened once: an RDB storage holds a connection pool
             self.storage = search.open_storage(self.storage_url)
-        study = search.load(self.study_name, self.storage_url, self.storage)
+        # patient=False: the progress line does not wait out an outage (the worker does, and says so once)
+        study = search.load(self.study_name, self.storage_url, self.storage, patient=False)
         c = search.counts(study)
         metric, direction = next(iter(self.objectives.items()))
         vals = [t.values[0] for t in search.trials(study, "COMPLETE")]

@@ -93,21 +93,22 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
     storage = _storage(study)
     trial_id = _trial_id(study, trial)
     frozen = storage.get_trial(trial_id)
+    settings = _settings(frozen)
     done, cap = frozen.user_attrs.get(T_REQUEUES, 0), max_requeues(study)
-    again = bool(requeue and frozen.params and done < cap)
-    if requeue and frozen.params and not again:
+    again = bool(requeue and settings and done < cap)
+    if requeue and settings and not again:
         reason += (f"; not re-queued: its settings were interrupted {done + 1} times and study.max_requeues is "
                    f"{cap} (a setting that kills its worker, e.g. out of memory, fails for good)")
     try:
         storage.set_trial_user_attr(trial_id, T_FAIL_REASON, reason)
-        storage.set_trial_user_attr(trial_id, T_INTERRUPTED, again or not frozen.params)
+        storage.set_trial_user_attr(trial_id, T_INTERRUPTED, again or not settings)
         if again:  # a stop before the copy below is queued: a later recovery queues it (requeue_missing)
             storage.set_trial_user_attr(trial_id, T_REQUEUE_DUE, True)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except TrialTakenOver:
         return False
-    if again:
-        study.enqueue_trial(frozen.params, user_attrs={T_REQUEUED_FROM: frozen.number, T_REQUEUES: done + 1},
+    if again and frozen.number not in _copied(study):  # a FAIL retried after a lost reply, a racing recovery: once
+        study.enqueue_trial(settings, user_attrs={T_REQUEUED_FROM: frozen.number, T_REQUEUES: done + 1},
                             skip_if_exists=False)
     run_id = frozen.user_attrs.get(T_RUN)
     if on_failed is not None and run_id:
@@ -118,6 +119,18 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
     return True
 
 
+def _settings(t: optuna.trial.FrozenTrial) -> dict:
+    """The settings an interrupted trial ran with: its parameters, else those it was queued with (Optuna's
+    fixed_params: a queued trial taken, RUNNING, whose worker stopped, or lost the database's reply to the take,
+    before it drew them)."""
+    return t.params or dict(t.system_attrs.get("fixed_params") or {})
+
+
+def _copied(study: optuna.Study) -> set:
+    """The numbers of the trials whose settings were queued again (each copy names its original)."""
+    return {t.user_attrs.get(T_REQUEUED_FROM) for t in study.get_trials(deepcopy=False)} - {None}
+
+
 def requeue_missing(study: optuna.Study, min_age_s: float = 60.0) -> list[int]:
     """Queue the settings of interrupted trials failed at least min_age_s ago whose copy was never queued (a kill
     or an outage between fail_trial's two steps): the numbers of those trials. The age leaves a worker that is
@@ -125,11 +138,11 @@ def requeue_missing(study: optuna.Study, min_age_s: float = 60.0) -> list[int]:
     due = [t for t in trials(study, "FAIL") if t.user_attrs.get(T_REQUEUE_DUE)]
     if not due:
         return []
-    copies = {t.user_attrs.get(T_REQUEUED_FROM) for t in study.get_trials(deepcopy=False)}
+    copies = _copied(study)
     now, out = datetime.datetime.now(), []
     for t in due:
         if t.number not in copies and t.datetime_complete and (now - t.datetime_complete).total_seconds() >= min_age_s:
-            study.enqueue_trial(t.params, user_attrs={T_REQUEUED_FROM: t.number,
+            study.enqueue_trial(_settings(t), user_attrs={T_REQUEUED_FROM: t.number,
                                                       T_REQUEUES: t.user_attrs.get(T_REQUEUES, 0) + 1},
                                 skip_if_exists=False)
             out.append(t.number)

@@ -9,6 +9,7 @@ carries its reason, and interrupted trials are re-queued (at most study.max_requ
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ from optuna.trial import TrialState
 from kdtrain import space, sweepfile
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import redact
-from kdtrain.schema import Config, METRICS
+from kdtrain.schema import Config, METRICS, StudyConfig, parse_duration
 from kdtrain.shared import pid_alive, warn
 from kdtrain.storage import (PatientStorage, StorageDown, StorageLost, _rdb, _storage, _study_id, _trial_id,  # noqa: F401
                              apply_heartbeat, default_storage, existing_storage, heartbeat_interval, is_rdb, no_wait,
@@ -77,13 +78,20 @@ def study_names(storage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
-def load(study_name: str, storage_url: str | None = None, storage=None) -> optuna.Study:
-    """An existing study, or one clear error naming the storage."""
+def load(study_name: str, storage_url: str | None = None, storage=None, patient: bool = True) -> optuna.Study:
+    """An existing study, or one clear error naming the storage. `patient`: from here on its storage calls wait out
+    a database outage for the study's study.storage_patience (kdtrain status, report, confirm), as a worker's do;
+    a database already away when the study is loaded is one error line at once."""
     try:
-        return optuna.load_study(study_name=study_name, storage=storage or existing_storage(storage_url))
+        study = optuna.load_study(study_name=study_name, storage=storage or existing_storage(storage_url))
     except KeyError:
         raise KdtrainError(f"no study named {study_name!r} in {redact(storage_url or default_storage())} "
                            "(see kdtrain status)") from None
+    b = _rdb(_storage(study))
+    if patient and isinstance(b, PatientStorage) and not b.patience:
+        with contextlib.suppress(ValueError, TypeError):  # a study of an older kdtrain: its default
+            b.patience = parse_duration(stored_study(study).get("storage_patience", StudyConfig.storage_patience))
+    return study
 
 
 def wait_for(study_name: str, storage_url: str | None, wait_s: float, log: Callable[[str], None],

@@ -2,8 +2,9 @@
 journal file or a database, heartbeat settings, the study-wide lock, and surviving a database outage.
 
 A database that goes away while a trial trains (a restart, a failover, a network cut) costs a warning, not the
-sweep: every storage call of a worker that knows its study retries with backoff for study.storage_patience
-(PatientStorage), and the trial's epochs go on meanwhile (pruning checks skip the epochs the storage misses).
+sweep: every storage call of a process that knows its study (a worker; kdtrain status, report, confirm once the
+study is loaded) retries with backoff for study.storage_patience (PatientStorage), whichever RDBStorage method
+Optuna calls, and the trial's epochs go on meanwhile (pruning checks skip the epochs the storage misses).
 Past the window the call raises StorageLost: the worker stops with one line, and its trial is recovered as any
 interrupted trial is (no heartbeat for study.grace_period).
 """
@@ -11,7 +12,11 @@ interrupted trial is (no heartbeat for study.grace_period).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
+import inspect
+import logging
+import math
 import os
 import re
 import sys
@@ -68,17 +73,35 @@ def unreachable(e: BaseException) -> str:
 
 
 class PatientStorage(optuna.storages.RDBStorage):
-    """An RDBStorage whose public calls retry, with backoff up to 30 s, while the database is unreachable, for
-    `patience` seconds counted from the first failure of the outage (0, until a worker sets its study's
-    study.storage_patience: kdtrain status and report fail at once). One warning line when an outage starts,
-    one when the database answers again; past the window StorageLost. Inside `no_wait()` a call fails at once
-    with StorageDown instead (an epoch's pruning check: training goes on)."""
+    """An RDBStorage whose calls retry, with backoff up to 30 s, while the database is unreachable, for `patience`
+    seconds counted from the first failure of the outage (0 until the study's study.storage_patience is set: a
+    worker, kdtrain status, report and confirm set it once the study is loaded). One warning line when an outage
+    starts, one when the database answers again; past the window StorageLost. Inside `no_wait()` a call fails at
+    once with StorageDown instead (an epoch's pruning check: training goes on).
+
+    Every method of RDBStorage that reaches the database waits, its private ones included: Optuna's _CachedStorage
+    (what a study holds) calls _create_new_trial, _set_trial_param, _get_trials, _get_best_trial_id, ... The
+    methods are found by walking RDBStorage's classes, not listed by hand, so that one Optuna adds is covered too;
+    only the outermost call of a thread retries (a call inside another is retried whole with it).
+
+    A write whose commit landed but whose reply was lost is retried and meets its own work: a trial state change
+    (tell, fail, taking a queued trial) that finds the trial already in the state and with the values it was about
+    to write counts as done (see set_trial_state_values)."""
 
     patience: float = 0.0
     down_since: float | None = None
     log = staticmethod(print)
 
     def _patient(self, call):
+        if getattr(_local, "depth", 0):  # inside another call of this thread: that one waits, and retries it whole
+            return call()
+        _local.depth = 1
+        try:
+            return self._retrying(call)
+        finally:
+            _local.depth = 0
+
+    def _retrying(self, call):
         delay = 1.0
         while True:
             try:
@@ -103,9 +126,36 @@ class PatientStorage(optuna.storages.RDBStorage):
                 time.sleep(min(delay, self.patience - waited))
                 delay = min(2 * delay, 30.0)
                 continue
-            if self.down_since is not None:
-                self._back()
+            self._back()
             return result
+
+    def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
+        """RDBStorage's, retried as every call is; a retry after a lost connection that finds its own write already
+        made (the first attempt's commit landed, its reply did not) returns True: the trial in `state`, with these
+        `values`, changed since this call began. A finished state is refused as UpdateFinishedTrialError, and
+        RUNNING (a queued trial taken) answers False, when another process changed the trial first. (A queued trial
+        is taken under the study's ask lock: another worker taking the same one between the two attempts needs that
+        lock lost with the database, PostgreSQL's advisory lock, and a take that lands in the same seconds.)"""
+        begun, tries = datetime.datetime.now(), [0]
+
+        def call():
+            tries[0] += 1
+            try:
+                done = optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if tries[0] > 1 and self._landed(trial_id, state, values, begun):
+                    return True
+                raise
+            return done or (tries[0] > 1 and self._landed(trial_id, state, values, begun))
+        return self._patient(call)
+
+    def _landed(self, trial_id: int, state, values, begun: datetime.datetime) -> bool:
+        """Is the trial in `state` with `values`, since `begun` (this process's clock, as Optuna's times are)?"""
+        t = optuna.storages.RDBStorage.get_trial(self, trial_id)
+        when = t.datetime_complete if state.is_finished() else t.datetime_start
+        same = (t.values is None) == (values is None) and \
+            all(math.isclose(a, b, rel_tol=1e-12) for a, b in zip(t.values or [], values or []))
+        return t.state == state and same and when is not None and when >= begun
 
     def _name(self) -> str:
         return redact(str(self.engine.url.render_as_string(hide_password=False)))
@@ -118,25 +168,28 @@ class PatientStorage(optuna.storages.RDBStorage):
                 if self.patience:
                     print(f"warning: the study's storage {self._name()} is unreachable since "
                           f"{clock(self.down_since)} ({_driver_words(e)}); retrying "
-                          f"for up to {self.patience:.0f} s (study.storage_patience) while the trial trains",
+                          f"for up to {self.patience:.0f} s (study.storage_patience)",
                           file=sys.stderr, flush=True)
             return self.down_since
 
     def _back(self) -> None:
-        with _lock:
-            if self.down_since is not None:
+        with _lock:  # read and cleared under the lock: another thread's call may end the outage at the same time
+            if self.down_since is not None and self.patience:  # one that does not wait said nothing (_failed)
                 self.log(f"the study's storage answers again (unreachable for {time.time() - self.down_since:.0f} s)")
-                self.down_since = None
+            self.down_since = None
 
 
 _lock, _local = threading.Lock(), threading.local()
-_WAITS = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-          "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-          "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-          "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
-          "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-          "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
-          "record_heartbeat", "_get_stale_trial_ids")
+_NO_DATABASE = {"remove_session", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback",
+                "get_failed_trial_callback", "check_trial_is_updatable", "_build_frozen_trial_from_trial_model"}
+"""RDBStorage methods that do not reach the database (nothing to wait for; remove_session starts a retry afresh)."""
+
+
+def _reaches_database(name: str, method) -> bool:
+    """Every function of RDBStorage's classes but dunders, _NO_DATABASE, and those given a session: they run
+    inside another call's transaction (Optuna's *_without_commit), retried whole with that call."""
+    return (inspect.isfunction(method) and not name.startswith("__") and name not in _NO_DATABASE
+            and "session" not in inspect.signature(method).parameters)
 
 
 def _waiting(name: str):
@@ -148,8 +201,21 @@ def _waiting(name: str):
     return call
 
 
-for _name in _WAITS:
-    setattr(PatientStorage, _name, _waiting(_name))
+for _cls in optuna.storages.RDBStorage.__mro__[:-1]:
+    for _method_name, _method in vars(_cls).items():
+        if _reaches_database(_method_name, _method) and _method_name not in vars(PatientStorage):
+            setattr(PatientStorage, _method_name, _waiting(_method_name))
+
+
+class _QuietFallback(logging.Filter):
+    """Drop Optuna's "Caught an error from sqlalchemy ... Falling back to a slower alternative" (its _get_trials
+    retrying a query): in an outage PatientStorage says it once; otherwise the slower query answers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Caught an error from sqlalchemy")
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_QuietFallback())
 
 
 @contextlib.contextmanager
@@ -172,8 +238,8 @@ def is_rdb(url: str) -> bool:
 
 
 def _db_error(e: Exception) -> str:
-    """The driver's own words, without SQLAlchemy's wrapping, on one line, passwords hidden."""
-    text = str(e).replace("\n", " ").split("(Background on this error", 1)[0]
+    """The driver's own words, without SQLAlchemy's wrapping (nor the statement), on one line, passwords hidden."""
+    text = str(e).replace("\n", " ").split("(Background on this error", 1)[0].split("[SQL: ", 1)[0]
     text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
     hints = {"authentication failed": "check the user and password in the storage URL",
              "Connection refused": "is the database server running and reachable from this machine?",
