@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdtrain import classmap, models, nets, teacher_files
+from kdtrain import classmap, models, nets, rows, teacher_files
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import home
 from kdtrain.schema import Config, TeacherConfig, sub_data
@@ -125,7 +125,7 @@ _own: dict[str, Dataset] = {}
 
 def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
     """The data the teacher learns from: teachers[].data (its source domain, loaded once per process) or the
-    student's."""
+    student's. Refused when it would teach the teacher the student's held-out rows or hidden labels (check_rows)."""
     if t.data is None:
         return ds
     sub = sub_data(t.data, cfg.data)
@@ -135,7 +135,23 @@ def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
             _own[key] = load_data(sub)
         except KdtrainError as e:
             raise type(e)(f"teachers ({t.name}).data: {e}") from None
+    check_rows(t, sub.name, ds, _own[key])
     return _own[key]
+
+
+def check_rows(t: TeacherConfig, name: str, ds: Dataset, tds: Dataset) -> None:
+    """A teacher's own data must not hold, among the rows it trains on with their labels, the student's validation
+    or test rows or its training rows whose labels data.labels hides: compared by content (kdtrain.rows), so that
+    the same seed, folder or file given twice is caught whatever the settings say."""
+    if ds.keys is None or tds.keys is None:
+        return
+    own = len(ds.y_train) - ds.transfer_rows
+    hidden = ds.keys["train"][:own][(ds.y_train[:own] < 0).cpu().numpy()]
+    taught = tds.keys["train"][(tds.y_train >= 0).cpu().numpy()]
+    counts = rows.teacher_overlap(ds.keys, hidden, taught)
+    if counts:
+        raise DataError(rows.overlap_message(f"teachers ({t.name}).data", counts, len(taught),
+                                             name in ("mnist1d", "synthetic")))
 
 
 def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | None:
@@ -354,6 +370,7 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str
     folder = cache_dir(t, cfg)
     hit = _from_cache(t, cfg, data, folder)
     if hit is not None:
+        own_data(t, cfg, data)  # its data checked against the student's rows, cached or not
         hit.groups = resolve_groups(t, data, hit.classes)
         return hit
 

@@ -361,3 +361,67 @@ def test_transfer_sets_from_a_csv_without_labels_and_a_python_factory_of_inputs(
     from_py = data.load(DataConfig(**base, unlabeled={"name": "python", "factory": "inputs:make"}))
     assert from_py.transfer_rows == 12 and (from_py.y_train[-12:] == data.UNLABELLED).all()
     assert from_py.unlabelled_rows == 12 and from_py.labelled_rows == len(from_py.y_train) - 12
+
+
+# --------------------------------------------------------------------------- the student's own rows, given again
+
+
+def test_a_transfer_set_that_repeats_the_students_rows_loses_its_validation_rows_said_once():
+    """Issue 29: data.unlabeled inherits no seed, so `{name: mnist1d, size: 1000}` beside the student's own
+    mnist1d put every validation row back into training, unlabelled (10 of 10)."""
+    cfg = config.from_dict({"data": {"name": "mnist1d", "size": 1000, "labels": 0.1,
+                                     "unlabeled": {"name": "mnist1d", "size": 1000}},
+                            "teachers": [{"name": "t", "arch": "mlp"}]}).data
+    d = data.load(cfg)
+    assert len(d.y_val) == 10 and d.transfer_rows == 800 - 10
+    transfer = d.raw(d.x_train[-d.transfer_rows:])
+    assert torch.cdist(d.raw(d.x_val).flatten(1), transfer.flatten(1)).min() > 1e-3  # none of them is back
+    assert d.note.count("10 of its 800 rows are the student's validation or test rows and were dropped") == 1
+    assert "790 unlabelled rows" in d.note
+
+
+def test_a_file_given_again_as_the_transfer_set_loses_the_validation_and_test_rows_by_content(tmp_path):
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(60, 1, 8)).astype(np.float32), np.arange(60) % 3
+    np.savez(tmp_path / "mine.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    fresh = g.normal(size=(7, 1, 8)).astype(np.float32)
+    np.savez(tmp_path / "more.npz", x=np.concatenate([x, fresh]))  # every row of mine.npz, test rows included
+    d = data.load(DataConfig(name="arrays", path=str(tmp_path / "mine.npz"), val_fraction=0.2,
+                             unlabeled={"name": "arrays", "path": str(tmp_path / "more.npz")}))
+    assert len(d.y_val) == 10 and len(d.y_test) == 10
+    assert d.transfer_rows == 40 + 7  # the training rows (no harm: trained on anyway) and the new ones
+    held_out = torch.cat([d.raw(d.x_val), d.raw(d.x_test)]).flatten(1)
+    assert torch.cdist(held_out, d.raw(d.x_train[-d.transfer_rows:]).flatten(1)).min() > 1e-3
+    assert "20 of its 67 rows are the student's validation or test rows and were dropped" in d.note
+
+
+LEAK = """
+study: {name: leak}
+data: DATA
+teachers:
+  - {name: t, arch: mlp, width: 8, epochs: 1, data: TEACHER}
+student: {arch: mlp, width: 4}
+train: {epochs: 1, batch_size: 64, threads: 1}
+search:
+  kd.alpha: {type: float, low: 0, high: 1}
+"""
+
+
+@pytest.mark.parametrize("student,teacher,says", [
+    # the issue's numbers: the teacher's 720 training rows are the student's, 701 of them with hidden labels
+    ("{name: mnist1d, size: 1000, labels: 0.1}", "{name: mnist1d, size: 1000}",
+     ["teachers (t).data: 701 of the student's training rows whose labels data.labels hides are among the 720 rows "
+      "the teacher would learn with their labels", "set teachers (t).data.seed to another value than data.seed"]),
+    # the same file under another name, carved differently: the student's validation rows teach the teacher
+    ("{name: arrays, path: mine.npz, val_fraction: 0.2}", "{name: arrays, path: copy.npz, val_fraction: 0.05}",
+     ["teachers (t).data: 8 of its validation rows are among the 48 rows the teacher would learn",
+      "point teachers (t).data at other data"]),
+])
+def test_a_teacher_whose_data_holds_the_students_hidden_labels_or_held_out_rows_is_refused(tmp_path, capsys, student,
+                                                                                          teacher, says):
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(60, 1, 40)).astype(np.float32), np.arange(60) % 3
+    np.savez(tmp_path / "mine.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    (tmp_path / "copy.npz").write_bytes((tmp_path / "mine.npz").read_bytes())
+    p = sweep_file(tmp_path, textwrap.dedent(LEAK).replace("DATA", student).replace("TEACHER", teacher))
+    refused(tmp_path, capsys, [p], code=2, says=says)
