@@ -425,3 +425,53 @@ def test_a_teacher_whose_data_holds_the_students_hidden_labels_or_held_out_rows_
     (tmp_path / "copy.npz").write_bytes((tmp_path / "mine.npz").read_bytes())
     p = sweep_file(tmp_path, textwrap.dedent(LEAK).replace("DATA", student).replace("TEACHER", teacher))
     refused(tmp_path, capsys, [p], code=2, says=says)
+
+
+# --------------------------------------------------------------------------- one meaning in every process
+
+
+def _digit_named_classes(tmp_path) -> str:
+    """A folder of 11 classes named 0..10: sorted as text, index 2 is the class named 10."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c in range(11):
+        (tmp_path / "digits" / str(c)).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(g.integers(0, 255, (8, 8), dtype=np.uint8), mode="L").save(
+                tmp_path / "digits" / str(c) / f"{i}.png")
+    return str(tmp_path / "digits")
+
+
+@pytest.mark.parametrize("classes,student_of", [
+    ({i: [(i + 1) % 11] for i in range(11)}, lambda names, i: i),  # numbers: student class indices
+    ({str(i): [(i + 1) % 11] for i in range(11)}, lambda names, i: names.index(str(i))),  # quoted: names
+])
+def test_teacher_class_keys_mean_the_same_in_a_worker_that_reads_the_study(tmp_path, classes, student_of):
+    """Issue 29: a study keeps its config as JSON, which turns {2: [...]} into {"2": [...]}: the sweep process
+    read 2 as an index (the class named 10) and a spawned worker as the class named 2, sharing one cached teacher.
+    A worker gets its config from the study (kdtrain.worker.open_context: search.study_config)."""
+    from kdtrain import search
+
+    cfg = config.from_dict({"study": {"name": "named"}, "teachers": [{"name": "t", "arch": "mlp", "classes": classes}],
+                            "data": {"name": "folder", "path": _digit_named_classes(tmp_path), "image_size": 8}})
+    ds = data.load(cfg.data)
+    assert ds.class_names[:4] == ["0", "1", "10", "2"]
+    study = search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "named", 2)
+    in_worker = search.study_config(study)
+    expected = [None] * 11
+    for i in range(11):
+        expected[student_of(ds.class_names, i)] = [(i + 1) % 11]
+    assert teachers.resolve_groups(cfg.teachers[0], ds, ds.class_names) == expected
+    assert teachers.resolve_groups(in_worker.teachers[0], ds, ds.class_names) == expected
+    assert in_worker.teachers == cfg.teachers  # and its settings compare equal on resume
+
+
+@pytest.mark.parametrize("classes,says", [
+    ("{0: [0], b: [1]}", "teachers[0] (t).classes: name every student class by its index or every one by its name, "
+                         "not both"),
+    ("{0: [0], 2: [1]}", "teachers[0] (t).classes: student classes by index are 0, 1, ... each once; 1 missing"),
+])
+def test_teacher_class_keys_that_a_worker_would_read_otherwise_are_refused(tmp_path, capsys, classes, says):
+    refused(tmp_path, capsys, [_teacher_file(tmp_path, f"{{name: t, arch: mlp, width: 8, classes: {classes}}}")],
+            code=2, says=[says])
