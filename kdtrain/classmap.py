@@ -3,15 +3,20 @@
 A teacher has its own label space and the student its own. ``teachers[].classes`` says how the teacher's classes
 make the student's, in one of two forms:
 
-- a list of teacher class indices, one per student class (``[3, 5, 7]``: student class 0 is teacher class 3, ...):
-  a subset. The soft target is the teacher's softmax at T renormalised over the subset.
+- a list with one entry per student class, in the student's order: a teacher class (``[3, 5, 7]``: student class 0
+  is teacher class 3, ...: a subset; the soft target is the teacher's softmax at T renormalised over the subset) or
+  a list of them (``[[0, 2, 4], [1, 3, 5]]``: a coarser task).
 - a mapping ``{student class: [teacher classes]}`` (``{even: [0, 2, 4, 6, 8], odd: [1, 3, 5, 7, 9]}``): a coarser
   task. The soft target is the teacher's softmax at T summed within each group, at every temperature.
 
-Both are "groups": one list of teacher classes per student class (a subset is groups of one). A student class is
-named by its index or by its name; every student class appears exactly once, and a teacher class in at most one
-group. ``data.classes`` takes the same forms for a dataset's own labels (kdtrain.data): a mapping relabels every
-row (a label left out is an error), a list keeps the rows of those classes only.
+Both are "groups": one list of teacher classes per student class (a subset is groups of one). A class is named by
+its index (a number) or by its name (text: classes named by numbers, such as folders 0..10, are quoted, '2'); every
+student class appears exactly once, and a teacher class in at most one group. A mapping keyed by student class
+indices is stored as the list form (canonical): a study keeps its config as JSON, whose keys are text, and
+``{2: [...]}`` read back as ``{"2": [...]}`` would name the class called 2, which is not class 2 where the names sort
+as text (0, 1, 10, 2, ...); the list keeps one meaning in every process. ``data.classes`` takes the same forms for a
+dataset's own labels (kdtrain.data): a mapping relabels every row (a label left out is an error; its keys are the
+new class names), a list keeps the rows of those classes only.
 
 Pure Python: parsing and checks here, the tempered sum of probabilities in kdtrain.losses.map_logits.
 """
@@ -23,15 +28,23 @@ from typing import Any
 from kdtrain.errors import DataError
 
 
-def syntax_problems(spec: Any, where: str) -> list[str]:
-    """What is wrong with a mapping's form alone (no class counts known yet): the config-time check."""
+def canonical(spec: Any) -> Any:
+    """teachers[].classes in the one form that means the same after a JSON round trip: a mapping keyed by the
+    student class indices 0..n-1 becomes the list of its groups in index order; anything else is kept as is (and
+    syntax_problems says what is wrong with a mapping whose number keys are not 0..n-1, or mixed with names)."""
+    if isinstance(spec, dict) and spec and all(type(k) is int for k in spec) and sorted(spec) == list(range(len(spec))):
+        return [spec[i] for i in range(len(spec))]
+    return spec
+
+
+def syntax_problems(spec: Any, where: str, groups: bool = False) -> list[str]:
+    """What is wrong with a mapping's form alone (no class counts known yet): the config-time check. groups:
+    teachers[].classes (its list may hold lists, a group per student class; its mapping is keyed by names, a
+    mapping keyed by indices having become a list: canonical); else data.classes."""
     if spec is None:
         return []
     if isinstance(spec, list):
-        if not spec or not all(type(i) is int and i >= 0 for i in spec):
-            return [f"{where}: a list of class indices (integers >= 0), one per student class, got {spec!r}"]
-        twice = sorted({i for i in spec if spec.count(i) > 1})
-        return [f"{where}: class {twice[0]} is listed twice (each student class needs its own)"] if twice else []
+        return _list_problems(spec, where, groups)
     if not isinstance(spec, dict) or not spec:
         return [f"{where}: a list of class indices or a mapping {{student class: [classes]}}, got {spec!r}"]
     problems, seen, owner = [], {}, {}
@@ -51,7 +64,28 @@ def syntax_problems(spec: Any, where: str) -> list[str]:
             if i in owner and owner[i] != key:
                 problems.append(f"{where}: class {i!r} is in two groups ({owner[i]!r} and {key!r})")
             owner[i] = key
+    numbers = sorted(k for k in spec if type(k) is int and k >= 0)
+    if groups and numbers and not problems:
+        problems.append(
+            f"{where}: name every student class by its index or every one by its name, not both (numbers "
+            f"{', '.join(map(str, numbers[:5]))}; quote a class named by a number: '2')" if len(numbers) < len(spec)
+            else f"{where}: student classes by index are 0, 1, ... each once; "
+            f"{', '.join(str(i) for i in range(numbers[-1]) if i not in numbers)} missing (map every student class)")
     return problems
+
+
+def _list_problems(spec: list, where: str, groups: bool) -> list[str]:
+    """A list's problems: class indices (data.classes); or one teacher class or list of them per student class."""
+    member = lambda i: type(i) is str or (type(i) is int and i >= 0)  # noqa: E731
+    ok = spec and all(type(i) is int and i >= 0 for i in spec) if not groups else \
+        spec and all(member(e) or (isinstance(e, list) and e and all(map(member, e))) for e in spec)
+    if not ok:
+        return [f"{where}: a list of class indices (integers >= 0), one per student class, got {spec!r}" if not groups
+                else f"{where}: a list with one teacher class (an index or a name) or a list of them per student "
+                f"class, got {spec!r}"]
+    flat = [i for e in spec for i in (e if isinstance(e, list) else [e])]
+    twice = sorted({i for i in flat if flat.count(i) > 1}, key=str)
+    return [f"{where}: class {twice[0]!r} is listed twice (each student class needs its own)"] if twice else []
 
 
 def _index(name_or_index: Any, names: list[str], what: str, where: str) -> int:
@@ -76,7 +110,8 @@ def groups(spec: Any, student_names: list[str], source_names: list[str], where: 
         if len(spec) != len(student_names):
             raise DataError(f"{where}: {len(spec)} {source} classes listed for {len(student_names)} student classes "
                             "(one per student class, in the student's order)")
-        return [[_index(i, source_names, f"{source} class", where)] for i in spec]
+        return [[_index(i, source_names, f"{source} class", where) for i in (e if isinstance(e, list) else [e])]
+                for e in spec]
     out: dict[int, list[int]] = {}
     for key, value in spec.items():
         s = _index(key, student_names, "student class", where)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from kdtrain import classmap, sources
+from kdtrain import classmap, rows, sources
 from kdtrain.errors import DataError, KdtrainError
 from kdtrain.paths import data_root
 from kdtrain.schema import DataConfig, sub_data
@@ -56,6 +56,9 @@ class Dataset:
     """Training rows with a label (data.labels); -1: all of them (set in __post_init__)."""
     transfer_rows: int = 0
     """Training rows from the transfer set data.unlabeled (the last rows of x_train), unlabelled."""
+    keys: dict | None = None
+    """Each row's content key (kdtrain.rows) per split, 'train', 'val' and 'test', in the tensors' order: a teacher's
+    data is checked against the student's rows with them."""
 
     def __post_init__(self):
         if self.labelled_rows < 0:
@@ -280,24 +283,13 @@ def load(cfg: DataConfig) -> Dataset:
         train_idx, labelled = train_idx[: cfg.limit], labelled[: cfg.limit]
     x_train, y_train, x_val, y_val = x[train_idx], np.where(labelled, y[train_idx], UNLABELLED), x[val_idx], y[val_idx]
 
-    axes = (0,) + tuple(range(2, x.ndim))  # per channel
-    channels = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    if cfg.mean is not None:
-        if len(cfg.mean) not in (1, x.shape[1]) or len(cfg.std) not in (1, x.shape[1]):
-            raise DataError(f"data.mean / data.std: {len(cfg.mean)} and {len(cfg.std)} values for data with "
-                            f"{x.shape[1]} channel(s); give one value per channel (or one for all)")
-        mean = np.broadcast_to(np.asarray(cfg.mean, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
-        std = np.broadcast_to(np.asarray(cfg.std, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
-    elif cfg.normalize:
-        mean = x_train.mean(axis=axes, keepdims=True)
-        std = x_train.std(axis=axes, keepdims=True) + 1e-8
-    else:
-        mean = np.zeros(channels, np.float32)
-        std = np.ones_like(mean)
+    mean, std = _statistics(cfg, x_train)
+    keys, test_keys = rows.keys(x), rows.keys(x_test)
+    train_keys = keys[train_idx]
     transfer = 0
     if cfg.unlabeled is not None:
-        x_u, note_u = transfer_inputs(cfg, tuple(x.shape[1:]))
-        transfer = len(x_u)
+        x_u, keys_u, note_u = transfer_inputs(cfg, tuple(x.shape[1:]), np.concatenate([keys[val_idx], test_keys]))
+        transfer, train_keys = len(x_u), np.concatenate([train_keys, keys_u])
         x_train = np.concatenate([x_train, x_u])
         y_train = np.concatenate([y_train, np.full(transfer, UNLABELLED, y_train.dtype)])
         notes.append(note_u)
@@ -314,7 +306,28 @@ def load(cfg: DataConfig) -> Dataset:
         mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist(), scale=RAW_SCALE.get(cfg.name, 1.0),
         train_rows=train_idx, val_rows=val_idx, source_rows=len(y), note="; ".join(notes),
         labelled_rows=int(labelled.sum()), transfer_rows=transfer,
+        keys={"train": train_keys, "val": keys[val_idx], "test": test_keys},
     )
+
+
+def _statistics(cfg: DataConfig, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std, shaped to broadcast over rows: data.mean / data.std, else the training rows'
+    (data.normalize), else none (0 and 1)."""
+    axes = (0,) + tuple(range(2, x_train.ndim))  # per channel
+    channels = (1, x_train.shape[1]) + (1,) * (x_train.ndim - 2)
+    if cfg.mean is not None:
+        if len(cfg.mean) not in (1, x_train.shape[1]) or len(cfg.std) not in (1, x_train.shape[1]):
+            raise DataError(f"data.mean / data.std: {len(cfg.mean)} and {len(cfg.std)} values for data with "
+                            f"{x_train.shape[1]} channel(s); give one value per channel (or one for all)")
+        mean = np.broadcast_to(np.asarray(cfg.mean, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
+        std = np.broadcast_to(np.asarray(cfg.std, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
+    elif cfg.normalize:
+        mean = x_train.mean(axis=axes, keepdims=True)
+        std = x_train.std(axis=axes, keepdims=True) + 1e-8
+    else:
+        mean = np.zeros(channels, np.float32)
+        std = np.ones_like(mean)
+    return mean, std
 
 
 def _relabel(spec, x, y, x_test, y_test, names: list[str]):
@@ -368,8 +381,10 @@ def scarce_split(y: np.ndarray, classes: int, cfg: DataConfig) -> tuple[np.ndarr
     return val_idx, train_idx, np.isin(train_idx, np.concatenate(labelled))
 
 
-def transfer_inputs(cfg: DataConfig, shape: tuple) -> tuple[np.ndarray, str]:
-    """data.unlabeled's raw inputs (the loaders' natural scale), checked against the data's sample shape."""
+def transfer_inputs(cfg: DataConfig, shape: tuple, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """data.unlabeled's raw inputs (the loaders' natural scale), checked against the data's sample shape, less its
+    rows that are the student's validation or test rows (`held_out`: their content keys): put back into training,
+    unlabelled, they would be distilled on before they are selected or scored on. With their content keys."""
     sub = sub_data(cfg.unlabeled, cfg)
     if sub.name in sources.INPUT_SOURCES:
         x, said = sources.INPUT_SOURCES[sub.name](sub)
@@ -379,7 +394,14 @@ def transfer_inputs(cfg: DataConfig, shape: tuple) -> tuple[np.ndarray, str]:
     if tuple(x.shape[1:]) != shape:
         raise DataError(f"data.unlabeled ({sub.name}): samples of shape {tuple(x.shape[1:])}, but the data's "
                         f"samples are {shape}; a transfer set holds inputs like the student's")
-    return x, f"transfer set {sub.name}: {len(x)} unlabelled rows" + (f"; {said}" if said else "")
+    keys = rows.keys(x)
+    fresh = ~np.isin(keys, held_out)
+    if not fresh.all():
+        said += ("; " if said else "") + (
+            f"{int((~fresh).sum())} of its {len(x)} rows are the student's validation or test rows and were dropped "
+            "(give data.unlabeled another seed or other files than data's)")
+    return x[fresh], keys[fresh], f"transfer set {sub.name}: {int(fresh.sum())} unlabelled rows" + (
+        f"; {said}" if said else "")
 
 
 def identity(cfg: DataConfig) -> str | None:

@@ -159,6 +159,13 @@ def teacher_model(ctx, run_id: str, t: teachers.Teacher) -> str | None:
 
 
 def teacher_metrics(t: teachers.Teacher, ctx, timing: bool = True) -> dict:
+    """_measured(), and reference_moved = 1 for a teacher made anew because its reference moved (a moved MLflow
+    alias, edited python: code: kdtrain.references): the report's teacher table says so."""
+    moved = t.source.startswith(("reloaded", "retrained"))
+    return {**_measured(t, ctx, timing), **({"reference_moved": 1.0} if moved else {})}
+
+
+def _measured(t: teachers.Teacher, ctx, timing: bool = True) -> dict:
     """A teacher's deployment metrics where they can be measured: none for a logits file; an ONNX file in ONNX
     Runtime and a TorchScript model as is, both uncached (the file, not an arch, defines them). Without ``timing``
     what can be counted without running it (its parameters)."""

@@ -313,12 +313,19 @@ def teacher_table(d: StudyData) -> pd.DataFrame:
     t = d.teachers
     col = lambda k: t[k] if k in t else pd.Series([np.nan] * len(t))  # noqa: E731
     data_col = t["tag:kdtrain.teacher_data"] if "tag:kdtrain.teacher_data" in t else pd.Series([None] * len(t))
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "teacher": [str(n).removeprefix("teacher-") for n in t["tag:mlflow.runName"]],
         "its data": ["the student's" if pd.isna(x) or x is None else str(x) for x in data_col],
         "params": col("params").to_numpy(),
         "source test_accuracy": col("source_test_accuracy").to_numpy(),
         "test_accuracy on the student's data": col("test_accuracy").to_numpy()})
+    # a teacher made anew because its reference moved (an MLflow alias, edited python: code): kdtrain.references
+    moved = col("reference_moved").fillna(0).to_numpy() > 0
+    weights, arch = col("teacher.weights").to_numpy(), col("teacher.arch").to_numpy()
+    made = ["" if not m else f"reloaded: {w} names other weights than when it was cached"
+            if isinstance(w, str) and w not in ("", "None") else f"retrained: {a} changed since it was cached"
+            for m, w, a in zip(moved, weights, arch)]
+    return table.assign(reference=made) if any(made) else table
 
 
 def write_study(d: StudyData, out: Path) -> Path:

@@ -191,8 +191,9 @@ class TeacherConfig(ModelConfig):
     output: int | str | None = None
     """For a model whose forward returns a tuple or list (an index) or a dict (a key): the output to distil from."""
     classes: dict | list | None = None
-    """The teacher's classes -> the student's: a list of teacher class indices, one per student class (a subset),
-    or {student class: [teacher classes]} (a coarser task: probabilities summed within each group)."""
+    """The teacher's classes -> the student's: a list with one teacher class (a subset) or a list of them (a group)
+    per student class, or {student class: [teacher classes]} (a coarser task: probabilities summed within each
+    group). A class by its index (a number) or its name (text: quote a class named by a number)."""
 
 
 @dataclass(frozen=True, config=SECTION)

@@ -5,6 +5,7 @@ replace() for one trial's values."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from kdtrain import classmap
 from kdtrain.errors import ConfigError
 from kdtrain.schema import SECTIONS, TOP_LEVEL, Config, TeacherConfig
 from kdtrain.validate import _check_values, _section, did_you_mean
@@ -156,7 +158,10 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
     for i, t in enumerate(teachers_raw):
         name = t.get("name") if isinstance(t, dict) else None
         where = f"teachers[{i}]" + (f" ({name})" if isinstance(name, str) and name else "")
-        teachers.append(_section(TeacherConfig, t, where, problems))
+        t = _section(TeacherConfig, t, where, problems)
+        # {0: [...], 1: [...]} as a list: JSON (a study's copy of the config) would turn its keys into names
+        teachers.append(t if classmap.canonical(t.classes) is t.classes else
+                        dataclasses.replace(t, classes=classmap.canonical(t.classes)))
     search = raw.get("search") or {}
     if not isinstance(search, dict):
         problems.append("search: expected a mapping of dotted key -> range")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdtrain import classmap, models, nets, teacher_files
+from kdtrain import classmap, models, nets, references, rows, teacher_files
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import home
 from kdtrain.schema import Config, TeacherConfig, sub_data
@@ -53,8 +53,8 @@ class Teacher:
     val_accuracy: float
     test_accuracy: float
     source: str
-    """Where it came from this time: 'cache', 'trained', 'checkpoint', 'mlflow', 'logits', 'onnx' or
-    'torchscript'."""
+    """Where it came from this time: 'cache', 'trained', 'checkpoint', 'mlflow', 'logits', 'onnx', 'torchscript',
+    or what moved when its reference did ('reloaded: models:/x@champion names ...': kdtrain.references)."""
     seconds: float
     """Time spent producing it on the run that first made it (training, loading)."""
     key: str
@@ -125,7 +125,7 @@ _own: dict[str, Dataset] = {}
 
 def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
     """The data the teacher learns from: teachers[].data (its source domain, loaded once per process) or the
-    student's."""
+    student's. Refused when it would teach the teacher the student's held-out rows or hidden labels (check_rows)."""
     if t.data is None:
         return ds
     sub = sub_data(t.data, cfg.data)
@@ -135,7 +135,23 @@ def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
             _own[key] = load_data(sub)
         except KdtrainError as e:
             raise type(e)(f"teachers ({t.name}).data: {e}") from None
+    check_rows(t, sub.name, ds, _own[key])
     return _own[key]
+
+
+def check_rows(t: TeacherConfig, name: str, ds: Dataset, tds: Dataset) -> None:
+    """A teacher's own data must not hold, among the rows it trains on with their labels, the student's validation
+    or test rows or its training rows whose labels data.labels hides: compared by content (kdtrain.rows), so that
+    the same seed, folder or file given twice is caught whatever the settings say."""
+    if ds.keys is None or tds.keys is None:
+        return
+    own = len(ds.y_train) - ds.transfer_rows
+    hidden = ds.keys["train"][:own][(ds.y_train[:own] < 0).cpu().numpy()]
+    taught = tds.keys["train"][(tds.y_train >= 0).cpu().numpy()]
+    counts = rows.teacher_overlap(ds.keys, hidden, taught)
+    if counts:
+        raise DataError(rows.overlap_message(f"teachers ({t.name}).data", counts, len(taught),
+                                             name in ("mnist1d", "synthetic")))
 
 
 def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | None:
@@ -175,7 +191,7 @@ def _weights_identity(ref: str) -> dict:
     if p.exists():
         st = p.stat()
         return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return {"uri": ref}
+    return {"uri": ref, "names": references.named(ref)} if references.moving(ref) else {"uri": ref}
 
 
 def teacher_key(t: TeacherConfig, cfg: Config) -> str:
@@ -203,7 +219,19 @@ def teacher_key(t: TeacherConfig, cfg: Config) -> str:
         ident["weights"] = _weights_identity(t.weights)
     if t.logits and Path(t.logits).expanduser().is_file():
         ident["logits"] = file_digest(t.logits)
+    if t.arch.startswith("python:"):  # edited code trains a new teacher
+        ident["code"] = references.code_key(t.arch)
     return content_key(ident)
+
+
+def reference(t: TeacherConfig) -> dict | None:
+    """A reference that can move (an MLflow model alias, a python: arch) and what it names now, for the cache's
+    meta (references.moved_note compares entries)."""
+    if references.moving(t.weights):
+        return {"ref": t.weights, "names": references.named(t.weights)}
+    if t.arch.startswith("python:"):
+        return {"ref": t.arch, "names": references.code_key(t.arch)}
+    return None
 
 
 def cache_dir(t: TeacherConfig, cfg: Config) -> Path:
@@ -227,7 +255,7 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
         if load_uri is None:
             raise KdtrainError(f"teacher {t.name!r}: weights {ref} is a model URI; load the pool through "
                                "kdtrain.worker.load_pool, which reads MLflow models")
-        state, source = load_uri(ref), "mlflow"
+        state, source = references.state(ref, load_uri) if references.moving(ref) else load_uri(ref), "mlflow"
     else:
         state, source = teacher_files.read_checkpoint(ref), "checkpoint"
     try:
@@ -311,11 +339,13 @@ def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, log
 
         params = onnx_params(Path(t.weights).expanduser())
     seconds = time.perf_counter() - start
+    ref = reference(t)
     meta = {"name": t.name, "config": dataclasses.asdict(t), "params": params, "val_accuracy": val_acc,
             "test_accuracy": test_acc, "seconds": seconds, "source": source, "classes": list(classes), "view": view,
-            "source_val_accuracy": source_val, "source_test_accuracy": source_test}
+            "source_val_accuracy": source_val, "source_test_accuracy": source_test, "reference": ref}
+    moved = references.moved_note(folder, ref) if ref else None  # said where it came from (its run, the tables)
     _save_atomic(folder, model, logits, meta)
-    return Teacher(t.name, t, model, logits, params, val_acc, test_acc, source, seconds,
+    return Teacher(t.name, t, model, logits, params, val_acc, test_acc, moved or source, seconds,
                    folder.name.rsplit("-", 1)[1], folder, list(classes), groups, view, source_val, source_test)
 
 
@@ -354,6 +384,7 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str
     folder = cache_dir(t, cfg)
     hit = _from_cache(t, cfg, data, folder)
     if hit is not None:
+        own_data(t, cfg, data)  # its data checked against the student's rows, cached or not
         hit.groups = resolve_groups(t, data, hit.classes)
         return hit
 
@@ -417,7 +448,10 @@ def _first_batch(t: TeacherConfig, model: nn.Module, tds: Dataset) -> None:
 def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadURI | None = None) -> None:
     """Read every not-yet-cached teacher's file (a checkpoint into its arch, a TorchScript model, a logits file's
     shapes), run every model once on its data and check its classes against the student's, so that a corrupt or
-    ill-fitting teacher is reported before any other teacher spends time training."""
+    ill-fitting teacher is reported before any other teacher spends time training. A moving MLflow model URI
+    (models:/NAME@alias) is read first: the teacher's cache key holds the weights it names now."""
+    for t in [cfg.teacher(n) for n in names if references.moving(cfg.teacher(n).weights) and load_uri]:
+        references.resolve(t.weights, load_uri)
     for name in names:
         t = cfg.teacher(name)
         if is_cached(t, cfg):
@@ -450,7 +484,7 @@ def load_pool(cfg: Config, data: Dataset, names: list[str] | None = None,
               load_uri: LoadURI | None = None) -> dict[str, Teacher]:
     """The named teachers (default: the whole pool), each cached or trained."""
     wanted = names if names is not None else [t.name for t in cfg.teachers]
-    check_weights(cfg, data, wanted, load_uri)
+    check_weights(cfg, data, wanted, load_uri)  # resolves the moving references first
     pool = {}
     for name in wanted:
         t = cfg.teacher(name)

@@ -199,7 +199,7 @@ def _check_teacher_domain(t, where: str, cfg, problems: list[str], need) -> None
     need(t.output is None or (type(t.output) is int and t.output >= 0) or (type(t.output) is str and t.output != ""),
          f"{where}.output: an index (>= 0) into the tuple the model returns, or a key of its dict, got {t.output!r}")
     need(t.output is None or not t.logits, f"{where}.output: a logits file holds one output; drop output")
-    for p in classmap.syntax_problems(t.classes, f"{where}.classes"):
+    for p in classmap.syntax_problems(t.classes, f"{where}.classes", groups=True):
         need(False, p)
     if t.logits and cfg.data.unlabeled is not None:
         need(False, f"{where}.logits: a logits file has no rows for the transfer set data.unlabeled; give the "

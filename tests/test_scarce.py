@@ -361,3 +361,117 @@ def test_transfer_sets_from_a_csv_without_labels_and_a_python_factory_of_inputs(
     from_py = data.load(DataConfig(**base, unlabeled={"name": "python", "factory": "inputs:make"}))
     assert from_py.transfer_rows == 12 and (from_py.y_train[-12:] == data.UNLABELLED).all()
     assert from_py.unlabelled_rows == 12 and from_py.labelled_rows == len(from_py.y_train) - 12
+
+
+# --------------------------------------------------------------------------- the student's own rows, given again
+
+
+def test_a_transfer_set_that_repeats_the_students_rows_loses_its_validation_rows_said_once():
+    """Issue 29: data.unlabeled inherits no seed, so `{name: mnist1d, size: 1000}` beside the student's own
+    mnist1d put every validation row back into training, unlabelled (10 of 10)."""
+    cfg = config.from_dict({"data": {"name": "mnist1d", "size": 1000, "labels": 0.1,
+                                     "unlabeled": {"name": "mnist1d", "size": 1000}},
+                            "teachers": [{"name": "t", "arch": "mlp"}]}).data
+    d = data.load(cfg)
+    assert len(d.y_val) == 10 and d.transfer_rows == 800 - 10
+    transfer = d.raw(d.x_train[-d.transfer_rows:])
+    assert torch.cdist(d.raw(d.x_val).flatten(1), transfer.flatten(1)).min() > 1e-3  # none of them is back
+    assert d.note.count("10 of its 800 rows are the student's validation or test rows and were dropped") == 1
+    assert "790 unlabelled rows" in d.note
+
+
+def test_a_file_given_again_as_the_transfer_set_loses_the_validation_and_test_rows_by_content(tmp_path):
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(60, 1, 8)).astype(np.float32), np.arange(60) % 3
+    np.savez(tmp_path / "mine.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    fresh = g.normal(size=(7, 1, 8)).astype(np.float32)
+    np.savez(tmp_path / "more.npz", x=np.concatenate([x, fresh]))  # every row of mine.npz, test rows included
+    d = data.load(DataConfig(name="arrays", path=str(tmp_path / "mine.npz"), val_fraction=0.2,
+                             unlabeled={"name": "arrays", "path": str(tmp_path / "more.npz")}))
+    assert len(d.y_val) == 10 and len(d.y_test) == 10
+    assert d.transfer_rows == 40 + 7  # the training rows (no harm: trained on anyway) and the new ones
+    held_out = torch.cat([d.raw(d.x_val), d.raw(d.x_test)]).flatten(1)
+    assert torch.cdist(held_out, d.raw(d.x_train[-d.transfer_rows:]).flatten(1)).min() > 1e-3
+    assert "20 of its 67 rows are the student's validation or test rows and were dropped" in d.note
+
+
+LEAK = """
+study: {name: leak}
+data: DATA
+teachers:
+  - {name: t, arch: mlp, width: 8, epochs: 1, data: TEACHER}
+student: {arch: mlp, width: 4}
+train: {epochs: 1, batch_size: 64, threads: 1}
+search:
+  kd.alpha: {type: float, low: 0, high: 1}
+"""
+
+
+@pytest.mark.parametrize("student,teacher,says", [
+    # the issue's numbers: the teacher's 720 training rows are the student's, 701 of them with hidden labels
+    ("{name: mnist1d, size: 1000, labels: 0.1}", "{name: mnist1d, size: 1000}",
+     ["teachers (t).data: 701 of the student's training rows whose labels data.labels hides are among the 720 rows "
+      "the teacher would learn with their labels", "set teachers (t).data.seed to another value than data.seed"]),
+    # the same file under another name, carved differently: the student's validation rows teach the teacher
+    ("{name: arrays, path: mine.npz, val_fraction: 0.2}", "{name: arrays, path: copy.npz, val_fraction: 0.05}",
+     ["teachers (t).data: 8 of its validation rows are among the 48 rows the teacher would learn",
+      "point teachers (t).data at other data"]),
+])
+def test_a_teacher_whose_data_holds_the_students_hidden_labels_or_held_out_rows_is_refused(tmp_path, capsys, student,
+                                                                                          teacher, says):
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(60, 1, 40)).astype(np.float32), np.arange(60) % 3
+    np.savez(tmp_path / "mine.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    (tmp_path / "copy.npz").write_bytes((tmp_path / "mine.npz").read_bytes())
+    p = sweep_file(tmp_path, textwrap.dedent(LEAK).replace("DATA", student).replace("TEACHER", teacher))
+    refused(tmp_path, capsys, [p], code=2, says=says)
+
+
+# --------------------------------------------------------------------------- one meaning in every process
+
+
+def _digit_named_classes(tmp_path) -> str:
+    """A folder of 11 classes named 0..10: sorted as text, index 2 is the class named 10."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c in range(11):
+        (tmp_path / "digits" / str(c)).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(g.integers(0, 255, (8, 8), dtype=np.uint8), mode="L").save(
+                tmp_path / "digits" / str(c) / f"{i}.png")
+    return str(tmp_path / "digits")
+
+
+@pytest.mark.parametrize("classes,student_of", [
+    ({i: [(i + 1) % 11] for i in range(11)}, lambda names, i: i),  # numbers: student class indices
+    ({str(i): [(i + 1) % 11] for i in range(11)}, lambda names, i: names.index(str(i))),  # quoted: names
+])
+def test_teacher_class_keys_mean_the_same_in_a_worker_that_reads_the_study(tmp_path, classes, student_of):
+    """Issue 29: a study keeps its config as JSON, which turns {2: [...]} into {"2": [...]}: the sweep process
+    read 2 as an index (the class named 10) and a spawned worker as the class named 2, sharing one cached teacher.
+    A worker gets its config from the study (kdtrain.worker.open_context: search.study_config)."""
+    from kdtrain import search
+
+    cfg = config.from_dict({"study": {"name": "named"}, "teachers": [{"name": "t", "arch": "mlp", "classes": classes}],
+                            "data": {"name": "folder", "path": _digit_named_classes(tmp_path), "image_size": 8}})
+    ds = data.load(cfg.data)
+    assert ds.class_names[:4] == ["0", "1", "10", "2"]
+    study = search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "named", 2)
+    in_worker = search.study_config(study)
+    expected = [None] * 11
+    for i in range(11):
+        expected[student_of(ds.class_names, i)] = [(i + 1) % 11]
+    assert teachers.resolve_groups(cfg.teachers[0], ds, ds.class_names) == expected
+    assert teachers.resolve_groups(in_worker.teachers[0], ds, ds.class_names) == expected
+    assert in_worker.teachers == cfg.teachers  # and its settings compare equal on resume
+
+
+@pytest.mark.parametrize("classes,says", [
+    ("{0: [0], b: [1]}", "teachers[0] (t).classes: name every student class by its index or every one by its name, "
+                         "not both"),
+    ("{0: [0], 2: [1]}", "teachers[0] (t).classes: student classes by index are 0, 1, ... each once; 1 missing"),
+])
+def test_teacher_class_keys_that_a_worker_would_read_otherwise_are_refused(tmp_path, capsys, classes, says):
+    refused(tmp_path, capsys, [_teacher_file(tmp_path, f"{{name: t, arch: mlp, width: 8, classes: {classes}}}")],
+            code=2, says=[says])
