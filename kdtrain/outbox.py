@@ -9,7 +9,8 @@ of several calls records each step it made, so that sending it again after a cut
 at a time, under a lock), as soon as a write or a worker finds the server answering again: this worker's next
 write, the next worker, or a rerun of the sweep on this machine. ``kdtrain status`` counts the trials whose writes
 wait. An entry that keeps failing while the server answers (a proxy that cuts one large upload) is set aside, in
-``<outbox>-set-aside/``, after SET_ASIDE_AFTER tries, with one warning, so that it cannot hold the others back.
+``<outbox>-set-aside/``, after SET_ASIDE_AFTER tries if the entry after it goes through, with one warning, so that
+it cannot hold the others back.
 
 One outbox per tracking server, under kdtrain's home: ``outbox/<key of the server's URL>/``.
 """
@@ -35,6 +36,7 @@ PENDING = "outbox:"
 """The id a logged model kept in the outbox goes by until it is sent."""
 SET_ASIDE_AFTER = 3
 """Failed tries, with the server answering /health, after which a kept write is set aside."""
+STUCK = "stuck"
 
 _GONE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "Read timed out",
          "Connection aborted", "RemoteDisconnected", "error code 502", "error code 503", "error code 504",
@@ -230,21 +232,34 @@ class Deferring:
             return True
         if not self.answers():
             return False
-        sent = 0
+        sent, stuck = 0, None
         with self.outbox.sending() as mine:
             for entry in self.outbox.entries() if mine else []:
                 took = self._send(entry)
+                if stuck is not None:  # the write after a stuck one tells whose fault it is
+                    if took is not True:  # it failed too: the server's, and the stuck write waits
+                        stuck = None
+                        break
+                    self._set_aside(stuck)  # it went: the stuck write's own
+                    stuck = None
                 if took is None:
                     break
+                if took == STUCK:
+                    stuck = entry
+                    continue
                 sent += took
+            if stuck is not None:  # nothing after it to tell: the bound holds
+                self._set_aside(stuck)
         left = bool(self.outbox.entries())
         if sent or not left:
             self._back(sent, left)
         return not left
 
-    def _send(self, entry: Path) -> bool | None:
-        """Send one kept write: True once the server took it, False when it was dropped or set aside, None when
-        the server is away (the entry stays, and so do the ones after it)."""
+    def _send(self, entry: Path) -> bool | str | None:
+        """Send one kept write: True once the server took it, False when it was dropped, None when the server is
+        away (the entry stays, and so do the ones after it), STUCK when it failed SET_ASIDE_AFTER times while the
+        server answered (flush sets it aside if the next write goes, which tells the write's fault from the
+        server's: an MLflow server whose database is away still answers /health)."""
         record = self.outbox.read(entry)
         try:
             made = getattr(self, f"_w_{record['op']}")(record["run_id"], entry, **record["args"])
@@ -253,12 +268,9 @@ class Deferring:
                 self.down(e)
                 if not self.answers():  # an outage: this write waits for the server, and the ones after it
                     return None
-                tries = record.get("failures", 0) + 1  # a failure of this write alone: counted
-                if tries < SET_ASIDE_AFTER:
-                    self.outbox.update(entry, failures=tries)
-                    return None
-                self._set_aside(entry, record, e)
-                return False
+                tries = record.get("failures", 0) + 1  # a failure with the server answering: counted
+                self.outbox.update(entry, failures=tries, error=_reason(e))
+                return STUCK if tries >= SET_ASIDE_AFTER else None
             # the server refuses it (the run deleted meanwhile, say): said, and not tried again
             print(f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) was refused "
                   f"by the server and dropped ({_reason(e)})", file=sys.stderr, flush=True)
@@ -269,13 +281,14 @@ class Deferring:
         self.outbox.done(entry)
         return True
 
-    def _set_aside(self, entry: Path, record: dict, e: Exception) -> None:
+    def _set_aside(self, entry: Path) -> None:
         """A write that failed SET_ASIDE_AFTER times while the server answered: out of the way of the others."""
+        record = self.outbox.read(entry)
         self.outbox.set_aside(entry)
         if not self._aside_said:
             self._aside_said = True
             print(f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) failed "
-                  f"{SET_ASIDE_AFTER} times while the tracking server answered ({_reason(e)}); set aside in "
+                  f"{record['failures']} times while the tracking server answered ({record['error']}); set aside in "
                   f"{self.outbox.aside} (its record.json and files; this is said once) so that the writes after it "
                   "go on", file=sys.stderr, flush=True)
 
