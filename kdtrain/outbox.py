@@ -50,11 +50,12 @@ class TrackingLost(KdtrainError):
 
 def unreachable(e: BaseException) -> bool:
     """Did an MLflow call fail because the tracking server could not be reached (refused, timed out, a proxy's
-    502-504 after MLflow's own retries), rather than because it refused what was asked?"""
+    502-504 after MLflow's own retries; TrackingLost: past the worker's patience), rather than because it refused
+    what was asked?"""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
+        if isinstance(e, (ConnectionError, TimeoutError, TrackingLost)) or type(e).__name__ in (
                 "ConnectionError", "MaxRetryError", "NewConnectionError", "ConnectTimeout", "ReadTimeout"):
             return True
         if type(e).__name__ == "MlflowException" and any(k in str(e) for k in _GONE):
