@@ -391,7 +391,7 @@ def _run_and_tell(ctx: Context, trial) -> None:
         raise  # the study's database is gone past study.storage_patience: the next run recovers the trial
     except Exception as e:
         if tracker.away(e):  # the tracking server away past study.storage_patience: not the settings' fault
-            recovery.fail_trial(study, trial, f"interrupted: {first_line(e)}", killed(tracker))
+            recovery.fail_trial(study, trial, f"interrupted: {redact(first_line(e))}", killed(tracker))
             ctx.log(f"trial {n} interrupted: the MLflow tracking server is unreachable; failed and re-queued")
             return
         reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
