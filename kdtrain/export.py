@@ -163,3 +163,45 @@ def card_text(card: dict, gains: dict) -> str:
         f"- output: logits over {len(card['classes'])} classes {card['classes'][:20]}",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- an MLflow logged model's capture
+def exported(model, x):
+    """A torch.export program of the model, its batch dimension dynamic, that gives the model's outputs (within
+    1e-5) on x and on a batch of another size; None when export cannot capture it (a ScriptModule, a model with
+    data-dependent control flow). Call with warnings silenced."""
+    if isinstance(model, torch.jit.ScriptModule) or len(x) < 2:
+        return None
+    model = model.cpu().eval()
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            if _reproduces(program.module(), model, x):
+                return program
+    except Exception:  # noqa: BLE001 - export refused the model (many error types): TorchScript is tried next
+        pass
+    return None
+
+
+def torchscript(model, x):
+    """TorchScript of a model that gives its outputs (within 1e-5) on x and on a batch of another size: traced,
+    else scripted; a ScriptModule as it is; None when neither reproduces the model."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    model = model.cpu().eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings
+        for make in (lambda: torch.jit.trace(model, x, check_trace=False), lambda: torch.jit.script(model)):
+            try:
+                ts = make()
+                if _reproduces(ts, model, x):
+                    return ts
+            except Exception:  # noqa: BLE001 - trace or script refused the model: try the next, else None
+                continue
+    return None
+
+
+def _reproduces(made, model, x) -> bool:
+    """Does `made` (an export or a TorchScript of model) give model's outputs within 1e-5, on x and on a batch of
+    another size (a capture that fixed the batch dimension fails there)? Call under torch.no_grad()."""
+    return all(torch.allclose(made(a), model(a), atol=1e-5, rtol=0) for a in (x, torch.cat([x, x[:1]])))

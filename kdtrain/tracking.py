@@ -1,4 +1,4 @@
-"""The MLflow side: the only module that imports mlflow.
+"""The MLflow side: with kdtrain.writes (how each write to a run is sent), the only module that imports mlflow.
 
 Naming contract (the README's "What MLflow holds"): experiment = study name, one parent run per
 study (tag kdtrain.role=sweep), a child run per trial (``trial-<n>``), per
@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import io
-import re
-import tempfile
 import time
 import urllib.parse
+import uuid
 import warnings
 from pathlib import Path
 
 from kdtrain.errors import KdtrainError, first_line, not_a_stop
 from kdtrain.paths import home, redact
-from kdtrain.outbox import PENDING, Deferring, Outbox, _reason, unreachable  # noqa: F401
+from kdtrain.outbox import PENDING, Outbox, TrackingLost, _reason, unreachable  # noqa: F401
+from kdtrain.writes import CURVES, MODEL_TAG, WRITE_TAG, Writes, literal  # noqa: F401
 from kdtrain.shared import atomic_dir
 
 ROLE = "kdtrain.role"
@@ -29,26 +29,10 @@ MODEL_ARTIFACT, CONFIG_ARTIFACT, SWEEP_ARTIFACT = "model.pt", "config.yaml", "sw
 """A student run's state dict and its trial's full config; the parent run's resolved sweep file."""
 TEACHER_ARTIFACTS = "teacher"
 """A teacher run's folder holding its cache entry (weights, logits, meta), fetched by workers elsewhere."""
-def literal(value) -> str:
-    """A value as a string literal of MLflow's search syntax: in single quotes, or in double quotes when it holds a
-    single quote (bob's-sweep); MLflow has no escape inside either, so a value with both kinds is refused (study
-    names are checked for that up front, see kdtrain.config)."""
-    text = str(value)
-    if "'" not in text:
-        return f"'{text}'"
-    if '"' not in text:
-        return f'"{text}"'
-    raise KdtrainError(f"{text!r} holds both kinds of quote, which MLflow's search cannot match; rename it")
-
-
 TIDY_TAGS = ("kdtrain.role", "optuna.trial", "optuna.state", "mlflow.runName", "kdtrain.seed", "kdtrain.teacher_data")
-MODEL_TAG = "kdtrain.model_id"
-"""A run's tag naming its MLflow logged model (models:/<id>): the student, baseline or teacher as an MLflow model."""
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 MODELS_VIEW = "#/experiments/{id}/models?workflowType=machine_learning"
 """The experiment's logged models in the MLflow UI (its training view, not the GenAI one)."""
-CURVES = ("train_loss", "kd_loss", "ce_loss", "val_accuracy")
-"""The per-epoch metrics of a run's history (step = epoch)."""
 
 
 def _quiet() -> None:
@@ -137,13 +121,14 @@ def check_reachable(uri: str | None) -> None:
         # any other answer means a server is there (a proxy without /health, an older API)
 
 
-class Tracker(Deferring):
+class Tracker(Writes):
     """Explicit-run-id logging through MlflowClient (safe across worker processes).
 
     With a tracking server, the writes to existing runs (metrics, tags, artifacts, logged models, a run's end)
     survive the server going away: a write the server cannot take, and every write after it, is kept in this
     machine's outbox (kdtrain.outbox) and sent, in order and once, when the server answers again (flush). One
-    warning line says since when. Creating runs and reading still need the server."""
+    warning line says since when. Creating a run waits for the server (up to `patience`, then TrackingLost);
+    reading still needs it."""
 
     def __init__(self, uri: str | None = None):
         _quiet()
@@ -199,14 +184,22 @@ class Tracker(Deferring):
         return [r.info.run_id for r in self.client.search_runs([exp_id], filter_string=flt, max_results=1000)]
 
     def start(self, exp_id: str, name: str, role: str, parent_id: str | None = None,
-              tags: dict | None = None, params: dict | None = None) -> str:
-        all_tags = {ROLE: role, **(tags or {})}
+              tags: dict | None = None, params: dict | None = None, inputs: list | None = None) -> str:
+        """A new run with its tags, params and dataset inputs. The tracking server away: waited for (patiently),
+        and a run whose creation landed before the reply was lost is found by its write id, not made twice."""
+        all_tags = {ROLE: role, WRITE_TAG: uuid.uuid4().hex, **(tags or {})}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
-        if params:
-            self.log_params(run.info.run_id, params)
-        return run.info.run_id
+
+        def create(again: bool) -> str:
+            found = self.find(exp_id, {WRITE_TAG: all_tags[WRITE_TAG]}) if again else []
+            run_id = found[0] if found else self.client.create_run(
+                exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}).info.run_id
+            if params:  # the same values again: MLflow takes them as they are
+                self.log_params(run_id, params)
+            self.log_inputs(run_id, inputs or [])  # a dataset already linked to the run is linked once
+            return run_id
+        return self.patiently(create)
 
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
@@ -220,44 +213,18 @@ class Tracker(Deferring):
         epoch) in a few batched writes."""
         curves = [{"epoch": s.epoch, **{k: float(getattr(s, k)) for k in CURVES}} for s in history or []]
         self._write("metrics", run_id, {"metrics": {k: float(v) for k, v in metrics.items() if v is not None},
-                                        "history": curves, "model_id": model_id})
-
-    def _w_metrics(self, run_id: str, folder, metrics: dict, history: list, model_id: str | None) -> None:
-        from mlflow.entities import Metric
-
-        if model_id and model_id.startswith(PENDING):
-            model_id = self.outbox.alias(model_id)  # made by a kept log_model sent before this write
-        now = int(time.time() * 1000)
-        items = [Metric(k, v, now, 0, model_id=model_id) for k, v in metrics.items()]
-        items += [Metric(k, s[k], now, s["epoch"]) for s in history for k in CURVES]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
+                                        "history": curves, "model_id": model_id, "at": int(time.time() * 1000)})
 
     def log_step(self, run_id: str, metrics: dict, step: int) -> None:
         """Metrics at one step (a study's progress on its parent run)."""
-        self._write("step", run_id, {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step})
-
-    def _w_step(self, run_id: str, folder, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        self._write("step", run_id, {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step,
+                                     "at": int(time.time() * 1000)})
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         self._write("tags", run_id, {"tags": {k: str(v) for k, v in tags.items()}})
 
-    def _w_tags(self, run_id: str, folder, tags: dict) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self._write("artifact", run_id, {}, {name: text.encode()})
-
-    def _w_artifact(self, run_id: str, folder: Path, **_) -> None:
-        for f in sorted(folder.iterdir()):
-            if f.name != "record.json":
-                self.client.log_artifact(run_id, str(f))
 
     def log_file(self, run_id: str, path: str | Path) -> None:
         self.client.log_artifact(run_id, str(path))
@@ -303,6 +270,8 @@ class Tracker(Deferring):
         control flow, say)."""
         import torch
 
+        from kdtrain.export import exported, torchscript
+
         x = torch.as_tensor(example).float().cpu()
         files = {"example.pt": io.BytesIO()}
         torch.save(x, files["example.pt"])
@@ -319,53 +288,9 @@ class Tracker(Deferring):
                 self.set_tags(run_id, {MODEL_TAG: "none: neither torch.export nor TorchScript reproduces this "
                                                   "model; see model.pt"})
                 return None
-        return self._write("model", run_id, {"exp_id": exp_id, "name": name,
-                                             "tags": {k: str(v) for k, v in (tags or {}).items()}},
+        tags = {**{k: str(v) for k, v in (tags or {}).items()}, WRITE_TAG: uuid.uuid4().hex}
+        return self._write("model", run_id, {"exp_id": exp_id, "name": name, "tags": tags},
                            {k: b.getvalue() for k, b in files.items()})
-
-    def _w_model(self, run_id: str, folder: Path, exp_id: str, name: str, tags: dict) -> str:
-        import mlflow.pytorch
-        import torch
-        from mlflow.entities import LoggedModelOutput
-        from mlflow.models import Model, infer_signature
-
-        pt2 = (folder / "model.pt2").exists()
-        x = torch.load(folder / "example.pt", weights_only=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            model = torch.export.load(str(folder / "model.pt2")).module() if pt2 else \
-                torch.jit.load(str(folder / "model.ts"), map_location="cpu")
-            with torch.no_grad():
-                out = model(x).numpy()
-        name = re.sub(r"[^A-Za-z0-9_-]+", "-", name)  # MLflow refuses ':', '.', '/' in a model name (python: archs)
-        lm = self.client.create_logged_model(exp_id, name=name, source_run_id=run_id, model_type="classifier",
-                                             tags=tags, params=dict(self.client.get_run(run_id).data.params))
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = Path(tmp) / "model"
-            meta = Model(artifact_path=lm.artifact_location, model_uuid=lm.model_id, run_id=run_id, model_id=lm.model_id)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # export's notes on buffers (a GRU's flat weights)
-                # pt2: the example's batch of 2 keeps the batch dimension dynamic (export fixes a size of 1)
-                mlflow.pytorch.save_model(model, saved, mlflow_model=meta, signature=infer_signature(x.numpy(), out),
-                                          input_example=(x if pt2 else x[:1]).numpy(),
-                                          serialization_format="pt2" if pt2 else "pickle",
-                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-            self.client.log_model_artifacts(lm.model_id, str(saved))
-        self.client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step=0)])
-        self.client.finalize_logged_model(lm.model_id, "READY")
-        self._w_tags(run_id, folder, {MODEL_TAG: lm.model_id})
-        return lm.model_id
-
-    def answers(self) -> bool:
-        """Does the tracking server answer /health now (one try, 5 s)?"""
-        from mlflow.utils.credentials import get_default_host_creds
-        from mlflow.utils.rest_utils import http_request
-
-        try:
-            return http_request(get_default_host_creds(self.uri), "/health", "GET", max_retries=0, timeout=5,
-                                raise_on_status=False).status_code == 200
-        except Exception:  # noqa: BLE001 - refused, timed out: not answering
-            return False
 
     def register(self, name: str, model_id: str, run_id: str, description: str, tags: dict) -> str:
         """A version of registered model `name` for a logged model (the registered model created if need be); the
@@ -445,55 +370,6 @@ class Tracker(Deferring):
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self._write("end", run_id, {"status": status})
 
-    def _w_end(self, run_id: str, folder, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
-
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
-
-def exported(model, x):
-    """A torch.export program of the model, its batch dimension dynamic, that gives the model's outputs (within
-    1e-5) on x and on a batch of another size; None when export cannot capture it (a ScriptModule, a model with
-    data-dependent control flow). Call with warnings silenced."""
-    import torch
-
-    if isinstance(model, torch.jit.ScriptModule) or len(x) < 2:
-        return None
-    model = model.cpu().eval()
-    try:
-        with torch.no_grad():
-            program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-            if _reproduces(program.module(), model, x):
-                return program
-    except Exception:  # noqa: BLE001 - export refused the model (many error types): TorchScript is tried next
-        pass
-    return None
-
-
-def torchscript(model, x):
-    """TorchScript of a model that gives its outputs (within 1e-5) on x and on a batch of another size: traced,
-    else scripted; a ScriptModule as it is; None when neither reproduces the model."""
-    import torch
-
-    if isinstance(model, torch.jit.ScriptModule):
-        return model
-    model = model.cpu().eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings
-        for make in (lambda: torch.jit.trace(model, x, check_trace=False), lambda: torch.jit.script(model)):
-            try:
-                ts = make()
-                if _reproduces(ts, model, x):
-                    return ts
-            except Exception:  # noqa: BLE001 - trace or script refused the model: try the next, else None
-                continue
-    return None
-
-
-def _reproduces(made, model, x) -> bool:
-    """Does `made` (an export or a TorchScript of model) give model's outputs within 1e-5, on x and on a batch of
-    another size (a capture that fixed the batch dimension fails there)? Call under torch.no_grad()."""
-    import torch
-
-    return all(torch.allclose(made(a), model(a), atol=1e-5, rtol=0) for a in (x, torch.cat([x, x[:1]])))

@@ -105,6 +105,7 @@ def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data
     if threads != cfg.train.threads:
         cfg = sweepfile.replace(cfg, {"train.threads": threads})
     search.configure(study, cfg, worker)
+    tracker.patience = schema.parse_duration(cfg.study.storage_patience)  # a run's creation waits that long
     ds = ds or data.load(cfg.data)
     exp_id = tracker.experiment(study.study_name)
     if pool is None:
@@ -236,9 +237,8 @@ def run_trial(ctx: Context, trial) -> list[float]:
             search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
     ctx.tracker.labels = {"study": ctx.study.study_name, "trial": trial.number}  # kept writes say whose they are
     run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
-                               params=baselines.flat_params(tcfg))
+                               params=baselines.flat_params(tcfg), inputs=ctx.inputs)  # the server away: waited for
     search.record(trial, {search.T_RUN: run_id})
-    ctx.tracker.log_inputs(run_id, ctx.inputs)
     history = []
     single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
     # cost metrics depend on the architecture only: known before training, they let the pareto rule prune. The
@@ -390,6 +390,10 @@ def _run_and_tell(ctx: Context, trial) -> None:
     except search.StorageLost:
         raise  # the study's database is gone past study.storage_patience: the next run recovers the trial
     except Exception as e:
+        if tracker.away(e):  # the tracking server away past study.storage_patience: not the settings' fault
+            recovery.fail_trial(study, trial, f"interrupted: {redact(first_line(e))}", killed(tracker))
+            ctx.log(f"trial {n} interrupted: the MLflow tracking server is unreachable; failed and re-queued")
+            return
         reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
             f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
         reason = redact(reason)[:2000]
