@@ -9,9 +9,10 @@ metrics with step = epoch; run status mirrors the trial.
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
-import io
 import time
 import urllib.parse
 import uuid
@@ -48,6 +49,16 @@ def _quiet() -> None:
     logging.getLogger("mlflow.store.db.utils").addFilter(not_a_stop)  # added once: a filter is never added twice
     warnings.filterwarnings("ignore", module="mlflow")
     warnings.filterwarnings("ignore", message=".*noload.*")
+
+
+def _read(method):
+    """A read of the tracking server (a search, a run's tags or metrics, an artifact): the server away, waited for
+    as a run's creation is (Writes.patiently: up to study.storage_patience, then TrackingLost), so that a follow-up
+    or a teacher fetch in an outage waits instead of ending its worker."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self.patiently(lambda again: method(self, *args, **kwargs))
+    return call
 
 
 def default_uri() -> str:
@@ -127,8 +138,8 @@ class Tracker(Writes):
     With a tracking server, the writes to existing runs (metrics, tags, artifacts, logged models, a run's end)
     survive the server going away: a write the server cannot take, and every write after it, is kept in this
     machine's outbox (kdtrain.outbox) and sent, in order and once, when the server answers again (flush). One
-    warning line says since when. Creating a run waits for the server (up to `patience`, then TrackingLost);
-    reading still needs it."""
+    warning line says since when. Creating a run, and reading (searches, tags, metrics, artifacts), wait for the
+    server (up to `patience`, then TrackingLost)."""
 
     def __init__(self, uri: str | None = None):
         _quiet()
@@ -152,6 +163,7 @@ class Tracker(Writes):
         """The study and trial the writes of the moment belong to (kept with them: kdtrain status counts them)."""
 
     # ------------------------------------------------------------------ experiment and runs
+    @_read
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
@@ -174,10 +186,12 @@ class Tracker(Writes):
         base = server or (self.uri if self.uri.startswith(("http://", "https://")) else None)
         return f"{redact(base).rstrip('/')}/{view.format(id=exp_id)}" if base else None
 
+    @_read
     def experiments(self) -> list[tuple[str, str]]:
         """(id, name) of the store's experiments, newest first."""
         return [(e.experiment_id, e.name) for e in self.client.search_experiments(order_by=["creation_time DESC"])]
 
+    @_read
     def find(self, exp_id: str, tags: dict[str, str]) -> list[str]:
         """Ids of the runs of an experiment whose tags equal the given values."""
         flt = " and ".join(f"tags.`{k}` = {literal(v)}" for k, v in tags.items())
@@ -232,6 +246,7 @@ class Tracker(Writes):
     def log_dir(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
 
+    @_read
     def fetch_dir(self, run_id: str, artifact_path: str, dest: Path) -> bool:
         """Download a run's artifact folder to dest, atomically (a partial download never appears at dest).
         False when the run has no such folder."""
@@ -244,6 +259,7 @@ class Tracker(Writes):
             (tmp / artifact_path).rmdir()
         return dest.exists()
 
+    @_read
     def download(self, run_id: str, dest: str | Path, path: str = "") -> Path:
         """A run's artifact (all of them by default) into dest: the local path, or one clear error."""
         try:
@@ -332,6 +348,7 @@ class Tracker(Writes):
         if inputs:
             self.client.log_inputs(run_id, datasets=inputs)
 
+    @_read
     def runs_frame(self, experiment: str):
         """(the experiment's runs as a DataFrame with plain column names, experiment id): metrics and params
         under their own names (val_accuracy, kd.alpha), the tags of TIDY_TAGS as tag:<name>, plus run_id,
@@ -356,9 +373,11 @@ class Tracker(Writes):
             out[f"tag:{tag}"] = df.get(f"tags.{tag}")
         return out, exp.experiment_id
 
+    @_read
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
+    @_read
     def metrics(self, run_id: str) -> dict[str, float]:
         """A run's latest value of each metric."""
         return dict(self.client.get_run(run_id).data.metrics)
@@ -370,6 +389,7 @@ class Tracker(Writes):
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self._write("end", run_id, {"status": status})
 
+    @_read
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 

@@ -285,3 +285,20 @@ def test_a_trial_whose_run_cannot_start_within_the_patience_is_interrupted_and_r
     assert trials[0].state.name == "FAIL" and trials[0].user_attrs.get("kdtrain.interrupted") is True, out
     assert any(t.state.name == "WAITING" and t.user_attrs.get("kdtrain.requeued_from") == 0 for t in trials), out
     cut.away_until = 0.0
+
+
+def test_a_follow_up_whose_reads_meet_the_server_away_waits_for_it(cut, tmp_path):
+    """Found in review of items 5-10: the follow-up's reads (the search for a width's baseline run) did not wait
+    for the server: an outage after the trials ended the worker with a traceback. Now every read waits as a
+    run's creation does; the follow-up's baseline is logged once the server answers."""
+    cut.rules = [{"match": r"POST .*/runs/search$", "body": "baseline", "action": "away", "seconds": 4}]
+    r, storage = sweep(tmp_path, cut, "reads-wait", "2m")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out
+    assert cut.away_until > 0, "the follow-up never searched for its baseline: the rule did not fire"
+    study = optuna.load_study(study_name="reads-wait", storage=search.open_storage(storage))
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"], out
+    client = MlflowClient(cut.url)
+    exp = client.get_experiment_by_name("reads-wait").experiment_id
+    base = client.search_runs([exp], "tags.`kdtrain.role` = 'baseline'")
+    assert base and {run.info.status for run in base} == {"FINISHED"}, out
