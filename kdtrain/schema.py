@@ -262,6 +262,16 @@ class KDConfig(LossConfig):
     """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
     weights: list | None = None
     """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
+    features: list | None = None
+    """Feature distillation: layer pairs, each {teacher_layer, student_layer, loss, weight, name, teacher}. Layers
+    are module paths (layer3, features.4, 0.conv; `kdtrain layers` lists them); loss at (attention transfer), hint
+    (FitNets, through a learned regressor) or sp (similarity-preserving), default hint; weight adds weight x the
+    pair's loss to the run's loss (default at 1000, hint 100, sp 3000); name defaults to loss:student->teacher;
+    teacher defaults to the first of kd.teachers. A pair whose teacher a trial does not use is skipped."""
+    feature_pair: str = "all"
+    """Which kd.features pairs a run uses: all, none, or one pair's name (search it as a categorical)."""
+    feature_weight: float | None = None
+    """The weight of every pair in use, instead of their own (search it on a log scale); None: each pair's own."""
 
 
 @dataclass(frozen=True, config=SECTION)
