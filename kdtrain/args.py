@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _with_sweep(sub, "teachers", "train or load the sweep's teacher pool (cached) and print a table")
     _with_sweep(sub, "train", "distil one student with the sweep file's base settings")
+    _with_sweep(sub, "layers", "the teachers' and the student's module paths with their output shapes for one "
+                "batch of the data (to pick kd.features pairs)")
     _add_sweep(sub)
     _add_worker(sub)
     pp = _with_sweep(sub, "profile", "params, size, FLOPs, latency and throughput of the teachers and a ladder "

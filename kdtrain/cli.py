@@ -14,6 +14,7 @@ from pathlib import Path
 from kdtrain.args import build_parser, study_name_problem
 from kdtrain.shared import available_cpus, available_memory_gb, plan_workers
 from kdtrain.console import Countdown, EpochProgress, beside_bar, front_table, table, teacher_progress
+from kdtrain.layer_table import cmd_layers  # noqa: F401 - `kdtrain layers`, run by main() like the cmd_ below
 
 
 def _load(args):
@@ -25,7 +26,7 @@ def _load(args):
 def _load_data(cfg):
     """The data of cfg, and every model of cfg that is not a registered family run once on it (torchvision: and
     python: archs): a file or model that does not fit is one error before any training. (cfg, dataset)"""
-    from kdtrain import data, models, teachers
+    from kdtrain import data, features, models, teachers
     from kdtrain.train import resolve_device
 
     resolve_device(cfg.train.device)  # cuda on a machine without CUDA: one line before any data loads
@@ -39,6 +40,7 @@ def _load_data(cfg):
                                           if teachers.kind(t) in ("train", "weights")
                                           and t.data is None and t.output is None and t.classes is None]
     models.check_fits(built, ds.input_shape, ds.num_classes)
+    features.check_paths(cfg, ds)  # kd.features: every layer found and joined before any training
     return cfg, ds
 
 
@@ -144,7 +146,6 @@ def _trials_source(args, cfg) -> str:
 
 
 def cmd_sweep(args) -> int:
-
     from kdtrain import processes, recovery, search, sweepfile, teachers, worker
     from kdtrain.paths import home, redact
     from kdtrain.tracking import Tracker, load_state_dict

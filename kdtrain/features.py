@@ -121,23 +121,23 @@ def _no_features(t) -> str:
     return "an ONNX file" if t.weights and t.weights.endswith(".onnx") else ""
 
 
-def pairs(cfg) -> list[Pair]:
+def pairs(cfg, every: bool = False) -> list[Pair]:
     """The pairs a run of cfg uses: those of kd.feature_pair whose teacher is among the run's teachers, each with
-    kd.feature_weight when set. Empty without kd.features, with kd.feature_pair none, or for kd.alpha 0."""
+    kd.feature_weight when set. Empty without kd.features, with kd.feature_pair none, or for kd.alpha 0. every:
+    each pair of kd.features with its own weight, whatever the run uses (to check them all before a sweep)."""
     kd = cfg.kd
-    if not kd.features or kd.feature_pair == NONE or kd.alpha == 0:
+    if not kd.features or not every and (kd.feature_pair == NONE or kd.alpha == 0):
         return []
     used = cfg.kd_teachers
     out = []
     for p in kd.features:
-        name = pair_name(p)
-        if kd.feature_pair not in (ALL, name):
-            continue
-        loss = p.get("loss", "hint")
+        name, loss = pair_name(p), p.get("loss", "hint")
         teacher = p.get("teacher") or used[0]
-        if teacher not in used:
-            continue
-        weight = kd.feature_weight if kd.feature_weight is not None else p.get("weight", DEFAULT_WEIGHTS[loss])
+        weight = p.get("weight", DEFAULT_WEIGHTS[loss])
+        if not every:
+            if kd.feature_pair not in (ALL, name) or teacher not in used:
+                continue
+            weight = kd.feature_weight if kd.feature_weight is not None else weight
         out.append(Pair(name, teacher, p["teacher_layer"], p["student_layer"], loss, float(weight)))
     return out
 
@@ -273,20 +273,20 @@ class FeatureKD:
                 raise _Stop()
         return hook
 
-    def attach(self, student: nn.Module, x: torch.Tensor, device) -> nn.ModuleDict:
+    def attach(self, student: nn.Module, x: torch.Tensor, device, whose: str = "student") -> nn.ModuleDict:
         """Hook the layers (a wrong path: FeatureError), run one dry batch x through the student (eval mode, no
         gradient) and the teachers, and size the adapters from the outputs' shapes. Returns the adapters (on
-        device), for the optimizer."""
+        device), for the optimizer. ``whose`` names the student in errors."""
         for i, p in enumerate(self.pairs):
             where = f"kd.features ({p.name})"
             if p.student_layer not in self.student_out:
-                mod = find(student, p.student_layer, f"{where}.student_layer", "student")
+                mod = find(root(student), p.student_layer, f"{where}.student_layer", whose)
                 self.handles.append(mod.register_forward_hook(self._student_hook(p.student_layer)))
                 self.student_out[p.student_layer] = None
-        for name, (_, root) in self.teachers.items():
+        for name, (_, inner) in self.teachers.items():
             mine = {p.teacher_layer: p.name for p in self.pairs if p.teacher == name}
             for path, pair in mine.items():
-                mod = find(root, path, f"kd.features ({pair}).teacher_layer", f"teacher {name}")
+                mod = find(inner, path, f"kd.features ({pair}).teacher_layer", f"teacher {name}")
                 self.handles.append(mod.register_forward_hook(self._teacher_hook(name, path, len(mine))))
         for call, _ in self.teachers.values():
             call.to(device).eval()
@@ -350,11 +350,15 @@ class FeatureKD:
         self.teacher_out.clear()
 
 
-def _root(model: nn.Module) -> nn.Module:
-    """The module whose paths a pair names: the model inside teachers[].output's wrapper."""
-    from kdtrain.nets import PickOutput
+def root(model: nn.Module) -> nn.Module:
+    """The module whose paths a pair names: the network inside kdtrain's wrappers (teachers[].output's, and those
+    that adapt torchvision models to 1-channel images and resnet18 to signals), so that torchvision's own paths
+    (layer3) name its layers."""
+    from kdtrain.nets import As2d, PickOutput, RepeatChannels
 
-    return model.model if isinstance(model, PickOutput) else model
+    while isinstance(model, (PickOutput, RepeatChannels, As2d)):
+        model = model.model if isinstance(model, PickOutput) else model.net
+    return model
 
 
 def for_pool(chosen: list[Pair], pool: dict, temperature: float) -> FeatureKD:
@@ -363,11 +367,54 @@ def for_pool(chosen: list[Pair], pool: dict, temperature: float) -> FeatureKD:
     teachers = {}
     for name in dict.fromkeys(p.teacher for p in chosen):
         t = pool[name]
-        root = _root(t.model) if t.model is not None else None
-        if root is None or isinstance(root, torch.jit.ScriptModule):
-            what = "a TorchScript file, whose layers run compiled (no hook sees them)" if root is not None else \
+        inner = root(t.model) if t.model is not None else None
+        if inner is None or isinstance(inner, torch.jit.ScriptModule):
+            what = "a TorchScript file, whose layers run compiled (no hook sees them)" if inner is not None else \
                 f"known by its outputs only ({t.arch})"
             raise FeatureError(f"kd.features: teacher {name!r} is {what}; feature distillation needs its model: "
                                "give its arch with a state dict or an MLflow model, or drop kd.features")
-        teachers[name] = (t.as_student_model(temperature), root)
+        teachers[name] = (t.as_student_model(temperature), inner)
     return FeatureKD(chosen, teachers)
+
+
+def check_paths(cfg, ds) -> None:
+    """Every pair of kd.features built and run once on 2 rows of the data, before anything trains: each path found
+    (else the nearest valid ones), each teacher able to give features, each pair's shapes joined by its loss. The
+    student is checked as the base config builds it and at the ends of the searched student.arch, width and depth
+    (a shallower student may lack the layer). FeatureError on the first problem."""
+    import dataclasses
+
+    from kdtrain import models, space, teachers
+
+    chosen = pairs(cfg, every=True)
+    if not chosen:
+        return
+    pool = {}
+    for name in dict.fromkeys(p.teacher for p in chosen):
+        t = cfg.teacher(name)
+        how = teachers.kind(t)
+        if how in ("logits", "onnx", "torchscript"):
+            what = {"logits": "a logits file", "onnx": "an ONNX file",
+                    "torchscript": "a TorchScript file, whose layers run compiled where no hook sees them"}[how]
+            raise FeatureError(f"kd.features: teacher {name!r} is {what}: it gives logits only, no layer to hook; "
+                               "give its arch with a state dict or an MLflow model, or drop kd.features")
+        tds, view = teachers._domain(t, cfg, ds)
+        model = teachers.build(t, tds).eval()
+        pool[name] = (teachers.TeacherView(model, view, None, 1.0), root(model))
+    x = ds.x_val[:2].cpu()
+    shapes = [dict(s) for s in space.extreme_students(cfg, "low") + space.extreme_students(cfg, "high")]
+    variants = [cfg.student] + [dataclasses.replace(cfg.student, **{k.split(".")[1]: v for k, v in s.items()})
+                                for s in shapes]
+    seen = []
+    for sc in variants:
+        key = (sc.arch, sc.width, sc.depth)
+        if key in seen:
+            continue
+        seen.append(key)
+        whose = "student" if len(seen) == 1 else f"student as a trial may build it ({sc.arch}, width {sc.width}" \
+            + (f", depth {sc.depth})" if sc.depth is not None else ")")
+        kd = FeatureKD(chosen, pool)
+        try:
+            kd.attach(models.from_config(sc, ds.input_shape, ds.num_classes), x, torch.device("cpu"), whose)
+        finally:
+            kd.close()
