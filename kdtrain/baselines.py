@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from kdtrain import data, models, search, space, sweepfile, tracking
+from kdtrain import data, features, models, search, space, sweepfile, tracking
 from kdtrain.paths import home
 from kdtrain.profile import model_identity, profile
 from kdtrain.run import distill_student
@@ -38,6 +38,7 @@ def flat_params(cfg: Config) -> dict:
 
     flat = {k: v for k, v in cfg.flat().items() if cfg.kd.loss in LOSS_SETTINGS.get(k, (cfg.kd.loss,))}
     flat["kd.teachers"] = "+".join(cfg.kd_teachers)
+    flat["kd.features"] = features.describe(cfg)  # the pairs and losses this run used, not the whole list
     return flat
 
 

@@ -60,6 +60,8 @@ def base_params(cfg: Config) -> dict:
     out = {}
     for key, spec in cfg.search.items():
         value = "+".join(cfg.kd_teachers) if key == "kd.teachers" else flat[key]
+        if value is None:
+            continue  # a setting off by default (kd.feature_weight): the sampler chooses
         if spec["type"] == "subset" and value not in subsets(spec["of"]):
             continue  # let the sampler choose
         if spec["type"] == "categorical" and value not in spec["choices"]:

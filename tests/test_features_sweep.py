@@ -1,0 +1,113 @@
+"""kd.features searched like any key: a real tiny sweep chooses among named pairs (or none) and searches their
+weight on a log scale; each trial's MLflow run and the report name the pair and loss it used; the logged student
+holds no adapter. Real stores: an Optuna journal and SQLite in a temp folder."""
+
+import os
+import textwrap
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdtrain import baselines, models, report, search
+from kdtrain.cli import main
+from kdtrain.tracking import MODEL_TAG, Tracker
+
+SWEEP = """
+study: {name: feats, trials: 5, seed: 3, pruner: none, spread: false, baseline_seeds: 1,
+        objectives: {val_accuracy: maximize, params: minimize}}
+data: {name: synthetic, size: 400, val_fraction: 0.2, seed: 1}
+teachers:
+  - {name: conv, arch: cnn1d, width: 8, epochs: 3}
+student: {arch: cnn1d, width: 4}
+train: {epochs: 3, batch_size: 64, lr: 0.01, threads: 1}
+kd:
+  temperature: 4.0
+  alpha: 0.5
+  feature_pair: mid
+  features:
+    - {name: mid, teacher_layer: '3', student_layer: '3', loss: hint}
+    - {name: rel, teacher_layer: '6', student_layer: '6', loss: sp}
+search:
+  kd.feature_pair: {type: categorical, choices: [none, mid, rel]}
+  kd.feature_weight: {type: float, low: 1, high: 1000, log: true}
+  kd.alpha: {type: float, low: 0.2, high: 0.8}
+"""
+FAST = ["--set", "profile.blocks=2", "--set", "profile.calls=5", "--set", "profile.warmup=2",
+        "--set", "profile.throughput_batch=8", "--no-report"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feats")
+    env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cwd = os.getcwd()
+    os.chdir(root)
+    (root / "feats.yaml").write_text(textwrap.dedent(SWEEP))
+    try:
+        assert main(["sweep", "feats.yaml", *FAST]) == 0
+    finally:
+        os.chdir(cwd)
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return root / "home"
+
+
+@pytest.mark.xdist_group("features-sweep")
+def test_each_trial_names_the_pair_and_loss_it_used(swept):
+    study = optuna.load_study(study_name="feats", storage=search.open_storage(str(swept / "optuna.journal")))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 5
+    assert done[0].params["kd.feature_pair"] == "mid"  # the base trial (its weight, None in the file, drawn)
+    client = MlflowClient(f"sqlite:///{swept / 'mlflow.db'}")
+    seen = set()
+    for t in done:
+        run = client.get_run(t.user_attrs[search.T_RUN])
+        pair, weight = t.params["kd.feature_pair"], t.params.get("kd.feature_weight")
+        loss = {"mid": "hint", "rel": "sp"}.get(pair)
+        expected = "none" if pair == "none" else \
+            f"{pair} ({loss} x{weight if weight is not None else 100.0:g})"  # the pair's own weight: hint's 100
+        assert run.data.params["kd.features"] == expected, (t.number, run.data.params["kd.features"])
+        seen.add(pair)
+        if weight is not None:
+            assert 1 <= weight <= 1000
+    assert len(seen) >= 2  # the sampler chose among the pairs
+    d = report.load("feats", f"sqlite:///{swept / 'mlflow.db'}", str(swept / "optuna.journal"))
+    table = report.front_table(d)
+    named = dict(zip(d.students["run_id"], d.students["kd.features"]))  # every trial's pair, in trials.csv too
+    assert set(named.values()) == {client.get_run(t.user_attrs[search.T_RUN]).data.params["kd.features"]
+                                   for t in done}
+    front = [named[r] for r in table["run_id"]]
+    if any(f != "none" for f in front):  # the front's table names them
+        assert table["kd.features"].tolist() == front
+    else:
+        assert "kd.features" not in table
+
+
+@pytest.mark.xdist_group("features-sweep")
+def test_the_logged_student_of_a_feature_trial_holds_no_adapter(swept, monkeypatch):
+    monkeypatch.setenv("KDTRAIN_HOME", str(swept))
+    uri = f"sqlite:///{swept / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("feats")
+    runs = [r for r in client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'")
+            if r.data.params["kd.features"].startswith("mid (hint")]
+    assert runs, "no trial used the hint pair"
+    run = runs[0]
+    cfg, ds, model = baselines.trial_student(Tracker(uri), run.info.run_id)  # model.pt, loaded strictly
+    fresh = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
+    assert set(model.state_dict()) == set(fresh.state_dict())
+    mlflow.set_tracking_uri(uri)
+    folder = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=client.get_logged_model(run.data.tags[MODEL_TAG]).artifact_location))
+    program = torch.export.load(next(folder.rglob("*.pt2")))
+    logged = {k for k in program.state_dict if not k.startswith("_")}
+    assert logged == {k for k in fresh.state_dict() if "num_batches_tracked" not in k} or \
+        logged == set(fresh.state_dict())
+    assert sum(v.numel() for v in program.state_dict.values() if v.is_floating_point()) == \
+        sum(v.numel() for k, v in fresh.state_dict().items() if v.is_floating_point())
