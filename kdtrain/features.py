@@ -144,7 +144,7 @@ def pairs(cfg, every: bool = False) -> list[Pair]:
 
 def describe(cfg) -> str:
     """The feature pairs a run uses, for MLflow and the report: 'name (loss x weight)', or 'none'."""
-    return ", ".join(f"{p.name} ({p.loss} x{p.weight:g})" for p in pairs(cfg)) or NONE
+    return ", ".join(f"{p.name} ({p.loss} x{p.weight:.4g})" for p in pairs(cfg)) or NONE
 
 
 # --------------------------------------------------------------------------- losses

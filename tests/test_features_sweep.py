@@ -71,7 +71,7 @@ def test_each_trial_names_the_pair_and_loss_it_used(swept):
         pair, weight = t.params["kd.feature_pair"], t.params.get("kd.feature_weight")
         loss = {"mid": "hint", "rel": "sp"}.get(pair)
         expected = "none" if pair == "none" else \
-            f"{pair} ({loss} x{weight if weight is not None else 100.0:g})"  # the pair's own weight: hint's 100
+            f"{pair} ({loss} x{weight if weight is not None else 100.0:.4g})"  # the pair's own weight: hint's 100
         assert run.data.params["kd.features"] == expected, (t.number, run.data.params["kd.features"])
         seen.add(pair)
         if weight is not None:
