@@ -77,11 +77,24 @@ def test_a_feature_map_and_a_vector_no_adapter_joins(tmp_path, capsys):
     assert "attention transfer needs two outputs with positions" in err, err
 
 
-def test_a_teacher_known_by_its_logits_cannot_give_features(tmp_path, capsys):
+@pytest.mark.parametrize("teacher, says", [
+    ("{name: conv, logits: teacher.npz}", "teacher 'conv' is a logits file, which gives logits only, no layer to hook"),
+    ("{name: conv, arch: tiny_cnn, weights: teacher.onnx}", "teacher 'conv' is an ONNX file, which gives logits only"),
+    ("{name: conv, arch: tiny_cnn, width: 8, weights: scripted.pt}",
+     "teacher 'conv' is a TorchScript file, whose layers run compiled where no hook sees them"),
+])
+def test_a_teacher_from_a_file_without_layers_cannot_give_features(tmp_path, capsys, teacher, says):
+    import torch
+
+    from kdtrain import models
+
+    net = models.create_model("tiny_cnn", (1, 8, 8), 10, 8)
+    torch.jit.script(net).save(str(tmp_path / "scripted.pt"))
+    (tmp_path / "teacher.onnx").write_bytes(b"not read: refused before")
     path = sweep(tmp_path, "- {teacher_layer: '3', student_layer: '3'}",
-                 **{"{name: conv, arch: tiny_cnn, width: 8, epochs: 1}": "{name: conv, logits: teacher.npz}"})
+                 **{"{name: conv, arch: tiny_cnn, width: 8, epochs: 1}": teacher})
     err = refused(tmp_path, capsys, path)
-    assert "teacher 'conv' is a logits file, which gives logits only, no layer to hook" in err, err
+    assert says in err, err
 
 
 def test_unknown_pair_keys_losses_and_choices_are_config_errors(tmp_path, capsys):
