@@ -111,3 +111,36 @@ def test_the_logged_student_of_a_feature_trial_holds_no_adapter(swept, monkeypat
         logged == set(fresh.state_dict())
     assert sum(v.numel() for v in program.state_dict.values() if v.is_floating_point()) == \
         sum(v.numel() for k, v in fresh.state_dict().items() if v.is_floating_point())
+
+
+@pytest.mark.xdist_group("features-sweep")
+def test_confirm_reports_the_pairs_gain_over_logit_kd_with_seeds_whatever_its_sign(swept, monkeypatch, capsys):
+    monkeypatch.setenv("KDTRAIN_HOME", str(swept))
+    monkeypatch.chdir(swept.parent)
+    uri = f"sqlite:///{swept / 'mlflow.db'}"
+    study = optuna.load_study(study_name="feats", storage=search.open_storage(str(swept / "optuna.journal")))
+    client = MlflowClient(uri)
+    feat = next(t for t in study.trials if t.state.name == "COMPLETE" and t.params["kd.feature_pair"] != "none")
+    plain = next((t for t in study.trials if t.state.name == "COMPLETE" and t.params["kd.feature_pair"] == "none"),
+                 None)
+    chosen = [feat.number] + ([plain.number] if plain else [])
+    assert main(["confirm", "feats", "--trial", *map(str, chosen), "--seeds", "2", "--no-report",
+                 "--storage", str(swept / "optuna.journal"), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    exp = client.get_experiment_by_name("feats")
+    runs = client.search_runs([exp.experiment_id], f"tags.`kdtrain.role` = 'confirm' and "
+                                                   f"tags.`optuna.trial` = '{feat.number}'")
+    assert len(runs) == 2
+    gains = []
+    for r in runs:  # each seed: the trial with its pairs against the same seed without them
+        m = r.data.metrics
+        assert m["feature_gain_test"] == pytest.approx(m["test_accuracy"] - m["logit_kd_test_accuracy"])
+        gains.append(m["feature_gain_test"])
+    mean, std = sum(gains) / 2, abs(gains[0] - gains[1]) / 2 ** 0.5
+    header = next(line for line in out.splitlines() if "feature pairs over logit KD (test, paired) pts" in line)
+    row = next(line for line in out.splitlines() if line.startswith(f"{feat.number} "))
+    cells = [c.strip() for c in header.split("  ") if c.strip()]
+    assert cells[-1] == "feature pairs over logit KD (test, paired) pts"
+    assert row.rstrip().endswith(f"{100 * mean:.2f} ± {100 * std:.2f}"), (row, gains)  # the sign as measured
+    if plain:  # a trial without pairs has no such gain
+        assert next(line for line in out.splitlines() if line.startswith(f"{plain.number} ")).rstrip().endswith("-")
