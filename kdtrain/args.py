@@ -39,6 +39,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"kdtrain: error: {message} (see {self.prog} --help)\n")
 
 
+def duration(flag: str, text: str | None) -> float | None:
+    """A duration flag (8h, 30m, 90s) in seconds, None when not given; one clear error naming the flag."""
+    from kdtrain.errors import KdtrainError
+    from kdtrain.schema import parse_duration
+
+    try:
+        return parse_duration(text) if text is not None else None  # "" (an unset variable) is an error, not None
+    except ValueError as e:
+        raise KdtrainError(f"{flag}: {e}") from None
+
+
 def study_name_problem(name: str) -> str | None:
     """What is wrong with a study name, or None: the name becomes an MLflow experiment, a folder of artifacts and
     one of reports, so it must be one folder name."""

@@ -37,11 +37,11 @@ def layer_rows(model, x, inner=None) -> list[dict]:
 
 
 def cmd_layers(args) -> int:
-    from kdtrain import data, models, sweepfile, teachers
+    from kdtrain import data, models, study_teacher, sweepfile, teachers
     from kdtrain.console import table
     from kdtrain.features import root
 
-    cfg = sweepfile.load(args.sweep, args.set)
+    cfg = study_teacher.resolve(sweepfile.load(args.sweep, args.set))
     ds = data.load(cfg.data)
     x = ds.x_val[:2].cpu()
     print(f"data {cfg.data.name}: input {tuple(ds.input_shape)}; output shapes for a batch of B rows "

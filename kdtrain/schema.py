@@ -193,6 +193,12 @@ class TeacherConfig(ModelConfig):
     classes: dict | list | None = None
     """The teacher's classes -> the student's: a list of teacher class indices, one per student class (a subset),
     or {student class: [teacher classes]} (a coarser task: probabilities summed within each group)."""
+    from_study: str | None = None
+    """A finished study's student as this teacher (born-again networks): STUDY#N for trial N, or STUDY for its
+    confirmed pick (the best mean val accuracy over kdtrain confirm's seeds). The trial's arch, width, depth, hidden,
+    dropout and trained weights (its run's model.pt) replace the entry's; name, data, output and classes stay. The
+    study is looked up in --storage (else $KDTRAIN_STORAGE, else the default journal), its runs in the MLflow store
+    it recorded."""
 
 
 @dataclass(frozen=True, config=SECTION)

@@ -87,6 +87,8 @@ class Teacher:
     def arch(self) -> str:
         """What the teacher is, for tables: its arch, or the file it comes from."""
         c = self.config
+        if c.from_study:  # a finished study's student (kdtrain.study_teacher)
+            return f"{c.arch} from {c.from_study}"
         if c.logits:
             return f"logits file {Path(c.logits).name}"
         if c.weights and (c.weights.endswith(".onnx") or isinstance(self.model, torch.jit.ScriptModule)):
@@ -97,7 +99,7 @@ class Teacher:
     def width(self) -> str:
         """Its width where its family has one, else '-'."""
         c = self.config
-        return "-" if self.arch != c.arch or c.arch.startswith("torchvision:") else str(c.width)
+        return "-" if self.arch.split(" from ")[0] != c.arch or c.arch.startswith("torchvision:") else str(c.width)
 
     @property
     def described(self) -> str:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from kdtrain import baselines, models, report, search
+from kdtrain import baselines, data, models, report, search
 from kdtrain.cli import main
 from kdtrain.tracking import MODEL_TAG, Tracker
 
@@ -144,3 +144,78 @@ def test_confirm_reports_the_pairs_gain_over_logit_kd_with_seeds_whatever_its_si
     assert row.rstrip().endswith(f"{100 * mean:.2f} ± {100 * std:.2f}"), (row, gains)  # the sign as measured
     if plain:  # a trial without pairs has no such gain
         assert next(line for line in out.splitlines() if line.startswith(f"{plain.number} ")).rstrip().endswith("-")
+    # teachers[].from_study: STUDY alone is the confirmed pick, the best mean val accuracy over confirm's seeds
+    from kdtrain import ship, study_teacher, sweepfile
+
+    confirmed = ship.confirmed_trials(Tracker(uri), "feats")
+    best = max(confirmed, key=lambda n: confirmed[n]["val"])
+    (swept.parent / "pick.yaml").write_text(GEN2 % "feats")
+    said = []
+    study_teacher.resolve(sweepfile.load("pick.yaml"), log=said.append)
+    assert said[0].startswith(f"teacher gen1: trial {best} of study feats ("), said
+
+
+GEN2 = """
+data: {name: synthetic, size: 400, val_fraction: 0.2, seed: 1}
+teachers:
+  - {name: gen1, from_study: "%s"}
+student: {arch: cnn1d, width: 2}
+train: {epochs: 1, batch_size: 64, threads: 1}
+kd: {temperature: 4.0, alpha: 0.5}
+"""
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.xdist_group("features-sweep")
+def test_a_trial_of_a_finished_study_teaches_the_next_round(swept, monkeypatch, capsys):
+    import numpy as np
+
+    from kdtrain import study_teacher, sweepfile, teachers
+
+    monkeypatch.setenv("KDTRAIN_HOME", str(swept))
+    monkeypatch.chdir(swept.parent)
+    uri = f"sqlite:///{swept / 'mlflow.db'}"
+    study = optuna.load_study(study_name="feats", storage=search.open_storage(str(swept / "optuna.journal")))
+    trial = [t for t in study.trials if t.state.name == "COMPLETE"][-1]
+    (swept.parent / "gen2.yaml").write_text(GEN2 % f"feats#{trial.number}")
+    assert main(["teachers", "gen2.yaml"]) == 0
+    out = capsys.readouterr().out
+    run_id = trial.user_attrs[search.T_RUN]
+    assert f"teacher gen1: trial {trial.number} of study feats (MLflow run {run_id[:8]}), cnn1d width " in out
+    assert f"cnn1d from feats#{trial.number}" in out  # the teachers table says where it came from
+    # the teacher is the model mlflow.pyfunc loads for that trial
+    cfg = study_teacher.resolve(sweepfile.load("gen2.yaml"), log=lambda line: None)
+    t = cfg.teacher("gen1")
+    src = baselines.trial_config(Tracker(uri), run_id).student
+    assert (t.arch, t.width, t.depth) == (src.arch, src.width, src.depth) and t.weights.endswith("model.pt")
+    ds = data.load(cfg.data)
+    teacher = teachers.get_teacher(t, cfg, ds, log=lambda line: None)
+    x = ds.x_val[:32].numpy()
+    with torch.no_grad():
+        ours = teacher.model.eval()(torch.from_numpy(x)).numpy()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    logged = mlflow.pyfunc.load_model(f"models:/{client.get_run(run_id).data.tags[MODEL_TAG]}")
+    assert np.abs(np.asarray(logged.predict(x)) - ours).max() <= 1e-5
+    assert teacher.val_accuracy == pytest.approx(trial.values[0], abs=1e-6)  # the trial's own val accuracy
+
+
+@pytest.mark.xdist_group("features-sweep")
+@pytest.mark.parametrize("ref, says", [
+    ("feats#999", "teachers (gen1).from_study: trial 999 of 'feats' does not exist (complete trials: "),
+    ("nosuch#1", "teachers (gen1).from_study: no study named 'nosuch'"),
+    ("feats#x", "teachers (gen1).from_study: expected STUDY#TRIAL (a trial number) or STUDY (its confirmed pick)"),
+])
+def test_a_study_or_trial_that_does_not_exist_is_one_error_and_nothing_written(swept, monkeypatch, capsys, ref, says):
+    monkeypatch.setenv("KDTRAIN_HOME", str(swept))
+    monkeypatch.chdir(swept.parent)
+    (swept.parent / "gen2.yaml").write_text(GEN2 % ref)
+    before = snapshot(swept)
+    assert main(["train", "gen2.yaml"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("kdtrain: error:") == 1 and err.strip().count("\n") == 0 and "Traceback" not in out + err, err
+    assert says in err, err
+    assert snapshot(swept) == before
