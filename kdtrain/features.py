@@ -240,7 +240,10 @@ class _Stop(Exception):
 
 
 def _tensor(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
+    """A layer's output as captured: the first of a tuple or list (an RNN's), a copy of a tensor (its own output,
+    before an in-place activation after it changes it); anything else as is (refused after the dry batch)."""
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    return out.clone() if isinstance(out, torch.Tensor) else out
 
 
 class FeatureKD:
@@ -256,11 +259,15 @@ class FeatureKD:
         self.student_out: dict[str, torch.Tensor] = {}
         self.teacher_out: dict[str, dict[str, torch.Tensor]] = {}
         self.running: str | None = None  # the teacher whose forward this object runs (its hooks capture, then stop)
+        self.dry = False  # the dry batch: the student runs in eval mode and is captured all the same
         self.adapters = None
 
     def _student_hook(self, path: str):
         def hook(module, inputs, out):
-            self.student_out[path] = _tensor(out).clone()  # its own output, before an in-place activation after it
+            # training steps and the dry batch only (not evaluation); a module called twice in one forward (a
+            # shared activation) gives its first output, as the teacher's does
+            if (module.training or self.dry) and path not in self.student_out:
+                self.student_out[path] = _tensor(out)
         return hook
 
     def _teacher_hook(self, name: str, path: str, needed: int):
@@ -268,7 +275,7 @@ class FeatureKD:
             if self.running != name:  # the same teacher run for its logits elsewhere: not ours
                 return
             got = self.teacher_out[name]
-            got[path] = _tensor(out).clone()
+            got[path] = _tensor(out)
             if len(got) == needed:
                 raise _Stop()
         return hook
@@ -277,12 +284,14 @@ class FeatureKD:
         """Hook the layers (a wrong path: FeatureError), run one dry batch x through the student (eval mode, no
         gradient) and the teachers, and size the adapters from the outputs' shapes. Returns the adapters (on
         device), for the optimizer. ``whose`` names the student in errors."""
-        for i, p in enumerate(self.pairs):
-            where = f"kd.features ({p.name})"
-            if p.student_layer not in self.student_out:
-                mod = find(root(student), p.student_layer, f"{where}.student_layer", whose)
+        hooked = set()
+        for p in self.pairs:
+            if p.student_layer not in hooked:
+                mod = find(root(student), p.student_layer, f"kd.features ({p.name}).student_layer", whose)
                 self.handles.append(mod.register_forward_hook(self._student_hook(p.student_layer)))
-                self.student_out[p.student_layer] = None
+                hooked.add(p.student_layer)
+        # each student forward starts afresh (its hooks keep the first output of each layer)
+        self.handles.append(student.register_forward_pre_hook(lambda module, inputs: self.student_out.clear()))
         for name, (_, inner) in self.teachers.items():
             mine = {p.teacher_layer: p.name for p in self.pairs if p.teacher == name}
             for path, pair in mine.items():
@@ -292,17 +301,21 @@ class FeatureKD:
             call.to(device).eval()
         was = student.training
         student.eval()
-        with torch.no_grad():
-            student(x)
-            t_out = self.teacher_outputs(x)
-        student.train(was)
+        self.dry = True
+        try:
+            with torch.no_grad():
+                student(x)
+                t_out = self.teacher_outputs(x)
+        finally:
+            self.dry = False
+            student.train(was)
         adapters = {}
         for i, p in enumerate(self.pairs):
             where = f"kd.features ({p.name})"
             s, t = self.student_out.get(p.student_layer), t_out[p.teacher].get(p.teacher_layer)
-            for out, whose, path in ((s, "student", p.student_layer), (t, f"teacher {p.teacher}", p.teacher_layer)):
+            for out, side, path in ((s, "student", p.student_layer), (t, f"teacher {p.teacher}", p.teacher_layer)):
                 if not isinstance(out, torch.Tensor):
-                    raise FeatureError(f"{where}: the {whose}'s layer {path!r} "
+                    raise FeatureError(f"{where}: the {side}'s layer {path!r} "
                                        + ("did not run in its forward" if out is None else
                                           f"returns a {type(out).__name__}, not a tensor"))
             if p.loss == "hint":

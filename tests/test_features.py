@@ -226,3 +226,33 @@ def test_a_run_stopped_midway_leaves_no_hook_on_the_student_or_the_shared_teache
         train(student, ds, TrainConfig(epochs=3, batch_size=64, threads=1), distill=Distill(2.0, 0.5, features=kd,
               models=[teacher]), on_epoch=prune)
     assert not any(m._forward_hooks for m in [*student.modules(), *teacher.modules()])
+
+
+class Shared(nn.Module):
+    """One ReLU module called twice in a forward, as torchvision's BasicBlock does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * 8, 3))
+
+    def forward(self, x):
+        return self.head(self.relu(self.relu(self.conv(x)) - 1.0))
+
+
+def test_a_module_called_twice_gives_its_first_output_on_both_sides_and_evaluation_captures_nothing():
+    torch.manual_seed(0)
+    teacher, student = Shared(), Shared()
+    kd = FeatureKD([Pair("p", "t", "relu", "relu", "sp", 1.0)], {"t": (teacher, teacher)})
+    x = torch.randn(4, 1, 8)
+    kd.attach(student, x, torch.device("cpu"))
+    student.train()
+    student(x)
+    first = torch.relu(student.conv(x))
+    assert torch.allclose(kd.student_out["relu"], first)  # not relu(first - 1), the second call's
+    assert torch.allclose(kd.teacher_outputs(x)["t"]["relu"], torch.relu(teacher.conv(x)))
+    student.eval()
+    student(x)
+    assert kd.student_out == {}  # evaluation forwards keep nothing
+    kd.close()
