@@ -100,6 +100,9 @@ def check_config(cfg) -> list[str]:
                 problems.append(f"{where}: teacher {tc.name!r} is {_no_features(tc)}, which gives logits only, no "
                                 "layer to hook; name a teacher with a model (arch, a state dict or an MLflow model) "
                                 "or drop kd.features")
+        if "name" in p and not (isinstance(p["name"], str) and p["name"]):
+            problems.append(f"{where}.name: a non-empty text (what kd.feature_pair names), got {p['name']!r}")
+            continue
         name = pair_name(p)
         if name in seen or name in (ALL, NONE):
             problems.append(f"{where}.name: {name!r} is {'taken' if name in seen else 'reserved'}; give each pair "

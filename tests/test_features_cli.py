@@ -98,11 +98,14 @@ def test_a_teacher_from_a_file_without_layers_cannot_give_features(tmp_path, cap
 
 
 def test_unknown_pair_keys_losses_and_choices_are_config_errors(tmp_path, capsys):
-    path = sweep(tmp_path, "- {teacher_layer: '3', student_layer: '3', loss: crd, weihgt: 2}",
+    path = sweep(tmp_path, "- {teacher_layer: '3', student_layer: '3', loss: crd, weihgt: 2}\n"
+                           "- {name: 7, teacher_layer: '3', student_layer: '3', weight: -1}",
                  **{"  alpha: 0.5\n": "  alpha: 0.5\n  feature_pair: late\n"})
     err = refused(tmp_path, capsys, path)
     assert "kd.features[0].weihgt: unknown key" in err and "kd.features[0].loss: one of at, hint, sp" in err
     assert "kd.feature_pair: all, none or a pair's name (crd:3->3), got 'late'" in err, err
+    assert "kd.features[1].name: a non-empty text (what kd.feature_pair names), got 7" in err
+    assert "kd.features[1].weight: a positive number, got -1" in err
 
 
 MY_STUDENT = '''
