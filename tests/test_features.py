@@ -256,3 +256,15 @@ def test_a_module_called_twice_gives_its_first_output_on_both_sides_and_evaluati
     student(x)
     assert kd.student_out == {}  # evaluation forwards keep nothing
     kd.close()
+
+
+def test_the_feature_weight_is_searched_only_for_a_trial_with_a_pair():
+    from optuna.trial import FixedTrial
+
+    from kdtrain.space import suggest
+
+    space = {"kd.feature_weight": {"type": "float", "low": 1, "high": 1000, "log": True},
+             "kd.feature_pair": {"type": "categorical", "choices": ["none", "mid"]}}
+    assert suggest(FixedTrial({"kd.feature_pair": "none"}), space) == {"kd.feature_pair": "none"}
+    assert suggest(FixedTrial({"kd.feature_pair": "mid", "kd.feature_weight": 30.0}), space) == {
+        "kd.feature_pair": "mid", "kd.feature_weight": 30.0}

@@ -74,6 +74,7 @@ def test_each_trial_names_the_pair_and_loss_it_used(swept):
             f"{pair} ({loss} x{weight if weight is not None else 100.0:.4g})"  # the pair's own weight: hint's 100
         assert run.data.params["kd.features"] == expected, (t.number, run.data.params["kd.features"])
         seen.add(pair)
+        assert (weight is None) == (pair == "none")  # no pair: no weight searched
         if weight is not None:
             assert 1 <= weight <= 1000
     assert len(seen) >= 2  # the sampler chose among the pairs
