@@ -4,7 +4,8 @@ The data already lives on the device as tensors; each epoch is a ``randperm``
 and a slice per step (no DataLoader: for in-memory sets it only adds Python
 overhead per batch). With cached teacher logits the teachers' side of the loss is
 computed once per run (kdtrain.losses.teacher_targets), so a KD step costs about
-what a cross-entropy step costs.
+what a cross-entropy step costs. Feature pairs (kd.features, kdtrain.features) add
+the teachers' forward up to their hooked layers on each batch.
 """
 
 from __future__ import annotations
