@@ -39,6 +39,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"kdtrain: error: {message} (see {self.prog} --help)\n")
 
 
+def duration(flag: str, text: str | None) -> float | None:
+    """A duration flag (8h, 30m, 90s) in seconds, None when not given; one clear error naming the flag."""
+    from kdtrain.errors import KdtrainError
+    from kdtrain.schema import parse_duration
+
+    try:
+        return parse_duration(text) if text is not None else None  # "" (an unset variable) is an error, not None
+    except ValueError as e:
+        raise KdtrainError(f"{flag}: {e}") from None
+
+
 def study_name_problem(name: str) -> str | None:
     """What is wrong with a study name, or None: the name becomes an MLflow experiment, a folder of artifacts and
     one of reports, so it must be one folder name."""
@@ -245,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _with_sweep(sub, "teachers", "train or load the sweep's teacher pool (cached) and print a table")
     _with_sweep(sub, "train", "distil one student with the sweep file's base settings")
+    _with_sweep(sub, "layers", "the teachers' and the student's module paths with their output shapes for one "
+                "batch of the data (to pick kd.features pairs)")
     _add_sweep(sub)
     _add_worker(sub)
     pp = _with_sweep(sub, "profile", "params, size, FLOPs, latency and throughput of the teachers and a ladder "

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from kdtrain import data, models, search, space, sweepfile, tracking
+from kdtrain import data, features, models, search, space, sweepfile, tracking
 from kdtrain.paths import home
 from kdtrain.profile import model_identity, profile
 from kdtrain.run import distill_student
@@ -38,6 +38,7 @@ def flat_params(cfg: Config) -> dict:
 
     flat = {k: v for k, v in cfg.flat().items() if cfg.kd.loss in LOSS_SETTINGS.get(k, (cfg.kd.loss,))}
     flat["kd.teachers"] = "+".join(cfg.kd_teachers)
+    flat["kd.features"] = features.describe(cfg)  # the pairs and losses this run used, not the whole list
     return flat
 
 
@@ -218,7 +219,7 @@ def confirm_plan(ctx, trials: list, n_seeds: int) -> int:
         key = student_key(cfg)
         have = _cached(key)["runs"]
         for seed in _confirm_seeds(cfg, n_seeds):
-            students += not _confirm_runs(ctx, trial, seed)
+            students += (not _confirm_runs(ctx, trial, seed)) * (2 if features.pairs(cfg) else 1)
             if str(seed) not in have:
                 baselines.add((key, seed))
     return students + len(baselines)
@@ -240,7 +241,8 @@ def _confirm_runs(ctx, trial, seed: int) -> list[str]:
 
 def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None, on_epoch=None) -> dict:
     """Retrain a finished trial with n new seeds (train.seed + 1, + 2, ...; same settings otherwise), each
-    paired with the no-teacher baseline of the same seed. Every retraining is a run (kdtrain.role=confirm)
+    paired with the no-teacher baseline of the same seed, and a trial with kd.features also with the same trial
+    without its pairs (logit KD alone, same seed): feature_gain_test. Every retraining is a run (kdtrain.role=confirm)
     under the study's parent run; seeds confirmed before are reused, not retrained. `say` announces each
     training (a console.Countdown's step), `on_epoch` follows its epochs (the Countdown's epoch). Returns the summary: mean and spread of accuracies, and of the
     paired gains."""
@@ -262,10 +264,19 @@ def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None, 
         metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,
                    "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],
                    "kd_gain": r.val_accuracy - b["val_accuracy"], "kd_gain_test": r.test_accuracy - b["test_accuracy"]}
+        if features.pairs(cfg):  # what the layer pairs add over logit KD alone: the same seed without them
+            say(f"trial {trial.number} with logit KD alone (no feature pair), seed {seed}")
+            lo = distill_student(sweepfile.replace(cfg, {"train.seed": seed, "kd.feature_pair": "none"}), ctx.ds,
+                                 pool, on_epoch=on_epoch, epoch_guard=cpu_room)
+            metrics.update({"logit_kd_val_accuracy": lo.val_accuracy, "logit_kd_test_accuracy": lo.test_accuracy,
+                            "feature_gain": r.val_accuracy - lo.val_accuracy,
+                            "feature_gain_test": r.test_accuracy - lo.test_accuracy})
         run = ctx.tracker.start(ctx.exp_id, f"confirm-{trial.number}-seed{seed}", "confirm", ctx.parent_id,
                                 tags=_confirm_tags(ctx, trial, seed), params={**flat_params(cfg), "train.seed": seed})
         ctx.tracker.log_metrics(run, metrics, r.history)
         ctx.tracker.end(run)
         runs.append(metrics)
-    return {"trial": trial.number, **seed_stats(runs, ("val_accuracy", "test_accuracy", "kd_gain_test"))}
+    keys = ("val_accuracy", "test_accuracy", "kd_gain_test") + (
+        ("feature_gain_test",) if all("feature_gain_test" in m for m in runs) else ())
+    return {"trial": trial.number, **seed_stats(runs, keys)}
 

@@ -11,21 +11,22 @@ import sys
 import time
 from pathlib import Path
 
-from kdtrain.args import build_parser, study_name_problem
+from kdtrain.args import build_parser, duration, study_name_problem
 from kdtrain.shared import available_cpus, available_memory_gb, plan_workers
 from kdtrain.console import Countdown, EpochProgress, beside_bar, front_table, table, teacher_progress
+from kdtrain.layer_table import cmd_layers  # noqa: F401 - `kdtrain layers`, run by main() like the cmd_ below
 
 
 def _load(args):
-    from kdtrain import sweepfile
+    from kdtrain import study_teacher, sweepfile
 
-    return _load_data(sweepfile.load(args.sweep, args.set))
+    return _load_data(study_teacher.resolve(sweepfile.load(args.sweep, args.set)))  # teachers[].from_study
 
 
 def _load_data(cfg):
     """The data of cfg, and every model of cfg that is not a registered family run once on it (torchvision: and
     python: archs): a file or model that does not fit is one error before any training. (cfg, dataset)"""
-    from kdtrain import data, models, teachers
+    from kdtrain import data, features, models, teachers
     from kdtrain.train import resolve_device
 
     resolve_device(cfg.train.device)  # cuda on a machine without CUDA: one line before any data loads
@@ -39,6 +40,7 @@ def _load_data(cfg):
                                           if teachers.kind(t) in ("train", "weights")
                                           and t.data is None and t.output is None and t.classes is None]
     models.check_fits(built, ds.input_shape, ds.num_classes)
+    features.check_paths(cfg, ds)  # kd.features: every layer found and joined before any training
     return cfg, ds
 
 
@@ -97,33 +99,22 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _duration(flag: str, text: str | None) -> float | None:
-    """A duration flag (8h, 30m, 90s) in seconds, None when not given; one clear error naming the flag."""
-    from kdtrain.errors import KdtrainError
-    from kdtrain.schema import parse_duration
-
-    try:
-        return parse_duration(text) if text is not None else None  # "" (an unset variable) is an error, not None
-    except ValueError as e:
-        raise KdtrainError(f"{flag}: {e}") from None
-
-
 def _preflight(args):
     """What can be checked before any work (sweep file, flags, storage, the study of that name, tracking server),
     so that a bad setting fails in seconds with nothing written. (config, storage | None, name, trials, timeout)"""
-    from kdtrain import preflight, recovery, search, sweepfile
+    from kdtrain import preflight, recovery, search, study_teacher, sweepfile
     from kdtrain.errors import ConfigError, UsageError
     from kdtrain.tracking import check_reachable
 
-    cfg = sweepfile.load(args.sweep, args.set)
+    cfg = study_teacher.resolve(sweepfile.load(args.sweep, args.set), args.storage, args.tracking_uri)
     if not cfg.search:
         raise ConfigError(["search: the search space is empty; add a search: section, e.g. "
                            "kd.temperature: {type: float, low: 1, high: 20, log: true} "
                            "(kdtrain train runs the base settings alone)"], args.sweep)
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1 (got {args.trials}): the study's total number of trials")
-    timeout = (_duration("--timeout", args.timeout) if args.timeout is not None
-               else _duration("study.timeout", cfg.study.timeout))
+    timeout = (duration("--timeout", args.timeout) if args.timeout is not None
+               else duration("study.timeout", cfg.study.timeout))
     name = args.study or cfg.study.name  # --study is checked by its argparse type
     if not args.study and study_name_problem(name):
         raise ConfigError([f"study.name: {study_name_problem(name)}"], args.sweep)
@@ -144,7 +135,6 @@ def _trials_source(args, cfg) -> str:
 
 
 def cmd_sweep(args) -> int:
-
     from kdtrain import processes, recovery, search, sweepfile, teachers, worker
     from kdtrain.paths import home, redact
     from kdtrain.tracking import Tracker, load_state_dict
@@ -251,7 +241,7 @@ def cmd_worker(args) -> int:
     from kdtrain.paths import redact
 
     log = lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True)  # noqa: E731
-    wait_s = _duration("--wait", args.wait)
+    wait_s = duration("--wait", args.wait)
     preflight.check_tracking(args.tracking_uri)
     if not wait_s:  # a waiting worker may start before its journal exists
         preflight.storage(args.storage)

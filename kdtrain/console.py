@@ -114,9 +114,14 @@ def profile_row(label: str, width: int, r: dict, ref: dict) -> dict:
 def confirm_rows(summaries: list[dict]) -> list[dict]:
     """kdtrain confirm's summaries as table cells (accuracies in percent, mean ± sample std over seeds)."""
     pm = lambda d, k: f"{100 * d[k]:.2f} ± {100 * d[k + '_std']:.2f}"  # noqa: E731
-    return [{"trial": d["trial"], "seeds": d["seeds"], "val_acc %": pm(d, "val_accuracy"),
+    rows = [{"trial": d["trial"], "seeds": d["seeds"], "val_acc %": pm(d, "val_accuracy"),
              "test_acc %": pm(d, "test_accuracy"), "gain over baseline (test, paired) pts": pm(d, "kd_gain_test")}
             for d in summaries]
+    if any("feature_gain_test" in d for d in summaries):  # kd.features trials: over the same trial without pairs
+        for row, d in zip(rows, summaries):
+            row["feature pairs over logit KD (test, paired) pts"] = pm(d, "feature_gain_test") \
+                if "feature_gain_test" in d else "-"
+    return rows
 
 
 class Countdown:

@@ -177,7 +177,7 @@ def _student_summary(s, t) -> dict:
 
 FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "test gain", "params", "size_bytes", "flops",
                  "latency_ms_p50", "throughput", "x smaller", "x faster (b1)", "kd.temperature", "kd.alpha",
-                 "student.width", "kd.teachers", "kd.ensemble", "kd.loss", "run_id"]
+                 "student.width", "kd.teachers", "kd.ensemble", "kd.loss", "kd.features", "run_id"]
 
 
 def front_table(d: StudyData) -> pd.DataFrame:
@@ -194,7 +194,9 @@ def front_table(d: StudyData) -> pd.DataFrame:
     for col in FRONT_COLUMNS:
         if col not in f:
             f[col] = np.nan
-    return f[FRONT_COLUMNS].reset_index(drop=True)
+    # kd.features: the pairs and losses each trial used, shown when a trial of the front used any
+    cols = [c for c in FRONT_COLUMNS if c != "kd.features" or f[c].fillna("none").ne("none").any()]
+    return f[cols].reset_index(drop=True)
 
 
 def confirm_table(d: StudyData) -> pd.DataFrame:

@@ -14,6 +14,8 @@ import hashlib
 
 import numpy as np
 
+from kdtrain.errors import DataError
+
 
 def keys(x: np.ndarray) -> np.ndarray:
     """One 64-bit key per row of x (N, ...): blake2b of the row's float32 bytes. Equal rows, equal keys; two
@@ -43,3 +45,17 @@ def overlap_message(where: str, counts: dict[str, int], taught: int, generator: 
             f"{taught:,} rows the teacher would learn with their labels (compared by content): it would hand the "
             "student labels it is denied or rows it is scored on, and kd_gain would not be earned. Give the teacher "
             f"other rows: {change}, or drop {where} (it then learns the student's labelled rows)")
+
+
+def check_teacher(where: str, name: str, ds, tds) -> None:
+    """A teacher's own data (tds) must not hold, among the rows it trains on with their labels, the student's (ds)
+    validation or test rows or its training rows whose labels data.labels hides: compared by content, so that the
+    same seed, folder or file given twice is caught whatever the settings say. DataError naming `where`."""
+    if ds.keys is None or tds.keys is None:
+        return
+    own = len(ds.y_train) - ds.transfer_rows
+    hidden = ds.keys["train"][:own][(ds.y_train[:own] < 0).cpu().numpy()]
+    taught = tds.keys["train"][(tds.y_train >= 0).cpu().numpy()]
+    counts = teacher_overlap(ds.keys, hidden, taught)
+    if counts:
+        raise DataError(overlap_message(where, counts, len(taught), name in ("mnist1d", "synthetic")))

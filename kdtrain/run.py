@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from kdtrain import models
+from kdtrain import features, models
 from kdtrain.schema import Config
 from kdtrain.data import Dataset
 from kdtrain.teachers import Teacher, stacked_logits
@@ -19,9 +19,11 @@ def make_distill(cfg: Config, pool: dict[str, Teacher]) -> Distill | None:
     # each teacher's logits mapped to the student's classes at this T (teachers[].classes); the online models see
     # the student's inputs as their own data's and return the same mapped logits
     online = all(pool[n].model is not None for n in names)
+    pairs = features.pairs(cfg)  # kd.features: the teachers also run online, up to the hooked layers
     return Distill(temperature=kd.temperature, alpha=kd.alpha, ensemble=kd.ensemble, weights=kd.weights,
                    logits=stacked_logits(pool, names, "train", kd.temperature),
-                   models=[pool[n].as_student_model(kd.temperature) for n in names] if online else None, loss=kd)
+                   models=[pool[n].as_student_model(kd.temperature) for n in names] if online else None, loss=kd,
+                   features=features.for_pool(pairs, pool, kd.temperature) if pairs else None)
 
 
 def distill_student(cfg: Config, data: Dataset, pool: dict[str, Teacher],

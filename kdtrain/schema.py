@@ -194,6 +194,12 @@ class TeacherConfig(ModelConfig):
     """The teacher's classes -> the student's: a list with one teacher class (a subset) or a list of them (a group)
     per student class, or {student class: [teacher classes]} (a coarser task: probabilities summed within each
     group). A class by its index (a number) or its name (text: quote a class named by a number)."""
+    from_study: str | None = None
+    """A finished study's student as this teacher (born-again networks): STUDY#N for trial N, or STUDY for its
+    confirmed pick (the best mean val accuracy over kdtrain confirm's seeds). The trial's arch, width, depth, hidden,
+    dropout and trained weights (its run's model.pt) replace the entry's; name, data, output and classes stay. The
+    study is looked up in --storage (else $KDTRAIN_STORAGE, else the default journal), its runs in the MLflow store
+    it recorded."""
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -263,6 +269,16 @@ class KDConfig(LossConfig):
     """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
     weights: list | None = None
     """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
+    features: list | None = None
+    """Feature distillation: layer pairs, each {teacher_layer, student_layer, loss, weight, name, teacher}. Layers
+    are module paths (layer3, features.4, 0.conv; `kdtrain layers` lists them); loss at (attention transfer), hint
+    (FitNets, through a learned regressor) or sp (similarity-preserving), default hint; weight adds weight x the
+    pair's loss to the run's loss (default at 1000, hint 100, sp 3000); name defaults to loss:student->teacher;
+    teacher defaults to the first of kd.teachers. A pair whose teacher a trial does not use is skipped."""
+    feature_pair: str = "all"
+    """Which kd.features pairs a run uses: all, none, or one pair's name (search it as a categorical)."""
+    feature_weight: float | None = None
+    """The weight of every pair in use, instead of their own (search it on a log scale); None: each pair's own."""
 
 
 @dataclass(frozen=True, config=SECTION)

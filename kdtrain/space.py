@@ -6,7 +6,8 @@ categorical parameter whose values are ``a+b`` strings, so that every sampler ca
 The space is conditional, define-by-run: a setting that only some losses use (kdtrain.losses.LOSS_SETTINGS, such
 as ``kd.dkd_beta`` for dkd) is suggested only to a trial whose ``kd.loss`` uses it; ``kd.loss`` is suggested
 first, whatever the order of the sweep file. A trial of a loss that refuses a base setting (dist refuses
-``kd.standardize: true``) gets the setting off, as a value of its config, not as an Optuna parameter.
+``kd.standardize: true``) gets the setting off, as a value of its config, not as an Optuna parameter. Likewise
+``kd.feature_weight`` is suggested only to a trial whose ``kd.feature_pair`` (suggested before it) is not none.
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ def suggest(trial, space: dict, base_loss: str | None = None) -> dict:
     ``base_loss``, the base config's kd.loss) uses them. A validated config never searches a setting that its
     only loss does not use, so without ``base_loss`` the result is the same for a validated space."""
     values = {}
-    for key in sorted(space, key=lambda k: k != "kd.loss"):  # kd.loss first: the conditions below read it
+    first = ("kd.loss", "kd.feature_pair")  # suggested first: the conditions below read them
+    for key in sorted(space, key=lambda k: first.index(k) if k in first else len(first)):
         spec = space[key]
         if not in_use(key, values.get("kd.loss", base_loss)):
             continue
+        if key == "kd.feature_weight" and values.get("kd.feature_pair") == "none":
+            continue  # no feature pair: no weight to search (the trial keeps the base setting)
         kind = spec["type"]
         if kind == "float":
             values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False),
@@ -60,6 +64,8 @@ def base_params(cfg: Config) -> dict:
     out = {}
     for key, spec in cfg.search.items():
         value = "+".join(cfg.kd_teachers) if key == "kd.teachers" else flat[key]
+        if value is None:
+            continue  # a setting off by default (kd.feature_weight): the sampler chooses
         if spec["type"] == "subset" and value not in subsets(spec["of"]):
             continue  # let the sampler choose
         if spec["type"] == "categorical" and value not in spec["choices"]:

@@ -87,6 +87,8 @@ class Teacher:
     def arch(self) -> str:
         """What the teacher is, for tables: its arch, or the file it comes from."""
         c = self.config
+        if c.from_study:  # a finished study's student (kdtrain.study_teacher)
+            return f"{c.arch} from {c.from_study}"
         if c.logits:
             return f"logits file {Path(c.logits).name}"
         if c.weights and (c.weights.endswith(".onnx") or isinstance(self.model, torch.jit.ScriptModule)):
@@ -97,7 +99,7 @@ class Teacher:
     def width(self) -> str:
         """Its width where its family has one, else '-'."""
         c = self.config
-        return "-" if self.arch != c.arch or c.arch.startswith("torchvision:") else str(c.width)
+        return "-" if self.arch.split(" from ")[0] != c.arch or c.arch.startswith("torchvision:") else str(c.width)
 
     @property
     def described(self) -> str:
@@ -125,7 +127,7 @@ _own: dict[str, Dataset] = {}
 
 def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
     """The data the teacher learns from: teachers[].data (its source domain, loaded once per process) or the
-    student's. Refused when it would teach the teacher the student's held-out rows or hidden labels (check_rows)."""
+    student's. Refused when it would teach the teacher the student's held-out rows or hidden labels (rows.check_teacher)."""
     if t.data is None:
         return ds
     sub = sub_data(t.data, cfg.data)
@@ -135,23 +137,8 @@ def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
             _own[key] = load_data(sub)
         except KdtrainError as e:
             raise type(e)(f"teachers ({t.name}).data: {e}") from None
-    check_rows(t, sub.name, ds, _own[key])
+    rows.check_teacher(f"teachers ({t.name}).data", sub.name, ds, _own[key])
     return _own[key]
-
-
-def check_rows(t: TeacherConfig, name: str, ds: Dataset, tds: Dataset) -> None:
-    """A teacher's own data must not hold, among the rows it trains on with their labels, the student's validation
-    or test rows or its training rows whose labels data.labels hides: compared by content (kdtrain.rows), so that
-    the same seed, folder or file given twice is caught whatever the settings say."""
-    if ds.keys is None or tds.keys is None:
-        return
-    own = len(ds.y_train) - ds.transfer_rows
-    hidden = ds.keys["train"][:own][(ds.y_train[:own] < 0).cpu().numpy()]
-    taught = tds.keys["train"][(tds.y_train >= 0).cpu().numpy()]
-    counts = rows.teacher_overlap(ds.keys, hidden, taught)
-    if counts:
-        raise DataError(rows.overlap_message(f"teachers ({t.name}).data", counts, len(taught),
-                                             name in ("mnist1d", "synthetic")))
 
 
 def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | None:

@@ -4,12 +4,14 @@ The data already lives on the device as tensors; each epoch is a ``randperm``
 and a slice per step (no DataLoader: for in-memory sets it only adds Python
 overhead per batch). With cached teacher logits the teachers' side of the loss is
 computed once per run (kdtrain.losses.teacher_targets), so a KD step costs about
-what a cross-entropy step costs.
+what a cross-entropy step costs. Feature pairs (kd.features, kdtrain.features) add
+the teachers' forward up to their hooked layers on each batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ class Distill:
     models: list[nn.Module] | None = None
     loss: LossConfig = field(default_factory=LossConfig)
     """The distillation term and its settings (kd.loss, kd.standardize, kd.dkd_*, kd.warmup_epochs, kd.dist_*)."""
+    features: object = None
+    """kd.features' pairs (a kdtrain.features.FeatureKD), run beside the logit term; None for logits only."""
 
 
 @dataclass
@@ -155,6 +159,20 @@ def lr_factor(step: int, total: int, schedule: str) -> float:
     return SCHEDULES[schedule](step / max(1, total))
 
 
+def _closing_features(loop):
+    """kd.features' hooks are removed however the run ends (done, pruned, diverged, interrupted): the student and
+    the pool's teachers (shared by a worker's trials) leave the run as they came."""
+    @functools.wraps(loop)
+    def run(model, data, cfg, *, distill: Distill | None = None, **kw):
+        try:
+            return loop(model, data, cfg, distill=distill, **kw)
+        finally:
+            if distill is not None and distill.features is not None:
+                distill.features.close()
+    return run
+
+
+@_closing_features
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill | None = None,
           augment_kinds: list[str] | tuple = (), on_epoch: Callable[[EpochStats], None] | None = None,
           epochs: int | None = None, lr: float | None = None,
@@ -168,9 +186,12 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
     peak_lr = lr or cfg.lr
     data = data.to(device)
     model.to(device)
-    opt = make_optimizer(model, cfg)
     n = len(data.y_train)
     bs = min(cfg.batch_size, n)
+    # feature pairs: hooks, and adapters sized from one dry batch, trained with the student (not part of it)
+    features = distill.features if distill is not None and distill.alpha > 0 else None
+    adapters = features.attach(model, data.x_train[:bs], device) if features is not None else None
+    opt = make_optimizer(model if adapters is None else nn.ModuleList([model, adapters]), cfg)
     steps_per_epoch = n // bs  # the partial last batch is dropped; each epoch reshuffles
     total_steps = epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling stream, independent of model init
@@ -226,6 +247,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
                     logits = model(x)
                 loss, kd, ce = kd_loss(logits.float(), y, batch_target, distill.temperature if distill else 1.0,
                                        distill.alpha if distill else 0.0, spec, epoch)  # epoch: DKD's warm-up
+                if features is not None:  # the teachers run online, up to their hooked layers
+                    loss = loss + features.loss(x, lambda: autocast(device, cfg.bf16))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

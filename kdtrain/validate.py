@@ -321,6 +321,7 @@ def _check_pool(cfg: Config, need: _Need) -> None:
 
 def _check_train_kd(cfg: Config, need: _Need) -> None:
     """train's optimizer, schedule and device; kd's loss, ensemble, teachers and weights."""
+    from kdtrain import features
     from kdtrain.losses import ENSEMBLES, LOSSES  # the registries own these choices
     from kdtrain.train import OPTIMIZERS, SCHEDULES
 
@@ -347,6 +348,8 @@ def _check_train_kd(cfg: Config, need: _Need) -> None:
              f"kd.weights: {len(kd.weights)} weights for {len(cfg.kd_teachers)} teachers")
         need(all(type(w) in (int, float) and w >= 0 for w in kd.weights) and any(w > 0 for w in kd.weights),
              f"kd.weights: must be non-negative numbers with a positive sum, got {kd.weights}")
+    for problem in features.check_config(cfg):
+        need(False, problem)
     need(kd.alpha == 0 or bool(cfg.teachers), "kd.alpha: > 0 needs at least one teacher under teachers: (add a teachers: list, "
          "or set kd.alpha: 0 to train without a teacher)")
 
