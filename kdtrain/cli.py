@@ -195,7 +195,7 @@ def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: 
         print(f"\nstopped at the time limit (--timeout / study.timeout): {done}/{trials} trials done. Run the "
               "same command again (with a new --timeout) to go on.")
     if interrupted:
-        print(f"\nstopped: {done}/{trials} trials done; the running trial was marked failed and re-queued. "
+        print(f"\nstopped: {done}/{trials} trials done; a trial that was running is marked failed and queued again. "
               f"Run the same command again to resume.", file=sys.stderr)
         return 130
     for log in failed_logs:

@@ -108,7 +108,7 @@ def test_status_says_a_trial_whose_local_worker_is_dead_is_not_running(tmp_path)
 
 def test_sigterm_stops_a_sweep_like_ctrl_c(tmp_path):
     env = _env(tmp_path)
-    p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 4", "epochs: 4,": "epochs: 300,"})
+    p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 4", "epochs: 4,": "epochs: 5000,"})
     sweep = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
                              start_new_session=True)
