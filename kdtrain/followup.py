@@ -123,7 +123,7 @@ def follow_up(ctx, cfg: Config, group: list, log: Callable[[str], None]) -> int:
             model = baselines.trial_model(ctx.tracker, run_id, cfg, ctx.ds)  # one student per key: cfg's
             model_id = ctx.log_model(run_id, f"trial-{trial.number}", model,
                                      {"kdtrain.role": "student", "optuna.trial": trial.number})
-            ctx.tracker.log_metrics(run_id, {**final_metrics(ctx, run_id), **metrics}, model_id=model_id)
+            log_final(ctx, run_id, metrics, model_id)
         ctx.study.set_user_attr(f"{A_DONE}{trial.number}", True)
     numbers = ", ".join(str(t.number) for t in complete)
     log(f"follow-up of width {cfg.student.width}: " + (f"baseline over {ctx.cfg.study.baseline_seeds} seed(s), "
@@ -135,10 +135,15 @@ def follow_up(ctx, cfg: Config, group: list, log: Callable[[str], None]) -> int:
 # --------------------------------------------------------------------------- teachers
 
 
-def final_metrics(ctx, run_id: str) -> dict:
-    """A run's final metrics as logged when it ended (not its per-epoch curves): logged again with the model
-    that the follow-up logs, so that the model carries them as if both had been logged at once."""
-    return {k: v for k, v in ctx.tracker.metrics(run_id).items() if k not in tracking.CURVES or k == "val_accuracy"}
+def log_final(ctx, run_id: str, metrics: dict, model_id: str | None) -> None:
+    """The follow-up's metrics, and the run's final metrics as logged when it ended (not its per-epoch curves)
+    linked to the model the follow-up logged: the same points again (their first timestamps), so that the model
+    carries them as if both had been logged at once and the run's history holds each point once."""
+    keys = [k for k in ctx.tracker.metrics(run_id) if (k not in tracking.CURVES or k == "val_accuracy")
+            and k not in metrics]
+    final = ctx.tracker.final_points(run_id, keys)
+    ctx.tracker.log_metrics(run_id, {**{k: v for k, (v, _) in final.items()}, **metrics}, model_id=model_id,
+                            times={k: at for k, (_, at) in final.items()})
 
 
 def follow_up_teacher(ctx, t: teachers.Teacher) -> None:
@@ -147,8 +152,7 @@ def follow_up_teacher(ctx, t: teachers.Teacher) -> None:
         if ctx.tracker.status(run_id) != "FINISHED":
             continue
         metrics = {k: v for k, v in teacher_metrics(t, ctx).items() if k in TIMING}
-        ctx.tracker.log_metrics(run_id, {**final_metrics(ctx, run_id), **metrics},
-                                model_id=teacher_model(ctx, run_id, t))
+        log_final(ctx, run_id, metrics, teacher_model(ctx, run_id, t))
         return
 
 

@@ -222,12 +222,26 @@ class Tracker(Writes):
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict, history: list | None = None, model_id: str | None = None) -> None:
+    def log_metrics(self, run_id: str, metrics: dict, history: list | None = None, model_id: str | None = None,
+                    times: dict[str, int] | None = None) -> None:
         """Final metrics (no step; linked to the run's logged model when given) and per-epoch history (step =
-        epoch) in a few batched writes."""
+        epoch) in a few batched writes. `times`: a final metric's timestamp (ms) where it was logged before (see
+        final_points): the same point again, now linked to the model, not a second point in the run's history."""
         curves = [{"epoch": s.epoch, **{k: float(getattr(s, k)) for k in CURVES}} for s in history or []]
         self._write("metrics", run_id, {"metrics": {k: float(v) for k, v in metrics.items() if v is not None},
-                                        "history": curves, "model_id": model_id, "at": int(time.time() * 1000)})
+                                        "history": curves, "model_id": model_id, "at": int(time.time() * 1000),
+                                        "times": times or {}})
+
+    @_read
+    def final_points(self, run_id: str, keys) -> dict[str, tuple[float, int]]:
+        """Each key's final point (step 0) as the run logged it: (value, timestamp in ms)."""
+        points = {}
+        for key in keys:
+            final = [m for m in self.client.get_metric_history(run_id, key) if m.step == 0]
+            if final:
+                last = max(final, key=lambda m: m.timestamp)
+                points[key] = (last.value, last.timestamp)
+        return points
 
     def log_step(self, run_id: str, metrics: dict, step: int) -> None:
         """Metrics at one step (a study's progress on its parent run)."""

@@ -41,15 +41,17 @@ class Writes(Deferring):
     """The sending side of Tracker's writes (it gives `client`, `uri` and `outbox`)."""
 
     def _w_metrics(self, run_id: str, folder: Path, metrics: dict, history: list, model_id: str | None,
-                   at: int | None = None, sent: int = 0) -> None:
+                   at: int | None = None, sent: int = 0, times: dict | None = None) -> None:
         """In batches of 500 points, each batch recorded as sent once the server took it (a write sent again
-        after a cut starts at the first batch not taken); every point stamped with the time it was logged."""
+        after a cut starts at the first batch not taken); every point stamped with the time it was logged, or
+        with its first logging's time (`times`: a final metric linked to the model logged since, which MLflow
+        then stores as the same point)."""
         from mlflow.entities import Metric
 
         if model_id and model_id.startswith(PENDING):
             model_id = self.outbox.alias(model_id)  # made by a kept log_model sent before this write
         at = at or int(time.time() * 1000)
-        items = [Metric(k, v, at, 0, model_id=model_id) for k, v in metrics.items()]
+        items = [Metric(k, v, (times or {}).get(k, at), 0, model_id=model_id) for k, v in metrics.items()]
         items += [Metric(k, s[k], at, s["epoch"]) for s in history for k in CURVES]
         for i in range(sent, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])

@@ -110,7 +110,11 @@ def test_every_finished_run_is_a_logged_model_with_its_metrics_and_data(home):
         assert m.status.to_string() == "READY" if hasattr(m.status, "to_string") else str(m.status).endswith("READY")
         assert r.data.tags[MODEL_TAG] == m.model_id and m.name == r.info.run_name
         linked = {x.key: x.value for x in m.metrics}
-        assert linked["val_accuracy"] == pytest.approx(r.data.metrics["val_accuracy"])  # final metrics linked
+        final_val = [p.value for p in client.get_metric_history(r.info.run_id, "val_accuracy") if p.step == 0]
+        assert [linked["val_accuracy"]] == pytest.approx(final_val)  # final metrics linked, the final val once
+        for key in r.data.metrics:  # linked without a second point (issue 29's held-out check: no point twice)
+            steps = [p.step for p in client.get_metric_history(r.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (r.info.run_name, key, steps)
         assert linked["params"] == r.data.metrics["params"]
         contexts = {t.value for d in r.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
         assert contexts == {"train", "validation", "test"}
