@@ -40,6 +40,9 @@ def _quiet() -> None:
     # MLflow prints "View run ... at" for every run it ends on a server; kdtrain prints its own runs-view link
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in worker logs
+    # MLflow's own retries (7, about 4 minutes of backoff) hid a tracking server that went away: silence, then the
+    # error. 4 (about 30 s): then kdtrain's waiting (study.storage_patience) takes over and says so. A user's wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
     import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them afterwards)
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # machines without network; nothing to send anyway

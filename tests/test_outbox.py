@@ -302,3 +302,17 @@ def test_a_follow_up_whose_reads_meet_the_server_away_waits_for_it(cut, tmp_path
     exp = client.get_experiment_by_name("reads-wait").experiment_id
     base = client.search_runs([exp], "tags.`kdtrain.role` = 'baseline'")
     assert base and {run.info.status for run in base} == {"FINISHED"}, out
+
+
+def test_mlflows_own_retries_are_bounded_so_that_kdtrain_says_an_outage_within_a_minute(tmp_path):
+    """Seen in issue 29's held-out run: with MLflow's default 7 retries a worker whose run creation met the server
+    away was silent for 4 minutes before kdtrain's waiting (and its warning) began. kdtrain sets 4 (about 30 s)
+    unless the user set a value, which it keeps."""
+    code = ("import os; from kdtrain.tracking import Tracker; Tracker('http://127.0.0.1:9'); "
+            "print(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_TRACKING_URI")}
+    env["KDTRAIN_HOME"] = str(tmp_path / "home")
+    mine = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"},
+                            capture_output=True, text=True, timeout=120)
+    assert (mine.stdout.strip(), theirs.stdout.strip()) == ("4", "9"), mine.stderr + theirs.stderr
