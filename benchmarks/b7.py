@@ -76,8 +76,9 @@ SWEEP = ROOT / "sweeps" / "quickstart.yaml"
 """kdtrain's side (--sweep): the quickstart as shipped, or benchmarks/b7_same_space.yaml (the hand-written space)."""
 
 
-def start(side: str, work: Path, cpus: str | None, trials: int, seed: int,
-          sweep: Path = SWEEP) -> tuple[subprocess.Popen, float]:
+def start(
+    side: str, work: Path, cpus: str | None, trials: int, seed: int, sweep: Path = SWEEP
+) -> tuple[subprocess.Popen, float]:
     """Start one side in its own empty folder, its sampler seeded with seed (kdtrain on `sweep`); (process, start
     time)."""
     folder = work / side
@@ -86,13 +87,20 @@ def start(side: str, work: Path, cpus: str | None, trials: int, seed: int,
     py = sys.executable
     if side == "kdtrain":
         kd = str(Path(py).with_name("kdtrain"))
-        cmd = [kd, "sweep", str(sweep), "--set", f"study.trials={trials}",
-               "--set", f"study.seed={seed}"]
+        cmd = [kd, "sweep", str(sweep), "--set", f"study.trials={trials}", "--set", f"study.seed={seed}"]
     else:
-        cmd = [py, str(ROOT / "benchmarks" / "handwritten.py"), "--out", str(folder / "out"), "--trials", str(trials),
-               "--seed", str(seed)]
+        cmd = [
+            py,
+            str(ROOT / "benchmarks" / "handwritten.py"),
+            "--out",
+            str(folder / "out"),
+            "--trials",
+            str(trials),
+            "--seed",
+            str(seed),
+        ]
     if cpus:
-        cmd = ["taskset", "-c", cpus] + cmd
+        cmd = ["taskset", "-c", cpus, *cmd]
     env = {k: v for k, v in os.environ.items() if k not in ("KDTRAIN_HOME", "MLFLOW_TRACKING_URI", "KDTRAIN_STORAGE")}
     log = open(folder / "log.txt", "w")
     t0 = time.time()
@@ -105,16 +113,20 @@ def side_result(side: str, work: Path, t0: float, t_end: float) -> dict:
         line = timeline(folder / "mlruns" / "optuna.journal", "quickstart-mnist1d", t0)
     else:
         line = timeline(folder / "out" / "optuna.log", "handwritten", t0)
-    return {"wall_s": t_end - t0, "first_trial_s": line[0][0] if line else None,
-            "last_trial_s": line[-1][0] if line else None, "final_hv": line[-1][1] if line else 0.0,
-            "timeline": [[round(s, 2), round(hv, 5), n] for s, hv, n in line]}
+    return {
+        "wall_s": t_end - t0,
+        "first_trial_s": line[0][0] if line else None,
+        "last_trial_s": line[-1][0] if line else None,
+        "final_hv": line[-1][1] if line else 0.0,
+        "timeline": [[round(s, 2), round(hv, 5), n] for s, hv, n in line],
+    }
 
 
 def run_pair(work: Path, mode: str, trials: int, seed: int, sweep: Path = SWEEP) -> dict:
     sides = ("kdtrain", "handwritten")
     ends, starts, procs = {}, {}, {}
     if mode == "one-core":
-        for side, cpu in zip(sides, ("0", "1")):
+        for side, cpu in zip(sides, ("0", "1"), strict=False):
             procs[side], starts[side] = start(side, work, cpu, trials, seed, sweep)
         while len(ends) < 2:
             for side in sides:
@@ -142,6 +154,7 @@ def run_pair(work: Path, mode: str, trials: int, seed: int, sweep: Path = SWEEP)
 def shared(work: Path, trials: int) -> dict:
     """Item 3 of the issue: one quickstart sweep alone on the whole machine, then two started together (each in
     its own folder, each with its defaults): wall clocks and their ratio."""
+
     def sweep(folder: Path, seed: int) -> tuple[subprocess.Popen, float]:
         return start("kdtrain", folder, None, trials, seed)
 
@@ -170,12 +183,22 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(a.work).resolve()
     sweep = Path(a.sweep).resolve()
-    out = {"date": datetime.date.today().isoformat(), "sweep": a.sweep, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-           "python": platform.python_version(), "trials": a.trials, "ref_params": REF_PARAMS, "runs": []}
+    out = {
+        "date": datetime.date.today().isoformat(),
+        "sweep": a.sweep,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "trials": a.trials,
+        "ref_params": REF_PARAMS,
+        "runs": [],
+    }
     if a.mode == "shared":
         out["shared"] = r = shared(work / "shared", a.trials)
-        print(f"one quickstart sweep alone {r['alone_s']:.0f}s; two side by side {r['side_by_side_s'][0]:.0f}s and "
-              f"{r['side_by_side_s'][1]:.0f}s ({r['ratio']:.2f}x)", flush=True)
+        print(
+            f"one quickstart sweep alone {r['alone_s']:.0f}s; two side by side {r['side_by_side_s'][0]:.0f}s and "
+            f"{r['side_by_side_s'][1]:.0f}s ({r['ratio']:.2f}x)",
+            flush=True,
+        )
     modes = ["one-core", "machine"] if a.mode == "both" else [] if a.mode == "shared" else [a.mode]
     for mode in modes:
         for i in range(a.repeats):
@@ -183,10 +206,13 @@ def main() -> None:
             r["mode"], r["seed"] = mode, i
             out["runs"].append(r)
             k, h = r["kdtrain"], r["handwritten"]
-            print(f"{mode}, seed {i}: to 95% of the better final hypervolume: kdtrain {k['to_95_s']:.1f}s, hand-written "
-                  f"{h['to_95_s']:.1f}s ({r['speedup_to_95']:.2f}x); final hypervolume {k['final_hv']:.4f} vs "
-                  f"{h['final_hv']:.4f} ({r['hv_ratio']:.3f}x); wall {k['wall_s']:.0f}s vs {h['wall_s']:.0f}s; "
-                  f"first trial ends {k['first_trial_s']:.1f}s vs {h['first_trial_s']:.1f}s", flush=True)
+            print(
+                f"{mode}, seed {i}: to 95% of the better final hypervolume: kdtrain {k['to_95_s']:.1f}s, hand-written "
+                f"{h['to_95_s']:.1f}s ({r['speedup_to_95']:.2f}x); final hypervolume {k['final_hv']:.4f} vs "
+                f"{h['final_hv']:.4f} ({r['hv_ratio']:.3f}x); wall {k['wall_s']:.0f}s vs {h['wall_s']:.0f}s; "
+                f"first trial ends {k['first_trial_s']:.1f}s vs {h['first_trial_s']:.1f}s",
+                flush=True,
+            )
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1))
 

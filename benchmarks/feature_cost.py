@@ -32,9 +32,11 @@ def main() -> None:
     cfg = config.load(args.sweep, [f"train.threads={args.threads}"])
     ds = data.load(cfg.data)
     pool = load_pool(cfg, ds)
-    runs = {"logit_kd": config.replace(cfg, {"kd.feature_pair": "none"}),
-            **{p.name: config.replace(cfg, {"kd.feature_pair": p.name}) for p in features.pairs(cfg, every=True)},
-            "no_teacher": config.replace(cfg, {"kd.alpha": 0.0})}
+    runs = {
+        "logit_kd": config.replace(cfg, {"kd.feature_pair": "none"}),
+        **{p.name: config.replace(cfg, {"kd.feature_pair": p.name}) for p in features.pairs(cfg, every=True)},
+        "no_teacher": config.replace(cfg, {"kd.alpha": 0.0}),
+    }
     per_epoch = {k: [] for k in runs}
     accuracy = {k: [] for k in runs}
     for c in runs.values():  # warm-up: first calls of each kernel
@@ -46,14 +48,23 @@ def main() -> None:
             per_epoch[name].append((time.perf_counter() - t0) / c.train.epochs)
             accuracy[name].append(r.val_accuracy)
     med = {k: statistics.median(v) for k, v in per_epoch.items()}
-    out = {"s_per_epoch": med, "over_logit_kd": {k: v / med["logit_kd"] for k, v in med.items()},
-           "val_accuracy": {k: statistics.median(v) for k, v in accuracy.items()},
-           "pairs": {p.name: f"{p.loss}: teacher {p.teacher_layer} -> student {p.student_layer}, weight {p.weight:g}"
-                     for p in features.pairs(cfg, every=True)},
-           "threads": args.threads, "repeats": args.repeats, "student": f"{cfg.student.arch} width {cfg.student.width}",
-           "teacher": f"{cfg.teachers[0].arch} width {cfg.teachers[0].width}", "epochs": cfg.train.epochs,
-           "train_samples": len(ds.y_train), "batch_size": cfg.train.batch_size,
-           "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    out = {
+        "s_per_epoch": med,
+        "over_logit_kd": {k: v / med["logit_kd"] for k, v in med.items()},
+        "val_accuracy": {k: statistics.median(v) for k, v in accuracy.items()},
+        "pairs": {
+            p.name: f"{p.loss}: teacher {p.teacher_layer} -> student {p.student_layer}, weight {p.weight:g}"
+            for p in features.pairs(cfg, every=True)
+        },
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "student": f"{cfg.student.arch} width {cfg.student.width}",
+        "teacher": f"{cfg.teachers[0].arch} width {cfg.teachers[0].width}",
+        "epochs": cfg.train.epochs,
+        "train_samples": len(ds.y_train),
+        "batch_size": cfg.train.batch_size,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     print(json.dumps(out, indent=2))
     if args.out:
         with open(args.out, "w") as f:

@@ -20,7 +20,6 @@ trial) and the MLflow store; benchmarks/b7.py reads them.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -48,11 +47,14 @@ def load_data(seed: int = 0):
     d = make_dataset(args)
     x, y = d["x"].astype(np.float32)[:, None, :], d["y"].astype(np.int64)
     perm = np.random.default_rng(seed).permutation(len(y))
-    val, train = perm[: len(y) // 10], perm[len(y) // 10:]
+    val, train = perm[: len(y) // 10], perm[len(y) // 10 :]
     mean, std = x[train].mean(), x[train].std() + 1e-8
     t = lambda a: torch.from_numpy((a - mean) / std)  # noqa: E731
-    return ((t(x[train]), torch.from_numpy(y[train])), (t(x[val]), torch.from_numpy(y[val])),
-            (t(d["x_test"].astype(np.float32)[:, None, :]), torch.from_numpy(d["y_test"].astype(np.int64))))
+    return (
+        (t(x[train]), torch.from_numpy(y[train])),
+        (t(x[val]), torch.from_numpy(y[val])),
+        (t(d["x_test"].astype(np.float32)[:, None, :]), torch.from_numpy(d["y_test"].astype(np.int64))),
+    )
 
 
 class AvgMax(nn.Module):
@@ -63,8 +65,11 @@ class AvgMax(nn.Module):
 def cnn1d(width: int, classes: int = 10) -> nn.Module:
     layers, prev = [], 1
     for i in range(3):
-        layers += [nn.Conv1d(prev, width, 5 if i == 0 else 3, stride=1 if i == 0 else 2, padding=2 if i == 0 else 1),
-                   nn.BatchNorm1d(width), nn.ReLU()]
+        layers += [
+            nn.Conv1d(prev, width, 5 if i == 0 else 3, stride=1 if i == 0 else 2, padding=2 if i == 0 else 1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+        ]
         prev = width
     return nn.Sequential(*layers, AvgMax(), nn.Linear(2 * width, classes))
 
@@ -78,8 +83,13 @@ def accuracy(model, x, y) -> float:
 
 
 def fit(model, train, teacher=None, T=1.0, alpha=0.0, seed=0):
-    loader = DataLoader(TensorDataset(*train), batch_size=BATCH, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        TensorDataset(*train),
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=EPOCHS * len(loader))
     model.train()
@@ -126,11 +136,18 @@ def main() -> None:
 
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     storage = JournalStorage(JournalFileBackend(str(out / "optuna.log")))
-    study = optuna.create_study(study_name="handwritten", storage=storage, directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.TPESampler(seed=a.seed))
+    study = optuna.create_study(
+        study_name="handwritten",
+        storage=storage,
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.TPESampler(seed=a.seed),
+    )
     study.set_user_attr("t0", T0)
-    study.optimize(objective, n_trials=a.trials,
-                   callbacks=[MLflowCallback(metric_name=["val_accuracy", "params"], create_experiment=True)])
+    study.optimize(
+        objective,
+        n_trials=a.trials,
+        callbacks=[MLflowCallback(metric_name=["val_accuracy", "params"], create_experiment=True)],
+    )
     print(f"{len(study.trials)} trials, {time.time() - T0:.1f}s", flush=True)
 
 

@@ -37,10 +37,16 @@ def main() -> None:
             distill_student(c, ds, pool)
             per_epoch[name].append((time.perf_counter() - t0) / c.train.epochs)
     med = {k: statistics.median(v) for k, v in per_epoch.items()}
-    out = {"kd_s_per_epoch": med["kd"], "scratch_s_per_epoch": med["scratch"],
-           "kd_over_scratch": med["kd"] / med["scratch"], "threads": args.threads,
-           "student": f"{cfg.student.arch} width {cfg.student.width}", "epochs": cfg.train.epochs,
-           "train_samples": len(ds.y_train), "batch_size": cfg.train.batch_size}
+    out = {
+        "kd_s_per_epoch": med["kd"],
+        "scratch_s_per_epoch": med["scratch"],
+        "kd_over_scratch": med["kd"] / med["scratch"],
+        "threads": args.threads,
+        "student": f"{cfg.student.arch} width {cfg.student.width}",
+        "epochs": cfg.train.epochs,
+        "train_samples": len(ds.y_train),
+        "batch_size": cfg.train.batch_size,
+    }
     print(json.dumps(out, indent=2))
 
 

@@ -56,9 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdtrain import config, data, models  # noqa: E402
+from kdtrain.baselines import mean_std  # noqa: E402
 from kdtrain.run import distill_student  # noqa: E402
 from kdtrain.teachers import load_pool  # noqa: E402
-from kdtrain.baselines import mean_std  # noqa: E402
 
 ROWS = {  # row label -> the kd settings that make it (the grid adds kd.temperature and kd.alpha)
     "baseline": {"kd.alpha": 0.0},
@@ -79,16 +79,15 @@ kd: {temperature: 4.0, alpha: 0.7, teachers: [tiny_cnn_w32]}
 """
 
 FULL = {
-    "datasets": {"mnist1d": {"widths": [3, 4, 6], "overrides": []},
-                 "digits": {"widths": [1, 2, 3], "overrides": []}},
+    "datasets": {"mnist1d": {"widths": [3, 4, 6], "overrides": []}, "digits": {"widths": [1, 2, 3], "overrides": []}},
     "grid": {"temperature": [2.0, 4.0, 8.0], "alpha": [0.5, 0.9]},
     "seeds": [0, 1, 2],
 }
 QUICK = {
-    "datasets": {"mnist1d": {"widths": [4], "overrides": ["data.size=600", "teachers.cnn_wide.epochs=2",
-                                                           "train.epochs=2"]},
-                 "digits": {"widths": [2], "overrides": ["data.limit=200", "teachers.tiny_cnn_w32.epochs=2",
-                                                          "train.epochs=2"]}},
+    "datasets": {
+        "mnist1d": {"widths": [4], "overrides": ["data.size=600", "teachers.cnn_wide.epochs=2", "train.epochs=2"]},
+        "digits": {"widths": [2], "overrides": ["data.limit=200", "teachers.tiny_cnn_w32.epochs=2", "train.epochs=2"]},
+    },
     "grid": {"temperature": [4.0], "alpha": [0.5, 0.9]},
     "seeds": [0, 1],
 }
@@ -138,9 +137,15 @@ def run_cell(cfg, ds, pool, row: str, grid: list[dict], seeds: list[int], counte
     else:
         points = []
         for g in grid:
-            runs_g = train_seeds(cfg, ds, pool, seeds, {**fixed, "kd.temperature": g["temperature"],
-                                                        "kd.alpha": g["alpha"]},
-                                 f"T={g['temperature']:g} alpha={g['alpha']:g}", counter)
+            runs_g = train_seeds(
+                cfg,
+                ds,
+                pool,
+                seeds,
+                {**fixed, "kd.temperature": g["temperature"], "kd.alpha": g["alpha"]},
+                f"T={g['temperature']:g} alpha={g['alpha']:g}",
+                counter,
+            )
             val = [v for v, _ in runs_g]
             points.append({**g, "val_accuracy": val, "val_mean": statistics.fmean(val), "_runs": runs_g})
         best = max(points, key=lambda p: p["val_mean"])  # max keeps the first of equals: grid order breaks ties
@@ -150,8 +155,15 @@ def run_cell(cfg, ds, pool, row: str, grid: list[dict], seeds: list[int], counte
         log(f"  chosen on val: T={best['temperature']:g} alpha={best['alpha']:g} (val mean {best['val_mean']:.4f})")
     val, test = [v for v, _ in runs], [t for _, t in runs]
     mean, std = mean_std(test)
-    return {"mean": mean, "std": std, "test_accuracy": test, "val_accuracy": val, "val_mean": statistics.fmean(val),
-            **chosen, "grid": points}
+    return {
+        "mean": mean,
+        "std": std,
+        "test_accuracy": test,
+        "val_accuracy": val,
+        "val_mean": statistics.fmean(val),
+        **chosen,
+        "grid": points,
+    }
 
 
 def gain(cell: dict, base: dict) -> dict:
@@ -184,13 +196,26 @@ def markdown(res: dict) -> str:
         g = cells[r][k]
         return f"{100 * g['gain']:+.1f}" + ("" if g["beyond_noise"] else " (noise)")
 
-    teachers = "; ".join(f"{d}: {t['arch']} w{t['width']} ({t['params']:,} p), test {100 * t['test_accuracy']:.1f}"
-                         for d, t in res["teachers"].items())
+    teachers = "; ".join(
+        f"{d}: {t['arch']} w{t['width']} ({t['params']:,} p), test {100 * t['test_accuracy']:.1f}"
+        for d, t in res["teachers"].items()
+    )
     n = len(res["seeds"])
-    return "\n".join([f"Test accuracy (%), mean ± sample std over {n} seeds; T and α chosen on val. "
-                      f"Teachers: {teachers}.", "", *table(acc), "", "Chosen on validation accuracy:", "",
-                      *table(choice), "", "Gain over the baseline's mean (points); (noise): within 2 standard "
-                      "errors:", "", *table(gains)])
+    return "\n".join(
+        [
+            (f"Test accuracy (%), mean ± sample std over {n} seeds; T and α chosen on val. Teachers: {teachers}."),
+            "",
+            *table(acc),
+            "",
+            "Chosen on validation accuracy:",
+            "",
+            *table(choice),
+            "",
+            ("Gain over the baseline's mean (points); (noise): within 2 standard errors:"),
+            "",
+            *table(gains),
+        ]
+    )
 
 
 def main() -> None:
@@ -204,19 +229,38 @@ def main() -> None:
     grid = [{"temperature": t, "alpha": a} for t in spec["grid"]["temperature"] for a in spec["grid"]["alpha"]]
     seeds = spec["seeds"]
     wanted = set(args.columns.split(",")) if args.columns else None
-    plan = [(name, w) for name, d in spec["datasets"].items() for w in d["widths"]
-            if wanted is None or f"{name}/w{w}" in wanted]
+    plan = [
+        (name, w)
+        for name, d in spec["datasets"].items()
+        for w in d["widths"]
+        if wanted is None or f"{name}/w{w}" in wanted
+    ]
     if not plan:
         raise SystemExit(f"no column matches --columns {args.columns}")
     per_column = len(seeds) * (1 + (len(ROWS) - 1) * len(grid))
     counter = Counter(per_column * len(plan))
     log(f"{len(plan)} columns x {per_column} trainings = {counter.total} trainings")
 
-    res = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": {"platform": platform.platform(), "machine": platform.machine(), "cores": os.cpu_count(),
-                       "python": platform.python_version(), "torch": torch.__version__, "threads": 1},
-           "quick": args.quick, "grid": spec["grid"], "seeds": seeds, "rows": list(ROWS), "columns": [],
-           "epochs": {}, "teachers": {}, "data": {}, "cells": {r: {} for r in ROWS}}
+    res = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": 1,
+        },
+        "quick": args.quick,
+        "grid": spec["grid"],
+        "seeds": seeds,
+        "rows": list(ROWS),
+        "columns": [],
+        "epochs": {},
+        "teachers": {},
+        "data": {},
+        "cells": {r: {} for r in ROWS},
+    }
     for name in dict.fromkeys(n for n, _ in plan):
         cfg = base_config(name, spec["datasets"][name]["overrides"])
         ds = data.load(cfg.data)
@@ -225,16 +269,23 @@ def main() -> None:
         pool = load_pool(cfg, ds, [tname], log=log)
         t = pool[tname]
         res["epochs"][name] = cfg.train.epochs
-        res["teachers"][name] = {"name": tname, "arch": t.config.arch, "width": t.config.width, "params": t.params,
-                                 "epochs": t.config.epochs, "val_accuracy": t.val_accuracy,
-                                 "test_accuracy": t.test_accuracy}
+        res["teachers"][name] = {
+            "name": tname,
+            "arch": t.config.arch,
+            "width": t.config.width,
+            "params": t.params,
+            "epochs": t.config.epochs,
+            "val_accuracy": t.val_accuracy,
+            "test_accuracy": t.test_accuracy,
+        }
         res["data"][name] = {"train": len(ds.y_train), "val": len(ds.y_val), "test": len(ds.y_test)}
         for width in [w for n, w in plan if n == name]:
             c = config.replace(cfg, {"student.width": width})
             key = f"{name}/w{width}"
             params = models.count_params(models.from_config(c.student, ds.input_shape, ds.num_classes))
-            res["columns"].append({"key": key, "dataset": name, "arch": c.student.arch, "width": width,
-                                   "params": params})
+            res["columns"].append(
+                {"key": key, "dataset": name, "arch": c.student.arch, "width": width, "params": params}
+            )
             for row in ROWS:
                 log(f"[{key} | {row}]")
                 res["cells"][row][key] = run_cell(c, ds, pool, row, grid, seeds, counter)
@@ -245,8 +296,10 @@ def main() -> None:
     res["trainings"] = counter.done
     res["wall_s"] = time.perf_counter() - counter.start
     print(markdown(res))
-    print(f"\n{res['trainings']} trainings in {res['wall_s'] / 60:.1f} min ({res['wall_s']:.0f} s); "
-          f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread")
+    print(
+        f"\n{res['trainings']} trainings in {res['wall_s'] / 60:.1f} min ({res['wall_s']:.0f} s); "
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
         print(f"wrote {args.out}")

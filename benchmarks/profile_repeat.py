@@ -32,15 +32,24 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--backend", default="eager")
     args = ap.parse_args()
-    runs = [json.loads(subprocess.run([sys.executable, "-c", CHILD, args.backend], capture_output=True, text=True,
-                                      check=True).stdout.strip().splitlines()[-1]) for _ in range(args.runs)]
+    runs = [
+        json.loads(
+            subprocess.run([sys.executable, "-c", CHILD, args.backend], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(args.runs)
+    ]
     worst = 0.0
     for model in runs[0]:
         p50 = [r[model]["latency_ms_p50"] for r in runs]
         diff = (max(p50) - min(p50)) / min(p50)
         worst = max(worst, diff)
-        cells = "  ".join(f"p50 {r[model]['latency_ms_p50']:.4f} ms (cv {r[model]['latency_cv']:.1%}, "
-                          f"{r[model]['throughput']:,.0f}/s @256)" for r in runs)
+        cells = "  ".join(
+            f"p50 {r[model]['latency_ms_p50']:.4f} ms (cv {r[model]['latency_cv']:.1%}, "
+            f"{r[model]['throughput']:,.0f}/s @256)"
+            for r in runs
+        )
         print(f"{model:12s} {cells}  diff {diff:.1%}")
     print(json.dumps({"backend": args.backend, "runs": args.runs, "max_p50_rel_diff": worst}))
 

@@ -69,8 +69,12 @@ search:
 """
 
 
-ABLATION = (("classic loop", False, False, False), ("+ cached teacher logits", True, False, False),
-            ("+ device-resident batches", True, True, False), ("+ fused Adam", True, True, True))
+ABLATION = (
+    ("classic loop", False, False, False),
+    ("+ cached teacher logits", True, False, False),
+    ("+ device-resident batches", True, True, False),
+    ("+ fused Adam", True, True, True),
+)
 """B1's rows: (name, cached teacher logits, batches indexed from resident tensors instead of a DataLoader,
 fused optimizer step). The last row, kdtrain's own trainer, adds soft targets computed once and per-epoch
 validation."""
@@ -95,7 +99,7 @@ def ablation_loop(teacher, student, ds, cfg, batch_size: int, cached: bool, resi
         student.train()
         if resident:
             perm = torch.randperm(len(ds.y_train), generator=gen)
-            batches = (tuple(t[perm[i * batch_size:(i + 1) * batch_size]] for t in tensors) for i in range(steps))
+            batches = (tuple(t[perm[i * batch_size : (i + 1) * batch_size]] for t in tensors) for i in range(steps))
         else:
             batches = loader
         for batch in batches:
@@ -126,7 +130,7 @@ def b1_b2(cfg, ds, pool, repeats: int) -> dict:
     out, rows = {}, []
     for bs in (64, 256):
         c = config.replace(cfg, {"train.batch_size": bs})
-        for name, cached, resident, fused in ABLATION + (("kdtrain trainer", True, True, True),):
+        for name, cached, resident, fused in (*ABLATION, ("kdtrain trainer", True, True, True)):
             seconds, accs = [], []
             for rep in range(repeats):
                 seed_all(rep)
@@ -141,18 +145,32 @@ def b1_b2(cfg, ds, pool, repeats: int) -> dict:
                     seconds.append(time.perf_counter() - t0)
                     acc = accuracy(student, ds.x_test, ds.y_test)
                 accs.append(acc)
-            rows.append({"batch_size": bs, "row": name, "seconds": statistics.median(seconds),
-                         "test_accuracy": statistics.median(accs), "test_accuracies": accs})
-            print(f"  B1 batch {bs:3d} {name:28s} {rows[-1]['seconds']:6.2f} s  acc {rows[-1]['test_accuracy']:.4f}",
-                  flush=True)
+            rows.append(
+                {
+                    "batch_size": bs,
+                    "row": name,
+                    "seconds": statistics.median(seconds),
+                    "test_accuracy": statistics.median(accs),
+                    "test_accuracies": accs,
+                }
+            )
+            print(
+                f"  B1 batch {bs:3d} {name:28s} {rows[-1]['seconds']:6.2f} s  acc {rows[-1]['test_accuracy']:.4f}",
+                flush=True,
+            )
     for bs in (64, 256):
-        classic, ours = (next(r for r in rows if r["batch_size"] == bs and r["row"] == n)
-                         for n in ("classic loop", "kdtrain trainer"))
+        classic, ours = (
+            next(r for r in rows if r["batch_size"] == bs and r["row"] == n)
+            for n in ("classic loop", "kdtrain trainer")
+        )
         out[f"b1_speedup_batch{bs}"] = classic["seconds"] / ours["seconds"]
     out["b1_ablation"] = rows
     kd_t, scratch_t = [], []
     for _ in range(repeats):
-        for c, bucket in ((config.replace(cfg, {"kd.alpha": 0.7}), kd_t), (config.replace(cfg, {"kd.alpha": 0.0}), scratch_t)):
+        for c, bucket in (
+            (config.replace(cfg, {"kd.alpha": 0.7}), kd_t),
+            (config.replace(cfg, {"kd.alpha": 0.0}), scratch_t),
+        ):
             t0 = time.perf_counter()
             distill_student(c, ds, pool)
             bucket.append(time.perf_counter() - t0)
@@ -215,8 +233,20 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     env.pop("MLFLOW_TRACKING_URI", None)
     # no pruning: both sweeps must do the same work (which trials the pareto rule prunes depends on which
     # trials finished first, and so on the number of workers)
-    cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--workers",
-           str(workers), "--set", "study.pruner=none", "--no-report"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdtrain.cli",
+        "sweep",
+        str(sweep),
+        "--trials",
+        str(trials),
+        "--workers",
+        str(workers),
+        "--set",
+        "study.pruner=none",
+        "--no-report",
+    ]
     name = "bench" if "bench" in sweep.read_text() else config.load(sweep).study.name
     # create the study (its base-settings trial comes first), then queue the same parameters for every run
     create = list(cmd)
@@ -251,9 +281,15 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     end = max(students["end_time"].max(), baselines["end_time"].max() if len(baselines) else students["end_time"].max())
     phase = (end - start).total_seconds()
     train_s = float(students["train_seconds"].sum() + baselines["train_seconds"].sum())
-    return {"wall_s": wall, "trial_phase_s": phase, "startup_s": (start - started).total_seconds(),
-            "train_s": train_s, "trials": len(students), "peak_rss_mb": max(peak_kb, before) / 1024,
-            "total_rss_mb": total_peak}
+    return {
+        "wall_s": wall,
+        "trial_phase_s": phase,
+        "startup_s": (start - started).total_seconds(),
+        "train_s": train_s,
+        "trials": len(students),
+        "peak_rss_mb": max(peak_kb, before) / 1024,
+        "total_rss_mb": total_peak,
+    }
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -291,8 +327,22 @@ def b6_sweep(sweep: Path, home: Path, cache: Path | None, trials: int, seed: int
             shutil.copytree(cache, home / "cache")
         env = {**os.environ, "KDTRAIN_HOME": str(home)}
         env.pop("MLFLOW_TRACKING_URI", None)
-        cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--trials", str(trials), "--no-report",
-               "--set", f"study.seed={seed}", "--set", f"study.pruner={pruner}", "--set", "train.threads=1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kdtrain.cli",
+            "sweep",
+            str(sweep),
+            "--trials",
+            str(trials),
+            "--no-report",
+            "--set",
+            f"study.seed={seed}",
+            "--set",
+            f"study.pruner={pruner}",
+            "--set",
+            "train.threads=1",
+        ]
         t0 = time.perf_counter()
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=home)
         if r.returncode != 0:
@@ -304,12 +354,20 @@ def b6_sweep(sweep: Path, home: Path, cache: Path | None, trials: int, seed: int
     done = search.trials(study, "COMPLETE", "PRUNED")
     complete = [t for t in done if t.state.name == "COMPLETE"]
     costs = lambda t: {m: t.user_attrs[m] for m in cfg.study.objectives if m in pareto.COSTS}  # noqa: E731
-    return {"pruner": pruner, "seed": seed, "wall_s": wall, "hv": hv_history(study, cfg.study.objectives),
-            "pruned": sum(t.state.name == "PRUNED" for t in done),
-            "complete": [{"number": t.number, "values": list(t.values), "costs": costs(t),
-                          "curve": t.user_attrs[search.T_CURVE]} for t in complete],
-            "warmup": cfg.study.prune_warmup(cfg.train.epochs), "margin": cfg.study.prune_margin,
-            "objectives": cfg.study.objectives}
+    return {
+        "pruner": pruner,
+        "seed": seed,
+        "wall_s": wall,
+        "hv": hv_history(study, cfg.study.objectives),
+        "pruned": sum(t.state.name == "PRUNED" for t in done),
+        "complete": [
+            {"number": t.number, "values": list(t.values), "costs": costs(t), "curve": t.user_attrs[search.T_CURVE]}
+            for t in complete
+        ],
+        "warmup": cfg.study.prune_warmup(cfg.train.epochs),
+        "margin": cfg.study.prune_margin,
+        "objectives": cfg.study.objectives,
+    }
 
 
 def replay_lost(run: dict) -> tuple[int, int]:
@@ -323,8 +381,10 @@ def replay_lost(run: dict) -> tuple[int, int]:
     would = lost = 0
     for i, t in enumerate(trials):
         before = [pareto.Course(f["number"], f["costs"], f["curve"]) for f in trials[:i]]
-        if any(pareto.dominated_by(t["costs"], t["curve"][:e], before, objectives, run["margin"], run["warmup"])
-               for e in range(1, len(t["curve"]) + 1)):
+        if any(
+            pareto.dominated_by(t["costs"], t["curve"][:e], before, objectives, run["margin"], run["warmup"])
+            for e in range(1, len(t["curve"]) + 1)
+        ):
             would += 1
             lost += bool(front[i])
     return would, lost
@@ -350,16 +410,31 @@ def b6(sweep: Path, work: Path, trials: int, seeds: list[int]) -> dict:
         target = 0.95 * u["hv"][-1][1]
         cu, cp = compute_to(u["hv"], target), compute_to(p["hv"], target)
         would, lost = replay_lost(u)
-        per_seed.append({"seed": seed, "compute_to_95_unpruned_s": cu, "compute_to_95_pruned_s": cp,
-                         "compute_ratio": cu / cp, "final_hv_unpruned": u["hv"][-1][1],
-                         "final_hv_pruned": p["hv"][-1][1], "final_hv_ratio": p["hv"][-1][1] / u["hv"][-1][1],
-                         "total_compute_unpruned_s": u["hv"][-1][0], "total_compute_pruned_s": p["hv"][-1][0],
-                         "pruned_trials": p["pruned"], "replay_would_prune": would, "replay_front_lost": lost,
-                         "wall_s": {"unpruned": u["wall_s"], "pruned": p["wall_s"]}})
-    return {"b6_compute_ratio": statistics.fmean(s["compute_ratio"] for s in per_seed),
-            "b6_final_hv_ratio": statistics.fmean(s["final_hv_ratio"] for s in per_seed),
-            "b6_front_trials_lost": sum(s["replay_front_lost"] for s in per_seed),
-            "b6_trials": trials, "b6_per_seed": per_seed, "b6_runs": runs}
+        per_seed.append(
+            {
+                "seed": seed,
+                "compute_to_95_unpruned_s": cu,
+                "compute_to_95_pruned_s": cp,
+                "compute_ratio": cu / cp,
+                "final_hv_unpruned": u["hv"][-1][1],
+                "final_hv_pruned": p["hv"][-1][1],
+                "final_hv_ratio": p["hv"][-1][1] / u["hv"][-1][1],
+                "total_compute_unpruned_s": u["hv"][-1][0],
+                "total_compute_pruned_s": p["hv"][-1][0],
+                "pruned_trials": p["pruned"],
+                "replay_would_prune": would,
+                "replay_front_lost": lost,
+                "wall_s": {"unpruned": u["wall_s"], "pruned": p["wall_s"]},
+            }
+        )
+    return {
+        "b6_compute_ratio": statistics.fmean(s["compute_ratio"] for s in per_seed),
+        "b6_final_hv_ratio": statistics.fmean(s["final_hv_ratio"] for s in per_seed),
+        "b6_front_trials_lost": sum(s["replay_front_lost"] for s in per_seed),
+        "b6_trials": trials,
+        "b6_per_seed": per_seed,
+        "b6_runs": runs,
+    }
 
 
 def main() -> None:
@@ -368,11 +443,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny versions, to keep the script working")
     ap.add_argument("--trials", type=int, default=12, help="trials per sweep for B3/B4")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="b1,b2,b3,b4,b5,b6",
-                    help="comma-separated benchmarks (b1 and b2 run together, as do b3, b4 and b5)")
+    ap.add_argument(
+        "--only",
+        default="b1,b2,b3,b4,b5,b6",
+        help="comma-separated benchmarks (b1 and b2 run together, as do b3, b4 and b5)",
+    )
     ap.add_argument("--b6-trials", type=int, default=None, help="trials per B6 study (default: the sweep file's)")
-    ap.add_argument("--b6-work", help="B6's folder, kept: studies it finished before are read, not rerun "
-                                      "(resumes an interrupted B6)")
+    ap.add_argument(
+        "--b6-work",
+        help="B6's folder, kept: studies it finished before are read, not rerun (resumes an interrupted B6)",
+    )
     args = ap.parse_args()
     only = {b.strip().lower() for b in args.only.split(",") if b.strip()}
     unknown = only - {"b1", "b2", "b3", "b4", "b5", "b6"}
@@ -392,26 +472,34 @@ def main() -> None:
     ds = data.load(cfg.data)
     print(f"teachers for {sweep.name} (trained once, cached)...", flush=True)
     pool = load_pool(cfg, ds, log=lambda s: None)
-    results = {"date": time.strftime("%Y-%m-%d"),
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-                          f"torch {torch.__version__}", "sweep": sweep.name, "epochs": cfg.train.epochs,
-               "student": f"{cfg.student.arch} width {cfg.student.width}"}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
+        f"torch {torch.__version__}",
+        "sweep": sweep.name,
+        "epochs": cfg.train.epochs,
+        "student": f"{cfg.student.arch} width {cfg.student.width}",
+    }
     targets = {}
     if only & {"b1", "b2"}:
         print("B1/B2: loops...", flush=True)
         results.update(b1_b2(cfg, ds, pool, repeats))
-        targets.update({"b1_speedup_batch64": (">=", 3), "b1_speedup_batch256": ("info", None),
-                        "b2_kd_over_scratch": ("<=", 1.3)})
+        targets.update(
+            {"b1_speedup_batch64": (">=", 3), "b1_speedup_batch256": ("info", None), "b2_kd_over_scratch": ("<=", 1.3)}
+        )
     if only & {"b3", "b4", "b5"}:
         print("B3/B4/B5: sweeps with 1 and 2 workers...", flush=True)
         cache = work / "home" / "cache" / "teachers"
         params = fixed_trials(cfg, trials - 1)  # the first trial is the sweep file's base settings
         one = sweep_run(sweep, 1, trials, work / "w1", cache, params)
         two = sweep_run(sweep, 2, trials, work / "w2", cache, params)
-        results["b3_trials_per_min"] = {"1_worker": 60 * one["trials"] / one["trial_phase_s"],
-                                        "2_workers": 60 * two["trials"] / two["trial_phase_s"]}
-        results["b3_speedup_2_workers"] = (results["b3_trials_per_min"]["2_workers"]
-                                           / results["b3_trials_per_min"]["1_worker"])
+        results["b3_trials_per_min"] = {
+            "1_worker": 60 * one["trials"] / one["trial_phase_s"],
+            "2_workers": 60 * two["trials"] / two["trial_phase_s"],
+        }
+        results["b3_speedup_2_workers"] = (
+            results["b3_trials_per_min"]["2_workers"] / results["b3_trials_per_min"]["1_worker"]
+        )
         # steady state: from the first trial's start to the last run's end; wall: the whole command,
         # start-up (imports, stores, teacher pool, parent run) included
         results["b3_speedup_2_workers_wall"] = one["wall_s"] / two["wall_s"]
@@ -422,16 +510,25 @@ def main() -> None:
         results["b5_peak_rss_mb"] = max(one["peak_rss_mb"], two["peak_rss_mb"])
         results["b5_total_rss_mb"] = max(one["total_rss_mb"], two["total_rss_mb"])
         results["sweeps"] = {"1_worker": one, "2_workers": two}
-        targets.update({"b3_speedup_2_workers": (">=", 1.7), "b3_speedup_2_workers_wall": ("info", None),
-                        "b4_overhead_s_per_trial": ("<=", 0.5), "b4_overhead_s_per_trial_wall": ("info", None),
-                        "b4_log_model_s": ("info", None), "b4_log_inputs_s": ("info", None),
-                        "b5_peak_rss_mb": ("<=", 1536), "b5_total_rss_mb": ("info", None)})
+        targets.update(
+            {
+                "b3_speedup_2_workers": (">=", 1.7),
+                "b3_speedup_2_workers_wall": ("info", None),
+                "b4_overhead_s_per_trial": ("<=", 0.5),
+                "b4_overhead_s_per_trial_wall": ("info", None),
+                "b4_log_model_s": ("info", None),
+                "b4_log_inputs_s": ("info", None),
+                "b5_peak_rss_mb": ("<=", 1536),
+                "b5_total_rss_mb": ("info", None),
+            }
+        )
     if "b6" in only:
         print("B6: pareto pruning against none...", flush=True)
         b6_trials = args.b6_trials or (4 if args.quick else cfg.study.trials)
         results.update(b6(sweep, Path(args.b6_work) if args.b6_work else work, b6_trials, b6_seeds))
-        targets.update({"b6_compute_ratio": (">=", 1.5), "b6_final_hv_ratio": (">=", 0.98),
-                        "b6_front_trials_lost": ("<=", 0)})
+        targets.update(
+            {"b6_compute_ratio": (">=", 1.5), "b6_final_hv_ratio": (">=", 0.98), "b6_front_trials_lost": ("<=", 0)}
+        )
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{'benchmark':28s} {'value':>10s}  target   met")
@@ -443,10 +540,12 @@ def main() -> None:
         ok = v >= bound if op == ">=" else v <= bound
         print(f"{key:28s} {v:10.3f}  {op} {bound:<5} {'yes' if ok else 'NO'}")
     for s in results.get("b6_per_seed", []):
-        print(f"  b6 seed {s['seed']}: to 95% {s['compute_to_95_unpruned_s']:.0f} s unpruned / "
-              f"{s['compute_to_95_pruned_s']:.0f} s pruned; final hv {s['final_hv_unpruned']:.4f} / "
-              f"{s['final_hv_pruned']:.4f}; {s['pruned_trials']} pruned; replay: {s['replay_would_prune']} would be "
-              f"pruned, {s['replay_front_lost']} of the front")
+        print(
+            f"  b6 seed {s['seed']}: to 95% {s['compute_to_95_unpruned_s']:.0f} s unpruned / "
+            f"{s['compute_to_95_pruned_s']:.0f} s pruned; final hv {s['final_hv_unpruned']:.4f} / "
+            f"{s['final_hv_pruned']:.4f}; {s['pruned_trials']} pruned; replay: {s['replay_would_prune']} would be "
+            f"pruned, {s['replay_front_lost']} of the front"
+        )
     print(f"machine: {results['machine']}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str))

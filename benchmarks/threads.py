@@ -21,8 +21,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"student w2": ("cnn1d", 2), "student w8": ("cnn1d", 8), "student w32": ("cnn1d", 32),
-          "teacher cnn_wide": ("cnn1d", 64), "teacher gru": ("gru", 48)}
+MODELS = {
+    "student w2": ("cnn1d", 2),
+    "student w8": ("cnn1d", 8),
+    "student w32": ("cnn1d", 32),
+    "teacher cnn_wide": ("cnn1d", 64),
+    "teacher gru": ("gru", 48),
+}
 
 CHILD = r"""
 import sys, time, torch
@@ -67,8 +72,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     a = ap.parse_args()
     out = {"cpus": os.cpu_count(), "rows": []}
-    print(f"{'model':18s} {'1t active':>10s} {'2t active':>10s} {'1t passive':>10s} {'2t passive':>10s} "
-          f"{'2 procs 2t active':>18s} {'2 procs 1t passive':>19s}   (ms per step)")
+    print(
+        f"{'model':18s} {'1t active':>10s} {'2t active':>10s} {'1t passive':>10s} {'2t passive':>10s} "
+        f"{'2 procs 2t active':>18s} {'2 procs 1t passive':>19s}   (ms per step)"
+    )
     for name, (arch, width) in MODELS.items():
         steps = a.steps if width < 32 or arch != "cnn1d" else max(30, a.steps // 3)
         steps = max(20, steps // 5) if arch == "gru" else steps
@@ -79,9 +86,11 @@ def main() -> None:
         row["shared_2t_active"] = step_ms(arch, width, 2, "ACTIVE", steps, together=2)
         row["shared_1t_passive"] = step_ms(arch, width, 1, "PASSIVE", steps, together=2)
         out["rows"].append(row)
-        print(f"{name:18s} {row['1t_active']:10.2f} {row['2t_active']:10.2f} {row['1t_passive']:10.2f} "
-              f"{row['2t_passive']:10.2f} {row['shared_2t_active']:18.2f} {row['shared_1t_passive']:19.2f}",
-              flush=True)
+        print(
+            f"{name:18s} {row['1t_active']:10.2f} {row['2t_active']:10.2f} {row['1t_passive']:10.2f} "
+            f"{row['2t_passive']:10.2f} {row['shared_2t_active']:18.2f} {row['shared_1t_passive']:19.2f}",
+            flush=True,
+        )
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1))
 

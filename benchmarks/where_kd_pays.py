@@ -64,13 +64,26 @@ def one(name: str, home: Path) -> dict:
     teacher = runs[runs["tag:kdtrain.role"] == "teacher"].iloc[0]
     base_m, base_s = mean_std(list(confirms["baseline_test_accuracy"]))
     kd_m, kd_s = mean_std(list(confirms["test_accuracy"]))
-    return {"sweep": name, "study": study, "trial": trial, "student_width": int(float(best["student.width"])),
-            "labelled_rows": int(best["labelled_rows"]), "val_rows": int(best["val_rows"]),
-            "unlabelled_rows": int(best["unlabelled_rows"]), "seeds": len(confirms),
-            "baseline_test": base_m, "baseline_test_std": base_s, "distilled_test": kd_m, "distilled_test_std": kd_s,
-            "gain_points": 100 * (kd_m - base_m), "gain_in_baseline_stds": (kd_m - base_m) / base_s if base_s else None,
-            "teacher_source_test": teacher.get("source_test_accuracy"), "teacher_target_test": teacher["test_accuracy"],
-            "sweep_s": sweep_s, "confirm_s": confirm_s}
+    return {
+        "sweep": name,
+        "study": study,
+        "trial": trial,
+        "student_width": int(float(best["student.width"])),
+        "labelled_rows": int(best["labelled_rows"]),
+        "val_rows": int(best["val_rows"]),
+        "unlabelled_rows": int(best["unlabelled_rows"]),
+        "seeds": len(confirms),
+        "baseline_test": base_m,
+        "baseline_test_std": base_s,
+        "distilled_test": kd_m,
+        "distilled_test_std": kd_s,
+        "gain_points": 100 * (kd_m - base_m),
+        "gain_in_baseline_stds": (kd_m - base_m) / base_s if base_s else None,
+        "teacher_source_test": teacher.get("source_test_accuracy"),
+        "teacher_target_test": teacher["test_accuracy"],
+        "sweep_s": sweep_s,
+        "confirm_s": confirm_s,
+    }
 
 
 def main() -> int:
@@ -87,24 +100,32 @@ def main() -> int:
     rows = []
     for name in args.sweeps.split(","):
         with tempfile.TemporaryDirectory(prefix=f"kdtrain-{name}-") as home:
-            done = subprocess.run([sys.executable, __file__, "--one", name], env={**os.environ, "KDTRAIN_HOME": home},
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--one", name],
+                env={**os.environ, "KDTRAIN_HOME": home},
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
                 return 1
             rows.append(json.loads(done.stdout.split("ROW ", 1)[1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    print("\n| sweep | labels (train / select / unlabelled) | no teacher, test % | distilled, test % | gain (points) "
-          "| teacher on its data / on the student's, test % | sweep + confirm |")
+    print(
+        "\n| sweep | labels (train / select / unlabelled) | no teacher, test % | distilled, test % | gain (points) "
+        "| teacher on its data / on the student's, test % | sweep + confirm |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         stds = f", {r['gain_in_baseline_stds']:.1f} baseline stds" if r["gain_in_baseline_stds"] else ""
         src = f"{100 * r['teacher_source_test']:.1f}" if r["teacher_source_test"] == r["teacher_source_test"] else "-"
-        print(f"| `{r['sweep']}` (trial {r['trial']}, width {r['student_width']}) | {r['labelled_rows']} / "
-              f"{r['val_rows']} / {r['unlabelled_rows']:,} | {100 * r['baseline_test']:.1f} ± "
-              f"{100 * r['baseline_test_std']:.1f} | {100 * r['distilled_test']:.1f} ± {100 * r['distilled_test_std']:.1f} "
-              f"| {r['gain_points']:+.1f}{stds} | {src} / {100 * r['teacher_target_test']:.1f} | "
-              f"{r['sweep_s'] / 60:.1f} + {r['confirm_s'] / 60:.1f} min |")
+        print(
+            f"| `{r['sweep']}` (trial {r['trial']}, width {r['student_width']}) | {r['labelled_rows']} / "
+            f"{r['val_rows']} / {r['unlabelled_rows']:,} | {100 * r['baseline_test']:.1f} ± "
+            f"{100 * r['baseline_test_std']:.1f} | {100 * r['distilled_test']:.1f} ± {100 * r['distilled_test_std']:.1f} "
+            f"| {r['gain_points']:+.1f}{stds} | {src} / {100 * r['teacher_target_test']:.1f} | "
+            f"{r['sweep_s'] / 60:.1f} + {r['confirm_s'] / 60:.1f} min |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0

@@ -103,17 +103,23 @@ def _study_arg(sp, required: bool = True, what: str = "the study's name") -> Non
 def _choose(sp) -> None:
     """Which trials a command acts on: --trial N ... or --pareto (one of them)."""
     which = sp.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, nargs="+", action="extend",
-                       help="trial number(s): --trial 3 7, or --trial 3 --trial 7")
+    which.add_argument(
+        "--trial", type=int, nargs="+", action="extend", help="trial number(s): --trial 3 7, or --trial 3 --trial 7"
+    )
     which.add_argument("--pareto", action="store_true", help="every trial on the study's Pareto front")
 
 
 def _floor(sp) -> None:
     """--min-gain: which front students --pareto leaves out (below the no-teacher baseline of their width)."""
-    sp.add_argument("--min-gain", type=_min_gain, default=0.0, metavar="POINTS",
-                    help="with --pareto, leave out students whose test gain over the no-teacher baseline of their "
-                    "width (kdtrain confirm's paired gain where it ran) is below POINTS (default 0: students a "
-                    "student trained alone beats); 'any' keeps the whole front")
+    sp.add_argument(
+        "--min-gain",
+        type=_min_gain,
+        default=0.0,
+        metavar="POINTS",
+        help="with --pareto, leave out students whose test gain over the no-teacher baseline of their "
+        "width (kdtrain confirm's paired gain where it ran) is below POINTS (default 0: students a "
+        "student trained alone beats); 'any' keeps the whole front",
+    )
 
 
 def _min_gain(text: str) -> float | None:
@@ -130,8 +136,13 @@ def _with_sweep(sub, name: str, help_: str):
     sp = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.registries = True
     sp.add_argument("sweep", metavar="SWEEP.yaml", help="sweep file")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a setting by its dotted key, e.g. --set kd.alpha=0.5 (repeatable)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting by its dotted key, e.g. --set kd.alpha=0.5 (repeatable)",
+    )
     return sp
 
 
@@ -144,32 +155,51 @@ def _workers(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto or a number of workers (0 or more), got {text!r}") from None
     if n < 0:
-        raise argparse.ArgumentTypeError(f"must be auto or >= 0 (0: create the study and let kdtrain worker run it), "
-                                         f"got {n}")
+        raise argparse.ArgumentTypeError(
+            f"must be auto or >= 0 (0: create the study and let kdtrain worker run it), got {n}"
+        )
     return n
 
 
 def _stores(sp, storage_help: str | None = None) -> None:
-    sp.add_argument("--storage", type=_text, help=storage_help or "Optuna storage: a journal file or an RDB URL such "
-                    "as postgresql://... (default $KDTRAIN_STORAGE, else mlruns/optuna.journal)")
-    sp.add_argument("--tracking-uri", type=_text, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the "
-                    "server the study recorded, else mlruns/mlflow.db)")
+    sp.add_argument(
+        "--storage",
+        type=_text,
+        help=storage_help
+        or "Optuna storage: a journal file or an RDB URL such "
+        "as postgresql://... (default $KDTRAIN_STORAGE, else mlruns/optuna.journal)",
+    )
+    sp.add_argument(
+        "--tracking-uri",
+        type=_text,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the "
+        "server the study recorded, else mlruns/mlflow.db)",
+    )
 
 
 def _add_sweep(sub) -> None:
     sp = _with_sweep(sub, "sweep", "run an Optuna study over the sweep's search space; every trial a run in MLflow")
-    sp.add_argument("--trials", type=int, help="the study's total number of trials, complete and pruned (default: study.trials)")
+    sp.add_argument(
+        "--trials", type=int, help="the study's total number of trials, complete and pruned (default: study.trials)"
+    )
     sp.add_argument("--timeout", help="stop starting trials after this long, e.g. 8h, 30m (default: study.timeout)")
-    sp.add_argument("--workers", type=_workers, default=os.environ.get("KDTRAIN_WORKERS", "auto"),
-                    help="worker processes on this machine (this one is the first). auto (default, or "
-                    "$KDTRAIN_WORKERS): with GPUs up to "
-                    "4 per GPU, each given its own GPU; else one single-threaded worker per CPU this process may "
-                    "use (or per train.threads), no more than trials or free memory allow. A number: that many, "
-                    "sharing the CPU budget and the GPUs. 0 creates the study and its runs and exits, for "
-                    "workers started elsewhere with kdtrain worker")
+    sp.add_argument(
+        "--workers",
+        type=_workers,
+        default=os.environ.get("KDTRAIN_WORKERS", "auto"),
+        help="worker processes on this machine (this one is the first). auto (default, or "
+        "$KDTRAIN_WORKERS): with GPUs up to "
+        "4 per GPU, each given its own GPU; else one single-threaded worker per CPU this process may "
+        "use (or per train.threads), no more than trials or free memory allow. A number: that many, "
+        "sharing the CPU budget and the GPUs. 0 creates the study and its runs and exits, for "
+        "workers started elsewhere with kdtrain worker",
+    )
     sp.add_argument("--study", type=_study, help="study name (default: study.name)")
-    sp.add_argument("--new-study", action="store_true",
-                    help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings")
+    sp.add_argument(
+        "--new-study",
+        action="store_true",
+        help="start a fresh study (NAME-v2, -v3, ...) when NAME exists with other settings",
+    )
     _stores(sp)
     sp.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     sp.add_argument("--report-dir", default="reports", help="where the report goes (default: reports/)")
@@ -179,23 +209,39 @@ def _add_worker(sub) -> None:
     wp = _command(sub, "worker", "join an existing study and run its trials (the sweep config is read from the study)")
     _study_arg(wp)
     _stores(wp)
-    wp.add_argument("--threads", type=int, help="CPU threads for training (default: train.threads, else the CPUs "
-                    "this process may use: its affinity mask and cgroup CPU quota)")
-    wp.add_argument("--wait", metavar="DURATION", help="wait this long (e.g. 10m) for the study to be created "
-                    "and its teachers logged, for workers that start before the sweep (SLURM arrays, Kubernetes)")
+    wp.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for training (default: train.threads, else the CPUs "
+        "this process may use: its affinity mask and cgroup CPU quota)",
+    )
+    wp.add_argument(
+        "--wait",
+        metavar="DURATION",
+        help="wait this long (e.g. 10m) for the study to be created "
+        "and its teachers logged, for workers that start before the sweep (SLURM arrays, Kubernetes)",
+    )
     wp.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # sampler seed offset of local workers
     wp.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
 
 
-STORAGE_HELP = ("Optuna storage: a journal file or an RDB URL such as postgresql://... (default $KDTRAIN_STORAGE, "
-                "else mlruns/optuna.journal)")
+STORAGE_HELP = (
+    "Optuna storage: a journal file or an RDB URL such as postgresql://... (default $KDTRAIN_STORAGE, "
+    "else mlruns/optuna.journal)"
+)
 
 
 def _add_study_commands(sub) -> None:
     rp = _command(sub, "report", "Pareto plots and comparison reports (HTML, Markdown, CSV) of studies")
     rp.add_argument("studies", nargs="*", type=_text, metavar="STUDY", help="study names (default: every study)")
-    rp.add_argument("--study", dest="studies_opt", action="append", type=_text, metavar="STUDY",
-                    help="a study name, the same as a STUDY argument (repeatable)")
+    rp.add_argument(
+        "--study",
+        dest="studies_opt",
+        action="append",
+        type=_text,
+        metavar="STUDY",
+        help="a study name, the same as a STUDY argument (repeatable)",
+    )
     rp.add_argument("--out", default="reports", help="output folder (default: reports/)")
     rp.add_argument("--name", help="folder name of a comparison report (default: compare-A-vs-B)")
     _stores(rp)
@@ -212,8 +258,12 @@ def _add_study_commands(sub) -> None:
     ep.add_argument("--out", default="exports", help="output folder (default: exports/)")
     _stores(ep)
 
-    cp = _command(sub, "confirm", "retrain chosen trials with new seeds, paired with the no-teacher baseline "
-                  "of each seed: the check before shipping a student")
+    cp = _command(
+        sub,
+        "confirm",
+        "retrain chosen trials with new seeds, paired with the no-teacher baseline "
+        "of each seed: the check before shipping a student",
+    )
     _study_arg(cp)
     _choose(cp)
     cp.add_argument("--seeds", type=_positive, default=3, metavar="N", help="new seeds per trial (default 3)")
@@ -221,47 +271,70 @@ def _add_study_commands(sub) -> None:
     cp.add_argument("--no-report", action="store_true", help="do not rewrite the study's report")
     _stores(cp)
 
-    gp = _command(sub, "register", "register chosen students in the MLflow Model Registry, each version's "
-                  "description its deployment card")
+    gp = _command(
+        sub,
+        "register",
+        "register chosen students in the MLflow Model Registry, each version's description its deployment card",
+    )
     _study_arg(gp)
     _choose(gp)
     _floor(gp)
     gp.add_argument("--name", type=_text, required=True, help="the registered model's name, e.g. mnist1d-student")
-    gp.add_argument("--alias", type=_text, help="an alias (e.g. champion) for the most accurate of the chosen "
-                    "versions (by the mean val accuracy over kdtrain confirm's new seeds where it ran, else by val "
-                    "accuracy): models:/NAME@ALIAS")
+    gp.add_argument(
+        "--alias",
+        type=_text,
+        help="an alias (e.g. champion) for the most accurate of the chosen "
+        "versions (by the mean val accuracy over kdtrain confirm's new seeds where it ran, else by val "
+        "accuracy): models:/NAME@ALIAS",
+    )
     _stores(gp)
 
-    dp = _command(sub, "dashboard", "optuna-dashboard on the study's storage, on 127.0.0.1 "
-                  "(pip install 'kdtrain[dashboard]')")
+    dp = _command(
+        sub, "dashboard", "optuna-dashboard on the study's storage, on 127.0.0.1 (pip install 'kdtrain[dashboard]')"
+    )
     _study_arg(dp, required=False, what="open at this study (default: the list of studies)")
     dp.add_argument("--storage", type=_text, help=STORAGE_HELP)
     dp.add_argument("--port", type=int, default=8080, help="the port on 127.0.0.1 (default 8080)")
 
-    sc = _command(sub, "schema", "print the sweep file's JSON Schema (editors complete and check keys with it; see "
-                  "docs/sweep.schema.json)")
-    sc.add_argument("--markdown", action="store_true", help="print the sweep-file reference (docs/reference.md) instead")
+    sc = _command(
+        sub,
+        "schema",
+        "print the sweep file's JSON Schema (editors complete and check keys with it; see docs/sweep.schema.json)",
+    )
+    sc.add_argument(
+        "--markdown", action="store_true", help="print the sweep-file reference (docs/reference.md) instead"
+    )
     up = _command(sub, "ui", "start the MLflow UI on 127.0.0.1 against the local store (or --tracking-uri)")
     _study_arg(up, False, "the study whose runs to link (default: a link per study in the store)")
     up.add_argument("--port", type=int, default=5000, help="the port on 127.0.0.1 (default 5000)")
-    up.add_argument("--tracking-uri", type=_text, help="the MLflow store to browse (default $MLFLOW_TRACKING_URI, "
-                    "else mlruns/mlflow.db)")
+    up.add_argument(
+        "--tracking-uri",
+        type=_text,
+        help="the MLflow store to browse (default $MLFLOW_TRACKING_URI, else mlruns/mlflow.db)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kdtrain", description="Knowledge-distillation sweeps: Optuna search, MLflow tracking, "
-                "accuracy-vs-size reports.")
+    p = _Parser(
+        prog="kdtrain",
+        description="Knowledge-distillation sweeps: Optuna search, MLflow tracking, accuracy-vs-size reports.",
+    )
     p.top = True  # names the study of every subcommand alike (parse_known_args)
     p.add_argument("--version", action="version", version=f"kdtrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _with_sweep(sub, "teachers", "train or load the sweep's teacher pool (cached) and print a table")
     _with_sweep(sub, "train", "distil one student with the sweep file's base settings")
-    _with_sweep(sub, "layers", "the teachers' and the student's module paths with their output shapes for one "
-                "batch of the data (to pick kd.features pairs)")
+    _with_sweep(
+        sub,
+        "layers",
+        "the teachers' and the student's module paths with their output shapes for one "
+        "batch of the data (to pick kd.features pairs)",
+    )
     _add_sweep(sub)
     _add_worker(sub)
-    pp = _with_sweep(sub, "profile", "params, size, FLOPs, latency and throughput of the teachers and a ladder "
-                     "of student widths")
+    pp = _with_sweep(
+        sub, "profile", "params, size, FLOPs, latency and throughput of the teachers and a ladder of student widths"
+    )
     pp.add_argument("--widths", help="comma-separated student widths (default: powers of two over the search range)")
     _add_study_commands(sub)
     return p

@@ -28,8 +28,9 @@ def student_key(cfg: Config) -> str:
     """The baseline cache key: what shapes a no-teacher student (its seeds are entries of the cache file)."""
     sig = space.signature(cfg)
     train = {k: v for k, v in sig["train"].items() if k != "seed"}
-    return content_key({"student": dataclasses.asdict(cfg.student), "train": train, "data": sig["data"],
-                        "format": 3})  # 3: each seed's weights beside the results
+    return content_key(
+        {"student": dataclasses.asdict(cfg.student), "train": train, "data": sig["data"], "format": 3}
+    )  # 3: each seed's weights beside the results
 
 
 def flat_params(cfg: Config) -> dict:
@@ -45,8 +46,14 @@ def flat_params(cfg: Config) -> dict:
 def measure(model, ctx, model_cfg, num_classes: int | None = None, timing: bool = True) -> dict:
     """Deployment metrics of a model (cached per architecture and output size: a teacher may have its own); without
     ``timing`` the counted ones only, unless cached (see profile)."""
-    return profile(model, ctx.ds.input_shape, ctx.cfg.profile,
-                   model_identity(model_cfg, num_classes or ctx.ds.num_classes), ctx.log, timing=timing)
+    return profile(
+        model,
+        ctx.ds.input_shape,
+        ctx.cfg.profile,
+        model_identity(model_cfg, num_classes or ctx.ds.num_classes),
+        ctx.log,
+        timing=timing,
+    )
 
 
 def label_metrics(ds: data.Dataset) -> dict:
@@ -69,8 +76,7 @@ def logged_whole(ctx, tags: dict) -> bool:
     return done
 
 
-def baseline_runs(ctx, cfg: Config, seeds: list[int], say: Callable[[str], None] | None = None,
-                  on_epoch=None) -> dict:
+def baseline_runs(ctx, cfg: Config, seeds: list[int], say: Callable[[str], None] | None = None, on_epoch=None) -> dict:
     """The no-teacher (alpha = 0) student of cfg trained with each of the given train seeds, cached per machine
     and seed: {"metrics": deployment metrics, "runs": {seed: accuracies and per-epoch history}}. `say` announces
     each training (default: the context's log), `on_epoch` follows its epochs."""
@@ -80,17 +86,27 @@ def baseline_runs(ctx, cfg: Config, seeds: list[int], say: Callable[[str], None]
         result = _cached(key)
         missing = [s for s in seeds if str(s) not in result["runs"]]
         for seed in missing:
-            (say or ctx.log)(f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher "
-                             f"(seed {seed})")
-            r = distill_student(sweepfile.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}), ctx.ds, {},
-                                on_epoch=on_epoch, epoch_guard=cpu_room)
+            (say or ctx.log)(
+                f"baseline {cfg.student.arch} width {cfg.student.width}: training without a teacher (seed {seed})"
+            )
+            r = distill_student(
+                sweepfile.replace(cfg, {"kd.alpha": 0.0, "train.seed": seed}),
+                ctx.ds,
+                {},
+                on_epoch=on_epoch,
+                epoch_guard=cpu_room,
+            )
             if "metrics" not in result:
                 result["metrics"] = measure(r.model, ctx, cfg.student)
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(r.model.state_dict(), baseline_file(key, seed))  # the baseline run's model
-            result["runs"][str(seed)] = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
-                                         "train_seconds": r.seconds, "train_steps": r.steps,
-                                         "history": [dataclasses.asdict(h) for h in r.history]}
+            result["runs"][str(seed)] = {
+                "val_accuracy": r.val_accuracy,
+                "test_accuracy": r.test_accuracy,
+                "train_seconds": r.seconds,
+                "train_steps": r.steps,
+                "history": [dataclasses.asdict(h) for h in r.history],
+            }
         if missing:
             atomic_write_text(path, json.dumps(result))
     return result
@@ -135,21 +151,43 @@ def log_baseline(ctx, cfg: Config, key: str, seeds: list[int], result: dict, met
     with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
         if not logged_whole(ctx, {"kdtrain.baseline_key": key}):
             run_name = f"baseline-{cfg.student.arch}-w{cfg.student.width}"
-            run = ctx.tracker.start(ctx.exp_id, run_name, "baseline",
-                                    ctx.parent_id, tags={"kdtrain.baseline_key": key},
-                                    params={**{k: v for k, v in flat_params(cfg).items()
-                                               if not k.startswith("kd.")}, "kd.alpha": 0.0,
-                                            "seeds": ",".join(map(str, seeds))})
+            run = ctx.tracker.start(
+                ctx.exp_id,
+                run_name,
+                "baseline",
+                ctx.parent_id,
+                tags={"kdtrain.baseline_key": key},
+                params={
+                    **{k: v for k, v in flat_params(cfg).items() if not k.startswith("kd.")},
+                    "kd.alpha": 0.0,
+                    "seeds": ",".join(map(str, seeds)),
+                },
+            )
             # the curves are the seeds' mean per epoch, so that the last epoch's val_accuracy is the final mean
-            curves = [EpochStats(**{k: epoch[0][k] if k in ("epoch", "epochs") else statistics.fmean(h[k] for h in epoch)
-                                    for k in epoch[0]})
-                      for epoch in zip(*(result["runs"][str(s)]["history"] for s in seeds))]
+            curves = [
+                EpochStats(
+                    **{
+                        k: epoch[0][k] if k in ("epoch", "epochs") else statistics.fmean(h[k] for h in epoch)
+                        for k in epoch[0]
+                    }
+                )
+                for epoch in zip(*(result["runs"][str(s)]["history"] for s in seeds), strict=False)
+            ]
             ctx.tracker.log_inputs(run, ctx.inputs)
-            model_id = ctx.log_model(run, run_name, baseline_model(ctx, cfg, key, seeds[0]), {"kdtrain.role": "baseline"})
-            steps = {"train_steps": result["runs"][str(seeds[0])]["train_steps"]} \
-                if "train_steps" in result["runs"][str(seeds[0])] else {}
-            ctx.tracker.log_metrics(run, {**{k: v for k, v in metrics.items() if k != "seeds"}, **steps,
-                                          **label_metrics(ctx.ds)}, curves, model_id=model_id)
+            model_id = ctx.log_model(
+                run, run_name, baseline_model(ctx, cfg, key, seeds[0]), {"kdtrain.role": "baseline"}
+            )
+            steps = (
+                {"train_steps": result["runs"][str(seeds[0])]["train_steps"]}
+                if "train_steps" in result["runs"][str(seeds[0])]
+                else {}
+            )
+            ctx.tracker.log_metrics(
+                run,
+                {**{k: v for k, v in metrics.items() if k != "seeds"}, **steps, **label_metrics(ctx.ds)},
+                curves,
+                model_id=model_id,
+            )
             ctx.tracker.end(run)
 
 
@@ -175,11 +213,15 @@ def gains(metrics: dict, baseline: dict, val_samples: int) -> dict:
     """A trial's distillation gain over the baseline's seed mean, on val and test, and on val in units of the
     baseline's seed spread (floored at one validation sample, so that equal seeds do not divide by zero)."""
     gain = metrics["val_accuracy"] - baseline["val_accuracy"]
-    return {"baseline_val_accuracy": baseline["val_accuracy"], "baseline_val_accuracy_std": baseline["val_accuracy_std"],
-            "baseline_test_accuracy": baseline["test_accuracy"],
-            "baseline_test_accuracy_std": baseline["test_accuracy_std"], "kd_gain": gain,
-            "kd_gain_test": metrics["test_accuracy"] - baseline["test_accuracy"],
-            "kd_gain_sigma": gain / max(baseline["val_accuracy_std"], 1.0 / val_samples)}
+    return {
+        "baseline_val_accuracy": baseline["val_accuracy"],
+        "baseline_val_accuracy_std": baseline["val_accuracy_std"],
+        "baseline_test_accuracy": baseline["test_accuracy"],
+        "baseline_test_accuracy_std": baseline["test_accuracy_std"],
+        "kd_gain": gain,
+        "kd_gain_test": metrics["test_accuracy"] - baseline["test_accuracy"],
+        "kd_gain_sigma": gain / max(baseline["val_accuracy_std"], 1.0 / val_samples),
+    }
 
 
 def trial_config(tracker: Tracker, run_id: str) -> Config:
@@ -203,8 +245,9 @@ def trial_model(tracker: Tracker, run_id: str, cfg: Config, ds: data.Dataset):
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        state = torch.load(tracker.download(run_id, tmp, tracking.MODEL_ARTIFACT), map_location="cpu",
-                           weights_only=True)
+        state = torch.load(
+            tracker.download(run_id, tmp, tracking.MODEL_ARTIFACT), map_location="cpu", weights_only=True
+        )
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     model.load_state_dict(state)
     return model
@@ -258,25 +301,48 @@ def confirm(ctx, trial, n_seeds: int, say: Callable[[str], None] | None = None, 
             continue
         say(f"trial {trial.number} distilled with seed {seed}")
         pool = ctx.need(cfg.kd_teachers) if cfg.kd.alpha > 0 else ctx.pool
-        r = distill_student(sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, pool, on_epoch=on_epoch,
-                            epoch_guard=cpu_room)
+        r = distill_student(
+            sweepfile.replace(cfg, {"train.seed": seed}), ctx.ds, pool, on_epoch=on_epoch, epoch_guard=cpu_room
+        )
         b = base[str(seed)]
-        metrics = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "train_seconds": r.seconds,
-                   "baseline_val_accuracy": b["val_accuracy"], "baseline_test_accuracy": b["test_accuracy"],
-                   "kd_gain": r.val_accuracy - b["val_accuracy"], "kd_gain_test": r.test_accuracy - b["test_accuracy"]}
+        metrics = {
+            "val_accuracy": r.val_accuracy,
+            "test_accuracy": r.test_accuracy,
+            "train_seconds": r.seconds,
+            "baseline_val_accuracy": b["val_accuracy"],
+            "baseline_test_accuracy": b["test_accuracy"],
+            "kd_gain": r.val_accuracy - b["val_accuracy"],
+            "kd_gain_test": r.test_accuracy - b["test_accuracy"],
+        }
         if features.pairs(cfg):  # what the layer pairs add over logit KD alone: the same seed without them
             say(f"trial {trial.number} with logit KD alone (no feature pair), seed {seed}")
-            lo = distill_student(sweepfile.replace(cfg, {"train.seed": seed, "kd.feature_pair": "none"}), ctx.ds,
-                                 pool, on_epoch=on_epoch, epoch_guard=cpu_room)
-            metrics.update({"logit_kd_val_accuracy": lo.val_accuracy, "logit_kd_test_accuracy": lo.test_accuracy,
-                            "feature_gain": r.val_accuracy - lo.val_accuracy,
-                            "feature_gain_test": r.test_accuracy - lo.test_accuracy})
-        run = ctx.tracker.start(ctx.exp_id, f"confirm-{trial.number}-seed{seed}", "confirm", ctx.parent_id,
-                                tags=_confirm_tags(ctx, trial, seed), params={**flat_params(cfg), "train.seed": seed})
+            lo = distill_student(
+                sweepfile.replace(cfg, {"train.seed": seed, "kd.feature_pair": "none"}),
+                ctx.ds,
+                pool,
+                on_epoch=on_epoch,
+                epoch_guard=cpu_room,
+            )
+            metrics.update(
+                {
+                    "logit_kd_val_accuracy": lo.val_accuracy,
+                    "logit_kd_test_accuracy": lo.test_accuracy,
+                    "feature_gain": r.val_accuracy - lo.val_accuracy,
+                    "feature_gain_test": r.test_accuracy - lo.test_accuracy,
+                }
+            )
+        run = ctx.tracker.start(
+            ctx.exp_id,
+            f"confirm-{trial.number}-seed{seed}",
+            "confirm",
+            ctx.parent_id,
+            tags=_confirm_tags(ctx, trial, seed),
+            params={**flat_params(cfg), "train.seed": seed},
+        )
         ctx.tracker.log_metrics(run, metrics, r.history)
         ctx.tracker.end(run)
         runs.append(metrics)
     keys = ("val_accuracy", "test_accuracy", "kd_gain_test") + (
-        ("feature_gain_test",) if all("feature_gain_test" in m for m in runs) else ())
+        ("feature_gain_test",) if all("feature_gain_test" in m for m in runs) else ()
+    )
     return {"trial": trial.number, **seed_stats(runs, keys)}
-

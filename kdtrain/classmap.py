@@ -68,21 +68,29 @@ def syntax_problems(spec: Any, where: str, groups: bool = False) -> list[str]:
     if groups and numbers and not problems:
         problems.append(
             f"{where}: name every student class by its index or every one by its name, not both (numbers "
-            f"{', '.join(map(str, numbers[:5]))}; quote a class named by a number: '2')" if len(numbers) < len(spec)
+            f"{', '.join(map(str, numbers[:5]))}; quote a class named by a number: '2')"
+            if len(numbers) < len(spec)
             else f"{where}: student classes by index are 0, 1, ... each once; "
-            f"{', '.join(str(i) for i in range(numbers[-1]) if i not in numbers)} missing (map every student class)")
+            f"{', '.join(str(i) for i in range(numbers[-1]) if i not in numbers)} missing (map every student class)"
+        )
     return problems
 
 
 def _list_problems(spec: list, where: str, groups: bool) -> list[str]:
     """A list's problems: class indices (data.classes); or one teacher class or list of them per student class."""
     member = lambda i: type(i) is str or (type(i) is int and i >= 0)  # noqa: E731
-    ok = spec and all(type(i) is int and i >= 0 for i in spec) if not groups else \
-        spec and all(member(e) or (isinstance(e, list) and e and all(map(member, e))) for e in spec)
+    ok = (
+        spec and all(type(i) is int and i >= 0 for i in spec)
+        if not groups
+        else spec and all(member(e) or (isinstance(e, list) and e and all(map(member, e))) for e in spec)
+    )
     if not ok:
-        return [f"{where}: a list of class indices (integers >= 0), one per student class, got {spec!r}" if not groups
-                else f"{where}: a list with one teacher class (an index or a name) or a list of them per student "
-                f"class, got {spec!r}"]
+        return [
+            f"{where}: a list of class indices (integers >= 0), one per student class, got {spec!r}"
+            if not groups
+            else f"{where}: a list with one teacher class (an index or a name) or a list of them per student "
+            f"class, got {spec!r}"
+        ]
     flat = [i for e in spec for i in (e if isinstance(e, list) else [e])]
     twice = sorted({i for i in flat if flat.count(i) > 1}, key=str)
     return [f"{where}: class {twice[0]!r} is listed twice (each student class needs its own)"] if twice else []
@@ -94,34 +102,45 @@ def _index(name_or_index: Any, names: list[str], what: str, where: str) -> int:
     if type(name_or_index) is int:
         if name_or_index >= len(names):
             owner = what.split()[0]
-            raise DataError(f"{where}: {what} {name_or_index} does not exist (the {owner} has {len(names)} classes, "
-                            f"0..{len(names) - 1})")
+            raise DataError(
+                f"{where}: {what} {name_or_index} does not exist (the {owner} has {len(names)} classes, "
+                f"0..{len(names) - 1})"
+            )
         return name_or_index
     if str(name_or_index) in names:
         return names.index(str(name_or_index))
     raise DataError(f"{where}: no {what} named {name_or_index!r} (known: {', '.join(names[:20])})")
 
 
-def groups(spec: Any, student_names: list[str], source_names: list[str], where: str, source: str = "teacher"
-           ) -> list[list[int]]:
+def groups(
+    spec: Any, student_names: list[str], source_names: list[str], where: str, source: str = "teacher"
+) -> list[list[int]]:
     """A checked mapping -> one list of source (teacher) class indices per student class, in the student's order.
     Raises DataError naming a class index the source does not have, a student class named twice or missing."""
     if isinstance(spec, list):
         if len(spec) != len(student_names):
-            raise DataError(f"{where}: {len(spec)} {source} classes listed for {len(student_names)} student classes "
-                            "(one per student class, in the student's order)")
-        return [[_index(i, source_names, f"{source} class", where) for i in (e if isinstance(e, list) else [e])]
-                for e in spec]
+            raise DataError(
+                f"{where}: {len(spec)} {source} classes listed for {len(student_names)} student classes "
+                "(one per student class, in the student's order)"
+            )
+        return [
+            [_index(i, source_names, f"{source} class", where) for i in (e if isinstance(e, list) else [e])]
+            for e in spec
+        ]
     out: dict[int, list[int]] = {}
     for key, value in spec.items():
         s = _index(key, student_names, "student class", where)
         if s in out:
             raise DataError(f"{where}: student class {student_names[s]!r} is named twice")
-        out[s] = [_index(i, source_names, f"{source} class", where) for i in (value if isinstance(value, list) else [value])]
+        out[s] = [
+            _index(i, source_names, f"{source} class", where) for i in (value if isinstance(value, list) else [value])
+        ]
     missing = [student_names[i] for i in range(len(student_names)) if i not in out]
     if missing:
-        raise DataError(f"{where}: student class(es) {', '.join(map(repr, missing[:10]))} have no {source} classes "
-                        "(map every student class)")
+        raise DataError(
+            f"{where}: student class(es) {', '.join(map(repr, missing[:10]))} have no {source} classes "
+            "(map every student class)"
+        )
     return [out[i] for i in range(len(student_names))]
 
 
@@ -135,11 +154,13 @@ def relabel(spec: Any, names: list[str], where: str = "data.classes") -> tuple[l
             new[old] = j
         return new, [names[i] for i in keep]
     new: list[int | None] = [None] * len(names)
-    for j, (key, value) in enumerate(spec.items()):
-        for old in (value if isinstance(value, list) else [value]):
+    for j, value in enumerate(spec.values()):
+        for old in value if isinstance(value, list) else [value]:
             new[_index(old, names, "dataset class", where)] = j
     unmapped = [names[i] for i, v in enumerate(new) if v is None]
     if unmapped:
-        raise DataError(f"{where}: label(s) {', '.join(map(repr, unmapped[:10]))} of the dataset are not mapped to "
-                        "any class; add them to a group (or list the classes to keep: data.classes: [3, 5])")
+        raise DataError(
+            f"{where}: label(s) {', '.join(map(repr, unmapped[:10]))} of the dataset are not mapped to "
+            "any class; add them to a group (or list the classes to keep: data.classes: [3, 5])"
+        )
     return new, [str(k) for k in spec]

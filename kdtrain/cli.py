@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from kdtrain.args import build_parser, duration, study_name_problem
-from kdtrain.shared import available_cpus, available_memory_gb, plan_workers
 from kdtrain.console import Countdown, EpochProgress, beside_bar, front_table, table, teacher_progress
 from kdtrain.layer_table import cmd_layers  # noqa: F401 - `kdtrain layers`, run by main() like the cmd_ below
+from kdtrain.shared import available_cpus, available_memory_gb, plan_workers
 
 
 def _load(args):
@@ -32,13 +32,17 @@ def _load_data(cfg):
     resolve_device(cfg.train.device)  # cuda on a machine without CUDA: one line before any data loads
     t0 = time.perf_counter()
     ds = data.load(cfg.data)
-    print(f"data {cfg.data.name}: {len(ds.y_train)} train / {len(ds.y_val)} val / {len(ds.y_test)} test, "
-          f"input {tuple(ds.input_shape)}, {ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)"
-          + (f"; {ds.note}" if ds.note else ""))
+    print(
+        f"data {cfg.data.name}: {len(ds.y_train)} train / {len(ds.y_val)} val / {len(ds.y_test)} test, "
+        f"input {tuple(ds.input_shape)}, {ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)"
+        + (f"; {ds.note}" if ds.note else "")
+    )
     # a teacher with its own data, output or classes is run on its own data by teachers.check_weights instead
-    built = [("student", cfg.student)] + [(f"teachers ({t.name})", t) for t in cfg.teachers
-                                          if teachers.kind(t) in ("train", "weights")
-                                          and t.data is None and t.output is None and t.classes is None]
+    built = [("student", cfg.student)] + [
+        (f"teachers ({t.name})", t)
+        for t in cfg.teachers
+        if teachers.kind(t) in ("train", "weights") and t.data is None and t.output is None and t.classes is None
+    ]
     models.check_fits(built, ds.input_shape, ds.num_classes)
     features.check_paths(cfg, ds)  # kd.features: every layer found and joined before any training
     return cfg, ds
@@ -52,21 +56,35 @@ def cmd_teachers(args) -> int:
         print("the sweep file defines no teachers (add a teachers: list)")
         return 0
     pool = load_pool(cfg, ds, on_epoch=teacher_progress())
-    rows = [{"name": t.name, "arch": t.arch, "width": t.width, "params": t.params_text,
-             "val_acc": f"{t.val_accuracy:.4f}", "test_acc": f"{t.test_accuracy:.4f}",
-             "own_test_acc": "-" if t.source_test_accuracy is None else f"{t.source_test_accuracy:.4f}",
-             "status": "cached" if t.cached else t.source, "seconds": f"{t.seconds:.1f}"} for t in pool.values()]
+    rows = [
+        {
+            "name": t.name,
+            "arch": t.arch,
+            "width": t.width,
+            "params": t.params_text,
+            "val_acc": f"{t.val_accuracy:.4f}",
+            "test_acc": f"{t.test_accuracy:.4f}",
+            "own_test_acc": "-" if t.source_test_accuracy is None else f"{t.source_test_accuracy:.4f}",
+            "status": "cached" if t.cached else t.source,
+            "seconds": f"{t.seconds:.1f}",
+        }
+        for t in pool.values()
+    ]
     # a teacher with its own data (teachers[].data): its test accuracy there beside the student's test split
     own = ["own_test_acc"] if any(t.source_test_accuracy is not None for t in pool.values()) else []
     print()
     print(table(rows, ["name", "arch", "width", "params", "val_acc", "test_acc", *own, "status", "seconds"]))
     if own:
-        print("\nval_acc, test_acc: on the student's splits (mapped to its classes); own_test_acc: on the test split "
-              "of the teacher's own data (teachers[].data)")
+        print(
+            "\nval_acc, test_acc: on the student's splits (mapped to its classes); own_test_acc: on the test split "
+            "of the teacher's own data (teachers[].data)"
+        )
     made = [t.name for t in pool.values() if not t.cached]
     if made:
-        print(f"\n{len(made)} of {len(pool)} teachers trained or loaded now ({', '.join(made)}); "
-              f"cached under {next(iter(pool.values())).path.parent}")
+        print(
+            f"\n{len(made)} of {len(pool)} teachers trained or loaded now ({', '.join(made)}); "
+            f"cached under {next(iter(pool.values())).path.parent}"
+        )
     else:
         print(f"\nall {len(pool)} teachers came from the cache: nothing trained")
     return 0
@@ -82,17 +100,33 @@ def cmd_train(args) -> int:
     pool = load_pool(cfg, ds, names, on_epoch=teacher_progress())
     for t in pool.values():
         print(f"teacher {t.name}: {'cached' if t.cached else t.source}, val_acc {t.val_accuracy:.4f}")
-    what = (f"T={cfg.kd.temperature:g}, alpha={cfg.kd.alpha:g}, teachers={'+'.join(names)} ({cfg.kd.ensemble})"
-            if names else "no teacher (alpha=0)")
+    what = (
+        f"T={cfg.kd.temperature:g}, alpha={cfg.kd.alpha:g}, teachers={'+'.join(names)} ({cfg.kd.ensemble})"
+        if names
+        else "no teacher (alpha=0)"
+    )
     print(f"student {cfg.student.arch} width {cfg.student.width}: distilling with {what}")
     result = distill_student(cfg, ds, pool, on_epoch=EpochProgress("student"))
     params = models.count_params(result.model)
-    rows = [{"model": f"student ({cfg.student.arch}, width {cfg.student.width})", "params": f"{params:,}",
-             "val_acc": f"{result.val_accuracy:.4f}", "test_acc": f"{result.test_accuracy:.4f}", "x smaller": "1.0"}]
+    rows = [
+        {
+            "model": f"student ({cfg.student.arch}, width {cfg.student.width})",
+            "params": f"{params:,}",
+            "val_acc": f"{result.val_accuracy:.4f}",
+            "test_acc": f"{result.test_accuracy:.4f}",
+            "x smaller": "1.0",
+        }
+    ]
     for t in pool.values():
-        rows.append({"model": f"teacher {t.name} ({t.described})",
-                     "params": t.params_text, "val_acc": f"{t.val_accuracy:.4f}", "test_acc": f"{t.test_accuracy:.4f}",
-                     "x smaller": f"{t.params / params:.1f}" if t.params is not None else "?"})
+        rows.append(
+            {
+                "model": f"teacher {t.name} ({t.described})",
+                "params": t.params_text,
+                "val_acc": f"{t.val_accuracy:.4f}",
+                "test_acc": f"{t.test_accuracy:.4f}",
+                "x smaller": f"{t.params / params:.1f}" if t.params is not None else "?",
+            }
+        )
     print()
     print(table(rows, ["model", "params", "val_acc", "test_acc", "x smaller"]))
     print(f"\nstudent trained in {result.seconds:.1f}s on {result.device}")
@@ -108,13 +142,23 @@ def _preflight(args):
 
     cfg = study_teacher.resolve(sweepfile.load(args.sweep, args.set), args.storage, args.tracking_uri)
     if not cfg.search:
-        raise ConfigError(["search: the search space is empty; add a search: section, e.g. "
-                           "kd.temperature: {type: float, low: 1, high: 20, log: true} "
-                           "(kdtrain train runs the base settings alone)"], args.sweep)
+        raise ConfigError(
+            [
+                (
+                    "search: the search space is empty; add a search: section, e.g. "
+                    "kd.temperature: {type: float, low: 1, high: 20, log: true} "
+                    "(kdtrain train runs the base settings alone)"
+                )
+            ],
+            args.sweep,
+        )
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1 (got {args.trials}): the study's total number of trials")
-    timeout = (duration("--timeout", args.timeout) if args.timeout is not None
-               else duration("study.timeout", cfg.study.timeout))
+    timeout = (
+        duration("--timeout", args.timeout)
+        if args.timeout is not None
+        else duration("study.timeout", cfg.study.timeout)
+    )
     name = args.study or cfg.study.name  # --study is checked by its argparse type
     if not args.study and study_name_problem(name):
         raise ConfigError([f"study.name: {study_name_problem(name)}"], args.sweep)
@@ -131,7 +175,9 @@ def _preflight(args):
 
 
 def _trials_source(args, cfg) -> str:
-    return f"--trials {args.trials}" if args.trials is not None else f"the sweep file's study.trials: {cfg.study.trials}"
+    return (
+        f"--trials {args.trials}" if args.trials is not None else f"the sweep file's study.trials: {cfg.study.trials}"
+    )
 
 
 def cmd_sweep(args) -> int:
@@ -142,8 +188,9 @@ def cmd_sweep(args) -> int:
     args.storage = args.storage or search.default_storage()
     cfg, storage, name, trials, timeout = _preflight(args)
     # the CPUs and GPUs split among the workers (this process the first), teachers trained with a worker's threads
-    _, threads, envs = plan_workers(args.workers or 1, available_cpus(), processes.local_gpus(), cfg.train.threads,
-                                    trials, available_memory_gb())
+    _, threads, envs = plan_workers(
+        args.workers or 1, available_cpus(), processes.local_gpus(), cfg.train.threads, trials, available_memory_gb()
+    )
     here = sweepfile.replace(cfg, {"train.threads": threads})  # the study keeps the file's own train.threads
     cfg, ds = _load_data(cfg)
     # every teacher file is read before any teacher trains (a bad one stops here); the teachers trained from scratch
@@ -152,9 +199,15 @@ def cmd_sweep(args) -> int:
     first = [t.name for t in cfg.teachers] if args.workers == 0 else worker.first_teachers(cfg)
     pool = worker.load_pool(here, ds, first, on_epoch=teacher_progress())
     for t in cfg.teachers:
-        print(f"teacher {t.name}: " + (f"{'cached' if pool[t.name].cached else pool[t.name].source}, val_acc "
-              f"{pool[t.name].val_accuracy:.4f}, {pool[t.name].params_text} params" if t.name in pool else
-              "trained when a trial first needs it (the first trials draw among the teachers ready)"))
+        print(
+            f"teacher {t.name}: "
+            + (
+                f"{'cached' if pool[t.name].cached else pool[t.name].source}, val_acc "
+                f"{pool[t.name].val_accuracy:.4f}, {pool[t.name].params_text} params"
+                if t.name in pool
+                else "trained when a trial first needs it (the first trials draw among the teachers ready)"
+            )
+        )
     print("opening the study's stores; its parent and teacher runs go to MLflow (a few seconds the first time)")
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage or search.open_storage(args.storage), name, trials)
@@ -163,40 +216,50 @@ def cmd_sweep(args) -> int:
         print(said)
     search.remember_tracking(study, tracker.uri)
     quiet = beside_bar if sys.stdout.isatty() else print  # trials' results: the bar says them
-    ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep,
-                              log=quiet)
+    ctx = worker.open_context(study, tracker, cfg, ds=ds, pool=pool, threads=threads, sweep_file=args.sweep, log=quiet)
     recovered = worker.recover(ctx)
-    print(f"study {name}: {search.counts(study)['DONE']}/{trials} trials done"
-          + (f", {len(recovered)} interrupted trial(s) failed and re-queued: {recovered}" if recovered else "")
-          + f"\noptuna storage: {redact(args.storage)}\nmlflow: {redact(tracker.uri)}  experiment {ctx.exp_id}")
+    print(
+        f"study {name}: {search.counts(study)['DONE']}/{trials} trials done"
+        + (f", {len(recovered)} interrupted trial(s) failed and re-queued: {recovered}" if recovered else "")
+        + f"\noptuna storage: {redact(args.storage)}\nmlflow: {redact(tracker.uri)}  experiment {ctx.exp_id}"
+    )
     if args.workers == 0:
         env = f"KDTRAIN_STORAGE='{redact(args.storage)}' " if search.is_rdb(args.storage) else ""
         if search.A_TRACKING not in study.user_attrs:  # else the study knows its MLflow server
             env += f"MLFLOW_TRACKING_URI='{redact(tracker.uri)}' "
-        print(f"\nstudy {name} is ready; start workers on any machine that reaches the stores:\n"
-              f"  {env}kdtrain worker --study {name}\n"
-              + ("(with the real password: kdtrain never prints it)" if "***" in env else ""))
+        print(
+            f"\nstudy {name} is ready; start workers on any machine that reaches the stores:\n"
+            f"  {env}kdtrain worker --study {name}\n"
+            + ("(with the real password: kdtrain never prints it)" if "***" in env else "")
+        )
         return 0
     deadline = time.time() + timeout if timeout else None
     failed, interrupted = processes.run_local(ctx, args.storage, trials, threads, envs, deadline, home() / "logs")
     return _finish_sweep(args, ctx, trials, failed, interrupted, deadline)
 
 
-def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: bool,
-                  deadline: float | None = None) -> int:
+def _finish_sweep(
+    args, ctx, trials: int, failed_logs: list[Path], interrupted: bool, deadline: float | None = None
+) -> int:
     from kdtrain import search
 
     c = search.counts(ctx.study)
     done = c["DONE"]
     timed_out = done < trials and deadline is not None and time.time() >= deadline
-    ctx.tracker.end(ctx.parent_id, "KILLED" if interrupted else
-                    ("FINISHED" if done >= trials or timed_out else "FAILED"))
+    ctx.tracker.end(
+        ctx.parent_id, "KILLED" if interrupted else ("FINISHED" if done >= trials or timed_out else "FAILED")
+    )
     if timed_out and not interrupted:
-        print(f"\nstopped at the time limit (--timeout / study.timeout): {done}/{trials} trials done. Run the "
-              "same command again (with a new --timeout) to go on.")
+        print(
+            f"\nstopped at the time limit (--timeout / study.timeout): {done}/{trials} trials done. Run the "
+            "same command again (with a new --timeout) to go on."
+        )
     if interrupted:
-        print(f"\nstopped: {done}/{trials} trials done; a trial that was running is marked failed and queued again. "
-              f"Run the same command again to resume.", file=sys.stderr)
+        print(
+            f"\nstopped: {done}/{trials} trials done; a trial that was running is marked failed and queued again. "
+            f"Run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 130
     for log in failed_logs:
         tail = log.read_text().strip().splitlines()[-5:]
@@ -209,8 +272,14 @@ def _finish_sweep(args, ctx, trials: int, failed_logs: list[Path], interrupted: 
         folder = report.build([ctx.study.study_name], args.report_dir, ctx.tracker.uri, args.storage)[0]
         print(f"\nreport: {folder / 'index.html'} (also under the study's parent run in MLflow)")
     where = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
-    print("\nbrowse the runs: " + (ctx.tracker.link(ctx.exp_id) or f"kdtrain ui {ctx.study.study_name}{where} (serves the "
-                                   "store on 127.0.0.1, --port 5000 by default, and prints the link to its runs)"))
+    print(
+        "\nbrowse the runs: "
+        + (
+            ctx.tracker.link(ctx.exp_id)
+            or f"kdtrain ui {ctx.study.study_name}{where} (serves the "
+            "store on 127.0.0.1, --port 5000 by default, and prints the link to its runs)"
+        )
+    )
     return 1 if failed_logs else 0
 
 
@@ -224,10 +293,13 @@ def cmd_report(args) -> int:
     if not studies:
         raise KdtrainError("no studies yet: run kdtrain sweep first")
     if not (args.studies or args.studies_opt) and len(studies) > 1:
-        print(f"no study named: reporting every study in the store ({', '.join(studies)}), each alone, and "
-              "comparing them all; name the studies to compare (kdtrain report A B)")
-    folders = report.build(studies, args.out, args.tracking_uri, args.storage, args.name,
-                           log_to_mlflow=not args.no_mlflow)
+        print(
+            f"no study named: reporting every study in the store ({', '.join(studies)}), each alone, and "
+            "comparing them all; name the studies to compare (kdtrain report A B)"
+        )
+    folders = report.build(
+        studies, args.out, args.tracking_uri, args.storage, args.name, log_to_mlflow=not args.no_mlflow
+    )
     for f in folders:
         print(f"report: {f / 'index.html'}")
     return 0
@@ -246,8 +318,10 @@ def cmd_worker(args) -> int:
     if not wait_s:  # a waiting worker may start before its journal exists
         preflight.storage(args.storage)
     ctx = worker.join(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index, wait_s, log)
-    log(f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
-        f"(optuna: {redact(args.storage or search.default_storage())}, mlflow: {redact(ctx.tracker.uri)})")
+    log(
+        f"worker pid {os.getpid()} on {socket.gethostname()} joined study {args.study} "
+        f"(optuna: {redact(args.storage or search.default_storage())}, mlflow: {redact(ctx.tracker.uri)})"
+    )
     recovered = worker.recover(ctx)
     if recovered:
         log(f"interrupted trial(s) {recovered} failed and re-queued")
@@ -269,6 +343,7 @@ def cmd_status(args) -> int:
 
 def cmd_schema(args) -> int:
     from kdtrain.schema import json_schema_text, markdown_reference
+
     print(markdown_reference() if args.markdown else json_schema_text(), end="")
     return 0
 
@@ -284,14 +359,16 @@ def cmd_profile(args) -> int:
     import dataclasses
 
     from kdtrain import models, teachers
-    from kdtrain.errors import KdtrainError
     from kdtrain.console import profile_row
+    from kdtrain.errors import KdtrainError
     from kdtrain.profile import model_identity, profile, width_ladder
 
     cfg, ds = _load(args)
     p = cfg.profile
-    print(f"latency: batch 1, {p.threads} thread(s), {p.device}, {p.backend}; throughput: batch "
-          f"{p.throughput_batch}; FLOPs per sample (a multiply-add counts 2)")
+    print(
+        f"latency: batch 1, {p.threads} thread(s), {p.device}, {p.backend}; throughput: batch "
+        f"{p.throughput_batch}; FLOPs per sample (a multiply-add counts 2)"
+    )
     entries = [(f"teacher {t.name}", t) for t in cfg.teachers if teachers.kind(t) in ("train", "weights")]
     widths = width_ladder(cfg, args.widths)
     entries += [(f"student {cfg.student.arch}", dataclasses.replace(cfg.student, width=w)) for w in widths]
@@ -299,14 +376,14 @@ def cmd_profile(args) -> int:
     for label, m in entries:  # every model first: a width too large to build fails before any measurement is cached
         try:
             # cost does not depend on the weights, so untrained models are measured
-            built.append(models.from_config(dataclasses.replace(m, pretrained=False), ds.input_shape,
-                                            ds.num_classes))
+            built.append(models.from_config(dataclasses.replace(m, pretrained=False), ds.input_shape, ds.num_classes))
         except (RuntimeError, OverflowError, MemoryError, TypeError, ValueError) as e:  # torch: no memory, or > int64
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise KdtrainError(f"{label} at width {m.width}: the model cannot be built ({reason}); profile "
-                               "smaller widths (--widths)") from None
+            raise KdtrainError(
+                f"{label} at width {m.width}: the model cannot be built ({reason}); profile smaller widths (--widths)"
+            ) from None
     rows, ref = [], None
-    for (label, m), model in zip(entries, built):
+    for (label, m), model in zip(entries, built, strict=False):
         r = profile(model, ds.input_shape, p, model_identity(m, ds.num_classes), log=print)
         ref = ref or r
         rows.append(profile_row(label, m.width, r, ref))
@@ -329,13 +406,26 @@ def cmd_export(args) -> int:
     for t in chosen:
         cfg, ds, model = baselines.trial_student(tracker, t.user_attrs.get(search.T_RUN))
         out = Path(args.out) / args.study / f"trial-{t.number}"
-        export_model(model, ds.input_shape, out, ds.x_val[:64],
-                     make_card(cfg, ds, args.study, t.number, t.user_attrs.get(search.T_RUN), t.user_attrs))
-        rows.append({"trial": t.number, "val_acc": f"{t.user_attrs.get('val_accuracy', float('nan')):.4f}",
-                     "params": f"{t.user_attrs.get('params', 0):,.0f}", "folder": str(out)})
+        export_model(
+            model,
+            ds.input_shape,
+            out,
+            ds.x_val[:64],
+            make_card(cfg, ds, args.study, t.number, t.user_attrs.get(search.T_RUN), t.user_attrs),
+        )
+        rows.append(
+            {
+                "trial": t.number,
+                "val_acc": f"{t.user_attrs.get('val_accuracy', float('nan')):.4f}",
+                "params": f"{t.user_attrs.get('params', 0):,.0f}",
+                "folder": str(out),
+            }
+        )
     print(table(rows, ["trial", "val_acc", "params", "folder"]))
-    print("each folder: model.onnx, model.ts (TorchScript), card.json; outputs checked against PyTorch "
-          "(max abs diff <= 1e-4 on 64 validation samples)")
+    print(
+        "each folder: model.onnx, model.ts (TorchScript), card.json; outputs checked against PyTorch "
+        "(max abs diff <= 1e-4 on 64 validation samples)"
+    )
     return 0
 
 
@@ -349,8 +439,10 @@ def _chosen(study, args) -> list:
     complete = f"(complete: {sorted(done)[:20]}{'...' if len(done) > 20 else ''})"
     unknown = [n for n in args.trial or [] if n not in states]
     if unknown:
-        raise KdtrainError(f"no such trial in {study.study_name!r}: {', '.join(map(str, unknown))} (it has trials "
-                           f"0..{len(states) - 1}) {complete}")
+        raise KdtrainError(
+            f"no such trial in {study.study_name!r}: {', '.join(map(str, unknown))} (it has trials "
+            f"0..{len(states) - 1}) {complete}"
+        )
     missing = [f"{n} ({states[n]})" for n in args.trial or [] if n not in done]
     if missing:
         raise KdtrainError(f"trial(s) {', '.join(missing)} of {study.study_name!r} are not complete {complete}")
@@ -369,8 +461,10 @@ def cmd_confirm(args) -> int:
     trials = _chosen(search.load(args.study, args.storage), args)  # a missing study or trial: before any teacher
     ctx = worker.join(args.study, args.storage, args.tracking_uri, log=print)
     total = baselines.confirm_plan(ctx, trials, args.seeds)
-    print(f"confirm: {len(trials)} trial(s) x {args.seeds} new seed(s): {total} training(s) to run (each seed "
-          "distilled, and the no-teacher baseline of each seed not trained on this machine before)")
+    print(
+        f"confirm: {len(trials)} trial(s) x {args.seeds} new seed(s): {total} training(s) to run (each seed "
+        "distilled, and the no-teacher baseline of each seed not trained on this machine before)"
+    )
     countdown = Countdown(total, "confirm")
     rows = confirm_rows([baselines.confirm(ctx, t, args.seeds, countdown.step, countdown.epoch) for t in trials])
     print(table(rows, list(rows[0])))
@@ -415,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def terminated(signum, frame):
-        raise Terminated()
+        raise Terminated
 
     signal.signal(signal.SIGTERM, terminated)  # what schedulers and `timeout` send: handled like Ctrl-C
     try:
@@ -428,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # a database that went away outside a trial (kdtrain status, a report): one line too
         from kdtrain.storage import lost_connection, unreachable
+
         if not lost_connection(e, context=False):
             raise
         print(f"kdtrain: error: {unreachable(e)}", file=sys.stderr)

@@ -20,7 +20,10 @@ def table(rows: list[dict], columns: list[str]) -> str:
     """Plain aligned text table (first column left-aligned, the others right-aligned)."""
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    fmt = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+
+    def fmt(vals):
+        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths, strict=False)))
+
     return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
 
 
@@ -38,9 +41,13 @@ def hv_history(study, objectives: dict, constraints: dict | None = None) -> list
     hv_box = study.user_attrs.get(search.A_HV_BOX)
     if hv_box is None or len(objectives) < 2:
         return []
-    done = [(t.user_attrs.get(search.T_COMPUTE, 0.0),
-             t.values if t.state.name == "COMPLETE" and search.is_feasible(t, constraints or {}) else None)
-            for t in search.trials(study, "COMPLETE", "PRUNED")]
+    done = [
+        (
+            t.user_attrs.get(search.T_COMPUTE, 0.0),
+            t.values if t.state.name == "COMPLETE" and search.is_feasible(t, constraints or {}) else None,
+        )
+        for t in search.trials(study, "COMPLETE", "PRUNED")
+    ]
     return pareto.history(done, hv_box)
 
 
@@ -53,7 +60,7 @@ def front_table(study) -> str:
     rows = []
     for t in sorted(front, key=lambda t: t.values):
         row = {"trial": t.number}
-        row.update({n: f"{v:.4g}" for n, v in zip(names, t.values)})
+        row.update({n: f"{v:.4g}" for n, v in zip(names, t.values, strict=False)})
         row.update({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in t.params.items()})
         rows.append(row)
     if not rows:
@@ -70,8 +77,10 @@ def time_spent(study) -> str:
     done = search.trials(study, "COMPLETE", "PRUNED", "FAIL")
     train = sum(t.user_attrs.get(search.T_COMPUTE, 0.0) for t in done)
     whole = sum(t.duration.total_seconds() for t in done if t.duration is not None)
-    return f"training time {fmt_seconds(train)} (the trials' own, summed; {fmt_seconds(whole)} with measuring, " \
-           "baselines and logging)"
+    return (
+        f"training time {fmt_seconds(train)} (the trials' own, summed; {fmt_seconds(whole)} with measuring, "
+        "baselines and logging)"
+    )
 
 
 def status_lines(study) -> list[str]:
@@ -82,45 +91,71 @@ def status_lines(study) -> list[str]:
     from kdtrain import search, tracking
 
     c, name = search.counts(study), study.study_name
-    lines = [f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
-             f"{c['RUNNING']} running, {c['WAITING']} waiting (target {search.target(study) or '?'})"]
+    lines = [
+        (
+            f"study {name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
+            f"{c['RUNNING']} running, {c['WAITING']} waiting (target {search.target(study) or '?'})"
+        )
+    ]
     scfg = search.study_config(study).study
     hv = hv_history(study, scfg.objectives, scfg.constraints)
-    lines.append(f"  {time_spent(study)}" + (f"; hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials"
-                                              if hv else ""))
+    lines.append(
+        f"  {time_spent(study)}" + (f"; hypervolume {hv[-1][1]:.4f} after {len(hv)} finished trials" if hv else "")
+    )
     for t in search.trials(study, "RUNNING"):
         age = fmt_seconds((datetime.datetime.now() - t.datetime_start).total_seconds()) if t.datetime_start else "?"
         where = f"{t.user_attrs.get(search.T_HOST, '?')} (pid {t.user_attrs.get(search.T_PID, '?')})"
-        lines.append(f"  trial {t.number}: its worker on {where} is gone; the next kdtrain sweep or worker fails "
-                     "it and queues its settings again" if search.gone(t) else
-                     f"  trial {t.number} running for {age} on {where}")
+        lines.append(
+            f"  trial {t.number}: its worker on {where} is gone; the next kdtrain sweep or worker fails "
+            "it and queues its settings again"
+            if search.gone(t)
+            else f"  trial {t.number} running for {age} on {where}"
+        )
     kept = tracking.kept_trials(search.tracking_uri(study), name)
     if kept:
-        lines.append(f"  {len(kept)} finished trial(s) not yet in MLflow ({', '.join(map(str, kept))}): their writes "
-                     "wait on this machine for the tracking server; the next kdtrain sweep or worker sends them")
+        lines.append(
+            f"  {len(kept)} finished trial(s) not yet in MLflow ({', '.join(map(str, kept))}): their writes "
+            "wait on this machine for the tracking server; the next kdtrain sweep or worker sends them"
+        )
     return [*lines, front_table(study)]
 
 
 def profile_row(label: str, width: int, r: dict, ref: dict) -> dict:
     """One model's deployment metrics as table cells, with ratios against the reference model's."""
-    return {"model": label, "width": width, "params": f"{r['params']:,}", "size_kB": f"{r['size_bytes'] / 1024:.1f}",
-            "flops": f"{r['flops']:,}", "p50_ms": f"{r['latency_ms_p50']:.4f}", "p95_ms": f"{r['latency_ms_p95']:.4f}",
-            "cv": f"{r['latency_cv']:.0%}" + ("!" if r["latency_noisy"] else ""),
-            "samples/s": f"{r['throughput']:,.0f}", "x smaller": f"{ref['params'] / r['params']:.1f}",
-            "x faster b1": f"{ref['latency_ms_p50'] / r['latency_ms_p50']:.2f}",
-            "x thrpt": f"{r['throughput'] / ref['throughput']:.2f}"}
+    return {
+        "model": label,
+        "width": width,
+        "params": f"{r['params']:,}",
+        "size_kB": f"{r['size_bytes'] / 1024:.1f}",
+        "flops": f"{r['flops']:,}",
+        "p50_ms": f"{r['latency_ms_p50']:.4f}",
+        "p95_ms": f"{r['latency_ms_p95']:.4f}",
+        "cv": f"{r['latency_cv']:.0%}" + ("!" if r["latency_noisy"] else ""),
+        "samples/s": f"{r['throughput']:,.0f}",
+        "x smaller": f"{ref['params'] / r['params']:.1f}",
+        "x faster b1": f"{ref['latency_ms_p50'] / r['latency_ms_p50']:.2f}",
+        "x thrpt": f"{r['throughput'] / ref['throughput']:.2f}",
+    }
 
 
 def confirm_rows(summaries: list[dict]) -> list[dict]:
     """kdtrain confirm's summaries as table cells (accuracies in percent, mean ± sample std over seeds)."""
     pm = lambda d, k: f"{100 * d[k]:.2f} ± {100 * d[k + '_std']:.2f}"  # noqa: E731
-    rows = [{"trial": d["trial"], "seeds": d["seeds"], "val_acc %": pm(d, "val_accuracy"),
-             "test_acc %": pm(d, "test_accuracy"), "gain over baseline (test, paired) pts": pm(d, "kd_gain_test")}
-            for d in summaries]
+    rows = [
+        {
+            "trial": d["trial"],
+            "seeds": d["seeds"],
+            "val_acc %": pm(d, "val_accuracy"),
+            "test_acc %": pm(d, "test_accuracy"),
+            "gain over baseline (test, paired) pts": pm(d, "kd_gain_test"),
+        }
+        for d in summaries
+    ]
     if any("feature_gain_test" in d for d in summaries):  # kd.features trials: over the same trial without pairs
-        for row, d in zip(rows, summaries):
-            row["feature pairs over logit KD (test, paired) pts"] = pm(d, "feature_gain_test") \
-                if "feature_gain_test" in d else "-"
+        for row, d in zip(rows, summaries, strict=False):
+            row["feature pairs over logit KD (test, paired) pts"] = (
+                pm(d, "feature_gain_test") if "feature_gain_test" in d else "-"
+            )
     return rows
 
 
@@ -136,9 +171,10 @@ class Countdown:
         elapsed = time.monotonic() - self.start
         eta = fmt_seconds(elapsed / self.done * (self.total - self.done)) if self.done else "?"
         self.done += 1
-        _stamp(f"{self.what} {self.done}/{self.total}: {label}  elapsed {fmt_seconds(elapsed)}  ETA {eta}",
-               self.stream or sys.stdout)
-
+        _stamp(
+            f"{self.what} {self.done}/{self.total}: {label}  elapsed {fmt_seconds(elapsed)}  ETA {eta}",
+            self.stream or sys.stdout,
+        )
 
     def epoch(self, s) -> None:
         """While the first training runs (no pace known yet, the ETA was "?"): its pace and the ETA it gives, the
@@ -146,8 +182,10 @@ class Countdown:
         if self.done != 1 or s.epoch == s.epochs or (s.epoch != 1 and s.epoch % max(1, s.epochs // 4)):
             return
         left = (s.epochs - s.epoch) * s.seconds + (self.total - 1) * s.epochs * s.seconds
-        _stamp(f"{self.what} 1/{self.total}: epoch {s.epoch}/{s.epochs}, {s.seconds:.2f}s/epoch  ETA ~{fmt_seconds(left)}",
-               self.stream or sys.stdout)
+        _stamp(
+            f"{self.what} 1/{self.total}: epoch {s.epoch}/{s.epochs}, {s.seconds:.2f}s/epoch  ETA ~{fmt_seconds(left)}",
+            self.stream or sys.stdout,
+        )
 
 
 def _stamp(text: str, stream) -> None:
@@ -170,12 +208,15 @@ class EpochProgress:
         self.tty = stream.isatty()
 
     def __call__(self, s) -> None:
-        stats = (f"loss {s.train_loss:.4f} (kd {s.kd_loss:.4f}, ce {s.ce_loss:.4f})  val_acc {s.val_accuracy:.4f}  "
-                 f"{s.seconds:.2f}s/epoch")
+        stats = (
+            f"loss {s.train_loss:.4f} (kd {s.kd_loss:.4f}, ce {s.ce_loss:.4f})  val_acc {s.val_accuracy:.4f}  "
+            f"{s.seconds:.2f}s/epoch"
+        )
         if self.tty:
             if self.bar is None:
-                self.bar = tqdm(total=s.epochs, desc=self.label, unit="epoch", file=self.stream, leave=True,
-                                dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=s.epochs, desc=self.label, unit="epoch", file=self.stream, leave=True, dynamic_ncols=True
+                )
             self.bar.set_postfix_str(stats, refresh=False)
             self.bar.update(s.epoch - self.bar.n)
             if s.epoch == s.epochs:
@@ -202,8 +243,12 @@ class SweepProgress:
         self.start, self.last, self.printed = time.time(), None, 0.0
         self.done0 = self.storage = self.bar = None
         self.misses = 0  # reads failed in a row: one is a read racing a writer, three a store going away
-        self.warn = warning_once(lambda e: f"the progress of study {study_name} could not be read for "
-                                 f"{self.misses} updates in a row; the study's storage may be unreachable")
+        self.warn = warning_once(
+            lambda e: (
+                f"the progress of study {study_name} could not be read for "
+                f"{self.misses} updates in a row; the study's storage may be unreachable"
+            )
+        )
         with contextlib.suppress(Exception):  # the count at the start: the ETA's rate is per trial done since
             self.done0 = self.state()[0]
 
@@ -218,8 +263,10 @@ class SweepProgress:
         metric, direction = next(iter(self.objectives.items()))
         vals = [t.values[0] for t in search.trials(study, "COMPLETE")]
         best = (max(vals) if direction == "maximize" else min(vals)) if vals else None
-        return c["DONE"], (f"complete {c['COMPLETE']}, pruned {c['PRUNED']}, failed {c['FAIL']}, running "
-                           f"{c['RUNNING']}; best {metric} " + (f"{best:.4f}" if best is not None else "-"))
+        return c["DONE"], (
+            f"complete {c['COMPLETE']}, pruned {c['PRUNED']}, failed {c['FAIL']}, running "
+            f"{c['RUNNING']}; best {metric} " + (f"{best:.4f}" if best is not None else "-")
+        )
 
     def live(self, every_s: float = 2.0):
         """Update every few seconds from a thread while the block runs (the worker loop in this process)."""
@@ -240,8 +287,14 @@ class SweepProgress:
             self.done0 = done
         if self.tty:
             if self.bar is None:
-                self.bar = tqdm(total=self.target, initial=done, desc=f"study {self.study_name}", unit="trial",
-                                file=self.stream, dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=self.target,
+                    initial=done,
+                    desc=f"study {self.study_name}",
+                    unit="trial",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                )
             self.bar.set_postfix_str(state, refresh=False)
             self.bar.update(done - self.bar.n)
             if final:

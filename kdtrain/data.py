@@ -10,17 +10,17 @@ from __future__ import annotations
 import io
 import pickle
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from kdtrain import classmap, rows, sources
 from kdtrain.errors import DataError, KdtrainError
+from kdtrain.lazy import Module
 from kdtrain.paths import data_root
 from kdtrain.schema import DataConfig, sub_data
-from kdtrain.lazy import Module
 from kdtrain.shared import atomic_write_bytes, content_key
 
 torch = Module("torch")  # imported on first use: the registry's names need none of it
@@ -84,7 +84,7 @@ class Dataset:
         mean, std = self._stats(raw)
         return (raw - mean) / std
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Dataset(**fields)
 
@@ -97,6 +97,7 @@ def register(name: str):
     def deco(fn: Loader) -> Loader:
         DATASETS[name] = fn
         return fn
+
     return deco
 
 
@@ -156,13 +157,21 @@ def _synthetic(cfg: DataConfig):
     g = np.random.default_rng(cfg.seed)
     classes, length = 4, 16
     opts = {"noise": 0.8, "spread": 1.0, **(cfg.options or {})}
-    centers = np.random.default_rng(0).normal(0, opts["spread"], size=(classes, 1, length)).astype(np.float32) \
-        if cfg.options else g.normal(0, 1.0, size=(classes, 1, length)).astype(np.float32)
+    centers = (
+        np.random.default_rng(0).normal(0, opts["spread"], size=(classes, 1, length)).astype(np.float32)
+        if cfg.options
+        else g.normal(0, 1.0, size=(classes, 1, length)).astype(np.float32)
+    )
     n = cfg.size + cfg.size // 4
     y = g.integers(0, classes, size=n)
     x = centers[y] + g.normal(0, opts["noise"], size=(n, 1, length)).astype(np.float32)
-    return x[: cfg.size], y[: cfg.size].astype(np.int64), x[cfg.size:], y[cfg.size:].astype(np.int64), \
-        [f"class{i}" for i in range(classes)]
+    return (
+        x[: cfg.size],
+        y[: cfg.size].astype(np.int64),
+        x[cfg.size :],
+        y[cfg.size :].astype(np.int64),
+        [f"class{i}" for i in range(classes)],
+    )
 
 
 def _missing(name: str, where: Path) -> KdtrainError:
@@ -187,8 +196,13 @@ def _torchvision_mnist(cls_name: str, cfg: DataConfig):
     except OSError as e:  # download attempted without network
         raise KdtrainError(f"could not download {cfg.name} into {root}: {e}") from None
     f = lambda t: t.numpy().astype(np.float32)[:, None, :, :] / 255.0  # noqa: E731
-    return f(train.data), train.targets.numpy().astype(np.int64), f(test.data), \
-        test.targets.numpy().astype(np.int64), list(train.classes)
+    return (
+        f(train.data),
+        train.targets.numpy().astype(np.int64),
+        f(test.data),
+        test.targets.numpy().astype(np.int64),
+        list(train.classes),
+    )
 
 
 @register("mnist")
@@ -203,6 +217,7 @@ def _fashion_mnist(cfg: DataConfig):
 
 def _read_cifar(folder: Path, train_files: list[str], test_file: str, label_key: str, meta: tuple[str, str]):
     """Read the CIFAR python pickles (the format torchvision downloads) directly."""
+
     def read(name):
         with open(folder / name, "rb") as fh:
             entry = pickle.load(fh, encoding="latin1")
@@ -231,28 +246,41 @@ def _cifar(cfg: DataConfig, cls_name: str, folder: str, train_files, test_file, 
     try:
         return _read_cifar(root / folder, train_files, test_file, label_key, meta)
     except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-        raise KdtrainError(f"dataset {cfg.name!r} under {root / folder} is unreadable ({e}); "
-                           "delete the folder and download again") from None
+        raise KdtrainError(
+            f"dataset {cfg.name!r} under {root / folder} is unreadable ({e}); delete the folder and download again"
+        ) from None
 
 
 @register("cifar10")
 def _cifar10(cfg: DataConfig):
-    return _cifar(cfg, "CIFAR10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
-                  "test_batch", "labels", ("batches.meta", "label_names"))
+    return _cifar(
+        cfg,
+        "CIFAR10",
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "labels",
+        ("batches.meta", "label_names"),
+    )
 
 
 @register("cifar100")
 def _cifar100(cfg: DataConfig):
-    return _cifar(cfg, "CIFAR100", "cifar-100-python", ["train"], "test", "fine_labels",
-                  ("meta", "fine_label_names"))
+    return _cifar(cfg, "CIFAR100", "cifar-100-python", ["train"], "test", "fine_labels", ("meta", "fine_label_names"))
 
 
 DATASETS.update(sources.SOURCES)  # the user's own data: folder, arrays, csv, python
 
 # --------------------------------------------------------------------------- assembly
 
-RAW_SCALE = {"digits": 1 / 16, "mnist": 1 / 255, "fashion_mnist": 1 / 255, "cifar10": 1 / 255, "cifar100": 1 / 255,
-             **sources.RAW_SCALE}
+RAW_SCALE = {
+    "digits": 1 / 16,
+    "mnist": 1 / 255,
+    "fashion_mnist": 1 / 255,
+    "cifar10": 1 / 255,
+    "cifar100": 1 / 255,
+    **sources.RAW_SCALE,
+}
 """What each loader multiplied raw values by (for deployment cards)."""
 
 
@@ -274,7 +302,7 @@ def load(cfg: DataConfig) -> Dataset:
         x, y, x_test, y_test, names = _relabel(cfg.classes, x, y, x_test, y_test, list(names))
     if cfg.labels is None:
         perm = np.random.default_rng(cfg.seed).permutation(len(y))
-        n_val = max(1, int(round(len(y) * cfg.val_fraction)))
+        n_val = max(1, round(len(y) * cfg.val_fraction))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         labelled = np.ones(len(train_idx), bool)
     else:
@@ -294,18 +322,31 @@ def load(cfg: DataConfig) -> Dataset:
         y_train = np.concatenate([y_train, np.full(transfer, UNLABELLED, y_train.dtype)])
         notes.append(note_u)
     if cfg.labels is not None or transfer:
-        notes.append(f"labels: {int(labelled.sum())} rows to train on, {len(val_idx)} to select on, "
-                     f"{int((~labelled).sum()) + transfer} unlabelled" + (f" ({transfer} of them transfer data)"
-                                                                          if transfer else ""))
+        notes.append(
+            f"labels: {int(labelled.sum())} rows to train on, {len(val_idx)} to select on, "
+            f"{int((~labelled).sum()) + transfer} unlabelled"
+            + (f" ({transfer} of them transfer data)" if transfer else "")
+        )
     norm = lambda a: torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))  # noqa: E731
     return Dataset(
-        x_train=norm(x_train), y_train=torch.from_numpy(y_train),
-        x_val=norm(x_val), y_val=torch.from_numpy(y_val),
-        x_test=norm(x_test), y_test=torch.from_numpy(y_test),
-        input_shape=tuple(x.shape[1:]), num_classes=len(names), class_names=list(names),
-        mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist(), scale=RAW_SCALE.get(cfg.name, 1.0),
-        train_rows=train_idx, val_rows=val_idx, source_rows=len(y), note="; ".join(notes),
-        labelled_rows=int(labelled.sum()), transfer_rows=transfer,
+        x_train=norm(x_train),
+        y_train=torch.from_numpy(y_train),
+        x_val=norm(x_val),
+        y_val=torch.from_numpy(y_val),
+        x_test=norm(x_test),
+        y_test=torch.from_numpy(y_test),
+        input_shape=tuple(x.shape[1:]),
+        num_classes=len(names),
+        class_names=list(names),
+        mean=mean.reshape(-1).tolist(),
+        std=std.reshape(-1).tolist(),
+        scale=RAW_SCALE.get(cfg.name, 1.0),
+        train_rows=train_idx,
+        val_rows=val_idx,
+        source_rows=len(y),
+        note="; ".join(notes),
+        labelled_rows=int(labelled.sum()),
+        transfer_rows=transfer,
         keys={"train": train_keys, "val": keys[val_idx], "test": test_keys},
     )
 
@@ -313,12 +354,14 @@ def load(cfg: DataConfig) -> Dataset:
 def _statistics(cfg: DataConfig, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std, shaped to broadcast over rows: data.mean / data.std, else the training rows'
     (data.normalize), else none (0 and 1)."""
-    axes = (0,) + tuple(range(2, x_train.ndim))  # per channel
+    axes = (0, *range(2, x_train.ndim))  # per channel
     channels = (1, x_train.shape[1]) + (1,) * (x_train.ndim - 2)
     if cfg.mean is not None:
         if len(cfg.mean) not in (1, x_train.shape[1]) or len(cfg.std) not in (1, x_train.shape[1]):
-            raise DataError(f"data.mean / data.std: {len(cfg.mean)} and {len(cfg.std)} values for data with "
-                            f"{x_train.shape[1]} channel(s); give one value per channel (or one for all)")
+            raise DataError(
+                f"data.mean / data.std: {len(cfg.mean)} and {len(cfg.std)} values for data with "
+                f"{x_train.shape[1]} channel(s); give one value per channel (or one for all)"
+            )
         mean = np.broadcast_to(np.asarray(cfg.mean, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
         std = np.broadcast_to(np.asarray(cfg.std, np.float32).reshape(-1, *channels[2:]), channels[1:])[None]
     elif cfg.normalize:
@@ -340,7 +383,7 @@ def _relabel(spec, x, y, x_test, y_test, names: list[str]):
 
 def label_budget(labels: int | float, rows: int) -> int:
     """data.labels as a count of rows: a fraction of the training split's rows (at least 1), or the count."""
-    return labels if type(labels) is int else max(1, int(round(labels * rows)))
+    return labels if type(labels) is int else max(1, round(labels * rows))
 
 
 def scarce_split(y: np.ndarray, classes: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -351,18 +394,24 @@ def scarce_split(y: np.ndarray, classes: int, cfg: DataConfig) -> tuple[np.ndarr
     n = len(y)
     budget = label_budget(cfg.labels, n)
     if budget > n:
-        raise DataError(f"data.labels: {budget} labelled rows asked for, but the training split has {n} rows "
-                        "(give a count up to that, or a fraction in (0, 1])")
+        raise DataError(
+            f"data.labels: {budget} labelled rows asked for, but the training split has {n} rows "
+            "(give a count up to that, or a fraction in (0, 1])"
+        )
     if budget < 2 * classes:
-        raise DataError(f"data.labels: {budget} label(s) for {classes} classes; give at least {2 * classes}, two per "
-                        "class (one to train on, one to select on)")
+        raise DataError(
+            f"data.labels: {budget} label(s) for {classes} classes; give at least {2 * classes}, two per "
+            "class (one to train on, one to select on)"
+        )
     perm = np.random.default_rng(cfg.seed).permutation(n)
     members = [perm[y[perm] == c] for c in range(classes)]
     counts = np.array([len(m) for m in members])
     if (counts < 2).any():
         c = int(np.argmin(counts))
-        raise DataError(f"data.labels: class {c} has {counts[c]} training row(s); each class needs 2 to keep labels "
-                        "for training and selection")
+        raise DataError(
+            f"data.labels: class {c} has {counts[c]} training row(s); each class needs 2 to keep labels "
+            "for training and selection"
+        )
     ideal = budget * counts / n
     quota = np.minimum(counts, np.maximum(2, np.floor(ideal).astype(int)))
     while quota.sum() < budget:  # largest shortfall first, within each class's rows
@@ -372,8 +421,8 @@ def scarce_split(y: np.ndarray, classes: int, cfg: DataConfig) -> tuple[np.ndarr
         over = np.where(quota > 2, quota - ideal, -np.inf)
         quota[int(np.argmax(over))] -= 1
     val, labelled = [], []
-    for m, q in zip(members, quota):
-        v = min(q - 1, max(1, int(round(q * cfg.val_fraction))))
+    for m, q in zip(members, quota, strict=False):
+        v = min(q - 1, max(1, round(q * cfg.val_fraction)))
         val.append(m[:v])
         labelled.append(m[v:q])
     val_idx = np.concatenate(val)
@@ -389,19 +438,25 @@ def transfer_inputs(cfg: DataConfig, shape: tuple, held_out: np.ndarray) -> tupl
     if sub.name in sources.INPUT_SOURCES:
         x, said = sources.INPUT_SOURCES[sub.name](sub)
     else:
-        x, _, _, _, _, *rest = DATASETS[sub.name](sub)
+        x, _, _, _, _, *_rest = DATASETS[sub.name](sub)
         said = f"its labels are ignored ({sub.name} is labelled)"
     if tuple(x.shape[1:]) != shape:
-        raise DataError(f"data.unlabeled ({sub.name}): samples of shape {tuple(x.shape[1:])}, but the data's "
-                        f"samples are {shape}; a transfer set holds inputs like the student's")
+        raise DataError(
+            f"data.unlabeled ({sub.name}): samples of shape {tuple(x.shape[1:])}, but the data's "
+            f"samples are {shape}; a transfer set holds inputs like the student's"
+        )
     keys = rows.keys(x)
     fresh = ~np.isin(keys, held_out)
     if not fresh.all():
         said += ("; " if said else "") + (
             f"{int((~fresh).sum())} of its {len(x)} rows are the student's validation or test rows and were dropped "
-            "(give data.unlabeled another seed or other files than data's)")
-    return x[fresh], keys[fresh], f"transfer set {sub.name}: {int(fresh.sum())} unlabelled rows" + (
-        f"; {said}" if said else "")
+            "(give data.unlabeled another seed or other files than data's)"
+        )
+    return (
+        x[fresh],
+        keys[fresh],
+        f"transfer set {sub.name}: {int(fresh.sum())} unlabelled rows" + (f"; {said}" if said else ""),
+    )
 
 
 def identity(cfg: DataConfig) -> str | None:

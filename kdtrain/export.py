@@ -32,8 +32,15 @@ def to_onnx(model: nn.Module, input_shape, path: str | Path) -> Path:
         warnings.simplefilter("ignore")
         # The TorchScript-based exporter: fast and exact for these families; the dynamo
         # exporter also works but takes seconds per model, too slow to profile every trial.
-        torch.onnx.export(m, (torch.zeros(2, *input_shape),), str(path), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            m,
+            (torch.zeros(2, *input_shape),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return path
 
 
@@ -91,14 +98,20 @@ def export_model(model: nn.Module, input_shape, out_dir: str | Path, sample: tor
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = to_onnx(model, input_shape, out / "model.onnx")
     ts_path = to_torchscript(model, input_shape, out / "model.ts")
-    diffs = {"onnx": max_diff_onnx(model, onnx_path, sample), "torchscript": max_diff_torchscript(model, ts_path, sample)}
+    diffs = {
+        "onnx": max_diff_onnx(model, onnx_path, sample),
+        "torchscript": max_diff_torchscript(model, ts_path, sample),
+    }
     bad = {k: v for k, v in diffs.items() if not v <= ONNX_TOLERANCE}
     if bad:
         for p in (onnx_path, ts_path):
             p.unlink(missing_ok=True)
         raise KdtrainError(f"exported model disagrees with PyTorch (max abs diff {bad}); nothing written")
-    card = {**card, "files": {"onnx": onnx_path.name, "torchscript": ts_path.name},
-            "check": {"samples": len(sample), "max_abs_diff": diffs, "tolerance": ONNX_TOLERANCE}}
+    card = {
+        **card,
+        "files": {"onnx": onnx_path.name, "torchscript": ts_path.name},
+        "check": {"samples": len(sample), "max_abs_diff": diffs, "tolerance": ONNX_TOLERANCE},
+    }
     (out / "card.json").write_text(json.dumps(card, indent=2, default=str))
     return card
 
@@ -124,16 +137,31 @@ def make_card(cfg, ds, study: str, trial: int, run_id: str | None, metrics: dict
     from kdtrain.schema import METRICS
 
     return {
-        "study": study, "trial": trial, "mlflow_run_id": run_id,
+        "study": study,
+        "trial": trial,
+        "mlflow_run_id": run_id,
         "student": {"arch": cfg.student.arch, "width": cfg.student.width, "depth": cfg.student.depth},
-        "distillation": {"temperature": cfg.kd.temperature, "alpha": cfg.kd.alpha,
-                         "teachers": cfg.kd_teachers, "ensemble": cfg.kd.ensemble},
+        "distillation": {
+            "temperature": cfg.kd.temperature,
+            "alpha": cfg.kd.alpha,
+            "teachers": cfg.kd_teachers,
+            "ensemble": cfg.kd.ensemble,
+        },
         "metrics": {k: metrics.get(k) for k in METRICS},
-        "latency_measured": {"batch": 1, "backend": cfg.profile.backend, "threads": cfg.profile.threads,
-                             "device": cfg.profile.device},
-        "preprocessing": {"input_shape": list(ds.input_shape), "dataset": cfg.data.name,
-                          "scale": ds.scale, "mean": ds.mean, "std": ds.std,
-                          "formula": "x = (raw * scale - mean[c]) / std[c], per channel c; batch first"},
+        "latency_measured": {
+            "batch": 1,
+            "backend": cfg.profile.backend,
+            "threads": cfg.profile.threads,
+            "device": cfg.profile.device,
+        },
+        "preprocessing": {
+            "input_shape": list(ds.input_shape),
+            "dataset": cfg.data.name,
+            "scale": ds.scale,
+            "mean": ds.mean,
+            "std": ds.std,
+            "formula": "x = (raw * scale - mean[c]) / std[c], per channel c; batch first",
+        },
         "classes": ds.class_names,
     }
 
@@ -144,22 +172,32 @@ def card_text(card: dict, gains: dict) -> str:
     m, lat, pre, kd = card["metrics"], card["latency_measured"], card["preprocessing"], card["distillation"]
     fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "?"  # noqa: E731
     lines = [
-        f"**{card['student']['arch']}, width {card['student']['width']}**: trial {card['trial']} of study "
-        f"`{card['study']}` (MLflow run `{card['mlflow_run_id']}`), distilled from {'+'.join(kd['teachers']) or 'no teacher'} "
-        f"(T={fmt(kd['temperature'], '.3g')}, alpha={fmt(kd['alpha'], '.3g')}, {kd['ensemble']}).",
+        (
+            f"**{card['student']['arch']}, width {card['student']['width']}**: trial {card['trial']} of study "
+            f"`{card['study']}` (MLflow run `{card['mlflow_run_id']}`), distilled from {'+'.join(kd['teachers']) or 'no teacher'} "
+            f"(T={fmt(kd['temperature'], '.3g')}, alpha={fmt(kd['alpha'], '.3g')}, {kd['ensemble']})."
+        ),
         "",
         f"- accuracy: {fmt(m.get('val_accuracy'), '.4f')} validation, {fmt(m.get('test_accuracy'), '.4f')} test",
-        f"- gain over the no-teacher baseline (its mean over seeds): {fmt(gains.get('kd_gain'), '+.4f')} validation, "
-        f"{fmt(gains.get('kd_gain_test'), '+.4f')} test ({fmt(gains.get('kd_gain_sigma'), '.1f')} baseline standard "
-        f"deviations on validation)",
-        f"- size: {fmt(m.get('params'), ',.0f')} parameters, {fmt(m.get('size_bytes'), ',.0f')} bytes; "
-        f"{fmt(m.get('flops'), ',.0f')} FLOPs per sample",
-        f"- latency: {fmt(m.get('latency_ms_p50'), '.4f')} ms p50, {fmt(m.get('latency_ms_p95'), '.4f')} ms p95 at "
-        f"batch {lat['batch']}, {lat['threads']} thread(s), {lat['device']}, {lat['backend']}; throughput "
-        f"{fmt(m.get('throughput'), ',.0f')} samples/s",
-        f"- input: float32 of shape (batch, {', '.join(map(str, pre['input_shape']))}), preprocessed as "
-        f"{pre['formula']} with scale {pre['scale']:.6g}, mean {[round(v, 6) for v in pre['mean']]}, std "
-        f"{[round(v, 6) for v in pre['std']]} (data {pre['dataset']})",
+        (
+            f"- gain over the no-teacher baseline (its mean over seeds): {fmt(gains.get('kd_gain'), '+.4f')} validation, "
+            f"{fmt(gains.get('kd_gain_test'), '+.4f')} test ({fmt(gains.get('kd_gain_sigma'), '.1f')} baseline standard "
+            f"deviations on validation)"
+        ),
+        (
+            f"- size: {fmt(m.get('params'), ',.0f')} parameters, {fmt(m.get('size_bytes'), ',.0f')} bytes; "
+            f"{fmt(m.get('flops'), ',.0f')} FLOPs per sample"
+        ),
+        (
+            f"- latency: {fmt(m.get('latency_ms_p50'), '.4f')} ms p50, {fmt(m.get('latency_ms_p95'), '.4f')} ms p95 at "
+            f"batch {lat['batch']}, {lat['threads']} thread(s), {lat['device']}, {lat['backend']}; throughput "
+            f"{fmt(m.get('throughput'), ',.0f')} samples/s"
+        ),
+        (
+            f"- input: float32 of shape (batch, {', '.join(map(str, pre['input_shape']))}), preprocessed as "
+            f"{pre['formula']} with scale {pre['scale']:.6g}, mean {[round(v, 6) for v in pre['mean']]}, std "
+            f"{[round(v, 6) for v in pre['std']]} (data {pre['dataset']})"
+        ),
         f"- output: logits over {len(card['classes'])} classes {card['classes'][:20]}",
     ]
     return "\n".join(lines)
@@ -178,7 +216,7 @@ def exported(model, x):
             program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
             if _reproduces(program.module(), model, x):
                 return program
-    except Exception:  # noqa: BLE001 - export refused the model (many error types): TorchScript is tried next
+    except Exception:  # noqa: BLE001 - trace or script refused the model: try the next, else None
         pass
     return None
 

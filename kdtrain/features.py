@@ -97,21 +97,26 @@ def check_config(cfg) -> list[str]:
             problems.append(f"{where}: feature distillation needs a teacher under teachers:")
         for tc in cfg.teachers:
             if tc.name == (t or (cfg.kd_teachers or [None])[0]) and _no_features(tc):
-                problems.append(f"{where}: teacher {tc.name!r} is {_no_features(tc)}, which gives logits only, no "
-                                "layer to hook; name a teacher with a model (arch, a state dict or an MLflow model) "
-                                "or drop kd.features")
+                problems.append(
+                    f"{where}: teacher {tc.name!r} is {_no_features(tc)}, which gives logits only, no "
+                    "layer to hook; name a teacher with a model (arch, a state dict or an MLflow model) "
+                    "or drop kd.features"
+                )
         if "name" in p and not (isinstance(p["name"], str) and p["name"]):
             problems.append(f"{where}.name: a non-empty text (what kd.feature_pair names), got {p['name']!r}")
             continue
         name = pair_name(p)
         if name in seen or name in (ALL, NONE):
-            problems.append(f"{where}.name: {name!r} is {'taken' if name in seen else 'reserved'}; give each pair "
-                            "its own name")
+            problems.append(
+                f"{where}.name: {name!r} is {'taken' if name in seen else 'reserved'}; give each pair its own name"
+            )
         seen.append(name)
     choice = kd.feature_pair
     if choice not in (ALL, NONE, *seen):
-        problems.append(f"kd.feature_pair: {ALL}, {NONE} or a pair's name ({', '.join(seen) or 'kd.features is empty'}),"
-                        f" got {choice!r}")
+        problems.append(
+            f"kd.feature_pair: {ALL}, {NONE} or a pair's name ({', '.join(seen) or 'kd.features is empty'}),"
+            f" got {choice!r}"
+        )
     if kd.feature_weight is not None and not kd.feature_weight > 0:
         problems.append(f"kd.feature_weight: a positive number, got {kd.feature_weight}")
     return problems
@@ -129,7 +134,7 @@ def pairs(cfg, every: bool = False) -> list[Pair]:
     kd.feature_weight when set. Empty without kd.features, with kd.feature_pair none, or for kd.alpha 0. every:
     each pair of kd.features with its own weight, whatever the run uses (to check them all before a sweep)."""
     kd = cfg.kd
-    if not kd.features or not every and (kd.feature_pair == NONE or kd.alpha == 0):
+    if not kd.features or (not every and (kd.feature_pair == NONE or kd.alpha == 0)):
         return []
     used = cfg.kd_teachers
     out = []
@@ -161,7 +166,7 @@ def _pool(f: torch.Tensor, size: tuple) -> torch.Tensor:
 
 
 def _common(fs: torch.Tensor, ft: torch.Tensor) -> tuple:
-    return tuple(min(a, b) for a, b in zip(fs.shape[2:], ft.shape[2:]))
+    return tuple(min(a, b) for a, b in zip(fs.shape[2:], ft.shape[2:], strict=False))
 
 
 def attention_map(f: torch.Tensor) -> torch.Tensor:
@@ -199,13 +204,15 @@ def regressor(s_shape: tuple, t_shape: tuple, where: str) -> nn.Module:
     if len(s_shape) == 2 and len(t_shape) == 2:
         return nn.Linear(s_shape[1], t_shape[1])
     if len(s_shape) == len(t_shape) and 3 <= len(s_shape) <= 5:
-        size = tuple(min(a, b) for a, b in zip(s_shape[2:], t_shape[2:]))
+        size = tuple(min(a, b) for a, b in zip(s_shape[2:], t_shape[2:], strict=False))
         conv = getattr(nn, f"Conv{len(size)}d")(s_shape[1], t_shape[1], 1)
         return nn.Sequential(conv, getattr(nn, f"AdaptiveAvgPool{len(size)}d")(size))
-    raise FeatureError(f"{where}: no adapter joins the student's output {_shape(s_shape)} to the teacher's "
-                       f"{_shape(t_shape)} (hint needs both (batch, features) or both (batch, channels, positions) "
-                       "with as many position axes); pick layers of the same kind (kdtrain layers SWEEPFILE) or "
-                       "use loss sp, which compares any two shapes")
+    raise FeatureError(
+        f"{where}: no adapter joins the student's output {_shape(s_shape)} to the teacher's "
+        f"{_shape(t_shape)} (hint needs both (batch, features) or both (batch, channels, positions) "
+        "with as many position axes); pick layers of the same kind (kdtrain layers SWEEPFILE) or "
+        "use loss sp, which compares any two shapes"
+    )
 
 
 def _shape(shape) -> str:
@@ -214,10 +221,12 @@ def _shape(shape) -> str:
 
 def _check_at(s_shape: tuple, t_shape: tuple, where: str) -> None:
     if len(s_shape) < 3 or len(s_shape) != len(t_shape):
-        raise FeatureError(f"{where}: attention transfer needs two outputs with positions, (batch, channels, length) "
-                           f"or (batch, channels, height, width), as many axes each; got the student's "
-                           f"{_shape(s_shape)} and the teacher's {_shape(t_shape)} (use loss sp, or hint for two "
-                           "(batch, features) outputs)")
+        raise FeatureError(
+            f"{where}: attention transfer needs two outputs with positions, (batch, channels, length) "
+            f"or (batch, channels, height, width), as many axes each; got the student's "
+            f"{_shape(s_shape)} and the teacher's {_shape(t_shape)} (use loss sp, or hint for two "
+            "(batch, features) outputs)"
+        )
 
 
 # --------------------------------------------------------------------------- hooks
@@ -234,8 +243,10 @@ def find(model: nn.Module, path: str, where: str, whose: str) -> nn.Module:
         return model.get_submodule(path)
     except AttributeError:
         near = difflib.get_close_matches(path, module_paths(model), n=5, cutoff=0)
-        raise FeatureError(f"{where}: no module {path!r} in the {whose}; nearest: {', '.join(near) or 'none'} "
-                           "(kdtrain layers SWEEPFILE lists every path with its output shape)") from None
+        raise FeatureError(
+            f"{where}: no module {path!r} in the {whose}; nearest: {', '.join(near) or 'none'} "
+            "(kdtrain layers SWEEPFILE lists every path with its output shape)"
+        ) from None
 
 
 class _Stop(Exception):
@@ -271,6 +282,7 @@ class FeatureKD:
             # shared activation) gives its first output, as the teacher's does
             if (module.training or self.dry) and path not in self.student_out:
                 self.student_out[path] = _tensor(out)
+
         return hook
 
     def _teacher_hook(self, name: str, path: str, needed: int):
@@ -280,7 +292,8 @@ class FeatureKD:
             got = self.teacher_out[name]
             got[path] = _tensor(out)
             if len(got) == needed:
-                raise _Stop()
+                raise _Stop
+
         return hook
 
     def attach(self, student: nn.Module, x: torch.Tensor, device, whose: str = "student") -> nn.ModuleDict:
@@ -318,9 +331,14 @@ class FeatureKD:
             s, t = self.student_out.get(p.student_layer), t_out[p.teacher].get(p.teacher_layer)
             for out, side, path in ((s, "student", p.student_layer), (t, f"teacher {p.teacher}", p.teacher_layer)):
                 if not isinstance(out, torch.Tensor):
-                    raise FeatureError(f"{where}: the {side}'s layer {path!r} "
-                                       + ("did not run in its forward" if out is None else
-                                          f"returns a {type(out).__name__}, not a tensor"))
+                    raise FeatureError(
+                        f"{where}: the {side}'s layer {path!r} "
+                        + (
+                            "did not run in its forward"
+                            if out is None
+                            else f"returns a {type(out).__name__}, not a tensor"
+                        )
+                    )
             if p.loss == "hint":
                 adapters[str(i)] = regressor(tuple(s.shape), tuple(t.shape), where)
             elif p.loss == "at":
@@ -385,10 +403,15 @@ def for_pool(chosen: list[Pair], pool: dict, temperature: float) -> FeatureKD:
         t = pool[name]
         inner = root(t.model) if t.model is not None else None
         if inner is None or isinstance(inner, torch.jit.ScriptModule):
-            what = "a TorchScript file, whose layers run compiled (no hook sees them)" if inner is not None else \
-                f"known by its outputs only ({t.arch})"
-            raise FeatureError(f"kd.features: teacher {name!r} is {what}; feature distillation needs its model: "
-                               "give its arch with a state dict or an MLflow model, or drop kd.features")
+            what = (
+                "a TorchScript file, whose layers run compiled (no hook sees them)"
+                if inner is not None
+                else f"known by its outputs only ({t.arch})"
+            )
+            raise FeatureError(
+                f"kd.features: teacher {name!r} is {what}; feature distillation needs its model: "
+                "give its arch with a state dict or an MLflow model, or drop kd.features"
+            )
         teachers[name] = (t.as_student_model(temperature), inner)
     return FeatureKD(chosen, teachers)
 
@@ -410,25 +433,35 @@ def check_paths(cfg, ds) -> None:
         t = cfg.teacher(name)
         how = teachers.kind(t)
         if how in ("logits", "onnx", "torchscript"):
-            what = {"logits": "a logits file", "onnx": "an ONNX file",
-                    "torchscript": "a TorchScript file, whose layers run compiled where no hook sees them"}[how]
-            raise FeatureError(f"kd.features: teacher {name!r} is {what}: it gives logits only, no layer to hook; "
-                               "give its arch with a state dict or an MLflow model, or drop kd.features")
+            what = {
+                "logits": "a logits file",
+                "onnx": "an ONNX file",
+                "torchscript": "a TorchScript file, whose layers run compiled where no hook sees them",
+            }[how]
+            raise FeatureError(
+                f"kd.features: teacher {name!r} is {what}: it gives logits only, no layer to hook; "
+                "give its arch with a state dict or an MLflow model, or drop kd.features"
+            )
         tds, view = teachers._domain(t, cfg, ds)
         model = teachers.build(t, tds).eval()
         pool[name] = (teachers.TeacherView(model, view, None, 1.0), root(model))
     x = ds.x_val[:2].cpu()
     shapes = [dict(s) for s in space.extreme_students(cfg, "low") + space.extreme_students(cfg, "high")]
-    variants = [cfg.student] + [dataclasses.replace(cfg.student, **{k.split(".")[1]: v for k, v in s.items()})
-                                for s in shapes]
+    variants = [cfg.student] + [
+        dataclasses.replace(cfg.student, **{k.split(".")[1]: v for k, v in s.items()}) for s in shapes
+    ]
     seen = []
     for sc in variants:
         key = (sc.arch, sc.width, sc.depth)
         if key in seen:
             continue
         seen.append(key)
-        whose = "student" if len(seen) == 1 else f"student as a trial may build it ({sc.arch}, width {sc.width}" \
+        whose = (
+            "student"
+            if len(seen) == 1
+            else f"student as a trial may build it ({sc.arch}, width {sc.width}"
             + (f", depth {sc.depth})" if sc.depth is not None else ")")
+        )
         kd = FeatureKD(chosen, pool)
         try:
             kd.attach(models.from_config(sc, ds.input_shape, ds.num_classes), x, torch.device("cpu"), whose)

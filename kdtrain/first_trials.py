@@ -9,7 +9,6 @@ import random
 
 from kdtrain import search, space, teachers
 
-
 STEERED = "drawn among the teachers trained so far"
 """kdtrain.reference of a trial whose kd.teachers steer() fixed."""
 
@@ -24,8 +23,9 @@ def steer(ctx) -> tuple[dict, str] | None:
     points = space.spread_points(ctx.cfg, search.target(ctx.study, ctx.cfg))
     if points:
         drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
-        taken = [{k: _params(t).get(k) for k in points[0]} for t in drawn
-                 if t.user_attrs.get(search.T_REFERENCE) == SPREAD]
+        taken = [
+            {k: _params(t).get(k) for k in points[0]} for t in drawn if t.user_attrs.get(search.T_REFERENCE) == SPREAD
+        ]
         left = [p for p in points if p not in taken]
         if left:
             return {**space.base_params(ctx.cfg), **left[0]}, SPREAD
@@ -45,8 +45,11 @@ def steer_teachers(ctx) -> tuple[dict, str] | None:
     done = search.counts(ctx.study)["DONE"]
     if done < min(10, search.target(ctx.study, ctx.cfg) // 2) and not set(spec["of"]) <= ready:
         choices = [s for s in space.subsets(spec["of"]) if set(s.split("+")) <= ready]
-        return ({"kd.teachers": random.Random(f"{ctx.cfg.study.seed}-{done}").choice(choices)}, STEERED) \
-            if choices else None
+        return (
+            ({"kd.teachers": random.Random(f"{ctx.cfg.study.seed}-{done}").choice(choices)}, STEERED)
+            if choices
+            else None
+        )
     drawn = search.trials(ctx.study, "COMPLETE", "PRUNED", "RUNNING", "WAITING")
     if not any(t.user_attrs.get(search.T_REFERENCE) == STEERED for t in drawn):
         return None  # every teacher was ready from the start: the sampler's own start-up covers the subsets

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -107,8 +107,7 @@ def follow_up(ctx, cfg: Config, group: list, log: Callable[[str], None]) -> int:
         return 0
     complete = [t for t in group if t.state.name == "COMPLETE"]
     base = baselines.ensure_baseline(ctx, cfg) if complete else None
-    costs = baselines.measure(models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx,
-                              cfg.student)
+    costs = baselines.measure(models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx, cfg.student)
     for trial in group:
         run_id = trial.user_attrs.get(search.T_RUN)
         metrics = {k: v for k, v in costs.items() if k in TIMING and k not in trial.user_attrs}
@@ -117,18 +116,27 @@ def follow_up(ctx, cfg: Config, group: list, log: Callable[[str], None]) -> int:
                 ctx.tracker.log_metrics(run_id, metrics)
             ctx.study.set_user_attr(f"{A_DONE}{trial.number}", True)
             continue
-        metrics.update(baselines.gains({k: trial.user_attrs[k] for k in ("val_accuracy", "test_accuracy")}, base,
-                                       len(ctx.ds.y_val)))
+        metrics.update(
+            baselines.gains(
+                {k: trial.user_attrs[k] for k in ("val_accuracy", "test_accuracy")}, base, len(ctx.ds.y_val)
+            )
+        )
         if run_id:
             model = baselines.trial_model(ctx.tracker, run_id, cfg, ctx.ds)  # one student per key: cfg's
-            model_id = ctx.log_model(run_id, f"trial-{trial.number}", model,
-                                     {"kdtrain.role": "student", "optuna.trial": trial.number})
+            model_id = ctx.log_model(
+                run_id, f"trial-{trial.number}", model, {"kdtrain.role": "student", "optuna.trial": trial.number}
+            )
             log_final(ctx, run_id, metrics, model_id)
         ctx.study.set_user_attr(f"{A_DONE}{trial.number}", True)
     numbers = ", ".join(str(t.number) for t in complete)
-    log(f"follow-up of width {cfg.student.width}: " + (f"baseline over {ctx.cfg.study.baseline_seeds} seed(s), "
-        f"latency and logged model of trial(s) {numbers}" if complete else
-        f"latency of pruned trial(s) {', '.join(str(t.number) for t in group)}"))
+    log(
+        f"follow-up of width {cfg.student.width}: "
+        + (
+            f"baseline over {ctx.cfg.study.baseline_seeds} seed(s), latency and logged model of trial(s) {numbers}"
+            if complete
+            else f"latency of pruned trial(s) {', '.join(str(t.number) for t in group)}"
+        )
+    )
     return len(group)
 
 
@@ -139,11 +147,16 @@ def log_final(ctx, run_id: str, metrics: dict, model_id: str | None) -> None:
     """The follow-up's metrics, and the run's final metrics as logged when it ended (not its per-epoch curves)
     linked to the model the follow-up logged: the same points again (their first timestamps), so that the model
     carries them as if both had been logged at once and the run's history holds each point once."""
-    keys = [k for k in ctx.tracker.metrics(run_id) if (k not in tracking.CURVES or k == "val_accuracy")
-            and k not in metrics]
+    keys = [
+        k for k in ctx.tracker.metrics(run_id) if (k not in tracking.CURVES or k == "val_accuracy") and k not in metrics
+    ]
     final = ctx.tracker.final_points(run_id, keys)
-    ctx.tracker.log_metrics(run_id, {**{k: v for k, (v, _) in final.items()}, **metrics}, model_id=model_id,
-                            times={k: at for k, (_, at) in final.items()})
+    ctx.tracker.log_metrics(
+        run_id,
+        {**{k: v for k, (v, _) in final.items()}, **metrics},
+        model_id=model_id,
+        times={k: at for k, (_, at) in final.items()},
+    )
 
 
 def follow_up_teacher(ctx, t: teachers.Teacher) -> None:
@@ -158,8 +171,11 @@ def follow_up_teacher(ctx, t: teachers.Teacher) -> None:
 
 def teacher_model(ctx, run_id: str, t: teachers.Teacher) -> str | None:
     """A teacher's logged model (None for a teacher known by its logits only)."""
-    return ctx.log_model(run_id, f"teacher-{t.name}", t.model, {"kdtrain.role": "teacher"}) \
-        if t.model is not None else None
+    return (
+        ctx.log_model(run_id, f"teacher-{t.name}", t.model, {"kdtrain.role": "teacher"})
+        if t.model is not None
+        else None
+    )
 
 
 def teacher_metrics(t: teachers.Teacher, ctx, timing: bool = True) -> dict:
@@ -183,7 +199,7 @@ def _measured(t: teachers.Teacher, ctx, timing: bool = True) -> dict:
             return {}  # a logits file: no model to measure
         try:
             return profile_onnx(path, ctx.ds.input_shape, ctx.cfg.profile)
-        except Exception as e:  # noqa: BLE001 - e.g. a fixed batch size: its accuracy still counts
+        except Exception as e:  # noqa: BLE001 - a TorchScript model may not export or count; its accuracy still counts
             ctx.log(f"teacher {t.name}: latency not measured ({type(e).__name__}: {first_line(e)})")
             return {}
     if not isinstance(t.model, torch.jit.ScriptModule):

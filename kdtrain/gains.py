@@ -8,10 +8,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
-GAIN_COLUMNS = ["student.width", "trial", "val_accuracy", "test_accuracy", "baseline_test_accuracy",
-                "baseline_test_accuracy_std", "kd_gain", "kd_gain_test", "kd_gain_sigma", "beyond_noise",
-                "lost_beyond_noise"]
+GAIN_COLUMNS = [
+    "student.width",
+    "trial",
+    "val_accuracy",
+    "test_accuracy",
+    "baseline_test_accuracy",
+    "baseline_test_accuracy_std",
+    "kd_gain",
+    "kd_gain_test",
+    "kd_gain_sigma",
+    "beyond_noise",
+    "lost_beyond_noise",
+]
 NOISE = 2.0  # a gain counts as beyond seed noise when it exceeds NOISE times the baseline's seed spread (on test)
 
 
@@ -41,7 +50,7 @@ def gain_per_width(d) -> pd.DataFrame:
         best.loc[hit, "test_accuracy"] = rows["test"].to_numpy()
         won, lost = _past(rows["gain"], NOISE * rows["gain_std"])
         best.loc[hit, "beyond_noise"], best.loc[hit, "lost_beyond_noise"] = won.to_numpy(), lost.to_numpy()
-    return best[GAIN_COLUMNS + ["confirmed_seeds", "gain_std", "pending"]].reset_index(drop=True)
+    return best[[*GAIN_COLUMNS, "confirmed_seeds", "gain_std", "pending"]].reset_index(drop=True)
 
 
 def _past(gain: pd.Series, noise: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -58,10 +67,12 @@ def gain_verdict(d) -> str:
     waiting = g[g["pending"]]
     g = g[~g["pending"]]
     if not waiting.empty:
-        later = (f" Width{'s' if len(waiting) > 1 else ''} {', '.join(str(int(w)) for w in waiting['student.width'])} "
-                 f"still wait{'' if len(waiting) > 1 else 's'} for {'their' if len(waiting) > 1 else 'its'} "
-                 "no-teacher baseline: the sweep stopped before its follow-up; the same kdtrain sweep command "
-                 "finishes it.")
+        later = (
+            f" Width{'s' if len(waiting) > 1 else ''} {', '.join(str(int(w)) for w in waiting['student.width'])} "
+            f"still wait{'' if len(waiting) > 1 else 's'} for {'their' if len(waiting) > 1 else 'its'} "
+            "no-teacher baseline: the sweep stopped before its follow-up; the same kdtrain sweep command "
+            "finishes it."
+        )
         return (gain_verdict_of(d, g) + later).strip() if not g.empty else later.strip()
     return gain_verdict_of(d, g)
 
@@ -78,10 +89,12 @@ def gain_verdict_of(d, g: pd.DataFrame) -> str:
     if lost.empty:
         return _won_or_not(d, g)
     many = len(lost) > 1
-    return (f"{_won_or_not(d, g)} Distillation lost to training alone beyond seed noise at width{'s' if many else ''} "
-            f"{', '.join(str(int(w)) for w in lost['student.width'])} (best trial "
-            f"{', '.join(f'{x:+.1f}' for x in lost['kd_gain_test'])} points on test): there the no-teacher student is "
-            "the better choice, and the front's students of those widths are marked in its gain column.")
+    return (
+        f"{_won_or_not(d, g)} Distillation lost to training alone beyond seed noise at width{'s' if many else ''} "
+        f"{', '.join(str(int(w)) for w in lost['student.width'])} (best trial "
+        f"{', '.join(f'{x:+.1f}' for x in lost['kd_gain_test'])} points on test): there the no-teacher student is "
+        "the better choice, and the front's students of those widths are marked in its gain column."
+    )
 
 
 def _won_or_not(d, g: pd.DataFrame) -> str:
@@ -92,35 +105,59 @@ def _won_or_not(d, g: pd.DataFrame) -> str:
 
     def how(row) -> str:
         if row["confirmed_seeds"]:
-            return (f"{row['kd_gain_test']:+.1f} ± {row['gain_std']:.1f} points on test, paired with the baseline "
-                    f"of each seed, confirmed over {int(row['confirmed_seeds'])} new seeds")
-        return (f"{row['kd_gain_test']:+.1f} points on test over the baseline's mean over {seeds} seeds (its spread: "
-                f"{100 * row['baseline_test_accuracy_std']:.1f} points)")
+            return (
+                f"{row['kd_gain_test']:+.1f} ± {row['gain_std']:.1f} points on test, paired with the baseline "
+                f"of each seed, confirmed over {int(row['confirmed_seeds'])} new seeds"
+            )
+        return (
+            f"{row['kd_gain_test']:+.1f} points on test over the baseline's mean over {seeds} seeds (its spread: "
+            f"{100 * row['baseline_test_accuracy_std']:.1f} points)"
+        )
 
     won = g[g["beyond_noise"]]
     if won.empty:
         top = g.loc[g["kd_gain_test"].idxmax()]
         others = g[(g["confirmed_seeds"] > 0) & (g["trial"] != top["trial"])]
-        tail = (" Also confirmed: " + ", ".join(f"trial {int(r.trial)} {r.kd_gain_test:+.1f} ± {r.gain_std:.1f}"
-                                                for r in others.itertuples()) + " points." if not others.empty else "")
-        lead = ("Distillation did not beat training alone beyond seed noise at any width: the largest test gain of "
-                "a best trial is ")
+        tail = (
+            " Also confirmed: "
+            + ", ".join(f"trial {int(r.trial)} {r.kd_gain_test:+.1f} ± {r.gain_std:.1f}" for r in others.itertuples())
+            + " points."
+            if not others.empty
+            else ""
+        )
+        lead = (
+            "Distillation did not beat training alone beyond seed noise at any width: the largest test gain of "
+            "a best trial is "
+        )
         if top["confirmed_seeds"]:
-            return (f"{lead}{how(top)} (width {int(top['student.width'])}, trial {int(top['trial'])}), within "
-                    f"{NOISE:g} x its own spread over the new seeds.{tail}")
+            return (
+                f"{lead}{how(top)} (width {int(top['student.width'])}, trial {int(top['trial'])}), within "
+                f"{NOISE:g} x its own spread over the new seeds.{tail}"
+            )
         if seeds < 2:
             w, t = int(top["student.width"]), int(top["trial"])
-            return (f"Distillation's gain is unmeasured against seed noise: the baselines have one seed (study."
-                    f"baseline_seeds: 1), so no spread. The largest test gain of a best trial is {top['kd_gain_test']:+.1f}"
-                    f" points (width {w}, trial {t}); to judge it, give study.baseline_seeds: 3 or retrain it with "
-                    f"new seeds (kdtrain confirm {d.name} --trial {t}).{tail}")
+            return (
+                f"Distillation's gain is unmeasured against seed noise: the baselines have one seed (study."
+                f"baseline_seeds: 1), so no spread. The largest test gain of a best trial is {top['kd_gain_test']:+.1f}"
+                f" points (width {w}, trial {t}); to judge it, give study.baseline_seeds: 3 or retrain it with "
+                f"new seeds (kdtrain confirm {d.name} --trial {t}).{tail}"
+            )
         spread = 100 * top["baseline_test_accuracy_std"]
-        return (f"{lead}{top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), within {NOISE:g} x "
-                f"the baseline's spread over {seeds} seeds ({spread:.1f} points).{tail}")
+        return (
+            f"{lead}{top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), within {NOISE:g} x "
+            f"the baseline's spread over {seeds} seeds ({spread:.1f} points).{tail}"
+        )
     top = won.loc[won["kd_gain_test"].idxmax()]
     widths = ", ".join(str(int(w)) for w in won["student.width"])
-    ask = "" if top["confirmed_seeds"] else (
-        f" A best-of-many trial flatters itself: retrain it with new seeds before shipping (kdtrain confirm "
-        f"{d.name} --trial {int(top['trial'])}).")
-    return (f"Distillation beat training alone beyond seed noise at width{'s' if len(won) > 1 else ''} {widths}: "
-            f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {how(top)}.{ask}")
+    ask = (
+        ""
+        if top["confirmed_seeds"]
+        else (
+            f" A best-of-many trial flatters itself: retrain it with new seeds before shipping (kdtrain confirm "
+            f"{d.name} --trial {int(top['trial'])})."
+        )
+    )
+    return (
+        f"Distillation beat training alone beyond seed noise at width{'s' if len(won) > 1 else ''} {widths}: "
+        f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {how(top)}.{ask}"
+    )

@@ -21,10 +21,16 @@ def layer_rows(model, x, inner=None) -> list[dict]:
     shapes: dict[str, str] = {}
     handles = []
     for path in module_paths(inner):
+
         def hook(module, inputs, out, path=path):
             first = out[0] if isinstance(out, (tuple, list)) and out else out
-            shapes.setdefault(path, "(" + ", ".join(["B", *map(str, first.shape[1:])]) + ")"
-                              if isinstance(first, torch.Tensor) else type(out).__name__)
+            shapes.setdefault(
+                path,
+                "(" + ", ".join(["B", *map(str, first.shape[1:])]) + ")"
+                if isinstance(first, torch.Tensor)
+                else type(out).__name__,
+            )
+
         handles.append(inner.get_submodule(path).register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -32,8 +38,10 @@ def layer_rows(model, x, inner=None) -> list[dict]:
     finally:
         for h in handles:
             h.remove()
-    return [{"path": p, "type": type(inner.get_submodule(p)).__name__, "output": shapes.get(p, "-")}
-            for p in module_paths(inner)]
+    return [
+        {"path": p, "type": type(inner.get_submodule(p)).__name__, "output": shapes.get(p, "-")}
+        for p in module_paths(inner)
+    ]
 
 
 def cmd_layers(args) -> int:
@@ -44,8 +52,10 @@ def cmd_layers(args) -> int:
     cfg = study_teacher.resolve(sweepfile.load(args.sweep, args.set))
     ds = data.load(cfg.data)
     x = ds.x_val[:2].cpu()
-    print(f"data {cfg.data.name}: input {tuple(ds.input_shape)}; output shapes for a batch of B rows "
-          "(untrained models: the shapes do not depend on the weights)")
+    print(
+        f"data {cfg.data.name}: input {tuple(ds.input_shape)}; output shapes for a batch of B rows "
+        "(untrained models: the shapes do not depend on the weights)"
+    )
     for t in cfg.teachers:
         how = teachers.kind(t)
         print(f"\nteacher {t.name} ({t.arch if how in ('train', 'weights') else how + ' file'})")
@@ -60,6 +70,8 @@ def cmd_layers(args) -> int:
     print(f"\nstudent ({s.arch}, width {s.width}" + (f", depth {s.depth})" if s.depth is not None else ")"))
     student = models.from_config(s, ds.input_shape, ds.num_classes)
     print(table(layer_rows(student, x), ["path", "type", "output"]))
-    print("\nname a pair in the sweep file, e.g. kd.features: [{teacher_layer: PATH, student_layer: PATH, loss: at}]"
-          " (losses: at, hint, sp; see docs/losses.md)")
+    print(
+        "\nname a pair in the sweep file, e.g. kd.features: [{teacher_layer: PATH, student_layer: PATH, loss: at}]"
+        " (losses: at, hint, sp; see docs/losses.md)"
+    )
     return 0

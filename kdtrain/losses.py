@@ -93,8 +93,14 @@ ENSEMBLES = ("mean_probs", "mean_logits", "mean_kl")
 LOSSES = ("kd", "dkd", "dist")
 """kd.loss: the distillation term (see the module docstring)."""
 
-LOSS_SETTINGS = {"kd.standardize": ("kd", "dkd"), "kd.dkd_alpha": ("dkd",), "kd.dkd_beta": ("dkd",),
-                 "kd.warmup_epochs": ("dkd",), "kd.dist_beta": ("dist",), "kd.dist_gamma": ("dist",)}
+LOSS_SETTINGS = {
+    "kd.standardize": ("kd", "dkd"),
+    "kd.dkd_alpha": ("dkd",),
+    "kd.dkd_beta": ("dkd",),
+    "kd.warmup_epochs": ("dkd",),
+    "kd.dist_beta": ("dist",),
+    "kd.dist_gamma": ("dist",),
+}
 """The settings only some losses use -> those losses. A sweep suggests them only to trials of these losses."""
 
 EPS = 1e-8
@@ -132,8 +138,9 @@ def _neg_entropy(logp: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(p, p).sum(-1)
 
 
-def _components(teacher_logits: torch.Tensor, temperature: float, ensemble: str, weights: list[float] | None,
-                standardized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _components(
+    teacher_logits: torch.Tensor, temperature: float, ensemble: str, weights: list[float] | None, standardized: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher logits (N, C) or (K, N, C) -> log target distributions (K', N, C) and their weights (K',)."""
     if ensemble not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {ensemble!r} ({', '.join(ENSEMBLES)})")
@@ -170,8 +177,16 @@ def _dkd_targets(logp: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> T
     log_b = torch.stack([logp.gather(-1, labels.expand(logp.shape[:-1])[..., None])[..., 0], log_rest], -1)
     log_hat = (logp - log_rest[..., None]).masked_fill(target, float("-inf"))  # log p^, -inf at the target
     wn = w[:, None]
-    return Targets("dkd", {"g": labels, "b": (wn[..., None] * log_b.exp()).sum(0), "c_b": (wn * _neg_entropy(log_b)).sum(0),
-                           "hat": (wn[..., None] * log_hat.exp()).sum(0), "c_hat": (wn * _neg_entropy(log_hat)).sum(0)})
+    return Targets(
+        "dkd",
+        {
+            "g": labels,
+            "b": (wn[..., None] * log_b.exp()).sum(0),
+            "c_b": (wn * _neg_entropy(log_b)).sum(0),
+            "hat": (wn[..., None] * log_hat.exp()).sum(0),
+            "c_hat": (wn * _neg_entropy(log_hat)).sum(0),
+        },
+    )
 
 
 def _dist_targets(logp: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> Targets:
@@ -210,17 +225,23 @@ def _check(spec: LossConfig) -> None:
         raise ValueError("standardize applies to the kd and dkd losses, not to dist")
 
 
-def teacher_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
-                    ensemble: str = "mean_probs", weights: list[float] | None = None,
-                    spec: LossConfig = LossConfig()) -> Targets:
+def teacher_targets(
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    ensemble: str = "mean_probs",
+    weights: list[float] | None = None,
+    spec: LossConfig = LossConfig(),
+) -> Targets:
     """Teacher logits (N, C) or (K, N, C) and the labels (N,) -> what ``kd_loss`` needs of the teachers."""
     _check(spec)
     logp, w = _components(teacher_logits, temperature, ensemble, weights, spec.standardize)
     return _TARGETS[spec.loss](logp, w, labels)
 
 
-def soft_targets(teacher_logits: torch.Tensor, temperature: float, ensemble: str = "mean_probs",
-                 weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_targets(
+    teacher_logits: torch.Tensor, temperature: float, ensemble: str = "mean_probs", weights: list[float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """kd's targets: teacher logits (K, N, C) -> (target probabilities (N, C), per-sample constant (N,))."""
     t = _kd_targets(*_components(teacher_logits, temperature, ensemble, weights, False), None).tensors
     return t["p"], t["c"]
@@ -254,9 +275,15 @@ def _dist_term(z: torch.Tensor, labels: torch.Tensor, t: Targets, spec: LossConf
 _TERMS = {"kd": _kd_term, "dkd": _dkd_term, "dist": _dist_term}
 
 
-def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor,
-            target: Targets | tuple[torch.Tensor, torch.Tensor] | None, temperature: float, alpha: float,
-            spec: LossConfig = LossConfig(), epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def kd_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    target: Targets | tuple[torch.Tensor, torch.Tensor] | None,
+    temperature: float,
+    alpha: float,
+    spec: LossConfig = LossConfig(),
+    epoch: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, kd, ce) for a batch: ``loss = alpha * w(epoch) * T^2 * kd + (1 - alpha) * ce``. ``target`` is
     teacher_targets(...) for this batch (or kd's (p, c) from soft_targets), or None (no teacher); ``epoch`` (from 1)
     drives DKD's warm-up. Rows labelled UNLABELLED (< 0) enter kd only: ce averages over the labelled rows."""
@@ -277,15 +304,34 @@ def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor,
     return loss, kd, ce
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float = 4.0, alpha: float = 0.7, ensemble: str = "mean_probs",
-                      weights: list[float] | None = None, *, loss: str = "kd", standardize: bool = False,
-                      dkd_alpha: float = 1.0, dkd_beta: float = 8.0, dist_beta: float = 1.0, dist_gamma: float = 1.0,
-                      warmup_epochs: int = 0, epoch: int | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    ensemble: str = "mean_probs",
+    weights: list[float] | None = None,
+    *,
+    loss: str = "kd",
+    standardize: bool = False,
+    dkd_alpha: float = 1.0,
+    dkd_beta: float = 8.0,
+    dist_beta: float = 1.0,
+    dist_gamma: float = 1.0,
+    warmup_epochs: int = 0,
+    epoch: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One call: teacher logits (N, C) or (K, N, C) -> (loss, kd, ce), with
     ``loss = alpha * w(epoch) * T^2 * kd + (1 - alpha) * ce`` (see the module docstring for kd of each loss)."""
-    spec = LossConfig(loss=loss, standardize=standardize, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta,
-                      warmup_epochs=warmup_epochs, dist_beta=dist_beta, dist_gamma=dist_gamma)
+    spec = LossConfig(
+        loss=loss,
+        standardize=standardize,
+        dkd_alpha=dkd_alpha,
+        dkd_beta=dkd_beta,
+        warmup_epochs=warmup_epochs,
+        dist_beta=dist_beta,
+        dist_gamma=dist_gamma,
+    )
     target = teacher_targets(teacher_logits, labels, temperature, ensemble, weights, spec)
     return kd_loss(student_logits, labels, target, temperature, alpha, spec, epoch)

@@ -9,13 +9,12 @@ accepts every dataset shape kdtrain loads: 1-D signals (C, L) and images
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-from kdtrain.lazy import Module
 
 from kdtrain import plugins
 from kdtrain.errors import DataError, KdtrainError, first_line
+from kdtrain.lazy import Module
 
 torch, nn = Module("torch"), Module("torch.nn")  # imported on first use: the registry's names need neither
 
@@ -26,6 +25,7 @@ def nets():
 
     return built
 
+
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -33,6 +33,7 @@ def register(name: str):
     def deco(fn):
         MODELS[name] = fn
         return fn
+
     return deco
 
 
@@ -46,23 +47,48 @@ def torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def create_model(arch: str, input_shape, num_classes: int, width: int, depth: int | None = None,
-                 hidden: list[int] | None = None, dropout: float = 0.0, pretrained: bool = False) -> nn.Module:
+def create_model(
+    arch: str,
+    input_shape,
+    num_classes: int,
+    width: int,
+    depth: int | None = None,
+    hidden: list[int] | None = None,
+    dropout: float = 0.0,
+    pretrained: bool = False,
+) -> nn.Module:
     if arch.startswith(TORCHVISION):
-        return torchvision_model(arch[len(TORCHVISION):], tuple(input_shape), num_classes, pretrained)
+        return torchvision_model(arch[len(TORCHVISION) :], tuple(input_shape), num_classes, pretrained)
     if plugins.is_ref(arch):
-        return python_model(arch, tuple(input_shape), num_classes, width, depth=depth, hidden=hidden,
-                            dropout=dropout, pretrained=pretrained)
+        return python_model(
+            arch,
+            tuple(input_shape),
+            num_classes,
+            width,
+            depth=depth,
+            hidden=hidden,
+            dropout=dropout,
+            pretrained=pretrained,
+        )
     if arch not in MODELS:
         raise KdtrainError(f"unknown arch {arch!r} (known: {', '.join(sorted(MODELS))})")
-    return MODELS[arch](tuple(input_shape), num_classes, width, depth=depth, hidden=hidden,
-                        dropout=dropout, pretrained=pretrained)
+    return MODELS[arch](
+        tuple(input_shape), num_classes, width, depth=depth, hidden=hidden, dropout=dropout, pretrained=pretrained
+    )
 
 
 def from_config(m, input_shape, num_classes: int) -> nn.Module:
     """Build a model from a ModelConfig (a StudentConfig or a TeacherConfig)."""
-    return create_model(m.arch, input_shape, num_classes, m.width, depth=m.depth, hidden=m.hidden,
-                        dropout=m.dropout, pretrained=m.pretrained)
+    return create_model(
+        m.arch,
+        input_shape,
+        num_classes,
+        m.width,
+        depth=m.depth,
+        hidden=m.hidden,
+        dropout=m.dropout,
+        pretrained=m.pretrained,
+    )
 
 
 def check_fits(models_cfg: list[tuple[str, object]], input_shape, num_classes: int) -> None:
@@ -78,13 +104,17 @@ def check_fits(models_cfg: list[tuple[str, object]], input_shape, num_classes: i
                 out = model(torch.zeros(2, *input_shape))
         except KdtrainError as e:
             raise DataError(f"{where}.arch: {e}") from None
-        except Exception as e:  # noqa: BLE001 - user code or a model too deep for small inputs
-            raise DataError(f"{where}.arch {m.arch} does not run on this data's samples of shape "
-                               f"{tuple(input_shape)}: {type(e).__name__}: {first_line(e, 300)}") from None
+        except Exception as e:  # noqa: BLE001 - the user's factory failed
+            raise DataError(
+                f"{where}.arch {m.arch} does not run on this data's samples of shape "
+                f"{tuple(input_shape)}: {type(e).__name__}: {first_line(e, 300)}"
+            ) from None
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise DataError(f"{where}.arch {m.arch}: returns {shape} for a batch of 2; a classifier of this "
-                               f"data returns logits of shape (batch, {num_classes})")
+            raise DataError(
+                f"{where}.arch {m.arch}: returns {shape} for a batch of 2; a classifier of this "
+                f"data returns logits of shape (batch, {num_classes})"
+            )
 
 
 def count_params(model: nn.Module) -> int:
@@ -122,10 +152,17 @@ def tiny_cnn(input_shape, num_classes, width=16, depth=None, hidden=None, dropou
     conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(spatial) == 1 else (nn.Conv2d, nn.MaxPool2d)
     out_spatial = math.prod(math.ceil(math.ceil(s / 2) / 2) for s in spatial)
     return nn.Sequential(
-        conv(c, width, 3, padding=1), nn.ReLU(inplace=True), pool(2, ceil_mode=True),
-        conv(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), pool(2, ceil_mode=True),
-        nn.Flatten(), nn.Linear(2 * width * out_spatial, 8 * width), nn.ReLU(inplace=True),
-        nn.Dropout(dropout), nn.Linear(8 * width, num_classes),
+        conv(c, width, 3, padding=1),
+        nn.ReLU(inplace=True),
+        pool(2, ceil_mode=True),
+        conv(width, 2 * width, 3, padding=1),
+        nn.ReLU(inplace=True),
+        pool(2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Linear(2 * width * out_spatial, 8 * width),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(8 * width, num_classes),
     )
 
 
@@ -144,8 +181,11 @@ def cnn1d(input_shape, num_classes, width=64, depth=None, hidden=None, dropout=0
     layers: list[nn.Module] = [nets().Reshape(c, length)] if len(input_shape) != 2 else []
     prev = c
     for i in range(depth or 3):
-        layers += [nn.Conv1d(prev, width, 5 if i == 0 else 3, stride=1 if i == 0 else 2, padding=2 if i == 0 else 1),
-                   nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv1d(prev, width, 5 if i == 0 else 3, stride=1 if i == 0 else 2, padding=2 if i == 0 else 1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+        ]
         prev = width
     return nn.Sequential(*layers, nets().AvgMaxPool(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
 
@@ -181,8 +221,7 @@ def resnet18(input_shape, num_classes, width=64, depth=None, hidden=None, dropou
         _load_torchvision_weights(net)
     small = max(spatial) <= 32
     if small or c != 3 or width != 64:
-        net.conv1 = (nn.Conv2d(c, width, 3, 1, 1, bias=False) if small
-                     else nn.Conv2d(c, width, 7, 2, 3, bias=False))
+        net.conv1 = nn.Conv2d(c, width, 3, 1, 1, bias=False) if small else nn.Conv2d(c, width, 7, 2, 3, bias=False)
     if small:
         net.maxpool = nn.Identity()
     if width != 64:  # rebuild the stages at the requested width with torchvision's own builder
@@ -193,8 +232,11 @@ def resnet18(input_shape, num_classes, width=64, depth=None, hidden=None, dropou
         net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
         net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
     if width != 64 or dropout:
-        net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(8 * width, num_classes)) if dropout \
+        net.fc = (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(8 * width, num_classes))
+            if dropout
             else nn.Linear(8 * width, num_classes)
+        )
     return nets().As2d(net) if len(spatial) == 1 else net
 
 
@@ -204,8 +246,10 @@ def _load_torchvision_weights(net: nn.Module) -> None:
     weights = ResNet18_Weights.IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.exists():
-        raise KdtrainError(f"torchvision resnet18 weights are not in the local cache ({cached}); "
-                           "copy them there or set pretrained: false")
+        raise KdtrainError(
+            f"torchvision resnet18 weights are not in the local cache ({cached}); "
+            "copy them there or set pretrained: false"
+        )
     state = torch.load(cached, map_location="cpu", weights_only=True)
     own = net.state_dict()
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -238,16 +282,19 @@ def torchvision_model(name: str, input_shape, num_classes: int, pretrained: bool
     import torchvision
 
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
-        raise KdtrainError(f"torchvision models take 1- or 3-channel images (C, H, W); this data's samples are "
-                           f"{tuple(input_shape)}")
+        raise KdtrainError(
+            f"torchvision models take 1- or 3-channel images (C, H, W); this data's samples are {tuple(input_shape)}"
+        )
     if not pretrained:
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     else:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if not cached.exists():
-            raise KdtrainError(f"torchvision {name} pretrained weights are not in the local torch cache ({cached}); "
-                               "kdtrain never downloads them: copy the file there, or set pretrained: false")
+            raise KdtrainError(
+                f"torchvision {name} pretrained weights are not in the local torch cache ({cached}); "
+                "kdtrain never downloads them: copy the file there, or set pretrained: false"
+            )
         net = torchvision.models.get_model(name, weights=None)
         net.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
         _replace_head(net, num_classes)
@@ -262,19 +309,21 @@ def torchvision_model(name: str, input_shape, num_classes: int, pretrained: bool
 def python_model(arch: str, input_shape, num_classes: int, width: int, **family) -> nn.Module:
     """python:package.module:function, called as function(input_shape, num_classes, width) plus the settings it
     names among depth, hidden, dropout and pretrained (a setting given but not taken is an error)."""
-    ref = arch[len(plugins.PREFIX):]
+    ref = arch[len(plugins.PREFIX) :]
     fn = plugins.load_object(ref, arch)
     defaults = {"depth": None, "hidden": None, "dropout": 0.0, "pretrained": False}
     kwargs = {k: v for k, v in family.items() if plugins.accepts(fn, k)}
     ignored = [k for k, v in family.items() if k not in kwargs and v != defaults[k]]
     if ignored:
-        raise KdtrainError(f"{arch} takes no {', '.join(ignored)} argument; remove the setting or add it to the "
-                           "function's signature")
+        raise KdtrainError(
+            f"{arch} takes no {', '.join(ignored)} argument; remove the setting or add it to the function's signature"
+        )
     try:
         model = fn(tuple(input_shape), num_classes, width, **kwargs)
     except Exception as e:  # noqa: BLE001 - the user's factory failed
-        raise KdtrainError(f"{arch}({tuple(input_shape)}, {num_classes}, {width}) raised {type(e).__name__}: "
-                           f"{first_line(e, 300)}") from None
+        raise KdtrainError(
+            f"{arch}({tuple(input_shape)}, {num_classes}, {width}) raised {type(e).__name__}: {first_line(e, 300)}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise KdtrainError(f"{arch} must return a torch.nn.Module, got {type(model).__name__}")
     return model

@@ -14,13 +14,17 @@ def pick_output(out, key: int | str, where: str) -> torch.Tensor:
     dict. A missing one is a DataError naming what the model does return."""
     if isinstance(out, dict):
         if key not in out:
-            raise DataError(f"{where}: output {key!r} is not among the model's outputs "
-                            f"(its forward returns a dict with keys {', '.join(map(repr, out))})")
+            raise DataError(
+                f"{where}: output {key!r} is not among the model's outputs "
+                f"(its forward returns a dict with keys {', '.join(map(repr, out))})"
+            )
         return out[key]
     if isinstance(out, (tuple, list)):
         if type(key) is not int or not 0 <= key < len(out):
-            raise DataError(f"{where}: output {key!r} is not among the model's outputs (its forward returns a "
-                            f"{type(out).__name__} of {len(out)}: give an index 0..{len(out) - 1})")
+            raise DataError(
+                f"{where}: output {key!r} is not among the model's outputs (its forward returns a "
+                f"{type(out).__name__} of {len(out)}: give an index 0..{len(out) - 1})"
+            )
         return out[key]
     raise DataError(f"{where}: the model returns one {type(out).__name__}, not a tuple, list or dict; drop output")
 
@@ -96,4 +100,3 @@ class RepeatChannels(nn.Module):
 
     def forward(self, x):
         return self.net(x.expand(-1, 3, -1, -1))
-

@@ -38,9 +38,20 @@ SET_ASIDE_AFTER = 3
 """Failed tries, with the server answering /health, after which a kept write is set aside."""
 STUCK = "stuck"
 
-_GONE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "Read timed out",
-         "Connection aborted", "RemoteDisconnected", "error code 502", "error code 503", "error code 504",
-         "too many 502", "too many 503", "too many 504")
+_GONE = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Read timed out",
+    "Connection aborted",
+    "RemoteDisconnected",
+    "error code 502",
+    "error code 503",
+    "error code 504",
+    "too many 502",
+    "too many 503",
+    "too many 504",
+)
 
 
 class TrackingLost(KdtrainError):
@@ -56,7 +67,12 @@ def unreachable(e: BaseException) -> bool:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, (ConnectionError, TimeoutError, TrackingLost)) or type(e).__name__ in (
-                "ConnectionError", "MaxRetryError", "NewConnectionError", "ConnectTimeout", "ReadTimeout"):
+            "ConnectionError",
+            "MaxRetryError",
+            "NewConnectionError",
+            "ConnectTimeout",
+            "ReadTimeout",
+        ):
             return True
         if type(e).__name__ == "MlflowException" and any(k in str(e) for k in _GONE):
             return True
@@ -92,8 +108,9 @@ class Outbox:
         finally:
             os.close(fd)  # releases the lock
 
-    def add(self, op: str, run_id: str, args: dict, files: dict[str, bytes | Path] | None = None,
-            labels: dict | None = None) -> Path:
+    def add(
+        self, op: str, run_id: str, args: dict, files: dict[str, bytes | Path] | None = None, labels: dict | None = None
+    ) -> Path:
         """Keep one write: its name, run, JSON arguments, files (bytes, or a file copied in) and labels (the study
         and trial it belongs to, for kdtrain status). Written whole or not at all."""
         entry = self.folder / f"{self._next():020d}-{os.getpid()}"
@@ -103,8 +120,14 @@ class Outbox:
                     (tmp / name).write_bytes(content)
                 else:
                     shutil.copyfile(content, tmp / name)
-            record = {"op": op, "run_id": run_id, "args": args, "files": sorted(files or {}),
-                      "labels": labels or {}, "made": time.time()}
+            record = {
+                "op": op,
+                "run_id": run_id,
+                "args": args,
+                "files": sorted(files or {}),
+                "labels": labels or {},
+                "made": time.time(),
+            }
             (tmp / "record.json").write_text(json.dumps(record))
         return entry
 
@@ -216,10 +239,14 @@ class Deferring:
         """Say once per outage that the server is unreachable, and since when."""
         if self.down_since is None:
             self.down_since = time.time()
-            print(f"warning: the MLflow tracking server {redact(self.uri)} is unreachable since "
-                  f"{clock(self.down_since)} ({_reason(e)}); the runs' writes "
-                  f"are kept in {self.outbox.folder} and sent in order when it answers (kdtrain status counts "
-                  "the trials waiting)", file=sys.stderr, flush=True)
+            print(
+                f"warning: the MLflow tracking server {redact(self.uri)} is unreachable since "
+                f"{clock(self.down_since)} ({_reason(e)}); the runs' writes "
+                f"are kept in {self.outbox.folder} and sent in order when it answers (kdtrain status counts "
+                "the trials waiting)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def flush(self) -> bool:
         """Send the outbox's writes, oldest first, each once, while the server takes them. True when none is
@@ -264,7 +291,7 @@ class Deferring:
         record = self.outbox.read(entry)
         try:
             made = getattr(self, f"_w_{record['op']}")(record["run_id"], entry, **record["args"])
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever a write raised: an outage waits, anything else is counted
             if unreachable(e):
                 self.down(e)
                 if not self.answers():  # an outage: this write waits for the server, and the ones after it
@@ -273,8 +300,12 @@ class Deferring:
                 self.outbox.update(entry, failures=tries, error=_reason(e))
                 return STUCK if tries >= SET_ASIDE_AFTER else None
             # the server refuses it (the run deleted meanwhile, say): said, and not tried again
-            print(f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) was refused "
-                  f"by the server and dropped ({_reason(e)})", file=sys.stderr, flush=True)
+            print(
+                f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) was refused "
+                f"by the server and dropped ({_reason(e)})",
+                file=sys.stderr,
+                flush=True,
+            )
             self.outbox.done(entry)
             return False
         if record["op"] == "model" and made:
@@ -288,17 +319,25 @@ class Deferring:
         self.outbox.set_aside(entry)
         if not self._aside_said:
             self._aside_said = True
-            print(f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) failed "
-                  f"{record['failures']} times while the tracking server answered ({record['error']}); set aside in "
-                  f"{self.outbox.aside} (its record.json and files; this is said once) so that the writes after it "
-                  "go on", file=sys.stderr, flush=True)
+            print(
+                f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) failed "
+                f"{record['failures']} times while the tracking server answered ({record['error']}); set aside in "
+                f"{self.outbox.aside} (its record.json and files; this is said once) so that the writes after it "
+                "go on",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _back(self, sent: int, left: bool) -> None:
         """Say that the server answers again (sent: the kept writes this process sent), and end the outage."""
         if sent or self.down_since is not None:
             since = f" (unreachable since {clock(self.down_since)})" if self.down_since else ""
-            print(f"the MLflow tracking server answers again{since}" + (f": sent {sent} kept write(s)" if sent else "")
-                  + (", more waiting" if left else ""), flush=True)
+            print(
+                f"the MLflow tracking server answers again{since}"
+                + (f": sent {sent} kept write(s)" if sent else "")
+                + (", more waiting" if left else ""),
+                flush=True,
+            )
         if not left:
             self.down_since = None
 
@@ -315,8 +354,10 @@ class Deferring:
                 if self.outbox is None or not unreachable(e):
                     raise
                 self.down(e)
-                lost = TrackingLost(f"the MLflow tracking server {redact(self.uri)} has been unreachable since "
-                                    f"{clock(self.down_since)} ({_reason(e)}), more than study.storage_patience")
+                lost = TrackingLost(
+                    f"the MLflow tracking server {redact(self.uri)} has been unreachable since "
+                    f"{clock(self.down_since)} ({_reason(e)}), more than study.storage_patience"
+                )
                 if self.answers():  # a failure of this write alone: tried again a few times
                     tries += 1
                     if tries >= SET_ASIDE_AFTER:
@@ -334,7 +375,7 @@ class Deferring:
     def away(self, e: BaseException) -> bool:
         """Did e come from the tracking server being away (TrackingLost, or a read or run it could not answer and
         it does not answer now)? A trial that met it is interrupted, not failed: its settings are not to blame."""
-        if self.outbox is None or not (isinstance(e, TrackingLost) or unreachable(e) and not self.answers()):
+        if self.outbox is None or not (isinstance(e, TrackingLost) or (unreachable(e) and not self.answers())):
             return False
         self.down(e)  # said once per outage; the worker waits for the server before its next trial (wait_sent)
         return True
@@ -342,17 +383,22 @@ class Deferring:
     def wait_sent(self, patience: float, log) -> None:
         """Before a new trial: the kept writes sent and the server answering, waiting up to `patience` seconds
         for it (checked every 5 s); past it one clear error (the writes stay kept for the next run)."""
-        if self.outbox is None or self.flush() and self.down_since is None:
+        if self.outbox is None or (self.flush() and self.down_since is None):
             return
         since = self.down_since or time.time()
         n = len(self.outbox.waiting_trials())
-        log("waiting for the MLflow tracking server" + (f" to send the writes of {n} trial(s)" if n else "")
-            + f" before the next trial (up to {patience:.0f} s, study.storage_patience)")
+        log(
+            "waiting for the MLflow tracking server"
+            + (f" to send the writes of {n} trial(s)" if n else "")
+            + f" before the next trial (up to {patience:.0f} s, study.storage_patience)"
+        )
         while not (self.flush() and self.down_since is None):
             if time.time() - since > patience:
-                raise KdtrainError(f"the MLflow tracking server {redact(self.uri)} has been unreachable since "
-                                   f"{clock(since)} (more than "
-                                   f"study.storage_patience); this worker stops. The finished trials' writes stay "
-                                   f"in {self.outbox.folder}; the next kdtrain run against this server on this "
-                                   "machine sends them (kdtrain status counts them)")
+                raise KdtrainError(
+                    f"the MLflow tracking server {redact(self.uri)} has been unreachable since "
+                    f"{clock(since)} (more than "
+                    f"study.storage_patience); this worker stops. The finished trials' writes stay "
+                    f"in {self.outbox.folder}; the next kdtrain run against this server on this "
+                    "machine sends them (kdtrain status counts them)"
+                )
             time.sleep(self.poll_s)

@@ -8,7 +8,6 @@ import html
 
 import pandas as pd
 
-
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:min(1360px,calc(100vw - 2em));color:#222}
 h1{margin-bottom:.2em}.headline{background:#f3f7ee;border-left:4px solid #5a9;padding:.6em 1em;margin:1em 0}
 table{border-collapse:collapse;font-size:13px;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}
@@ -22,8 +21,14 @@ def fmt(df: pd.DataFrame, link: str | None = None) -> pd.DataFrame:
             base = link.split("/runs?")[0]
             out[c] = [f'<a href="{html.escape(base)}/runs/{r}">{r[:8]}</a>' for r in out[c]]
         elif pd.api.types.is_float_dtype(out[c]):
-            out[c] = [("" if pd.isna(v) else (f"{v / 1e6:.3g}M" if abs(v) >= 1e6 else f"{v:,.0f}" if abs(v) >= 1000
-                                              else f"{v:.4g}")) for v in out[c]]
+            out[c] = [
+                (
+                    ""
+                    if pd.isna(v)
+                    else (f"{v / 1e6:.3g}M" if abs(v) >= 1e6 else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}")
+                )
+                for v in out[c]
+            ]
     return out
 
 
@@ -35,8 +40,10 @@ def html_table(df: pd.DataFrame, table_id: str, link: str | None = None) -> str:
         f["run_id"] = [f'<span title="{html.escape(str(r))}">{html.escape(str(r)[:8])}</span>' for r in f["run_id"]]
     for c in f.columns:
         if c != "run_id":
-            f[c] = [html.escape("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
-                    .replace("+", "+<wbr>") for v in f[c]]
+            f[c] = [
+                html.escape("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)).replace("+", "+<wbr>")
+                for v in f[c]
+            ]
     f.columns = [html.escape(str(c)).replace("_", "_<wbr>").replace(".", ".<wbr>") for c in f.columns]
     return f.to_html(index=False, escape=False, table_id=table_id)
 
@@ -48,4 +55,3 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, f.columns)) + " |", "|" + "---|" * len(f.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in f.itertuples(index=False)]
     return "\n".join(lines)
-

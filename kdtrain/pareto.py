@@ -13,8 +13,8 @@ dominated by a trial that exists already. A trial cheaper than every finished on
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 ACCURACY = "val_accuracy"
 COSTS = ("params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95", "throughput")
@@ -41,8 +41,9 @@ def as_cheap(a: dict, b: dict, objectives: dict) -> bool:
     return all((a[m] >= b[m]) if objectives[m] == "maximize" else (a[m] <= b[m]) for m in objectives if m in COSTS)
 
 
-def dominated_by(costs: dict, curve: Sequence[float], finished: Iterable[Course], objectives: dict,
-                 margin: float, warmup: int) -> tuple[Course, float] | None:
+def dominated_by(
+    costs: dict, curve: Sequence[float], finished: Iterable[Course], objectives: dict, margin: float, warmup: int
+) -> tuple[Course, float] | None:
     """The finished trial that the running trial (its costs and its accuracy per epoch so far) is on course to be
     dominated by, with the accuracy lead it had at this epoch; None to keep training (always during the
     warm-up: epochs <= warmup). Only finished trials trained for at least as many epochs are compared."""
@@ -52,9 +53,13 @@ def dominated_by(costs: dict, curve: Sequence[float], finished: Iterable[Course]
     best = max(curve)
     same = [f for f in finished if len(f.curve) >= epoch]
     late = max((f.curve[-1] - max(f.curve[:epoch]) for f in same), default=0.0)
-    hits = [(f, f.curve[epoch - 1] - best) for f in same
-            if as_cheap(f.costs, costs, objectives) and f.curve[epoch - 1] >= best + margin
-            and f.curve[-1] >= best + max(late, 0.0) + margin]
+    hits = [
+        (f, f.curve[epoch - 1] - best)
+        for f in same
+        if as_cheap(f.costs, costs, objectives)
+        and f.curve[epoch - 1] >= best + margin
+        and f.curve[-1] >= best + max(late, 0.0) + margin
+    ]
     return max(hits, key=lambda h: h[1]) if hits else None
 
 
@@ -65,7 +70,7 @@ def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -
     """Exact hypervolume dominated by points (all objectives minimised) up to the reference point, by slicing
     along the last objective: O(n^d), ample for the tens to hundreds of trials of a study. Points that do not
     strictly beat the reference on every objective add nothing."""
-    pts = [list(p) for p in points if all(x < r for x, r in zip(p, reference))]
+    pts = [list(p) for p in points if all(x < r for x, r in zip(p, reference, strict=False))]
     if not pts:
         return 0.0
     if len(reference) == 1:
@@ -102,7 +107,7 @@ def box(objectives: dict, cheapest: dict, costliest: dict) -> dict:
 def normalize(values: Sequence[float], hv_box: dict) -> list[float]:
     """Objective values as distances from the ideal (0) towards the reference (1), clipped at 0 below."""
     out = []
-    for v, i, r, log in zip(values, hv_box["ideal"], hv_box["reference"], hv_box["log"]):
+    for v, i, r, log in zip(values, hv_box["ideal"], hv_box["reference"], hv_box["log"], strict=False):
         x = math.log(max(v, 1e-300) / i) / math.log(r / i) if log else (v - i) / (r - i)
         out.append(max(x, 0.0))
     return out
@@ -139,8 +144,9 @@ def constraint_values(constraints: dict, metrics: dict) -> dict[str, float]:
     out = {}
     for key, bound in constraints.items():
         metric = constraint_metric(key)
-        out[key] = (float(metrics[metric]) - float(bound) if key.startswith("max_")
-                    else float(bound) - float(metrics[metric]))
+        out[key] = (
+            float(metrics[metric]) - float(bound) if key.startswith("max_") else float(bound) - float(metrics[metric])
+        )
     return out
 
 
@@ -156,6 +162,11 @@ def front_mask(values: Sequence[Sequence[float]], directions: Sequence[str]) -> 
     Row j dominates row i when it is at least as good in every objective and strictly better in one; duplicates
     do not dominate each other, so they are all on the front."""
     signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
-    rows = [[s * float(x) for s, x in zip(signs, row)] for row in values]  # every objective now minimised
-    return [not any(all(b <= a for a, b in zip(ri, rj)) and any(b < a for a, b in zip(ri, rj)) for rj in rows)
-            for ri in rows]
+    rows = [[s * float(x) for s, x in zip(signs, row, strict=False)] for row in values]  # every objective now minimised
+    return [
+        not any(
+            all(b <= a for a, b in zip(ri, rj, strict=False)) and any(b < a for a, b in zip(ri, rj, strict=False))
+            for rj in rows
+        )
+        for ri in rows
+    ]

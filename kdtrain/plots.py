@@ -11,14 +11,18 @@ import numpy as np
 
 from kdtrain.pareto import front_mask
 
+
 def tick_labels(axis, renderer) -> list:
     """Display boxes of an axis's major tick labels inside its view."""
     low, high = sorted(axis.get_view_interval())
     span = (high - low) * 1e-9
     labels = axis.get_majorticklabels()
-    locs = list(axis.get_majorticklocs())[:len(labels)]
-    return [lab.get_window_extent(renderer) for lab, loc in zip(labels, locs)
-            if low - span <= loc <= high + span and lab.get_text()]
+    locs = list(axis.get_majorticklocs())[: len(labels)]
+    return [
+        lab.get_window_extent(renderer)
+        for lab, loc in zip(labels, locs, strict=False)
+        if low - span <= loc <= high + span and lab.get_text()
+    ]
 
 
 def declutter(fig) -> None:
@@ -32,14 +36,22 @@ def declutter(fig) -> None:
         for axis in (ax.xaxis, ax.yaxis):
             if isinstance(axis.get_major_locator(), mt.FixedLocator):
                 continue  # ticks chosen one by one (the widths of gain_per_width)
-            fewer = [mt.MaxNLocator(n) for n in (6, 5, 4, 3, 2)] if axis.get_scale() == "linear" else \
-                [mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)), mt.LogLocator(base=10, subs=(1.0,)),
-                 mt.MaxNLocator(3), mt.MaxNLocator(2)]
+            fewer = (
+                [mt.MaxNLocator(n) for n in (6, 5, 4, 3, 2)]
+                if axis.get_scale() == "linear"
+                else [
+                    mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)),
+                    mt.LogLocator(base=10, subs=(1.0,)),
+                    mt.MaxNLocator(3),
+                    mt.MaxNLocator(2),
+                ]
+            )
             for locator in fewer:
                 fig.canvas.draw()
                 boxes = tick_labels(axis, renderer)
-                if not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]) and \
-                        (len(boxes) >= 2 or axis.get_scale() == "linear"):
+                if not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]) and (
+                    len(boxes) >= 2 or axis.get_scale() == "linear"
+                ):
                     break
                 axis.set_major_locator(locator)
 
@@ -73,25 +85,54 @@ def front_plot(d, x: str, xlabel: str, folder: Path, name: str, colour: str = "k
     mask = feasible_front(d, ["val_accuracy", x]) if not s.empty else []
     if not s.empty:
         dom = s[~mask]
-        ax.scatter(dom[x], dom["val_accuracy"], c=dom[colour], cmap="viridis", alpha=0.25, s=28,
-                   norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None)
+        ax.scatter(
+            dom[x],
+            dom["val_accuracy"],
+            c=dom[colour],
+            cmap="viridis",
+            alpha=0.25,
+            s=28,
+            norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
+        )
         fr = s[mask].sort_values(x)
-        sc = ax.scatter(fr[x], fr["val_accuracy"], c=fr[colour], cmap="viridis", s=60, edgecolors="black",
-                        norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
-                        label="Pareto front (students)", zorder=3)
+        sc = ax.scatter(
+            fr[x],
+            fr["val_accuracy"],
+            c=fr[colour],
+            cmap="viridis",
+            s=60,
+            edgecolors="black",
+            norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
+            label="Pareto front (students)",
+            zorder=3,
+        )
         ax.step(fr[x], fr["val_accuracy"], where="post", color="black", lw=1.2, zorder=2)
         bar = fig.colorbar(sc, ax=ax, label=colour)
         if colour == "kd.temperature":
             log_ticks(bar.ax.yaxis)
     if not d.baselines.empty:  # joined by width on the size plot; loose points where x is not monotone in width
         b = d.baselines.sort_values(x)
-        ax.plot(b[x], b["val_accuracy"], "x--" if x == "params" else "x", color="tab:red",
-                label="no-teacher baseline", zorder=2)
+        ax.plot(
+            b[x],
+            b["val_accuracy"],
+            "x--" if x == "params" else "x",
+            color="tab:red",
+            label="no-teacher baseline",
+            zorder=2,
+        )
     # teachers named in the legend, one colour each: labels beside the stars overlapped when two teachers were
     # alike, and one was cut at the plot's edge
     for i, (_, t) in enumerate(d.teachers.iterrows()):
-        ax.scatter([t[x]], [t["val_accuracy"]], marker="*", s=220, color=TEACHER_COLOURS[i % len(TEACHER_COLOURS)],
-                   edgecolors="black", zorder=4, label=f"teacher {str(t['tag:mlflow.runName']).removeprefix('teacher-')}")
+        ax.scatter(
+            [t[x]],
+            [t["val_accuracy"]],
+            marker="*",
+            s=220,
+            color=TEACHER_COLOURS[i % len(TEACHER_COLOURS)],
+            edgecolors="black",
+            zorder=4,
+            label=f"teacher {str(t['tag:mlflow.runName']).removeprefix('teacher-')}",
+        )
     ax.set_xscale("log")
     log_ticks(ax.xaxis)
     ax.set_xlabel(xlabel)
@@ -99,8 +140,9 @@ def front_plot(d, x: str, xlabel: str, folder: Path, name: str, colour: str = "k
     ax.set_title(f"{d.name}: accuracy vs {xlabel}")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0]  # below the axes: it never covers a point or a label
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, max(1, len(handles))), fontsize=8,
-              frameon=False)
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, max(1, len(handles))), fontsize=8, frameon=False
+    )
     return save(fig, folder, name)
 
 
@@ -141,7 +183,7 @@ def log_ticks(axis) -> None:
     subs = tuple(range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
     if low > 0 and high > 0:
         powers = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
-        inside = [m * 10.0 ** k for k in powers for m in subs if low <= m * 10.0 ** k <= high]
+        inside = [m * 10.0**k for k in powers for m in subs if low <= m * 10.0**k <= high]
     else:
         inside = []
     axis.set_major_locator(mt.LogLocator(base=10, subs=subs) if len(inside) >= 2 else mt.MaxNLocator(4))
@@ -160,8 +202,14 @@ def hyper_plots(d, folder: Path) -> list[str]:
     for key, log in (("kd.temperature", True), ("kd.alpha", False)):
         if key in s and s[key].notna().any():
             fig, ax = plt.subplots(figsize=(5, 3.6))
-            sc = ax.scatter(s[key], s["val_accuracy"], c=s["params"], cmap="plasma", s=30,
-                            norm=__import__("matplotlib").colors.LogNorm())
+            sc = ax.scatter(
+                s[key],
+                s["val_accuracy"],
+                c=s["params"],
+                cmap="plasma",
+                s=30,
+                norm=__import__("matplotlib").colors.LogNorm(),
+            )
             log_ticks(fig.colorbar(sc, ax=ax, label="params").ax.yaxis)
             if log:
                 ax.set_xscale("log")
@@ -202,8 +250,14 @@ def progress_plots(d, folder: Path, gains, noise: float) -> list[str]:
     names = []
     if d.hypervolume:
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.step([c for c, _ in d.hypervolume], [h for _, h in d.hypervolume], where="post", color="tab:purple",
-                marker="o", ms=3)
+        ax.step(
+            [c for c, _ in d.hypervolume],
+            [h for _, h in d.hypervolume],
+            where="post",
+            color="tab:purple",
+            marker="o",
+            ms=3,
+        )
         ax.set_xlabel("training seconds (finished trials, pruned ones included)")
         ax.set_ylabel("hypervolume (fraction of the reference box)")
         ax.set_title("front quality against compute")
@@ -213,9 +267,16 @@ def progress_plots(d, folder: Path, gains, noise: float) -> list[str]:
     if not g.empty:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         ax.axhline(0, color="black", lw=0.8)
-        ax.errorbar(g["student.width"], g["kd_gain_test"], yerr=noise * 100 * g["baseline_test_accuracy_std"],
-                    fmt="o", color="tab:green", ecolor="tab:red", capsize=4,
-                    label=f"best trial's test gain; bars: {noise:g} x baseline seed std")
+        ax.errorbar(
+            g["student.width"],
+            g["kd_gain_test"],
+            yerr=noise * 100 * g["baseline_test_accuracy_std"],
+            fmt="o",
+            color="tab:green",
+            ecolor="tab:red",
+            capsize=4,
+            label=f"best trial's test gain; bars: {noise:g} x baseline seed std",
+        )
         ax.set_xscale("log")
         ax.xaxis.set_minor_locator(__import__("matplotlib").ticker.NullLocator())
         ax.set_xticks(list(g["student.width"]), [str(int(w)) for w in g["student.width"]], fontsize=8)
@@ -253,5 +314,3 @@ def compare_plot(studies: list, folder: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return save(fig, folder, "fronts")
-
-

@@ -10,8 +10,8 @@ import importlib
 import inspect
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from kdtrain.errors import DataError, first_line
 
@@ -43,8 +43,10 @@ def load_object(ref: str, what: str, search_dirs: tuple[str, ...] = ()) -> Calla
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise DataError(f"{what}: cannot import {module_name!r} ({e}); put {module_name.split('.')[0]}.py in "
-                           f"the current directory or install its package") from None
+        raise DataError(
+            f"{what}: cannot import {module_name!r} ({e}); put {module_name.split('.')[0]}.py in "
+            f"the current directory or install its package"
+        ) from None
     except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
         raise DataError(f"{what}: importing {module_name!r} raised {type(e).__name__}: {first_line(e, 300)}") from None
     fn = getattr(module, func, None)
@@ -59,8 +61,10 @@ def accepts(fn: Callable, name: str) -> bool:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return True
-    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-               for p in params)
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        for p in params
+    )
 
 
 def positional_count(fn: Callable) -> int:

@@ -12,9 +12,9 @@ import urllib.parse
 from pathlib import Path
 
 from kdtrain import search
-from kdtrain.storage import _db_error as db_error
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import redact
+from kdtrain.storage import _db_error as db_error
 
 
 def storage(url: str | None, create: bool = False):
@@ -28,8 +28,10 @@ def storage(url: str | None, create: bool = False):
         if scheme.split("+")[0] == "sqlite":
             path = rest[1:].split("?")[0]
             if path in ("", ":memory:") or path.startswith("file::memory:"):
-                raise KdtrainError(f"the Optuna storage {redact(url)} is an in-memory database: the study would "
-                                   "vanish with this process; give a file, e.g. sqlite:///optuna.db")
+                raise KdtrainError(
+                    f"the Optuna storage {redact(url)} is an in-memory database: the study would "
+                    "vanish with this process; give a file, e.g. sqlite:///optuna.db"
+                )
             if not create and not _exists(path, url):
                 raise KdtrainError(f"no Optuna storage at {redact(url)}: run a sweep first, or pass --storage")
         return search.open_storage(url)
@@ -41,18 +43,22 @@ def storage(url: str | None, create: bool = False):
         if path.is_dir():
             return search.open_storage(url)  # its own message
         if not path.is_file():
-            raise KdtrainError(f"the Optuna storage {path} is not a regular file (a device, a pipe); give a journal "
-                               "file such as mlruns/optuna.journal or an RDB URL (postgresql://...)")
+            raise KdtrainError(
+                f"the Optuna storage {path} is not a regular file (a device, a pipe); give a journal "
+                "file such as mlruns/optuna.journal or an RDB URL (postgresql://...)"
+            )
         try:
             return search.open_storage(url)
         except KdtrainError:
             raise
         except OSError as e:
             raise KdtrainError(f"cannot read the Optuna storage {path}: {e.strerror or e}") from None
-        except Exception as e:  # noqa: BLE001 - Optuna replays the file: ValueError, KeyError, TypeError, ...
+        except Exception as e:  # noqa: BLE001
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise KdtrainError(f"the Optuna storage {path} is not an Optuna journal ({type(e).__name__}: {reason}); "
-                               "give the journal kdtrain wrote, a new path, or an RDB URL") from None
+            raise KdtrainError(
+                f"the Optuna storage {path} is not an Optuna journal ({type(e).__name__}: {reason}); "
+                "give the journal kdtrain wrote, a new path, or an RDB URL"
+            ) from None
     if create:  # the sweep creates the journal (and a .lock beside it): refuse now what it could not create
         parent = path.absolute().parent
         while not _exists(parent, url):
@@ -61,12 +67,20 @@ def storage(url: str | None, create: bool = False):
         with contextlib.suppress(OSError, ValueError):
             limit = os.pathconf(parent, "PC_NAME_MAX")
         new = [*path.absolute().relative_to(parent).parts[:-1], path.name + ".lock"]
-        why = (f"{parent} is not a folder" if not parent.is_dir()
-               else f"{parent} is not writable" if not os.access(parent, os.W_OK | os.X_OK)
-               else os.strerror(errno.ENAMETOOLONG) if any(len(n.encode()) > limit for n in new) else None)
+        why = (
+            f"{parent} is not a folder"
+            if not parent.is_dir()
+            else f"{parent} is not writable"
+            if not os.access(parent, os.W_OK | os.X_OK)
+            else os.strerror(errno.ENAMETOOLONG)
+            if any(len(n.encode()) > limit for n in new)
+            else None
+        )
         if why:
-            raise KdtrainError(f"cannot create the Optuna storage {str(path)[:200]}: {why} (give a journal path in a "
-                               "writable folder, or an RDB URL)")
+            raise KdtrainError(
+                f"cannot create the Optuna storage {str(path)[:200]}: {why} (give a journal path in a "
+                "writable folder, or an RDB URL)"
+            )
     return None
 
 
@@ -75,12 +89,24 @@ def _exists(path: Path, url: str) -> bool:
     try:
         return Path(path).expanduser().exists()
     except (OSError, RuntimeError, ValueError) as e:  # a name too long, ~user that does not exist, a NUL
-        raise KdtrainError(f"the Optuna storage {url[:200]!r}: {getattr(e, 'strerror', None) or e} (give a journal "
-                           "path or an RDB URL)") from None
+        raise KdtrainError(
+            f"the Optuna storage {url[:200]!r}: {getattr(e, 'strerror', None) or e} (give a journal path or an RDB URL)"
+        ) from None
 
 
-TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
-                    "databricks-uc", "uc")
+TRACKING_SCHEMES = (
+    "",
+    "file",
+    "sqlite",
+    "http",
+    "https",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+    "databricks-uc",
+    "uc",
+)
 """The tracking URI schemes MLflow knows (its client refuses others only when a run is logged)."""
 
 
@@ -102,8 +128,10 @@ def check_tracking(given: str | None) -> None:
         raise KdtrainError(f"{what} is not a valid URI ({e})") from None
     scheme = parts.scheme.split("+")[0].lower() if len(parts.scheme) > 1 else ""  # C:\... is a path
     if scheme not in TRACKING_SCHEMES:
-        raise KdtrainError(f"{what}: unknown scheme '{parts.scheme}'; use http(s)://HOST:PORT (an MLflow server), "
-                           "sqlite:///PATH.db, postgresql://..., or a local folder")
+        raise KdtrainError(
+            f"{what}: unknown scheme '{parts.scheme}'; use http(s)://HOST:PORT (an MLflow server), "
+            "sqlite:///PATH.db, postgresql://..., or a local folder"
+        )
     if scheme in ("http", "https") and " " in uri:
         raise KdtrainError(f"{what} contains a space (write it as %20)")
     try:
@@ -115,17 +143,17 @@ def check_tracking(given: str | None) -> None:
 
         try:
             engine = sqlalchemy.create_engine(
-                uri, connect_args={"connect_timeout": 10} if scheme in ("postgresql", "mysql") else {})
+                uri, connect_args={"connect_timeout": 10} if scheme in ("postgresql", "mysql") else {}
+            )
         except ImportError:
             raise KdtrainError(f"{what} needs its database driver (e.g. pip install 'kdtrain[postgres]')") from None
-        except Exception as e:  # noqa: BLE001 - SQLAlchemy's own words
+        except Exception as e:  # noqa: BLE001
             raise KdtrainError(f"{what} is not a database URL SQLAlchemy can read: {db_error(e)}") from None
         try:
             with engine.connect():
                 pass
         except Exception as e:  # noqa: BLE001
-            raise KdtrainError(f"cannot reach the MLflow tracking database {redact(uri)}: {db_error(e)}") \
-                from None
+            raise KdtrainError(f"cannot reach the MLflow tracking database {redact(uri)}: {db_error(e)}") from None
         finally:
             engine.dispose()
 
@@ -135,16 +163,17 @@ def _check_tracking_path(uri: str, parts, scheme: str, what: str) -> None:
     if scheme == "sqlite":
         path = uri.partition("://")[2][1:].split("?")[0]
         if path in ("", ":memory:") or path.startswith("file::memory:"):
-            raise KdtrainError(f"{what} is an in-memory database: the runs would vanish with this process; give "
-                               "a file, e.g. sqlite:///mlruns/mlflow.db")
+            raise KdtrainError(
+                f"{what} is an in-memory database: the runs would vanish with this process; give "
+                "a file, e.g. sqlite:///mlruns/mlflow.db"
+            )
         p = Path(path).expanduser()
         if p.is_dir():
             raise KdtrainError(f"{what} names a folder; give the database file, e.g. sqlite:///{p / 'mlflow.db'}")
         if p.is_file() and p.stat().st_size:
             with open(p, "rb") as f:
                 if f.read(16) != b"SQLite format 3\x00":
-                    raise KdtrainError(f"{what}: {p} is not a SQLite database; give a new file or the MLflow "
-                                       "database")
+                    raise KdtrainError(f"{what}: {p} is not a SQLite database; give a new file or the MLflow database")
     elif scheme in ("", "file"):
         p = Path(urllib.parse.unquote(parts.path) if scheme == "file" else uri).expanduser()
         if p.exists() and not p.is_dir():

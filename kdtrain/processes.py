@@ -25,8 +25,16 @@ def local_gpus() -> list[str]:
     return names[:n]
 
 
-def spawn(study_name: str, envs: list[dict], threads: int, storage_url: str, tracking_uri: str,
-          deadline: float | None, logs: Path, first_index: int = 0) -> list[tuple[subprocess.Popen, Path]]:
+def spawn(
+    study_name: str,
+    envs: list[dict],
+    threads: int,
+    storage_url: str,
+    tracking_uri: str,
+    deadline: float | None,
+    logs: Path,
+    first_index: int = 0,
+) -> list[tuple[subprocess.Popen, Path]]:
     """One `kdtrain worker` process on this machine per environment in envs (shared.plan_workers), numbered from
     first_index, each logging to logs/<study>-worker<i>.log. The stores travel in the environment, not on the
     command line where ps would show a password."""
@@ -34,16 +42,27 @@ def spawn(study_name: str, envs: list[dict], threads: int, storage_url: str, tra
     procs = []
     for i, extra in enumerate(envs, start=first_index):
         env = {**os.environ, "KDTRAIN_STORAGE": storage_url, "MLFLOW_TRACKING_URI": tracking_uri, **extra}
-        cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", study_name, "--threads", str(threads),
-               "--worker-index", str(i)] + (["--deadline", str(deadline)] if deadline else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "kdtrain.cli",
+            "worker",
+            "--study",
+            study_name,
+            "--threads",
+            str(threads),
+            "--worker-index",
+            str(i),
+        ] + (["--deadline", str(deadline)] if deadline else [])
         log = logs / f"{study_name}-worker{i}.log"
         with open(log, "a") as fh:  # the child keeps its own copy of the descriptor
             procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), log))
     return procs
 
 
-def run_local(ctx, storage: str, trials: int, threads: int, envs: list[dict], deadline: float | None,
-              logs: Path) -> tuple[list[Path], bool]:
+def run_local(
+    ctx, storage: str, trials: int, threads: int, envs: list[dict], deadline: float | None, logs: Path
+) -> tuple[list[Path], bool]:
     """`kdtrain sweep`'s workers: this process (its context ctx) as the first, one `kdtrain worker` process per
     further environment of envs (shared.plan_workers); progress meanwhile. (logs of failed workers, interrupted)"""
     from kdtrain import worker
@@ -52,11 +71,14 @@ def run_local(ctx, storage: str, trials: int, threads: int, envs: list[dict], de
     progress = SweepProgress(ctx.study.study_name, storage, trials, ctx.cfg.study.objectives)
     procs = []
     try:
-        gpus = f", GPUs {','.join(e['CUDA_VISIBLE_DEVICES'] for e in envs)}" if "CUDA_VISIBLE_DEVICES" in envs[0] else ""
-        print(f"{len(envs)} worker(s), {threads} CPU thread(s) each{gpus}"
-              + (f"; this process and {len(envs) - 1} more, logs in {logs}" if len(envs) > 1 else ""))
-        procs = spawn(ctx.study.study_name, envs[1:], threads, storage, ctx.tracker.uri, deadline, logs,
-                      first_index=1)
+        gpus = (
+            f", GPUs {','.join(e['CUDA_VISIBLE_DEVICES'] for e in envs)}" if "CUDA_VISIBLE_DEVICES" in envs[0] else ""
+        )
+        print(
+            f"{len(envs)} worker(s), {threads} CPU thread(s) each{gpus}"
+            + (f"; this process and {len(envs) - 1} more, logs in {logs}" if len(envs) > 1 else "")
+        )
+        procs = spawn(ctx.study.study_name, envs[1:], threads, storage, ctx.tracker.uri, deadline, logs, first_index=1)
         with progress.live():
             worker.work(ctx, deadline)
             while any(p.poll() is None for p, _ in procs):

@@ -20,18 +20,18 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from kdtrain.errors import KdtrainError
+from kdtrain.export import onnx_session, state_dict_bytes, to_onnx
+from kdtrain.models import count_params
 from kdtrain.paths import home
 from kdtrain.schema import ProfileConfig
-from kdtrain.export import onnx_session, state_dict_bytes, to_onnx
 from kdtrain.shared import atomic_write_text, content_key, cpu_room
-from kdtrain.models import count_params
 
 
 def size_bytes(model: nn.Module) -> int:
@@ -65,8 +65,9 @@ def _runner(model: nn.Module, input_shape, pcfg: ProfileConfig, device: torch.de
     """(call at batch 1, call at the throughput batch, sync) for the chosen backend; an ONNX file (a teacher given
     as one) runs in ONNX Runtime whatever the backend."""
     if isinstance(model, Path) or pcfg.backend == "onnxruntime":
-        sess = onnx_session(model if isinstance(model, Path) else to_onnx(model, input_shape, Path(tmp) / "m.onnx"),
-                            pcfg.threads)
+        sess = onnx_session(
+            model if isinstance(model, Path) else to_onnx(model, input_shape, Path(tmp) / "m.onnx"), pcfg.threads
+        )
         name = sess.get_inputs()[0].name
         x1 = torch.randn(1, *input_shape).numpy()
         xb = torch.randn(pcfg.throughput_batch, *input_shape).numpy()
@@ -80,8 +81,11 @@ def _runner(model: nn.Module, input_shape, pcfg: ProfileConfig, device: torch.de
 
 def latency(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()) -> dict:
     """p50/p95 batch-1 latency (ms), the block spread (cv) and throughput (samples/s)."""
-    device = torch.device("cuda" if pcfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if pcfg.device == "auto" else pcfg.device))
+    device = torch.device(
+        "cuda"
+        if pcfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if pcfg.device == "auto" else pcfg.device)
+    )
     old_threads = torch.get_num_threads()
     torch.set_num_threads(pcfg.threads)
     gc_was_enabled = gc.isenabled()
@@ -113,13 +117,24 @@ def latency(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()
 
 
 def _cache_path(identity: dict, input_shape, pcfg: ProfileConfig) -> Path:
-    ident = {"model": identity, "shape": list(input_shape), "profile": pcfg.__dict__, "torch": torch.__version__,
-             "cuda": torch.cuda.get_device_name() if pcfg.device != "cpu" and torch.cuda.is_available() else None}
+    ident = {
+        "model": identity,
+        "shape": list(input_shape),
+        "profile": pcfg.__dict__,
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if pcfg.device != "cpu" and torch.cuda.is_available() else None,
+    }
     return home() / "cache" / "profiles" / f"{content_key(ident, 20)}.json"
 
 
-def profile(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig(), identity: dict | None = None,
-            log: Callable[[str], None] | None = None, timing: bool = True) -> dict:
+def profile(
+    model: nn.Module,
+    input_shape,
+    pcfg: ProfileConfig = ProfileConfig(),
+    identity: dict | None = None,
+    log: Callable[[str], None] | None = None,
+    timing: bool = True,
+) -> dict:
     """All deployment metrics of a model. With ``identity`` (its architecture, e.g. arch/width/classes),
     the result is cached on disk and reused by every model of that architecture. Without ``timing`` only what is
     counted (params, bytes, FLOPs: milliseconds) unless the cache has the whole measurement."""
@@ -138,8 +153,10 @@ def profile(model: nn.Module, input_shape, pcfg: ProfileConfig = ProfileConfig()
     out["latency_noisy"] = float(timing["latency_cv"] > pcfg.max_cv)
     if out["latency_noisy"]:
         if log:
-            log(f"latency measurement is noisy (block spread {timing['latency_cv']:.0%} > {pcfg.max_cv:.0%}); "
-                "flagged latency_noisy=1 and not cached")
+            log(
+                f"latency measurement is noisy (block spread {timing['latency_cv']:.0%} > {pcfg.max_cv:.0%}); "
+                "flagged latency_noisy=1 and not cached"
+            )
     elif path is not None:
         atomic_write_text(path, json.dumps(out))
     return out
@@ -159,8 +176,14 @@ def profile_onnx(path: Path, input_shape, pcfg: ProfileConfig = ProfileConfig())
 
 def model_identity(m, num_classes: int) -> dict:
     """What determines a model's cost: its family settings and its output size (not its weights)."""
-    return {"arch": m.arch, "width": m.width, "depth": m.depth, "hidden": m.hidden, "dropout": m.dropout,
-            "classes": num_classes}
+    return {
+        "arch": m.arch,
+        "width": m.width,
+        "depth": m.depth,
+        "hidden": m.hidden,
+        "dropout": m.dropout,
+        "classes": num_classes,
+    }
 
 
 def width_ladder(cfg, given: str | None = None) -> list[int]:

@@ -10,16 +10,38 @@ import datetime
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from kdtrain.errors import KdtrainError, UsageError
-from kdtrain.search import (A_TRIALS, T_FAIL_REASON, T_HOST, T_INTERRUPTED, T_PID, T_REFERENCE, T_REQUEUED_FROM,
-                            T_REQUEUE_DUE, T_REQUEUES, T_RUN, StorageLost, TrialTakenOver, _rdb, _storage, _study_id, _trial_id, ask, counts,
-                            gone, heartbeat_interval, stored_study, study_lock, trials)
+from kdtrain.search import (
+    A_TRIALS,
+    T_FAIL_REASON,
+    T_HOST,
+    T_INTERRUPTED,
+    T_PID,
+    T_REFERENCE,
+    T_REQUEUE_DUE,
+    T_REQUEUED_FROM,
+    T_REQUEUES,
+    T_RUN,
+    StorageLost,
+    TrialTakenOver,
+    _rdb,
+    _storage,
+    _study_id,
+    _trial_id,
+    ask,
+    counts,
+    gone,
+    heartbeat_interval,
+    stored_study,
+    study_lock,
+    trials,
+)
 from kdtrain.shared import every, pid_alive, warn, warning_once
 
 
@@ -28,24 +50,31 @@ def max_requeues(study: optuna.Study) -> int:
     return int(stored_study(study).get("max_requeues", 2))
 
 
-
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial):
     """Record the trial's heartbeat every interval while it runs (RDB storages; nothing for a journal file)."""
     storage = _storage(study)
     interval = heartbeat_interval(storage)
     trial_id = _trial_id(study, trial) if interval else None
-    once = warning_once(lambda e: f"trial {trial.number}: its heartbeat could not be recorded; the study's storage "
-                        "may be unreachable (past study.grace_period without one, another worker fails the trial)")
+    once = warning_once(
+        lambda e: (
+            f"trial {trial.number}: its heartbeat could not be recorded; the study's storage "
+            "may be unreachable (past study.grace_period without one, another worker fails the trial)"
+        )
+    )
     warn = lambda e: None if isinstance(e, StorageLost) else once(e)  # noqa: E731  (the storage said it, once)
-    with every(interval, lambda: storage.record_heartbeat(trial_id), f"heartbeat-{trial.number}", warn) \
-            if interval else contextlib.nullcontext():
+    with (
+        every(interval, lambda: storage.record_heartbeat(trial_id), f"heartbeat-{trial.number}", warn)
+        if interval
+        else contextlib.nullcontext()
+    ):
         yield
 
 
 @dataclass
 class Next:
     """Run `trial`; or wait (`waiting` trials run elsewhere); or stop. `recovered`: dead workers' trials."""
+
     trial: optuna.Trial | None
     waiting: int = 0
     recovered: list[int] | None = None
@@ -55,8 +84,13 @@ OnFailed = Callable[[str, str], None]
 """Called with (MLflow run id, reason) for each trial failed on behalf of a dead or interrupted worker."""
 
 
-def next_trial(study: optuna.Study, default_target: int, deadline: float | None = None,
-               on_failed: OnFailed | None = None, fixed: Callable[[], dict | None] | None = None) -> Next:
+def next_trial(
+    study: optuna.Study,
+    default_target: int,
+    deadline: float | None = None,
+    on_failed: OnFailed | None = None,
+    fixed: Callable[[], dict | None] | None = None,
+) -> Next:
     """Under the study's ask lock: recover dead workers' trials, then ask for a trial if the study still needs
     one. When the trials still missing are all running elsewhere, wait: a worker that dies is recovered
     (heartbeat or dead pid) and its trial re-queued, and someone must be left to run it. `fixed` gives params to
@@ -71,8 +105,10 @@ def next_trial(study: optuna.Study, default_target: int, deadline: float | None 
         if c["DONE"] + c["RUNNING"] < goal:
             errors = [t for t in trials(study, "FAIL") if not t.user_attrs.get(T_INTERRUPTED)]
             if len(errors) > max(5, goal):  # a broken setting, not bad luck: stop instead of looping
-                raise KdtrainError(f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
-                                   f"reason: {errors[-1].user_attrs.get(T_FAIL_REASON, '?').splitlines()[0]}")
+                raise KdtrainError(
+                    f"study {study.study_name!r}: {len(errors)} trials failed; stopping. Last "
+                    f"reason: {errors[-1].user_attrs.get(T_FAIL_REASON, '?').splitlines()[0]}"
+                )
             pinned = fixed() if fixed is not None and not c["WAITING"] else None
             if pinned:
                 study.enqueue_trial(pinned[0], user_attrs={T_REFERENCE: pinned[1]})
@@ -84,8 +120,10 @@ def next_trial(study: optuna.Study, default_target: int, deadline: float | None 
 
 # --------------------------------------------------------------------------- recovery
 
-def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | None = None,
-               requeue: bool = True) -> bool:
+
+def fail_trial(
+    study: optuna.Study, trial, reason: str, on_failed: OnFailed | None = None, requeue: bool = True
+) -> bool:
     """Mark a trial failed with its reason, re-queue its params (at most study.max_requeues times for one set of
     settings), report its MLflow run to on_failed. A trial not re-queued for the cap counts toward the failure cap.
 
@@ -97,8 +135,10 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
     done, cap = frozen.user_attrs.get(T_REQUEUES, 0), max_requeues(study)
     again = bool(requeue and settings and done < cap)
     if requeue and settings and not again:
-        reason += (f"; not re-queued: its settings were interrupted {done + 1} times and study.max_requeues is "
-                   f"{cap} (a setting that kills its worker, e.g. out of memory, fails for good)")
+        reason += (
+            f"; not re-queued: its settings were interrupted {done + 1} times and study.max_requeues is "
+            f"{cap} (a setting that kills its worker, e.g. out of memory, fails for good)"
+        )
     try:
         storage.set_trial_user_attr(trial_id, T_FAIL_REASON, reason)
         storage.set_trial_user_attr(trial_id, T_INTERRUPTED, again or not settings)
@@ -108,8 +148,9 @@ def fail_trial(study: optuna.Study, trial, reason: str, on_failed: OnFailed | No
     except TrialTakenOver:
         return False
     if again and frozen.number not in _copied(study):  # a FAIL retried after a lost reply, a racing recovery: once
-        study.enqueue_trial(settings, user_attrs={T_REQUEUED_FROM: frozen.number, T_REQUEUES: done + 1},
-                            skip_if_exists=False)
+        study.enqueue_trial(
+            settings, user_attrs={T_REQUEUED_FROM: frozen.number, T_REQUEUES: done + 1}, skip_if_exists=False
+        )
     run_id = frozen.user_attrs.get(T_RUN)
     if on_failed is not None and run_id:
         try:
@@ -142,9 +183,11 @@ def requeue_missing(study: optuna.Study, min_age_s: float = 60.0) -> list[int]:
     now, out = datetime.datetime.now(), []
     for t in due:
         if t.number not in copies and t.datetime_complete and (now - t.datetime_complete).total_seconds() >= min_age_s:
-            study.enqueue_trial(_settings(t), user_attrs={T_REQUEUED_FROM: t.number,
-                                                      T_REQUEUES: t.user_attrs.get(T_REQUEUES, 0) + 1},
-                                skip_if_exists=False)
+            study.enqueue_trial(
+                _settings(t),
+                user_attrs={T_REQUEUED_FROM: t.number, T_REQUEUES: t.user_attrs.get(T_REQUEUES, 0) + 1},
+                skip_if_exists=False,
+            )
             out.append(t.number)
     return out
 
@@ -169,14 +212,24 @@ def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
         # a worker that died between ask and its first heartbeat left a trial with no heartbeat and no pid
         old = datetime.datetime.now() - datetime.timedelta(seconds=b.grace_period)
         seen = {t.number for t in stale}
-        stale += [t for t in trials(study, "RUNNING")
-                  if T_PID not in t.user_attrs and t.datetime_start and t.datetime_start < old
-                  and t.number not in seen]
+        stale += [
+            t
+            for t in trials(study, "RUNNING")
+            if T_PID not in t.user_attrs and t.datetime_start and t.datetime_start < old and t.number not in seen
+        ]
         for t in stale:
-            who = (f"pid {t.user_attrs[T_PID]} on {t.user_attrs.get(T_HOST)}"
-                   if T_PID in t.user_attrs else "which died before its first heartbeat")
-            if fail_trial(study, t, f"interrupted: no heartbeat from its worker ({who}) for more than "
-                          f"{b.grace_period} s; the worker died or lost the database", on_failed):
+            who = (
+                f"pid {t.user_attrs[T_PID]} on {t.user_attrs.get(T_HOST)}"
+                if T_PID in t.user_attrs
+                else "which died before its first heartbeat"
+            )
+            if fail_trial(
+                study,
+                t,
+                f"interrupted: no heartbeat from its worker ({who}) for more than "
+                f"{b.grace_period} s; the worker died or lost the database",
+                on_failed,
+            ):
                 recovered.append(t.number)
         return recovered
     host = socket.gethostname()
@@ -184,8 +237,9 @@ def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
         pid, t_host = t.user_attrs.get(T_PID), t.user_attrs.get(T_HOST)
         if t_host not in (None, host) or (pid is not None and pid != os.getpid() and pid_alive(pid)):
             continue
-        if fail_trial(study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial "
-                      "finished", on_failed):
+        if fail_trial(
+            study, t, f"interrupted: its worker (pid {pid} on {t_host}) died before the trial finished", on_failed
+        ):
             recovered.append(t.number)
     return recovered
 
@@ -193,8 +247,11 @@ def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
 def live_elsewhere(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """RUNNING trials of other processes not known to be dead (another host's, or a live pid here)."""
     stale = {t.number for t in (_stale(study) if _rdb(_storage(study)) is not None else [])}
-    return [t for t in trials(study, "RUNNING") if t.number not in stale and not gone(t)
-            and t.user_attrs.get(T_PID) != os.getpid()]
+    return [
+        t
+        for t in trials(study, "RUNNING")
+        if t.number not in stale and not gone(t) and t.user_attrs.get(T_PID) != os.getpid()
+    ]
 
 
 def retarget(study: optuna.Study, total: int, source: str, check_only: bool = False) -> str | None:
@@ -211,21 +268,27 @@ def retarget(study: optuna.Study, total: int, source: str, check_only: bool = Fa
             raise UsageError(
                 f"study {study.study_name!r} is being run toward {old} trials ({done} done, {len(running)} running "
                 f"in another process); {source} would end that sweep at {total}. Give --trials {old} (or more) to "
-                f"add this machine's workers to it, or --new-study to start a separate study")
+                f"add this machine's workers to it, or --new-study to start a separate study"
+            )
         if check_only:
             return None
         study.set_user_attr(A_TRIALS, total)
         said = f"study {study.study_name}: target {old} -> {total} trials ({source})"
-        return said + ("; the running sweep takes the new target" if running else "") + \
-            (f"\n{_met(study.study_name, done, total, source)}" if done >= total else "")
+        return (
+            said
+            + ("; the running sweep takes the new target" if running else "")
+            + (f"\n{_met(study.study_name, done, total, source)}" if done >= total else "")
+        )
 
 
 def _met(name: str, done: int, total: int, source: str) -> str | None:
     """What a target the study has already met means: nothing to train."""
     if done < total:
         return None
-    return (f"study {name} already has {done} finished trials, which meets its target of {total} ({source}): "
-            f"no trial to train. --trials is the study's total: to add 10 trials, give --trials {done + 10}")
+    return (
+        f"study {name} already has {done} finished trials, which meets its target of {total} ({source}): "
+        f"no trial to train. --trials is the study's total: to add 10 trials, give --trials {done + 10}"
+    )
 
 
 def recover(study: optuna.Study, on_failed: OnFailed | None = None) -> list[int]:

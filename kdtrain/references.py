@@ -15,8 +15,8 @@ import importlib.util
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -93,7 +93,9 @@ def moved_note(folder: Path, reference: dict) -> str | None:
         except (OSError, ValueError):
             continue
         if was.get("ref") == reference["ref"] and was.get("names") != reference["names"]:
-            return (f"retrained: {reference['ref']} ({reference.get('file', 'its module')}) changed since it was cached"
-                    if reference["ref"].startswith("python:") else
-                    f"reloaded: {reference['ref']} names other weights than when it was cached")
+            return (
+                f"retrained: {reference['ref']} ({reference.get('file', 'its module')}) changed since it was cached"
+                if reference["ref"].startswith("python:")
+                else f"reloaded: {reference['ref']} names other weights than when it was cached"
+            )
     return None

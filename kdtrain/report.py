@@ -7,9 +7,9 @@ student per size bucket, in reports/<name>/, beside each study's own report.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +61,11 @@ class StudyData:
     @property
     def feasible(self) -> pd.Series:
         """Which students meet the study's constraints."""
-        return self.students.apply(lambda r: feasible(self.constraints, r.to_dict()), axis=1).astype(bool) \
-            if self.constraints and not self.students.empty else pd.Series(True, index=self.students.index)
+        return (
+            self.students.apply(lambda r: feasible(self.constraints, r.to_dict()), axis=1).astype(bool)
+            if self.constraints and not self.students.empty
+            else pd.Series(True, index=self.students.index)
+        )
 
     @property
     def front(self) -> pd.DataFrame:
@@ -85,9 +88,20 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     for key in ("kd.temperature", "kd.alpha", "student.width", "train.lr", "teacher.width"):
         if key in runs:
             runs[key] = pd.to_numeric(runs[key], errors="coerce")
-    later = ("kd_gain", "kd_gain_test", "kd_gain_sigma", "baseline_val_accuracy", "baseline_val_accuracy_std",
-             "baseline_test_accuracy", "baseline_test_accuracy_std") if cfg.study.follow_up == "after" else ()
-    for key in ("latency_ms_p50", "latency_ms_p95", "throughput") + later:  # none before a sweep's follow-up
+    later = (
+        (
+            "kd_gain",
+            "kd_gain_test",
+            "kd_gain_sigma",
+            "baseline_val_accuracy",
+            "baseline_val_accuracy_std",
+            "baseline_test_accuracy",
+            "baseline_test_accuracy_std",
+        )
+        if cfg.study.follow_up == "after"
+        else ()
+    )
+    for key in ("latency_ms_p50", "latency_ms_p95", "throughput", *later):  # none before a sweep's follow-up
         if key not in runs:
             runs[key] = np.nan
     role = runs["tag:kdtrain.role"]
@@ -100,11 +114,23 @@ def load(study_name: str, tracking_uri: str | None = None, storage_url: str | No
     first = next(iter(cfg.study.objectives))
     importances = search.importances(study, cfg.study.objectives[first] == "maximize") if len(complete) >= 3 else {}
     history = pd.DataFrame({"trial": list(complete), "value": [t.values[0] for t in complete.values()]})
-    return StudyData(study_name, dict(cfg.study.objectives), students,
-                     runs[role == "teacher"].reset_index(drop=True), runs[role == "baseline"].reset_index(drop=True),
-                     c, console.time_spent(study), importances, history, tracker.link(exp_id) if exp_id else None,
-                     study.user_attrs.get(search.A_PARENT), tracking_uri, runs[role == "confirm"].reset_index(drop=True),
-                     console.hv_history(study, cfg.study.objectives, cfg.study.constraints), dict(cfg.study.constraints))
+    return StudyData(
+        study_name,
+        dict(cfg.study.objectives),
+        students,
+        runs[role == "teacher"].reset_index(drop=True),
+        runs[role == "baseline"].reset_index(drop=True),
+        c,
+        console.time_spent(study),
+        importances,
+        history,
+        tracker.link(exp_id) if exp_id else None,
+        study.user_attrs.get(search.A_PARENT),
+        tracking_uri,
+        runs[role == "confirm"].reset_index(drop=True),
+        console.hv_history(study, cfg.study.objectives, cfg.study.constraints),
+        dict(cfg.study.constraints),
+    )
 
 
 # --------------------------------------------------------------------------- headline and tables
@@ -116,12 +142,21 @@ def _confirm_groups(confirms: pd.DataFrame) -> pd.DataFrame:
     std is NaN for a single seed."""
     if confirms.empty or "tag:optuna.trial" not in confirms:
         return pd.DataFrame(columns=["seeds", "val", "val_std", "test", "test_std", "gain", "gain_std"])
-    c = confirms.assign(trial=pd.to_numeric(confirms["tag:optuna.trial"]).astype(int),
-                        gain=100 * confirms["kd_gain_test"])
+    c = confirms.assign(
+        trial=pd.to_numeric(confirms["tag:optuna.trial"]).astype(int), gain=100 * confirms["kd_gain_test"]
+    )
     g = c.groupby("trial")
-    return pd.DataFrame({"seeds": g.size(), "val": g["val_accuracy"].mean(), "val_std": g["val_accuracy"].std(),
-                         "test": g["test_accuracy"].mean(), "test_std": g["test_accuracy"].std(),
-                         "gain": g["gain"].mean(), "gain_std": g["gain"].std()})
+    return pd.DataFrame(
+        {
+            "seeds": g.size(),
+            "val": g["val_accuracy"].mean(),
+            "val_std": g["val_accuracy"].std(),
+            "test": g["test_accuracy"].mean(),
+            "test_std": g["test_accuracy"].std(),
+            "gain": g["gain"].mean(),
+            "gain_std": g["gain"].std(),
+        }
+    )
 
 
 def confirmed_stats(confirms: pd.DataFrame) -> pd.DataFrame:
@@ -152,8 +187,11 @@ def headline(d: StudyData) -> dict:
         return {}
     t = d.teachers.loc[d.teachers["val_accuracy"].idxmax()]
     # a teacher known by its logits (a logits or ONNX file) has no params or latency: NaN, said so in the text
-    out = {"teacher": str(t["tag:mlflow.runName"]).removeprefix("teacher-"), "teacher_val_accuracy": t["val_accuracy"],
-           **{f"teacher_{k}": t.get(k, np.nan) for k in ("params", "latency_ms_p50", "throughput")}}
+    out = {
+        "teacher": str(t["tag:mlflow.runName"]).removeprefix("teacher-"),
+        "teacher_val_accuracy": t["val_accuracy"],
+        **{f"teacher_{k}": t.get(k, np.nan) for k in ("params", "latency_ms_p50", "throughput")},
+    }
     students = decided_on(d)  # confirmed trials by their confirmed means
     keep = students[students["val_accuracy"] >= KEEP * t["val_accuracy"]]
     if not keep.empty:
@@ -166,18 +204,42 @@ def headline(d: StudyData) -> dict:
 
 
 def _student_summary(s, t) -> dict:
-    return {"trial": int(s["trial"]), "run_id": s["run_id"], "val_accuracy": s["val_accuracy"],
-            "confirmed_seeds": int(s.get("confirmed_seeds", 0)),
-            "test_accuracy": s["test_accuracy"], "params": s["params"],
-            "pct_of_teacher": 100 * s["val_accuracy"] / t["val_accuracy"] if t["val_accuracy"] > 0 else np.nan,
-            "x_smaller": t.get("params", np.nan) / s["params"],
-            "x_faster_b1": t.get("latency_ms_p50", np.nan) / s["latency_ms_p50"],
-            "x_throughput": s["throughput"] / t.get("throughput", np.nan)}
+    return {
+        "trial": int(s["trial"]),
+        "run_id": s["run_id"],
+        "val_accuracy": s["val_accuracy"],
+        "confirmed_seeds": int(s.get("confirmed_seeds", 0)),
+        "test_accuracy": s["test_accuracy"],
+        "params": s["params"],
+        "pct_of_teacher": 100 * s["val_accuracy"] / t["val_accuracy"] if t["val_accuracy"] > 0 else np.nan,
+        "x_smaller": t.get("params", np.nan) / s["params"],
+        "x_faster_b1": t.get("latency_ms_p50", np.nan) / s["latency_ms_p50"],
+        "x_throughput": s["throughput"] / t.get("throughput", np.nan),
+    }
 
 
-FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "% of teacher", "test gain", "params", "size_bytes", "flops",
-                 "latency_ms_p50", "throughput", "x smaller", "x faster (b1)", "kd.temperature", "kd.alpha",
-                 "student.width", "kd.teachers", "kd.ensemble", "kd.loss", "kd.features", "run_id"]
+FRONT_COLUMNS = [
+    "trial",
+    "val_accuracy",
+    "test_accuracy",
+    "% of teacher",
+    "test gain",
+    "params",
+    "size_bytes",
+    "flops",
+    "latency_ms_p50",
+    "throughput",
+    "x smaller",
+    "x faster (b1)",
+    "kd.temperature",
+    "kd.alpha",
+    "student.width",
+    "kd.teachers",
+    "kd.ensemble",
+    "kd.loss",
+    "kd.features",
+    "run_id",
+]
 
 
 def front_table(d: StudyData) -> pd.DataFrame:
@@ -205,9 +267,17 @@ def confirm_table(d: StudyData) -> pd.DataFrame:
     if d.confirms.empty:
         return pd.DataFrame()
     g = _confirm_groups(d.confirms)
-    out = pd.DataFrame({"seeds": g["seeds"], "val_accuracy %": 100 * g["val"], "val std": 100 * g["val_std"],
-                        "test_accuracy %": 100 * g["test"], "test std": 100 * g["test_std"],
-                        "paired test gain (points)": g["gain"], "gain std": g["gain_std"]})
+    out = pd.DataFrame(
+        {
+            "seeds": g["seeds"],
+            "val_accuracy %": 100 * g["val"],
+            "val std": 100 * g["val_std"],
+            "test_accuracy %": 100 * g["test"],
+            "test std": 100 * g["test_std"],
+            "paired test gain (points)": g["gain"],
+            "gain std": g["gain_std"],
+        }
+    )
     return out.rename_axis("trial").reset_index()
 
 
@@ -219,8 +289,16 @@ def size_buckets(studies: list[StudyData]) -> pd.DataFrame:
             exp = math.log10(max(1.0, s["params"]))
             lo = 10 ** math.floor(exp)
             edge = lo * 3 if s["params"] < lo * 3 else lo * 10
-            rows.append({"bucket": f"<= {int(edge):,}", "edge": edge, "study": d.name, "trial": int(s["trial"]),
-                         "val_accuracy": s["val_accuracy"], "params": s["params"]})
+            rows.append(
+                {
+                    "bucket": f"<= {int(edge):,}",
+                    "edge": edge,
+                    "study": d.name,
+                    "trial": int(s["trial"]),
+                    "val_accuracy": s["val_accuracy"],
+                    "params": s["params"],
+                }
+            )
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
@@ -239,14 +317,19 @@ def _mlflow_link(d: StudyData) -> str:
     return f"runs in MLflow: <code>kdtrain ui {html.escape(d.name)}</code> serves them and prints the link"
 
 
-CAPTIONS = {"importances": "A hint where to search next, not a measured effect: Optuna's importances are fitted to "
-                          "few trials, and settings that move together (a student's width and its size, the first "
-                          "trials' sizes at the base T and alpha) share their credit."}
+CAPTIONS = {
+    "importances": "A hint where to search next, not a measured effect: Optuna's importances are fitted to "
+    "few trials, and settings that move together (a student's width and its size, the first "
+    "trials' sizes at the base T and alpha) share their credit."
+}
 
 
 def _figures(names: list[str]) -> str:
-    return "\n".join(f'<figure><img src="{n}.png" alt="{n}"><figcaption>{html.escape(CAPTIONS.get(n, ""))} '
-                     f'<a href="{n}.svg">{n}.svg</a></figcaption></figure>' for n in names)
+    return "\n".join(
+        f'<figure><img src="{n}.png" alt="{n}"><figcaption>{html.escape(CAPTIONS.get(n, ""))} '
+        f'<a href="{n}.svg">{n}.svg</a></figcaption></figure>'
+        for n in names
+    )
 
 
 def _headline_text(d: StudyData) -> list[str]:
@@ -254,27 +337,39 @@ def _headline_text(d: StudyData) -> list[str]:
     if not h:
         return ["No complete trials or no teacher yet."]
     known = not pd.isna(h["teacher_params"])
-    lines = [f"Best teacher: {h['teacher']} at {h['teacher_val_accuracy']:.4f} val accuracy, "
-             + (f"{h['teacher_params']:,.0f} params." if known else "its size unknown (known by its logits only).")]
+    lines = [
+        f"Best teacher: {h['teacher']} at {h['teacher_val_accuracy']:.4f} val accuracy, "
+        + (f"{h['teacher_params']:,.0f} params." if known else "its size unknown (known by its logits only).")
+    ]
     s = h.get("smallest")
     if s:
-        costs = (f", {s['x_smaller']:.1f}x smaller, {s['x_faster_b1']:.2f}x faster at batch 1 and "
-                 f"{s['x_throughput']:.1f}x the throughput at batch "
-                 f"{int(d.students.get('profile.throughput_batch', pd.Series(['256'])).iloc[0])}"
-                 f" ({d.students.get('profile.backend', pd.Series(['eager'])).iloc[0]})") if known else ""
+        costs = (
+            (
+                f", {s['x_smaller']:.1f}x smaller, {s['x_faster_b1']:.2f}x faster at batch 1 and "
+                f"{s['x_throughput']:.1f}x the throughput at batch "
+                f"{int(d.students.get('profile.throughput_batch', pd.Series(['256'])).iloc[0])}"
+                f" ({d.students.get('profile.backend', pd.Series(['eager'])).iloc[0]})"
+            )
+            if known
+            else ""
+        )
         if known and pd.isna(s["x_faster_b1"]):  # latency not measured yet: the sweep stopped before its follow-up
             costs = f", {s['x_smaller']:.1f}x smaller (latency not measured yet)"
         how = f", confirmed over {s['confirmed_seeds']} new seeds" if s["confirmed_seeds"] else ""
-        lines.append(f"The smallest student keeping {KEEP:.0%} of its accuracy is trial {s['trial']}: "
-                     f"{s['val_accuracy']:.4f} val / {s['test_accuracy']:.4f} test accuracy{how} "
-                     f"({s['pct_of_teacher']:.1f}% of the teacher){costs}.")
+        lines.append(
+            f"The smallest student keeping {KEEP:.0%} of its accuracy is trial {s['trial']}: "
+            f"{s['val_accuracy']:.4f} val / {s['test_accuracy']:.4f} test accuracy{how} "
+            f"({s['pct_of_teacher']:.1f}% of the teacher){costs}."
+        )
     else:
         lines.append(f"No student reaches {KEEP:.0%} of the teacher's accuracy yet.")
     b = h.get("best_smaller")
     if b:
         how = f" (confirmed over {b['confirmed_seeds']} new seeds)" if b["confirmed_seeds"] else ""
-        lines.append(f"The most accurate student smaller than the teacher is trial {b['trial']}: "
-                     f"{b['val_accuracy']:.4f} val accuracy{how}, {b['x_smaller']:.1f}x smaller.")
+        lines.append(
+            f"The most accurate student smaller than the teacher is trial {b['trial']}: "
+            f"{b['val_accuracy']:.4f} val accuracy{how}, {b['x_smaller']:.1f}x smaller."
+        )
     verdict = gain_verdict(d)
     return lines + below_baseline(d) + ([verdict] if verdict else [])
 
@@ -285,15 +380,22 @@ def below_baseline(d: StudyData) -> list[str]:
     if "kd_gain_test" not in f:
         return []
     c = d.confirmed  # kdtrain confirm's paired gain where it ran (as register/export --pareto judge), else the run's
-    gain = {int(t): c.loc[int(t), "gain"] if int(t) in c.index else 100 * g for t, g in zip(f["trial"], f["kd_gain_test"])}
+    gain = {
+        int(t): c.loc[int(t), "gain"] if int(t) in c.index else 100 * g
+        for t, g in zip(f["trial"], f["kd_gain_test"], strict=False)
+    }
     low = {t: g for t, g in gain.items() if g < 0}
     if not low:
         return []
     which = ", ".join(f"{t} ({g:+.1f})" for t, g in low.items())
-    return [f"On the front, trial{'s' if len(low) > 1 else ''} {which} score{'' if len(low) > 1 else 's'} below the "
+    return [
+        (
+            f"On the front, trial{'s' if len(low) > 1 else ''} {which} score{'' if len(low) > 1 else 's'} below the "
             f"no-teacher baseline of {'their' if len(low) > 1 else 'its'} width on test (points): a student trained "
             "alone is the better choice there; register and export --pareto leave them out (--min-gain any "
-            "keeps them)."]
+            "keeps them)."
+        )
+    ]
 
 
 def label_lines(d: StudyData) -> list[str]:
@@ -302,9 +404,13 @@ def label_lines(d: StudyData) -> list[str]:
     if d.students.empty or not all(c in d.students for c in cols) or d.students["unlabelled_rows"].fillna(0).max() == 0:
         return []
     lab, val, unl = (int(d.students[c].dropna().iloc[0]) for c in cols)
-    return [f"Labels: {lab:,} rows to train on and {val:,} to select on (the validation split); {unl:,} rows "
+    return [
+        (
+            f"Labels: {lab:,} rows to train on and {val:,} to select on (the validation split); {unl:,} rows "
             "unlabelled, in the distillation term only. The no-teacher baseline trained on the same labelled rows "
-            "for as many steps. Selection on so few rows is noisy: confirm the pick with new seeds."]
+            "for as many steps. Selection on so few rows is noisy: confirm the pick with new seeds."
+        )
+    ]
 
 
 def teacher_table(d: StudyData) -> pd.DataFrame:
@@ -315,18 +421,26 @@ def teacher_table(d: StudyData) -> pd.DataFrame:
     t = d.teachers
     col = lambda k: t[k] if k in t else pd.Series([np.nan] * len(t))  # noqa: E731
     data_col = t["tag:kdtrain.teacher_data"] if "tag:kdtrain.teacher_data" in t else pd.Series([None] * len(t))
-    table = pd.DataFrame({
-        "teacher": [str(n).removeprefix("teacher-") for n in t["tag:mlflow.runName"]],
-        "its data": ["the student's" if pd.isna(x) or x is None else str(x) for x in data_col],
-        "params": col("params").to_numpy(),
-        "source test_accuracy": col("source_test_accuracy").to_numpy(),
-        "test_accuracy on the student's data": col("test_accuracy").to_numpy()})
+    table = pd.DataFrame(
+        {
+            "teacher": [str(n).removeprefix("teacher-") for n in t["tag:mlflow.runName"]],
+            "its data": ["the student's" if pd.isna(x) or x is None else str(x) for x in data_col],
+            "params": col("params").to_numpy(),
+            "source test_accuracy": col("source_test_accuracy").to_numpy(),
+            "test_accuracy on the student's data": col("test_accuracy").to_numpy(),
+        }
+    )
     # a teacher made anew because its reference moved (an MLflow alias, edited python: code): kdtrain.references
     moved = col("reference_moved").fillna(0).to_numpy() > 0
     weights, arch = col("teacher.weights").to_numpy(), col("teacher.arch").to_numpy()
-    made = ["" if not m else f"reloaded: {w} names other weights than when it was cached"
-            if isinstance(w, str) and w not in ("", "None") else f"retrained: {a} changed since it was cached"
-            for m, w, a in zip(moved, weights, arch)]
+    made = [
+        ""
+        if not m
+        else f"reloaded: {w} names other weights than when it was cached"
+        if isinstance(w, str) and w not in ("", "None")
+        else f"retrained: {a} changed since it was cached"
+        for m, w, a in zip(moved, weights, arch, strict=False)
+    ]
     return table.assign(reference=made) if any(made) else table
 
 
@@ -334,21 +448,43 @@ def write_study(d: StudyData, out: Path) -> Path:
     """reports/<study>/: index.html, summary.md, trials.csv, pareto.csv and the pictures (PNG and SVG)."""
     folder = out / d.name
     folder.mkdir(parents=True, exist_ok=True)
-    d.students.drop(columns=[c for c in d.students if c.startswith("tag:")]).to_csv(folder / "trials.csv",
-                                                                                     index=False)
+    d.students.drop(columns=[c for c in d.students if c.startswith("tag:")]).to_csv(folder / "trials.csv", index=False)
     table, gains, confirms, teachers = front_table(d), gain_per_width(d), confirm_table(d), teacher_table(d)
     gains = gains.drop(columns="pending") if "pending" in gains and not gains["pending"].any() else gains
     table.to_csv(folder / "pareto.csv", index=False)
     fronts, hyper = _pictures(d, folder, gains)
     c = d.counts
-    counts = (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; {d.time_spent}"
-              + (f"; hypervolume {d.hypervolume[-1][1]:.4f}" if d.hypervolume else ""))
+    counts = f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed trials; {d.time_spent}" + (
+        f"; hypervolume {d.hypervolume[-1][1]:.4f}" if d.hypervolume else ""
+    )
     head = _headline_text(d) + label_lines(d)
-    (folder / "summary.md").write_text("\n".join([
-        f"# {d.name}", "", *[f"- {line}" for line in head], f"- {counts}", "",
-        "## Pareto-optimal students", "", pages.markdown_table(table), "", "## Teachers", "", pages.markdown_table(teachers), "",
-        "## Distillation gain per width", "",
-        pages.markdown_table(gains), "", "## Confirmed trials (new seeds)", "", pages.markdown_table(confirms), ""]))
+    (folder / "summary.md").write_text(
+        "\n".join(
+            [
+                f"# {d.name}",
+                "",
+                *[f"- {line}" for line in head],
+                f"- {counts}",
+                "",
+                "## Pareto-optimal students",
+                "",
+                pages.markdown_table(table),
+                "",
+                "## Teachers",
+                "",
+                pages.markdown_table(teachers),
+                "",
+                "## Distillation gain per width",
+                "",
+                pages.markdown_table(gains),
+                "",
+                "## Confirmed trials (new seeds)",
+                "",
+                pages.markdown_table(confirms),
+                "",
+            ]
+        )
+    )
     (folder / "index.html").write_text(_page(d, head, counts, fronts, hyper, table, teachers, gains, confirms))
     return folder
 
@@ -359,16 +495,30 @@ def _pictures(d: StudyData, folder: Path, gains: pd.DataFrame) -> tuple[list[str
         return [], []
     fronts = [plots.front_plot(d, "params", "parameters", folder, "accuracy_vs_params")]
     if d.students["latency_ms_p50"].notna().any():  # none measured yet: a sweep stopped before its follow-up
-        fronts.append(plots.front_plot(d, "latency_ms_p50", "latency p50 (ms, batch 1)", folder,
-                                       "accuracy_vs_latency", colour="kd.alpha"))
+        fronts.append(
+            plots.front_plot(
+                d, "latency_ms_p50", "latency p50 (ms, batch 1)", folder, "accuracy_vs_latency", colour="kd.alpha"
+            )
+        )
     return fronts, plots.hyper_plots(d, folder) + plots.progress_plots(d, folder, gains, NOISE)
 
 
-def _page(d: StudyData, head: list[str], counts: str, fronts: list[str], hyper: list[str], table: pd.DataFrame,
-          teachers: pd.DataFrame, gains: pd.DataFrame, confirms: pd.DataFrame) -> str:
+def _page(
+    d: StudyData,
+    head: list[str],
+    counts: str,
+    fronts: list[str],
+    hyper: list[str],
+    table: pd.DataFrame,
+    teachers: pd.DataFrame,
+    gains: pd.DataFrame,
+    confirms: pd.DataFrame,
+) -> str:
     """The study's index.html."""
     objectives = ", ".join(f"{k} ({v})" for k, v in d.objectives.items())
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain report: {html.escape(d.name)}</title>
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain report: {
+        html.escape(d.name)
+    }</title>
 <style>{pages.CSS}</style></head><body>
 <h1>{html.escape(d.name)}</h1>
 <p class="muted">objectives: {html.escape(objectives)} &middot; {html.escape(counts)} &middot;
@@ -395,8 +545,11 @@ test gain exceeds {NOISE:g} x the baseline's test spread (never with one baselin
 <h2>Confirmed trials (new seeds)</h2>
 <p class="muted">kdtrain confirm: each trial retrained with new seeds, each paired with the baseline of the same
 seed; mean and sample std over seeds.</p>
-{pages.html_table(confirms, "confirms") if not confirms.empty else
- "<p>None yet: kdtrain confirm " + html.escape(d.name) + " --pareto --seeds 3</p>"}
+{
+        pages.html_table(confirms, "confirms")
+        if not confirms.empty
+        else "<p>None yet: kdtrain confirm " + html.escape(d.name) + " --pareto --seeds 3</p>"
+    }
 <h2>How the hyperparameters mattered</h2>
 {_figures(hyper)}
 </body></html>"""
@@ -410,9 +563,12 @@ def write_comparison(studies: list[StudyData], out: Path, name: str) -> Path:
     buckets.to_csv(folder / "buckets.csv", index=False)
     fronts = pd.concat([front_table(d).assign(study=d.name) for d in studies], ignore_index=True)
     fronts.to_csv(folder / "pareto.csv", index=False)
-    links = " &middot; ".join(f'<a href="../{html.escape(d.name)}/index.html">{html.escape(d.name)}</a>'
-                              for d in studies)
-    (folder / "summary.md").write_text(f"# {name}\n\n## Best student per size bucket\n\n{pages.markdown_table(buckets)}\n")
+    links = " &middot; ".join(
+        f'<a href="../{html.escape(d.name)}/index.html">{html.escape(d.name)}</a>' for d in studies
+    )
+    (folder / "summary.md").write_text(
+        f"# {name}\n\n## Best student per size bucket\n\n{pages.markdown_table(buckets)}\n"
+    )
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kdtrain comparison: {html.escape(name)}</title>
 <style>{pages.CSS}</style></head><body><h1>{html.escape(name)}</h1>
 <p class="muted">studies: {links}</p>
@@ -424,8 +580,14 @@ def write_comparison(studies: list[StudyData], out: Path, name: str) -> Path:
     return folder
 
 
-def build(studies: list[str], out: str | Path = "reports", tracking_uri: str | None = None,
-          storage_url: str | None = None, name: str | None = None, log_to_mlflow: bool = True) -> list[Path]:
+def build(
+    studies: list[str],
+    out: str | Path = "reports",
+    tracking_uri: str | None = None,
+    storage_url: str | None = None,
+    name: str | None = None,
+    log_to_mlflow: bool = True,
+) -> list[Path]:
     """Write each study's report (and a comparison when there are several); log each to its parent run."""
     from kdtrain.tracking import Tracker
 
@@ -435,7 +597,7 @@ def build(studies: list[str], out: str | Path = "reports", tracking_uri: str | N
     if len(data) > 1:
         folders.append(write_comparison(data, out, name or "compare-" + "-vs-".join(studies)))
     if log_to_mlflow:
-        for d, folder in zip(data, folders):
+        for d, folder in zip(data, folders, strict=False):
             if d.parent_run_id:
                 Tracker(d.tracking_uri).log_dir(d.parent_run_id, folder, "report")
     return folders

@@ -21,8 +21,11 @@ def keys(x: np.ndarray) -> np.ndarray:
     """One 64-bit key per row of x (N, ...): blake2b of the row's float32 bytes. Equal rows, equal keys; two
     different rows share a key with odds of about N² / 2^65 (nil for data that fits in memory)."""
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
-    return np.fromiter((int.from_bytes(hashlib.blake2b(r, digest_size=8).digest(), "little", signed=True)
-                        for r in flat), np.int64, len(flat))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(r, digest_size=8).digest(), "little", signed=True) for r in flat),
+        np.int64,
+        len(flat),
+    )
 
 
 def teacher_overlap(student: dict[str, np.ndarray], hidden: np.ndarray, taught: np.ndarray) -> dict[str, int]:
@@ -36,15 +39,23 @@ def teacher_overlap(student: dict[str, np.ndarray], hidden: np.ndarray, taught: 
 
 def overlap_message(where: str, counts: dict[str, int], taught: int, generator: bool) -> str:
     """The one message refusing a teacher whose data holds the student's held-out rows or hidden labels."""
-    said = {"hidden": "{} of the student's training rows whose labels data.labels hides",
-            "validation": "{} of its validation rows", "test": "{} of its test rows"}
+    said = {
+        "hidden": "{} of the student's training rows whose labels data.labels hides",
+        "validation": "{} of its validation rows",
+        "test": "{} of its test rows",
+    }
     parts = [said[what].format(f"{n:,}") for what, n in counts.items()]
-    change = (f"set {where}.seed to another value than data.seed (a generator's seed draws other rows)"
-              if generator else f"point {where} at other data")
-    return (f"{where}: {', '.join(parts[:-1]) + ' and ' + parts[-1] if len(parts) > 1 else parts[0]} are among the "
-            f"{taught:,} rows the teacher would learn with their labels (compared by content): it would hand the "
-            "student labels it is denied or rows it is scored on, and kd_gain would not be earned. Give the teacher "
-            f"other rows: {change}, or drop {where} (it then learns the student's labelled rows)")
+    change = (
+        f"set {where}.seed to another value than data.seed (a generator's seed draws other rows)"
+        if generator
+        else f"point {where} at other data"
+    )
+    return (
+        f"{where}: {', '.join(parts[:-1]) + ' and ' + parts[-1] if len(parts) > 1 else parts[0]} are among the "
+        f"{taught:,} rows the teacher would learn with their labels (compared by content): it would hand the "
+        "student labels it is denied or rows it is scored on, and kd_gain would not be earned. Give the teacher "
+        f"other rows: {change}, or drop {where} (it then learns the student's labelled rows)"
+    )
 
 
 def check_teacher(where: str, name: str, ds, tds) -> None:

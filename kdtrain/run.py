@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kdtrain import features, models
-from kdtrain.schema import Config
 from kdtrain.data import Dataset
+from kdtrain.schema import Config
 from kdtrain.teachers import Teacher, stacked_logits
 from kdtrain.train import Distill, EpochStats, TrainResult, seed_all, train
 
@@ -20,16 +20,34 @@ def make_distill(cfg: Config, pool: dict[str, Teacher]) -> Distill | None:
     # the student's inputs as their own data's and return the same mapped logits
     online = all(pool[n].model is not None for n in names)
     pairs = features.pairs(cfg)  # kd.features: the teachers also run online, up to the hooked layers
-    return Distill(temperature=kd.temperature, alpha=kd.alpha, ensemble=kd.ensemble, weights=kd.weights,
-                   logits=stacked_logits(pool, names, "train", kd.temperature),
-                   models=[pool[n].as_student_model(kd.temperature) for n in names] if online else None, loss=kd,
-                   features=features.for_pool(pairs, pool, kd.temperature) if pairs else None)
+    return Distill(
+        temperature=kd.temperature,
+        alpha=kd.alpha,
+        ensemble=kd.ensemble,
+        weights=kd.weights,
+        logits=stacked_logits(pool, names, "train", kd.temperature),
+        models=[pool[n].as_student_model(kd.temperature) for n in names] if online else None,
+        loss=kd,
+        features=features.for_pool(pairs, pool, kd.temperature) if pairs else None,
+    )
 
 
-def distill_student(cfg: Config, data: Dataset, pool: dict[str, Teacher],
-                    on_epoch: Callable[[EpochStats], None] | None = None, epoch_guard=None) -> TrainResult:
+def distill_student(
+    cfg: Config,
+    data: Dataset,
+    pool: dict[str, Teacher],
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    epoch_guard=None,
+) -> TrainResult:
     """Build the student of cfg (seeded) and train it against cfg.kd's teachers."""
     seed_all(cfg.train.seed)
     student = models.from_config(cfg.student, data.input_shape, data.num_classes)
-    return train(student, data, cfg.train, distill=make_distill(cfg, pool),
-                 augment_kinds=cfg.data.augment, on_epoch=on_epoch, epoch_guard=epoch_guard)
+    return train(
+        student,
+        data,
+        cfg.train,
+        distill=make_distill(cfg, pool),
+        augment_kinds=cfg.data.augment,
+        on_epoch=on_epoch,
+        epoch_guard=epoch_guard,
+    )

@@ -19,7 +19,6 @@ from pydantic.dataclasses import dataclass
 
 from kdtrain import pareto
 
-
 # --------------------------------------------------------------------------- sections
 
 SECTION = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
@@ -301,7 +300,6 @@ class ProfileConfig:
     """Block spread above which a measurement is flagged noisy (latency_noisy = 1)."""
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
@@ -361,23 +359,53 @@ PRUNERS = ("auto", "median", "hyperband", "pareto", "none")
 FOLLOW_UPS = ("after", "per_trial")
 SEARCH_TYPES = ("float", "int", "categorical", "subset")
 BACKENDS = ("eager", "onnxruntime")
-METRICS = ("val_accuracy", "test_accuracy", "params", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95",
-           "throughput")
+METRICS = (
+    "val_accuracy",
+    "test_accuracy",
+    "params",
+    "size_bytes",
+    "flops",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "throughput",
+)
 """Metrics every trial records; objectives and constraints name them."""
 
-AT_LEAST = {"study.trials": 1, "study.heartbeat_interval": 1, "data.size": 20, "data.limit": 10, "train.epochs": 1,
-            "train.batch_size": 1, "train.eval_batch_size": 1, "train.threads": 0, "train.weight_decay": 0,
-            "profile.threads": 1, "profile.throughput_batch": 1, "profile.blocks": 1, "profile.calls": 1,
-            "profile.warmup": 0, "study.baseline_seeds": 1, "study.max_requeues": 0, "kd.dkd_alpha": 0, "kd.dkd_beta": 0,
-            "kd.warmup_epochs": 0, "kd.dist_beta": 0, "kd.dist_gamma": 0,
-            "study.prune_warmup_epochs": 0, "study.prune_margin": 0, "data.image_size": 1, "data.seed": 0}
+AT_LEAST = {
+    "study.trials": 1,
+    "study.heartbeat_interval": 1,
+    "data.size": 20,
+    "data.limit": 10,
+    "train.epochs": 1,
+    "train.batch_size": 1,
+    "train.eval_batch_size": 1,
+    "train.threads": 0,
+    "train.weight_decay": 0,
+    "profile.threads": 1,
+    "profile.throughput_batch": 1,
+    "profile.blocks": 1,
+    "profile.calls": 1,
+    "profile.warmup": 0,
+    "study.baseline_seeds": 1,
+    "study.max_requeues": 0,
+    "kd.dkd_alpha": 0,
+    "kd.dkd_beta": 0,
+    "kd.warmup_epochs": 0,
+    "kd.dist_beta": 0,
+    "kd.dist_gamma": 0,
+    "study.prune_warmup_epochs": 0,
+    "study.prune_margin": 0,
+    "data.image_size": 1,
+    "data.seed": 0,
+}
 """Lower bounds (inclusive) of single settings; None passes where the type allows it."""
 ABOVE_ZERO = ("train.lr", "kd.temperature", "profile.max_cv")
 
 
-OPTIONS = {"mnist1d": ("iid_noise_scale", "corr_noise_scale", "shear_scale", "scale_coeff", "max_translation",
-                       "train_split"),
-           "synthetic": ("noise", "spread")}
+OPTIONS = {
+    "mnist1d": ("iid_noise_scale", "corr_noise_scale", "shear_scale", "scale_coeff", "max_translation", "train_split"),
+    "synthetic": ("noise", "spread"),
+}
 """data.options: the keyword settings each built-in generator takes (mnist1d's are its get_dataset_args)."""
 
 
@@ -398,8 +426,9 @@ def parse_duration(text: str | int | float) -> float:
     else:
         stripped = "" if isinstance(text, bool) else str(text).strip()
         if re.fullmatch(r"(\d+(\.\d+)?[dhms])+\d+(\.\d+)?", stripped):  # 1h30: 1h30m or 1h30s? say, not guess
-            raise ValueError(f"not a duration: {text!r} (a number after a unit needs its own unit: write "
-                             f"{stripped}m or {stripped}s)")
+            raise ValueError(
+                f"not a duration: {text!r} (a number after a unit needs its own unit: write {stripped}m or {stripped}s)"
+            )
         if not stripped or not re.fullmatch(r"(\d+(\.\d+)?[dhms])+|\d+(\.\d+)?", stripped):
             raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 30m, 90s, 1h30m)")
         units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
@@ -426,19 +455,40 @@ def json_schema() -> dict:
         return found
 
     props = {name: of(cls) for name, cls in SECTIONS.items()}
-    props["teachers"] = {"type": "array", "items": of(TeacherConfig),
-                         "description": "The teacher pool: each trained on the data (or its own, teachers[].data), "
-                                        "or loaded from weights, ONNX, TorchScript, logits or an MLflow model."}
-    entry = {"type": "object", "required": ["type"],
-             "properties": {"type": {"enum": list(SEARCH_TYPES)}, "low": {"type": "number"}, "high": {"type": "number"},
-                            "log": {"type": "boolean"}, "step": {"type": "number"}, "choices": {"type": "array"},
-                            "of": {"type": "array", "items": {"type": "string"}}},
-             "additionalProperties": False}
-    props["search"] = {"type": "object", "additionalProperties": entry,
-                       "description": "Dotted key -> its range (float, int), its choices (categorical) or the "
-                                      "teachers to choose from (subset: kd.teachers)."}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "kdtrain sweep file",
-            "type": "object", "additionalProperties": False, "properties": props, **({"$defs": defs} if defs else {})}
+    props["teachers"] = {
+        "type": "array",
+        "items": of(TeacherConfig),
+        "description": "The teacher pool: each trained on the data (or its own, teachers[].data), "
+        "or loaded from weights, ONNX, TorchScript, logits or an MLflow model.",
+    }
+    entry = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": list(SEARCH_TYPES)},
+            "low": {"type": "number"},
+            "high": {"type": "number"},
+            "log": {"type": "boolean"},
+            "step": {"type": "number"},
+            "choices": {"type": "array"},
+            "of": {"type": "array", "items": {"type": "string"}},
+        },
+        "additionalProperties": False,
+    }
+    props["search"] = {
+        "type": "object",
+        "additionalProperties": entry,
+        "description": "Dotted key -> its range (float, int), its choices (categorical) or the "
+        "teachers to choose from (subset: kd.teachers).",
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "kdtrain sweep file",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+        **({"$defs": defs} if defs else {}),
+    }
 
 
 def json_schema_text() -> str:
@@ -461,17 +511,26 @@ def field_doc(cls, name: str) -> str:
 def markdown_reference() -> str:
     """The sweep-file reference of the docs (docs/reference.md): every key of every section with its type, default
     and docstring, from the fields themselves, so that a default is written once (a test keeps the file current)."""
-    lines = ["# Sweep-file reference", "",
-             "Every key of a sweep file, by section, as `kdtrain schema` describes it (generated from the fields' "
-             "docstrings by `kdtrain schema --markdown > docs/reference.md`; do not edit by hand). Choices a "
-             "registry owns (datasets, models, losses, optimizers, schedules, ensembles) are listed in the other "
-             "pages and in each command's `--help`.", ""]
+    lines = [
+        "# Sweep-file reference",
+        "",
+        (
+            "Every key of a sweep file, by section, as `kdtrain schema` describes it (generated from the fields' "
+            "docstrings by `kdtrain schema --markdown > docs/reference.md`; do not edit by hand). Choices a "
+            "registry owns (datasets, models, losses, optimizers, schedules, ensembles) are listed in the other "
+            "pages and in each command's `--help`."
+        ),
+        "",
+    ]
     sections = {**SECTIONS, "teachers[]": TeacherConfig}
     for name, cls in sections.items():
         lines += [f"## `{name}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+            )
             kind = getattr(f.type, "__name__", None) or str(f.type)
             doc = " ".join(field_doc(cls, f.name).split()).replace("|", "\\|")
             lines.append(f"| `{f.name}` | {kind.replace('|', 'or')} | `{default!r}` | {doc} |")

@@ -25,11 +25,26 @@ from optuna.trial import TrialState
 from kdtrain import space, sweepfile
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import redact
-from kdtrain.schema import Config, METRICS, StudyConfig, parse_duration
+from kdtrain.schema import METRICS, Config, StudyConfig, parse_duration
 from kdtrain.shared import pid_alive, warn
-from kdtrain.storage import (PatientStorage, StorageDown, StorageLost, _rdb, _storage, _study_id, _trial_id,  # noqa: F401
-                             apply_heartbeat, default_storage, existing_storage, heartbeat_interval, is_rdb, no_wait,
-                             open_storage, study_lock, try_study_lock)
+from kdtrain.storage import (
+    PatientStorage,
+    StorageDown,  # noqa: F401
+    StorageLost,  # noqa: F401
+    _rdb,
+    _storage,
+    _study_id,  # noqa: F401
+    _trial_id,
+    apply_heartbeat,
+    default_storage,
+    existing_storage,
+    heartbeat_interval,
+    is_rdb,
+    no_wait,  # noqa: F401
+    open_storage,
+    study_lock,  # noqa: F401
+    try_study_lock,  # noqa: F401
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -49,7 +64,11 @@ A_READY, A_HV_BOX = "kdtrain.ready", "kdtrain.hv_box"
 # Trial user attributes
 T_RUN, T_HOST, T_PID = "mlflow_run_id", "kdtrain.host", "kdtrain.pid"
 T_FAIL_REASON, T_INTERRUPTED, T_REQUEUED_FROM, T_REFERENCE = (
-    "fail_reason", "kdtrain.interrupted", "kdtrain.requeued_from", "kdtrain.reference")
+    "fail_reason",
+    "kdtrain.interrupted",
+    "kdtrain.requeued_from",
+    "kdtrain.reference",
+)
 T_REQUEUE_DUE = "kdtrain.requeue_due"
 """Set on an interrupted trial whose settings must be queued again: recovery queues them if no copy exists (a stop
 between the trial's failure and its re-queue)."""
@@ -69,9 +88,12 @@ def configure(study: optuna.Study, cfg: Config, worker: int = 0) -> None:
 def gone(t: optuna.trial.FrozenTrial) -> bool:
     """Whether a RUNNING trial's worker is known dead: it ran on this host and its pid no longer exists."""
     pid = t.user_attrs.get(T_PID)
-    return t.user_attrs.get(T_HOST) == socket.gethostname() and pid is not None and pid != os.getpid() \
+    return (
+        t.user_attrs.get(T_HOST) == socket.gethostname()
+        and pid is not None
+        and pid != os.getpid()
         and not pid_alive(pid)
-
+    )
 
 
 def study_names(storage) -> list[str]:
@@ -85,8 +107,9 @@ def load(study_name: str, storage_url: str | None = None, storage=None, patient:
     try:
         study = optuna.load_study(study_name=study_name, storage=storage or existing_storage(storage_url))
     except KeyError:
-        raise KdtrainError(f"no study named {study_name!r} in {redact(storage_url or default_storage())} "
-                           "(see kdtrain status)") from None
+        raise KdtrainError(
+            f"no study named {study_name!r} in {redact(storage_url or default_storage())} (see kdtrain status)"
+        ) from None
     b = _rdb(_storage(study))
     if patient and isinstance(b, PatientStorage) and not b.patience:
         with contextlib.suppress(ValueError, TypeError):  # a study of an older kdtrain: its default
@@ -94,8 +117,9 @@ def load(study_name: str, storage_url: str | None = None, storage=None, patient:
     return study
 
 
-def wait_for(study_name: str, storage_url: str | None, wait_s: float, log: Callable[[str], None],
-             poll_s: float = 2.0) -> optuna.Study:
+def wait_for(
+    study_name: str, storage_url: str | None, wait_s: float, log: Callable[[str], None], poll_s: float = 2.0
+) -> optuna.Study:
     """The study once it is ready (its teacher runs logged), waiting up to wait_s seconds: the workers of a SLURM
     array or a Kubernetes Job often start before the sweep that creates their study."""
     url, deadline, storage = storage_url or default_storage(), time.time() + wait_s, None
@@ -108,12 +132,15 @@ def wait_for(study_name: str, storage_url: str | None, wait_s: float, log: Calla
             if study.user_attrs.get(A_READY) or counts(study)["DONE"]:
                 return study
         if time.time() >= deadline:
-            raise KdtrainError(f"study {study_name!r} did not become ready in {redact(url)} within {wait_s:.0f} s "
-                               "(create it with kdtrain sweep, e.g. --workers 0, or wait longer: --wait 30m)")
+            raise KdtrainError(
+                f"study {study_name!r} did not become ready in {redact(url)} within {wait_s:.0f} s "
+                "(create it with kdtrain sweep, e.g. --workers 0, or wait longer: --wait 30m)"
+            )
         time.sleep(poll_s)
 
 
 # --------------------------------------------------------------------------- studies
+
 
 def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
     """The existing study of that name (None if none); refused if its settings or its data's content changed."""
@@ -123,19 +150,23 @@ def check_study(cfg: Config, storage, name: str) -> optuna.Study | None:
         return None
     stored = json.loads(study.user_attrs.get(A_CONFIG, "{}"))
     if stored:
-        changed = space.diff(space.signature(sweepfile.from_dict(stored), study.user_attrs.get(A_DATA)), space.signature(cfg))
+        changed = space.diff(
+            space.signature(sweepfile.from_dict(stored), study.user_attrs.get(A_DATA)), space.signature(cfg)
+        )
         if changed == ["data.content"]:  # the same sweep file, other files behind data.path
             raise KdtrainError(
                 f"study {name!r} was made from other data: what {cfg.data.path or cfg.data.factory} holds"
                 f"{' (and ' + cfg.data.test_path + ')' if cfg.data.test_path else ''} differs from what the study recorded "
                 "(the files' bytes, not their times). Changed on purpose: start a new study with --new-study (or "
-                "--study OTHER_NAME); if not, restore the files the study was made from.")
+                "--study OTHER_NAME); if not, restore the files the study was made from."
+            )
         if changed:
             what = "search space" if any(c.startswith("search") for c in changed) else "settings"
             raise KdtrainError(
                 f"study {name!r} already exists with a different {what} (changed: {', '.join(changed)}). "
                 f"Resume it with the original sweep file, or start a new study with --new-study "
-                f"(or --study OTHER_NAME).")
+                f"(or --study OTHER_NAME)."
+            )
     return study
 
 
@@ -147,8 +178,12 @@ def create_or_open(cfg: Config, storage, name: str, trials: int) -> optuna.Study
     if study is not None:
         return study  # its target: recovery.retarget
     study = optuna.create_study(study_name=name, storage=storage, directions=list(cfg.study.objectives.values()))
-    for key, value in ((A_CONFIG, json.dumps(cfg.to_dict())), (A_TRIALS, trials), (A_DATA, space.identity(cfg.data)),
-                       (A_OBJECTIVES, list(cfg.study.objectives))):
+    for key, value in (
+        (A_CONFIG, json.dumps(cfg.to_dict())),
+        (A_TRIALS, trials),
+        (A_DATA, space.identity(cfg.data)),
+        (A_OBJECTIVES, list(cfg.study.objectives)),
+    ):
         study.set_user_attr(key, value)
     study.enqueue_trial(space.base_params(cfg), user_attrs={T_REFERENCE: "base settings"})
     return study
@@ -255,8 +290,10 @@ def front_or_reason(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial]
     if not done:
         return [], f"study {study.study_name!r} has no complete trial yet"
     bounds = ", ".join(f"{k} {v}" for k, v in stored_study(study).get("constraints", {}).items())
-    return [], (f"study {study.study_name!r}: none of its {len(done)} complete trials meets the constraints "
-                f"({bounds}): no feasible student yet (relax study.constraints or search cheaper students)")
+    return [], (
+        f"study {study.study_name!r}: none of its {len(done)} complete trials meets the constraints "
+        f"({bounds}): no feasible student yet (relax study.constraints or search cheaper students)"
+    )
 
 
 def pareto(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -269,6 +306,7 @@ def pareto(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 # --------------------------------------------------------------------------- asking and telling
+
 
 def ask(study: optuna.Study) -> optuna.Trial:
     """A new trial, marked with who runs it. Call under study_lock(..., "ask"): recovery (under the same lock)

@@ -25,8 +25,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filelock import FileLock
 
@@ -169,6 +170,7 @@ def warning_once(what: Callable[[Exception], str]) -> Callable[[Exception], None
         if not said:
             said.append(True)
             warn(what(e), e)
+
     return once
 
 
@@ -270,8 +272,14 @@ WORKER_GB = 1.5
 """Memory a local worker is planned with: B5 measured 1.0 GB for the largest process of a quickstart sweep."""
 
 
-def plan_workers(requested: str | int, cpus: int, gpus: list[str], train_threads: int = 0,
-                 trials: int | None = None, memory_gb: float | None = None) -> tuple[int, int, list[dict]]:
+def plan_workers(
+    requested: str | int,
+    cpus: int,
+    gpus: list[str],
+    train_threads: int = 0,
+    trials: int | None = None,
+    memory_gb: float | None = None,
+) -> tuple[int, int, list[dict]]:
     """How `kdtrain sweep --workers` uses this machine: (workers, CPU threads each, each worker's environment).
 
     ``auto`` with GPUs: up to 4 workers per GPU (as many as the CPUs can feed, one at least), each worker given

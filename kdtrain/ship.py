@@ -7,8 +7,8 @@ import dataclasses
 import json
 import signal
 import threading
+from collections.abc import Callable
 from socketserver import ThreadingMixIn
-from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from kdtrain import baselines, data, export, search
@@ -40,34 +40,51 @@ def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: 
         ds = datasets.setdefault(key, data.load(cfg.data))  # for the card's preprocessing (one load per dataset)
         metrics = tracker.metrics(run_id)
         card = export.make_card(cfg, ds, study_name, t.number, run_id, metrics)
-        tags = {"optuna.study": study_name, "optuna.trial": t.number, "kdtrain.role": "student",
-                "val_accuracy": f"{metrics.get('val_accuracy', float('nan')):.4f}",
-                "params": f"{metrics.get('params', float('nan')):.0f}"}
+        tags = {
+            "optuna.study": study_name,
+            "optuna.trial": t.number,
+            "kdtrain.role": "student",
+            "val_accuracy": f"{metrics.get('val_accuracy', float('nan')):.4f}",
+            "params": f"{metrics.get('params', float('nan')):.0f}",
+        }
         c = confirmed.get(t.number)
         text = export.card_text(card, metrics)
         if c:  # what a reader of the registry should trust: the means over the new seeds
             tags["confirmed_val_accuracy"] = f"{c['val']:.4f}"
-            text += (f"\n- confirmed over {c['seeds']} new seeds (kdtrain confirm): {c['val']:.4f} ± {c['val_std']:.4f} "
-                     f"validation, {c['test']:.4f} ± {c['test_std']:.4f} test; paired test gain over the no-teacher "
-                     f"baseline of each seed {c['gain']:+.2f} ± {c['gain_std']:.2f} points")
+            text += (
+                f"\n- confirmed over {c['seeds']} new seeds (kdtrain confirm): {c['val']:.4f} ± {c['val_std']:.4f} "
+                f"validation, {c['test']:.4f} ± {c['test_std']:.4f} test; paired test gain over the no-teacher "
+                f"baseline of each seed {c['gain']:+.2f} ± {c['gain_std']:.2f} points"
+            )
         version = tracker.register(name, model_id, run_id, text, tags)
-        rows.append({"trial": t.number, "val_acc": metrics.get("val_accuracy", float("nan")),
-                     "confirmed_val_acc": c["val"] if c else None, "version": version,
-                     "model": f"models:/{name}/{version}", "alias": ""})
+        rows.append(
+            {
+                "trial": t.number,
+                "val_acc": metrics.get("val_accuracy", float("nan")),
+                "confirmed_val_acc": c["val"] if c else None,
+                "version": version,
+                "model": f"models:/{name}/{version}",
+                "alias": "",
+            }
+        )
     ranked_by = ""
     if alias and rows:
         sure = [r for r in rows if r["confirmed_val_acc"] is not None]
         if sure:  # confirmed trials by their mean over new seeds; a single training does not outrank them
             best = max(sure, key=lambda r: r["confirmed_val_acc"])
             left = [str(r["trial"]) for r in rows if r["confirmed_val_acc"] is None]
-            ranked_by = (f"version {best['version']} (trial {best['trial']}), the highest mean val accuracy over "
-                         f"kdtrain confirm's new seeds ({best['confirmed_val_acc']:.4f})"
-                         + (f"; unconfirmed trial(s) {', '.join(left)} not ranked" if left else ""))
+            ranked_by = (
+                f"version {best['version']} (trial {best['trial']}), the highest mean val accuracy over "
+                f"kdtrain confirm's new seeds ({best['confirmed_val_acc']:.4f})"
+                + (f"; unconfirmed trial(s) {', '.join(left)} not ranked" if left else "")
+            )
         else:
             best = max(rows, key=lambda r: r["val_acc"])
-            ranked_by = (f"version {best['version']} (trial {best['trial']}), the highest single-training val "
-                         f"accuracy ({best['val_acc']:.4f}); none is confirmed: kdtrain confirm {study_name} "
-                         "--pareto --seeds 3 ranks them by new seeds")
+            ranked_by = (
+                f"version {best['version']} (trial {best['trial']}), the highest single-training val "
+                f"accuracy ({best['val_acc']:.4f}); none is confirmed: kdtrain confirm {study_name} "
+                "--pareto --seeds 3 ranks them by new seeds"
+            )
         tracker.set_alias(name, alias, best["version"])
         best["alias"] = alias
     for r in rows:
@@ -85,8 +102,9 @@ def confirmed_trials(tracker: Tracker, study_name: str) -> dict[int, dict]:
     return {int(trial): {**row, "seeds": int(row["seeds"])} for trial, row in stats.iterrows()}
 
 
-def above_floor(tracker: Tracker, study_name: str, chosen: list, min_gain: float | None,
-                log: Callable[[str], None] = print) -> list:
+def above_floor(
+    tracker: Tracker, study_name: str, chosen: list, min_gain: float | None, log: Callable[[str], None] = print
+) -> list:
     """The chosen front students whose test gain over the no-teacher baseline of their width is at least
     `min_gain` points (kdtrain confirm's paired gain over its new seeds where it ran, else the gain of the single
     training against the baseline's seed mean, as the report's Pareto table shows it); None keeps every one. One
@@ -107,15 +125,21 @@ def above_floor(tracker: Tracker, study_name: str, chosen: list, min_gain: float
         else:
             kept.append(t)
     if out:
-        log(f"left out (test gain over the no-teacher baseline of their width below {min_gain:g} points): trial"
-            f"{'s' if len(out) > 1 else ''} {', '.join(out)}; --min-gain any keeps them")
+        log(
+            f"left out (test gain over the no-teacher baseline of their width below {min_gain:g} points): trial"
+            f"{'s' if len(out) > 1 else ''} {', '.join(out)}; --min-gain any keeps them"
+        )
     if unknown:
-        log(f"kept, gain not measured yet (the sweep's follow-up has not run): trial{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(map(str, unknown))}")
+        log(
+            f"kept, gain not measured yet (the sweep's follow-up has not run): trial{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(str, unknown))}"
+        )
     if not kept:
-        raise KdtrainError(f"every student on the front of {study_name!r} is below --min-gain {min_gain:g} points "
-                           "over the no-teacher baseline of its width: a student trained alone is the better choice; "
-                           "--min-gain any (or --trial N) takes them anyway")
+        raise KdtrainError(
+            f"every student on the front of {study_name!r} is below --min-gain {min_gain:g} points "
+            "over the no-teacher baseline of its width: a student trained alone is the better choice; "
+            "--min-gain any (or --trial N) takes them anyway"
+        )
     return kept
 
 
@@ -136,8 +160,10 @@ def dashboard(storage_url: str | None, study: str | None, port: int, log: Callab
     try:
         import optuna_dashboard
     except ImportError:
-        raise KdtrainError("kdtrain dashboard needs optuna-dashboard: pip install 'kdtrain[dashboard]' "
-                           "(or pip install optuna-dashboard)") from None
+        raise KdtrainError(
+            "kdtrain dashboard needs optuna-dashboard: pip install 'kdtrain[dashboard]' "
+            "(or pip install optuna-dashboard)"
+        ) from None
     storage = search.existing_storage(storage_url)
     url = f"http://127.0.0.1:{port}/dashboard"
     if study:
@@ -145,8 +171,13 @@ def dashboard(storage_url: str | None, study: str | None, port: int, log: Callab
         url += f"/studies/{storage.get_study_id_from_name(study)}"
     log(f"optuna-dashboard at {url}  (Ctrl-C to stop)")
     try:
-        server = make_server("127.0.0.1", port, optuna_dashboard.wsgi(storage), server_class=_DashboardServer,
-                             handler_class=_QuietHandler)
+        server = make_server(
+            "127.0.0.1",
+            port,
+            optuna_dashboard.wsgi(storage),
+            server_class=_DashboardServer,
+            handler_class=_QuietHandler,
+        )
     except OSError as e:
         raise KdtrainError(f"cannot serve on 127.0.0.1:{port} ({e.strerror or e}); choose another --port") from None
 
@@ -174,8 +205,10 @@ def _port_free(port: int) -> None:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
-            raise UsageError(f"port {port} on 127.0.0.1 is in use (another kdtrain ui or MLflow server?); give a free "
-                             f"one with --port {port + 1}") from None
+            raise UsageError(
+                f"port {port} on 127.0.0.1 is in use (another kdtrain ui or MLflow server?); give a free "
+                f"one with --port {port + 1}"
+            ) from None
 
 
 def _answers(url: str, proc, timeout: float = 120) -> bool:
@@ -210,13 +243,27 @@ def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     tracker = Tracker(uri)
     found = [(i, n) for i, n in tracker.experiments() if study in (None, n) and n != "Default"]
     if study and not found:
-        raise KdtrainError(f"no study named {study!r} in the MLflow store {redact(uri)} (drop the name for every "
-                           "study, or pass the --tracking-uri the sweep used)")
+        raise KdtrainError(
+            f"no study named {study!r} in the MLflow store {redact(uri)} (drop the name for every "
+            "study, or pass the --tracking-uri the sweep used)"
+        )
     _port_free(port)
     print(f"starting the MLflow UI for {redact(uri)} on {url} ...", flush=True)
     # one server worker: one person browsing (MLflow's default, 4, is 4 more processes and about 0.5 GB)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # MLflow 3 starts a job runner and seven huey consumers with its server, for GenAI jobs kdtrain never uses:
     # 8 more processes, ~1.5 GB and ~10 s of CPU at start. Off unless the user's environment asks for them.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_TRACKING_URI": uri}

@@ -19,9 +19,9 @@ import numpy as np
 
 from kdtrain import plugins
 from kdtrain.errors import DataError, KdtrainError, first_line
+from kdtrain.lazy import Module
 from kdtrain.paths import data_root
 from kdtrain.schema import DataConfig
-from kdtrain.lazy import Module
 from kdtrain.shared import atomic_write_bytes, content_key
 
 torch = Module("torch")  # imported on first use
@@ -44,23 +44,33 @@ def _labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | None, wh
         for split, y in (("y_train", y_train), ("y_test", y_test)):
             unknown = sorted({str(v) for v in y} - set(index))
             if unknown:
-                raise DataError(f"{where}: {split} has label(s) {', '.join(map(repr, unknown[:5]))} that "
-                                + ("are not in class_names" if names is not None else "y_train never has")
-                                + " (every class needs training samples)")
-        return (np.array([index[str(v)] for v in y_train], np.int64),
-                np.array([index[str(v)] for v in y_test], np.int64), known)
+                raise DataError(
+                    f"{where}: {split} has label(s) {', '.join(map(repr, unknown[:5]))} that "
+                    + ("are not in class_names" if names is not None else "y_train never has")
+                    + " (every class needs training samples)"
+                )
+        return (
+            np.array([index[str(v)] for v in y_train], np.int64),
+            np.array([index[str(v)] for v in y_test], np.int64),
+            known,
+        )
     out = []
     for split, y in (("y_train", y_train), ("y_test", y_test)):
-        if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
-            raise DataError(f"{where}: {split} must hold class indices (integers) or class names (strings), "
-                            f"got {y.dtype} values")
+        if y.dtype.kind not in "iub" and not (
+            y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+        ):
+            raise DataError(
+                f"{where}: {split} must hold class indices (integers) or class names (strings), got {y.dtype} values"
+            )
         out.append(y.astype(np.int64))
     classes = len(names) if names is not None else int(max(out[0].max(), out[1].max(initial=0))) + 1
-    for split, y in zip(("y_train", "y_test"), out):
+    for split, y in zip(("y_train", "y_test"), out, strict=False):
         bad = y[(y < 0) | (y >= classes)]
         if len(bad):
-            raise DataError(f"{where}: {split} has label {int(bad[0])} outside 0..{classes - 1}"
-                            + (f" (class_names names {classes} classes)" if names is not None else ""))
+            raise DataError(
+                f"{where}: {split} has label {int(bad[0])} outside 0..{classes - 1}"
+                + (f" (class_names names {classes} classes)" if names is not None else "")
+            )
     return out[0], out[1], list(names) if names is not None else [str(i) for i in range(classes)]
 
 
@@ -71,8 +81,10 @@ def _features(x, split: str, where: str) -> np.ndarray:
     if x.ndim == 2:
         x = x[:, None, :]  # (N, F) features read as (N, 1, F)
     if x.ndim not in (3, 4):
-        raise DataError(f"{where}: {split} has samples of shape {tuple(x.shape[1:])}; kdtrain takes (F,) features, "
-                        "(C, L) signals or (C, H, W) images")
+        raise DataError(
+            f"{where}: {split} has samples of shape {tuple(x.shape[1:])}; kdtrain takes (F,) features, "
+            "(C, L) signals or (C, H, W) images"
+        )
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise DataError(f"{where}: {split} holds NaN or infinite values")
@@ -90,11 +102,14 @@ def checked(x_train, y_train, x_test, y_test, names, where: str):
         if len(y) != len(x):
             raise DataError(f"{where}: y_{split} has {len(y)} labels but x_{split} has {len(x)} samples")
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"{where}: x_train samples have shape {x_train.shape[1:]} but x_test samples "
-                        f"{x_test.shape[1:]}")
+        raise DataError(
+            f"{where}: x_train samples have shape {x_train.shape[1:]} but x_test samples {x_test.shape[1:]}"
+        )
     if len(y_train) < 10 or len(y_test) < 1:
-        raise DataError(f"{where}: {len(y_train)} training and {len(y_test)} test samples; kdtrain needs at "
-                        "least 10 to train (a validation split is carved from them) and 1 to test")
+        raise DataError(
+            f"{where}: {len(y_train)} training and {len(y_test)} test samples; kdtrain needs at "
+            "least 10 to train (a validation split is carved from them) and 1 to test"
+        )
     if names is not None:
         names = [str(n) for n in as_np(names).tolist()]
         if len(set(names)) != len(names) or not names:
@@ -108,7 +123,7 @@ def checked(x_train, y_train, x_test, y_test, names, where: str):
 def _split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, test rows) of a source that has no test split of its own (data.test_fraction, data.seed)."""
     perm = np.random.default_rng(cfg.seed).permutation(n)
-    n_test = max(1, int(round(n * cfg.test_fraction)))
+    n_test = max(1, round(n * cfg.test_fraction))
     return perm[n_test:], perm[:n_test]
 
 
@@ -133,10 +148,12 @@ def read_arrays(path: Path, what: str) -> dict:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except ValueError as e:
         if "allow_pickle" in str(e):
-            raise DataError(f"{what} {path}: holds Python objects (an object array); save labels and class "
-                            "names as string arrays, e.g. np.array(names, dtype=str)") from None
+            raise DataError(
+                f"{what} {path}: holds Python objects (an object array); save labels and class "
+                "names as string arrays, e.g. np.array(names, dtype=str)"
+            ) from None
         raise DataError(f"{what} {path}: not a readable {path.suffix} file ({first_line(e)})") from None
-    except Exception as e:  # noqa: BLE001 - torch.load and np.load raise a dozen types on a damaged file
+    except Exception as e:  # noqa: BLE001 - the user's code failed; say where, once
         raise DataError(f"{what} {path}: not a readable {path.suffix} file ({first_line(e)})") from None
     if not isinstance(d, dict):
         raise DataError(f"{what} {path}: expected a dict of named arrays, got {type(d).__name__}")
@@ -148,8 +165,10 @@ def _arrays(cfg: DataConfig):
     d = read_arrays(path, "data.path")
     missing = [k for k in ARRAY_KEYS if k not in d]
     if missing:
-        raise DataError(f"data.path {path}: missing {', '.join(missing)} (an arrays file holds "
-                        f"{', '.join(ARRAY_KEYS)} and optionally class_names; it has {', '.join(map(str, d)) or 'nothing'})")
+        raise DataError(
+            f"data.path {path}: missing {', '.join(missing)} (an arrays file holds "
+            f"{', '.join(ARRAY_KEYS)} and optionally class_names; it has {', '.join(map(str, d)) or 'nothing'})"
+        )
     return checked(*(d[k] for k in ARRAY_KEYS), d.get("class_names"), f"data.path {path}")
 
 
@@ -164,8 +183,10 @@ def _read_table(path: Path, label: str, what: str):
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
         raise DataError(f"{what} {path}: not a readable CSV table ({first_line(e)})") from None
     if label not in df.columns:
-        raise DataError(f"{what} {path}: no column {label!r} (columns: {', '.join(map(str, df.columns[:20]))}); "
-                        "set data.label to the label column")
+        raise DataError(
+            f"{what} {path}: no column {label!r} (columns: {', '.join(map(str, df.columns[:20]))}); "
+            "set data.label to the label column"
+        )
     features = [c for c in df.columns if c != label and pd.api.types.is_numeric_dtype(df[c])]
     if not features:
         raise DataError(f"{what} {path}: no numeric feature column besides {label!r}")
@@ -186,15 +207,19 @@ def _csv(cfg: DataConfig):
         test = _path(cfg, "test_path")
         x_test, y_test, test_features, _ = _read_table(test, cfg.label, "data.test_path")
         if test_features != features:
-            raise DataError(f"data.test_path {test}: feature columns differ from data.path's "
-                            f"({', '.join(sorted(set(features) ^ set(test_features))[:10])})")
+            raise DataError(
+                f"data.test_path {test}: feature columns differ from data.path's "
+                f"({', '.join(sorted(set(features) ^ set(test_features))[:10])})"
+            )
         if y.dtype.kind != y_test.dtype.kind and "U" in (y.dtype.kind, y_test.dtype.kind):
             y, y_test = y.astype(str), y_test.astype(str)
     else:
         train, test = _split(len(y), cfg)
         x, y, x_test, y_test = x[train], y[train], x[test], y[test]
     out = checked(x, y, x_test, y_test, None, f"data.path {path}")
-    note = f"{len(features)} feature columns" + (f"; ignored non-numeric column(s) {', '.join(ignored)}" if ignored else "")
+    note = f"{len(features)} feature columns" + (
+        f"; ignored non-numeric column(s) {', '.join(ignored)}" if ignored else ""
+    )
     return (*out, note)
 
 
@@ -205,8 +230,10 @@ def _folder_listing(cfg: DataConfig) -> tuple[list[str], list[tuple[str, Path, i
     """(class names, [(split, file, class index)], root): train/<class>/ and test/<class>/, or <class>/ alone."""
     root = _path(cfg)
     if not root.is_dir():
-        raise DataError(f"data.path {root}: not a folder (the folder source reads <class>/ or train/<class>/ "
-                        "and test/<class>/ folders of images)")
+        raise DataError(
+            f"data.path {root}: not a folder (the folder source reads <class>/ or train/<class>/ "
+            "and test/<class>/ folders of images)"
+        )
     splits = [("train", root / "train"), ("test", root / "test")] if (root / "train").is_dir() else [("all", root)]
     subdirs = lambda d: sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))  # noqa: E731
     names = [p.name for p in subdirs(splits[0][1])]
@@ -214,14 +241,18 @@ def _folder_listing(cfg: DataConfig) -> tuple[list[str], list[tuple[str, Path, i
         splits = splits[:1]  # train/ alone: split by data.test_fraction
         splits[0] = ("all", root / "train")
     if len(names) < 2:
-        raise DataError(f"data.path {splits[0][1]}: {len(names)} class folder(s) "
-                        f"({', '.join(names) or 'none'}); a classifier needs two or more, one folder of images each")
+        raise DataError(
+            f"data.path {splits[0][1]}: {len(names)} class folder(s) "
+            f"({', '.join(names) or 'none'}); a classifier needs two or more, one folder of images each"
+        )
     files = []
     for split, folder in splits:
         for d in subdirs(folder):
             if d.name not in names:
-                raise DataError(f"data.path {d}: class {d.name!r} has no folder under {splits[0][1]} "
-                                "(every class needs training images)")
+                raise DataError(
+                    f"data.path {d}: class {d.name!r} has no folder under {splits[0][1]} "
+                    "(every class needs training images)"
+                )
             images = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not images and split != "test":
                 raise DataError(f"data.path {d}: no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -242,8 +273,10 @@ def _decode(files: list[tuple[str, Path, int]], size: int) -> np.ndarray:
                 first.setdefault(kind, (path, img.mode))
                 if len(first) > 1:
                     (p1, m1), (p2, m2) = first["grayscale"], first["colour"]
-                    raise DataError(f"data.path: images of mixed modes: {p1} is {m1} (grayscale) but {p2} is "
-                                    f"{m2} (colour); convert them to one mode (all RGB or all L)")
+                    raise DataError(
+                        f"data.path: images of mixed modes: {p1} is {m1} (grayscale) but {p2} is "
+                        f"{m2} (colour); convert them to one mode (all RGB or all L)"
+                    )
                 img = img.convert("L" if kind == "grayscale" else "RGB")
                 if img.size != (size, size):
                     img = img.resize((size, size), Image.BILINEAR)
@@ -369,8 +402,10 @@ def _python(cfg: DataConfig):
     elif isinstance(out, (tuple, list)) and len(out) in (4, 5):
         arrays = [*out, None][:5]
     else:
-        raise DataError(f"{what}: must return a dict with {', '.join(ARRAY_KEYS)} (and optionally class_names), "
-                        f"or a tuple (x_train, y_train, x_test, y_test[, class_names]); got {type(out).__name__}")
+        raise DataError(
+            f"{what}: must return a dict with {', '.join(ARRAY_KEYS)} (and optionally class_names), "
+            f"or a tuple (x_train, y_train, x_test, y_test[, class_names]); got {type(out).__name__}"
+        )
     result = checked(*arrays, what)
     _factory_results[key] = result
     return result
@@ -434,8 +469,10 @@ def _arrays_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
     d = read_arrays(path, "data.unlabeled.path")
     key = next((k for k in ("x", "x_train") if k in d), None)
     if key is None:
-        raise DataError(f"data.unlabeled.path {path}: no array x (a transfer set's file holds its inputs as x; it "
-                        f"has {', '.join(map(str, d)) or 'nothing'})")
+        raise DataError(
+            f"data.unlabeled.path {path}: no array x (a transfer set's file holds its inputs as x; it "
+            f"has {', '.join(map(str, d)) or 'nothing'})"
+        )
     labels = [k for k in d if k.startswith("y")]
     x = _features(d[key].numpy() if isinstance(d[key], torch.Tensor) else d[key], key, f"data.unlabeled.path {path}")
     return x, f"its array(s) {', '.join(labels)} are ignored" if labels else ""
@@ -455,8 +492,9 @@ def _csv_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
         raise DataError(f"data.unlabeled.path {path}: no numeric feature column")
     if df[features].isna().any().any():
         raise DataError(f"data.unlabeled.path {path}: empty cells in the feature columns")
-    return _features(df[features].to_numpy(np.float32), "rows", f"data.unlabeled.path {path}"), \
-        f"column(s) {', '.join(ignored)} ignored" if ignored else ""
+    return _features(
+        df[features].to_numpy(np.float32), "rows", f"data.unlabeled.path {path}"
+    ), f"column(s) {', '.join(ignored)} ignored" if ignored else ""
 
 
 def _python_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:

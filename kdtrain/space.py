@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import itertools
 
-from kdtrain.schema import Config
 from kdtrain.data import identity
 from kdtrain.losses import LOSS_SETTINGS
+from kdtrain.schema import Config
 
 
 def subsets(names: list[str]) -> list[str]:
@@ -44,11 +44,13 @@ def suggest(trial, space: dict, base_loss: str | None = None) -> dict:
             continue  # no feature pair: no weight to search (the trial keeps the base setting)
         kind = spec["type"]
         if kind == "float":
-            values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False),
-                                              step=spec.get("step"))
+            values[key] = trial.suggest_float(
+                key, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step")
+            )
         elif kind == "int":
-            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False),
-                                            step=spec.get("step", 1))
+            values[key] = trial.suggest_int(
+                key, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1)
+            )
         elif kind == "categorical":
             values[key] = trial.suggest_categorical(key, spec["choices"])
         elif kind == "subset":
@@ -98,12 +100,13 @@ def spread_points(cfg: Config, trials: int | None = None, cap: int = 6) -> list[
         point = {k: _at(cfg.search[k], i / (n - 1)) for k in keys}
         if point != base and point not in points:
             points.append(point)
-    return points[:min(cap, (trials or cfg.study.trials) // 3)]
+    return points[: min(cap, (trials or cfg.study.trials) // 3)]
 
 
 def _span(spec: dict) -> float:
     """Doublings across an int range (its length in steps of a doubling; linear ranges from 1)."""
     import math
+
     return math.log2(max(spec["high"], 1) / max(spec["low"], 1))
 
 
@@ -118,8 +121,16 @@ def signature(cfg: Config, content: str | None = None) -> dict:
     """What must not change under an existing study name: objectives, search space, the rest of the settings, and
     the content of the user's data files (`content` as recorded when the study was created, else read now)."""
     d = cfg.to_dict()
-    for k in ("trials", "timeout", "pruner", "prune_warmup_epochs", "prune_margin", "max_requeues",
-              "storage_patience", "spread"):  # how, not what
+    for k in (
+        "trials",
+        "timeout",
+        "pruner",
+        "prune_warmup_epochs",
+        "prune_margin",
+        "max_requeues",
+        "storage_patience",
+        "spread",
+    ):  # how, not what
         d["study"].pop(k)
     for k in ("root", "download", "path", "test_path"):  # where the files live, not what they hold
         d["data"].pop(k)

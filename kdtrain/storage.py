@@ -68,8 +68,10 @@ def _driver_words(e: BaseException) -> str:
 
 def unreachable(e: BaseException) -> str:
     """One line for a storage call that failed with the database gone: the driver's words, no password."""
-    return (f"the study's storage is unreachable ({_driver_words(e)}); start the database again and rerun the same "
-            "command (a sweep resumes; its running trial is recovered)")
+    return (
+        f"the study's storage is unreachable ({_driver_words(e)}); start the database again and rerun the same "
+        "command (a sweep resumes; its running trial is recovered)"
+    )
 
 
 class PatientStorage(optuna.storages.RDBStorage):
@@ -106,7 +108,7 @@ class PatientStorage(optuna.storages.RDBStorage):
         while True:
             try:
                 result = call()
-            except Exception as e:
+            except Exception as e:  # a driver's or SQLAlchemy's: one line with the driver's words
                 if not lost_connection(e):
                     raise
                 since = self._failed(e)  # this thread's view: the heartbeat thread may clear down_since meanwhile
@@ -116,11 +118,13 @@ class PatientStorage(optuna.storages.RDBStorage):
                 if waited >= self.patience:
                     if not self.patience:
                         raise
-                    raise StorageLost(f"the study's storage {self._name()} has been unreachable since "
-                                      f"{clock(since)} (more than "
-                                      f"study.storage_patience, {self.patience:.0f} s); this worker stops. Its "
-                                      "trial is failed and re-queued by the next worker or run once the database "
-                                      "is back (no heartbeat for study.grace_period)") from None
+                    raise StorageLost(
+                        f"the study's storage {self._name()} has been unreachable since "
+                        f"{clock(since)} (more than "
+                        f"study.storage_patience, {self.patience:.0f} s); this worker stops. Its "
+                        "trial is failed and re-queued by the next worker or run once the database "
+                        "is back (no heartbeat for study.grace_period)"
+                    ) from None
                 with contextlib.suppress(Exception):
                     self.remove_session()  # a session whose connection died cannot roll back; start afresh
                 time.sleep(min(delay, self.patience - waited))
@@ -147,14 +151,16 @@ class PatientStorage(optuna.storages.RDBStorage):
                     return True
                 raise
             return done or (tries[0] > 1 and self._landed(trial_id, state, values, begun))
+
         return self._patient(call)
 
     def _landed(self, trial_id: int, state, values, begun: datetime.datetime) -> bool:
         """Is the trial in `state` with `values`, since `begun` (this process's clock, as Optuna's times are)?"""
         t = optuna.storages.RDBStorage.get_trial(self, trial_id)
         when = t.datetime_complete if state.is_finished() else t.datetime_start
-        same = (t.values is None) == (values is None) and \
-            all(math.isclose(a, b, rel_tol=1e-12) for a, b in zip(t.values or [], values or []))
+        same = (t.values is None) == (values is None) and all(
+            math.isclose(a, b, rel_tol=1e-12) for a, b in zip(t.values or [], values or [], strict=False)
+        )
         return t.state == state and same and when is not None and when >= begun
 
     def _name(self) -> str:
@@ -166,10 +172,13 @@ class PatientStorage(optuna.storages.RDBStorage):
             if self.down_since is None:
                 self.down_since = time.time()
                 if self.patience:
-                    print(f"warning: the study's storage {self._name()} is unreachable since "
-                          f"{clock(self.down_since)} ({_driver_words(e)}); retrying "
-                          f"for up to {self.patience:.0f} s (study.storage_patience)",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"warning: the study's storage {self._name()} is unreachable since "
+                        f"{clock(self.down_since)} ({_driver_words(e)}); retrying "
+                        f"for up to {self.patience:.0f} s (study.storage_patience)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             return self.down_since
 
     def _back(self) -> None:
@@ -180,16 +189,26 @@ class PatientStorage(optuna.storages.RDBStorage):
 
 
 _lock, _local = threading.Lock(), threading.local()
-_NO_DATABASE = {"remove_session", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback",
-                "get_failed_trial_callback", "check_trial_is_updatable", "_build_frozen_trial_from_trial_model"}
+_NO_DATABASE = {
+    "remove_session",
+    "get_heartbeat_interval",
+    "get_heartbeat_stale_trial_callback",
+    "get_failed_trial_callback",
+    "check_trial_is_updatable",
+    "_build_frozen_trial_from_trial_model",
+}
 """RDBStorage methods that do not reach the database (nothing to wait for; remove_session starts a retry afresh)."""
 
 
 def _reaches_database(name: str, method) -> bool:
     """Every function of RDBStorage's classes but dunders, _NO_DATABASE, and those given a session: they run
     inside another call's transaction (Optuna's *_without_commit), retried whole with that call."""
-    return (inspect.isfunction(method) and not name.startswith("__") and name not in _NO_DATABASE
-            and "session" not in inspect.signature(method).parameters)
+    return (
+        inspect.isfunction(method)
+        and not name.startswith("__")
+        and name not in _NO_DATABASE
+        and "session" not in inspect.signature(method).parameters
+    )
 
 
 def _waiting(name: str):
@@ -198,6 +217,7 @@ def _waiting(name: str):
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         return self._patient(lambda: method(self, *args, **kwargs))
+
     return call
 
 
@@ -241,11 +261,13 @@ def _db_error(e: Exception) -> str:
     """The driver's own words, without SQLAlchemy's wrapping (nor the statement), on one line, passwords hidden."""
     text = str(e).replace("\n", " ").split("(Background on this error", 1)[0].split("[SQL: ", 1)[0]
     text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
-    hints = {"authentication failed": "check the user and password in the storage URL",
-             "Connection refused": "is the database server running and reachable from this machine?",
-             "could not connect": "is the database server running and reachable from this machine?",
-             "timeout expired": "is the database server running and reachable from this machine?",
-             "does not exist": "create the database first, e.g. createdb NAME"}
+    hints = {
+        "authentication failed": "check the user and password in the storage URL",
+        "Connection refused": "is the database server running and reachable from this machine?",
+        "could not connect": "is the database server running and reachable from this machine?",
+        "timeout expired": "is the database server running and reachable from this machine?",
+        "does not exist": "create the database first, e.g. createdb NAME",
+    }
     hint = next((f" ({h})" for k, h in hints.items() if k in text), "")
     return redact(" ".join(text.split()))[:400] + hint
 
@@ -263,19 +285,26 @@ def open_storage(url: str | None = None):
         if url.startswith("postgresql"):
             kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            return PatientStorage(url, engine_kwargs=kwargs, heartbeat_interval=schema.StudyConfig.heartbeat_interval,
-                                  grace_period=schema.StudyConfig.grace_period)
+            return PatientStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=schema.StudyConfig.heartbeat_interval,
+                grace_period=schema.StudyConfig.grace_period,
+            )
         except ImportError:
-            raise KdtrainError(f"the Optuna storage {redact(url)} needs its database driver: "
-                               "pip install 'kdtrain[postgres]'") from None
+            raise KdtrainError(
+                f"the Optuna storage {redact(url)} needs its database driver: pip install 'kdtrain[postgres]'"
+            ) from None
         except Exception as e:  # noqa: BLE001 - a driver's or SQLAlchemy's: one line with the driver's words
             raise KdtrainError(f"cannot open the Optuna storage {redact(url)}: {_db_error(e)}") from None
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(url).expanduser().resolve()
     if path.is_dir():
-        raise KdtrainError(f"the Optuna storage {path} is a directory; give a journal file such as "
-                           f"{path / 'optuna.journal'} or an RDB URL (postgresql://...)")
+        raise KdtrainError(
+            f"the Optuna storage {path} is a directory; give a journal file such as "
+            f"{path / 'optuna.journal'} or an RDB URL (postgresql://...)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
@@ -325,6 +354,7 @@ def study_lock(study_or_storage, study_name: str, purpose: str):
         with file_lock(name):
             yield
         return
+
     def take():
         lock = advisory_lock(b.engine, name)
         lock.__enter__()
@@ -337,7 +367,7 @@ def study_lock(study_or_storage, study_name: str, purpose: str):
     finally:
         try:
             lock.__exit__(None, None, None)
-        except Exception as e:
+        except Exception as e:  # a driver's or SQLAlchemy's: one line with the driver's words
             if not lost_connection(e):  # a dead connection has released its advisory lock already
                 raise
 

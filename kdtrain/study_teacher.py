@@ -27,9 +27,10 @@ class TrialTeacherError(UsageError):
 def parse(text: str, where: str) -> tuple[str, int | None]:
     """'STUDY#N' -> (STUDY, N); 'STUDY' -> (STUDY, None): the confirmed pick."""
     name, sep, number = text.rpartition("#") if "#" in text else (text, "", "")
-    if not name.strip() or sep and not number.isdigit():
-        raise TrialTeacherError(f"{where}: expected STUDY#TRIAL (a trial number) or STUDY (its confirmed pick), "
-                                f"got {text!r}")
+    if not name.strip() or (sep and not number.isdigit()):
+        raise TrialTeacherError(
+            f"{where}: expected STUDY#TRIAL (a trial number) or STUDY (its confirmed pick), got {text!r}"
+        )
     return name, int(number) if sep else None
 
 
@@ -51,7 +52,7 @@ def _resolved(t, storage_url, tracking_uri, log):
     from kdtrain.tracking import MODEL_ARTIFACT, Tracker
 
     where = f"teachers ({t.name}).from_study"
-    if t.logits or t.weights and not Path(t.weights).name == MODEL_ARTIFACT:
+    if t.logits or (t.weights and not Path(t.weights).name == MODEL_ARTIFACT):
         raise TrialTeacherError(f"{where}: the trial's model is the teacher; drop weights and logits")
     name, number = parse(t.from_study, where)
     try:
@@ -70,10 +71,20 @@ def _resolved(t, storage_url, tracking_uri, log):
             got = tracker.download(run_id, tmp, MODEL_ARTIFACT)
             with atomic_dir(folder) as out:
                 shutil.copy(got, out / MODEL_ARTIFACT)
-    log(f"teacher {t.name}: trial {trial.number} of study {name} (MLflow run {run_id[:8]}), {src.arch} width "
-        f"{src.width}, val_acc {trial.values[0] if trial.values else float('nan'):.4f}")
-    return dataclasses.replace(t, arch=src.arch, width=src.width, depth=src.depth, hidden=src.hidden,
-                               dropout=src.dropout, pretrained=False, weights=str(folder / MODEL_ARTIFACT))
+    log(
+        f"teacher {t.name}: trial {trial.number} of study {name} (MLflow run {run_id[:8]}), {src.arch} width "
+        f"{src.width}, val_acc {trial.values[0] if trial.values else float('nan'):.4f}"
+    )
+    return dataclasses.replace(
+        t,
+        arch=src.arch,
+        width=src.width,
+        depth=src.depth,
+        hidden=src.hidden,
+        dropout=src.dropout,
+        pretrained=False,
+        weights=str(folder / MODEL_ARTIFACT),
+    )
 
 
 def _pick(study, number: int | None, tracker, where: str):
@@ -87,12 +98,17 @@ def _pick(study, number: int | None, tracker, where: str):
 
         confirmed = {n: c for n, c in confirmed_trials(tracker, study.study_name).items() if n in done}
         if not confirmed:
-            raise TrialTeacherError(f"{where}: study {study.study_name!r} has no confirmed trial to pick; run kdtrain "
-                                    f"confirm {study.study_name} --trial N, or name one as {study.study_name}#N "
-                                    f"({listed})")
+            raise TrialTeacherError(
+                f"{where}: study {study.study_name!r} has no confirmed trial to pick; run kdtrain "
+                f"confirm {study.study_name} --trial N, or name one as {study.study_name}#N "
+                f"({listed})"
+            )
         number = max(confirmed, key=lambda n: confirmed[n]["val"])
     if number not in done:
         state = next((t.state.name for t in study.trials if t.number == number), None)
-        raise TrialTeacherError(f"{where}: trial {number} of {study.study_name!r} "
-                                + (f"is {state}, not complete" if state else "does not exist") + f" ({listed})")
+        raise TrialTeacherError(
+            f"{where}: trial {number} of {study.study_name!r} "
+            + (f"is {state}, not complete" if state else "does not exist")
+            + f" ({listed})"
+        )
     return done[number]

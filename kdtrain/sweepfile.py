@@ -20,7 +20,6 @@ from kdtrain.schema import SECTIONS, TOP_LEVEL, Config, TeacherConfig
 from kdtrain.validate import _check_values, _section, did_you_mean
 from kdtrain.validate_search import check_search
 
-
 MAX_DEPTH, MAX_VALUES, MAX_INT_BITS = 16, 100_000, 64
 """Far beyond any sweep file; deeper, larger (YAML aliases expand) or longer-int input is refused up front."""
 
@@ -35,17 +34,40 @@ def _check_shape(raw: Any, source: str) -> None:
         at = f"{where}: " if where else ""
         count += 1
         if depth > MAX_DEPTH:
-            raise ConfigError([f"nested more than {MAX_DEPTH} levels deep (or a YAML anchor inside itself); "
-                               "a sweep file needs three or four levels"], source)
+            raise ConfigError(
+                [
+                    (
+                        f"nested more than {MAX_DEPTH} levels deep (or a YAML anchor inside itself); "
+                        "a sweep file needs three or four levels"
+                    )
+                ],
+                source,
+            )
         if count > MAX_VALUES:
-            raise ConfigError([f"more than {MAX_VALUES} values once YAML aliases are expanded; "
-                               "a sweep file needs a few dozen"], source)
+            raise ConfigError(
+                [(f"more than {MAX_VALUES} values once YAML aliases are expanded; a sweep file needs a few dozen")],
+                source,
+            )
         if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
-            raise ConfigError([f"{at}an integer longer than {MAX_INT_BITS} bits (about 19 digits); no setting needs "
-                               "one: write it as a float (1e30) or quote it"], source)
+            raise ConfigError(
+                [
+                    (
+                        f"{at}an integer longer than {MAX_INT_BITS} bits (about 19 digits); no setting needs "
+                        "one: write it as a float (1e30) or quote it"
+                    )
+                ],
+                source,
+            )
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError([f"{at}{value} is not a finite number; no setting takes .nan or .inf (give a number, "
-                               "or leave the setting out for its default)"], source)
+            raise ConfigError(
+                [
+                    (
+                        f"{at}{value} is not a finite number; no setting takes .nan or .inf (give a number, "
+                        "or leave the setting out for its default)"
+                    )
+                ],
+                source,
+            )
         if isinstance(value, dict):
             for k, v in value.items():
                 path = f"{where}.{str(k)[:40]}" if where else str(k)[:40]  # cut: a key may be megabytes long
@@ -85,7 +107,7 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, list[str]]:
         parts = key.strip().split(".")
         if parts[0] == "search" and len(parts) > 2:
             parts = ["search", ".".join(parts[1:])]
-        if parts[0] not in TOP_LEVEL or len(parts) < 2 and parts[0] != "teachers":
+        if parts[0] not in TOP_LEVEL or (len(parts) < 2 and parts[0] != "teachers"):
             problems.append(f"--set {key}: unknown setting (use section.key, e.g. kd.alpha=0.5)")
             continue
         node = nested
@@ -138,8 +160,9 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"the file must be a mapping of sections, got {type(raw).__name__} "
-                           "(see sweeps/quickstart.yaml)"], source)
+        raise ConfigError(
+            [(f"the file must be a mapping of sections, got {type(raw).__name__} (see sweeps/quickstart.yaml)")], source
+        )
     if overrides:
         over, p = parse_overrides(overrides)
         problems += p
@@ -148,7 +171,9 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
     raw = copy.deepcopy(raw)  # the Config shares nothing with the caller
     for key in raw:
         if key not in TOP_LEVEL:
-            problems.append(f"{key}: unknown section{did_you_mean(key, TOP_LEVEL)} (known: {', '.join(sorted(TOP_LEVEL))})")
+            problems.append(
+                f"{key}: unknown section{did_you_mean(key, TOP_LEVEL)} (known: {', '.join(sorted(TOP_LEVEL))})"
+            )
     sections = {name: _section(cls, raw.get(name), name, problems) for name, cls in SECTIONS.items()}
     teachers_raw = raw.get("teachers") or []
     if not isinstance(teachers_raw, list):
@@ -160,8 +185,11 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
         where = f"teachers[{i}]" + (f" ({name})" if isinstance(name, str) and name else "")
         t = _section(TeacherConfig, t, where, problems)
         # {0: [...], 1: [...]} as a list: JSON (a study's copy of the config) would turn its keys into names
-        teachers.append(t if classmap.canonical(t.classes) is t.classes else
-                        dataclasses.replace(t, classes=classmap.canonical(t.classes)))
+        teachers.append(
+            t
+            if classmap.canonical(t.classes) is t.classes
+            else dataclasses.replace(t, classes=classmap.canonical(t.classes))
+        )
     search = raw.get("search") or {}
     if not isinstance(search, dict):
         problems.append("search: expected a mapping of dotted key -> range")
@@ -187,14 +215,28 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     except OSError as e:
         raise ConfigError([f"cannot read {p}: {e.strerror or e} (check that it is a readable file)"], str(p)) from None
     except UnicodeDecodeError as e:
-        raise ConfigError([f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start} "
-                           f"(a sweep file is YAML text; save it as UTF-8)"], str(p)) from None
+        raise ConfigError(
+            [
+                (
+                    f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start} "
+                    f"(a sweep file is YAML text; save it as UTF-8)"
+                )
+            ],
+            str(p),
+        ) from None
     raw, problem = _safe_load(text)
     if problem:
         raise ConfigError([problem], str(p))
     if not raw:
-        raise ConfigError(["the file is empty: a sweep file names at least its teachers: and its search: (start "
-                           "from a copy of sweeps/quickstart.yaml; every key: docs/reference.md)"], str(p))
+        raise ConfigError(
+            [
+                (
+                    "the file is empty: a sweep file names at least its teachers: and its search: (start "
+                    "from a copy of sweeps/quickstart.yaml; every key: docs/reference.md)"
+                )
+            ],
+            str(p),
+        )
     try:
         return from_dict(raw, str(p), overrides)
     except ConfigError as e:
@@ -208,8 +250,9 @@ def _how_made(problem: str, text: str) -> str:
         return ""
     comments = " ".join(line.lstrip("# ") for line in text.splitlines() if line.lstrip().startswith("#"))
     made = re.search(r"(python3? \S+\.py[^(.;#]*)", comments)
-    return (f"; relative paths are read from the current folder ({Path.cwd()})"
-            + (f"; the sweep file makes its data with: {made.group(1).strip()}" if made else ""))
+    return f"; relative paths are read from the current folder ({Path.cwd()})" + (
+        f"; the sweep file makes its data with: {made.group(1).strip()}" if made else ""
+    )
 
 
 def replace(cfg: Config, values: dict[str, Any]) -> Config:

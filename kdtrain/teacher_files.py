@@ -56,8 +56,10 @@ def columns(t: TeacherConfig, data: Dataset, got: int, where: str) -> None:
     """A file teacher's logits have one column per class: the student's classes, or with teachers[].classes any
     number (the mapping's indices are checked against it)."""
     if t.classes is None and got != data.num_classes:
-        raise DataError(f"{where}: {got} logits per sample, this data has {data.num_classes} classes (map the "
-                        "teacher's classes to the student's with teachers[].classes)")
+        raise DataError(
+            f"{where}: {got} logits per sample, this data has {data.num_classes} classes (map the "
+            "teacher's classes to the student's with teachers[].classes)"
+        )
 
 
 def file_logits(t: TeacherConfig, data: Dataset) -> dict[str, torch.Tensor]:
@@ -69,23 +71,34 @@ def file_logits(t: TeacherConfig, data: Dataset) -> dict[str, torch.Tensor]:
     d = read_arrays(Path(t.logits).expanduser().resolve(), f"teachers ({t.name}).logits")
     missing = [k for k in ("train", "test") if k not in d]
     if missing:
-        raise DataError(f"{where}: missing array(s) {', '.join(missing)} (a logits file holds train and test, one "
-                        f"row of {data.num_classes} logits per sample; it has {', '.join(map(str, d)) or 'nothing'})")
+        raise DataError(
+            f"{where}: missing array(s) {', '.join(missing)} (a logits file holds train and test, one "
+            f"row of {data.num_classes} logits per sample; it has {', '.join(map(str, d)) or 'nothing'})"
+        )
     out = {}
     for split, rows in (("train", data.source_rows), ("test", len(data.y_test))):
         a = torch.as_tensor(d[split]).float() if not isinstance(d[split], torch.Tensor) else d[split].float()
         cols = a.shape[1] if a.ndim == 2 else -1
-        if a.ndim != 2 or a.shape[0] != rows or (t.classes is None and cols != data.num_classes) \
-                or (split == "test" and cols != out["train"].shape[1]):
+        if (
+            a.ndim != 2
+            or a.shape[0] != rows
+            or (t.classes is None and cols != data.num_classes)
+            or (split == "test" and cols != out["train"].shape[1])
+        ):
             need = f"({rows}, {data.num_classes})" if t.classes is None else f"({rows}, teacher classes)"
-            raise DataError(f"{where}: {split} has shape {tuple(a.shape)}, the data needs {need}: one row of logits "
-                            f"per {split} sample, one column per class")
+            raise DataError(
+                f"{where}: {split} has shape {tuple(a.shape)}, the data needs {need}: one row of logits "
+                f"per {split} sample, one column per class"
+            )
         if not torch.isfinite(a).all():
             raise DataError(f"{where}: {split} holds NaN or infinite values")
         out[split] = a
     train = out["train"]
-    return {"train": train[torch.as_tensor(data.train_rows)], "val": train[torch.as_tensor(data.val_rows)],
-            "test": out["test"]}
+    return {
+        "train": train[torch.as_tensor(data.train_rows)],
+        "val": train[torch.as_tensor(data.val_rows)],
+        "test": out["test"],
+    }
 
 
 def check_order(t: TeacherConfig, logits: dict[str, torch.Tensor], groups, data: Dataset, log: Callable[[str], None]):
@@ -96,14 +109,19 @@ def check_order(t: TeacherConfig, logits: dict[str, torch.Tensor], groups, data:
     pred, y = map_logits(logits["train"], groups, 1.0).argmax(1)[labelled], y[labelled]
     accuracy = (pred == y).float().mean().item()
     k = data.num_classes
-    shuffled = float((torch.bincount(pred, minlength=k).float() / len(y)
-                      @ (torch.bincount(y, minlength=k).float() / len(y))))
-    log(f"teacher {t.name}: logits file agrees with the labels on {accuracy:.1%} of the training rows "
-        f"(rows in a random order would agree on about {shuffled:.1%})")
+    shuffled = float(
+        torch.bincount(pred, minlength=k).float() / len(y) @ (torch.bincount(y, minlength=k).float() / len(y))
+    )
+    log(
+        f"teacher {t.name}: logits file agrees with the labels on {accuracy:.1%} of the training rows "
+        f"(rows in a random order would agree on about {shuffled:.1%})"
+    )
     if accuracy - shuffled < 0.1:
-        raise DataError(f"{file_of(t, 'logits')}: the logits agree with the labels on {accuracy:.1%} of the training "
-                        f"rows, about what shuffled rows would ({shuffled:.1%}): rows not in the data's order? (the "
-                        "train rows follow the data's training set, before kdtrain carves its validation split)")
+        raise DataError(
+            f"{file_of(t, 'logits')}: the logits agree with the labels on {accuracy:.1%} of the training "
+            f"rows, about what shuffled rows would ({shuffled:.1%}): rows not in the data's order? (the "
+            "train rows follow the data's training set, before kdtrain carves its validation split)"
+        )
 
 
 def onnx_logits(t: TeacherConfig, data: Dataset, threads: int, view=None) -> dict[str, torch.Tensor]:
@@ -115,7 +133,7 @@ def onnx_logits(t: TeacherConfig, data: Dataset, threads: int, view=None) -> dic
         raise DataError(f"{where}: no such file")
     try:
         sess = onnx_session(Path(t.weights).expanduser(), max(1, threads))
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+    except Exception as e:  # noqa: BLE001
         raise DataError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
     inp = sess.get_inputs()[0]
     names = [o.name for o in sess.get_outputs()]
@@ -129,7 +147,7 @@ def onnx_logits(t: TeacherConfig, data: Dataset, threads: int, view=None) -> dic
         raise DataError(f"{where}: output {t.output!r} is not among the model's outputs ({', '.join(names)})")
     fixed = [d if isinstance(d, int) else None for d in inp.shape]
     sample = tuple(data.input_shape)
-    if len(fixed) != len(sample) + 1 or any(f is not None and f != s for f, s in zip(fixed[1:], sample)):
+    if len(fixed) != len(sample) + 1 or any(f is not None and f != s for f, s in zip(fixed[1:], sample, strict=False)):
         raise DataError(f"{where}: takes inputs of shape {tuple(inp.shape)}, the data's samples are {sample}")
     batch = fixed[0] or 1024
     out = {}
@@ -137,17 +155,18 @@ def onnx_logits(t: TeacherConfig, data: Dataset, threads: int, view=None) -> dic
         x = viewed(getattr(data, f"x_{split}").cpu(), view).numpy()
         parts = []
         for i in range(0, len(x), batch):
-            chunk = x[i:i + batch]
+            chunk = x[i : i + batch]
             if fixed[0] and len(chunk) < batch:  # a fixed batch size: pad the last chunk
                 chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *sample), np.float32)])
             try:
-                parts.append(sess.run(None, {inp.name: chunk})[which][: len(x[i:i + batch])])
+                parts.append(sess.run(None, {inp.name: chunk})[which][: len(x[i : i + batch])])
             except Exception as e:  # noqa: BLE001
                 raise DataError(f"{where}: failed on the data ({first_line(e)})") from None
         out[split] = torch.from_numpy(np.concatenate(parts)).float()
         if out[split].ndim != 2 or len(out[split]) != len(x):
-            raise DataError(f"{where}: returns {tuple(out[split].shape[1:])} per sample; a classifier returns one "
-                            "logit per class")
+            raise DataError(
+                f"{where}: returns {tuple(out[split].shape[1:])} per sample; a classifier returns one logit per class"
+            )
         columns(t, data, out[split].shape[1], where)
     return out
 
@@ -168,19 +187,22 @@ def torchscript(t: TeacherConfig, data: Dataset, view=None) -> nn.Module:
     try:
         model = pick(t, jit_load(Path(t.weights).expanduser()))
     except (RuntimeError, ValueError) as e:
-        raise DataError(f"{file_of(t, 'weights')}: not a loadable TorchScript file "
-                        f"({first_line(e)})") from None
+        raise DataError(f"{file_of(t, 'weights')}: not a loadable TorchScript file ({first_line(e)})") from None
     try:
         with torch.no_grad():
             out = model.eval()(viewed(data.x_val[:2].cpu(), view))
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"{file_of(t, 'weights')}: does not run on the data's samples of shape "
-                        f"{tuple(data.input_shape)} ({first_line(e)})") from None
+        raise DataError(
+            f"{file_of(t, 'weights')}: does not run on the data's samples of shape "
+            f"{tuple(data.input_shape)} ({first_line(e)})"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise DataError(f"{file_of(t, 'weights')}: returns {getattr(out, 'shape', type(out).__name__)} for 2 "
-                        f"samples; a classifier returns (batch, classes)")
+        raise DataError(
+            f"{file_of(t, 'weights')}: returns {getattr(out, 'shape', type(out).__name__)} for 2 "
+            f"samples; a classifier returns (batch, classes)"
+        )
     columns(t, data, out.shape[1], file_of(t, "weights"))
     return model
 

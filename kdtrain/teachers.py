@@ -14,25 +14,24 @@ import json
 import pickle
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from kdtrain import classmap, models, nets, references, rows, teacher_files
-from kdtrain.errors import KdtrainError
-from kdtrain.paths import home
-from kdtrain.schema import Config, TeacherConfig, sub_data
-from kdtrain.errors import DataError, first_line
 from kdtrain.data import Dataset
 from kdtrain.data import identity as data_identity
 from kdtrain.data import load as load_data
+from kdtrain.errors import DataError, KdtrainError, first_line
 from kdtrain.losses import map_logits
-from kdtrain.sources import file_digest
+from kdtrain.paths import home
+from kdtrain.schema import Config, TeacherConfig, sub_data
 from kdtrain.shared import atomic_dir, content_key
+from kdtrain.sources import file_digest
 from kdtrain.train import EpochStats, predict, resolve_device, seed_all, train
 
 CACHE_VERSION = 1
@@ -147,8 +146,10 @@ def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | N
     if tds is ds:
         return None
     if tuple(tds.input_shape) != tuple(ds.input_shape):
-        raise DataError(f"teachers[].data: samples of shape {tuple(tds.input_shape)}, the student's data has "
-                        f"{tuple(ds.input_shape)}; a teacher's data must hold inputs like the student's")
+        raise DataError(
+            f"teachers[].data: samples of shape {tuple(tds.input_shape)}, the student's data has "
+            f"{tuple(ds.input_shape)}; a teacher's data must hold inputs like the student's"
+        )
     s_mean, s_std = np.asarray(ds.mean), np.asarray(ds.std)
     t_mean, t_std = np.asarray(tds.mean), np.asarray(tds.std)
     t_mean, t_std = np.broadcast_to(t_mean, s_mean.shape), np.broadcast_to(t_std, s_std.shape)
@@ -161,9 +162,11 @@ def resolve_groups(t: TeacherConfig, ds: Dataset, teacher_classes: list[str]) ->
     if t.classes is not None:
         return classmap.groups(t.classes, ds.class_names, teacher_classes, where)
     if len(teacher_classes) != ds.num_classes:
-        raise DataError(f"teachers ({t.name}): the teacher has {len(teacher_classes)} classes, the student's data "
-                        f"{ds.num_classes}; map them with teachers[].classes (a list of teacher classes, one per "
-                        "student class, or {student class: [teacher classes]})")
+        raise DataError(
+            f"teachers ({t.name}): the teacher has {len(teacher_classes)} classes, the student's data "
+            f"{ds.num_classes}; map them with teachers[].classes (a list of teacher classes, one per "
+            "student class, or {student class: [teacher classes]})"
+        )
     return None
 
 
@@ -240,8 +243,10 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
     ref = t.weights
     if ref.split(":", 1)[0] in URI_SCHEMES:
         if load_uri is None:
-            raise KdtrainError(f"teacher {t.name!r}: weights {ref} is a model URI; load the pool through "
-                               "kdtrain.worker.load_pool, which reads MLflow models")
+            raise KdtrainError(
+                f"teacher {t.name!r}: weights {ref} is a model URI; load the pool through "
+                "kdtrain.worker.load_pool, which reads MLflow models"
+            )
         state, source = references.state(ref, load_uri) if references.moving(ref) else load_uri(ref), "mlflow"
     else:
         state, source = teacher_files.read_checkpoint(ref), "checkpoint"
@@ -249,8 +254,9 @@ def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) 
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:4]
-        raise KdtrainError(f"teacher {t.name!r}: weights {ref} do not fit arch {t.arch} at width {t.width}: "
-                           + " ".join(lines)[:400]) from None
+        raise KdtrainError(
+            f"teacher {t.name!r}: weights {ref} do not fit arch {t.arch} at width {t.width}: " + " ".join(lines)[:400]
+        ) from None
     return source
 
 
@@ -285,10 +291,24 @@ def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> T
             model.load_state_dict(state)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
         return None  # missing or damaged: train again
-    return Teacher(t.name, t, model.eval() if model is not None else None, logits, meta["params"],
-                   meta["val_accuracy"], meta["test_accuracy"], "cache", meta["seconds"], folder.name.rsplit("-", 1)[1],
-                   folder, classes, None, meta.get("view"), meta.get("source_val_accuracy"),
-                   meta.get("source_test_accuracy"))
+    return Teacher(
+        t.name,
+        t,
+        model.eval() if model is not None else None,
+        logits,
+        meta["params"],
+        meta["val_accuracy"],
+        meta["test_accuracy"],
+        "cache",
+        meta["seconds"],
+        folder.name.rsplit("-", 1)[1],
+        folder,
+        classes,
+        None,
+        meta.get("view"),
+        meta.get("source_val_accuracy"),
+        meta.get("source_test_accuracy"),
+    )
 
 
 def kind(t: TeacherConfig) -> str:
@@ -308,8 +328,19 @@ def kind(t: TeacherConfig) -> str:
     return "weights"
 
 
-def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, logits, source: str, start: float,
-          classes: list[str], view=None, tds: Dataset | None = None):
+def _made(
+    t: TeacherConfig,
+    cfg: Config,
+    data: Dataset,
+    folder: Path,
+    model,
+    logits,
+    source: str,
+    start: float,
+    classes: list[str],
+    view=None,
+    tds: Dataset | None = None,
+):
     """Cache a teacher made now and return it: its accuracy on the student's splits (mapped to the student's
     classes) and, when it learnt from its own data, on that data's splits."""
     groups = resolve_groups(t, data, classes)
@@ -327,21 +358,50 @@ def _made(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path, model, log
         params = onnx_params(Path(t.weights).expanduser())
     seconds = time.perf_counter() - start
     ref = reference(t)
-    meta = {"name": t.name, "config": dataclasses.asdict(t), "params": params, "val_accuracy": val_acc,
-            "test_accuracy": test_acc, "seconds": seconds, "source": source, "classes": list(classes), "view": view,
-            "source_val_accuracy": source_val, "source_test_accuracy": source_test, "reference": ref}
+    meta = {
+        "name": t.name,
+        "config": dataclasses.asdict(t),
+        "params": params,
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "seconds": seconds,
+        "source": source,
+        "classes": list(classes),
+        "view": view,
+        "source_val_accuracy": source_val,
+        "source_test_accuracy": source_test,
+        "reference": ref,
+    }
     moved = references.moved_note(folder, ref) if ref else None  # said where it came from (its run, the tables)
     _save_atomic(folder, model, logits, meta)
-    return Teacher(t.name, t, model, logits, params, val_acc, test_acc, moved or source, seconds,
-                   folder.name.rsplit("-", 1)[1], folder, list(classes), groups, view, source_val, source_test)
+    return Teacher(
+        t.name,
+        t,
+        model,
+        logits,
+        params,
+        val_acc,
+        test_acc,
+        moved or source,
+        seconds,
+        folder.name.rsplit("-", 1)[1],
+        folder,
+        list(classes),
+        groups,
+        view,
+        source_val,
+        source_test,
+    )
 
 
 def _predict_all(model: nn.Module, cfg: Config, data: Dataset, view=None) -> dict[str, torch.Tensor]:
     device = resolve_device(cfg.train.device)
     model.to(device)
     bs, bf16 = cfg.train.eval_batch_size, cfg.train.bf16
-    logits = {split: predict(model, teacher_files.viewed(getattr(data, f"x_{split}").cpu(), view).to(device), bs, bf16).cpu()
-              for split in ("train", "val", "test")}
+    logits = {
+        split: predict(model, teacher_files.viewed(getattr(data, f"x_{split}").cpu(), view).to(device), bs, bf16).cpu()
+        for split in ("train", "val", "test")
+    }
     model.cpu().eval()
     return logits
 
@@ -352,8 +412,11 @@ def _file_classes(t: TeacherConfig, cfg: Config, data: Dataset, columns: int) ->
         names = own_data(t, cfg, data).class_names
         if len(names) == columns:
             return list(names)
-    return list(data.class_names) if columns == data.num_classes and t.classes is None \
+    return (
+        list(data.class_names)
+        if columns == data.num_classes and t.classes is None
         else [str(i) for i in range(columns)]
+    )
 
 
 def _domain(t: TeacherConfig, cfg: Config, data: Dataset):
@@ -365,8 +428,14 @@ def _domain(t: TeacherConfig, cfg: Config, data: Dataset):
         raise DataError(str(e).replace("teachers[].data", f"teachers ({t.name}).data")) from None
 
 
-def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str], None] = print,
-                on_epoch: Callable[[EpochStats], None] | None = None, load_uri: LoadURI | None = None) -> Teacher:
+def get_teacher(
+    t: TeacherConfig,
+    cfg: Config,
+    data: Dataset,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    load_uri: LoadURI | None = None,
+) -> Teacher:
     """Return a teacher from the cache, or train / load it and cache it."""
     folder = cache_dir(t, cfg)
     hit = _from_cache(t, cfg, data, folder)
@@ -386,14 +455,35 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str
     if how == "onnx":
         log(f"teacher {t.name}: computing its logits with ONNX Runtime from {t.weights}")
         logits = teacher_files.onnx_logits(t, data, cfg.train.threads, view)
-        return _made(t, cfg, data, folder, None, logits, "onnx", start,
-                     _file_classes(t, cfg, data, logits["train"].shape[1]), view)
+        return _made(
+            t,
+            cfg,
+            data,
+            folder,
+            None,
+            logits,
+            "onnx",
+            start,
+            _file_classes(t, cfg, data, logits["train"].shape[1]),
+            view,
+        )
     if how == "torchscript":
         log(f"teacher {t.name}: loaded TorchScript model {t.weights}")
         model = teacher_files.torchscript(t, data, view)
         logits = _predict_all(model, cfg, data, view)
-        return _made(t, cfg, data, folder, model, logits, "torchscript", start,
-                     _file_classes(t, cfg, data, logits["train"].shape[1]), view, tds)
+        return _made(
+            t,
+            cfg,
+            data,
+            folder,
+            model,
+            logits,
+            "torchscript",
+            start,
+            _file_classes(t, cfg, data, logits["train"].shape[1]),
+            view,
+            tds,
+        )
     seed_all(cfg.train.seed)
     model = build(t, tds)
     if t.weights:
@@ -403,15 +493,27 @@ def get_teacher(t: TeacherConfig, cfg: Config, data: Dataset, log: Callable[[str
         epochs = t.epochs if t.epochs is not None else cfg.train.epochs
         family = "" if t.arch.startswith("torchvision:") else f"width {t.width}, "
         own = f" on its own data ({t.data.get('name', 'mnist1d')})" if t.data is not None else ""
-        log(f"teacher {t.name}: training {t.arch} ({family}{models.count_params(model):,} params) for {epochs} "
-            f"epochs{own}")
+        log(
+            f"teacher {t.name}: training {t.arch} ({family}{models.count_params(model):,} params) for {epochs} "
+            f"epochs{own}"
+        )
         source = "trained"
         augment = sub_data(t.data, cfg.data).augment if t.data is not None else cfg.data.augment
         if epochs > 0:
-            model = train(model, tds, cfg.train, augment_kinds=augment, on_epoch=on_epoch, epochs=epochs,
-                          lr=t.lr).model
-    return _made(t, cfg, data, folder, model, _predict_all(model, cfg, data, view), source, start,
-                 list(tds.class_names), view, tds)
+            model = train(model, tds, cfg.train, augment_kinds=augment, on_epoch=on_epoch, epochs=epochs, lr=t.lr).model
+    return _made(
+        t,
+        cfg,
+        data,
+        folder,
+        model,
+        _predict_all(model, cfg, data, view),
+        source,
+        start,
+        list(tds.class_names),
+        view,
+        tds,
+    )
 
 
 def _first_batch(t: TeacherConfig, model: nn.Module, tds: Dataset) -> None:
@@ -423,13 +525,16 @@ def _first_batch(t: TeacherConfig, model: nn.Module, tds: Dataset) -> None:
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - user code
-            raise DataError(f"teachers ({t.name}).arch {t.arch} does not run on its data's samples of shape "
-                            f"{tuple(tds.input_shape)}: {type(e).__name__}: {first_line(e, 300)}") from None
+            raise DataError(
+                f"teachers ({t.name}).arch {t.arch} does not run on its data's samples of shape "
+                f"{tuple(tds.input_shape)}: {type(e).__name__}: {first_line(e, 300)}"
+            ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, tds.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"teachers ({t.name}): returns {shape} for a batch of 2; its data has {tds.num_classes} "
-                        "classes" + ("" if t.output is not None else " (a model with several outputs needs "
-                                     "teachers[].output)"))
+        raise DataError(
+            f"teachers ({t.name}): returns {shape} for a batch of 2; its data has {tds.num_classes} "
+            "classes" + ("" if t.output is not None else " (a model with several outputs needs teachers[].output)")
+        )
 
 
 def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadURI | None = None) -> None:
@@ -466,9 +571,14 @@ def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadUR
             resolve_groups(t, data, list(tds.class_names))
 
 
-def load_pool(cfg: Config, data: Dataset, names: list[str] | None = None,
-              log: Callable[[str], None] = print, on_epoch: Callable[[str, EpochStats], None] | None = None,
-              load_uri: LoadURI | None = None) -> dict[str, Teacher]:
+def load_pool(
+    cfg: Config,
+    data: Dataset,
+    names: list[str] | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[str, EpochStats], None] | None = None,
+    load_uri: LoadURI | None = None,
+) -> dict[str, Teacher]:
     """The named teachers (default: the whole pool), each cached or trained."""
     wanted = names if names is not None else [t.name for t in cfg.teachers]
     check_weights(cfg, data, wanted, load_uri)  # resolves the moving references first
@@ -480,8 +590,9 @@ def load_pool(cfg: Config, data: Dataset, names: list[str] | None = None,
     return pool
 
 
-def stacked_logits(pool: dict[str, Teacher], names: list[str], split: str = "train",
-                   temperature: float = 1.0) -> torch.Tensor:
+def stacked_logits(
+    pool: dict[str, Teacher], names: list[str], split: str = "train", temperature: float = 1.0
+) -> torch.Tensor:
     """(K, N, C) logits of the named teachers on a split, each mapped to the student's classes at this
     temperature (teachers[].classes)."""
     return torch.stack([pool[n].student_logits(split, temperature) for n in names])

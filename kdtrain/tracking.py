@@ -20,10 +20,10 @@ import warnings
 from pathlib import Path
 
 from kdtrain.errors import KdtrainError, first_line, not_a_stop
-from kdtrain.paths import home, redact
 from kdtrain.outbox import PENDING, Outbox, TrackingLost, _reason, unreachable  # noqa: F401
-from kdtrain.writes import CURVES, MODEL_TAG, WRITE_TAG, Writes, literal  # noqa: F401
+from kdtrain.paths import home, redact
 from kdtrain.shared import atomic_dir
+from kdtrain.writes import CURVES, MODEL_TAG, WRITE_TAG, Writes, literal
 
 ROLE = "kdtrain.role"
 MODEL_ARTIFACT, CONFIG_ARTIFACT, SWEEP_ARTIFACT = "model.pt", "config.yaml", "sweep.yaml"
@@ -58,9 +58,11 @@ def _read(method):
     """A read of the tracking server (a search, a run's tags or metrics, an artifact): the server away, waited for
     as a run's creation is (Writes.patiently: up to study.storage_patience, then TrackingLost), so that a follow-up
     or a teacher fetch in an outage waits instead of ending its worker."""
+
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         return self.patiently(lambda again: method(self, *args, **kwargs))
+
     return call
 
 
@@ -76,7 +78,7 @@ def load_state_dict(uri: str) -> dict:
 
     try:
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except Exception as e:  # mlflow raises many types for a bad URI; report it as one message
+    except Exception as e:  # noqa: BLE001 - mlflow raises many types for a bad URI; report it as one message
         raise KdtrainError(f"could not load the MLflow model {uri}: {first_line(e, 300)}") from None
     return model.state_dict()
 
@@ -120,18 +122,26 @@ def check_reachable(uri: str | None) -> None:
     creds = get_default_host_creds(uri)
     for endpoint, params in (("/health", None), ("/api/2.0/mlflow/experiments/search", {"max_results": 1})):
         try:
-            response = http_request(creds, endpoint, "GET", max_retries=0, timeout=10, raise_on_status=False,
-                                    params=params)
+            response = http_request(
+                creds, endpoint, "GET", max_retries=0, timeout=10, raise_on_status=False, params=params
+            )
         except Exception as e:  # noqa: BLE001 - requests' connection, TLS and timeout errors, wrapped by MLflow
-            raise KdtrainError(f"cannot reach the MLflow tracking server {redact(uri)} ({_reason(e)}); start it "
-                               "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI"
-                               + ("; for a private CA set MLFLOW_TRACKING_SERVER_CERT_PATH" if "SSL" in str(e)
-                                  or "certificate" in str(e) else "")) from None
+            raise KdtrainError(
+                f"cannot reach the MLflow tracking server {redact(uri)} ({_reason(e)}); start it "
+                "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI"
+                + (
+                    "; for a private CA set MLFLOW_TRACKING_SERVER_CERT_PATH"
+                    if "SSL" in str(e) or "certificate" in str(e)
+                    else ""
+                )
+            ) from None
         if response.status_code in (401, 403):
             what = "refused the credentials" if creds.username or creds.token else "needs credentials"
-            raise KdtrainError(f"the MLflow tracking server {redact(uri)} {what} (HTTP {response.status_code}); set "
-                               "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user it knows (or "
-                               "MLFLOW_TRACKING_TOKEN)")
+            raise KdtrainError(
+                f"the MLflow tracking server {redact(uri)} {what} (HTTP {response.status_code}); set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user it knows (or "
+                "MLFLOW_TRACKING_TOKEN)"
+            )
         # any other answer means a server is there (a proxy without /health, an older API)
 
 
@@ -152,14 +162,13 @@ class Tracker(Writes):
         # a local SQLite store keeps its artifacts beside the database (absolute; not the cwd's ./mlruns)
         self.artifacts = None
         if self.uri.startswith("sqlite:///"):
-            db = Path(self.uri[len("sqlite:///"):]).resolve()
+            db = Path(self.uri[len("sqlite:///") :]).resolve()
             db.parent.mkdir(parents=True, exist_ok=True)
             self.artifacts = db.parent / "artifacts"
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
-        except Exception as e:
-            raise KdtrainError(f"cannot open the MLflow store {redact(self.uri)}: {first_line(e, 300)}") \
-                from None
+        except Exception as e:  # noqa: BLE001 - requests' connection, TLS and timeout errors, wrapped by MLflow
+            raise KdtrainError(f"cannot open the MLflow store {redact(self.uri)}: {first_line(e, 300)}") from None
         self.outbox = Outbox(redact(self.uri)) if self.uri.startswith(("http://", "https://")) else None
         self.down_since: float | None = None
         self.labels: dict = {}
@@ -200,8 +209,16 @@ class Tracker(Writes):
         flt = " and ".join(f"tags.`{k}` = {literal(v)}" for k, v in tags.items())
         return [r.info.run_id for r in self.client.search_runs([exp_id], filter_string=flt, max_results=1000)]
 
-    def start(self, exp_id: str, name: str, role: str, parent_id: str | None = None,
-              tags: dict | None = None, params: dict | None = None, inputs: list | None = None) -> str:
+    def start(
+        self,
+        exp_id: str,
+        name: str,
+        role: str,
+        parent_id: str | None = None,
+        tags: dict | None = None,
+        params: dict | None = None,
+        inputs: list | None = None,
+    ) -> str:
         """A new run with its tags, params and dataset inputs. The tracking server away: waited for (patiently),
         and a run whose creation landed before the reply was lost is found by its write id, not made twice."""
         all_tags = {ROLE: role, WRITE_TAG: uuid.uuid4().hex, **(tags or {})}
@@ -210,12 +227,18 @@ class Tracker(Writes):
 
         def create(again: bool) -> str:
             found = self.find(exp_id, {WRITE_TAG: all_tags[WRITE_TAG]}) if again else []
-            run_id = found[0] if found else self.client.create_run(
-                exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}).info.run_id
+            run_id = (
+                found[0]
+                if found
+                else self.client.create_run(
+                    exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}
+                ).info.run_id
+            )
             if params:  # the same values again: MLflow takes them as they are
                 self.log_params(run_id, params)
             self.log_inputs(run_id, inputs or [])  # a dataset already linked to the run is linked once
             return run_id
+
         return self.patiently(create)
 
     def log_params(self, run_id: str, params: dict) -> None:
@@ -223,17 +246,31 @@ class Tracker(Writes):
 
         items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict, history: list | None = None, model_id: str | None = None,
-                    times: dict[str, int] | None = None) -> None:
+    def log_metrics(
+        self,
+        run_id: str,
+        metrics: dict,
+        history: list | None = None,
+        model_id: str | None = None,
+        times: dict[str, int] | None = None,
+    ) -> None:
         """Final metrics (no step; linked to the run's logged model when given) and per-epoch history (step =
         epoch) in a few batched writes. `times`: a final metric's timestamp (ms) where it was logged before (see
         final_points): the same point again, now linked to the model, not a second point in the run's history."""
         curves = [{"epoch": s.epoch, **{k: float(getattr(s, k)) for k in CURVES}} for s in history or []]
-        self._write("metrics", run_id, {"metrics": {k: float(v) for k, v in metrics.items() if v is not None},
-                                        "history": curves, "model_id": model_id, "at": int(time.time() * 1000),
-                                        "times": times or {}})
+        self._write(
+            "metrics",
+            run_id,
+            {
+                "metrics": {k: float(v) for k, v in metrics.items() if v is not None},
+                "history": curves,
+                "model_id": model_id,
+                "at": int(time.time() * 1000),
+                "times": times or {},
+            },
+        )
 
     @_read
     def final_points(self, run_id: str, keys) -> dict[str, tuple[float, int]]:
@@ -248,8 +285,11 @@ class Tracker(Writes):
 
     def log_step(self, run_id: str, metrics: dict, step: int) -> None:
         """Metrics at one step (a study's progress on its parent run)."""
-        self._write("step", run_id, {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step,
-                                     "at": int(time.time() * 1000)})
+        self._write(
+            "step",
+            run_id,
+            {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step, "at": int(time.time() * 1000)},
+        )
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         self._write("tags", run_id, {"tags": {k: str(v) for k, v in tags.items()}})
@@ -281,9 +321,11 @@ class Tracker(Writes):
         """A run's artifact (all of them by default) into dest: the local path, or one clear error."""
         try:
             return Path(self.client.download_artifacts(run_id, path, str(dest)))
-        except Exception as e:
-            raise KdtrainError(f"cannot read the MLflow run {run_id} in {redact(self.uri)} ({str(e)[:200]}); "
-                               "pass the --tracking-uri the sweep used") from None
+        except Exception as e:  # noqa: BLE001 - requests' connection, TLS and timeout errors, wrapped by MLflow
+            raise KdtrainError(
+                f"cannot read the MLflow run {run_id} in {redact(self.uri)} ({str(e)[:200]}); "
+                "pass the --tracking-uri the sweep used"
+            ) from None
 
     def log_state_dict(self, run_id: str, state: dict, name: str = MODEL_ARTIFACT) -> None:
         import torch
@@ -318,12 +360,15 @@ class Tracker(Writes):
                 files["model.ts"] = io.BytesIO()
                 torch.jit.save(ts, files["model.ts"])
             else:
-                self.set_tags(run_id, {MODEL_TAG: "none: neither torch.export nor TorchScript reproduces this "
-                                                  "model; see model.pt"})
+                self.set_tags(
+                    run_id,
+                    {MODEL_TAG: "none: neither torch.export nor TorchScript reproduces this model; see model.pt"},
+                )
                 return None
         tags = {**{k: str(v) for k, v in (tags or {}).items()}, WRITE_TAG: uuid.uuid4().hex}
-        return self._write("model", run_id, {"exp_id": exp_id, "name": name, "tags": tags},
-                           {k: b.getvalue() for k, b in files.items()})
+        return self._write(
+            "model", run_id, {"exp_id": exp_id, "name": name, "tags": tags}, {k: b.getvalue() for k, b in files.items()}
+        )
 
     def register(self, name: str, model_id: str, run_id: str, description: str, tags: dict) -> str:
         """A version of registered model `name` for a logged model (the registered model created if need be); the
@@ -341,8 +386,14 @@ class Tracker(Writes):
         for v in self.client.search_model_versions(f"name = {literal(name)}"):
             if v.source == source:
                 return v.version
-        return self.client.create_model_version(name, source, run_id=run_id, description=description,
-                                                model_id=model_id, tags={k: str(v) for k, v in tags.items()}).version
+        return self.client.create_model_version(
+            name,
+            source,
+            run_id=run_id,
+            description=description,
+            model_id=model_id,
+            tags={k: str(v) for k, v in tags.items()},
+        ).version
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -358,8 +409,13 @@ class Tracker(Writes):
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        return [DatasetInput(mlflow.data.from_numpy(x, targets=y, name=name)._to_mlflow_entity(),
-                             tags=[InputTag("mlflow.data.context", split)]) for split, (x, y) in splits.items()]
+        return [
+            DatasetInput(
+                mlflow.data.from_numpy(x, targets=y, name=name)._to_mlflow_entity(),
+                tags=[InputTag("mlflow.data.context", split)],
+            )
+            for split, (x, y) in splits.items()
+        ]
 
     def log_inputs(self, run_id: str, inputs: list) -> None:
         if inputs:
@@ -370,7 +426,7 @@ class Tracker(Writes):
         """(the experiment's runs as a DataFrame with plain column names, experiment id): metrics and params
         under their own names (val_accuracy, kd.alpha), the tags of TIDY_TAGS as tag:<name>, plus run_id,
         status, start_time and end_time. Empty (run_id and tag:kdtrain.role columns only) when the experiment has no runs."""
-        import mlflow
+        import mlflow  # its import sets its loggers to INFO; lower them afterwards)
         import pandas as pd
 
         exp = self.client.get_experiment_by_name(experiment)
@@ -409,4 +465,3 @@ class Tracker(Writes):
     @_read
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
-

@@ -14,14 +14,14 @@ import contextlib
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from kdtrain.errors import ConfigError, KdtrainError
-from kdtrain.schema import LossConfig, TrainConfig
 from kdtrain.data import Dataset, augment
-from kdtrain.losses import kd_loss, teacher_targets
+from kdtrain.errors import ConfigError, KdtrainError
 from kdtrain.lazy import Module
+from kdtrain.losses import kd_loss, teacher_targets
+from kdtrain.schema import LossConfig, TrainConfig
 
 torch, nn = Module("torch"), Module("torch.nn")  # imported on first use: OPTIMIZERS and SCHEDULES need neither
 
@@ -81,8 +81,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError([f"train.device: {name}, but no CUDA device is available here; use --set "
-                           "train.device=auto (CUDA when present, else the CPU)"], "train.device")
+        raise ConfigError(
+            [
+                (
+                    f"train.device: {name}, but no CUDA device is available here; use --set "
+                    "train.device=auto (CUDA when present, else the CPU)"
+                )
+            ],
+            "train.device",
+        )
     return torch.device(name)
 
 
@@ -108,7 +115,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, bf16: boo
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast(x.device, bf16):
-        out = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+        out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
 
@@ -118,8 +125,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": lambda params, cfg, **kw: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                                     nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay, **kw),
+    "sgd": lambda params, cfg, **kw: torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay, **kw
+    ),
     "adam": lambda params, cfg, **kw: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw),
     "adamw": lambda params, cfg, **kw: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw),
 }
@@ -162,6 +170,7 @@ def lr_factor(step: int, total: int, schedule: str) -> float:
 def _closing_features(loop):
     """kd.features' hooks are removed however the run ends (done, pruned, diverged, interrupted): the student and
     the pool's teachers (shared by a worker's trials) leave the run as they came."""
+
     @functools.wraps(loop)
     def run(model, data, cfg, *, distill: Distill | None = None, **kw):
         try:
@@ -169,14 +178,23 @@ def _closing_features(loop):
         finally:
             if distill is not None and distill.features is not None:
                 distill.features.close()
+
     return run
 
 
 @_closing_features
-def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill | None = None,
-          augment_kinds: list[str] | tuple = (), on_epoch: Callable[[EpochStats], None] | None = None,
-          epochs: int | None = None, lr: float | None = None,
-          epoch_guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    distill: Distill | None = None,
+    augment_kinds: list[str] | tuple = (),
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    epoch_guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> TrainResult:
     """Train ``model`` on ``data``; with ``distill``, against its teachers. Returns the trained model
     and its val/test accuracy. ``on_epoch`` may raise to stop the run (e.g. pruning); ``epoch_guard``
     is entered around each epoch (sweeps use it to keep latency measurements off busy cores)."""
@@ -206,8 +224,14 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
     teacher_models = None
     if distill is not None and distill.alpha > 0:
         if distill.logits is not None and not augment_kinds:
-            target = teacher_targets(distill.logits.to(device), data.y_train, distill.temperature, distill.ensemble,
-                                     distill.weights, distill.loss)
+            target = teacher_targets(
+                distill.logits.to(device),
+                data.y_train,
+                distill.temperature,
+                distill.ensemble,
+                distill.weights,
+                distill.loss,
+            )
         elif distill.models:  # augmented inputs change every epoch: run the teachers on each batch
             teacher_models = [t.to(device).eval() for t in distill.models]
         else:
@@ -229,7 +253,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
                 rounds = -(-steps_per_epoch * bs // len(pool))
                 perm = torch.cat([pool[torch.randperm(len(pool), generator=gen)] for _ in range(rounds)]).to(device)
             for i in range(steps_per_epoch):
-                idx = perm[i * bs:(i + 1) * bs]
+                idx = perm[i * bs : (i + 1) * bs]
                 x, y = data.x_train[idx], data.y_train[idx]
                 batch_target = None
                 if augment_kinds:
@@ -237,16 +261,24 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
                 if teacher_models is not None:
                     with torch.no_grad(), autocast(device, cfg.bf16):
                         t_logits = torch.stack([t(x).float() for t in teacher_models])
-                    batch_target = teacher_targets(t_logits, y, distill.temperature, distill.ensemble,
-                                                   distill.weights, distill.loss)
+                    batch_target = teacher_targets(
+                        t_logits, y, distill.temperature, distill.ensemble, distill.weights, distill.loss
+                    )
                 elif target is not None:
                     batch_target = target.take(idx)
                 for g in opt.param_groups:
                     g["lr"] = peak_lr * lr_factor(step, total_steps, cfg.schedule)
                 with autocast(device, cfg.bf16):
                     logits = model(x)
-                loss, kd, ce = kd_loss(logits.float(), y, batch_target, distill.temperature if distill else 1.0,
-                                       distill.alpha if distill else 0.0, spec, epoch)  # epoch: DKD's warm-up
+                loss, kd, ce = kd_loss(
+                    logits.float(),
+                    y,
+                    batch_target,
+                    distill.temperature if distill else 1.0,
+                    distill.alpha if distill else 0.0,
+                    spec,
+                    epoch,
+                )  # epoch: DKD's warm-up
                 if features is not None:  # the teachers run online, up to their hooked layers
                     loss = loss + features.loss(x, lambda: autocast(device, cfg.bf16))
                 opt.zero_grad(set_to_none=True)
@@ -258,12 +290,20 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distill
             if not math.isfinite(loss_m):
                 raise DivergedError(epoch, loss_m)
             val_acc = accuracy(model, data.x_val, data.y_val, cfg.eval_batch_size, cfg.bf16)
-        stats = EpochStats(epoch, epochs, loss_m, kd_m, ce_m, val_acc, opt.param_groups[0]["lr"],
-                           time.perf_counter() - t0)
+        stats = EpochStats(
+            epoch, epochs, loss_m, kd_m, ce_m, val_acc, opt.param_groups[0]["lr"], time.perf_counter() - t0
+        )
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
 
     test_acc = accuracy(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.bf16)
-    return TrainResult(model=model, val_accuracy=history[-1].val_accuracy, test_accuracy=test_acc,
-                       seconds=time.perf_counter() - start, device=str(device), history=history, steps=step)
+    return TrainResult(
+        model=model,
+        val_accuracy=history[-1].val_accuracy,
+        test_accuracy=test_acc,
+        seconds=time.perf_counter() - start,
+        device=str(device),
+        history=history,
+        steps=step,
+    )

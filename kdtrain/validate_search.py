@@ -30,18 +30,25 @@ def check_search(cfg: Config, problems: list[str]) -> None:
     _check_trials(cfg, drawn, base, registries, problems)
 
 
-SPEC_KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
-             "categorical": {"choices"}, "subset": {"of"}}
+SPEC_KEYS = {
+    "float": {"low", "high", "log", "step"},
+    "int": {"low", "high", "log", "step"},
+    "categorical": {"choices"},
+    "subset": {"of"},
+}
 """The keys of each type of search entry (besides type)."""
 
 
-def _search_spec(key: str, spec: Any, flat: dict, registries: dict, teacher_names: list[str],
-                 problems: list[str]) -> list[tuple[str, Any]] | None:
+def _search_spec(
+    key: str, spec: Any, flat: dict, registries: dict, teacher_names: list[str], problems: list[str]
+) -> list[tuple[str, Any]] | None:
     """One search entry's problems; the (where, value) pairs its trials can draw (None when it gives none)."""
     where = f"search.{key}"
     if key not in flat:
-        problems.append(f"{where}: not a setting of the sweep file{did_you_mean(key, flat)} (searchable: data.*, "
-                        "student.*, train.*, kd.*, profile.*)")
+        problems.append(
+            f"{where}: not a setting of the sweep file{did_you_mean(key, flat)} (searchable: data.*, "
+            "student.*, train.*, kd.*, profile.*)"
+        )
         return None
     if not isinstance(spec, dict) or "type" not in spec:
         problems.append(f"{where}: expected a mapping with a type ({', '.join(SEARCH_TYPES)})")
@@ -74,8 +81,10 @@ def _numeric_spec(where: str, kind: str, spec: dict, problems: list[str]) -> lis
     elif spec.get("log") and low <= 0:
         problems.append(f"{where}: a log range needs low > 0, got {low}")
     else:  # suggest_float gives floats, suggest_int ints
-        drawn = [(f"{where}.low", float(low) if kind == "float" else low),
-                 (f"{where}.high", float(high) if kind == "float" else high)]
+        drawn = [
+            (f"{where}.low", float(low) if kind == "float" else low),
+            (f"{where}.high", float(high) if kind == "float" else high),
+        ]
     if not isinstance(log, bool):
         problems.append(f"{where}.log: must be true or false, got {log!r}")
     if "step" in spec:  # Optuna raises on each of these at the trial's suggest
@@ -90,8 +99,9 @@ def _numeric_spec(where: str, kind: str, spec: dict, problems: list[str]) -> lis
     return drawn
 
 
-def _categorical_spec(where: str, key: str, spec: dict, registries: dict,
-                      problems: list[str]) -> list[tuple[str, Any]] | None:
+def _categorical_spec(
+    where: str, key: str, spec: dict, registries: dict, problems: list[str]
+) -> list[tuple[str, Any]] | None:
     ch = spec.get("choices")
     if not isinstance(ch, list) or not ch:
         problems.append(f"{where}.choices: must be a non-empty list")
@@ -102,8 +112,9 @@ def _categorical_spec(where: str, key: str, spec: dict, registries: dict,
     return [(f"{where}.choices", c) for c in ch]
 
 
-def _subset_spec(where: str, key: str, spec: dict, teacher_names: list[str],
-                 problems: list[str]) -> list[tuple[str, Any]] | None:
+def _subset_spec(
+    where: str, key: str, spec: dict, teacher_names: list[str], problems: list[str]
+) -> list[tuple[str, Any]] | None:
     import itertools
 
     of = spec.get("of", teacher_names)
@@ -144,8 +155,9 @@ def _trial(cfg: Config, values: dict) -> tuple[list[str], list[str]]:
         section, name = k.split(".", 1)
         changes.setdefault(section, {})[name] = v
     typed: list[str] = []
-    sections = {s: _section(SECTIONS[s], {**dataclasses.asdict(getattr(cfg, s)), **c}, s, typed)
-                for s, c in changes.items()}
+    sections = {
+        s: _section(SECTIONS[s], {**dataclasses.asdict(getattr(cfg, s)), **c}, s, typed) for s, c in changes.items()
+    }
     found: list[str] = []
     if not typed:
         _check_values(dataclasses.replace(cfg, **sections), found)
@@ -188,8 +200,17 @@ def _check_trials(cfg: Config, drawn: dict, base: list[str], registries: dict, p
             problems.extend([p for p in dict.fromkeys(new) if p not in problems])
 
 
-def _drawn_problems(cfg: Config, drawn: dict, base: list[str], base_leads: set[str], key: str, where: str,
-                    values: dict, value: Any, problems: list[str]) -> list[str] | None:
+def _drawn_problems(
+    cfg: Config,
+    drawn: dict,
+    base: list[str],
+    base_leads: set[str],
+    key: str,
+    where: str,
+    values: dict,
+    value: Any,
+    problems: list[str],
+) -> list[str] | None:
     """The problems of the trials that draw this value (None, after one line, when the range's type is wrong)."""
     typed, found = _trial(cfg, values)
     kind = cfg.search[key]["type"]
@@ -198,8 +219,10 @@ def _drawn_problems(cfg: Config, drawn: dict, base: list[str], base_leads: set[s
         expected = SECTIONS[section].__pydantic_fields__[name].annotation
         expected = getattr(expected, "__name__", None) or str(expected)  # int, int | None, str
         hint = "type int" if "int" in expected.split(" | ") else "type categorical with choices"
-        problems.append(f"search.{key}.type: {'an' if kind == 'int' else 'a'} {kind} range gives "
-                        f"{type(value).__name__} values, but {key} takes {expected} (use {hint})")
+        problems.append(
+            f"search.{key}.type: {'an' if kind == 'int' else 'a'} {kind} range gives "
+            f"{type(value).__name__} values, but {key} takes {expected} (use {hint})"
+        )
         return None
     new = [f"{where}: {p.split(': ', 1)[1]}" for p in typed]  # "train.lr: expected float, got 'x'"
     for p in found:
@@ -223,8 +246,12 @@ def _check_loss_search(cfg: Config, problems: list[str], losses: tuple, settings
         return  # an unknown loss: reported above
     for key, used_by in settings.items():
         if key in cfg.search and not any(loss in used_by for loss in possible):
-            problems.append(f"search.{key}: never used: only kd.loss {' and '.join(used_by)} uses it, and this "
-                            f"sweep's kd.loss is {' or '.join(possible)} (set kd.loss, or search it)")
+            problems.append(
+                f"search.{key}: never used: only kd.loss {' and '.join(used_by)} uses it, and this "
+                f"sweep's kd.loss is {' or '.join(possible)} (set kd.loss, or search it)"
+            )
     if searched and "dist" in possible and "train.batch_size" not in cfg.search and cfg.train.batch_size < 2:
-        problems.append(f"search.kd.loss: the choice dist needs train.batch_size >= 2 (its intra-class term "
-                        f"correlates each class across the batch), got {cfg.train.batch_size}")
+        problems.append(
+            f"search.kd.loss: the choice dist needs train.batch_size >= 2 (its intra-class term "
+            f"correlates each class across the batch), got {cfg.train.batch_size}"
+        )

@@ -13,18 +13,32 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from kdtrain import (baselines, console, data, first_trials, followup, models, pareto, recovery, schema, search, space,
-                     sweepfile, teachers, tracking)
+from kdtrain import (
+    baselines,
+    console,
+    data,
+    first_trials,
+    followup,
+    models,
+    pareto,
+    recovery,
+    schema,
+    search,
+    space,
+    sweepfile,
+    teachers,
+    tracking,
+)
 from kdtrain.errors import KdtrainError, Terminated, first_line
 from kdtrain.paths import redact
-from kdtrain.schema import Config, METRICS
 from kdtrain.run import distill_student
+from kdtrain.schema import METRICS, Config
 from kdtrain.shared import cpu_room, threads_per_worker
 from kdtrain.tracking import Tracker
 from kdtrain.train import DivergedError
@@ -52,8 +66,9 @@ class Context:
 
     def log_model(self, run_id: str, name: str, model, tags: dict) -> str | None:
         """A run's model as an MLflow logged model (see Tracker.log_model), named after its run."""
-        return self.tracker.log_model(run_id, self.exp_id, name, model, self.example(),
-                                      {"optuna.study": self.study.study_name, **tags})
+        return self.tracker.log_model(
+            run_id, self.exp_id, name, model, self.example(), {"optuna.study": self.study.study_name, **tags}
+        )
 
     def need(self, names: list[str]) -> dict[str, teachers.Teacher]:
         """The pool with these teachers in it: one this worker has not loaded yet comes from this machine's cache,
@@ -72,8 +87,9 @@ class Context:
 # --------------------------------------------------------------------------- assembling a worker
 
 
-def load_pool(cfg: Config, ds: data.Dataset, names: list[str] | None = None, log: Callable[[str], None] = print,
-              on_epoch=None) -> dict[str, teachers.Teacher]:
+def load_pool(
+    cfg: Config, ds: data.Dataset, names: list[str] | None = None, log: Callable[[str], None] = print, on_epoch=None
+) -> dict[str, teachers.Teacher]:
     """The teacher pool, with teachers[].weights that name MLflow models (runs:/, models:/) read through MLflow."""
     return teachers.load_pool(cfg, ds, names, log=log, on_epoch=on_epoch, load_uri=tracking.load_state_dict)
 
@@ -88,13 +104,21 @@ def first_teachers(cfg: Config) -> list[str]:
         spec = cfg.search["kd.teachers"]
         choices = space.subsets(spec["of"]) if spec["type"] == "subset" else spec.get("choices", [])
         base = set(cfg.kd_teachers) if "+".join(cfg.kd_teachers) in choices else {t.name for t in cfg.teachers}
-    return [t.name for t in cfg.teachers
-            if t.name in base or teachers.kind(t) != "train" or teachers.is_cached(t, cfg)]
+    return [t.name for t in cfg.teachers if t.name in base or teachers.kind(t) != "train" or teachers.is_cached(t, cfg)]
 
 
-def open_context(study, tracker: Tracker, cfg: Config | None = None, *, ds: data.Dataset | None = None,
-                 pool: dict | None = None, threads: int | None = None, worker: int = 0,
-                 sweep_file: str | None = None, log: Callable[[str], None] = print) -> Context:
+def open_context(
+    study,
+    tracker: Tracker,
+    cfg: Config | None = None,
+    *,
+    ds: data.Dataset | None = None,
+    pool: dict | None = None,
+    threads: int | None = None,
+    worker: int = 0,
+    sweep_file: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Context:
     """What a worker needs. `kdtrain sweep` passes what it has loaded already (its config, data and pool) and
     its sweep file (the parent run is then reopened); `kdtrain worker` gets all of it from the study alone,
     fetching the teachers from the study's teacher runs instead of training its own copies."""
@@ -129,12 +153,24 @@ def data_inputs(tracker: Tracker, cfg: Config, ds: data.Dataset) -> list:
     d = cfg.data
     source = d.path or d.factory
     name = f"{d.name}:{Path(source).name if d.path else source}" if source else d.name
-    return tracker.dataset_inputs(name, {context: (getattr(ds, f"x_{s}").cpu().numpy(), getattr(ds, f"y_{s}").cpu().numpy())
-                                         for s, context in (("train", "train"), ("val", "validation"), ("test", "test"))})
+    return tracker.dataset_inputs(
+        name,
+        {
+            context: (getattr(ds, f"x_{s}").cpu().numpy(), getattr(ds, f"y_{s}").cpu().numpy())
+            for s, context in (("train", "train"), ("val", "validation"), ("test", "test"))
+        },
+    )
 
 
-def join(study_name: str, storage_url: str | None, tracking_uri: str | None, threads: int | None = None,
-         worker: int | None = None, wait_s: float | None = None, log: Callable[[str], None] = print) -> Context:
+def join(
+    study_name: str,
+    storage_url: str | None,
+    tracking_uri: str | None,
+    threads: int | None = None,
+    worker: int | None = None,
+    wait_s: float | None = None,
+    log: Callable[[str], None] = print,
+) -> Context:
     """`kdtrain worker`: the study (waited for with wait_s), its MLflow server checked, then open_context."""
     if wait_s:
         study = search.wait_for(study_name, storage_url, wait_s, log)
@@ -142,16 +178,18 @@ def join(study_name: str, storage_url: str | None, tracking_uri: str | None, thr
         try:
             study = search.load(study_name, storage_url)
         except KdtrainError as e:
-            raise KdtrainError(f"{e}. A worker that starts before its study can wait for it: kdtrain worker "
-                               f"--study {study_name} --wait 10m") from None
+            raise KdtrainError(
+                f"{e}. A worker that starts before its study can wait for it: kdtrain worker "
+                f"--study {study_name} --wait 10m"
+            ) from None
     uri = search.tracking_uri(study, tracking_uri)
     tracking.check_reachable(uri)  # one clear line now, not minutes of MLflow's retries later
-    return open_context(study, Tracker(uri), threads=threads, worker=os.getpid() if worker is None else worker,
-                        log=log)
+    return open_context(study, Tracker(uri), threads=threads, worker=os.getpid() if worker is None else worker, log=log)
 
 
-def fetch_teachers(cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[str], None],
-                   names: list[str] | None = None) -> None:
+def fetch_teachers(
+    cfg: Config, tracker: Tracker, exp_id: str, log: Callable[[str], None], names: list[str] | None = None
+) -> None:
     """Fill this machine's teacher cache from the study's teacher runs (all, or the named ones), so that every
     worker of a study, on any machine, distils from the very same teachers (and none trains them again)."""
     for t in cfg.teachers:
@@ -172,11 +210,17 @@ def ensure_parent(tracker: Tracker, exp_id: str, study, cfg: Config, sweep_file:
             run_id = found[0]
             tracker.reopen(run_id)
         else:
-            run_id = tracker.start(exp_id, study.study_name, "sweep",
-                                   tags={"optuna.study": study.study_name},
-                                   params={"study.objectives": json.dumps(cfg.study.objectives),
-                                           "study.sampler": cfg.study.sampler,
-                                           "search": json.dumps(cfg.search, sort_keys=True)})
+            run_id = tracker.start(
+                exp_id,
+                study.study_name,
+                "sweep",
+                tags={"optuna.study": study.study_name},
+                params={
+                    "study.objectives": json.dumps(cfg.study.objectives),
+                    "study.sampler": cfg.study.sampler,
+                    "search": json.dumps(cfg.search, sort_keys=True),
+                },
+            )
             tracker.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), tracking.SWEEP_ARTIFACT)
             if sweep_file:
                 tracker.log_file(run_id, sweep_file)
@@ -191,11 +235,18 @@ def ensure_teacher_runs(ctx: Context) -> None:
         for t in ctx.pool.values():
             if baselines.logged_whole(ctx, {"kdtrain.teacher_key": t.key}):
                 continue
-            run = ctx.tracker.start(ctx.exp_id, f"teacher-{t.name}", "teacher", ctx.parent_id,
-                                    tags={"kdtrain.teacher_key": t.key, "kdtrain.source": t.source,
-                                          **({"kdtrain.teacher_data": teacher_data_name(t.config)}
-                                             if t.config.data is not None else {})},
-                                    params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()})
+            run = ctx.tracker.start(
+                ctx.exp_id,
+                f"teacher-{t.name}",
+                "teacher",
+                ctx.parent_id,
+                tags={
+                    "kdtrain.teacher_key": t.key,
+                    "kdtrain.source": t.source,
+                    **({"kdtrain.teacher_data": teacher_data_name(t.config)} if t.config.data is not None else {}),
+                },
+                params={f"teacher.{k}": v for k, v in dataclasses.asdict(t.config).items()},
+            )
             ctx.tracker.log_inputs(run, ctx.inputs)
             # latency and the logged model wait for the follow-up (study.follow_up: after): the trials need the
             # teacher's logits only, and exporting a GRU alone took seconds
@@ -203,8 +254,16 @@ def ensure_teacher_runs(ctx: Context) -> None:
             metrics = followup.teacher_metrics(t, ctx, timing=not later)
             metrics.update(val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy, train_seconds=t.seconds)
             # a teacher from another domain: its accuracy on its own data beside the student's ("source only")
-            metrics.update({k: v for k, v in (("source_val_accuracy", t.source_val_accuracy),
-                                              ("source_test_accuracy", t.source_test_accuracy)) if v is not None})
+            metrics.update(
+                {
+                    k: v
+                    for k, v in (
+                        ("source_val_accuracy", t.source_val_accuracy),
+                        ("source_test_accuracy", t.source_test_accuracy),
+                    )
+                    if v is not None
+                }
+            )
             model_id = followup.teacher_model(ctx, run, t) if not later else None
             ctx.tracker.log_metrics(run, metrics, model_id=model_id)
             # the cache entry itself (weights, logits, meta): workers on other machines fetch it instead of
@@ -226,26 +285,45 @@ def teacher_data_name(t) -> str:
 
 
 def describe(cfg: Config) -> str:
-    return (f"{cfg.student.arch} width {cfg.student.width}, T={cfg.kd.temperature:.3g}, alpha={cfg.kd.alpha:.3g}, "
-            f"teachers={'+'.join(cfg.kd_teachers)} ({cfg.kd.ensemble})")
+    return (
+        f"{cfg.student.arch} width {cfg.student.width}, T={cfg.kd.temperature:.3g}, alpha={cfg.kd.alpha:.3g}, "
+        f"teachers={'+'.join(cfg.kd_teachers)} ({cfg.kd.ensemble})"
+    )
 
 
 def run_trial(ctx: Context, trial) -> list[float]:
     """Train, measure and log one trial's student; its objective values."""
     tcfg = sweepfile.replace(ctx.cfg, space.suggest(trial, ctx.cfg.search, ctx.cfg.kd.loss))
-    tags = {"optuna.study": ctx.study.study_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
-            search.T_HOST: socket.gethostname(), search.T_PID: os.getpid(), "mlflow.note.content": describe(tcfg)}
+    tags = {
+        "optuna.study": ctx.study.study_name,
+        "optuna.trial": trial.number,
+        "optuna.state": "RUNNING",
+        search.T_HOST: socket.gethostname(),
+        search.T_PID: os.getpid(),
+        "mlflow.note.content": describe(tcfg),
+    }
     ctx.tracker.labels = {"study": ctx.study.study_name, "trial": trial.number}  # kept writes say whose they are
-    run_id = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id, tags=tags,
-                               params=baselines.flat_params(tcfg), inputs=ctx.inputs)  # the server away: waited for
+    run_id = ctx.tracker.start(
+        ctx.exp_id,
+        f"trial-{trial.number}",
+        "student",
+        ctx.parent_id,
+        tags=tags,
+        params=baselines.flat_params(tcfg),
+        inputs=ctx.inputs,
+    )  # the server away: waited for
     search.record(trial, {search.T_RUN: run_id})
     history = []
     single = len(ctx.cfg.study.objectives) == 1 and "val_accuracy" in ctx.cfg.study.objectives
     # cost metrics depend on the architecture only: known before training, they let the pareto rule prune. The
     # timed ones (latency, throughput) wait for the follow-up unless an objective or constraint needs them now.
     later = followup.deferred(ctx.cfg)
-    metrics = baselines.measure(models.from_config(tcfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx,
-                                tcfg.student, timing=not later or followup.timing_needed(ctx.cfg))
+    metrics = baselines.measure(
+        models.from_config(tcfg.student, ctx.ds.input_shape, ctx.ds.num_classes),
+        ctx,
+        tcfg.student,
+        timing=not later or followup.timing_needed(ctx.cfg),
+    )
     pareto_check = pareto_guard(ctx, tcfg, metrics)
 
     def on_epoch(s):
@@ -268,16 +346,28 @@ def run_trial(ctx: Context, trial) -> list[float]:
         search.set_trial_attr(trial, search.T_COMPUTE, time.perf_counter() - start)  # quietly: the error matters
         ctx.tracker.log_metrics(run_id, metrics, history)  # its costs and the partial curves
         raise
-    search.record(trial, {search.T_COMPUTE: time.perf_counter() - start,
-                          search.T_CURVE: [round(h.val_accuracy, 6) for h in r.history]})
-    metrics.update(val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, train_seconds=r.seconds,
-                   train_steps=r.steps, **baselines.label_metrics(ctx.ds))
+    search.record(
+        trial,
+        {search.T_COMPUTE: time.perf_counter() - start, search.T_CURVE: [round(h.val_accuracy, 6) for h in r.history]},
+    )
+    metrics.update(
+        val_accuracy=r.val_accuracy,
+        test_accuracy=r.test_accuracy,
+        train_seconds=r.seconds,
+        train_steps=r.steps,
+        **baselines.label_metrics(ctx.ds),
+    )
     if not later:  # study.follow_up: per_trial (else kdtrain.followup logs the gain, latency and model later)
         metrics.update(baselines.gains(metrics, baselines.ensure_baseline(ctx, tcfg), len(ctx.ds.y_val)))
     search.set_constraints(trial, pareto.constraint_values(ctx.cfg.study.constraints, metrics))
     search.record(trial, {k: metrics[k] for k in METRICS if k in metrics})
-    model_id = None if later else ctx.log_model(run_id, f"trial-{trial.number}", r.model,
-                                                {"kdtrain.role": "student", "optuna.trial": trial.number})
+    model_id = (
+        None
+        if later
+        else ctx.log_model(
+            run_id, f"trial-{trial.number}", r.model, {"kdtrain.role": "student", "optuna.trial": trial.number}
+        )
+    )
     ctx.tracker.log_metrics(run_id, metrics, history, model_id=model_id)
     ctx.tracker.log_state_dict(run_id, r.model.state_dict(), tracking.MODEL_ARTIFACT)
     ctx.tracker.log_text(run_id, yaml.safe_dump(tcfg.to_dict(), sort_keys=False), tracking.CONFIG_ARTIFACT)
@@ -295,13 +385,20 @@ def pareto_guard(ctx: Context, tcfg: Config, costs: dict) -> Callable[[list[floa
     def check(curve: list[float]) -> None:
         if len(curve) <= warmup:
             return
-        finished = [pareto.Course(t.number, {m: t.user_attrs[m] for m in s.objectives if m in pareto.COSTS},
-                                  t.user_attrs[search.T_CURVE])
-                    for t in search.trials(ctx.study, "COMPLETE") if len(t.user_attrs.get(search.T_CURVE, ())) == epochs]
+        finished = [
+            pareto.Course(
+                t.number, {m: t.user_attrs[m] for m in s.objectives if m in pareto.COSTS}, t.user_attrs[search.T_CURVE]
+            )
+            for t in search.trials(ctx.study, "COMPLETE")
+            if len(t.user_attrs.get(search.T_CURVE, ())) == epochs
+        ]
         hit = pareto.dominated_by(costs, curve, finished, s.objectives, s.prune_margin, warmup)
         if hit:
-            raise search.TrialPruned(f"pruned at epoch {len(curve)}: trial {hit[0].number} is at least as cheap "
-                                     f"and was {100 * hit[1]:.1f} points more accurate at this epoch")
+            raise search.TrialPruned(
+                f"pruned at epoch {len(curve)}: trial {hit[0].number} is at least as cheap "
+                f"and was {100 * hit[1]:.1f} points more accurate at this epoch"
+            )
+
     return check
 
 
@@ -310,17 +407,23 @@ def hv_box(ctx: Context) -> dict:
     costs of the cheapest and the costliest students the search space can propose."""
     found = ctx.study.user_attrs.get(search.A_HV_BOX)
     if found is None:
+
         def costs(end: str) -> list[dict]:
             students = [sweepfile.replace(ctx.cfg, over).student for over in space.extreme_students(ctx.cfg, end)]
             timing = not followup.deferred(ctx.cfg) or followup.timing_needed(ctx.cfg)
-            return [baselines.measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m,
-                                      timing=timing) for m in students]
+            return [
+                baselines.measure(models.from_config(m, ctx.ds.input_shape, ctx.ds.num_classes), ctx, m, timing=timing)
+                for m in students
+            ]
 
         low, high = costs("low"), costs("high")
         cheaper = lambda k: max if k == "throughput" else min  # noqa: E731  (throughput: higher is cheaper)
         dearer = lambda k: min if k == "throughput" else max  # noqa: E731
-        found = pareto.box(ctx.cfg.study.objectives, {k: cheaper(k)(c[k] for c in low) for k in low[0]},
-                           {k: dearer(k)(c[k] for c in high) for k in high[0]})
+        found = pareto.box(
+            ctx.cfg.study.objectives,
+            {k: cheaper(k)(c[k] for c in low) for k in low[0]},
+            {k: dearer(k)(c[k] for c in high) for k in high[0]},
+        )
         ctx.study.set_user_attr(search.A_HV_BOX, found)
     return found
 
@@ -341,16 +444,24 @@ def work(ctx: Context, deadline: float | None = None, poll_s: float = 2.0) -> No
     while True:
         now = search.target(ctx.study, ctx.cfg)
         if now != goal:  # another kdtrain sweep set a new total (recovery.retarget)
-            print(f"study {ctx.study.study_name}: its target changed from {goal} to {now} trials (set by another "
-                  "kdtrain sweep)", flush=True)
+            print(
+                f"study {ctx.study.study_name}: its target changed from {goal} to {now} trials (set by another "
+                "kdtrain sweep)",
+                flush=True,
+            )
             goal = now
         ctx.tracker.labels = {}
         # a tracking server away: the finished trials' kept writes go first (a rerun sends a dead worker's too)
         ctx.tracker.wait_sent(schema.parse_duration(ctx.cfg.study.storage_patience), ctx.log)
         for cfg in list(ctx.unlogged.values()):
             baselines.ensure_baseline(ctx, ctx.unlogged.pop(baselines.student_key(cfg)))
-        nxt = recovery.next_trial(ctx.study, ctx.cfg.study.trials, deadline, on_failed=killed(ctx.tracker),
-                                  fixed=lambda: first_trials.steer(ctx))
+        nxt = recovery.next_trial(
+            ctx.study,
+            ctx.cfg.study.trials,
+            deadline,
+            on_failed=killed(ctx.tracker),
+            fixed=lambda: first_trials.steer(ctx),
+        )
         for n in nxt.recovered or []:
             ctx.log(f"trial {n}: its worker is gone; failed and re-queued")
         if nxt.trial is None and not nxt.waiting:
@@ -378,9 +489,17 @@ def _run_and_tell(ctx: Context, trial) -> None:
     try:
         values = run_trial(ctx, trial)
         state, status, tags = "COMPLETE", "FINISHED", {}
-        line = f"trial {n} complete: " + ", ".join(f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values))
+        line = f"trial {n} complete: " + ", ".join(
+            f"{m}={v:.4g}" for m, v in zip(ctx.cfg.study.objectives, values, strict=False)
+        )
     except search.TrialPruned as e:
-        values, state, status, tags, line = None, "PRUNED", "FINISHED", {"prune_reason": str(e)}, f"trial {n} pruned: {e}"
+        values, state, status, tags, line = (
+            None,
+            "PRUNED",
+            "FINISHED",
+            {"prune_reason": str(e)},
+            f"trial {n} pruned: {e}",
+        )
     except search.TrialTakenOver:
         values, state = None, None
     except (KeyboardInterrupt, SystemExit) as e:
@@ -389,13 +508,16 @@ def _run_and_tell(ctx: Context, trial) -> None:
         raise
     except search.StorageLost:
         raise  # the study's database is gone past study.storage_patience: the next run recovers the trial
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - MLflow's errors are many; the study holds the result
         if tracker.away(e):  # the tracking server away past study.storage_patience: not the settings' fault
             recovery.fail_trial(study, trial, f"interrupted: {redact(first_line(e))}", killed(tracker))
             ctx.log(f"trial {n} interrupted: the MLflow tracking server is unreachable; failed and re-queued")
             return
-        reason = str(e) if isinstance(e, (DivergedError, KdtrainError)) else \
-            f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        reason = (
+            str(e)
+            if isinstance(e, (DivergedError, KdtrainError))
+            else f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        )
         reason = redact(reason)[:2000]
         values, state, status, tags = None, "FAIL", "FAILED", {"fail_reason": reason}
         line = f"trial {n} failed: {reason.splitlines()[0]}"
@@ -408,8 +530,14 @@ def _run_and_tell(ctx: Context, trial) -> None:
     if state is None:
         # another worker saw no heartbeat for the grace period and failed this trial (a long database outage);
         # its re-queued copy runs again, so this result is dropped rather than counted twice
-        close(tracker, run_id(), "FAIL", "KILLED",
-              {"fail_reason": "failed by another worker (no heartbeat) while still running; result dropped"}, ctx.log)
+        close(
+            tracker,
+            run_id(),
+            "FAIL",
+            "KILLED",
+            {"fail_reason": "failed by another worker (no heartbeat) while still running; result dropped"},
+            ctx.log,
+        )
         ctx.log(f"trial {n} was failed by another worker while running (no heartbeat); result dropped")
         return
     close(tracker, run_id(), state, status, tags, ctx.log)
@@ -417,12 +545,18 @@ def _run_and_tell(ctx: Context, trial) -> None:
     if state != "FAIL":
         try:
             log_progress(ctx)
-        except Exception as e:  # noqa: BLE001 - the study's progress curve misses a point; the trial is told
+        except Exception as e:  # noqa: BLE001 - MLflow's errors are many; the study holds the result
             ctx.log(f"warning: trial {n}: the study's progress was not logged to MLflow ({first_line(e)})")
 
 
-def close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: dict | None = None,
-          log: Callable[[str], None] | None = None) -> None:
+def close(
+    tracker: Tracker,
+    run_id: str | None,
+    state: str,
+    status: str,
+    tags: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> None:
     """End a trial's MLflow run with the trial's final Optuna state as a tag. With ``log`` a failure is one warning
     line (the trial is told already): the tags failing does not keep the run from ending."""
     if not run_id:
@@ -432,11 +566,13 @@ def close(tracker: Tracker, run_id: str | None, state: str, status: str, tags: d
             tracker.set_tags(run_id, {"optuna.state": state, **(tags or {})})
         finally:
             tracker.end(run_id, status)
-    except Exception as e:  # noqa: BLE001 - MLflow's errors are many; the study holds the result
+    except Exception as e:  # MLflow's errors are many; the study holds the result
         if log is None:
             raise
-        log(f"warning: MLflow run {run_id} of this trial not fully closed ({type(e).__name__}: {first_line(e)}); "
-            "the study holds the trial's result")
+        log(
+            f"warning: MLflow run {run_id} of this trial not fully closed ({type(e).__name__}: {first_line(e)}); "
+            "the study holds the trial's result"
+        )
 
 
 def recover(ctx: Context) -> list[int]:
@@ -448,7 +584,9 @@ def recover(ctx: Context) -> list[int]:
     for run_id in ctx.tracker.find(ctx.exp_id, {tracking.ROLE: "student", "optuna.state": "RUNNING"}):
         number = ctx.tracker.run_tags(run_id).get("optuna.trial", "")
         if number.isdigit() and int(number) in failed and ctx.tracker.status(run_id) == "RUNNING":
-            close(ctx.tracker, run_id, "FAIL", "KILLED", {"fail_reason": "its worker died before the study knew its run"})
+            close(
+                ctx.tracker, run_id, "FAIL", "KILLED", {"fail_reason": "its worker died before the study knew its run"}
+            )
     return recovered
 
 

@@ -40,8 +40,17 @@ def literal(value) -> str:
 class Writes(Deferring):
     """The sending side of Tracker's writes (it gives `client`, `uri` and `outbox`)."""
 
-    def _w_metrics(self, run_id: str, folder: Path, metrics: dict, history: list, model_id: str | None,
-                   at: int | None = None, sent: int = 0, times: dict | None = None) -> None:
+    def _w_metrics(
+        self,
+        run_id: str,
+        folder: Path,
+        metrics: dict,
+        history: list,
+        model_id: str | None,
+        at: int | None = None,
+        sent: int = 0,
+        times: dict | None = None,
+    ) -> None:
         """In batches of 500 points, each batch recorded as sent once the server took it (a write sent again
         after a cut starts at the first batch not taken); every point stamped with the time it was logged, or
         with its first logging's time (`times`: a final metric linked to the model logged since, which MLflow
@@ -54,7 +63,7 @@ class Writes(Deferring):
         items = [Metric(k, v, (times or {}).get(k, at), 0, model_id=model_id) for k, v in metrics.items()]
         items += [Metric(k, s[k], at, s["epoch"]) for s in history for k in CURVES]
         for i in range(sent, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
             Outbox.update(folder, {"sent": i + 500})
 
     def _w_step(self, run_id: str, folder, metrics: dict, step: int, at: int | None = None) -> None:
@@ -73,8 +82,9 @@ class Writes(Deferring):
             if f.name != "record.json":
                 self.client.log_artifact(run_id, str(f))
 
-    def _w_model(self, run_id: str, folder: Path, exp_id: str, name: str, tags: dict, model_id: str | None = None) \
-            -> str:
+    def _w_model(
+        self, run_id: str, folder: Path, exp_id: str, name: str, tags: dict, model_id: str | None = None
+    ) -> str:
         """Five calls, each made once however often the write is sent: the logged model (its id recorded in the
         write, else found by its write id) created, its files uploaded and the model READY unless it is, linked
         to the run unless it is, the run tagged."""
@@ -85,8 +95,11 @@ class Writes(Deferring):
         x = torch.load(folder / "example.pt", weights_only=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            model = torch.export.load(str(folder / "model.pt2")).module() if pt2 else \
-                torch.jit.load(str(folder / "model.ts"), map_location="cpu")
+            model = (
+                torch.export.load(str(folder / "model.pt2")).module()
+                if pt2
+                else torch.jit.load(str(folder / "model.ts"), map_location="cpu")
+            )
             with torch.no_grad():
                 out = model(x).numpy()
         name = re.sub(r"[^A-Za-z0-9_-]+", "-", name)  # MLflow refuses ':', '.', '/' in a model name (python: archs)
@@ -95,8 +108,14 @@ class Writes(Deferring):
             found = self.client.search_logged_models([exp_id], f"tags.`{WRITE_TAG}` = {literal(tags[WRITE_TAG])}")
             model_id = found[0].model_id if found else None
         if model_id is None:
-            lm = self.client.create_logged_model(exp_id, name=name, source_run_id=run_id, model_type="classifier",
-                                                 tags=tags, params=dict(run.data.params))
+            lm = self.client.create_logged_model(
+                exp_id,
+                name=name,
+                source_run_id=run_id,
+                model_type="classifier",
+                tags=tags,
+                params=dict(run.data.params),
+            )
             Outbox.update(folder, {"model_id": lm.model_id})
         else:
             lm = self.client.get_logged_model(model_id)
@@ -115,14 +134,21 @@ class Writes(Deferring):
 
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "model"
-            meta = Model(artifact_path=lm.artifact_location, model_uuid=lm.model_id, run_id=run_id, model_id=lm.model_id)
+            meta = Model(
+                artifact_path=lm.artifact_location, model_uuid=lm.model_id, run_id=run_id, model_id=lm.model_id
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # export's notes on buffers (a GRU's flat weights)
                 # pt2: the example's batch of 2 keeps the batch dimension dynamic (export fixes a size of 1)
-                mlflow.pytorch.save_model(model, saved, mlflow_model=meta, signature=infer_signature(x.numpy(), out),
-                                          input_example=(x if pt2 else x[:1]).numpy(),
-                                          serialization_format="pt2" if pt2 else "pickle",
-                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                mlflow.pytorch.save_model(
+                    model,
+                    saved,
+                    mlflow_model=meta,
+                    signature=infer_signature(x.numpy(), out),
+                    input_example=(x if pt2 else x[:1]).numpy(),
+                    serialization_format="pt2" if pt2 else "pickle",
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                )
             self.client.log_model_artifacts(lm.model_id, str(saved))
         self.client.finalize_logged_model(lm.model_id, "READY")
 
@@ -132,8 +158,12 @@ class Writes(Deferring):
         from mlflow.utils.rest_utils import http_request
 
         try:
-            return http_request(get_default_host_creds(self.uri), "/health", "GET", max_retries=0, timeout=5,
-                                raise_on_status=False).status_code == 200
+            return (
+                http_request(
+                    get_default_host_creds(self.uri), "/health", "GET", max_retries=0, timeout=5, raise_on_status=False
+                ).status_code
+                == 200
+            )
         except Exception:  # noqa: BLE001 - refused, timed out: not answering
             return False
 

@@ -66,8 +66,9 @@ def write_sweep(folder: Path, extra: str = TINY_SEARCH, name="tiny.yaml", **subs
     unless a test sets them),
     with `extra` as its search section and each `subs` key replaced by its value."""
     text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(extra)
-    text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
-                                                "params: minimize}, trials: 3}")
+    text = text.replace(
+        "study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, params: minimize}, trials: 3}"
+    )
     for a, b in subs.items():
         text = text.replace(a, b)
     if "pruner:" not in text:  # these tests count complete trials: pruning only where a test asks for it
@@ -97,8 +98,13 @@ def run_cli(*args, env=None, timeout=300):
     """Run the real `kdtrain` entry point in a subprocess."""
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env = {**inherited, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "kdtrain.cli", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "kdtrain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 5) -> None:
@@ -127,5 +133,7 @@ def pytest_collection_modifyitems(config, items):
     if getattr(config.option, "loadgroup", False):
         lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
         if lost:
-            raise pytest.UsageError(f"pytest-xdist did not apply the xdist_group of {len(lost)} test(s) (e.g. "
-                                    f"{lost[0]}): install the versions the test extra pins (pip install -e '.[test]')")
+            raise pytest.UsageError(
+                f"pytest-xdist did not apply the xdist_group of {len(lost)} test(s) (e.g. "
+                f"{lost[0]}): install the versions the test extra pins (pip install -e '.[test]')"
+            )

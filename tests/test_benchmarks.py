@@ -3,21 +3,37 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.xdist_group("benchmarks")  # one xdist worker runs the module: its module fixtures run once
 
-KEYS = ("b1_speedup_batch64", "b1_speedup_batch256", "b1_ablation", "b2_kd_over_scratch", "b3_speedup_2_workers",
-        "b3_speedup_2_workers_wall", "b4_overhead_s_per_trial", "b4_overhead_s_per_trial_wall", "startup_s",
-        "b5_peak_rss_mb", "b5_total_rss_mb", "b6_compute_ratio", "b6_final_hv_ratio", "b6_front_trials_lost")
+KEYS = (
+    "b1_speedup_batch64",
+    "b1_speedup_batch256",
+    "b1_ablation",
+    "b2_kd_over_scratch",
+    "b3_speedup_2_workers",
+    "b3_speedup_2_workers_wall",
+    "b4_overhead_s_per_trial",
+    "b4_overhead_s_per_trial_wall",
+    "startup_s",
+    "b5_peak_rss_mb",
+    "b5_total_rss_mb",
+    "b6_compute_ratio",
+    "b6_final_hv_ratio",
+    "b6_front_trials_lost",
+)
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "b.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return json.loads(out.read_text()), r.stdout
 

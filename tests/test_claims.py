@@ -11,6 +11,7 @@ import base64
 import contextlib
 import datetime
 import io
+import itertools
 import json
 import os
 import re
@@ -24,6 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import optuna
 import pytest
 import torch
+from conftest import TINY_SEARCH, run_cli, write_sweep
+from test_bad_input import refused
+from test_sweep import load_study, mlflow_runs
 from torch import nn
 
 from kdtrain import baselines, config, data, pareto, search, space, worker
@@ -33,11 +37,6 @@ from kdtrain.console import SweepProgress
 from kdtrain.export import export_model
 from kdtrain.shared import cpu_room
 from kdtrain.tracking import Tracker, check_reachable
-
-from conftest import TINY_SEARCH, run_cli, write_sweep
-from test_bad_input import refused
-from test_sweep import load_study, mlflow_runs
-
 
 MULTI = "objectives: {val_accuracy: maximize, params: minimize}"
 SINGLE = "objectives: {val_accuracy: maximize}"
@@ -57,9 +56,15 @@ def sweep8(tmp_path_factory):
     root = tmp_path_factory.mktemp("claims")
     home = root / "home"
     env = {"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(root / "data")}
-    p = write_sweep(root, **{"trials: 3}": f"trials: {TRIALS}, baseline_seeds: 2, pruner: none, seed: 3, constraints: "
-                                          f"{{max_latency_ms: {LATENCY_BOUND}, max_params: {PARAMS_BOUND}}}}}",
-                             "size: 400": "size: 3000", "epochs: 4,": "epochs: 30,"})
+    p = write_sweep(
+        root,
+        **{
+            "trials: 3}": f"trials: {TRIALS}, baseline_seeds: 2, pruner: none, seed: 3, constraints: "
+            f"{{max_latency_ms: {LATENCY_BOUND}, max_params: {PARAMS_BOUND}}}}}",
+            "size: 400": "size: 3000",
+            "epochs: 4,": "epochs: 30,",
+        },
+    )
     r = run_cli("sweep", p, "--no-report", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return home, r, env, p
@@ -96,10 +101,12 @@ def test_each_trial_records_its_gain_over_the_baseline_runs_seed_mean(sweep8):
             assert t[f"metrics.baseline_{m}_std"] == pytest.approx(b[f"metrics.{m}_std"], abs=1e-12)
         gain = t["metrics.val_accuracy"] - b["metrics.val_accuracy"]
         assert t["metrics.kd_gain"] == pytest.approx(gain, abs=1e-12)
-        assert t["metrics.kd_gain_test"] == pytest.approx(t["metrics.test_accuracy"] - b["metrics.test_accuracy"],
-                                                          abs=1e-12)
-        assert t["metrics.kd_gain_sigma"] == pytest.approx(gain / max(b["metrics.val_accuracy_std"], 1 / n_val),
-                                                           rel=1e-9, abs=1e-12)
+        assert t["metrics.kd_gain_test"] == pytest.approx(
+            t["metrics.test_accuracy"] - b["metrics.test_accuracy"], abs=1e-12
+        )
+        assert t["metrics.kd_gain_sigma"] == pytest.approx(
+            gain / max(b["metrics.val_accuracy_std"], 1 / n_val), rel=1e-9, abs=1e-12
+        )
 
 
 def test_gain_sigma_is_floored_at_one_validation_sample():
@@ -126,7 +133,7 @@ def test_baseline_per_epoch_curve_is_the_seeds_mean(sweep8):
         first, second = ([h["val_accuracy"] for h in runs[s]["history"]] for s in ("0", "1"))
         if first == second:
             continue  # the seeds agree at every epoch: nothing to tell apart
-        mean = [(a + b) / 2 for a, b in zip(first, second)]
+        mean = [(a + b) / 2 for a, b in zip(first, second, strict=False)]
         [b] = tracker.find(t.experiment_id, {"kdtrain.baseline_key": key})
         curve = sorted((m.step, m.value) for m in tracker.client.get_metric_history(b, "val_accuracy") if m.step > 0)
         assert [v for _, v in curve] == pytest.approx(mean, abs=1e-9)
@@ -190,7 +197,8 @@ def test_timeout_flag_overrides_the_sweep_files(tmp_path, capsys):
 PROGRESS = re.compile(
     r"(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) trials (?P<done>\d+)/(?P<target>\d+) \(complete (?P<complete>\d+), "
     r"pruned (?P<pruned>\d+), failed (?P<failed>\d+), running (?P<running>\d+); best val_accuracy "
-    r"(?P<best>\d\.\d{4}|-)\)  elapsed (?P<elapsed>\d+m\d\ds)  ETA (?P<eta>\?|\d+m\d\ds)")
+    r"(?P<best>\d\.\d{4}|-)\)  elapsed (?P<elapsed>\d+m\d\ds)  ETA (?P<eta>\?|\d+m\d\ds)"
+)
 
 
 def progress_lines(stdout: str) -> list[re.Match]:
@@ -219,10 +227,10 @@ def test_progress_is_timestamped_lines_with_counts_and_eta_when_not_a_terminal(s
         assert int(m["target"]) == TRIALS and m["failed"] == "0" and int(m["running"]) <= 1  # one worker
         assert int(m["complete"]) + int(m["pruned"]) == int(m["done"])
     states = [m.group(0).split(" ", 2)[2].split("  elapsed")[0] for m in lines[:-1]]
-    assert all(a != b for a, b in zip(states, states[1:]))  # a line when something changed (the last: at the end)
+    assert all(a != b for a, b in itertools.pairwise(states))  # a line when something changed (the last: at the end)
     # ETA: '?' until a trial finished since the sweep started (on an empty study), then elapsed / trials
     # finished since the start * trials left
-    for m, d, e in zip(lines, done, elapsed):
+    for m, d, e in zip(lines, done, elapsed, strict=False):
         if d == 0:
             assert m["eta"] == "?"
             continue
@@ -287,7 +295,7 @@ def test_make_pruner_and_make_sampler_return_the_chosen_optuna_classes(tmp_path)
         rnd = sweep_cfg(tmp_path, objectives, sampler="random", seed=11)
         assert type(search.make_sampler(rnd)) is optuna.samplers.RandomSampler
 
-        def proposals(worker_index):
+        def proposals(worker_index, rnd=rnd):
             s = optuna.create_study(sampler=search.make_sampler(rnd, worker_index))
             return [s.ask().suggest_float("x", 0, 1) for _ in range(4)]
 
@@ -337,9 +345,10 @@ def test_max_latency_constraint_reaches_the_sampler_as_p50_minus_the_bound(sweep
         assert t.constraints["max_latency_ms"] > 0  # violated by every trial ...
     assert study.best_trials == []  # ... so Optuna, which reads them, finds no feasible trial for the front
     # the rule in general: max_<metric> is metric - bound, min_<metric> is bound - metric (<= 0: satisfied)
-    assert pareto.constraint_values({"max_latency_ms": 0.5, "min_throughput": 1000.0},
-                                    {"latency_ms_p50": 0.2, "latency_ms_p95": 9.0, "throughput": 1500.0}) == \
-        {"max_latency_ms": pytest.approx(-0.3), "min_throughput": -500.0}
+    assert pareto.constraint_values(
+        {"max_latency_ms": 0.5, "min_throughput": 1000.0},
+        {"latency_ms_p50": 0.2, "latency_ms_p95": 9.0, "throughput": 1500.0},
+    ) == {"max_latency_ms": pytest.approx(-0.3), "min_throughput": -500.0}
 
 
 # ------------------------------------------------------------------ 6. export
@@ -402,7 +411,9 @@ def test_export_of_chosen_trials_writes_checked_files(sweep8, tmp_path):
         trial = study.trials[n]
         card = json.loads((folder / "card.json").read_text())
         assert card["trial"] == n and card["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"]
-        assert card["metrics"]["params"] == trial.values[1] and card["student"]["width"] == trial.params["student.width"]
+        assert (
+            card["metrics"]["params"] == trial.values[1] and card["student"]["width"] == trial.params["student.width"]
+        )
         assert card["check"]["samples"] == 64 and card["files"] == {"onnx": "model.onnx", "torchscript": "model.ts"}
         assert max(card["check"]["max_abs_diff"].values()) <= 1e-4
         graph = onnx.load(str(folder / "model.onnx")).graph
@@ -422,21 +433,28 @@ def test_export_of_chosen_trials_writes_checked_files(sweep8, tmp_path):
 # ------------------------------------------------------------------ 7. passwords and a server that says 401
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("postgresql://kd:s3cret@db-host/optuna", "postgresql://kd:***@db-host/optuna"),
-    ("postgresql://kd:p@ss:w0rd@db-host:5432/optuna", "postgresql://kd:***@db-host:5432/optuna"),
-    ("http://someone:s3cret@mlflow-host:5000", "http://someone:***@mlflow-host:5000"),
-    ("postgresql://db-host/optuna?user=kd&password=s3cret", "postgresql://db-host/optuna?user=kd&password=***"),
-    ("postgresql://db-host/optuna?password=s3cret&sslmode=require",
-     "postgresql://db-host/optuna?password=***&sslmode=require"),
-    ("http://mlflow-host:5000/?PASSWORD=s3cret", "http://mlflow-host:5000/?PASSWORD=***"),
-    ("mysql://h/db?pwd=s3cret", "mysql://h/db?pwd=***"),
-    ("mysql://h/db?passwd=s3cret", "mysql://h/db?passwd=***"),
-    ("cannot open 'postgresql://kd:s3cret@h/db' nor http://h/?password=s3cret (timeout)",
-     "cannot open 'postgresql://kd:***@h/db' nor http://h/?password=*** (timeout)"),
-    ("postgresql://kd@db-host/optuna", "postgresql://kd@db-host/optuna"),  # no password: unchanged
-    ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("postgresql://kd:s3cret@db-host/optuna", "postgresql://kd:***@db-host/optuna"),
+        ("postgresql://kd:p@ss:w0rd@db-host:5432/optuna", "postgresql://kd:***@db-host:5432/optuna"),
+        ("http://someone:s3cret@mlflow-host:5000", "http://someone:***@mlflow-host:5000"),
+        ("postgresql://db-host/optuna?user=kd&password=s3cret", "postgresql://db-host/optuna?user=kd&password=***"),
+        (
+            "postgresql://db-host/optuna?password=s3cret&sslmode=require",
+            "postgresql://db-host/optuna?password=***&sslmode=require",
+        ),
+        ("http://mlflow-host:5000/?PASSWORD=s3cret", "http://mlflow-host:5000/?PASSWORD=***"),
+        ("mysql://h/db?pwd=s3cret", "mysql://h/db?pwd=***"),
+        ("mysql://h/db?passwd=s3cret", "mysql://h/db?passwd=***"),
+        (
+            "cannot open 'postgresql://kd:s3cret@h/db' nor http://h/?password=s3cret (timeout)",
+            "cannot open 'postgresql://kd:***@h/db' nor http://h/?password=*** (timeout)",
+        ),
+        ("postgresql://kd@db-host/optuna", "postgresql://kd@db-host/optuna"),  # no password: unchanged
+        ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1"),
+    ],
+)
 def test_redact_hides_user_info_and_query_passwords(text, shown):
     assert redact(text) == shown
     assert "s3cret" not in redact(text) and "p@ss" not in redact(text)
@@ -503,9 +521,14 @@ def test_a_tracking_server_refusing_credentials_is_one_line_without_the_password
 def test_kdtrain_sweep_stops_before_writing_when_the_server_says_401(tmp_path, capsys, clean_env):
     p = write_sweep(tmp_path)
     with http_server(lambda headers: 401) as (host, _):
-        err = refused(tmp_path, capsys, [p, "--tracking-uri", f"http://kd:{SECRET}@{host}"], 1,
-                      [f"kdtrain: error: the MLflow tracking server http://{host} refused the credentials (HTTP 401)"],
-                      secret=SECRET)
+        err = refused(
+            tmp_path,
+            capsys,
+            [p, "--tracking-uri", f"http://kd:{SECRET}@{host}"],
+            1,
+            [f"kdtrain: error: the MLflow tracking server http://{host} refused the credentials (HTTP 401)"],
+            secret=SECRET,
+        )
     assert len(err.strip().splitlines()) == 1
 
 
@@ -522,8 +545,14 @@ def test_two_workers_each_get_half_the_threads(tmp_path):
     p = write_sweep(tmp_path, **{"lr: 0.01, threads: 1}": "lr: 0.01}", "trials: 3}": "trials: 4, pruner: none}"})
     assert config.load(p).train.threads == 0  # the file leaves the threads to kdtrain
     home = tmp_path / "home"
-    r = run_cli("sweep", p, "--workers", "2", "--no-report",
-                env={"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(tmp_path / "data")})
+    r = run_cli(
+        "sweep",
+        p,
+        "--workers",
+        "2",
+        "--no-report",
+        env={"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(tmp_path / "data")},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     expected = max(1, (os.cpu_count() or 1) // 2)
     assert f"2 worker(s), {expected} CPU thread(s) each; this process and 1 more, logs in {home / 'logs'}" in r.stdout
@@ -600,8 +629,9 @@ def test_an_epoch_guard_waits_while_another_process_measures(tmp_path):
 def test_training_epochs_of_another_process_are_held_during_a_measurement(tmp_path):
     p = write_sweep(tmp_path)
     stop = tmp_path / "stop"
-    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(p), str(stop)], stdout=subprocess.PIPE, text=True,
-                               env=os.environ)
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, str(p), str(stop)], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
     held = []
 
     def measure():

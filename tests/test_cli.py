@@ -1,12 +1,11 @@
 import re
 
 import pytest
+from conftest import ROOT, run_cli
 
 from kdtrain import config, data
 from kdtrain.cli import main
 from kdtrain.teachers import get_teacher
-
-from conftest import ROOT, run_cli
 
 
 def test_teachers_twice_second_run_trains_nothing(tiny_sweep, capsys):
@@ -24,8 +23,16 @@ def test_teachers_twice_second_run_trains_nothing(tiny_sweep, capsys):
 
 def test_train_prints_student_next_to_teacher(tiny_sweep):
     # 16 epochs (the tiny sweep's 4 are 20 steps: val accuracy 0.40-0.90 over seeds; a student epoch costs ~ms)
-    r = run_cli("train", tiny_sweep, "--set", "kd.teachers=[big,conv]", "--set", "kd.ensemble=mean_logits",
-                "--set", "train.epochs=16")
+    r = run_cli(
+        "train",
+        tiny_sweep,
+        "--set",
+        "kd.teachers=[big,conv]",
+        "--set",
+        "kd.ensemble=mean_logits",
+        "--set",
+        "train.epochs=16",
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "student epoch  16/16" in out  # per-epoch progress

@@ -2,11 +2,10 @@ import dataclasses
 
 import pytest
 import yaml
+from conftest import ROOT, run_cli
 
 from kdtrain import config
 from kdtrain.config import ConfigError
-
-from conftest import ROOT, run_cli
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -51,28 +50,45 @@ BAD = {
     "unknown arch": ({"student": {"arch": "vit"}}, ["student.arch: unknown arch 'vit'"]),
     "teacher not in pool": ({"kd": {"teachers": ["ghost"]}}, ["kd.teachers: 'ghost' is not in the teacher pool"]),
     "bad search key": ({"search": {"kd.tau": {"type": "float", "low": 1, "high": 2}}}, ["search.kd.tau"]),
-    "subset of unknown teacher": ({"search": {"kd.teachers": {"type": "subset", "of": ["t", "ghost"]}}},
-                                  ["search.kd.teachers.of: 'ghost'"]),
+    "subset of unknown teacher": (
+        {"search": {"kd.teachers": {"type": "subset", "of": ["t", "ghost"]}}},
+        ["search.kd.teachers.of: 'ghost'"],
+    ),
     "unknown loss": ({"kd": {"loss": "crd"}}, ["kd.loss: one of kd, dkd, dist, got 'crd'"]),
-    "negative dkd weights": ({"kd": {"loss": "dkd", "dkd_alpha": -1, "dkd_beta": -0.5}},
-                             ["kd.dkd_alpha: must be >= 0", "kd.dkd_beta: must be >= 0"]),
-    "negative dist weights": ({"kd": {"dist_beta": -1, "dist_gamma": -2}},
-                              ["kd.dist_beta: must be >= 0", "kd.dist_gamma: must be >= 0"]),
+    "negative dkd weights": (
+        {"kd": {"loss": "dkd", "dkd_alpha": -1, "dkd_beta": -0.5}},
+        ["kd.dkd_alpha: must be >= 0", "kd.dkd_beta: must be >= 0"],
+    ),
+    "negative dist weights": (
+        {"kd": {"dist_beta": -1, "dist_gamma": -2}},
+        ["kd.dist_beta: must be >= 0", "kd.dist_gamma: must be >= 0"],
+    ),
     "negative warm-up": ({"kd": {"warmup_epochs": -1}}, ["kd.warmup_epochs: must be >= 0"]),
     "no baseline seed": ({"study": {"baseline_seeds": 0}}, ["study.baseline_seeds: must be >= 1"]),
-    "dist standardized": ({"kd": {"loss": "dist", "standardize": True}},
-                          ["kd.standardize: true applies to kd.loss kd and dkd, not to dist"]),
-    "dist on batches of one": ({"kd": {"loss": "dist"}, "train": {"batch_size": 1}},
-                               ["kd.loss: dist needs train.batch_size >= 2"]),
-    "search unknown loss": ({"search": {"kd.loss": {"type": "categorical", "choices": ["kd", "crd"]}}},
-                            ["search.kd.loss.choices: unknown loss 'crd' (known: kd, dkd, dist)"]),
-    "search loss as a float": ({"search": {"kd.loss": {"type": "float", "low": 0, "high": 1}}},
-                               ["search.kd.loss: use type categorical with choices from kd, dkd, dist"]),
-    "search a setting no trial uses": ({"search": {"kd.dkd_beta": {"type": "float", "low": 1, "high": 8}}},
-                                       ["search.kd.dkd_beta: never used: only kd.loss dkd uses it"]),
-    "search dist on batches of one": ({"train": {"batch_size": 1},
-                                       "search": {"kd.loss": {"type": "categorical", "choices": ["kd", "dist"]}}},
-                                      ["search.kd.loss: the choice dist needs train.batch_size >= 2"]),
+    "dist standardized": (
+        {"kd": {"loss": "dist", "standardize": True}},
+        ["kd.standardize: true applies to kd.loss kd and dkd, not to dist"],
+    ),
+    "dist on batches of one": (
+        {"kd": {"loss": "dist"}, "train": {"batch_size": 1}},
+        ["kd.loss: dist needs train.batch_size >= 2"],
+    ),
+    "search unknown loss": (
+        {"search": {"kd.loss": {"type": "categorical", "choices": ["kd", "crd"]}}},
+        ["search.kd.loss.choices: unknown loss 'crd' (known: kd, dkd, dist)"],
+    ),
+    "search loss as a float": (
+        {"search": {"kd.loss": {"type": "float", "low": 0, "high": 1}}},
+        ["search.kd.loss: use type categorical with choices from kd, dkd, dist"],
+    ),
+    "search a setting no trial uses": (
+        {"search": {"kd.dkd_beta": {"type": "float", "low": 1, "high": 8}}},
+        ["search.kd.dkd_beta: never used: only kd.loss dkd uses it"],
+    ),
+    "search dist on batches of one": (
+        {"train": {"batch_size": 1}, "search": {"kd.loss": {"type": "categorical", "choices": ["kd", "dist"]}}},
+        ["search.kd.loss: the choice dist needs train.batch_size >= 2"],
+    ),
 }
 
 
@@ -96,18 +112,30 @@ def test_each_bad_value_is_named(case):
 def test_loss_settings_defaults_and_allowed_values():
     cfg = config.from_dict(base())
     kd = cfg.kd
-    assert (kd.loss, kd.standardize, kd.dkd_alpha, kd.dkd_beta, kd.warmup_epochs, kd.dist_beta, kd.dist_gamma) == \
-        ("kd", False, 1.0, 8.0, 0, 1.0, 1.0)
+    assert (kd.loss, kd.standardize, kd.dkd_alpha, kd.dkd_beta, kd.warmup_epochs, kd.dist_beta, kd.dist_gamma) == (
+        "kd",
+        False,
+        1.0,
+        8.0,
+        0,
+        1.0,
+        1.0,
+    )
     assert cfg.study.baseline_seeds == 3
     assert config.allowed_values()["kd.loss"] == ["kd", "dkd", "dist"]
 
 
 def test_a_search_over_the_losses_is_accepted():
-    raw = {**base(), "kd": {"loss": "dkd"}, "search": {
-        "kd.dkd_beta": {"type": "float", "low": 1, "high": 8},  # before kd.loss in the file: fine
-        "kd.loss": {"type": "categorical", "choices": ["kd", "dkd", "dist"]},
-        "kd.dist_gamma": {"type": "float", "low": 0, "high": 2},
-        "kd.standardize": {"type": "categorical", "choices": [False, True]}}}
+    raw = {
+        **base(),
+        "kd": {"loss": "dkd"},
+        "search": {
+            "kd.dkd_beta": {"type": "float", "low": 1, "high": 8},  # before kd.loss in the file: fine
+            "kd.loss": {"type": "categorical", "choices": ["kd", "dkd", "dist"]},
+            "kd.dist_gamma": {"type": "float", "low": 0, "high": 2},
+            "kd.standardize": {"type": "categorical", "choices": [False, True]},
+        },
+    }
     assert config.from_dict(raw).search["kd.loss"]["choices"] == ["kd", "dkd", "dist"]
 
 
@@ -122,16 +150,28 @@ def test_every_problem_reported_at_once():
     with pytest.raises(ConfigError) as e:
         config.from_dict(raw)
     msg = str(e.value)
-    for field in ("data.name", "data.colour", "teachers[0] (t).arch", "teachers[0] (t).width", "student.arch",
-                  "student.width", "train.epochs", "kd.alpha", "kd.temperature", "kd.teachers"):
+    for field in (
+        "data.name",
+        "data.colour",
+        "teachers[0] (t).arch",
+        "teachers[0] (t).width",
+        "student.arch",
+        "student.width",
+        "train.epochs",
+        "kd.alpha",
+        "kd.temperature",
+        "kd.teachers",
+    ):
         assert field in msg, field
     assert len(e.value.problems) == 10
     assert msg.startswith("config: 10 problems:")
 
 
 def test_set_overrides_parse_yaml_values(tiny_sweep):
-    cfg = config.load(tiny_sweep, ["kd.alpha=0.25", "kd.teachers=[big, conv]", "student.arch=cnn1d",
-                                   "teachers.conv.width=12", "train.epochs=2"])
+    cfg = config.load(
+        tiny_sweep,
+        ["kd.alpha=0.25", "kd.teachers=[big, conv]", "student.arch=cnn1d", "teachers.conv.width=12", "train.epochs=2"],
+    )
     assert cfg.kd.alpha == 0.25 and cfg.kd.teachers == ["big", "conv"] and cfg.student.arch == "cnn1d"
     assert cfg.teacher("conv").width == 12 and cfg.train.epochs == 2
     assert isinstance(cfg.kd.alpha, float)
@@ -181,8 +221,15 @@ def test_cli_bad_config_exits_2_with_one_message_and_writes_nothing(tmp_path):
         r = run_cli(cmd, p, env={"KDTRAIN_HOME": str(home)})
         assert r.returncode == 2
         assert "Traceback" not in r.stderr and r.stdout == ""
-        for field in ("kd.alpha", "kd.temperature", "kd.teachers", "student.width", "student.arch", "data.name",
-                      "train.epocs"):
+        for field in (
+            "kd.alpha",
+            "kd.temperature",
+            "kd.teachers",
+            "student.width",
+            "student.arch",
+            "data.name",
+            "train.epocs",
+        ):
             assert field in r.stderr
         assert r.stderr.count("kdtrain: error") == 1
     assert not home.exists()
@@ -220,7 +267,11 @@ def test_readme_tables_name_exactly_the_registries_and_the_fields():
     teacher_keys = re.search(r"`\{(.*)\}`", rows["teachers"])[1].split(", ")
     assert sorted(teacher_keys) == sorted(f.name for f in dataclasses.fields(config.TeacherConfig))
 
-    datasets = [n for row in section("Datasets").splitlines()[2:] if row.startswith("| `")
-                for n in re.findall(r"`(\w+)`", row.split(" | ")[0])]
+    datasets = [
+        n
+        for row in section("Datasets").splitlines()[2:]
+        if row.startswith("| `")
+        for n in re.findall(r"`(\w+)`", row.split(" | ")[0])
+    ]
     assert datasets == list(DATASETS)
     assert set(re.findall(r"`(\w+)`", section("Model families"))) == set(MODELS)

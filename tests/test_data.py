@@ -88,13 +88,18 @@ def write_cifar10(root, n_per_batch=10):
     folder.mkdir(parents=True)
     g = np.random.default_rng(1)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {"data": g.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 "labels": list(g.integers(0, 10, n_per_batch)), "batch_label": name}
+        entry = {
+            "data": g.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            "labels": list(g.integers(0, 10, n_per_batch)),
+            "batch_label": name,
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(entry, fh)
     with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"]}, fh)
+        pickle.dump(
+            {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+            fh,
+        )
 
 
 def test_cifar10_reads_python_pickles(tmp_path):
@@ -111,8 +116,9 @@ def test_cifar100_reads_python_pickles(tmp_path):
     g = np.random.default_rng(2)
     for name, n in (("train", 30), ("test", 10)):
         with open(folder / name, "wb") as fh:
-            pickle.dump({"data": g.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         "fine_labels": list(g.integers(0, 100, n))}, fh)
+            pickle.dump(
+                {"data": g.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(g.integers(0, 100, n))}, fh
+            )
     with open(folder / "meta", "wb") as fh:
         pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, fh)
     ds = data.load(DataConfig(name="cifar100", root=str(tmp_path / "root")))
@@ -136,7 +142,7 @@ def test_augment_crop_and_flip_on_tensors():
     shifted = data.augment(sig, ["crop"], g)
     assert shifted.shape == sig.shape
     # each output row is a (zero-padded) shift of its input row
-    for a, b in zip(sig[:, 0], shifted[:, 0]):
+    for a, b in zip(sig[:, 0], shifted[:, 0], strict=False):
         padded = torch.nn.functional.pad(a, (4, 4))
-        assert any(torch.equal(padded[s:s + 40], b) for s in range(9))
+        assert any(torch.equal(padded[s : s + 40], b) for s in range(9))
     assert torch.equal(data.augment(img, []), img)

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from kdtrain import features, models
+from kdtrain import models
 from kdtrain.config import DataConfig, TrainConfig
 from kdtrain.data import load
 from kdtrain.features import FeatureError, FeatureKD, Pair, at_loss, hint_loss, regressor, sp_loss
 from kdtrain.train import Distill, seed_all, train
-
 
 # --------------------------------------------------------------------------- the losses by hand
 
@@ -89,8 +88,11 @@ def test_hint_regressor_is_a_1x1_convolution_pooled_to_the_teachers_positions():
 
 
 def test_no_adapter_joins_a_feature_map_to_a_vector():
-    with pytest.raises(FeatureError, match=r"no adapter joins the student's output \(B, 4, 6, 6\) to the teacher's "
-                                           r"\(B, 10\)"):
+    with pytest.raises(
+        FeatureError,
+        match=r"no adapter joins the student's output \(B, 4, 6, 6\) to the teacher's "
+        r"\(B, 10\)",
+    ):
         regressor((8, 4, 6, 6), (8, 10), "kd.features (p)")
 
 
@@ -133,7 +135,7 @@ def test_gradients_reach_the_student_and_the_adapter_never_the_teacher(loss):
     assert student.conv.weight.grad.abs().sum() > 0
     assert student.head[1].weight.grad is None  # after the hooked layer: untouched by the feature term
     assert all(p.grad is None for p in teacher.parameters())
-    assert all(torch.equal(p, q) for p, q in zip(teacher.parameters(), before))
+    assert all(torch.equal(p, q) for p, q in zip(teacher.parameters(), before, strict=False))
     if loss == "hint":
         assert all(p.grad.abs().sum() > 0 for p in adapters.parameters())
     kd.close()
@@ -160,8 +162,13 @@ def test_a_wrong_path_names_the_nearest_valid_ones():
     with pytest.raises(FeatureError) as e:
         kd.attach(student, torch.randn(4, 1, 8), torch.device("cpu"))
     msg = str(e.value)
-    assert msg.startswith("kd.features (p).teacher_layer: no module 'body.7' in the teacher t; nearest: body.2, body.1, "
-                          "body.0") and "kdtrain layers SWEEPFILE lists every path" in msg and "\n" not in msg
+    assert (
+        msg.startswith(
+            "kd.features (p).teacher_layer: no module 'body.7' in the teacher t; nearest: body.2, body.1, body.0"
+        )
+        and "kdtrain layers SWEEPFILE lists every path" in msg
+        and "\n" not in msg
+    )
     kd.close()
 
 
@@ -203,12 +210,13 @@ def test_a_feature_run_trains_the_adapter_and_returns_the_bare_student(ds):
     reg = kd.adapters["0"][0]
     assert reg.in_channels == 4 and reg.out_channels == 8  # sized from the dry batch: student 4 -> teacher 8
     # the adapter trained with the student: its parameters are in the optimizer
-    assert all(not torch.equal(p, q) for p, q in zip(kd.adapters.parameters(), kd.initial))
+    assert all(not torch.equal(p, q) for p, q in zip(kd.adapters.parameters(), kd.initial, strict=False))
     # the feature term is in the loss the run reports: the same run without it has a lower train loss
     seed_all(0)
     plain = models.create_model("cnn1d", ds.input_shape, ds.num_classes, 4, depth=2)
-    first = train(plain, ds, TrainConfig(epochs=1, batch_size=64, threads=1),
-                  distill=Distill(2.0, 0.5, models=[teacher])).history[0]
+    first = train(
+        plain, ds, TrainConfig(epochs=1, batch_size=64, threads=1), distill=Distill(2.0, 0.5, models=[teacher])
+    ).history[0]
     assert r.history[0].train_loss > first.train_loss
 
 
@@ -223,8 +231,13 @@ def test_a_run_stopped_midway_leaves_no_hook_on_the_student_or_the_shared_teache
         raise RuntimeError("pruned")
 
     with pytest.raises(RuntimeError, match="pruned"):
-        train(student, ds, TrainConfig(epochs=3, batch_size=64, threads=1), distill=Distill(2.0, 0.5, features=kd,
-              models=[teacher]), on_epoch=prune)
+        train(
+            student,
+            ds,
+            TrainConfig(epochs=3, batch_size=64, threads=1),
+            distill=Distill(2.0, 0.5, features=kd, models=[teacher]),
+            on_epoch=prune,
+        )
     assert not any(m._forward_hooks for m in [*student.modules(), *teacher.modules()])
 
 
@@ -263,8 +276,12 @@ def test_the_feature_weight_is_searched_only_for_a_trial_with_a_pair():
 
     from kdtrain.space import suggest
 
-    space = {"kd.feature_weight": {"type": "float", "low": 1, "high": 1000, "log": True},
-             "kd.feature_pair": {"type": "categorical", "choices": ["none", "mid"]}}
+    space = {
+        "kd.feature_weight": {"type": "float", "low": 1, "high": 1000, "log": True},
+        "kd.feature_pair": {"type": "categorical", "choices": ["none", "mid"]},
+    }
     assert suggest(FixedTrial({"kd.feature_pair": "none"}), space) == {"kd.feature_pair": "none"}
     assert suggest(FixedTrial({"kd.feature_pair": "mid", "kd.feature_weight": 30.0}), space) == {
-        "kd.feature_pair": "mid", "kd.feature_weight": 30.0}
+        "kd.feature_pair": "mid",
+        "kd.feature_weight": 30.0,
+    }

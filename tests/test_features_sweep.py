@@ -36,8 +36,17 @@ search:
   kd.feature_weight: {type: float, low: 1, high: 1000, log: true}
   kd.alpha: {type: float, low: 0.2, high: 0.8}
 """
-FAST = ["--set", "profile.blocks=2", "--set", "profile.calls=5", "--set", "profile.warmup=2",
-        "--set", "profile.throughput_batch=8", "--no-report"]
+FAST = [
+    "--set",
+    "profile.blocks=2",
+    "--set",
+    "profile.calls=5",
+    "--set",
+    "profile.warmup=2",
+    "--set",
+    "profile.throughput_batch=8",
+    "--no-report",
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +79,9 @@ def test_each_trial_names_the_pair_and_loss_it_used(swept):
         run = client.get_run(t.user_attrs[search.T_RUN])
         pair, weight = t.params["kd.feature_pair"], t.params.get("kd.feature_weight")
         loss = {"mid": "hint", "rel": "sp"}.get(pair)
-        expected = "none" if pair == "none" else \
-            f"{pair} ({loss} x{weight if weight is not None else 100.0:.4g})"  # the pair's own weight: hint's 100
+        expected = (
+            "none" if pair == "none" else f"{pair} ({loss} x{weight if weight is not None else 100.0:.4g})"
+        )  # the pair's own weight: hint's 100
         assert run.data.params["kd.features"] == expected, (t.number, run.data.params["kd.features"])
         seen.add(pair)
         assert (weight is None) == (pair == "none")  # no pair: no weight searched
@@ -80,9 +90,10 @@ def test_each_trial_names_the_pair_and_loss_it_used(swept):
     assert len(seen) >= 2  # the sampler chose among the pairs
     d = report.load("feats", f"sqlite:///{swept / 'mlflow.db'}", str(swept / "optuna.journal"))
     table = report.front_table(d)
-    named = dict(zip(d.students["run_id"], d.students["kd.features"]))  # every trial's pair, in trials.csv too
-    assert set(named.values()) == {client.get_run(t.user_attrs[search.T_RUN]).data.params["kd.features"]
-                                   for t in done}
+    named = dict(
+        zip(d.students["run_id"], d.students["kd.features"], strict=False)
+    )  # every trial's pair, in trials.csv too
+    assert set(named.values()) == {client.get_run(t.user_attrs[search.T_RUN]).data.params["kd.features"] for t in done}
     front = [named[r] for r in table["run_id"]]
     if any(f != "none" for f in front):  # the front's table names them
         assert table["kd.features"].tolist() == front
@@ -96,22 +107,30 @@ def test_the_logged_student_of_a_feature_trial_holds_no_adapter(swept, monkeypat
     uri = f"sqlite:///{swept / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("feats")
-    runs = [r for r in client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'")
-            if r.data.params["kd.features"].startswith("mid (hint")]
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'")
+        if r.data.params["kd.features"].startswith("mid (hint")
+    ]
     assert runs, "no trial used the hint pair"
     run = runs[0]
     cfg, ds, model = baselines.trial_student(Tracker(uri), run.info.run_id)  # model.pt, loaded strictly
     fresh = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     assert set(model.state_dict()) == set(fresh.state_dict())
     mlflow.set_tracking_uri(uri)
-    folder = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=client.get_logged_model(run.data.tags[MODEL_TAG]).artifact_location))
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_logged_model(run.data.tags[MODEL_TAG]).artifact_location
+        )
+    )
     program = torch.export.load(next(folder.rglob("*.pt2")))
     logged = {k for k in program.state_dict if not k.startswith("_")}
-    assert logged == {k for k in fresh.state_dict() if "num_batches_tracked" not in k} or \
-        logged == set(fresh.state_dict())
-    assert sum(v.numel() for v in program.state_dict.values() if v.is_floating_point()) == \
-        sum(v.numel() for k, v in fresh.state_dict().items() if v.is_floating_point())
+    assert logged == {k for k in fresh.state_dict() if "num_batches_tracked" not in k} or logged == set(
+        fresh.state_dict()
+    )
+    assert sum(v.numel() for v in program.state_dict.values() if v.is_floating_point()) == sum(
+        v.numel() for k, v in fresh.state_dict().items() if v.is_floating_point()
+    )
 
 
 @pytest.mark.xdist_group("features-sweep")
@@ -122,22 +141,40 @@ def test_confirm_reports_the_pairs_gain_over_logit_kd_with_seeds_whatever_its_si
     study = optuna.load_study(study_name="feats", storage=search.open_storage(str(swept / "optuna.journal")))
     client = MlflowClient(uri)
     feat = next(t for t in study.trials if t.state.name == "COMPLETE" and t.params["kd.feature_pair"] != "none")
-    plain = next((t for t in study.trials if t.state.name == "COMPLETE" and t.params["kd.feature_pair"] == "none"),
-                 None)
+    plain = next(
+        (t for t in study.trials if t.state.name == "COMPLETE" and t.params["kd.feature_pair"] == "none"), None
+    )
     chosen = [feat.number] + ([plain.number] if plain else [])
-    assert main(["confirm", "feats", "--trial", *map(str, chosen), "--seeds", "2", "--no-report",
-                 "--storage", str(swept / "optuna.journal"), "--tracking-uri", uri]) == 0
+    assert (
+        main(
+            [
+                "confirm",
+                "feats",
+                "--trial",
+                *map(str, chosen),
+                "--seeds",
+                "2",
+                "--no-report",
+                "--storage",
+                str(swept / "optuna.journal"),
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     exp = client.get_experiment_by_name("feats")
-    runs = client.search_runs([exp.experiment_id], f"tags.`kdtrain.role` = 'confirm' and "
-                                                   f"tags.`optuna.trial` = '{feat.number}'")
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.`kdtrain.role` = 'confirm' and tags.`optuna.trial` = '{feat.number}'"
+    )
     assert len(runs) == 2
     gains = []
     for r in runs:  # each seed: the trial with its pairs against the same seed without them
         m = r.data.metrics
         assert m["feature_gain_test"] == pytest.approx(m["test_accuracy"] - m["logit_kd_test_accuracy"])
         gains.append(m["feature_gain_test"])
-    mean, std = sum(gains) / 2, abs(gains[0] - gains[1]) / 2 ** 0.5
+    mean, std = sum(gains) / 2, abs(gains[0] - gains[1]) / 2**0.5
     header = next(line for line in out.splitlines() if "feature pairs over logit KD (test, paired) pts" in line)
     row = next(line for line in out.splitlines() if line.startswith(f"{feat.number} "))
     cells = [c.strip() for c in header.split("  ") if c.strip()]
@@ -205,11 +242,14 @@ def test_a_trial_of_a_finished_study_teaches_the_next_round(swept, monkeypatch, 
 
 
 @pytest.mark.xdist_group("features-sweep")
-@pytest.mark.parametrize("ref, says", [
-    ("feats#999", "teachers (gen1).from_study: trial 999 of 'feats' does not exist (complete trials: "),
-    ("nosuch#1", "teachers (gen1).from_study: no study named 'nosuch'"),
-    ("feats#x", "teachers (gen1).from_study: expected STUDY#TRIAL (a trial number) or STUDY (its confirmed pick)"),
-])
+@pytest.mark.parametrize(
+    "ref, says",
+    [
+        ("feats#999", "teachers (gen1).from_study: trial 999 of 'feats' does not exist (complete trials: "),
+        ("nosuch#1", "teachers (gen1).from_study: no study named 'nosuch'"),
+        ("feats#x", "teachers (gen1).from_study: expected STUDY#TRIAL (a trial number) or STUDY (its confirmed pick)"),
+    ],
+)
 def test_a_study_or_trial_that_does_not_exist_is_one_error_and_nothing_written(swept, monkeypatch, capsys, ref, says):
     monkeypatch.setenv("KDTRAIN_HOME", str(swept))
     monkeypatch.chdir(swept.parent)

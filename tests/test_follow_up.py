@@ -11,10 +11,9 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from conftest import TINY_SEARCH, run_cli, write_sweep
 
 from kdtrain import first_trials, followup, search, sweepfile, worker
-
-from conftest import TINY_SEARCH, run_cli, write_sweep
 
 
 def _runs(home: Path):
@@ -44,7 +43,7 @@ def test_trials_report_before_any_baseline_is_trained_and_every_trial_is_followe
     home, study, r = four_trials
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 4
-    client, runs = _runs(home)
+    _client, runs = _runs(home)
     last_trial = max(t.datetime_complete for t in done)
     baselines = [x for x in runs if x.data.tags.get("kdtrain.role") == "baseline"]
     assert {int(b.data.params["student.width"]) for b in baselines} == {t.params["student.width"] for t in done}
@@ -53,8 +52,14 @@ def test_trials_report_before_any_baseline_is_trained_and_every_trial_is_followe
     by_trial = {int(x.data.tags["optuna.trial"]): x for x in runs if x.data.tags.get("kdtrain.role") == "student"}
     for t in done:
         m = by_trial[t.number].data.metrics
-        assert {"kd_gain", "kd_gain_test", "kd_gain_sigma", "baseline_test_accuracy", "latency_ms_p50",
-                "throughput"} <= set(m), (t.number, sorted(m))
+        assert {
+            "kd_gain",
+            "kd_gain_test",
+            "kd_gain_sigma",
+            "baseline_test_accuracy",
+            "latency_ms_p50",
+            "throughput",
+        } <= set(m), (t.number, sorted(m))
         assert m["kd_gain_test"] == pytest.approx(t.user_attrs["test_accuracy"] - m["baseline_test_accuracy"])
         assert by_trial[t.number].data.tags.get("kdtrain.model_id"), f"trial {t.number} has no logged model"
         assert study.user_attrs.get(f"{followup.A_DONE}{t.number}") is True
@@ -71,7 +76,7 @@ def test_a_teacher_the_first_trials_do_not_need_trains_when_a_trial_first_does(f
     # trials // 2 = 2 trials drawn among the ready teachers, then the subsets they could not draw, one trial each
     assert [t.params["kd.teachers"] for t in trials] == ["big", "big", "conv", "big+conv"]
     assert trials[1].user_attrs[search.T_REFERENCE] == first_trials.STEERED
-    client, runs = _runs(home)
+    _client, runs = _runs(home)
     teacher = {x.data.tags["mlflow.runName"]: x for x in runs if x.data.tags.get("kdtrain.role") == "teacher"}
     assert set(teacher) == {"teacher-big", "teacher-conv"}
     assert _when(teacher["teacher-conv"].info.start_time) > trials[1].datetime_complete
@@ -81,10 +86,16 @@ def test_a_teacher_the_first_trials_do_not_need_trains_when_a_trial_first_does(f
 
 @pytest.mark.xdist_group("follow-up")
 def test_a_rerun_of_a_finished_study_follows_up_nothing_again(four_trials, tmp_path):
-    home, study, _ = four_trials
-    client, before = _runs(home)
-    r = run_cli("sweep", home.parent / "tiny.yaml", "--no-report", "--workers", "1",
-                env={"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(home.parent / "data")})
+    home, _study, _ = four_trials
+    _client, before = _runs(home)
+    r = run_cli(
+        "sweep",
+        home.parent / "tiny.yaml",
+        "--no-report",
+        "--workers",
+        "1",
+        env={"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(home.parent / "data")},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "follow-up of width" not in r.stdout and "training without a teacher" not in r.stdout
     _, after = _runs(home)
@@ -111,8 +122,9 @@ def test_follow_up_is_checked_and_timed_metrics_are_known_to_be_needed(tmp_path)
     cfg = sweepfile.load(write_sweep(tmp_path, TINY_SEARCH, name="a.yaml"))
     assert not followup.timing_needed(cfg)
     assert followup.timing_needed(sweepfile.replace(cfg, {"study.constraints": {"max_latency_ms": 1.0}}))
-    assert followup.timing_needed(sweepfile.replace(cfg, {"study.objectives": {"val_accuracy": "maximize",
-                                                                               "latency_ms_p50": "minimize"}}))
+    assert followup.timing_needed(
+        sweepfile.replace(cfg, {"study.objectives": {"val_accuracy": "maximize", "latency_ms_p50": "minimize"}})
+    )
 
 
 def test_first_teachers_are_the_base_trials_and_the_loaded_ones(tmp_path):
@@ -124,9 +136,15 @@ def test_first_teachers_are_the_base_trials_and_the_loaded_ones(tmp_path):
 
 
 def test_a_sweep_stopped_before_its_follow_up_says_which_widths_wait_and_the_rerun_finishes_it(tmp_path):
-    p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 60", "epochs: 4, batch_size": "epochs: 12, batch_size"})
-    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = write_sweep(
+        tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 60", "epochs: 4, batch_size": "epochs: 12, batch_size"}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for line in proc.stdout:  # Ctrl-C once two trials are in: their follow-up has not started
             if line.startswith("trial 1 complete"):

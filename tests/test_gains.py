@@ -2,12 +2,11 @@
 
 import pandas as pd
 import pytest
+from conftest import run_cli
+from test_sweep import load_study, mlflow_runs
 
 from kdtrain import config, data, gains, report
 from kdtrain.run import distill_student
-
-from conftest import run_cli
-from test_sweep import load_study, mlflow_runs
 
 pytestmark = pytest.mark.xdist_group("tiny-study")  # with test_sweep's tests of conftest's tiny_study: built once
 
@@ -22,7 +21,7 @@ def gain_sweep(tiny_study):
 
 
 def test_baselines_carry_their_seeds_mean_and_spread(gain_sweep):
-    root, p, env, _ = gain_sweep
+    root, p, _env, _ = gain_sweep
     df = mlflow_runs(root / "home", "tiny")
     base = df[df["tags.kdtrain.role"] == "baseline"]
     assert len(base) >= 1 and (base["params.seeds"] == "0,1,2").all()  # study.baseline_seeds = 3 by default
@@ -65,7 +64,9 @@ def test_confirm_retrains_with_new_seeds_paired_with_baselines(gain_sweep):
     trial0 = load_study(root / "home").trials[0]
     assert (confirms["params.kd.temperature"].astype(float) == trial0.params["kd.temperature"]).all()
     for _, c in confirms.iterrows():  # paired: the baseline trained with the same seed
-        assert c["metrics.kd_gain_test"] == pytest.approx(c["metrics.test_accuracy"] - c["metrics.baseline_test_accuracy"])
+        assert c["metrics.kd_gain_test"] == pytest.approx(
+            c["metrics.test_accuracy"] - c["metrics.baseline_test_accuracy"]
+        )
     gains = 100 * confirms["metrics.kd_gain_test"]
     assert f"{gains.mean():.2f} ± {gains.std():.2f}" in out.stdout
     page = (root / "reports" / "tiny" / "index.html").read_text()
@@ -101,15 +102,24 @@ def test_confirm_checks_the_study_and_its_trials_before_loading_any_teacher(gain
 
 
 def _study(gains_test: list[float], spreads: list[float]) -> report.StudyData:
-    widths = [2, 4, 8][:len(gains_test)]
-    students = pd.DataFrame({
-        "student.width": widths, "trial": range(len(widths)), "val_accuracy": [0.8] * len(widths),
-        "test_accuracy": [0.8 + g for g in gains_test], "baseline_test_accuracy": [0.8] * len(widths),
-        "baseline_test_accuracy_std": spreads, "kd_gain": gains_test, "kd_gain_test": gains_test,
-        "kd_gain_sigma": [1.0] * len(widths)})
+    widths = [2, 4, 8][: len(gains_test)]
+    students = pd.DataFrame(
+        {
+            "student.width": widths,
+            "trial": range(len(widths)),
+            "val_accuracy": [0.8] * len(widths),
+            "test_accuracy": [0.8 + g for g in gains_test],
+            "baseline_test_accuracy": [0.8] * len(widths),
+            "baseline_test_accuracy_std": spreads,
+            "kd_gain": gains_test,
+            "kd_gain_test": gains_test,
+            "kd_gain_sigma": [1.0] * len(widths),
+        }
+    )
     baselines = pd.DataFrame({"student.width": widths, "seeds": ["0,1,2"] * len(widths)})
-    return report.StudyData("s", {"val_accuracy": "maximize"}, students, pd.DataFrame(), baselines, {}, 0.0, {},
-                            pd.DataFrame(), "", None)
+    return report.StudyData(
+        "s", {"val_accuracy": "maximize"}, students, pd.DataFrame(), baselines, {}, 0.0, {}, pd.DataFrame(), "", None
+    )
 
 
 def test_verdict_says_beyond_noise_only_past_twice_the_spread():
@@ -136,6 +146,7 @@ def test_with_one_baseline_seed_a_gain_is_unmeasured_not_beyond_noise():
 
 def test_a_one_seed_sweep_reports_its_gain_as_unmeasured(tmp_path):
     from conftest import write_sweep
+
     env = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
     p = write_sweep(tmp_path, **{"trials: 3": "trials: 2, baseline_seeds: 1"})
     r = run_cli("sweep", p, "--workers", "1", "--report-dir", tmp_path / "reports", env=env)

@@ -21,18 +21,19 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from kdtrain import search
-
 from conftest import TINY_SEARCH, TINY_SWEEP, run_cli, stop_group
 
+from kdtrain import search
 
 
 def sweep_file(folder: Path, trials: int, size: int = 400, epochs: int = 4, pruner: str = "none") -> Path:
     """The tiny sweep for these tests; pruning off by default, as a killed trial must be retried, not pruned."""
     text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(TINY_SEARCH)
-    text = text.replace("study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, "
-                        f"params: minimize}}, trials: {trials}, pruner: {pruner}}}")
+    text = text.replace(
+        "study: {name: tiny}",
+        "study: {name: tiny, objectives: {val_accuracy: maximize, "
+        f"params: minimize}}, trials: {trials}, pruner: {pruner}}}",
+    )
     text = text.replace("size: 400", f"size: {size}").replace("epochs: 4,", f"epochs: {epochs},")
     # profiling is not under test here: keep it short
     text += "profile: {blocks: 3, calls: 10, warmup: 5, throughput_batch: 64}\n"
@@ -89,10 +90,27 @@ def mlflow_server(new_database, tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", new_database(),
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            new_database(),
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -120,8 +138,7 @@ def mlflow_runs(url: str, experiment: str):
 
 @pytest.mark.postgres
 @pytest.mark.xdist_group("pg-mlflow-server")  # with the next test, on the worker that holds the server
-def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp_path, new_database,
-                                                                             mlflow_server):
+def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp_path, new_database, mlflow_server):
     """Two `kdtrain worker` processes (each with its own home, like two machines) share one PostgreSQL study
     and one MLflow server; one is SIGKILLed in mid-trial; the other fails that trial by heartbeat, runs its
     re-queued copy and completes the study. Nothing is lost or doubled."""
@@ -136,11 +153,20 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
     assert "kdtrain worker --study tiny" in r.stdout and "MLFLOW_TRACKING_URI" not in r.stdout
 
     def worker(name: str, **extra):
-        wenv = {**os.environ, "KDTRAIN_HOME": str(tmp_path / name), "KDTRAIN_DATA": str(tmp_path / "data"),
-                "KDTRAIN_STORAGE": storage, **extra}
+        wenv = {
+            **os.environ,
+            "KDTRAIN_HOME": str(tmp_path / name),
+            "KDTRAIN_DATA": str(tmp_path / "data"),
+            "KDTRAIN_STORAGE": storage,
+            **extra,
+        }
         log = open(tmp_path / f"{name}.log", "w")
-        return subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--threads", "1"],
-                                env=wenv, stdout=log, stderr=subprocess.STDOUT), log
+        return subprocess.Popen(
+            [sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--threads", "1"],
+            env=wenv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ), log
 
     # b is given nothing but the study name and the storage: the MLflow server is recorded in the study
     (a, a_log), (b, b_log) = worker("machine-a", MLFLOW_TRACKING_URI=server), worker("machine-b")
@@ -151,8 +177,11 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
         # count the finished trials first, then look for a's running one: read the other way round, a trial
         # finishing between the two reads was both the victim (running) and the one done (seen in CI)
         done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-        running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                   if t.user_attrs.get("kdtrain.pid") == a.pid and "mlflow_run_id" in t.user_attrs]
+        running = [
+            t
+            for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if t.user_attrs.get("kdtrain.pid") == a.pid and "mlflow_run_id" in t.user_attrs
+        ]
         if running and done >= 1:  # both workers have been sharing the study for a while
             victim = running[0]
     assert victim is not None, (tmp_path / "machine-a.log").read_text()[-3000:]
@@ -203,7 +232,8 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
     baselines = df[df["tags.kdtrain.role"] == "baseline"]
     whole = baselines[baselines["status"] == "FINISHED"]
     assert whole["tags.kdtrain.baseline_key"].is_unique and set(whole["tags.kdtrain.baseline_key"]) == set(
-        baselines["tags.kdtrain.baseline_key"]), baselines[["tags.kdtrain.baseline_key", "status"]]
+        baselines["tags.kdtrain.baseline_key"]
+    ), baselines[["tags.kdtrain.baseline_key", "status"]]
     # a (killed) may die while it logs a baseline under the study lock: b closes that half-written run as KILLED,
     # saying why, and logs the baseline again (seen under a loaded run of the suite)
     partial = baselines[baselines["status"] != "FINISHED"]
@@ -229,10 +259,24 @@ def test_passwords_never_leave_the_url(tmp_path, new_database, mlflow_server):
     p = sweep_file(tmp_path, 3)
     env = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
     outputs = []
-    for args in (["sweep", p, "--study", "secret", "--storage", storage, "--tracking-uri", tracking, "--workers",
-                  "2", "--report-dir", tmp_path / "reports"],
-                 ["status", "--storage", storage],
-                 ["report", "secret", "--storage", storage, "--tracking-uri", tracking, "--out", tmp_path / "r2"]):
+    for args in (
+        [
+            "sweep",
+            p,
+            "--study",
+            "secret",
+            "--storage",
+            storage,
+            "--tracking-uri",
+            tracking,
+            "--workers",
+            "2",
+            "--report-dir",
+            tmp_path / "reports",
+        ],
+        ["status", "--storage", storage],
+        ["report", "secret", "--storage", storage, "--tracking-uri", tracking, "--out", tmp_path / "r2"],
+    ):
         r = run_cli(*args, env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         outputs.append(r.stdout + r.stderr)
@@ -292,8 +336,10 @@ def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
     r = run_cli("sweep", p, "--workers", "0", "--no-report", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny"]
-    procs = [subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-2000:] for o in outs)
     assert not any("Traceback" in o for o in outs)
@@ -327,10 +373,29 @@ ADMIN_PW, USER_PW = "Adm1n-kd-test-pw", "w0rker-kd-test-pw"
 def _start_mlflow(root: Path, *extra: str, env: dict | None = None):
     port = free_port()
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *extra, "--backend-store-uri",
-                             f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            *extra,
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -347,8 +412,9 @@ def _api(url: str, path: str, user: str | None = None, password: str | None = No
     import base64
     import urllib.error
 
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body).encode() if body else None, headers={"Content-Type": "application/json"}
+    )
     if user:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
@@ -364,20 +430,27 @@ def auth_server(tmp_path_factory):
     an admin created on first start, and one user for the workers."""
     pytest.importorskip("flask_wtf", reason="mlflow[auth] is not installed (the test extra installs it)")
     root = tmp_path_factory.mktemp("mlflow-auth")
-    (root / "auth.ini").write_text(textwrap.dedent(f"""\
+    (root / "auth.ini").write_text(
+        textwrap.dedent(f"""\
         [mlflow]
         default_permission = NO_PERMISSIONS
-        database_uri = sqlite:///{root / 'auth.db'}
+        database_uri = sqlite:///{root / "auth.db"}
         admin_username = admin
         authorization_function = mlflow.server.auth:authenticate_request_basic_auth
         grant_default_workspace_access = false
-        """))
-    proc, log, url = _start_mlflow(root, "--app-name", "basic-auth",
-                                   env={"MLFLOW_AUTH_CONFIG_PATH": str(root / "auth.ini"),
-                                        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW,
-                                        "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex})
-    assert _api(url, "/api/2.0/mlflow/users/create", "admin", ADMIN_PW,
-                {"username": "kd", "password": USER_PW}) == 200
+        """)
+    )
+    proc, log, url = _start_mlflow(
+        root,
+        "--app-name",
+        "basic-auth",
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(root / "auth.ini"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+        },
+    )
+    assert _api(url, "/api/2.0/mlflow/users/create", "admin", ADMIN_PW, {"username": "kd", "password": USER_PW}) == 200
     yield url
     stop_group(proc)
     log.close()
@@ -390,19 +463,33 @@ def test_a_sweep_logs_through_mlflow_authentication_and_a_wrong_password_is_one_
     p = sweep_file(tmp_path, 1)  # every request pays the server's password check: one trial
     base = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
 
-    wrong = run_cli("sweep", p, "--tracking-uri", url, "--no-report",
-                    env={**base, "MLFLOW_TRACKING_USERNAME": "kd", "MLFLOW_TRACKING_PASSWORD": "not-the-password"})
+    wrong = run_cli(
+        "sweep",
+        p,
+        "--tracking-uri",
+        url,
+        "--no-report",
+        env={**base, "MLFLOW_TRACKING_USERNAME": "kd", "MLFLOW_TRACKING_PASSWORD": "not-the-password"},
+    )
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
-    assert wrong.stderr.strip() == (f"kdtrain: error: the MLflow tracking server {url} refused the credentials "
-                                    "(HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user "
-                                    "it knows (or MLFLOW_TRACKING_TOKEN)")
+    assert wrong.stderr.strip() == (
+        f"kdtrain: error: the MLflow tracking server {url} refused the credentials "
+        "(HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user "
+        "it knows (or MLFLOW_TRACKING_TOKEN)"
+    )
     assert "not-the-password" not in wrong.stdout + wrong.stderr
     assert not (tmp_path / "home" / "optuna.journal").exists()  # nothing started
     anonymous = run_cli("sweep", p, "--tracking-uri", url, "--no-report", env=base)
     assert anonymous.returncode == 1 and "needs credentials (HTTP 401)" in anonymous.stderr
 
-    ok = run_cli("sweep", p, "--tracking-uri", url, "--no-report",
-                 env={**base, "MLFLOW_TRACKING_USERNAME": "kd", "MLFLOW_TRACKING_PASSWORD": USER_PW})
+    ok = run_cli(
+        "sweep",
+        p,
+        "--tracking-uri",
+        url,
+        "--no-report",
+        env={**base, "MLFLOW_TRACKING_USERNAME": "kd", "MLFLOW_TRACKING_PASSWORD": USER_PW},
+    )
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     assert USER_PW not in ok.stdout + ok.stderr
     # the runs are on the server, readable by the user who wrote them

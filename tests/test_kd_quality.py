@@ -14,10 +14,19 @@ def test_kd_quality_quick_mode_writes_a_consistent_table(tmp_path):
     """Keeps benchmarks/kd_quality.py working and checks that its table is what its JSON says: cells are the
     seeds' mean and sample std, each loss's T and alpha are the grid's best on val, the baseline has none."""
     out = tmp_path / "q.json"
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-           "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kd_quality.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "KDTRAIN_HOME": str(tmp_path / "home"),
+        "KDTRAIN_DATA": str(tmp_path / "data"),
+    }
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kd_quality.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads(out.read_text())
 

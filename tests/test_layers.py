@@ -34,7 +34,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                found.append(path[path.index(nxt):] + [nxt])
+                found.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = "done"
@@ -77,9 +77,11 @@ def test_loading_a_sweep_file_leaves_torch_unimported():
     import subprocess
     import sys
 
-    code = ("import sys; from kdtrain import sweepfile; sweepfile.load('sweeps/quickstart.yaml'); "
-            "sweepfile.load('sweeps/few_labels.yaml'); print(sorted(m for m in ('torch', 'torchvision', 'mlflow', "
-            "'optuna') if m in sys.modules))")
+    code = (
+        "import sys; from kdtrain import sweepfile; sweepfile.load('sweeps/quickstart.yaml'); "
+        "sweepfile.load('sweeps/few_labels.yaml'); print(sorted(m for m in ('torch', 'torchvision', 'mlflow', "
+        "'optuna') if m in sys.modules))"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

@@ -49,7 +49,7 @@ def test_alpha_one_is_pure_kd(batch):
 
 def test_no_teacher_is_cross_entropy(batch):
     s, _, _, y = batch
-    loss, kd, ce = kd_loss(s, y, None, 4.0, 0.7)
+    loss, kd, _ce = kd_loss(s, y, None, 4.0, 0.7)
     assert torch.allclose(loss, F.cross_entropy(s, y)) and kd.item() == 0
 
 
@@ -62,8 +62,9 @@ def test_aggregations_agree_for_one_teacher(batch):
 def test_aggregations_differ_for_two_teachers(batch):
     s, t1, t2, y = batch
     both = torch.stack([t1, t2])
-    probs, logits, kl = (distillation_loss(s, both, y, 3.0, 0.8, ens)[1]
-                         for ens in ("mean_probs", "mean_logits", "mean_kl"))
+    probs, logits, kl = (
+        distillation_loss(s, both, y, 3.0, 0.8, ens)[1] for ens in ("mean_probs", "mean_logits", "mean_kl")
+    )
     assert not torch.allclose(probs, logits, atol=1e-3)
     assert not torch.allclose(probs, kl, atol=1e-3)
     # mean_kl is the average of the per-teacher KL terms, computed independently here
@@ -109,7 +110,7 @@ def test_dkd_identity_per_sample(batch):
     s, t, _, y = batch
     T = 3.0
     for i in range(len(y)):
-        one = (s[i:i + 1], t[i:i + 1], y[i:i + 1], T, 1.0)
+        one = (s[i : i + 1], t[i : i + 1], y[i : i + 1], T, 1.0)
         kl = distillation_loss(*one, loss="kd")[1]
         tckd = distillation_loss(*one, loss="dkd", dkd_alpha=1.0, dkd_beta=0.0)[1]
         nckd = distillation_loss(*one, loss="dkd", dkd_alpha=0.0, dkd_beta=1.0)[1]
@@ -129,21 +130,23 @@ def test_dkd_by_hand_on_three_classes():
         return [v / sum(e) for v in e]
 
     def kl(p, q):
-        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=False))
 
     terms = []
-    for zs, zt, g in zip(s, t, y):
+    for zs, zt, g in zip(s, t, y, strict=False):
         ps, pt = softmax(zs), softmax(zt)
         tckd = kl([pt[g], 1 - pt[g]], [ps[g], 1 - ps[g]])
         nckd = kl([pt[j] / (1 - pt[g]) for j in range(3) if j != g], [ps[j] / (1 - ps[g]) for j in range(3) if j != g])
         terms.append(a * tckd + b * nckd)
     expected = sum(terms) / 2
-    loss, kd, ce = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), T, 1.0, loss="dkd",
-                                     dkd_alpha=a, dkd_beta=b)
+    loss, kd, ce = distillation_loss(
+        torch.tensor(s), torch.tensor(t), torch.tensor(y), T, 1.0, loss="dkd", dkd_alpha=a, dkd_beta=b
+    )
     assert kd.item() == pytest.approx(expected, rel=1e-5)
     assert loss.item() == pytest.approx(T * T * expected, rel=1e-5)  # D carries T^2
-    mixed = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), T, 0.25, loss="dkd",
-                              dkd_alpha=a, dkd_beta=b)[0]
+    mixed = distillation_loss(
+        torch.tensor(s), torch.tensor(t), torch.tensor(y), T, 0.25, loss="dkd", dkd_alpha=a, dkd_beta=b
+    )[0]
     assert mixed.item() == pytest.approx(0.25 * T * T * expected + 0.75 * ce.item(), rel=1e-5)
 
 
@@ -197,13 +200,15 @@ def test_dist_by_hand_on_two_samples_and_three_classes():
 
 def test_dkd_warmup_scales_the_distillation_term_linearly(batch):
     s, t, _, y = batch
-    kw = dict(loss="dkd", warmup_epochs=4)
+    kw = {"loss": "dkd", "warmup_epochs": 4}
     full, kd, _ = distillation_loss(s, t, y, 4.0, 1.0, **kw)
     for epoch, factor in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
         loss, kd_e, _ = distillation_loss(s, t, y, 4.0, 1.0, epoch=epoch, **kw)
         assert torch.allclose(loss, factor * full) and torch.allclose(kd_e, kd)  # kd itself is not scaled
-    assert torch.allclose(distillation_loss(s, t, y, 4.0, 1.0, "mean_probs", loss="kd", warmup_epochs=4, epoch=1)[0],
-                          distillation_loss(s, t, y, 4.0, 1.0)[0])  # the warm-up is dkd's
+    assert torch.allclose(
+        distillation_loss(s, t, y, 4.0, 1.0, "mean_probs", loss="kd", warmup_epochs=4, epoch=1)[0],
+        distillation_loss(s, t, y, 4.0, 1.0)[0],
+    )  # the warm-up is dkd's
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -17,24 +17,36 @@ def test_an_empty_sweep_file_says_it_is_empty_and_where_to_start(tmp_path):
 def test_a_misspelt_search_key_gets_a_suggestion(tmp_path):
     p = write_sweep(tmp_path, TINY_SEARCH.replace("kd.temperature:", "kd.temprature:"))
     r = run_cli("sweep", p)
-    assert r.returncode == 2 and "search.kd.temprature: not a setting of the sweep file; did you mean " \
-        "kd.temperature?" in r.stderr, r.stderr
+    assert r.returncode == 2
+    assert "search.kd.temprature: not a setting of the sweep file; did you mean kd.temperature?" in r.stderr, r.stderr
 
 
 def test_a_python_reference_that_cannot_be_imported_is_bad_input(tmp_path):
     (tmp_path / "broken_models.py").write_text("raise RuntimeError('half-written file')\n")
-    p = write_sweep(tmp_path, textwrap.dedent("""
+    p = write_sweep(
+        tmp_path,
+        textwrap.dedent("""
         search:
           kd.alpha: {type: float, low: 0.1, high: 1}
-        """), **{"student: {arch: mlp, width: 8}": "student: {arch: 'python:broken_models:net', width: 8}"})
+        """),
+        **{"student: {arch: mlp, width: 8}": "student: {arch: 'python:broken_models:net', width: 8}"},
+    )
     r = run_cli("sweep", p, env={"KDTRAIN_HOME": str(tmp_path / "home")})
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "importing 'broken_models' raised RuntimeError: half-written file" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        "importing 'broken_models' raised RuntimeError: half-written file" in r.stderr and "Traceback" not in r.stderr
+    )
 
 
 def test_names_that_would_break_subsets_or_paths_are_refused_up_front(tmp_path):
-    p = write_sweep(tmp_path, **{"name: big,": "name: 'mlp+big',", "teachers: [big]": "teachers: ['mlp+big']",
-                                  "of: [big, conv]": "of: ['mlp+big', conv]"})
+    p = write_sweep(
+        tmp_path,
+        **{
+            "name: big,": "name: 'mlp+big',",
+            "teachers: [big]": "teachers: ['mlp+big']",
+            "of: [big, conv]": "of: ['mlp+big', conv]",
+        },
+    )
     r = run_cli("sweep", p)
     assert r.returncode == 2 and "teachers[0] (mlp+big).name: letters, digits" in r.stderr, r.stderr
     for bad in ("../x", "..", "a/b"):
@@ -43,8 +55,9 @@ def test_names_that_would_break_subsets_or_paths_are_refused_up_front(tmp_path):
         assert r.returncode == 2 and f"({bad}).name: letters, digits" in r.stderr, (bad, r.stderr)
     q = write_sweep(tmp_path, **{"study: {name: tiny, ": "study: {name: '..', "})
     r = run_cli("sweep", q)
-    assert r.returncode == 2 and "study.name: must be one folder name (not empty, no '/', not . or ..)" in r.stderr, \
+    assert r.returncode == 2 and "study.name: must be one folder name (not empty, no '/', not . or ..)" in r.stderr, (
         r.stderr
+    )
 
 
 def test_an_example_run_before_its_data_is_made_says_how_to_make_it(tmp_path, monkeypatch):
@@ -82,10 +95,19 @@ def test_on_a_terminal_the_sweep_says_what_it_waits_for_beside_its_bar(tmp_path)
 
     p = write_sweep(tmp_path, **{"trials: 3": "trials: 2"})
     master, slave = pty.openpty()
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-           "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
-    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--no-report"], stdout=slave,
-                            stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "KDTRAIN_HOME": str(tmp_path / "home"),
+        "KDTRAIN_DATA": str(tmp_path / "data"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--no-report"],
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+    )
     os.close(slave)
     chunks = []
     while True:

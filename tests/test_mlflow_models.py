@@ -20,20 +20,30 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from conftest import TINY_SEARCH, TINY_SWEEP, stop_group
 from mlflow.tracking import MlflowClient
 
 from kdtrain import baselines, search
 from kdtrain.cli import main
 from kdtrain.tracking import MODEL_TAG, MODELS_VIEW, Tracker
 
-from conftest import TINY_SEARCH, TINY_SWEEP, stop_group
-
-
-SWEEP = textwrap.dedent(TINY_SWEEP).replace("study: {name: tiny}", "study: {name: ship, trials: 3, seed: 0, "
-                                            "pruner: none, baseline_seeds: 1, objectives: {val_accuracy: maximize, "
-                                            "params: minimize}}") + textwrap.dedent(TINY_SEARCH)
-FAST = ["--set", "profile.blocks=2", "--set", "profile.calls=5", "--set", "profile.warmup=2",
-        "--set", "profile.throughput_batch=8", "--no-report"]
+SWEEP = textwrap.dedent(TINY_SWEEP).replace(
+    "study: {name: tiny}",
+    "study: {name: ship, trials: 3, seed: 0, "
+    "pruner: none, baseline_seeds: 1, objectives: {val_accuracy: maximize, "
+    "params: minimize}}",
+) + textwrap.dedent(TINY_SEARCH)
+FAST = [
+    "--set",
+    "profile.blocks=2",
+    "--set",
+    "profile.calls=5",
+    "--set",
+    "profile.warmup=2",
+    "--set",
+    "profile.throughput_batch=8",
+    "--no-report",
+]
 
 
 def free_port() -> int:
@@ -127,7 +137,7 @@ def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(
     client = MlflowClient(store(home))
     exp = client.get_experiment_by_name("ship")
     run = client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'", max_results=1)[0]
-    cfg, ds, model = baselines.trial_student(Tracker(store(home)), run.info.run_id)  # from model.pt
+    _cfg, ds, model = baselines.trial_student(Tracker(store(home)), run.info.run_id)  # from model.pt
     x = ds.x_val[:64].numpy()
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(x)).numpy()
@@ -143,8 +153,9 @@ def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     # Python's own warning filters, as in the user's process: none of the warnings they show may appear (torch's
     # UserWarning and FutureWarning on loading TorchScript did: issue 24 item 8)
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Warning" not in r.stderr and "WARNING" not in r.stderr, r.stderr[-3000:]
     got = np.load(tmp_path / "out.npy")
@@ -155,8 +166,10 @@ def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(
 def test_register_the_front_with_an_alias_and_load_it(home, capsys):
     import mlflow
 
-    assert main(["register", "ship", "--pareto", "--name", "ship-student", "--alias", "champion",
-                 "--min-gain", "any"]) == 0
+    assert (
+        main(["register", "ship", "--pareto", "--name", "ship-student", "--alias", "champion", "--min-gain", "any"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "champion" in out and "models:/ship-student/1" in out
     client = MlflowClient(store(home))
@@ -187,8 +200,10 @@ def test_register_and_export_pareto_leave_out_students_below_the_gain_floor(home
     below --min-gain POINTS; --min-gain any keeps the whole front; a floor nobody reaches is refused in one line."""
     client = MlflowClient(store(home))
     study = optuna.load_study(study_name="ship", storage=search.open_storage(str(home / "optuna.journal")))
-    gains = {t.number: 100 * client.get_run(t.user_attrs[search.T_RUN]).data.metrics["kd_gain_test"]
-             for t in study.best_trials}
+    gains = {
+        t.number: 100 * client.get_run(t.user_attrs[search.T_RUN]).data.metrics["kd_gain_test"]
+        for t in study.best_trials
+    }
     low, high = min(gains.values()), max(gains.values())
     assert low < high, gains  # the front's students differ in gain: a floor between them splits the front
 
@@ -205,8 +220,21 @@ def test_register_and_export_pareto_leave_out_students_below_the_gain_floor(home
     assert registered("default-floor") == {n for n, g in gains.items() if g >= 0}
     assert main(["register", "ship", "--pareto", "--name", "whole-front", "--min-gain", "any"]) == 0
     assert registered("whole-front") == set(gains)
-    assert main(["register", "ship", "--trial", str(min(gains, key=gains.get)), "--name", "named",
-                 "--min-gain", f"{high + 1:.6f}"]) == 0  # --trial names what the user wants: no floor
+    assert (
+        main(
+            [
+                "register",
+                "ship",
+                "--trial",
+                str(min(gains, key=gains.get)),
+                "--name",
+                "named",
+                "--min-gain",
+                f"{high + 1:.6f}",
+            ]
+        )
+        == 0
+    )  # --trial names what the user wants: no floor
     assert main(["export", "ship", "--pareto", "--min-gain", f"{high + 1:.6f}", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "every student on the front of 'ship' is below --min-gain" in err and "Traceback" not in err
@@ -233,22 +261,56 @@ def test_register_against_a_real_mlflow_server(tmp_path, monkeypatch):
     port = free_port()
     log = tmp_path / "server.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                 f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-                                 str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", "1"], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'server.db'}",
+                "--artifacts-destination",
+                str(tmp_path / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url + "/health", proc, log, 180)
         (tmp_path / "ship.yaml").write_text(SWEEP.replace("trials: 3", "trials: 2"))
         assert main(["sweep", "ship.yaml", "--tracking-uri", url, *FAST]) == 0
-        assert main(["register", "ship", "--pareto", "--name", "served", "--alias", "champion", "--min-gain", "any",
-                     "--tracking-uri", url]) == 0
+        assert (
+            main(
+                [
+                    "register",
+                    "ship",
+                    "--pareto",
+                    "--name",
+                    "served",
+                    "--alias",
+                    "champion",
+                    "--min-gain",
+                    "any",
+                    "--tracking-uri",
+                    url,
+                ]
+            )
+            == 0
+        )
         mlflow.set_tracking_uri(url)
         try:
             pred = mlflow.pyfunc.load_model("models:/served@champion").predict(np.zeros((2, 1, 16), np.float32))
-            models = mlflow.search_logged_models(experiment_ids=[mlflow.get_experiment_by_name("ship").experiment_id],
-                                                 output_format="list")
+            models = mlflow.search_logged_models(
+                experiment_ids=[mlflow.get_experiment_by_name("ship").experiment_id], output_format="list"
+            )
         finally:
             mlflow.set_tracking_uri("")
         assert pred.shape == (2, 4) and len(models) >= 2 + 2  # students, baselines and teachers
@@ -261,8 +323,12 @@ def test_dashboard_serves_the_study_and_stops_cleanly(home, tmp_path):
     port = free_port()
     log = tmp_path / "dashboard.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "dashboard", "--study", "ship", "--port",
-                                 str(port)], stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kdtrain.cli", "dashboard", "--study", "ship", "--port", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
     try:
         wait_for(f"http://127.0.0.1:{port}/api/studies", proc, log)
         studies = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10))
@@ -292,9 +358,25 @@ def test_the_mlflow_ui_lists_the_logged_models(home, tmp_path):
     port = free_port()
     log = tmp_path / "ui.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store(home),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                store(home),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", proc, log, 180)
         driver = chromium_driver(tmp_path)

@@ -35,10 +35,10 @@ def test_classic_mnist_mlps():
 
 def test_tiny_cnn_is_conv16_conv32_fc128_at_width_16():
     m = create_model("tiny_cnn", (1, 28, 28), 10, 16)
-    convs = [l for l in m if isinstance(l, torch.nn.Conv2d)]
-    linears = [l for l in m if isinstance(l, torch.nn.Linear)]
+    convs = [layer for layer in m if isinstance(layer, torch.nn.Conv2d)]
+    linears = [layer for layer in m if isinstance(layer, torch.nn.Linear)]
     assert [c.out_channels for c in convs] == [16, 32]
-    assert [l.out_features for l in linears] == [128, 10]
+    assert [lin.out_features for lin in linears] == [128, 10]
     assert linears[0].in_features == 32 * 7 * 7
 
 

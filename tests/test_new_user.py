@@ -11,8 +11,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import TINY_SWEEP  # noqa: F401  (the tiny_sweep fixture lives in conftest)
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -60,11 +58,17 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
     from kdtrain.tracking import Tracker, default_uri
 
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION")
+    }
     exp_id = Tracker(default_uri()).experiment("my-study")
     with open(tmp_path / "ui.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "ui", "my-study", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kdtrain.cli", "ui", "my-study", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         deadline = time.time() + 180
         while "my-study: http://" not in (tmp_path / "ui.log").read_text():  # the links: once the server answers
@@ -100,8 +104,12 @@ def test_kdtrain_ui_on_a_taken_port_fails_at_once_and_starts_nothing(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "kdtrain.cli", "ui", "--port", str(port)], capture_output=True,
-                           text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "kdtrain.cli", "ui", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"port {port} on 127.0.0.1 is in use" in r.stderr and f"--port {port + 1}" in r.stderr
     assert "MLflow UI for" not in r.stdout and "Traceback" not in r.stderr
@@ -117,8 +125,9 @@ def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_number
 
     # trial 0 (the enqueued base) distils nothing (kd.alpha 0): confirmed, it ties its baselines exactly
     text = tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 3, seed: 1}")
-    tiny_sweep.write_text(text.replace("alpha: 0.7", "alpha: 0.0")
-                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    tiny_sweep.write_text(
+        text.replace("alpha: 0.7", "alpha: 0.0") + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
+    )
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     # item 4: no assumed port for a local store; kdtrain ui prints the link for the port it serves
@@ -138,8 +147,10 @@ def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_number
         assert "--trial 0)" not in where  # no request for the confirm that was done
     assert "127.0.0.1:5000" not in page and "<code>kdtrain ui tiny</code>" in page
     head = summary.split("\n## ", 1)[0]
-    assert ("the largest test gain of a best trial is +0.0 ± 0.0 points on test, paired with the baseline of each "
-            "seed, confirmed over 2 new seeds (width 8, trial 0), within 2 x its own spread over the new seeds") in head
+    assert (
+        "the largest test gain of a best trial is +0.0 ± 0.0 points on test, paired with the baseline of each "
+        "seed, confirmed over 2 new seeds (width 8, trial 0), within 2 x its own spread over the new seeds"
+    ) in head
     verdict = next(line for line in head.splitlines() if "Distillation" in line)
     assert verdict[2:] in out  # the terminal prints the headline the report now has
 
@@ -175,7 +186,8 @@ def test_the_study_is_named_the_same_way_in_every_command(capsys):
     parse = build_parser().parse_args
     for command in ("export", "confirm", "register", "worker", "status", "dashboard"):
         extra = {"export": ["--pareto"], "confirm": ["--pareto"], "register": ["--pareto", "--name", "m"]}.get(
-            command, [])
+            command, []
+        )
         assert parse([command, "s1", *extra]).study == parse([command, "--study", "s1", *extra]).study == "s1"
     assert parse(["report", "a", "--study", "b"]).studies_opt == ["b"]
     try:
@@ -188,8 +200,9 @@ def test_the_study_is_named_the_same_way_in_every_command(capsys):
 def test_a_misspelt_key_or_model_gets_a_suggestion(tmp_path, capsys):
     from kdtrain.cli import main
 
-    (tmp_path / "s.yaml").write_text("data: {name: synthetic, size: 200}\nstudent: {arch: mlp}\n"
-                                     "kd: {temprature: 3.0, alpha: 0}\n")
+    (tmp_path / "s.yaml").write_text(
+        "data: {name: synthetic, size: 200}\nstudent: {arch: mlp}\nkd: {temprature: 3.0, alpha: 0}\n"
+    )
     assert main(["train", str(tmp_path / "s.yaml")]) == 2
     assert "kd.temprature: unknown key; did you mean temperature?" in capsys.readouterr().err
     (tmp_path / "s.yaml").write_text("data: {name: synthetic, size: 200}\nstudent: {arch: 'torchvision:resnet181'}\n")
@@ -205,8 +218,10 @@ def test_a_trial_that_does_not_exist_is_named_so(tiny_sweep, capsys):
     """`--trial 99` on a study without trial 99 said "not complete"."""
     from kdtrain.cli import main
 
-    tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
-                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    tiny_sweep.write_text(
+        tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
+        + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
+    )
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
     capsys.readouterr()
     assert main(["confirm", "tiny", "--trial", "99", "--seeds", "1"]) == 1

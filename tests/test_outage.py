@@ -22,10 +22,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import stop_group
 
 from kdtrain import search
-
-from conftest import stop_group
 
 pytestmark = pytest.mark.postgres
 
@@ -73,15 +72,27 @@ class PrivatePostgres:
         subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w", "start", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.dir / "data"),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
 
     def remove(self) -> None:
-        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -97,20 +108,37 @@ QUICKSTART = {"objectives": "{val_accuracy: maximize, params: minimize}", "prune
 """sweeps/quickstart.yaml's objectives and pruner: its pruning check reads the trials every epoch (issue 29 item 1)."""
 
 
-def sweep_file(tmp_path: Path, name: str, trials: int, patience: str, epochs: int,
-               objectives: str = "{val_accuracy: maximize}", pruner: str = "none") -> Path:
+def sweep_file(
+    tmp_path: Path,
+    name: str,
+    trials: int,
+    patience: str,
+    epochs: int,
+    objectives: str = "{val_accuracy: maximize}",
+    pruner: str = "none",
+) -> Path:
     p = tmp_path / f"{name}.yaml"
-    p.write_text(textwrap.dedent(SWEEP.format(name=name, trials=trials, patience=patience, epochs=epochs,
-                                              objectives=objectives, pruner=pruner)))
+    p.write_text(
+        textwrap.dedent(
+            SWEEP.format(
+                name=name, trials=trials, patience=patience, epochs=epochs, objectives=objectives, pruner=pruner
+            )
+        )
+    )
     return p
 
 
 def start_sweep(sweep: Path, storage: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     out = open(tmp_path / f"sweep-{time.time_ns()}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--storage", storage,
-                             "--workers", "1", *extra], stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--storage", storage, "--workers", "1", *extra],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     proc.log = out
     return proc
 
@@ -146,8 +174,11 @@ def wait_for_running(url: str, name: str, proc, timeout: float = 240) -> int:
         assert proc.poll() is None, output(proc)
         try:
             study = optuna.load_study(study_name=name, storage=search.open_storage(url))
-            running = [t.number for t in study.get_trials(deepcopy=False)
-                       if t.state.name == "RUNNING" and t.number and t.params]  # its settings drawn: it trains
+            running = [
+                t.number
+                for t in study.get_trials(deepcopy=False)
+                if t.state.name == "RUNNING" and t.number and t.params
+            ]  # its settings drawn: it trains
             if running:
                 return running[0]
         except (KeyError, Exception):  # noqa: BLE001 - the study not yet created
@@ -178,8 +209,7 @@ def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sw
     assert len(states(postgres.url, "pg-blip")) == 2, out
 
 
-def test_a_database_outage_past_the_patience_window_stops_with_one_line_and_the_next_run_recovers(postgres,
-                                                                                                   tmp_path):
+def test_a_database_outage_past_the_patience_window_stops_with_one_line_and_the_next_run_recovers(postgres, tmp_path):
     sweep = sweep_file(tmp_path, "pg-gone", trials=2, patience="4s", epochs=60)
     with sweeping(sweep, postgres.url, tmp_path) as proc:
         victim = wait_for_running(postgres.url, "pg-gone", proc)
@@ -216,11 +246,27 @@ class MlflowServer:
 
     def start(self) -> None:
         self.log = open(self.root / "server.log", "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                      f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination",
-                                      str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--workers", "1"], stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 180
         while True:
             try:
@@ -274,15 +320,21 @@ print("kept", len(t.outbox.entries()), flush=True)
 """
 
 
-def test_writes_a_stopped_tracking_server_missed_are_kept_and_sent_in_order_once_by_the_next_run(mlflow_server,
-                                                                                              tmp_path):
+def test_writes_a_stopped_tracking_server_missed_are_kept_and_sent_in_order_once_by_the_next_run(
+    mlflow_server, tmp_path
+):
     """A worker that exits while holding unsent writes: the next kdtrain run on this machine sends them."""
     from mlflow.tracking import MlflowClient
 
     from kdtrain import tracking
 
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, mlflow_server.url], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, mlflow_server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_id = writer.stdout.readline().strip()
     mlflow_server.stop()
     out, err = writer.communicate("go\n", timeout=300)

@@ -4,7 +4,6 @@ server), drop one's reply (closed after the server took it) or go away for a whi
 and counts what reached the server. One server and proxy for the module; each test its own kdtrain home."""
 
 import http.client
-import json
 import os
 import re
 import shutil
@@ -19,15 +18,14 @@ from http.server import BaseHTTPRequestHandler
 import optuna
 import pytest
 import torch
+from conftest import TINY_SWEEP
 from mlflow.tracking import MlflowClient
+from test_outage import MlflowServer, free_port
 
 from kdtrain import search
 from kdtrain.outbox import Outbox
 from kdtrain.tracking import MODEL_TAG, Tracker
 from kdtrain.train import EpochStats
-
-from conftest import TINY_SWEEP
-from test_outage import MlflowServer, free_port
 
 pytestmark = pytest.mark.xdist_group("outbox-server")  # one server for the module, on one pytest worker
 
@@ -131,8 +129,19 @@ def test_a_metrics_write_cut_after_its_first_batch_stores_each_point_once_with_t
     """Item 6: 130 epochs are 521 points, two batches; the second is cut. Sent again, the first is not."""
     t = Tracker(cut.url)
     _, run = new_run(t, "metrics-once")
-    history = [EpochStats(epoch=e, epochs=130, train_loss=1.0 / e, kd_loss=0.5, ce_loss=0.5, val_accuracy=e / 200,
-                          seconds=0.1, lr=0.01) for e in range(1, 131)]
+    history = [
+        EpochStats(
+            epoch=e,
+            epochs=130,
+            train_loss=1.0 / e,
+            kd_loss=0.5,
+            ce_loss=0.5,
+            val_accuracy=e / 200,
+            seconds=0.1,
+            lr=0.01,
+        )
+        for e in range(1, 131)
+    ]
     cut.rules = [{"match": r"POST .*/runs/log-batch$", "action": "cut", "skip": 1}]
     before = int(time.time() * 1000)
     t.log_metrics(run, {"params": 68}, history)
@@ -174,8 +183,9 @@ def test_a_logged_model_sent_again_is_made_once_and_ready(cut, tmp_path):
 
     client = MlflowClient(cut.url)
     models = client.search_logged_models([exp])
-    assert sorted(m.source_run_id for m in models) == sorted([reply_lost, upload_cut, sent_twice]), \
-        [(m.name, m.status) for m in models]
+    assert sorted(m.source_run_id for m in models) == sorted([reply_lost, upload_cut, sent_twice]), [
+        (m.name, m.status) for m in models
+    ]
     assert {m.status for m in models} == {"READY"}
     for m in models:
         assert client.get_run(m.source_run_id).data.tags[MODEL_TAG] == m.model_id
@@ -226,7 +236,7 @@ def test_a_write_that_keeps_failing_while_the_server_answers_is_set_aside_once(c
 def test_kept_writes_keep_their_order_when_the_clock_steps_back(monkeypatch, tmp_path):
     """Item 10: the order of the writes, not of the clock; across processes (two Outbox objects) and with the
     counter's file lost (then past the newest entry)."""
-    clock = iter(range(10**18, 0, -10**15))  # every look at the clock a step back
+    clock = iter(range(10**18, 0, -(10**15)))  # every look at the clock a step back
     monkeypatch.setattr(time, "time_ns", lambda: next(clock))
     box = Outbox("http://mlflow-host:5000")
     made = [box.add("tags", "r", {"tags": {"n": str(i)}}) for i in range(3)]
@@ -238,10 +248,16 @@ def test_kept_writes_keep_their_order_when_the_clock_steps_back(monkeypatch, tmp
 
 # --------------------------------------------------------------------------- item 8: a trial's run in an outage
 
-SWEEP = textwrap.dedent(TINY_SWEEP).replace(
-    "study: {name: tiny}", "study: {name: NAME, trials: 2, seed: 0, pruner: none, baseline_seeds: 1, spread: false, "
-    "storage_patience: PATIENCE, follow_up: after, objectives: {val_accuracy: maximize, params: minimize}}").replace(
-    "epochs: 4, batch", "epochs: 2, batch") + "search:\n  kd.temperature: {type: float, low: 1, high: 20, log: true}\n"
+SWEEP = (
+    textwrap.dedent(TINY_SWEEP)
+    .replace(
+        "study: {name: tiny}",
+        "study: {name: NAME, trials: 2, seed: 0, pruner: none, baseline_seeds: 1, spread: false, "
+        "storage_patience: PATIENCE, follow_up: after, objectives: {val_accuracy: maximize, params: minimize}}",
+    )
+    .replace("epochs: 4, batch", "epochs: 2, batch")
+    + "search:\n  kd.temperature: {type: float, low: 1, high: 20, log: true}\n"
+)
 
 
 def sweep(tmp_path, proxy, name: str, patience: str) -> tuple[subprocess.CompletedProcess, str]:
@@ -249,17 +265,36 @@ def sweep(tmp_path, proxy, name: str, patience: str) -> tuple[subprocess.Complet
     path.write_text(SWEEP.replace("NAME", name).replace("PATIENCE", patience))
     storage = str(tmp_path / "optuna.journal")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    r = subprocess.run([sys.executable, "-m", "kdtrain.cli", "sweep", str(path), "--storage", storage, "--workers",
-                        "1", "--tracking-uri", proxy.url, "--no-report"], capture_output=True, text=True, env=env,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdtrain.cli",
+            "sweep",
+            str(path),
+            "--storage",
+            storage,
+            "--workers",
+            "1",
+            "--tracking-uri",
+            proxy.url,
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     return r, storage
 
 
 def test_a_trial_whose_run_starts_in_an_outage_waits_for_the_server(cut, tmp_path):
     """Item 8: trial 0's run is created as the server goes away for 4 s; trial 1's is created but its reply is
     lost. Both wait (study.storage_patience 2m), each has one run, FINISHED, and nothing failed."""
-    cut.rules = [{"match": r"POST .*/runs/create$", "body": '"trial-0"', "action": "away", "seconds": 4},
-                 {"match": r"POST .*/runs/create$", "body": '"trial-1"', "action": "reply_lost"}]
+    cut.rules = [
+        {"match": r"POST .*/runs/create$", "body": '"trial-0"', "action": "away", "seconds": 4},
+        {"match": r"POST .*/runs/create$", "body": '"trial-1"', "action": "reply_lost"},
+    ]
     r, storage = sweep(tmp_path, cut, "start-waits", "2m")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
@@ -308,11 +343,18 @@ def test_mlflows_own_retries_are_bounded_so_that_kdtrain_says_an_outage_within_a
     """Seen in issue 29's held-out run: with MLflow's default 7 retries a worker whose run creation met the server
     away was silent for 4 minutes before kdtrain's waiting (and its warning) began. kdtrain sets 4 (about 30 s)
     unless the user set a value, which it keeps."""
-    code = ("import os; from kdtrain.tracking import Tracker; Tracker('http://127.0.0.1:9'); "
-            "print(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])")
+    code = (
+        "import os; from kdtrain.tracking import Tracker; Tracker('http://127.0.0.1:9'); "
+        "print(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_TRACKING_URI")}
     env["KDTRAIN_HOME"] = str(tmp_path / "home")
     mine = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"},
-                            capture_output=True, text=True, timeout=120)
+    theirs = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (mine.stdout.strip(), theirs.stdout.strip()) == ("4", "9"), mine.stderr + theirs.stderr

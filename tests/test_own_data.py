@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from torch import nn
@@ -24,12 +25,24 @@ from torch import nn
 from kdtrain import config, data, sources, teachers
 from kdtrain.cli import main
 
-from conftest import ROOT
-
 EXAMPLES = ROOT / "sweeps" / "examples"
-FAST = ["--set", "study.trials=2", "--set", "study.baseline_seeds=1", "--set", "train.epochs=2",
-        "--set", "profile.blocks=2", "--set", "profile.calls=5", "--set", "profile.warmup=2",
-        "--set", "profile.throughput_batch=8", "--no-report"]
+FAST = [
+    "--set",
+    "study.trials=2",
+    "--set",
+    "study.baseline_seeds=1",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "profile.blocks=2",
+    "--set",
+    "profile.calls=5",
+    "--set",
+    "profile.warmup=2",
+    "--set",
+    "profile.throughput_batch=8",
+    "--no-report",
+]
 """A sweep in a couple of seconds: two trials of two epochs, one baseline seed, a short latency measurement."""
 
 
@@ -63,12 +76,12 @@ def separable(n: int, shape: tuple, classes: int = 3, seed: int = 0):
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def write_arrays(path: Path, n_train: int = 120, n_test: int = 30, shape=(2, 16), names=("low", "mid", "high"),
-                 **changes) -> dict:
+def write_arrays(
+    path: Path, n_train: int = 120, n_test: int = 30, shape=(2, 16), names=("low", "mid", "high"), **changes
+) -> dict:
     x_train, y_train = separable(n_train, shape, seed=1)
     x_test, y_test = separable(n_test, shape, seed=2)
-    d = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-         "class_names": np.array(names)}
+    d = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "class_names": np.array(names)}
     d.update(changes)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{k: v for k, v in d.items() if v is not None})
@@ -138,12 +151,20 @@ def readme_blocks() -> list[list[list[str]]]:
     """The shell blocks of README's "Distil your own model", each a list of argv (comments dropped)."""
     text = (ROOT / "README.md").read_text()
     section = text.split("\n## Distil your own model\n", 1)[1].split("\n## ", 1)[0]
-    return [[shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
-            for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+    return [
+        [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+        for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+    ]
 
 
-TEACHER = {"folder": "resnet", "arrays": "cnn", "csv": "wide", "python": "wide", "logits": "centroid",
-           "onnx": "exported"}
+TEACHER = {
+    "folder": "resnet",
+    "arrays": "cnn",
+    "csv": "wide",
+    "python": "wide",
+    "logits": "centroid",
+    "onnx": "exported",
+}
 """The teacher of each example sweep."""
 
 
@@ -312,13 +333,22 @@ def test_onnx_teacher_gives_the_logits_of_the_model_it_was_exported_from(tmp_pat
     pytest.importorskip("onnxruntime")
     write_arrays(tmp_path / "in" / "waves.npz")
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                        nn.Linear(8, 3)).eval()
+    net = nn.Sequential(
+        nn.Conv1d(2, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3)
+    ).eval()
     onnx_file = tmp_path / "in" / "teacher.onnx"
-    torch.onnx.export(net, (torch.zeros(2, 2, 16),), str(onnx_file), dynamo=False, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    cfg = config.load(EXAMPLES / "onnx.yaml", [f"data.path={tmp_path / 'in' / 'waves.npz'}",
-                                               f"teachers.exported.weights={onnx_file}"])
+    torch.onnx.export(
+        net,
+        (torch.zeros(2, 2, 16),),
+        str(onnx_file),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    cfg = config.load(
+        EXAMPLES / "onnx.yaml", [f"data.path={tmp_path / 'in' / 'waves.npz'}", f"teachers.exported.weights={onnx_file}"]
+    )
     ds = data.load(cfg.data)
     pool = teachers.load_pool(cfg, ds)
     t = pool["exported"]
@@ -403,8 +433,11 @@ def arrays_wrong_keys(tmp_path):
     p = tmp_path / "in" / "x.npz"
     p.parent.mkdir(parents=True)
     np.savez(p, features=np.zeros((20, 4)), labels=np.zeros(20))
-    return "arrays", [f"data.path={p}"], [f"data.path {p}", "missing x_train, y_train, x_test, y_test",
-                                          "features, labels"]
+    return (
+        "arrays",
+        [f"data.path={p}"],
+        [f"data.path {p}", "missing x_train, y_train, x_test, y_test", "features, labels"],
+    )
 
 
 def arrays_mismatched_lengths(tmp_path):
@@ -459,14 +492,19 @@ def csv_one_class(tmp_path):
 def csv_test_labels_unknown(tmp_path):
     write_csv(tmp_path / "in" / "train.csv", names=("ant", "moose"))
     write_csv(tmp_path / "in" / "test.csv", n=10, names=("ant", "zebra"))
-    return "csv", [f"data.path={tmp_path / 'in' / 'train.csv'}", f"data.test_path={tmp_path / 'in' / 'test.csv'}"], \
-        ["y_test has label(s) 'zebra'", "every class needs training samples"]
+    return (
+        "csv",
+        [f"data.path={tmp_path / 'in' / 'train.csv'}", f"data.test_path={tmp_path / 'in' / 'test.csv'}"],
+        ["y_test has label(s) 'zebra'", "every class needs training samples"],
+    )
 
 
 def _with_logits(tmp_path):
     arrays = write_arrays(tmp_path / "in" / "waves.npz", n_train=300)
-    return arrays, [f"data.path={tmp_path / 'in' / 'waves.npz'}",
-                    f"teachers.centroid.logits={tmp_path / 'in' / 'logits.npz'}"]
+    return arrays, [
+        f"data.path={tmp_path / 'in' / 'waves.npz'}",
+        f"teachers.centroid.logits={tmp_path / 'in' / 'logits.npz'}",
+    ]
 
 
 def logits_missing(tmp_path):
@@ -504,33 +542,62 @@ def onnx_unreadable(tmp_path):
     write_arrays(tmp_path / "in" / "waves.npz")
     (tmp_path / "in" / "t.onnx").write_bytes(b"\x08\x07 not a model" * 30)
     sets = [f"data.path={tmp_path / 'in' / 'waves.npz'}", f"teachers.exported.weights={tmp_path / 'in' / 't.onnx'}"]
-    return "onnx", sets, \
-        ["teachers (exported).weights", "t.onnx: not a readable ONNX model"]
+    return "onnx", sets, ["teachers (exported).weights", "t.onnx: not a readable ONNX model"]
 
 
 def python_student_raises(tmp_path):
     write_arrays(tmp_path / "in" / "waves.npz")
     module = f"raising_student_{abs(hash(str(tmp_path))) % 10**8}"  # a fresh module per run: nothing cached
-    (tmp_path / f"{module}.py").write_text(textwrap.dedent("""
+    (tmp_path / f"{module}.py").write_text(
+        textwrap.dedent("""
         def student(input_shape, num_classes, width):
             raise ValueError(f"no student for {input_shape}")
-    """))
-    return "arrays", [f"data.path={tmp_path / 'in' / 'waves.npz'}", f"student.arch=python:{module}:student"], \
-        ["student.arch", f"python:{module}:student((2, 16), 3, 4) raised ValueError: no student for (2, 16)"]
+    """)
+    )
+    return (
+        "arrays",
+        [f"data.path={tmp_path / 'in' / 'waves.npz'}", f"student.arch=python:{module}:student"],
+        ["student.arch", f"python:{module}:student((2, 16), 3, 4) raised ValueError: no student for (2, 16)"],
+    )
 
 
 def python_data_factory_raises(tmp_path):
     module = f"raising_data_{abs(hash(str(tmp_path))) % 10**8}"
     (tmp_path / f"{module}.py").write_text("def make():\n    raise RuntimeError('the database is down')\n")
-    return "python", [f"data.factory={module}:make"], \
-        [f"data.factory {module}:make raised RuntimeError: the database is down"]
+    return (
+        "python",
+        [f"data.factory={module}:make"],
+        [f"data.factory {module}:make raised RuntimeError: the database is down"],
+    )
 
 
-BAD = [folder_missing, folder_unreadable_image, folder_one_class, folder_mixed_modes, folder_test_class_not_in_train,
-       arrays_missing, arrays_unreadable, arrays_wrong_keys, arrays_mismatched_lengths, arrays_labels_out_of_range,
-       arrays_one_class, arrays_nan_features, csv_missing, csv_unreadable, csv_no_label_column, csv_one_class,
-       csv_test_labels_unknown, logits_missing, logits_unreadable, logits_wrong_keys, logits_mismatched_rows,
-       logits_rows_shuffled, onnx_unreadable, python_student_raises, python_data_factory_raises]
+BAD = [
+    folder_missing,
+    folder_unreadable_image,
+    folder_one_class,
+    folder_mixed_modes,
+    folder_test_class_not_in_train,
+    arrays_missing,
+    arrays_unreadable,
+    arrays_wrong_keys,
+    arrays_mismatched_lengths,
+    arrays_labels_out_of_range,
+    arrays_one_class,
+    arrays_nan_features,
+    csv_missing,
+    csv_unreadable,
+    csv_no_label_column,
+    csv_one_class,
+    csv_test_labels_unknown,
+    logits_missing,
+    logits_unreadable,
+    logits_wrong_keys,
+    logits_mismatched_rows,
+    logits_rows_shuffled,
+    onnx_unreadable,
+    python_student_raises,
+    python_data_factory_raises,
+]
 
 
 @pytest.mark.parametrize("case", BAD, ids=[f.__name__ for f in BAD])

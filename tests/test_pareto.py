@@ -43,7 +43,7 @@ def test_keeps_a_trial_cheaper_than_every_finished_one():
 
 def test_keeps_everything_during_the_warm_up():
     cheap = Course(0, {"params": 100}, [0.99] * 10)
-    for epochs in range(0, 4):
+    for epochs in range(4):
         assert rule([0.0] * epochs, [cheap], warmup=3) is None
     assert rule([0.0] * 4, [cheap], warmup=3) is not None  # the first epoch after it
 
@@ -103,17 +103,20 @@ def test_as_cheap_ignores_accuracy():
 # --------------------------------------------------------------------------- prunable
 
 
-@pytest.mark.parametrize("objectives, expected", [
-    (ACC_PARAMS, True),
-    ({"val_accuracy": "maximize", "params": "minimize", "throughput": "maximize"}, True),
-    ({"val_accuracy": "maximize", "latency_ms_p95": "minimize"}, True),
-    ({"val_accuracy": "maximize"}, False),
-    ({"params": "minimize"}, False),
-    ({"val_accuracy": "minimize", "params": "minimize"}, False),
-    ({"val_accuracy": "maximize", "test_accuracy": "maximize"}, False),
-    ({"val_accuracy": "maximize", "params": "minimize", "test_accuracy": "maximize"}, False),
-    ({"params": "minimize", "latency_ms_p50": "minimize"}, False),
-])
+@pytest.mark.parametrize(
+    "objectives, expected",
+    [
+        (ACC_PARAMS, True),
+        ({"val_accuracy": "maximize", "params": "minimize", "throughput": "maximize"}, True),
+        ({"val_accuracy": "maximize", "latency_ms_p95": "minimize"}, True),
+        ({"val_accuracy": "maximize"}, False),
+        ({"params": "minimize"}, False),
+        ({"val_accuracy": "minimize", "params": "minimize"}, False),
+        ({"val_accuracy": "maximize", "test_accuracy": "maximize"}, False),
+        ({"val_accuracy": "maximize", "params": "minimize", "test_accuracy": "maximize"}, False),
+        ({"params": "minimize", "latency_ms_p50": "minimize"}, False),
+    ],
+)
 def test_prunable(objectives, expected):
     assert pareto.prunable(objectives) is expected
 
@@ -123,8 +126,10 @@ def test_prunable(objectives, expected):
 
 def brute_force(points, reference):
     """Unit cells of the grid from 0 to the reference with a point at or below their lower corner."""
-    return sum(any(all(p_i <= c_i for p_i, c_i in zip(p, cell)) for p in points)
-               for cell in itertools.product(*(range(r) for r in reference)))
+    return sum(
+        any(all(p_i <= c_i for p_i, c_i in zip(p, cell, strict=False)) for p in points)
+        for cell in itertools.product(*(range(r) for r in reference))
+    )
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
@@ -134,7 +139,7 @@ def test_hypervolume_matches_brute_force(dims, seed):
     reference = [rng.randint(3, 7) for _ in range(dims)]
     points = [[rng.randint(0, r + 1) for r in reference] for _ in range(rng.randint(1, 9))]
     points += [list(points[0]), [r + 1 for r in reference]]  # a duplicate and a point beyond the reference
-    points.append([min(x + 1, r + 1) for x, r in zip(points[0], reference)])  # dominated by points[0]
+    points.append([min(x + 1, r + 1) for x, r in zip(points[0], reference, strict=False)])  # dominated by points[0]
     rng.shuffle(points)
     assert pareto.hypervolume(points, reference) == brute_force(points, reference)
 
@@ -174,7 +179,9 @@ def test_box_spans_the_cheapest_to_the_costliest_student():
     assert b["log"] == [False, True, True]
     # the cheapest and the costliest students both add volume
     assert pareto.study_hypervolume([(0.5, 1000, 11.0)], b) > 0
-    assert pareto.normalize([0.5, 110, 1000.0], b)[1:] == pytest.approx([0.0397, 0.0203], abs=1e-3)  # ln 1.1 / ln 11, ln 1.1 / ln 110
+    assert pareto.normalize([0.5, 110, 1000.0], b)[1:] == pytest.approx(
+        [0.0397, 0.0203], abs=1e-3
+    )  # ln 1.1 / ln 11, ln 1.1 / ln 110
 
 
 def test_history_accumulates_compute_and_never_loses_volume():
@@ -185,25 +192,35 @@ def test_history_accumulates_compute_and_never_loses_volume():
     assert volumes[0] > 0 and volumes[1] == volumes[0]  # pruned: compute, no volume
     assert volumes[2] == pytest.approx(0.375) and volumes[3] == pytest.approx(volumes[2])  # dominated: nothing added
     assert volumes[4] == pytest.approx(0.5 + 0.25 * 0.5)
-    assert all(a <= b for a, b in zip(volumes, volumes[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(volumes))
 
 
 # --------------------------------------------------------------------------- config and the space
 
 
 def sweep(study=None, search=None, **student):
-    return config.from_dict({"data": {"name": "synthetic"}, "teachers": [{"name": "t", "arch": "mlp"}],
-                             "student": {"arch": "mlp", **student}, "study": study or {}, "search": search or {}})
+    return config.from_dict(
+        {
+            "data": {"name": "synthetic"},
+            "teachers": [{"name": "t", "arch": "mlp"}],
+            "student": {"arch": "mlp", **student},
+            "study": study or {},
+            "search": search or {},
+        }
+    )
 
 
-@pytest.mark.parametrize("objectives, expected", [
-    ({"val_accuracy": "maximize"}, "median"),
-    ({"params": "minimize"}, "median"),
-    (ACC_PARAMS, "pareto"),
-    ({"val_accuracy": "maximize", "flops": "minimize", "throughput": "maximize"}, "pareto"),
-    ({"params": "minimize", "latency_ms_p50": "minimize"}, "none"),
-    ({"val_accuracy": "minimize", "params": "minimize"}, "none"),
-])
+@pytest.mark.parametrize(
+    "objectives, expected",
+    [
+        ({"val_accuracy": "maximize"}, "median"),
+        ({"params": "minimize"}, "median"),
+        (ACC_PARAMS, "pareto"),
+        ({"val_accuracy": "maximize", "flops": "minimize", "throughput": "maximize"}, "pareto"),
+        ({"params": "minimize", "latency_ms_p50": "minimize"}, "none"),
+        ({"val_accuracy": "minimize", "params": "minimize"}, "none"),
+    ],
+)
 def test_auto_pruner_resolves_by_objectives(objectives, expected):
     assert sweep({"objectives": objectives}).study.resolved_pruner() == expected
 
@@ -214,13 +231,18 @@ def test_explicit_pruners_are_kept():
     assert sweep({"pruner": "hyperband"}).study.resolved_pruner() == "hyperband"
 
 
-@pytest.mark.parametrize("study, text", [
-    ({"pruner": "pareto"}, "study.pruner: pareto needs val_accuracy (maximize) plus cost objectives"),
-    ({"pruner": "pareto", "objectives": {"params": "minimize", "flops": "minimize"}}, "study.pruner: pareto"),
-    ({"pruner": "median", "objectives": ACC_PARAMS},
-     "study.pruner: median prunes single-objective studies only; this study has 2 objectives"),
-    ({"pruner": "hyperband", "objectives": ACC_PARAMS}, "study.pruner: hyperband prunes single-objective"),
-])
+@pytest.mark.parametrize(
+    "study, text",
+    [
+        ({"pruner": "pareto"}, "study.pruner: pareto needs val_accuracy (maximize) plus cost objectives"),
+        ({"pruner": "pareto", "objectives": {"params": "minimize", "flops": "minimize"}}, "study.pruner: pareto"),
+        (
+            {"pruner": "median", "objectives": ACC_PARAMS},
+            "study.pruner: median prunes single-objective studies only; this study has 2 objectives",
+        ),
+        ({"pruner": "hyperband", "objectives": ACC_PARAMS}, "study.pruner: hyperband prunes single-objective"),
+    ],
+)
 def test_pruners_that_do_not_fit_the_objectives_are_refused(study, text):
     with pytest.raises(ConfigError) as e:
         sweep(study)
@@ -242,8 +264,14 @@ def test_extreme_students_take_the_ends_of_the_searched_width():
 
 
 def test_extreme_students_give_one_override_per_searched_arch():
-    cfg = sweep(search={"student.arch": {"type": "categorical", "choices": ["mlp", "cnn1d"]},
-                        "student.width": {"type": "categorical", "choices": [16, 64, 8]}})
-    assert space.extreme_students(cfg, "high") == [{"student.arch": "mlp", "student.width": 64},
-                                                   {"student.arch": "cnn1d", "student.width": 64}]
+    cfg = sweep(
+        search={
+            "student.arch": {"type": "categorical", "choices": ["mlp", "cnn1d"]},
+            "student.width": {"type": "categorical", "choices": [16, 64, 8]},
+        }
+    )
+    assert space.extreme_students(cfg, "high") == [
+        {"student.arch": "mlp", "student.width": 64},
+        {"student.arch": "cnn1d", "student.width": 64},
+    ]
     assert space.extreme_students(cfg, "low")[1] == {"student.arch": "cnn1d", "student.width": 8}

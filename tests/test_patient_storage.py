@@ -80,8 +80,11 @@ class Database:
     def __init__(self, path, target=sqlalchemy.engine.Engine):
         self.path, self.target, self.until, self.lose, self.lost = str(path), target, 0.0, 0, []
         self.windows, self.refused, self.outside, self.changing = 0, 0, [], False
-        self.hooks = [("before_cursor_execute", self.before), ("after_cursor_execute", self.after),
-                      ("commit", self.commit)]
+        self.hooks = [
+            ("before_cursor_execute", self.before),
+            ("after_cursor_execute", self.after),
+            ("commit", self.commit),
+        ]
         for name, hook in self.hooks:
             sqlalchemy.event.listen(target, name, hook)
 
@@ -149,9 +152,9 @@ def test_every_storage_call_of_a_two_objective_study_waits_out_a_database_that_i
     db.down(1.0)
     assert [t.state.name for t in search.trials(study, "RUNNING")] == ["RUNNING"]
     db.down(1.0)
-    with pytest.raises(search.StorageDown):  # an epoch's pruning check: skipped, not waited for, not a failure
-        with search.no_wait():
-            search.trials(study, "COMPLETE")
+    # an epoch's pruning check: skipped, not waited for, not a failure
+    with pytest.raises(search.StorageDown), search.no_wait():
+        search.trials(study, "COMPLETE")
     search.tell(study, trial, "COMPLETE", [0.9, 120.0])  # the same outage, still under way: waited out
     db.down(1.0)
     second = search.ask(study)  # a new trial (_create_new_trial)
@@ -184,7 +187,7 @@ def test_every_storage_call_of_a_two_objective_study_waits_out_a_database_that_i
 def test_taking_a_queued_trial_whose_acknowledgement_was_lost_takes_that_trial(patient, capsys):
     """Issue 29 item 2: WAITING -> RUNNING committed, its reply lost; the retry found the trial RUNNING and Optuna
     took (or made) another one, leaving the queued one RUNNING with no parameters."""
-    study, db, said = patient
+    study, db, _said = patient
     study.enqueue_trial({"kd.alpha": 0.5}, user_attrs={search.T_REFERENCE: "base settings"})
     db.lose = 1
     trial = search.ask(study)
@@ -197,7 +200,7 @@ def test_taking_a_queued_trial_whose_acknowledgement_was_lost_takes_that_trial(p
 def test_a_tell_whose_first_commit_landed_is_a_success(patient):
     """Issue 29 item 2: the retry of a COMPLETE whose commit landed met a finished trial (UpdateFinishedTrialError,
     TrialTakenOver): the worker dropped the result and closed its MLflow run as KILLED."""
-    study, db, said = patient
+    study, db, _said = patient
     trial = search.ask(study)
     trial.suggest_float("kd.alpha", 0.3, 1)
     db.lose = 1
@@ -212,7 +215,7 @@ def test_a_fail_whose_first_commit_landed_is_a_success_and_the_trial_is_queued_a
     returned False and the interrupted trial's settings were never queued again."""
     from kdtrain import recovery
 
-    study, db, said = patient
+    study, db, _said = patient
     trial = search.ask(study)
     trial.suggest_float("kd.alpha", 0.3, 1)
     db.lose = 1
@@ -230,7 +233,7 @@ def test_a_taken_queued_trial_left_without_its_settings_is_failed_and_queued_aga
     only as Optuna's fixed_params; recovery failed it without a re-queue (its params empty), losing them."""
     from kdtrain import recovery
 
-    study, db, said = patient
+    study, _db, _said = patient
     b = search._rdb(study._storage)
     b.heartbeat_interval, b.grace_period = 1, 0
     study.enqueue_trial({"kd.alpha": 0.5}, user_attrs={search.T_REFERENCE: "base settings"})
@@ -260,8 +263,9 @@ search:
 """
 
 
-def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_completes_every_trial(tmp_path, monkeypatch,
-                                                                                            capsys):
+def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_completes_every_trial(
+    tmp_path, monkeypatch, capsys
+):
     """Issue 29 items 1 and 2 end to end: a real sweep (two objectives, the pareto pruner) on a SQLite file whose
     every SQL statement fails for 3 s from the third epoch of its second trial (the pruning checks of those epochs
     skipped, the heartbeat and the trial's writes waiting) and for 2 s as it asks for its third; the first take
@@ -286,6 +290,7 @@ def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_complete
             if len(trained) == 2 and s.epoch == 3:
                 db.down(3.0)
             on_epoch(s)
+
         return real_distill(cfg, ds, pool, on_epoch=epoch, **kw)
 
     def next_trial(*a, **kw):
@@ -314,8 +319,10 @@ def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_complete
     assert len(final) == 3 and {t.state.name for t in final} <= {"COMPLETE", "PRUNED"}, [t.state for t in final]
     assert final[0].user_attrs[search.T_REFERENCE] == "base settings"  # the queued trial, taken and run
     client = MlflowClient(tracking.default_uri())
-    runs = client.search_runs([client.get_experiment_by_name("qs-outage").experiment_id],
-                              "tags.`kdtrain.role` = 'student' and tags.`optuna.trial` != ''")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("qs-outage").experiment_id],
+        "tags.`kdtrain.role` = 'student' and tags.`optuna.trial` != ''",
+    )
     trial_runs = [r for r in runs if r.info.run_name.startswith("trial-")]
     assert sorted(r.info.run_name for r in trial_runs) == ["trial-0", "trial-1", "trial-2"], out
     assert {r.info.status for r in trial_runs} == {"FINISHED"}, out

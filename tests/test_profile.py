@@ -10,9 +10,9 @@ import torch
 
 from kdtrain.config import ProfileConfig, home
 from kdtrain.export import export_model, max_diff_onnx, to_onnx
-from kdtrain.shared import cpu_room
 from kdtrain.models import MODELS, count_params, create_model
 from kdtrain.profile import flops, latency, profile, size_bytes
+from kdtrain.shared import cpu_room
 
 QUICK = ProfileConfig(blocks=3, calls=10, warmup=3, throughput_batch=32)
 
@@ -56,6 +56,7 @@ def test_size_bytes_is_the_fp32_weights_plus_a_small_file_overhead():
 def test_size_bytes_counts_the_buffers_of_the_state_dict():
     """cnn1d's three BatchNorms add buffers that are not parameters: running mean and var (fp32, width each) and
     num_batches_tracked (one int64) each."""
+
     def params(w):  # convs, BatchNorm affine, head
         return (1 * w * 5 + w) + 2 * (w * w * 3 + w) + 3 * (2 * w) + (2 * w * 10 + 10)
 
@@ -128,8 +129,10 @@ def test_export_writes_files_and_card(tmp_path):
 
 def test_measurement_waits_for_a_neighbours_training_epoch():
     """cpu_room: an exclusive holder (latency) waits until a shared holder (an epoch) in another process ends."""
-    code = ("import time; from kdtrain.shared import cpu_room\n"
-            "with cpu_room():\n    print('in', flush=True); time.sleep(1.5)\n")
+    code = (
+        "import time; from kdtrain.shared import cpu_room\n"
+        "with cpu_room():\n    print('in', flush=True); time.sleep(1.5)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ)
     assert proc.stdout.readline().strip() == "in"
     t0 = time.perf_counter()

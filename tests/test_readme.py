@@ -3,7 +3,6 @@ import json
 import re
 
 import pytest
-
 from conftest import ROOT
 
 from kdtrain.args import build_parser
@@ -46,8 +45,9 @@ def shown_commands(text: str) -> list[tuple[str, list[str], str]]:
             line = re.sub(r"(^|\s)#.*", "", line)
             segments += [(part, "block: " + line.strip()) for part in re.split(r"&&|\|\||;|\s\|\s", line)]
     prose = FENCE.sub("", text)
-    segments += [(span.replace("\n", " "), "inline: " + span.replace("\n", " ")) for span in
-                 re.findall(r"`([^`]+)`", prose)]
+    segments += [
+        (span.replace("\n", " "), "inline: " + span.replace("\n", " ")) for span in re.findall(r"`([^`]+)`", prose)
+    ]
     out = []
     for seg, where in segments:
         m = COMMAND.search(seg)
@@ -79,24 +79,38 @@ def test_readme_and_docs_commands_use_real_subcommands_and_flags():
     assert readme_problems(DOCS, options) == []
     shown = {(cmd, f) for cmd, flags, _ in shown_commands(DOCS) for f in flags}
     # the parse reaches code blocks, wrapped inline synopses and the Kubernetes argv list
-    assert {("sweep", "--trials"), ("sweep", "--no-report"), ("confirm", "--seeds"), ("confirm", "--trial"),
-            ("report", "--no-mlflow"), ("worker", "--threads"), ("worker", "--wait"), ("train", "--set"),
-            ("export", "--pareto")} <= shown
+    assert {
+        ("sweep", "--trials"),
+        ("sweep", "--no-report"),
+        ("confirm", "--seeds"),
+        ("confirm", "--trial"),
+        ("report", "--no-mlflow"),
+        ("worker", "--threads"),
+        ("worker", "--wait"),
+        ("train", "--set"),
+        ("export", "--pareto"),
+    } <= shown
     assert len(shown_commands(DOCS)) >= 30
     for page in PAGES:  # each page's own commands too (a page's typo is not hidden by a correct README)
         assert [p for p in readme_problems(page.read_text(), options) if "is not shown" not in p] == [], page.name
 
 
-@pytest.mark.parametrize("old, new, problem", [
-    ("--pareto --seeds 3", "--pareto --seed 3", "kdtrain confirm does not accept --seed"),  # code block
-    ("--trials 30", "--trails 30", "kdtrain sweep does not accept --trails"),
-    ("[--no-report]`", "[--no-reprot]`", "kdtrain sweep does not accept --no-reprot"),  # wrapped inline span
-    ('"--wait", "30m"', '"--wiat", "30m"', "kdtrain worker does not accept --wiat"),  # argv list
-    ("`kdtrain status --storage URL`", "`kdtrain status --tracking-uri URL`",  # another subcommand's flag
-     "kdtrain status does not accept --tracking-uri"),
-    ("kdtrain ui ", "kdtrain gui ", "unknown subcommand 'gui'"),
-    ("kdtrain ui ", "kdtrain gui ", "subcommand 'ui' is not shown in the README"),
-])
+@pytest.mark.parametrize(
+    "old, new, problem",
+    [
+        ("--pareto --seeds 3", "--pareto --seed 3", "kdtrain confirm does not accept --seed"),  # code block
+        ("--trials 30", "--trails 30", "kdtrain sweep does not accept --trails"),
+        ("[--no-report]`", "[--no-reprot]`", "kdtrain sweep does not accept --no-reprot"),  # wrapped inline span
+        ('"--wait", "30m"', '"--wiat", "30m"', "kdtrain worker does not accept --wiat"),  # argv list
+        (
+            "`kdtrain status --storage URL`",
+            "`kdtrain status --tracking-uri URL`",  # another subcommand's flag
+            "kdtrain status does not accept --tracking-uri",
+        ),
+        ("kdtrain ui ", "kdtrain gui ", "unknown subcommand 'gui'"),
+        ("kdtrain ui ", "kdtrain gui ", "subcommand 'ui' is not shown in the README"),
+    ],
+)
 def test_a_misspelled_readme_command_is_caught(old, new, problem):
     """The check above fails on a copy of the docs with one word changed."""
     assert old in DOCS

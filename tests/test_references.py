@@ -10,13 +10,12 @@ import textwrap
 
 import mlflow
 import torch
+from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
 from kdtrain import config, data, models
 from kdtrain.config import TeacherConfig
 from kdtrain.worker import load_pool
-
-from conftest import run_cli
 
 SWEEP = """
 study: {name: moving, trials: 1, pruner: none, baseline_seeds: 1}

@@ -14,6 +14,7 @@ def pareto_mask(values, directions):
 
 def brute_force(points, directions):
     """Textbook definition, one pair at a time."""
+
     def better_or_equal(a, b, d):
         return a >= b if d == "maximize" else a <= b
 
@@ -24,8 +25,11 @@ def brute_force(points, directions):
     for i, p in enumerate(points):
         dominated = False
         for j, q in enumerate(points):
-            if i != j and all(better_or_equal(q[k], p[k], d) for k, d in enumerate(directions)) \
-                    and any(strictly_better(q[k], p[k], d) for k, d in enumerate(directions)):
+            if (
+                i != j
+                and all(better_or_equal(q[k], p[k], d) for k, d in enumerate(directions))
+                and any(strictly_better(q[k], p[k], d) for k, d in enumerate(directions))
+            ):
                 dominated = True
                 break
         front.append(not dominated)
@@ -70,8 +74,20 @@ STUDENTS = [  # trial, val, test, params, latency_ms_p50, throughput, width, kd_
 def headline_study(students=STUDENTS, teachers=TEACHERS, name="hl") -> report.StudyData:
     """A StudyData shaped as report.load builds it from MLflow: metrics under their names, the profile params as
     MLflow's strings, the teacher's run name with its prefix, baselines with their seeds."""
-    s = pd.DataFrame(students, columns=["trial", "val_accuracy", "test_accuracy", "params", "latency_ms_p50",
-                                        "throughput", "student.width", "kd_gain_test", "baseline_test_accuracy_std"])
+    s = pd.DataFrame(
+        students,
+        columns=[
+            "trial",
+            "val_accuracy",
+            "test_accuracy",
+            "params",
+            "latency_ms_p50",
+            "throughput",
+            "student.width",
+            "kd_gain_test",
+            "baseline_test_accuracy_std",
+        ],
+    )
     s["trial"] = s["trial"].astype("Int64")
     s["run_id"] = [f"{t:02d}" + "ab" * 15 for t in s["trial"]]
     s["kd_gain"] = s["kd_gain_test"]
@@ -81,8 +97,9 @@ def headline_study(students=STUDENTS, teachers=TEACHERS, name="hl") -> report.St
     t = pd.DataFrame(teachers, columns=["name", "val_accuracy", "params", "latency_ms_p50", "throughput"])
     t["tag:mlflow.runName"] = "teacher-" + t.pop("name")
     baselines = pd.DataFrame({"student.width": sorted(set(s["student.width"])), "seeds": "0,1,2"})
-    return report.StudyData(name, {"val_accuracy": "maximize", "params": "minimize"}, s, t, baselines, {}, 0.0, {},
-                            pd.DataFrame(), "", None)
+    return report.StudyData(
+        name, {"val_accuracy": "maximize", "params": "minimize"}, s, t, baselines, {}, 0.0, {}, pd.DataFrame(), "", None
+    )
 
 
 def test_headline_states_the_smallest_and_the_best_smaller_student_with_their_numbers():
@@ -100,16 +117,24 @@ def test_headline_states_the_smallest_and_the_best_smaller_student_with_their_nu
     assert lines[0] == "Best teacher: wide at 0.9625 val accuracy, 120,000 params."
     trial, val, test, params, lat, thr = smallest[:6]
     assert lines[1].startswith("The smallest student keeping 95% of its accuracy is trial 2: ")
-    for part in (f"trial {trial}: {val:.4f} val / {test:.4f} test accuracy",
-                 f"({100 * val / t_val:.1f}% of the teacher)", f"{t_params / params:.1f}x smaller",
-                 f"{t_lat / lat:.2f}x faster at batch 1", f"{thr / t_thr:.1f}x the throughput at batch 64 (onnxruntime)"):
+    for part in (
+        f"trial {trial}: {val:.4f} val / {test:.4f} test accuracy",
+        f"({100 * val / t_val:.1f}% of the teacher)",
+        f"{t_params / params:.1f}x smaller",
+        f"{t_lat / lat:.2f}x faster at batch 1",
+        f"{thr / t_thr:.1f}x the throughput at batch 64 (onnxruntime)",
+    ):
         assert part in lines[1], (part, lines[1])
     # the same numbers worked by hand: 0.9375 / 0.9625, 120000 / 4500, 0.80 / 0.08, 140000 / 9000
-    assert "0.9375 val / 0.9300 test accuracy (97.4% of the teacher), 26.7x smaller, 10.00x faster at batch 1 " \
-           "and 15.6x the throughput at batch 64 (onnxruntime)." in lines[1]
+    assert (
+        "0.9375 val / 0.9300 test accuracy (97.4% of the teacher), 26.7x smaller, 10.00x faster at batch 1 "
+        "and 15.6x the throughput at batch 64 (onnxruntime)."
+    ) in lines[1]
     b_trial, b_val, b_params = best_smaller[0], best_smaller[1], best_smaller[3]
-    assert lines[2] == (f"The most accurate student smaller than the teacher is trial {b_trial}: {b_val:.4f} val "
-                        f"accuracy, {t_params / b_params:.1f}x smaller.")
+    assert lines[2] == (
+        f"The most accurate student smaller than the teacher is trial {b_trial}: {b_val:.4f} val "
+        f"accuracy, {t_params / b_params:.1f}x smaller."
+    )
     assert "is trial 5: 0.9625 val accuracy, 2.0x smaller." in lines[2]
 
     h = report.headline(d)  # the dict behind the text, which front_table and the CLI read
@@ -129,18 +154,22 @@ def test_headline_verdict_names_the_best_width_beyond_noise():
     top = max(won.values(), key=lambda r: r[7])
     assert sorted(won) == [8, 32] and top[0] == 5  # trial 1's +9 points is not its width's pick (val)
     verdict = report._headline_text(d)[-1]
-    assert verdict.startswith(f"Distillation beat training alone beyond seed noise at widths "
-                              f"{', '.join(map(str, sorted(won)))}: best at width {top[6]}, trial {top[0]}, "
-                              f"{100 * top[7]:+.1f} points on test over the baseline's mean over 3 seeds "
-                              f"(its spread: {100 * top[8]:.1f} points).")
+    assert verdict.startswith(
+        f"Distillation beat training alone beyond seed noise at widths "
+        f"{', '.join(map(str, sorted(won)))}: best at width {top[6]}, trial {top[0]}, "
+        f"{100 * top[7]:+.1f} points on test over the baseline's mean over 3 seeds "
+        f"(its spread: {100 * top[8]:.1f} points)."
+    )
     assert "width 32, trial 5, +6.0 points on test" in verdict and "kdtrain confirm hl --trial 5" in verdict
 
 
 def test_headline_without_a_student_at_95_percent_or_smaller_than_the_teacher():
     big_and_weak = [(7, 0.80, 0.79, 150_000, 1.0, 5_000.0, 64, 0.0, 0.01)]
     lines = report._headline_text(headline_study(big_and_weak))
-    assert lines[:2] == ["Best teacher: wide at 0.9625 val accuracy, 120,000 params.",
-                         "No student reaches 95% of the teacher's accuracy yet."]
+    assert lines[:2] == [
+        "Best teacher: wide at 0.9625 val accuracy, 120,000 params.",
+        "No student reaches 95% of the teacher's accuracy yet.",
+    ]
     assert not any("smaller than the teacher" in line for line in lines)
     assert "trial 7" not in " ".join(lines[:2])
     # a student exactly at the bar keeps it (0.95 x 0.8 = 0.76)

@@ -10,10 +10,9 @@ import time
 
 import optuna
 import pytest
+from conftest import TINY_SEARCH, run_cli, write_sweep
 
 from kdtrain import search, sweepfile
-
-from conftest import TINY_SEARCH, run_cli, write_sweep
 
 
 def _env(tmp_path):
@@ -62,9 +61,13 @@ def test_a_second_command_cannot_shrink_a_running_sweep_and_a_larger_total_reach
     p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 8", "epochs: 4,": "epochs: 400,"})
     log = tmp_path / "first.log"
     with open(log, "w") as out:
-        first = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1",
-                                  "--no-report"], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                 start_new_session=True)
+        first = subprocess.Popen(
+            [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
     try:
         journal = tmp_path / "home" / "optuna.journal"
         _wait_for(lambda: journal.exists() and search.counts(_study(tmp_path))["DONE"] >= 1, "the first trial")
@@ -109,9 +112,14 @@ def test_status_says_a_trial_whose_local_worker_is_dead_is_not_running(tmp_path)
 def test_sigterm_stops_a_sweep_like_ctrl_c(tmp_path):
     env = _env(tmp_path)
     p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 4", "epochs: 4,": "epochs: 5000,"})
-    sweep = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
-                             start_new_session=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
     try:
         journal = tmp_path / "home" / "optuna.journal"
         _wait_for(lambda: journal.exists() and search.counts(_study(tmp_path))["RUNNING"] >= 1, "a running trial")

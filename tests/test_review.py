@@ -2,14 +2,12 @@
 fix (the note of the change says what each saw)."""
 
 import pytest
+from conftest import stop_group
 
 from kdtrain import config, data, recovery, sources
 from kdtrain.cli import main
 from kdtrain.config import DataConfig, data_root
 from kdtrain.tracking import Tracker, literal
-
-from conftest import stop_group
-
 
 # --------------------------------------------------------------------------- 10: durations
 
@@ -58,7 +56,7 @@ def test_a_quote_in_a_values_of_an_mlflow_search_is_quoted_safely():
 
 def test_a_sweep_named_with_a_quote_finishes_and_logs_every_run(tiny_sweep, tmp_path):
     """MLflow raised "Invalid clause(s)" on the first lookup by study name, after the teachers had trained."""
-    text = tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: \"bob's-sweep\", trials: 2}")
+    text = tiny_sweep.read_text().replace("study: {name: tiny}", 'study: {name: "bob\'s-sweep", trials: 2}')
     tiny_sweep.write_text(text + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
     runs, _ = Tracker(f"sqlite:///{tmp_path}/home/mlflow.db").runs_frame("bob's-sweep")
@@ -68,8 +66,10 @@ def test_a_sweep_named_with_a_quote_finishes_and_logs_every_run(tiny_sweep, tmp_
 
 
 def test_a_study_name_with_both_quotes_is_refused_up_front(tiny_sweep, capsys):
-    tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", """study: {name: 'a"b''c'}""")
-                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    tiny_sweep.write_text(
+        tiny_sweep.read_text().replace("study: {name: tiny}", """study: {name: 'a"b''c'}""")
+        + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
+    )
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 2
     assert "must not hold both ' and \"" in capsys.readouterr().err
 
@@ -97,8 +97,9 @@ def test_an_interrupted_setting_is_requeued_at_most_max_requeues_times():
     assert states == ["FAIL"] * 3  # the third interruption queued nothing
     assert [t.user_attrs.get(search.T_REQUEUES, 0) for t in study.trials] == [0, 1, 2]
     last = study.trials[-1].user_attrs
-    assert "not re-queued: its settings were interrupted 3 times and study.max_requeues is 2" in \
-        last[search.T_FAIL_REASON]
+    assert (
+        "not re-queued: its settings were interrupted 3 times and study.max_requeues is 2" in last[search.T_FAIL_REASON]
+    )
     assert last[search.T_INTERRUPTED] is False  # counts toward the failure cap
 
 
@@ -112,8 +113,10 @@ search:
 
 def _constrained_sweep(tiny_sweep, bound: int):
     text = tiny_sweep.read_text().replace(
-        "study: {name: tiny}", "study: {name: tiny, trials: 4, seed: 3, sampler: random, pruner: none, "
-        "objectives: {val_accuracy: maximize, params: minimize}, constraints: {min_params: %d}}" % bound)
+        "study: {name: tiny}",
+        "study: {name: tiny, trials: 4, seed: 3, sampler: random, pruner: none, "
+        f"objectives: {{val_accuracy: maximize, params: minimize}}, constraints: {{min_params: {bound}}}}}",
+    )
     tiny_sweep.write_text(text + CONSTRAINED)
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
 
@@ -147,9 +150,10 @@ def test_when_no_trial_meets_the_constraints_each_command_says_so(tiny_sweep, ca
 
 
 def _three_trials(tiny_sweep):
-    tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 3, "
-                                                         "pruner: none}")
-                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    tiny_sweep.write_text(
+        tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 3, pruner: none}")
+        + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
+    )
 
 
 def _runs(tmp_path):
@@ -157,8 +161,9 @@ def _runs(tmp_path):
     return runs
 
 
-def test_a_trial_whose_mlflow_close_fails_once_stays_complete_and_its_run_ends(tiny_sweep, tmp_path, monkeypatch,
-                                                                               capsys):
+def test_a_trial_whose_mlflow_close_fails_once_stays_complete_and_its_run_ends(
+    tiny_sweep, tmp_path, monkeypatch, capsys
+):
     """Before: closing the run raised after the COMPLETE tell, the generic handler set an attribute on the finished
     trial, that raised too, and the sweep died with the run left RUNNING."""
     from mlflow.exceptions import MlflowException
@@ -184,8 +189,9 @@ def test_a_trial_whose_mlflow_close_fails_once_stays_complete_and_its_run_ends(t
     assert runs.set_index("run_id").loc[failed[0], "status"] == "FINISHED"
 
 
-def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goes_on(tiny_sweep, tmp_path,
-                                                                                     monkeypatch, capsys):
+def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goes_on(
+    tiny_sweep, tmp_path, monkeypatch, capsys
+):
     """Optuna 5 refuses to tell a trial that another worker failed with ValueError("Cannot tell a FAIL trial."),
     which the take-over branch did not catch: the worker died."""
     from kdtrain import search, worker
@@ -217,12 +223,10 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goe
 def test_optuna_is_declared_at_the_major_version_whose_api_kdtrain_calls():
     """pyproject said optuna>=4.0, but Trial.set_constraint exists only in Optuna 5 (on 4.9 every trial of a study
     with constraints failed with AttributeError)."""
-    import tomllib
-
     import optuna
-    from packaging.requirements import Requirement
-
+    import tomllib
     from conftest import ROOT
+    from packaging.requirements import Requirement
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (spec,) = [Requirement(d).specifier for d in deps if Requirement(d).name == "optuna"]
@@ -239,13 +243,20 @@ def test_only_kdtrain_search_drives_optuna_trials():
 
     for module in ("worker.py", "run.py", "cli.py", "report.py", "ship.py", "export.py"):
         tree = ast.parse((ROOT / "kdtrain" / module).read_text())
-        calls = [f"{module}:{n.lineno}: trial.{n.func.attr}()" for n in ast.walk(tree)
-                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                 and isinstance(n.func.value, ast.Name) and n.func.value.id == "trial"]
-        imports = [f"{module}:{n.lineno}: imports optuna" for n in ast.walk(tree)
-                   if isinstance(n, (ast.Import, ast.ImportFrom))
-                   and any(a.name.split(".")[0] == "optuna" for a in n.names)
-                   or isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "optuna"]
+        calls = [
+            f"{module}:{n.lineno}: trial.{n.func.attr}()"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and isinstance(n.func.value, ast.Name)
+            and n.func.value.id == "trial"
+        ]
+        imports = [
+            f"{module}:{n.lineno}: imports optuna"
+            for n in ast.walk(tree)
+            if (isinstance(n, (ast.Import, ast.ImportFrom)) and any(a.name.split(".")[0] == "optuna" for a in n.names))
+            or (isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "optuna")
+        ]
         assert calls + imports == [], calls + imports
 
 
@@ -366,12 +377,30 @@ def test_a_worker_without_threads_takes_its_machines_budget(tiny_sweep, one_cpu_
     tiny_sweep.write_text(text.replace(", threads: 1", "") + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
     assert "threads" not in tiny_sweep.read_text()  # no train.threads: the machine's budget decides
     assert run_cli("sweep", tiny_sweep, "--workers", "0").returncode == 0
-    code = ("import sys, torch; from kdtrain.cli import main; rc = main(sys.argv[1:]); "
-            "print('threads', torch.get_num_threads()); sys.exit(rc)")
+    code = (
+        "import sys, torch; from kdtrain.cli import main; rc = main(sys.argv[1:]); "
+        "print('threads', torch.get_num_threads()); sys.exit(rc)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # the worker starts inside the cgroup, as a pod's process would
-    done = subprocess.run(["sh", "-c", f'echo $$ > {one_cpu_cgroup} && exec "$@"', "sh", sys.executable, "-c",
-                           code, "worker", "--study", "tiny"], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'echo $$ > {one_cpu_cgroup} && exec "$@"',
+            "sh",
+            sys.executable,
+            "-c",
+            code,
+            "worker",
+            "--study",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "threads 1" in done.stdout and (os.cpu_count() or 1) > 1
 
@@ -392,16 +421,24 @@ def _self_signed(folder):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                                       serialization.NoEncryption()))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     return folder / "cert.pem", folder / "key.pem"
 
 
@@ -420,11 +457,29 @@ def tls_mlflow(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--uvicorn-opts", f"--ssl-keyfile {key} --ssl-certfile {cert}"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--uvicorn-opts",
+            f"--ssl-keyfile {key} --ssl-certfile {cert}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url, trusted = f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert))
     deadline = time.time() + 180
     try:
@@ -436,8 +491,13 @@ def tls_mlflow(tmp_path, monkeypatch):
                 pass
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
             time.sleep(0.5)
-        for k in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_USERNAME",
-                  "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        for k in (
+            "MLFLOW_TRACKING_SERVER_CERT_PATH",
+            "MLFLOW_TRACKING_INSECURE_TLS",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_TRACKING_TOKEN",
+        ):
             monkeypatch.delenv(k, raising=False)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         yield url, cert
@@ -453,7 +513,7 @@ def test_a_tls_server_with_its_own_ca_passes_the_preflight_when_mlflow_is_told(t
     from kdtrain.tracking import check_reachable
 
     url, cert = tls_mlflow
-    with pytest.raises(KdtrainError, match="certificate.*MLFLOW_TRACKING_SERVER_CERT_PATH"):
+    with pytest.raises(KdtrainError, match=r"certificate.*MLFLOW_TRACKING_SERVER_CERT_PATH"):
         check_reachable(url)  # untrusted: refused, saying what to set
     monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
     check_reachable(url)
@@ -482,19 +542,25 @@ def test_one_sigterm_stops_the_dashboard_while_requests_are_in_flight(tmp_path):
 
     from kdtrain import search
 
-    study = optuna.create_study(storage=search.open_storage(str(tmp_path / "home" / "optuna.journal")),
-                                study_name="dash")
+    study = optuna.create_study(
+        storage=search.open_storage(str(tmp_path / "home" / "optuna.journal")), study_name="dash"
+    )
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    study.add_trials([optuna.trial.create_trial(params={"x": i / 800}, distributions=dist, value=i / 800)
-                      for i in range(800)])  # serving the study takes a while: a signal lands mid-request
+    study.add_trials(
+        [optuna.trial.create_trial(params={"x": i / 800}, distributions=dist, value=i / 800) for i in range(800)]
+    )  # serving the study takes a while: a signal lands mid-request
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path / "dashboard.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "dashboard", "--port", str(port)], stdout=fh,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kdtrain.cli", "dashboard", "--port", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url, stop, answered = f"http://127.0.0.1:{port}/api/studies/0", threading.Event(), []
     try:
         deadline = time.time() + 60
@@ -535,14 +601,21 @@ def test_a_student_run_orphaned_before_the_study_knew_it_is_closed_on_recovery(t
     RUNNING for good (recovery knew no run id); seen once in a loaded suite's kill -9 test."""
     from kdtrain import search, worker
 
-    tiny_sweep.write_text(tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
-                          + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")
+    tiny_sweep.write_text(
+        tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
+        + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
+    )
     assert main(["sweep", str(tiny_sweep), "--workers", "0"]) == 0
     ctx = worker.join("tiny", None, None, threads=1, log=lambda s: None)
     trial = search.ask(ctx.study)
     trial.suggest_float("kd.alpha", 0, 1)
-    run = ctx.tracker.start(ctx.exp_id, f"trial-{trial.number}", "student", ctx.parent_id,
-                            tags={"optuna.study": "tiny", "optuna.trial": trial.number, "optuna.state": "RUNNING"})
+    run = ctx.tracker.start(
+        ctx.exp_id,
+        f"trial-{trial.number}",
+        "student",
+        ctx.parent_id,
+        tags={"optuna.study": "tiny", "optuna.trial": trial.number, "optuna.state": "RUNNING"},
+    )
     # ... and here its worker died: the study never heard of the run; its pid is dead (999999 stands for it)
     search.record(trial, {search.T_PID: 999999})
     assert worker.recover(ctx) == [trial.number]

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_bad_input import refused, sweep_file
 
 from kdtrain import config, data, losses, teachers
 from kdtrain.cli import main
 from kdtrain.config import DataConfig, DataError
 from kdtrain.run import distill_student
 from kdtrain.tracking import Tracker
-
-from test_bad_input import refused, sweep_file
 
 # --------------------------------------------------------------------------- the loss on unlabelled rows
 
@@ -41,7 +40,7 @@ def test_cross_entropy_skips_unlabelled_rows_and_the_kd_term_keeps_them():
 
 def test_a_batch_without_labels_has_zero_cross_entropy_not_nan():
     z = torch.randn(4, 3, requires_grad=True)
-    loss, kd, ce = losses.distillation_loss(z, torch.randn(4, 3), torch.full((4,), -1), alpha=0.5)
+    loss, _kd, ce = losses.distillation_loss(z, torch.randn(4, 3), torch.full((4,), -1), alpha=0.5)
     assert ce.item() == 0 and math.isfinite(loss.item())
     loss.backward()
     assert torch.isfinite(z.grad).all()
@@ -88,7 +87,7 @@ def test_class_mappings_resolve_names_and_refuse_what_does_not_fit():
     names = ["low", "high"]
     assert classmap.groups({"low": [0, 1], "high": 2}, names, ["a", "b", "c"], "w") == [[0, 1], [2]]
     assert classmap.groups([2, 0], names, ["a", "b", "c"], "w") == [[2], [0]]
-    with pytest.raises(DataError, match="teacher class 5 does not exist .the teacher has 3 classes"):
+    with pytest.raises(DataError, match=r"teacher class 5 does not exist \(the teacher has 3 classes"):
         classmap.groups({"low": [0, 5], "high": [1]}, names, ["a", "b", "c"], "w")
     with pytest.raises(DataError, match="student class 'low' is named twice"):
         classmap.groups({0: [0], "low": [1], "high": [2]}, names, ["a", "b", "c"], "w")
@@ -145,8 +144,12 @@ def test_an_unlabelled_folder_of_images_is_a_transfer_set(tmp_path):
     x = g.normal(size=(60, 1, 8, 8)).astype(np.float32)
     y = np.arange(60) % 3
     np.savez(tmp_path / "small.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
-    cfg = DataConfig(name="arrays", path=str(tmp_path / "small.npz"), image_size=8,
-                     unlabeled={"name": "folder", "path": str(folder), "image_size": 8})
+    cfg = DataConfig(
+        name="arrays",
+        path=str(tmp_path / "small.npz"),
+        image_size=8,
+        unlabeled={"name": "folder", "path": str(folder), "image_size": 8},
+    )
     d = data.load(cfg)
     assert d.transfer_rows == 7 and d.unlabelled_rows == 7 and len(d.y_train) == 45 + 7
     assert data.identity(cfg).endswith(data.identity(cfg).split("+unlabeled:")[1])  # its content keys caches
@@ -156,10 +159,14 @@ def test_an_unlabelled_folder_of_images_is_a_transfer_set(tmp_path):
 
 
 def test_the_baseline_trains_on_the_labelled_rows_for_as_many_steps_as_a_distilled_trial():
-    cfg = config.from_dict({"data": {"name": "synthetic", "size": 600, "seed": 0, "labels": 30},
-                            "teachers": [{"name": "t", "arch": "mlp", "width": 16, "epochs": 2}],
-                            "student": {"arch": "mlp", "width": 4},
-                            "train": {"epochs": 3, "batch_size": 64, "threads": 1}})
+    cfg = config.from_dict(
+        {
+            "data": {"name": "synthetic", "size": 600, "seed": 0, "labels": 30},
+            "teachers": [{"name": "t", "arch": "mlp", "width": 16, "epochs": 2}],
+            "student": {"arch": "mlp", "width": 4},
+            "train": {"epochs": 3, "batch_size": 64, "threads": 1},
+        }
+    )
     ds = data.load(cfg.data)
     pool = teachers.load_pool(cfg, ds, log=lambda s: None)
     distilled = distill_student(cfg, ds, pool)
@@ -196,11 +203,16 @@ def tuple_heads(input_shape, num_classes, width):
 @pytest.mark.parametrize("factory,output", [("dict_heads", "digits"), ("tuple_heads", 1)])
 def test_a_multi_output_teacher_distils_from_the_output_it_names(tmp_path, factory, output):
     (tmp_path / "heads.py").write_text(textwrap.dedent(HEADS))
-    cfg = config.from_dict({
-        "data": {"name": "synthetic", "size": 400, "seed": 0},
-        "teachers": [{"name": "multi", "arch": f"python:heads:{factory}", "width": 16, "epochs": 3,
-                      "output": output}],
-        "student": {"arch": "mlp", "width": 4}, "train": {"epochs": 2, "batch_size": 64, "threads": 1}})
+    cfg = config.from_dict(
+        {
+            "data": {"name": "synthetic", "size": 400, "seed": 0},
+            "teachers": [
+                {"name": "multi", "arch": f"python:heads:{factory}", "width": 16, "epochs": 3, "output": output}
+            ],
+            "student": {"arch": "mlp", "width": 4},
+            "train": {"epochs": 2, "batch_size": 64, "threads": 1},
+        }
+    )
     ds = data.load(cfg.data)
     pool = teachers.load_pool(cfg, ds, log=lambda s: None)
     t = pool["multi"]
@@ -211,11 +223,22 @@ def test_a_multi_output_teacher_distils_from_the_output_it_names(tmp_path, facto
 
 
 def test_a_teacher_from_another_domain_sees_the_students_rows_as_its_own_data():
-    cfg = config.from_dict({
-        "data": {"name": "synthetic", "size": 500, "seed": 0, "options": {"noise": 1.2}, "labels": 40},
-        "teachers": [{"name": "src", "arch": "mlp", "width": 32, "epochs": 6,
-                      "data": {"name": "synthetic", "size": 800, "seed": 5, "options": {"noise": 0.6}}}],
-        "student": {"arch": "mlp", "width": 4}, "train": {"epochs": 2, "batch_size": 64, "threads": 1}})
+    cfg = config.from_dict(
+        {
+            "data": {"name": "synthetic", "size": 500, "seed": 0, "options": {"noise": 1.2}, "labels": 40},
+            "teachers": [
+                {
+                    "name": "src",
+                    "arch": "mlp",
+                    "width": 32,
+                    "epochs": 6,
+                    "data": {"name": "synthetic", "size": 800, "seed": 5, "options": {"noise": 0.6}},
+                }
+            ],
+            "student": {"arch": "mlp", "width": 4},
+            "train": {"epochs": 2, "batch_size": 64, "threads": 1},
+        }
+    )
     ds = data.load(cfg.data)
     t = teachers.load_pool(cfg, ds, log=lambda s: None)["src"]
     own = data.load(config.sub_data(cfg.teachers[0].data, cfg.data))
@@ -261,8 +284,10 @@ def test_a_sweep_logs_labels_and_the_teachers_source_and_target_accuracy(tmp_pat
     assert teacher["tag:kdtrain.teacher_data"].startswith("synthetic (size 600, seed 3")
     students, base = runs[role == "student"], runs[role == "baseline"].iloc[0]
     assert len(students) == 2
-    for _, r in list(students.iterrows()) + [(0, base)]:
-        assert r["labelled_rows"] + r["val_rows"] == 24 and r["unlabelled_rows"] == 400 - 24 + 200  # synthetic: size rows to train
+    for _, r in [*list(students.iterrows()), (0, base)]:
+        assert (
+            r["labelled_rows"] + r["val_rows"] == 24 and r["unlabelled_rows"] == 400 - 24 + 200
+        )  # synthetic: size rows to train
     assert (students["train_steps"] == base["train_steps"]).all()
     summary = (tmp_path / "reports" / "shifted" / "summary.md").read_text()
     assert "rows to train on" in summary and "## Teachers" in summary and "synthetic (size 600" in summary
@@ -271,24 +296,31 @@ def test_a_sweep_logs_labels_and_the_teachers_source_and_target_accuracy(tmp_pat
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("override,says", [
-    ("data.labels=0", "data.labels: a count of labelled rows must be >= 1"),
-    ("data.labels=-3", "data.labels: a count of labelled rows must be >= 1"),
-    ("data.labels=1.5", "data.labels: a fraction must be in (0, 1]"),
-    ("data.labels=100000", "data.labels: 100000 labelled rows asked for, but the training split has 400"),
-    ("data.labels=5", "data.labels: 5 label(s) for 4 classes; give at least 8"),
-    ("data.unlabeled={name: digits}", "data.unlabeled (digits): samples of shape (1, 8, 8), but the data's samples "
-                                      "are (1, 16)"),
-    ("data.classes={a: [0, 1], b: [2]}", "data.classes: label(s) 'class3' of the dataset are not mapped"),
-    ("data.options={noise: -1}", "data.options.noise: must be a number >= 0"),
-    ("data.unlabeled={name: synthetic, labels: 3}", "data.unlabeled.labels: not taken here"),
-])
+@pytest.mark.parametrize(
+    "override,says",
+    [
+        ("data.labels=0", "data.labels: a count of labelled rows must be >= 1"),
+        ("data.labels=-3", "data.labels: a count of labelled rows must be >= 1"),
+        ("data.labels=1.5", "data.labels: a fraction must be in (0, 1]"),
+        ("data.labels=100000", "data.labels: 100000 labelled rows asked for, but the training split has 400"),
+        ("data.labels=5", "data.labels: 5 label(s) for 4 classes; give at least 8"),
+        (
+            "data.unlabeled={name: digits}",
+            ("data.unlabeled (digits): samples of shape (1, 8, 8), but the data's samples are (1, 16)"),
+        ),
+        ("data.classes={a: [0, 1], b: [2]}", "data.classes: label(s) 'class3' of the dataset are not mapped"),
+        ("data.options={noise: -1}", "data.options.noise: must be a number >= 0"),
+        ("data.unlabeled={name: synthetic, labels: 3}", "data.unlabeled.labels: not taken here"),
+    ],
+)
 def test_bad_scarce_label_and_transfer_settings_are_one_line_each(tmp_path, capsys, override, says):
     refused(tmp_path, capsys, [sweep_file(tmp_path), "--set", override], code=2, says=[says])
 
 
 def _teacher_file(tmp_path, teacher: str, extra: str = "") -> "object":
-    return sweep_file(tmp_path, textwrap.dedent(f"""
+    return sweep_file(
+        tmp_path,
+        textwrap.dedent(f"""
         study: {{name: bad}}
         data: {{name: synthetic, size: 400, seed: 1{extra}}}
         teachers:
@@ -298,30 +330,53 @@ def _teacher_file(tmp_path, teacher: str, extra: str = "") -> "object":
         kd: {{temperature: 4.0, alpha: 0.7}}
         search:
           kd.alpha: {{type: float, low: 0, high: 1}}
-        """))
+        """),
+    )
 
 
-@pytest.mark.parametrize("teacher,extra,says", [
-    ("{name: t, arch: mlp, width: 8, classes: [0, 1, 2, 7]}", "",
-     "teachers (t).classes: teacher class 7 does not exist (the teacher has 4 classes, 0..3)"),
-    ("{name: t, arch: mlp, width: 8, classes: {0: [0], '0': [1], 1: [2], 2: [3]}}", "",
-     "teachers[0] (t).classes: student class '0' is named twice"),
-    ("{name: t, arch: mlp, width: 8, data: {name: digits}}", "",
-     "teachers (t).data: samples of shape (1, 8, 8), the student's data has (1, 16)"),
-    ("{name: t, arch: mlp, width: 8, data: {name: synthetic, seed: 2}}", ", classes: {a: [0, 1], b: [2, 3]}",
-     "teachers (t): the teacher has 4 classes, the student's data 2; map them with teachers[].classes"),
-])
+@pytest.mark.parametrize(
+    "teacher,extra,says",
+    [
+        (
+            "{name: t, arch: mlp, width: 8, classes: [0, 1, 2, 7]}",
+            "",
+            "teachers (t).classes: teacher class 7 does not exist (the teacher has 4 classes, 0..3)",
+        ),
+        (
+            "{name: t, arch: mlp, width: 8, classes: {0: [0], '0': [1], 1: [2], 2: [3]}}",
+            "",
+            "teachers[0] (t).classes: student class '0' is named twice",
+        ),
+        (
+            "{name: t, arch: mlp, width: 8, data: {name: digits}}",
+            "",
+            "teachers (t).data: samples of shape (1, 8, 8), the student's data has (1, 16)",
+        ),
+        (
+            "{name: t, arch: mlp, width: 8, data: {name: synthetic, seed: 2}}",
+            ", classes: {a: [0, 1], b: [2, 3]}",
+            "teachers (t): the teacher has 4 classes, the student's data 2; map them with teachers[].classes",
+        ),
+    ],
+)
 def test_bad_teacher_domains_and_mappings_are_one_line_each(tmp_path, capsys, teacher, extra, says):
     refused(tmp_path, capsys, [_teacher_file(tmp_path, teacher, extra)], code=2, says=[says])
 
 
-@pytest.mark.parametrize("output,says", [
-    ("parity_head", "output 'parity_head' is not among the model's outputs (its forward returns a dict with keys "
-                    "'digits', 'parity')"),
-    ("5", "output 5 is not among the model's outputs"),
-])
-def test_an_output_the_teacher_does_not_return_is_found_on_the_first_batch(tmp_path, capsys, monkeypatch, output,
-                                                                           says):
+@pytest.mark.parametrize(
+    "output,says",
+    [
+        (
+            "parity_head",
+            (
+                "output 'parity_head' is not among the model's outputs (its forward returns a dict with keys "
+                "'digits', 'parity')"
+            ),
+        ),
+        ("5", "output 5 is not among the model's outputs"),
+    ],
+)
+def test_an_output_the_teacher_does_not_return_is_found_on_the_first_batch(tmp_path, capsys, monkeypatch, output, says):
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing heads.py writes nothing beside it
     (tmp_path / "heads.py").write_text(textwrap.dedent(HEADS))
     factory = "dict_heads" if not output.isdigit() else "tuple_heads"
@@ -332,11 +387,27 @@ def test_an_output_the_teacher_does_not_return_is_found_on_the_first_batch(tmp_p
 def test_augmentation_runs_a_mapped_teacher_from_another_domain_online():
     """With data.augment the teachers run on each batch: through the same view of the inputs and the same class
     mapping as the cached logits (the mapping's int keys survive a JSON round trip, as in a study's config)."""
-    raw = {"data": {"name": "synthetic", "size": 300, "seed": 0, "augment": ["crop"],
-                    "classes": {"a": [0, 1], "b": [2, 3]}},
-           "teachers": [{"name": "src", "arch": "mlp", "width": 16, "epochs": 2,
-                         "data": {"name": "synthetic", "size": 300, "seed": 4}, "classes": {0: [0, 1], 1: [2, 3]}}],
-           "student": {"arch": "mlp", "width": 4}, "train": {"epochs": 2, "batch_size": 64, "threads": 1}}
+    raw = {
+        "data": {
+            "name": "synthetic",
+            "size": 300,
+            "seed": 0,
+            "augment": ["crop"],
+            "classes": {"a": [0, 1], "b": [2, 3]},
+        },
+        "teachers": [
+            {
+                "name": "src",
+                "arch": "mlp",
+                "width": 16,
+                "epochs": 2,
+                "data": {"name": "synthetic", "size": 300, "seed": 4},
+                "classes": {0: [0, 1], 1: [2, 3]},
+            }
+        ],
+        "student": {"arch": "mlp", "width": 4},
+        "train": {"epochs": 2, "batch_size": 64, "threads": 1},
+    }
     import json
 
     cfg = config.from_dict(json.loads(json.dumps(raw)))
@@ -369,12 +440,15 @@ def test_transfer_sets_from_a_csv_without_labels_and_a_python_factory_of_inputs(
 def test_a_transfer_set_that_repeats_the_students_rows_loses_its_validation_rows_said_once():
     """Issue 29: data.unlabeled inherits no seed, so `{name: mnist1d, size: 1000}` beside the student's own
     mnist1d put every validation row back into training, unlabelled (10 of 10)."""
-    cfg = config.from_dict({"data": {"name": "mnist1d", "size": 1000, "labels": 0.1,
-                                     "unlabeled": {"name": "mnist1d", "size": 1000}},
-                            "teachers": [{"name": "t", "arch": "mlp"}]}).data
+    cfg = config.from_dict(
+        {
+            "data": {"name": "mnist1d", "size": 1000, "labels": 0.1, "unlabeled": {"name": "mnist1d", "size": 1000}},
+            "teachers": [{"name": "t", "arch": "mlp"}],
+        }
+    ).data
     d = data.load(cfg)
     assert len(d.y_val) == 10 and d.transfer_rows == 800 - 10
-    transfer = d.raw(d.x_train[-d.transfer_rows:])
+    transfer = d.raw(d.x_train[-d.transfer_rows :])
     assert torch.cdist(d.raw(d.x_val).flatten(1), transfer.flatten(1)).min() > 1e-3  # none of them is back
     assert d.note.count("10 of its 800 rows are the student's validation or test rows and were dropped") == 1
     assert "790 unlabelled rows" in d.note
@@ -386,12 +460,18 @@ def test_a_file_given_again_as_the_transfer_set_loses_the_validation_and_test_ro
     np.savez(tmp_path / "mine.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
     fresh = g.normal(size=(7, 1, 8)).astype(np.float32)
     np.savez(tmp_path / "more.npz", x=np.concatenate([x, fresh]))  # every row of mine.npz, test rows included
-    d = data.load(DataConfig(name="arrays", path=str(tmp_path / "mine.npz"), val_fraction=0.2,
-                             unlabeled={"name": "arrays", "path": str(tmp_path / "more.npz")}))
+    d = data.load(
+        DataConfig(
+            name="arrays",
+            path=str(tmp_path / "mine.npz"),
+            val_fraction=0.2,
+            unlabeled={"name": "arrays", "path": str(tmp_path / "more.npz")},
+        )
+    )
     assert len(d.y_val) == 10 and len(d.y_test) == 10
     assert d.transfer_rows == 40 + 7  # the training rows (no harm: trained on anyway) and the new ones
     held_out = torch.cat([d.raw(d.x_val), d.raw(d.x_test)]).flatten(1)
-    assert torch.cdist(held_out, d.raw(d.x_train[-d.transfer_rows:]).flatten(1)).min() > 1e-3
+    assert torch.cdist(held_out, d.raw(d.x_train[-d.transfer_rows :]).flatten(1)).min() > 1e-3
     assert "20 of its 67 rows are the student's validation or test rows and were dropped" in d.note
 
 
@@ -407,18 +487,35 @@ search:
 """
 
 
-@pytest.mark.parametrize("student,teacher,says", [
-    # the issue's numbers: the teacher's 720 training rows are the student's, 701 of them with hidden labels
-    ("{name: mnist1d, size: 1000, labels: 0.1}", "{name: mnist1d, size: 1000}",
-     ["teachers (t).data: 701 of the student's training rows whose labels data.labels hides are among the 720 rows "
-      "the teacher would learn with their labels", "set teachers (t).data.seed to another value than data.seed"]),
-    # the same file under another name, carved differently: the student's validation rows teach the teacher
-    ("{name: arrays, path: mine.npz, val_fraction: 0.2}", "{name: arrays, path: copy.npz, val_fraction: 0.05}",
-     ["teachers (t).data: 8 of its validation rows are among the 48 rows the teacher would learn",
-      "point teachers (t).data at other data"]),
-])
-def test_a_teacher_whose_data_holds_the_students_hidden_labels_or_held_out_rows_is_refused(tmp_path, capsys, student,
-                                                                                          teacher, says):
+@pytest.mark.parametrize(
+    "student,teacher,says",
+    [
+        # the issue's numbers: the teacher's 720 training rows are the student's, 701 of them with hidden labels
+        (
+            "{name: mnist1d, size: 1000, labels: 0.1}",
+            "{name: mnist1d, size: 1000}",
+            [
+                (
+                    "teachers (t).data: 701 of the student's training rows whose labels data.labels hides are among the 720 rows "
+                    "the teacher would learn with their labels"
+                ),
+                "set teachers (t).data.seed to another value than data.seed",
+            ],
+        ),
+        # the same file under another name, carved differently: the student's validation rows teach the teacher
+        (
+            "{name: arrays, path: mine.npz, val_fraction: 0.2}",
+            "{name: arrays, path: copy.npz, val_fraction: 0.05}",
+            [
+                "teachers (t).data: 8 of its validation rows are among the 48 rows the teacher would learn",
+                "point teachers (t).data at other data",
+            ],
+        ),
+    ],
+)
+def test_a_teacher_whose_data_holds_the_students_hidden_labels_or_held_out_rows_is_refused(
+    tmp_path, capsys, student, teacher, says
+):
     g = np.random.default_rng(0)
     x, y = g.normal(size=(60, 1, 40)).astype(np.float32), np.arange(60) % 3
     np.savez(tmp_path / "mine.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
@@ -439,22 +536,31 @@ def _digit_named_classes(tmp_path) -> str:
         (tmp_path / "digits" / str(c)).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(g.integers(0, 255, (8, 8), dtype=np.uint8), mode="L").save(
-                tmp_path / "digits" / str(c) / f"{i}.png")
+                tmp_path / "digits" / str(c) / f"{i}.png"
+            )
     return str(tmp_path / "digits")
 
 
-@pytest.mark.parametrize("classes,student_of", [
-    ({i: [(i + 1) % 11] for i in range(11)}, lambda names, i: i),  # numbers: student class indices
-    ({str(i): [(i + 1) % 11] for i in range(11)}, lambda names, i: names.index(str(i))),  # quoted: names
-])
+@pytest.mark.parametrize(
+    "classes,student_of",
+    [
+        ({i: [(i + 1) % 11] for i in range(11)}, lambda names, i: i),  # numbers: student class indices
+        ({str(i): [(i + 1) % 11] for i in range(11)}, lambda names, i: names.index(str(i))),  # quoted: names
+    ],
+)
 def test_teacher_class_keys_mean_the_same_in_a_worker_that_reads_the_study(tmp_path, classes, student_of):
     """Issue 29: a study keeps its config as JSON, which turns {2: [...]} into {"2": [...]}: the sweep process
     read 2 as an index (the class named 10) and a spawned worker as the class named 2, sharing one cached teacher.
     A worker gets its config from the study (kdtrain.worker.open_context: search.study_config)."""
     from kdtrain import search
 
-    cfg = config.from_dict({"study": {"name": "named"}, "teachers": [{"name": "t", "arch": "mlp", "classes": classes}],
-                            "data": {"name": "folder", "path": _digit_named_classes(tmp_path), "image_size": 8}})
+    cfg = config.from_dict(
+        {
+            "study": {"name": "named"},
+            "teachers": [{"name": "t", "arch": "mlp", "classes": classes}],
+            "data": {"name": "folder", "path": _digit_named_classes(tmp_path), "image_size": 8},
+        }
+    )
     ds = data.load(cfg.data)
     assert ds.class_names[:4] == ["0", "1", "10", "2"]
     study = search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "named", 2)
@@ -467,11 +573,21 @@ def test_teacher_class_keys_mean_the_same_in_a_worker_that_reads_the_study(tmp_p
     assert in_worker.teachers == cfg.teachers  # and its settings compare equal on resume
 
 
-@pytest.mark.parametrize("classes,says", [
-    ("{0: [0], b: [1]}", "teachers[0] (t).classes: name every student class by its index or every one by its name, "
-                         "not both"),
-    ("{0: [0], 2: [1]}", "teachers[0] (t).classes: student classes by index are 0, 1, ... each once; 1 missing"),
-])
+@pytest.mark.parametrize(
+    "classes,says",
+    [
+        (
+            "{0: [0], b: [1]}",
+            ("teachers[0] (t).classes: name every student class by its index or every one by its name, not both"),
+        ),
+        ("{0: [0], 2: [1]}", "teachers[0] (t).classes: student classes by index are 0, 1, ... each once; 1 missing"),
+    ],
+)
 def test_teacher_class_keys_that_a_worker_would_read_otherwise_are_refused(tmp_path, capsys, classes, says):
-    refused(tmp_path, capsys, [_teacher_file(tmp_path, f"{{name: t, arch: mlp, width: 8, classes: {classes}}}")],
-            code=2, says=[says])
+    refused(
+        tmp_path,
+        capsys,
+        [_teacher_file(tmp_path, f"{{name: t, arch: mlp, width: 8, classes: {classes}}}")],
+        code=2,
+        says=[says],
+    )

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import jsonschema
 import yaml
-
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +16,9 @@ SWEEPS = sorted((ROOT / "sweeps").rglob("*.yaml"))
 def test_kdtrain_schema_prints_the_committed_schema_file():
     r = run_cli("schema")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (ROOT / "docs" / "sweep.schema.json").read_text(), "regenerate: kdtrain schema > docs/sweep.schema.json"
+    assert r.stdout == (ROOT / "docs" / "sweep.schema.json").read_text(), (
+        "regenerate: kdtrain schema > docs/sweep.schema.json"
+    )
     schema = json.loads(r.stdout)
     jsonschema.Draft202012Validator.check_schema(schema)
     # the field docstrings are the reference: a default is written once, in the field
@@ -32,7 +33,9 @@ def test_every_shipped_sweep_file_validates_and_points_editors_at_the_schema():
     for path in SWEEPS:
         first = path.read_text().splitlines()[0]
         target = (path.parent / first.split("$schema=", 1)[-1]).resolve()
-        assert first.startswith("# yaml-language-server: $schema=") and target == ROOT / "docs" / "sweep.schema.json", path
+        assert first.startswith("# yaml-language-server: $schema=") and target == ROOT / "docs" / "sweep.schema.json", (
+            path
+        )
         problems = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
         assert problems == [], (path.name, problems)
 
@@ -51,8 +54,9 @@ def test_the_docs_reference_is_generated_from_the_fields():
     """docs/reference.md is `kdtrain schema --markdown`: each key's default and meaning come from the field."""
     r = run_cli("schema", "--markdown")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (ROOT / "docs" / "reference.md").read_text(), \
+    assert r.stdout == (ROOT / "docs" / "reference.md").read_text(), (
         "regenerate: kdtrain schema --markdown > docs/reference.md"
+    )
     assert "| `storage_patience` | str or int or float | `'10m'` |" in r.stdout
 
 
@@ -65,6 +69,10 @@ def test_every_key_has_a_meaning_in_the_reference_and_the_schema():
     assert len(rows) > 80 and empty == [], f"keys without a meaning: {empty}"
     schema = json_schema()
     sections = {**schema["properties"], "teachers[]": schema["properties"]["teachers"]["items"]}
-    missing = [f"{name}.{key}" for name, sec in sections.items() for key, prop in sec.get("properties", {}).items()
-               if not prop.get("description")]
+    missing = [
+        f"{name}.{key}"
+        for name, sec in sections.items()
+        for key, prop in sec.get("properties", {}).items()
+        if not prop.get("description")
+    ]
     assert missing == [], missing

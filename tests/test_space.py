@@ -14,14 +14,22 @@ SEARCH = {  # the conditional keys first, to show that kd.loss is suggested befo
     "kd.loss": {"type": "categorical", "choices": ["kd", "dkd", "dist"]},
     "kd.temperature": {"type": "float", "low": 1, "high": 8},
 }
-USED = {"kd": {"kd.loss", "kd.temperature", "kd.standardize"},
-        "dkd": {"kd.loss", "kd.temperature", "kd.standardize", "kd.dkd_beta", "kd.dkd_alpha", "kd.warmup_epochs"},
-        "dist": {"kd.loss", "kd.temperature", "kd.dist_gamma"}}
+USED = {
+    "kd": {"kd.loss", "kd.temperature", "kd.standardize"},
+    "dkd": {"kd.loss", "kd.temperature", "kd.standardize", "kd.dkd_beta", "kd.dkd_alpha", "kd.warmup_epochs"},
+    "dist": {"kd.loss", "kd.temperature", "kd.dist_gamma"},
+}
 
 
 def sweep(loss="kd", search=SEARCH, **kd):
-    return config.from_dict({"data": {"name": "synthetic"}, "teachers": [{"name": "t", "arch": "mlp"}],
-                             "kd": {"loss": loss, **kd}, "search": search})
+    return config.from_dict(
+        {
+            "data": {"name": "synthetic"},
+            "teachers": [{"name": "t", "arch": "mlp"}],
+            "kd": {"loss": loss, **kd},
+            "search": search,
+        }
+    )
 
 
 @pytest.fixture
@@ -78,4 +86,6 @@ def test_base_params_enqueue_only_the_settings_of_the_base_loss():
     assert set(space.base_params(sweep("dkd"))) == USED["dkd"]
     assert set(space.base_params(sweep("dist"))) == USED["dist"]
     only_dkd = {**SEARCH, "kd.loss": {"type": "categorical", "choices": ["dkd", "dist"]}}
-    assert set(space.base_params(sweep("kd", only_dkd))) == {"kd.temperature"}  # the sampler picks the loss and the rest
+    assert set(space.base_params(sweep("kd", only_dkd))) == {
+        "kd.temperature"
+    }  # the sampler picks the loss and the rest

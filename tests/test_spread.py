@@ -4,10 +4,9 @@ again."""
 
 import optuna
 import pytest
+from conftest import ROOT, TINY_SEARCH, run_cli, write_sweep
 
 from kdtrain import first_trials, search, space, sweepfile
-
-from conftest import ROOT, TINY_SEARCH, run_cli, write_sweep
 
 
 def _quickstart(**values):
@@ -23,10 +22,13 @@ def test_the_quickstart_spreads_its_widths_about_a_doubling_of_parameters_apart_
     assert space.spread_points(_quickstart(**{"study.trials": 2})) == []
 
 
-@pytest.mark.parametrize("values", [
-    {"study.spread": False},
-    {"study.objectives": {"val_accuracy": "maximize"}},  # no cost: nothing to spread along
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"study.spread": False},
+        {"study.objectives": {"val_accuracy": "maximize"}},  # no cost: nothing to spread along
+    ],
+)
 def test_no_spread_when_turned_off_or_without_a_cost_objective(values):
     assert space.spread_points(_quickstart(**values)) == []
 

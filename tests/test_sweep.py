@@ -1,5 +1,6 @@
 """Sweeps end to end: real Optuna journal storage, real MLflow SQLite store, real subprocesses."""
 
+import itertools
 import json
 import os
 import signal
@@ -11,13 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import TINY_SEARCH, run_cli, write_sweep
 
 from kdtrain import baselines, config, models, recovery, search, space, worker
 from kdtrain.config import KdtrainError
 from kdtrain.tracking import Tracker
-
-from conftest import TINY_SEARCH, run_cli, write_sweep
-
 
 SEARCH = TINY_SEARCH
 
@@ -74,8 +73,18 @@ def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
         assert row["params.kd.teachers"] == t.params["kd.teachers"]
         assert row["metrics.val_accuracy"] == pytest.approx(t.values[0])
         assert row["metrics.params"] == t.values[1]
-        for m in ("test_accuracy", "size_bytes", "flops", "latency_ms_p50", "latency_ms_p95", "throughput", "latency_cv",
-                  "train_loss", "kd_loss", "ce_loss"):
+        for m in (
+            "test_accuracy",
+            "size_bytes",
+            "flops",
+            "latency_ms_p50",
+            "latency_ms_p95",
+            "throughput",
+            "latency_cv",
+            "train_loss",
+            "kd_loss",
+            "ce_loss",
+        ):
             assert row[f"metrics.{m}"] == row[f"metrics.{m}"], m  # present, not NaN
     for _, row in df[df["tags.kdtrain.role"].isin(["teacher", "baseline", "student"])].iterrows():
         assert row["metrics.val_accuracy"] > 0
@@ -90,8 +99,10 @@ def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
     assert sorted(m.step for m in history if m.step > 0) == [1, 2, 3, 4]
     # a local store's UI runs where `kdtrain ui --port` puts it: the sweep names the command, which prints the link
     assert "browse the runs: kdtrain ui tiny (" in r.stdout and "127.0.0.1:5000" not in r.stdout
-    assert tracker.link(exp.experiment_id, "http://127.0.0.1:5001") == \
-        f"http://127.0.0.1:5001/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    assert (
+        tracker.link(exp.experiment_id, "http://127.0.0.1:5001")
+        == f"http://127.0.0.1:5001/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    )
 
 
 @pytest.mark.xdist_group("tiny-study")
@@ -118,9 +129,21 @@ def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):
 @pytest.mark.xdist_group("tiny-study")
 def test_optuna_cli_reads_the_journal(swept):
     home, _, _ = swept
-    out = subprocess.run([str(Path(sys.executable).parent / "optuna"), "trials", "--study-name", "tiny",
-                          "--storage", str(home / "optuna.journal"), "-f", "json"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "optuna"),
+            "trials",
+            "--study-name",
+            "tiny",
+            "--storage",
+            str(home / "optuna.journal"),
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows)
@@ -128,7 +151,7 @@ def test_optuna_cli_reads_the_journal(swept):
 
 @pytest.mark.xdist_group("tiny-study")
 def test_status_prints_counts_and_front(swept):
-    home, _, env = swept
+    _home, _, env = swept
     r = run_cli("status", env=env)
     assert r.returncode == 0, r.stderr
     assert "study tiny: 3 complete, 0 pruned, 0 failed" in r.stdout
@@ -186,8 +209,7 @@ def test_kill_9_then_rerun_resumes(tmp_path):
     p = write_sweep(tmp_path, **{"size: 400": "size: 3000", "epochs: 4,": "epochs: 40,", "trials: 3": "trials: 3"})
     env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
     cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = tmp_path / "home" / "optuna.journal"
     victim = None
     deadline = time.time() + 240
@@ -199,8 +221,9 @@ def test_kill_9_then_rerun_resumes(tmp_path):
             study = load_study(tmp_path / "home")
         except KeyError:
             continue
-        running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                   if "mlflow_run_id" in t.user_attrs]
+        running = [
+            t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs
+        ]
         if running:
             victim = running[0]
     assert victim is not None, "no trial started in time"
@@ -225,9 +248,14 @@ def test_kill_9_then_rerun_resumes(tmp_path):
 
 def test_single_objective_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path):
     text = SEARCH + "  train.lr: {type: float, low: 0.001, high: 0.05, log: true}\n"
-    p = write_sweep(tmp_path, text, **{"objectives: {val_accuracy: maximize, params: minimize}":
-                                       "objectives: {val_accuracy: maximize}, pruner: median",
-                                       "epochs: 4,": "epochs: 10,"})
+    p = write_sweep(
+        tmp_path,
+        text,
+        **{
+            "objectives: {val_accuracy: maximize, params: minimize}": "objectives: {val_accuracy: maximize}, pruner: median",
+            "epochs: 4,": "epochs: 10,",
+        },
+    )
     cfg = config.load(p)
     storage = search.open_storage(str(tmp_path / "j.journal"))
     study = search.create_or_open(cfg, storage, "prune", 5)
@@ -265,9 +293,15 @@ def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
     p = write_sweep(tmp_path, **{"size: 400": "size: 3000", "epochs: 4,": "epochs: 60,"})
     env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
     # a shell's background job inherits SIGINT as ignored; a terminal's foreground job does not
-    proc = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "sweep", str(p)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline, victim = time.time() + 240, None
     while time.time() < deadline and victim is None:
         time.sleep(0.3)
@@ -275,19 +309,21 @@ def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
             study = load_study(tmp_path / "home")
         except (KeyError, FileNotFoundError):
             continue
-        running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                   if "mlflow_run_id" in t.user_attrs]
+        running = [
+            t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs
+        ]
         victim = running[0] if running else None
     assert victim is not None
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Run the same command again to resume" in err and "Traceback" not in err
     study = load_study(tmp_path / "home")
     failed = study.trials[victim.number]
     assert failed.state.name == "FAIL" and "Ctrl-C" in failed.user_attrs["fail_reason"]
-    assert [t.user_attrs.get("kdtrain.requeued_from") for t in study.get_trials(
-        states=(optuna.trial.TrialState.WAITING,))] == [victim.number]
+    assert [
+        t.user_attrs.get("kdtrain.requeued_from") for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    ] == [victim.number]
     df = mlflow_runs(tmp_path / "home", "tiny")
     status = df.set_index("run_id")["status"]
     assert status[victim.user_attrs["mlflow_run_id"]] == "KILLED"
@@ -316,6 +352,7 @@ def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
     art = Path(tracker.client.download_artifacts(study.trials[n].user_attrs["mlflow_run_id"], "", str(tmp_path)))
     import yaml
+
     cfg = config.from_dict(yaml.safe_load((art / "config.yaml").read_text()))
     ds = data.load(cfg.data)
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes).eval()
@@ -336,9 +373,8 @@ def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
 def independent_front(df):
     """The (val_accuracy max, params min) front of complete trial runs, from mlflow.search_runs, pair by pair."""
     s = df[(df["tags.kdtrain.role"] == "student") & (df["tags.optuna.state"] == "COMPLETE")]
-    rows = list(zip(s["run_id"], s["metrics.val_accuracy"], s["metrics.params"]))
-    return {r for r, a, p in rows
-            if not any(a2 >= a and p2 <= p and (a2 > a or p2 < p) for _, a2, p2 in rows)}
+    rows = list(zip(s["run_id"], s["metrics.val_accuracy"], s["metrics.params"], strict=False))
+    return {r for r, a, p in rows if not any(a2 >= a and p2 <= p and (a2 > a or p2 < p) for _, a2, p2 in rows)}
 
 
 @pytest.mark.xdist_group("tiny-study")
@@ -348,8 +384,16 @@ def test_sweep_writes_a_report_whose_front_matches_mlflow(swept):
     home, r, _ = swept
     folder = home.parent / "reports" / "tiny"
     assert f"report: {folder / 'index.html'}" in r.stdout
-    for name in ("index.html", "trials.csv", "pareto.csv", "summary.md", "accuracy_vs_params.png",
-                 "accuracy_vs_params.svg", "accuracy_vs_latency.png", "history.png"):
+    for name in (
+        "index.html",
+        "trials.csv",
+        "pareto.csv",
+        "summary.md",
+        "accuracy_vs_params.png",
+        "accuracy_vs_params.svg",
+        "accuracy_vs_latency.png",
+        "history.png",
+    ):
         assert (folder / name).stat().st_size > 0, name
     front = pd.read_csv(folder / "pareto.csv")
     assert set(front["run_id"]) == independent_front(mlflow_runs(home, "tiny"))
@@ -367,8 +411,10 @@ def test_sweep_writes_a_report_whose_front_matches_mlflow(swept):
         assert "No student reaches 95% of the teacher" in html
     else:
         pick = keep.sort_values(["metrics.params", "metrics.val_accuracy"], ascending=[True, False]).iloc[0]
-        assert (f"The smallest student keeping 95% of its accuracy is trial {pick['tags.optuna.trial']}: "
-                f"{pick['metrics.val_accuracy']:.4f} val / {pick['metrics.test_accuracy']:.4f} test") in html
+        assert (
+            f"The smallest student keeping 95% of its accuracy is trial {pick['tags.optuna.trial']}: "
+            f"{pick['metrics.val_accuracy']:.4f} val / {pick['metrics.test_accuracy']:.4f} test"
+        ) in html
     # the report is also an artifact of the study's parent run
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
     parent = load_study(home).user_attrs["kdtrain.parent_run_id"]
@@ -387,9 +433,18 @@ def chromium_driver(tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,2400"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--window-size=1280,2400",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
@@ -406,7 +461,8 @@ def test_report_opens_in_headless_chromium(swept, tmp_path):
         driver.get((folder / "index.html").as_uri())
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth, "
-            "i.naturalHeight])")
+            "i.naturalHeight])"
+        )
         rows = driver.execute_script("return document.querySelectorAll('#pareto tbody tr').length")
         title = driver.title
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -426,8 +482,18 @@ def test_two_studies_make_one_comparison_report(swept, tmp_path):
     import pandas as pd
 
     home, _, env = swept
-    r = run_cli("sweep", write_sweep(home.parent, name="second.yaml"), "--study", "tiny2", "--trials", "2",
-                "--no-report", "--set", "kd.ensemble=mean_logits", env=env)
+    r = run_cli(
+        "sweep",
+        write_sweep(home.parent, name="second.yaml"),
+        "--study",
+        "tiny2",
+        "--trials",
+        "2",
+        "--no-report",
+        "--set",
+        "kd.ensemble=mean_logits",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("report", "tiny", "tiny2", "--out", tmp_path / "rep", env=env)
     assert r.returncode == 0, r.stderr
@@ -485,9 +551,14 @@ def test_pareto_pruner_prunes_a_dominated_course_and_logs_the_hypervolume(tmp_pa
     student cheaper than every finished one is kept however bad; the parent run's hypervolume has one step per
     finished trial and never decreases."""
     text = SEARCH + "  train.lr: {type: float, low: 0.001, high: 0.05, log: true}\n"
-    p = write_sweep(tmp_path, text, **{"trials: 3}": "trials: 4, pruner: auto, prune_warmup_epochs: 2, "
-                                                     "prune_margin: 0.05}",
-                                       "epochs: 4,": "epochs: 10,"})
+    p = write_sweep(
+        tmp_path,
+        text,
+        **{
+            "trials: 3}": "trials: 4, pruner: auto, prune_warmup_epochs: 2, prune_margin: 0.05}",
+            "epochs: 4,": "epochs: 10,",
+        },
+    )
     cfg = config.load(p)
     assert cfg.study.resolved_pruner() == "pareto"  # auto, for val_accuracy + params
     storage = search.open_storage(str(tmp_path / "j.journal"))
@@ -511,7 +582,7 @@ def test_pareto_pruner_prunes_a_dominated_course_and_logs_the_hypervolume(tmp_pa
     values = [m.value for m in sorted(hv, key=lambda m: m.step)]
     assert values == sorted(values) and values[0] > 0
     spent = [m.value for m in sorted(compute, key=lambda m: m.step)]
-    assert all(b > a for a, b in zip(spent, spent[1:]))  # the pruned trial's seconds count too
+    assert all(b > a for a, b in itertools.pairwise(spent))  # the pruned trial's seconds count too
     r = run_cli("status", "--storage", tmp_path / "j.journal", "--study", "front")
     assert r.returncode == 0 and f"hypervolume {values[-1]:.4f} after 4 finished trials" in r.stdout, r.stdout
 
@@ -523,8 +594,9 @@ def test_a_baseline_run_left_running_by_a_dead_worker_is_closed_and_logged_again
     search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "dead", 1)
     ctx = worker.join("dead", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
     key = baselines.student_key(cfg)  # the base trial's student
-    stale = ctx.tracker.start(ctx.exp_id, "baseline-stale", "baseline", ctx.parent_id,
-                              tags={"kdtrain.baseline_key": key})
+    stale = ctx.tracker.start(
+        ctx.exp_id, "baseline-stale", "baseline", ctx.parent_id, tags={"kdtrain.baseline_key": key}
+    )
     worker.work(ctx)
     runs = ctx.tracker.find(ctx.exp_id, {"kdtrain.baseline_key": key})
     assert sorted(ctx.tracker.status(r) for r in runs) == ["FINISHED", "KILLED"]
@@ -557,11 +629,15 @@ def label_problems(fig) -> list[str]:
     saved = fig.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans)
     problems = []
     for i, (a, box_a, _) in enumerate(texts):
-        for b, box_b, _ in texts[i + 1:]:
+        for b, box_b, _ in texts[i + 1 :]:
             if box_a.shrunk(0.98, 0.9).overlaps(box_b.shrunk(0.98, 0.9)):
                 problems.append(f"{a!r} overlaps {b!r}")
-        if not (saved.x0 - 1 <= box_a.x0 and box_a.x1 <= saved.x1 + 1 and saved.y0 - 1 <= box_a.y0
-                and box_a.y1 <= saved.y1 + 1):
+        if not (
+            saved.x0 - 1 <= box_a.x0
+            and box_a.x1 <= saved.x1 + 1
+            and saved.y0 - 1 <= box_a.y0
+            and box_a.y1 <= saved.y1 + 1
+        ):
             problems.append(f"{a!r} is cut off")
         if "\\times" in a or "×" in a or "$" in a:
             problems.append(f"tick label {a!r} is not a plain number")
@@ -599,8 +675,10 @@ def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(sw
     folder = report.write_study(d, tmp_path / "rep")
     assert {"accuracy_vs_params", "accuracy_vs_latency", "accuracy_vs_temperature"} <= set(problems)
     assert {name: p for name, p in problems.items() if p} == {}
-    assert "| kd.loss |" in (folder / "summary.md").read_text().replace(" | ", " |\n| ").replace("\n", " ") \
+    assert (
+        "| kd.loss |" in (folder / "summary.md").read_text().replace(" | ", " |\n| ").replace("\n", " ")
         or "kd.loss" in (folder / "summary.md").read_text().split("## Pareto-optimal students")[1].split("\n")[2]
+    )
 
     driver = chromium_driver(tmp_path)
     try:
@@ -608,9 +686,14 @@ def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(sw
         driver.get((folder / "index.html").as_uri())
         tables = driver.execute_script(
             "return Array.from(document.querySelectorAll('table')).map(t => [t.id, t.scrollWidth, "
-            "t.parentElement.clientWidth])")
-        page = driver.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-        header = driver.execute_script("return Array.from(document.querySelectorAll('#pareto th')).map(h => h.textContent)")
+            "t.parentElement.clientWidth])"
+        )
+        page = driver.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        header = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#pareto th')).map(h => h.textContent)"
+        )
         driver.save_screenshot(str(tmp_path / "report-1400.png"))
     finally:
         driver.quit()

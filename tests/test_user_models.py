@@ -67,7 +67,7 @@ def test_pretrained_weights_come_from_the_local_torch_cache_only(tmp_path, monke
     import torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(KdtrainError, match="not in the local torch cache .*resnet18-f37072fd.pth"):
+    with pytest.raises(KdtrainError, match=r"not in the local torch cache .*resnet18-f37072fd\.pth"):
         models.create_model("torchvision:resnet18", (3, 32, 32), 5, width=1, pretrained=True)
     # the file torchvision would have downloaded, in its real format (a state dict of the ImageNet model)
     imagenet = torchvision.models.resnet18(num_classes=1000)
@@ -75,7 +75,9 @@ def test_pretrained_weights_come_from_the_local_torch_cache_only(tmp_path, monke
     ckpt.parent.mkdir(parents=True)
     torch.save(imagenet.state_dict(), ckpt)
     m = models.create_model("torchvision:resnet18", (3, 32, 32), 5, width=1, pretrained=True)
-    assert torch.equal(m.conv1.weight, imagenet.conv1.weight) and torch.equal(m.layer4[1].bn2.bias, imagenet.layer4[1].bn2.bias)
+    assert torch.equal(m.conv1.weight, imagenet.conv1.weight) and torch.equal(
+        m.layer4[1].bn2.bias, imagenet.layer4[1].bn2.bias
+    )
     assert m.fc.out_features == 5 and m.fc.in_features == 512
 
 
@@ -88,18 +90,21 @@ def test_a_python_factory_gets_shape_classes_width_and_the_settings_it_names(fac
         models.create_model(f"{factories}:plain", (1, 12), 3, width=4, depth=2)
 
 
-@pytest.mark.parametrize("fn, says", [
-    ("not_a_module", "must return a torch.nn.Module, got str"),
-    ("raises", "raised ValueError: width must be even"),
-    ("missing", "has no function 'missing'"),
-])
+@pytest.mark.parametrize(
+    "fn, says",
+    [
+        ("not_a_module", "must return a torch.nn.Module, got str"),
+        ("raises", "raised ValueError: width must be even"),
+        ("missing", "has no function 'missing'"),
+    ],
+)
 def test_a_broken_python_factory_is_one_clear_error(factories, fn, says):
     with pytest.raises(KdtrainError, match=says):
         models.create_model(f"{factories}:{fn}", (1, 12), 3, width=4)
 
 
 def test_an_unknown_module_names_what_to_do(tmp_path):
-    with pytest.raises(KdtrainError, match="cannot import 'no_such_module_here'.*current directory"):
+    with pytest.raises(KdtrainError, match=r"cannot import 'no_such_module_here'.*current directory"):
         models.create_model("python:no_such_module_here:f", (1, 12), 3, width=4)
 
 
@@ -110,7 +115,7 @@ def test_check_fits_runs_each_model_on_the_data_before_training(factories):
         models.check_fits([("student", StudentConfig(arch=f"{factories}:wrong_out", width=4))], (1, 12), 3)
     with pytest.raises(DataError, match="does not run on this data's samples of shape"):
         models.check_fits([("teachers (t)", StudentConfig(arch="torchvision:vit_b_16", width=4))], (3, 32, 32), 3)
-    with pytest.raises(DataError, match="student.arch: torchvision models take 1- or 3-channel"):
+    with pytest.raises(DataError, match=r"student\.arch: torchvision models take 1- or 3-channel"):
         models.check_fits([("student", StudentConfig(arch="torchvision:resnet18", width=4))], (2, 32, 32), 3)
 
 

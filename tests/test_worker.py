@@ -1,15 +1,16 @@
 """The worker and the module boundaries: workers that start before their study, reproducible sweeps, and
 Optuna / MLflow each behind one module."""
 
+import itertools
 import os
 import re
 import subprocess
 import sys
 
-from kdtrain import config, search
-
 from conftest import ROOT, run_cli, write_sweep
 from test_sweep import load_study
+
+from kdtrain import config, search
 
 
 def test_worker_waits_for_a_study_created_after_it_started(tmp_path):
@@ -21,10 +22,20 @@ def test_worker_waits_for_a_study_created_after_it_started(tmp_path):
     assert no_wait.returncode == 1 and "--wait" in no_wait.stderr and "Traceback" not in no_wait.stderr
     # another machine: its own kdtrain home (no teacher cache), the sweep's stores given by URL
     home = tmp_path / "home"
-    full_env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "elsewhere"), "KDTRAIN_DATA": str(tmp_path / "data"),
-                "KDTRAIN_STORAGE": str(home / "optuna.journal"), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
-    worker = subprocess.Popen([sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--wait", "3m"],
-                              env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    full_env = {
+        **os.environ,
+        "KDTRAIN_HOME": str(tmp_path / "elsewhere"),
+        "KDTRAIN_DATA": str(tmp_path / "data"),
+        "KDTRAIN_STORAGE": str(home / "optuna.journal"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--wait", "3m"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         created = run_cli("sweep", p, "--workers", "0", "--no-report", env=env)
         assert created.returncode == 0, created.stdout + created.stderr
@@ -80,8 +91,9 @@ def test_optuna_and_mlflow_each_stay_behind_one_module():
             assert ".client." not in text, f"{p.name} reaches into the MLflow client"
             assert not re.search(r"""["'](metrics|params|tags)\.""", text), f"{p.name} parses MLflow columns"
     teachers = (ROOT / "kdtrain" / "teachers.py").read_text()  # the core teacher cache knows no MLflow
-    assert not re.search(r"^\s*(from kdtrain import .*\btracking\b|from kdtrain\.tracking|import kdtrain\.tracking)",
-                         teachers, re.M)
+    assert not re.search(
+        r"^\s*(from kdtrain import .*\btracking\b|from kdtrain\.tracking|import kdtrain\.tracking)", teachers, re.M
+    )
 
 
 def test_search_and_cli_stay_small_and_cli_functions_short():
@@ -89,7 +101,7 @@ def test_search_and_cli_stay_small_and_cli_functions_short():
         assert len((ROOT / "kdtrain" / name).read_text().splitlines()) < 450, name
     text = (ROOT / "kdtrain" / "cli.py").read_text()
     starts = [m.start() for m in re.finditer(r"^(def|class) ", text, re.M)] + [len(text)]
-    lengths = {text[a:b].split("(")[0]: text[a:b].count("\n") for a, b in zip(starts, starts[1:])}
+    lengths = {text[a:b].split("(")[0]: text[a:b].count("\n") for a, b in itertools.pairwise(starts)}
     assert max(lengths.values()) <= 55, lengths
 
 
@@ -97,7 +109,11 @@ def test_study_attributes_written_and_read_through_named_constants():
     """Optuna user-attribute keys are spelled once, in search.py; elsewhere only the constants (or the metric
     names of config.METRICS, which trials also carry) are used."""
     literal = re.compile(r"""(user_attrs\.get\(|user_attrs\[|set_user_attr\()\s*["']([^"']+)["']""")
-    found = {(p.name, m.group(2)) for p in (ROOT / "kdtrain").glob("*.py") if p.name != "search.py"
-             for m in literal.finditer(p.read_text())}
+    found = {
+        (p.name, m.group(2))
+        for p in (ROOT / "kdtrain").glob("*.py")
+        if p.name != "search.py"
+        for m in literal.finditer(p.read_text())
+    }
     assert {(f, k) for f, k in found if k not in config.METRICS} == set()
     assert literal.search((ROOT / "kdtrain" / "search.py").read_text()) is None  # there too: the constants

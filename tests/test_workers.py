@@ -5,11 +5,10 @@ import os
 import sys
 
 import pytest
+from conftest import run_cli, write_sweep
 
 from kdtrain import processes
 from kdtrain.shared import plan_workers
-
-from conftest import run_cli, write_sweep
 
 
 def test_auto_on_cpus_is_one_single_threaded_worker_per_cpu():

@@ -68,8 +68,7 @@ def waves(n_train: int = 240, n_test: int = 60, length: int = 32, seed: int = 0)
 
     x_train, y_train = make(n_train)
     x_test, y_test = make(n_test)
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-            "class_names": np.array(WAVES)}
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "class_names": np.array(WAVES)}
 
 
 def waves_logits(arrays: dict) -> dict:
@@ -89,7 +88,7 @@ def flowers(path: Path, n: int = 300, seed: int = 0) -> None:
     y = rng.integers(0, 3, n)
     x = centres[y] + rng.normal(0, 0.35, (n, 4))
     lines = ["petal_length,petal_width,sepal_length,sepal_width,garden,species"]
-    for i, (row, c) in enumerate(zip(x, y)):
+    for i, (row, c) in enumerate(zip(x, y, strict=False)):
         lines.append(",".join(f"{v:.2f}" for v in row) + f",garden-{i % 7},{SPECIES[c]}")
     path.write_text("\n".join(lines) + "\n")
 
@@ -109,8 +108,15 @@ def onnx_teacher(arrays_path: Path, out: Path, epochs: int = 30, seed: int = 0) 
     data = config.load(Path(__file__).with_name("onnx.yaml"), [f"data.path={arrays_path}"]).data
     ds = load(data)
     channels = ds.input_shape[0]
-    net = nn.Sequential(nn.Conv1d(channels, 16, 5, padding=2), nn.ReLU(), nn.Conv1d(16, 16, 5, padding=2), nn.ReLU(),
-                        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, ds.num_classes))
+    net = nn.Sequential(
+        nn.Conv1d(channels, 16, 5, padding=2),
+        nn.ReLU(),
+        nn.Conv1d(16, 16, 5, padding=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(16, ds.num_classes),
+    )
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     for _ in range(epochs):
         for idx in torch.randperm(len(ds.y_train)).split(32):
@@ -120,8 +126,15 @@ def onnx_teacher(arrays_path: Path, out: Path, epochs: int = 30, seed: int = 0) 
     net.eval()
     with warnings.catch_warnings():  # torch 2.9+ says the TorchScript-based exporter is legacy; it is exact here
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (ds.x_val[:2],), str(out), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            net,
+            (ds.x_val[:2],),
+            str(out),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     with torch.no_grad():
         acc = (net(ds.x_val).argmax(1) == ds.y_val).float().mean().item()
     print(f"{out}: a {sum(p.numel() for p in net.parameters()):,}-parameter 1-D CNN, val accuracy {acc:.3f}")

@@ -18,5 +18,10 @@ def spirals(cfg=None):
     angle = 3.0 * r + 2 * np.pi * y / 3 + rng.normal(0, 0.15, n)
     x = np.stack([r * np.cos(angle), r * np.sin(angle)], axis=1).astype(np.float32)
     cut = int(0.8 * n)
-    return {"x_train": x[:cut], "y_train": y[:cut], "x_test": x[cut:], "y_test": y[cut:],
-            "class_names": ["red", "green", "blue"]}
+    return {
+        "x_train": x[:cut],
+        "y_train": y[:cut],
+        "x_test": x[cut:],
+        "y_test": y[cut:],
+        "class_names": ["red", "green", "blue"],
+    }
