@@ -16,9 +16,11 @@ import time
 
 import torch
 
-from kdtrain import config, data, features
-from kdtrain.run import distill_student
-from kdtrain.teachers import load_pool
+from kdtrain import config
+from kdtrain.data import datasets
+from kdtrain.distill import features
+from kdtrain.distill.student import distill_student
+from kdtrain.distill.teachers import load_pool
 
 
 def main() -> None:
@@ -30,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = config.load(args.sweep, [f"train.threads={args.threads}"])
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     pool = load_pool(cfg, ds)
     runs = {
         "logit_kd": config.replace(cfg, {"kd.feature_pair": "none"}),

@@ -25,16 +25,16 @@ from pathlib import Path
 
 T0 = time.time()  # the process's start, before the imports below (they are part of its time)
 
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from optuna.storages import JournalStorage  # noqa: E402
-from optuna.storages.journal import JournalFileBackend  # noqa: E402
-from optuna_integration.mlflow import MLflowCallback  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import mlflow
+import numpy as np
+import optuna
+import torch
+import torch.nn.functional as F
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna_integration.mlflow import MLflowCallback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 EPOCHS, BATCH, LR = 60, 256, 0.01
 

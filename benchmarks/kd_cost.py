@@ -13,9 +13,10 @@ import time
 
 import torch
 
-from kdtrain import config, data
-from kdtrain.run import distill_student
-from kdtrain.teachers import load_pool
+from kdtrain import config
+from kdtrain.data import datasets
+from kdtrain.distill.student import distill_student
+from kdtrain.distill.teachers import load_pool
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = config.load(args.sweep, [f"train.threads={args.threads}"])
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     pool = load_pool(cfg, ds)
     runs = {"kd": config.replace(cfg, {"kd.alpha": 0.7}), "scratch": config.replace(cfg, {"kd.alpha": 0.0})}
     per_epoch = {k: [] for k in runs}

@@ -55,10 +55,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdtrain import config, data, models  # noqa: E402
-from kdtrain.baselines import mean_std  # noqa: E402
-from kdtrain.run import distill_student  # noqa: E402
-from kdtrain.teachers import load_pool  # noqa: E402
+from kdtrain import config
+from kdtrain.data import datasets
+from kdtrain.deploy.profile import count_params
+from kdtrain.distill import models
+from kdtrain.distill.student import distill_student
+from kdtrain.distill.teachers import load_pool
+from kdtrain.sweep.baselines import mean_std
 
 ROWS = {  # row label -> the kd settings that make it (the grid adds kd.temperature and kd.alpha)
     "baseline": {"kd.alpha": 0.0},
@@ -263,7 +266,7 @@ def main() -> None:
     }
     for name in dict.fromkeys(n for n, _ in plan):
         cfg = base_config(name, spec["datasets"][name]["overrides"])
-        ds = data.load(cfg.data)
+        ds = datasets.load(cfg.data)
         tname = cfg.kd_teachers[0]
         log(f"{name}: teacher {tname} (trained once, cached under {config.home()})")
         pool = load_pool(cfg, ds, [tname], log=log)
@@ -282,7 +285,7 @@ def main() -> None:
         for width in [w for n, w in plan if n == name]:
             c = config.replace(cfg, {"student.width": width})
             key = f"{name}/w{width}"
-            params = models.count_params(models.from_config(c.student, ds.input_shape, ds.num_classes))
+            params = count_params(models.from_config(c.student, ds.input_shape, ds.num_classes))
             res["columns"].append(
                 {"key": key, "dataset": name, "arch": c.student.arch, "width": width, "params": params}
             )

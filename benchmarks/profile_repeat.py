@@ -14,8 +14,8 @@ import sys
 CHILD = """
 import json, sys, torch
 from kdtrain.config import ProfileConfig
-from kdtrain.models import create_model
-from kdtrain.profile import latency
+from kdtrain.distill.models import create_model
+from kdtrain.deploy.profile import latency
 backend = sys.argv[1]
 out = {}
 for arch, width in [("cnn1d", 64), ("gru", 48), ("cnn1d", 8), ("mlp", 32)]:

@@ -49,10 +49,12 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdtrain import config, data, models  # noqa: E402
-from kdtrain.run import distill_student  # noqa: E402
-from kdtrain.teachers import load_pool  # noqa: E402
-from kdtrain.train import accuracy, predict, seed_all  # noqa: E402
+from kdtrain import config
+from kdtrain.data import datasets
+from kdtrain.distill import models
+from kdtrain.distill.student import distill_student
+from kdtrain.distill.teachers import load_pool
+from kdtrain.distill.train import accuracy, predict, seed_all
 
 QUICK_SWEEP = """
 study: {name: bench, objectives: {val_accuracy: maximize, params: minimize}, trials: 2}
@@ -84,7 +86,7 @@ def ablation_loop(teacher, student, ds, cfg, batch_size: int, cached: bool, resi
     """The ten-line loop from the articles with kdtrain's changes switched on one at a time. Every row trains
     alike: Adam at the sweep file's lr with its schedule set per step, T^2 KL (batchmean) + CE, the last
     partial batch dropped; so only the speed differs between rows, not the optimisation."""
-    from kdtrain.train import lr_factor
+    from kdtrain.distill.train import lr_factor
 
     T, alpha, lr = cfg.kd.temperature, cfg.kd.alpha, cfg.train.lr
     tensors = [ds.x_train, ds.y_train] + ([predict(teacher, ds.x_train)] if cached else [])
@@ -183,7 +185,7 @@ def fixed_trials(cfg, n: int) -> list[dict]:
     """n parameter sets drawn once (seeded): both B3 sweeps run exactly these, so they do the same work."""
     import optuna
 
-    from kdtrain.space import suggest
+    from kdtrain.study.space import suggest
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     out = []
@@ -197,8 +199,8 @@ def fixed_trials(cfg, n: int) -> list[dict]:
 def model_logging(cfg, ds, home: Path, repeats: int = 10) -> dict:
     """B4's share of MLflow models: seconds to log one student as an MLflow logged model (trace, check, save,
     upload, link; what every complete trial adds) and its data as dataset inputs, in a fresh SQLite store."""
-    from kdtrain.tracking import Tracker
-    from kdtrain.worker import data_inputs
+    from kdtrain.sweep.worker import data_inputs
+    from kdtrain.tracking.client import Tracker
 
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
     exp = tracker.experiment("b4-models")
@@ -225,7 +227,7 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     wall time of the trials, peak RSS."""
     import optuna
 
-    from kdtrain.search import open_storage
+    from kdtrain.study.search import open_storage
 
     (home / "cache").mkdir(parents=True)
     shutil.copytree(teacher_cache, home / "cache" / "teachers")
@@ -270,7 +272,7 @@ def sweep_run(sweep: Path, workers: int, trials: int, home: Path, teacher_cache:
     if proc.returncode != 0:
         raise SystemExit(f"sweep failed:\n{log.read_text()[-4000:]}")
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    from kdtrain.tracking import Tracker
+    from kdtrain.tracking.client import Tracker
 
     df, _ = Tracker(f"sqlite:///{home / 'mlflow.db'}").runs_frame(name)
     students = df[df["tag:kdtrain.role"] == "student"]
@@ -314,8 +316,9 @@ def tree_rss_mb(pid: int) -> float:
 
 def b6_sweep(sweep: Path, home: Path, cache: Path | None, trials: int, seed: int, pruner: str) -> dict:
     """One quickstart study in a fresh store (caches copied in): its hypervolume history and trial curves."""
-    from kdtrain import pareto, search
-    from kdtrain.console import hv_history
+    from kdtrain import pareto
+    from kdtrain.study import search
+    from kdtrain.study.progress import hv_history
 
     wall_file = home / "b6_wall_s"
     if wall_file.exists():  # finished by an earlier, interrupted B6 (--b6-work): read it, do not rerun it
@@ -469,7 +472,7 @@ def main() -> None:
     else:
         sweep, trials, repeats, b6_seeds = ROOT / "sweeps" / "quickstart.yaml", args.trials, args.repeats, [0, 1, 2]
     cfg = config.load(sweep, ["train.threads=1"])
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     print(f"teachers for {sweep.name} (trained once, cached)...", flush=True)
     pool = load_pool(cfg, ds, log=lambda s: None)
     results = {

@@ -33,7 +33,7 @@ CHILD = r"""
 import sys, time, torch
 sys.path.insert(0, {root!r})
 from kdtrain import models
-from kdtrain.losses import kd_loss, teacher_targets
+from kdtrain.distill.losses import kd_loss, teacher_targets
 from kdtrain.schema import LossConfig
 torch.set_num_threads({threads})
 torch.manual_seed(0)

@@ -42,8 +42,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def one(name: str, home: Path) -> dict:
     os.environ["KDTRAIN_HOME"] = str(home)
     from kdtrain import config
-    from kdtrain.cli import main
-    from kdtrain.tracking import Tracker
+    from kdtrain.cli.commands import main
+    from kdtrain.tracking.client import Tracker
 
     sweep = ROOT / "sweeps" / f"{name}.yaml"
     study = config.load(sweep).study.name

@@ -1,5 +1,5 @@
 """torch, imported on first use. The registries (datasets, model families, losses, optimizers, schedules) name
-their choices at import, and kdtrain.validate checks a sweep file against them; with torch behind this stand-in,
+their choices at import, and kdtrain.config.validate checks a sweep file against them; with torch behind this stand-in,
 loading and checking a sweep file imports none of it (seconds and gigabytes of CUDA libraries): the first call
 that computes does. Imports nothing of kdtrain."""
 

@@ -1,6 +1,6 @@
 """The sweep file's sections as frozen pydantic dataclasses: every field with its type, default and docstring (the
 documentation of the key), and the config-only vocabularies. Choices a registry owns (datasets, models, losses,
-optimizers, schedules, ensembles) are checked against it by kdtrain.validate, not listed here.
+optimizers, schedules, ensembles) are checked against it by kdtrain.config.validate, not listed here.
 
 A sweep file's dotted keys (``kd.temperature``, ``student.width``) are the names used everywhere: in ``--set``, in
 the ``search:`` section, as Optuna parameter names and as MLflow params. Types are checked strictly: a bool is not
@@ -143,10 +143,10 @@ class DataConfig:
 
 @dataclass(frozen=True, config=SECTION)
 class ModelConfig:
-    """What builds a network (kdtrain.models.from_config); shared by the student and the teachers."""
+    """What builds a network (kdtrain.distill.models.from_config); shared by the student and the teachers."""
 
     arch: str = "mlp"
-    """Model family (see kdtrain.models.MODELS), torchvision:NAME or python:package.module:function."""
+    """Model family (see kdtrain.distill.models.MODELS), torchvision:NAME or python:package.module:function."""
     width: int = 32
     """Width of the family (channels or hidden units); torchvision: models have none and ignore it."""
     depth: int | None = None
@@ -168,7 +168,7 @@ class StudentConfig(ModelConfig):
 @dataclass(frozen=True, config=SECTION)
 class TeacherConfig(ModelConfig):
     arch: str = "cnn1d"
-    """Model family (see kdtrain.models.MODELS)."""
+    """Model family (see kdtrain.distill.models.MODELS)."""
     width: int = 64
     """Width of the family (channels or hidden units)."""
     name: str = ""
@@ -208,7 +208,7 @@ class TrainConfig:
     batch_size: int = 256
     """Minibatch size."""
     optimizer: str = "adam"
-    """Optimizer (see kdtrain.train.OPTIMIZERS)."""
+    """Optimizer (see kdtrain.distill.train.OPTIMIZERS)."""
     lr: float = 0.01
     """Peak learning rate."""
     weight_decay: float = 0.0
@@ -216,7 +216,7 @@ class TrainConfig:
     momentum: float = 0.9
     """SGD momentum."""
     schedule: str = "onecycle"
-    """Learning-rate schedule (see kdtrain.train.SCHEDULES)."""
+    """Learning-rate schedule (see kdtrain.distill.train.SCHEDULES)."""
     seed: int = 0
     """Seed of initialisation and shuffling."""
     device: str = "auto"
@@ -231,11 +231,11 @@ class TrainConfig:
 
 @dataclass(frozen=True, config=SECTION)
 class LossConfig:
-    """The distillation term and its settings: the kd.* keys that kdtrain.losses reads (one source of their
+    """The distillation term and its settings: the kd.* keys that kdtrain.distill.losses reads (one source of their
     defaults for the sweep file and for the loss functions)."""
 
     loss: str = "kd"
-    """Distillation term (see kdtrain.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (correlation relations)."""
+    """Distillation term (see kdtrain.distill.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (correlation relations)."""
     standardize: bool = False
     """Z-score each sample's teacher and student logits before the tempered softmax (kd and dkd only)."""
     dkd_alpha: float = 1.0
@@ -265,7 +265,7 @@ class KDConfig(LossConfig):
     teachers: list | None = None
     """Teachers forming the ensemble; default the first teacher of the pool."""
     ensemble: str = "mean_probs"
-    """Teacher aggregation (see kdtrain.losses.ENSEMBLES)."""
+    """Teacher aggregation (see kdtrain.distill.losses.ENSEMBLES)."""
     weights: list | None = None
     """Optional per-teacher weights (same order as kd.teachers); normalised to sum 1."""
     features: list | None = None
@@ -413,7 +413,7 @@ def sub_data(raw: dict, parent: DataConfig) -> DataConfig:
     """A data section inside another (data.unlabeled, teachers[].data), with the parent's root and download unless
     it sets its own. Call on a validated config only."""
     return DataConfig(**{"root": parent.root, "download": parent.download, **raw})
-    # kd.standardize: true with a dist choice is fine: dist trials get kd.standardize: false (kdtrain.space.suggest)
+    # kd.standardize: true with a dist choice is fine: dist trials get kd.standardize: false (kdtrain.study.space.suggest)
 
 
 # --------------------------------------------------------------------------- loading
@@ -442,7 +442,7 @@ def json_schema() -> dict:
     """The sweep file's JSON Schema, from the sections' fields: each key's type, default and docstring, unknown
     keys refused. Editors read it through the yaml-language-server comment atop the sweep files (completion and
     checks as the user types); `kdtrain schema` prints it. Values a registry owns (an arch, a loss) and every
-    bound are checked by kdtrain.validate when the file loads."""
+    bound are checked by kdtrain.config.validate when the file loads."""
     from pydantic import TypeAdapter
 
     defs: dict = {}

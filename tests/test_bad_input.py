@@ -16,8 +16,9 @@ from conftest import TINY_SWEEP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdtrain import models, search
-from kdtrain.cli import main
+from kdtrain.cli.commands import main
+from kdtrain.distill import models
+from kdtrain.study import search
 
 SEARCH = """
 search:

@@ -30,13 +30,16 @@ from test_bad_input import refused
 from test_sweep import load_study, mlflow_runs
 from torch import nn
 
-from kdtrain import baselines, config, data, pareto, search, space, worker
-from kdtrain.cli import main
+from kdtrain import config, pareto
+from kdtrain.cli.commands import main
 from kdtrain.config import KdtrainError, redact
-from kdtrain.console import SweepProgress
-from kdtrain.export import export_model
+from kdtrain.data import datasets
+from kdtrain.deploy.export import export_model
 from kdtrain.shared import cpu_room
-from kdtrain.tracking import Tracker, check_reachable
+from kdtrain.study import search, space
+from kdtrain.sweep import baselines, worker
+from kdtrain.sweep.console import SweepProgress
+from kdtrain.tracking.client import Tracker, check_reachable
 
 MULTI = "objectives: {val_accuracy: maximize, params: minimize}"
 SINGLE = "objectives: {val_accuracy: maximize}"
@@ -79,7 +82,7 @@ def test_each_trial_records_its_gain_over_the_baseline_runs_seed_mean(sweep8):
     cfg = config.load(p)
     seeds = [cfg.train.seed + i for i in range(cfg.study.baseline_seeds)]
     assert seeds == [0, 1]
-    n_val = len(data.load(cfg.data).y_val)
+    n_val = len(datasets.load(cfg.data).y_val)
     df = mlflow_runs(home, "tiny")
     base = df[df["tags.kdtrain.role"] == "baseline"].set_index("params.student.width")
     assert base.index.is_unique and (base["params.seeds"] == "0,1").all()
@@ -582,7 +585,7 @@ TRAINER = """
 import contextlib, json, sys, time
 from pathlib import Path
 from kdtrain import config, data
-from kdtrain.run import distill_student
+from kdtrain.distill.student import distill_student
 from kdtrain.shared import cpu_room
 
 cfg = config.replace(config.load(sys.argv[1]), {"kd.alpha": 0.0, "train.epochs": 1000000})

@@ -3,9 +3,10 @@ import re
 import pytest
 from conftest import ROOT, run_cli
 
-from kdtrain import config, data
-from kdtrain.cli import main
-from kdtrain.teachers import get_teacher
+from kdtrain import config
+from kdtrain.cli.commands import main
+from kdtrain.data import datasets
+from kdtrain.distill.teachers import get_teacher
 
 
 def test_teachers_twice_second_run_trains_nothing(tiny_sweep, capsys):
@@ -62,7 +63,7 @@ def test_missing_dataset_is_one_clear_error(tiny_sweep, tmp_path):
 def test_quickstart_teacher_reaches_092_on_mnist1d():
     """The acceptance bar of the embedded default: 5000 MNIST-1D samples, best teacher >= 0.92 test accuracy."""
     cfg = config.load(ROOT / "sweeps" / "quickstart.yaml")
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     t = get_teacher(cfg.teacher("cnn_wide"), cfg, ds, log=lambda s: None)
     assert t.test_accuracy >= 0.92
 
@@ -78,10 +79,10 @@ def test_profile_command_lists_teachers_and_a_width_ladder(tiny_sweep):
 
 
 def test_help_lists_the_registries_allowed_values():
-    from kdtrain.data import DATASETS
-    from kdtrain.losses import ENSEMBLES
-    from kdtrain.models import MODELS
-    from kdtrain.train import OPTIMIZERS, SCHEDULES
+    from kdtrain.data.datasets import DATASETS
+    from kdtrain.distill.losses import ENSEMBLES
+    from kdtrain.distill.models import MODELS
+    from kdtrain.distill.train import OPTIMIZERS, SCHEDULES
 
     r = run_cli("sweep", "--help")
     assert r.returncode == 0
@@ -99,8 +100,8 @@ def test_teacher_progress_keeps_one_bar_per_teacher_on_a_terminal():
     """A tqdm bar is stateful: the pool's on_epoch must reuse each teacher's bar, not start one per epoch."""
     import io
 
-    from kdtrain.console import teacher_progress
-    from kdtrain.train import EpochStats
+    from kdtrain.distill.train import EpochStats
+    from kdtrain.sweep.console import teacher_progress
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -240,10 +240,10 @@ def test_readme_tables_name_exactly_the_registries_and_the_fields():
     import dataclasses
     import re
 
-    from kdtrain.data import AUGMENTATIONS, DATASETS
-    from kdtrain.losses import ENSEMBLES, LOSSES
-    from kdtrain.models import MODELS
-    from kdtrain.train import OPTIMIZERS, SCHEDULES
+    from kdtrain.data.datasets import AUGMENTATIONS, DATASETS
+    from kdtrain.distill.losses import ENSEMBLES, LOSSES
+    from kdtrain.distill.models import MODELS
+    from kdtrain.distill.train import OPTIMIZERS, SCHEDULES
 
     text = "".join("\n" + p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))  # the site's pages
 

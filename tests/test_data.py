@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdtrain import data
 from kdtrain.config import DataConfig, KdtrainError
+from kdtrain.data import datasets
 
 
 def test_synthetic_split_shapes_and_disjoint_val():
-    ds = data.load(DataConfig(name="synthetic", size=500, val_fraction=0.2, seed=3))
+    ds = datasets.load(DataConfig(name="synthetic", size=500, val_fraction=0.2, seed=3))
     assert len(ds.y_train) == 400 and len(ds.y_val) == 100 and len(ds.y_test) == 125
     assert ds.input_shape == (1, 16) and ds.num_classes == 4 == len(ds.class_names)
     # normalised with train statistics
@@ -21,39 +21,39 @@ def test_synthetic_split_shapes_and_disjoint_val():
 
 
 def test_split_is_fixed_by_seed():
-    a = data.load(DataConfig(name="synthetic", size=300, seed=5))
-    b = data.load(DataConfig(name="synthetic", size=300, seed=5))
-    c = data.load(DataConfig(name="synthetic", size=300, seed=6))
+    a = datasets.load(DataConfig(name="synthetic", size=300, seed=5))
+    b = datasets.load(DataConfig(name="synthetic", size=300, seed=5))
+    c = datasets.load(DataConfig(name="synthetic", size=300, seed=6))
     assert torch.equal(a.x_val, b.x_val) and not torch.equal(a.x_val, c.x_val)
 
 
 def test_limit_caps_training_set():
-    ds = data.load(DataConfig(name="synthetic", size=500, limit=50))
+    ds = datasets.load(DataConfig(name="synthetic", size=500, limit=50))
     assert len(ds.y_train) == 50
 
 
 def test_digits_are_8x8_images():
-    ds = data.load(DataConfig(name="digits"))
+    ds = datasets.load(DataConfig(name="digits"))
     assert ds.input_shape == (1, 8, 8) and ds.num_classes == 10
     assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 1797
 
 
 def test_mnist1d_generated_once_and_cached(tmp_path):
     cfg = DataConfig(name="mnist1d", size=500, seed=2, root=str(tmp_path / "d"))
-    ds = data.load(cfg)
+    ds = datasets.load(cfg)
     files = list((tmp_path / "d" / "mnist1d").glob("*.npz"))
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
     assert ds.input_shape == (1, 40) and ds.num_classes == 10
     assert len(ds.y_train) + len(ds.y_val) == 400 and len(ds.y_test) == 100
-    again = data.load(cfg)
+    again = datasets.load(cfg)
     assert files[0].stat().st_mtime_ns == mtime  # read from the cache, not regenerated
     assert torch.equal(ds.x_train, again.x_train)
     # mnist1d seeds numpy's global RNG internally; kdtrain restores the caller's state
     np.random.seed(123)
     expected = np.random.rand()
     np.random.seed(123)
-    data.load(DataConfig(name="mnist1d", size=300, seed=4, root=str(tmp_path / "d")))
+    datasets.load(DataConfig(name="mnist1d", size=300, seed=4, root=str(tmp_path / "d")))
     assert np.random.rand() == expected
 
 
@@ -75,7 +75,7 @@ def test_mnist_family_reads_idx_files(tmp_path, name, folder):
     train_y = (np.arange(60) % 10).astype(np.uint8)
     write_idx(raw, "train", train_x, train_y)
     write_idx(raw, "t10k", g.integers(0, 256, (20, 28, 28), dtype=np.uint8), (np.arange(20) % 10).astype(np.uint8))
-    ds = data.load(DataConfig(name=name, root=str(tmp_path / "root"), val_fraction=0.1, normalize=False))
+    ds = datasets.load(DataConfig(name=name, root=str(tmp_path / "root"), val_fraction=0.1, normalize=False))
     assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
     assert len(ds.y_train) == 54 and len(ds.y_val) == 6 and len(ds.y_test) == 20
     # pixel values survive the round trip (scaled to [0, 1])
@@ -104,7 +104,7 @@ def write_cifar10(root, n_per_batch=10):
 
 def test_cifar10_reads_python_pickles(tmp_path):
     write_cifar10(tmp_path / "root")
-    ds = data.load(DataConfig(name="cifar10", root=str(tmp_path / "root"), val_fraction=0.2))
+    ds = datasets.load(DataConfig(name="cifar10", root=str(tmp_path / "root"), val_fraction=0.2))
     assert ds.input_shape == (3, 32, 32) and ds.num_classes == 10 and ds.class_names[0] == "airplane"
     assert len(ds.y_train) == 40 and len(ds.y_val) == 10 and len(ds.y_test) == 10
     assert len(ds.mean) == 3
@@ -121,14 +121,14 @@ def test_cifar100_reads_python_pickles(tmp_path):
             )
     with open(folder / "meta", "wb") as fh:
         pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, fh)
-    ds = data.load(DataConfig(name="cifar100", root=str(tmp_path / "root")))
+    ds = datasets.load(DataConfig(name="cifar100", root=str(tmp_path / "root")))
     assert ds.num_classes == 100 and len(ds.y_test) == 10
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
 def test_missing_offline_names_path_and_flag(tmp_path, name):
     with pytest.raises(KdtrainError) as e:
-        data.load(DataConfig(name=name, root=str(tmp_path / "empty")))
+        datasets.load(DataConfig(name=name, root=str(tmp_path / "empty")))
     msg = str(e.value)
     assert str(tmp_path / "empty") in msg and "data.download=true" in msg
 
@@ -136,13 +136,13 @@ def test_missing_offline_names_path_and_flag(tmp_path, name):
 def test_augment_crop_and_flip_on_tensors():
     g = torch.Generator().manual_seed(0)
     img = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    out = data.augment(img, ["crop", "flip"], g)
+    out = datasets.augment(img, ["crop", "flip"], g)
     assert out.shape == img.shape and not torch.equal(out, img)
     sig = torch.randn(5, 1, 40)
-    shifted = data.augment(sig, ["crop"], g)
+    shifted = datasets.augment(sig, ["crop"], g)
     assert shifted.shape == sig.shape
     # each output row is a (zero-padded) shift of its input row
     for a, b in zip(sig[:, 0], shifted[:, 0], strict=False):
         padded = torch.nn.functional.pad(a, (4, 4))
         assert any(torch.equal(padded[s : s + 40], b) for s in range(9))
-    assert torch.equal(data.augment(img, []), img)
+    assert torch.equal(datasets.augment(img, []), img)

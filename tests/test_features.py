@@ -1,4 +1,4 @@
-"""Feature distillation (kd.features, kdtrain.features): the three losses against hand computations, their
+"""Feature distillation (kd.features, kdtrain.distill.features): the three losses against hand computations, their
 gradients (into the student and the adapter, never the teacher), hooks and adapters through a training run."""
 
 import math
@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from kdtrain import models
 from kdtrain.config import DataConfig, TrainConfig
-from kdtrain.data import load
-from kdtrain.features import FeatureError, FeatureKD, Pair, at_loss, hint_loss, regressor, sp_loss
-from kdtrain.train import Distill, seed_all, train
+from kdtrain.data.datasets import load
+from kdtrain.distill import models
+from kdtrain.distill.features import FeatureError, FeatureKD, Pair, at_loss, hint_loss, regressor, sp_loss
+from kdtrain.distill.train import Distill, seed_all, train
 
 # --------------------------------------------------------------------------- the losses by hand
 
@@ -274,7 +274,7 @@ def test_a_module_called_twice_gives_its_first_output_on_both_sides_and_evaluati
 def test_the_feature_weight_is_searched_only_for_a_trial_with_a_pair():
     from optuna.trial import FixedTrial
 
-    from kdtrain.space import suggest
+    from kdtrain.study.space import suggest
 
     space = {
         "kd.feature_weight": {"type": "float", "low": 1, "high": 1000, "log": True},

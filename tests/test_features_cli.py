@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdtrain.cli import main
+from kdtrain.cli.commands import main
 
 SWEEP = """
 study: {name: feat}
@@ -106,7 +106,7 @@ def test_a_feature_map_and_a_vector_no_adapter_joins(tmp_path, capsys):
 def test_a_teacher_from_a_file_without_layers_cannot_give_features(tmp_path, capsys, teacher, says):
     import torch
 
-    from kdtrain import models
+    from kdtrain.distill import models
 
     net = models.create_model("tiny_cnn", (1, 8, 8), 10, 8)
     torch.jit.script(net).save(str(tmp_path / "scripted.pt"))

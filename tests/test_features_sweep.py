@@ -12,9 +12,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from kdtrain import baselines, data, models, report, search
-from kdtrain.cli import main
-from kdtrain.tracking import MODEL_TAG, Tracker
+from kdtrain.cli.commands import main
+from kdtrain.data import datasets
+from kdtrain.distill import models
+from kdtrain.report import build
+from kdtrain.study import search
+from kdtrain.sweep import baselines
+from kdtrain.tracking.client import MODEL_TAG, Tracker
 
 SWEEP = """
 study: {name: feats, trials: 5, seed: 3, pruner: none, spread: false, baseline_seeds: 1,
@@ -88,8 +92,8 @@ def test_each_trial_names_the_pair_and_loss_it_used(swept):
         if weight is not None:
             assert 1 <= weight <= 1000
     assert len(seen) >= 2  # the sampler chose among the pairs
-    d = report.load("feats", f"sqlite:///{swept / 'mlflow.db'}", str(swept / "optuna.journal"))
-    table = report.front_table(d)
+    d = build.load("feats", f"sqlite:///{swept / 'mlflow.db'}", str(swept / "optuna.journal"))
+    table = build.front_table(d)
     named = dict(
         zip(d.students["run_id"], d.students["kd.features"], strict=False)
     )  # every trial's pair, in trials.csv too
@@ -183,9 +187,10 @@ def test_confirm_reports_the_pairs_gain_over_logit_kd_with_seeds_whatever_its_si
     if plain:  # a trial without pairs has no such gain
         assert next(line for line in out.splitlines() if line.startswith(f"{plain.number} ")).rstrip().endswith("-")
     # teachers[].from_study: STUDY alone is the confirmed pick, the best mean val accuracy over confirm's seeds
-    from kdtrain import ship, study_teacher, sweepfile
+    from kdtrain.config import sweepfile
+    from kdtrain.ship.registry import registry, study_teacher
 
-    confirmed = ship.confirmed_trials(Tracker(uri), "feats")
+    confirmed = registry.confirmed_trials(Tracker(uri), "feats")
     best = max(confirmed, key=lambda n: confirmed[n]["val"])
     (swept.parent / "pick.yaml").write_text(GEN2 % "feats")
     said = []
@@ -211,7 +216,9 @@ def snapshot(root: Path) -> dict:
 def test_a_trial_of_a_finished_study_teaches_the_next_round(swept, monkeypatch, capsys):
     import numpy as np
 
-    from kdtrain import study_teacher, sweepfile, teachers
+    from kdtrain.config import sweepfile
+    from kdtrain.distill import teachers
+    from kdtrain.ship.registry import study_teacher
 
     monkeypatch.setenv("KDTRAIN_HOME", str(swept))
     monkeypatch.chdir(swept.parent)
@@ -229,7 +236,7 @@ def test_a_trial_of_a_finished_study_teaches_the_next_round(swept, monkeypatch, 
     t = cfg.teacher("gen1")
     src = baselines.trial_config(Tracker(uri), run_id).student
     assert (t.arch, t.width, t.depth) == (src.arch, src.width, src.depth) and t.weights.endswith("model.pt")
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     teacher = teachers.get_teacher(t, cfg, ds, log=lambda line: None)
     x = ds.x_val[:32].numpy()
     with torch.no_grad():

@@ -13,7 +13,9 @@ import optuna
 import pytest
 from conftest import TINY_SEARCH, run_cli, write_sweep
 
-from kdtrain import first_trials, followup, search, sweepfile, worker
+from kdtrain.config import sweepfile
+from kdtrain.study import first_trials, search
+from kdtrain.sweep import followup, worker
 
 
 def _runs(home: Path):

@@ -18,10 +18,10 @@ from test_bad_input import refused
 
 from kdtrain import config
 from kdtrain.config import Config, ConfigError
-from kdtrain.data import AUGMENTATIONS, DATASETS
-from kdtrain.losses import ENSEMBLES
-from kdtrain.models import MODELS
-from kdtrain.train import OPTIMIZERS, SCHEDULES
+from kdtrain.data.datasets import AUGMENTATIONS, DATASETS
+from kdtrain.distill.losses import ENSEMBLES
+from kdtrain.distill.models import MODELS
+from kdtrain.distill.train import OPTIMIZERS, SCHEDULES
 
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
 FUZZ = settings(
@@ -534,7 +534,7 @@ def test_every_trial_of_the_shipped_sweeps_passes_validation(path):
     """The search check refuses no trial the shipped sweep files give (config.replace checks each trial's config)."""
     import optuna
 
-    from kdtrain import space
+    from kdtrain.study import space
 
     cfg = config.load(path)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

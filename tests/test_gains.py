@@ -5,8 +5,10 @@ import pytest
 from conftest import run_cli
 from test_sweep import load_study, mlflow_runs
 
-from kdtrain import config, data, gains, report
-from kdtrain.run import distill_student
+from kdtrain import config
+from kdtrain.data import datasets
+from kdtrain.distill.student import distill_student
+from kdtrain.report import build, gains
 
 pytestmark = pytest.mark.xdist_group("tiny-study")  # with test_sweep's tests of conftest's tiny_study: built once
 
@@ -29,7 +31,7 @@ def test_baselines_carry_their_seeds_mean_and_spread(gain_sweep):
     width = int(row["params.student.width"])
     # the same three trainings done here, independently: the run's numbers are their mean and sample std
     cfg = config.replace(config.load(p), {"student.width": width, "kd.alpha": 0.0})
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     runs = [distill_student(config.replace(cfg, {"train.seed": s}), ds, {}) for s in (0, 1, 2)]
     val = pd.Series([r.val_accuracy for r in runs])
     test = pd.Series([r.test_accuracy for r in runs])
@@ -87,7 +89,7 @@ def test_confirm_refuses_a_trial_that_does_not_exist(gain_sweep):
 def test_confirm_checks_the_study_and_its_trials_before_loading_any_teacher(gain_sweep, tmp_path):
     from pathlib import Path
 
-    from kdtrain.args import build_parser
+    from kdtrain.cli.args import build_parser
 
     _, _, env, _ = gain_sweep
     home = Path(env["KDTRAIN_HOME"])
@@ -101,7 +103,7 @@ def test_confirm_checks_the_study_and_its_trials_before_loading_any_teacher(gain
     assert build_parser().parse_args(["confirm", "tiny", "--trial", "3", "--trial", "7"]).trial == [3, 7]
 
 
-def _study(gains_test: list[float], spreads: list[float]) -> report.StudyData:
+def _study(gains_test: list[float], spreads: list[float]) -> build.StudyData:
     widths = [2, 4, 8][: len(gains_test)]
     students = pd.DataFrame(
         {
@@ -117,7 +119,7 @@ def _study(gains_test: list[float], spreads: list[float]) -> report.StudyData:
         }
     )
     baselines = pd.DataFrame({"student.width": widths, "seeds": ["0,1,2"] * len(widths)})
-    return report.StudyData(
+    return build.StudyData(
         "s", {"val_accuracy": "maximize"}, students, pd.DataFrame(), baselines, {}, 0.0, {}, pd.DataFrame(), "", None
     )
 
@@ -167,9 +169,9 @@ def test_the_verdict_names_the_widths_where_distillation_lost_and_the_front_mark
     d.objectives = {"val_accuracy": "maximize", "params": "minimize"}
     d.students["params"] = [100, 200, 300]
     d.students["val_accuracy"] = [0.7, 0.8, 0.9]
-    front = report.front_table(d)
+    front = build.front_table(d)
     assert front["test gain"].round(1).tolist() == [5.0, -24.3, -0.4]
-    said = report.below_baseline(d)
+    said = build.below_baseline(d)
     assert said and said[0].startswith("On the front, trials 1 (-24.3), 2 (-0.4) score below the no-teacher baseline")
     d.students = d.students.iloc[[2, 0, 1]]  # as a real study's front comes: sorted by cost, not by row
-    assert report.below_baseline(d) == said  # (a boolean-mask assignment once raised a TypeError on this)
+    assert build.below_baseline(d) == said  # (a boolean-mask assignment once raised a TypeError on this)

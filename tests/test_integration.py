@@ -23,7 +23,7 @@ import optuna
 import pytest
 from conftest import TINY_SEARCH, TINY_SWEEP, run_cli, stop_group
 
-from kdtrain import search
+from kdtrain.study import search
 
 
 def sweep_file(folder: Path, trials: int, size: int = 400, epochs: int = 4, pruner: str = "none") -> Path:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdtrain.losses import ENSEMBLES, LOSSES, distillation_loss, kd_loss, soft_targets
+from kdtrain.distill.losses import ENSEMBLES, LOSSES, distillation_loss, kd_loss, soft_targets
 
 
 def classic(student, teacher, labels, T, alpha):

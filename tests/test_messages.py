@@ -67,7 +67,7 @@ def test_an_example_run_before_its_data_is_made_says_how_to_make_it(tmp_path, mo
 
     import pytest
 
-    from kdtrain import sweepfile
+    from kdtrain.config import sweepfile
     from kdtrain.errors import ConfigError
 
     examples = Path(__file__).resolve().parent.parent / "sweeps" / "examples"

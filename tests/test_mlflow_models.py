@@ -23,9 +23,10 @@ import torch
 from conftest import TINY_SEARCH, TINY_SWEEP, stop_group
 from mlflow.tracking import MlflowClient
 
-from kdtrain import baselines, search
-from kdtrain.cli import main
-from kdtrain.tracking import MODEL_TAG, MODELS_VIEW, Tracker
+from kdtrain.cli.commands import main
+from kdtrain.study import search
+from kdtrain.sweep import baselines
+from kdtrain.tracking.client import MODEL_TAG, MODELS_VIEW, Tracker
 
 SWEEP = textwrap.dedent(TINY_SWEEP).replace(
     "study: {name: tiny}",

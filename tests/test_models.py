@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from kdtrain.models import MODELS, count_params, create_model
+from kdtrain.deploy.profile import count_params
+from kdtrain.distill.models import MODELS, create_model
 
 SHAPES = {"mnist1d": (1, 40), "synthetic": (1, 16), "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 

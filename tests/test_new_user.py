@@ -55,7 +55,7 @@ def test_one_sigterm_to_kdtrain_ui_ends_its_mlflow_server_too(tmp_path):
     """SIGTERM to `kdtrain ui` left its `mlflow ui` child running, reparented to PID 1 and still answering. Also
     `kdtrain ui` on the default store (this test's kdtrain home), served on 127.0.0.1 alone, and without MLflow's job
     runner and its seven huey consumers (~1.5 GB kdtrain never uses)."""
-    from kdtrain.tracking import Tracker, default_uri
+    from kdtrain.tracking.client import Tracker, default_uri
 
     port = _free_port()
     env = {
@@ -121,7 +121,7 @@ def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_number
     `register --alias` ranked by single-seed val accuracy."""
     from mlflow import MlflowClient
 
-    from kdtrain.cli import main
+    from kdtrain.cli.commands import main
 
     # trial 0 (the enqueued base) distils nothing (kd.alpha 0): confirmed, it ties its baselines exactly
     text = tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 3, seed: 1}")
@@ -169,7 +169,7 @@ def test_every_subcommand_says_what_it_does_and_every_option_has_help():
     --port had no help in status, dashboard and ui."""
     import argparse
 
-    from kdtrain.args import build_parser
+    from kdtrain.cli.args import build_parser
 
     (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     for name, parser in sub.choices.items():
@@ -181,7 +181,7 @@ def test_every_subcommand_says_what_it_does_and_every_option_has_help():
 
 def test_the_study_is_named_the_same_way_in_every_command(capsys):
     """export took --study while report, confirm and register took the study as an argument."""
-    from kdtrain.args import build_parser
+    from kdtrain.cli.args import build_parser
 
     parse = build_parser().parse_args
     for command in ("export", "confirm", "register", "worker", "status", "dashboard"):
@@ -198,7 +198,7 @@ def test_the_study_is_named_the_same_way_in_every_command(capsys):
 
 
 def test_a_misspelt_key_or_model_gets_a_suggestion(tmp_path, capsys):
-    from kdtrain.cli import main
+    from kdtrain.cli.commands import main
 
     (tmp_path / "s.yaml").write_text(
         "data: {name: synthetic, size: 200}\nstudent: {arch: mlp}\nkd: {temprature: 3.0, alpha: 0}\n"
@@ -216,7 +216,7 @@ def test_a_misspelt_key_or_model_gets_a_suggestion(tmp_path, capsys):
 
 def test_a_trial_that_does_not_exist_is_named_so(tiny_sweep, capsys):
     """`--trial 99` on a study without trial 99 said "not complete"."""
-    from kdtrain.cli import main
+    from kdtrain.cli.commands import main
 
     tiny_sweep.write_text(
         tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")

@@ -24,7 +24,7 @@ import optuna
 import pytest
 from conftest import stop_group
 
-from kdtrain import search
+from kdtrain.study import search
 
 pytestmark = pytest.mark.postgres
 
@@ -298,8 +298,8 @@ def mlflow_server(tmp_path, monkeypatch):
 
 WRITER = """
 import sys, torch
-from kdtrain.tracking import Tracker
-from kdtrain.train import EpochStats
+from kdtrain.tracking.client import Tracker
+from kdtrain.distill.train import EpochStats
 t = Tracker(sys.argv[1])
 exp = t.experiment("kept")
 run = t.start(exp, "trial-0", "student", params={"kd.alpha": 0.5})
@@ -326,7 +326,7 @@ def test_writes_a_stopped_tracking_server_missed_are_kept_and_sent_in_order_once
     """A worker that exits while holding unsent writes: the next kdtrain run on this machine sends them."""
     from mlflow.tracking import MlflowClient
 
-    from kdtrain import tracking
+    from kdtrain.tracking import client
 
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, mlflow_server.url],
@@ -342,25 +342,25 @@ def test_writes_a_stopped_tracking_server_missed_are_kept_and_sent_in_order_once
     assert out.strip() == "kept 6", out + err  # metrics, model, metrics, state dict, tags, end
     assert len([line for line in err.splitlines() if "is unreachable since" in line]) == 1, err
     assert "Traceback" not in err
-    assert tracking.kept_trials(mlflow_server.url, "kept") == [0]
+    assert client.kept_trials(mlflow_server.url, "kept") == [0]
 
     mlflow_server.start()
-    t = tracking.Tracker(mlflow_server.url)  # the next run: its first flush sends them
+    t = client.Tracker(mlflow_server.url)  # the next run: its first flush sends them
     assert t.flush() and t.outbox.entries() == []
-    assert tracking.kept_trials(mlflow_server.url, "kept") == []
-    client = MlflowClient(mlflow_server.url)
-    run = client.get_run(run_id)
+    assert client.kept_trials(mlflow_server.url, "kept") == []
+    mlflow_client = MlflowClient(mlflow_server.url)
+    run = mlflow_client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
     assert run.data.metrics["val_accuracy"] == pytest.approx(0.6) and run.data.metrics["params"] == 68
-    assert sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy")) == [0, 1, 2]  # each once
-    model_id = run.data.tags[tracking.MODEL_TAG]
-    assert client.get_logged_model(model_id).status.name == "READY"
-    linked = {m.key: m.value for m in client.get_logged_model(model_id).metrics or []}
+    assert sorted(m.step for m in mlflow_client.get_metric_history(run_id, "val_accuracy")) == [0, 1, 2]  # each once
+    model_id = run.data.tags[client.MODEL_TAG]
+    assert mlflow_client.get_logged_model(model_id).status.name == "READY"
+    linked = {m.key: m.value for m in mlflow_client.get_logged_model(model_id).metrics or []}
     assert linked.get("val_accuracy") == 0.6  # the placeholder became the real id
-    assert "model.pt" in [f.path for f in client.list_artifacts(run_id)]
-    assert tracking.Tracker(mlflow_server.url).flush()  # nothing left, nothing sent twice:
-    assert len(client.search_runs([run.info.experiment_id])) == 1
-    assert len(client.get_metric_history(run_id, "params")) == 1
+    assert "model.pt" in [f.path for f in mlflow_client.list_artifacts(run_id)]
+    assert client.Tracker(mlflow_server.url).flush()  # nothing left, nothing sent twice:
+    assert len(mlflow_client.search_runs([run.info.experiment_id])) == 1
+    assert len(mlflow_client.get_metric_history(run_id, "params")) == 1
 
 
 def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(mlflow_server, tmp_path):
@@ -382,10 +382,10 @@ def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(ml
     one_outage_line(out)
     assert re.search(r"answers again .*sent \d+ kept write", out), out
     assert set(states(storage, "ml-blip").values()) == {"COMPLETE"}, out
-    client = MlflowClient(mlflow_server.url)
-    exp = client.get_experiment_by_name("ml-blip")
-    runs = client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'")
+    mlflow_client = MlflowClient(mlflow_server.url)
+    exp = mlflow_client.get_experiment_by_name("ml-blip")
+    runs = mlflow_client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'")
     assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1"], out
     for r in runs:
         assert r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics, (r.info.run_name, out)
-        assert "model.pt" in [f.path for f in client.list_artifacts(r.info.run_id)], r.info.run_name
+        assert "model.pt" in [f.path for f in mlflow_client.list_artifacts(r.info.run_id)], r.info.run_name

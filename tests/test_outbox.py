@@ -22,10 +22,10 @@ from conftest import TINY_SWEEP
 from mlflow.tracking import MlflowClient
 from test_outage import MlflowServer, free_port
 
-from kdtrain import search
-from kdtrain.outbox import Outbox
-from kdtrain.tracking import MODEL_TAG, Tracker
-from kdtrain.train import EpochStats
+from kdtrain.distill.train import EpochStats
+from kdtrain.study import search
+from kdtrain.tracking.client import MODEL_TAG, Tracker
+from kdtrain.tracking.outbox import Outbox
 
 pytestmark = pytest.mark.xdist_group("outbox-server")  # one server for the module, on one pytest worker
 
@@ -344,7 +344,7 @@ def test_mlflows_own_retries_are_bounded_so_that_kdtrain_says_an_outage_within_a
     away was silent for 4 minutes before kdtrain's waiting (and its warning) began. kdtrain sets 4 (about 30 s)
     unless the user set a value, which it keeps."""
     code = (
-        "import os; from kdtrain.tracking import Tracker; Tracker('http://127.0.0.1:9'); "
+        "import os; from kdtrain.tracking.client import Tracker; Tracker('http://127.0.0.1:9'); "
         "print(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_TRACKING_URI")}

@@ -22,8 +22,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from torch import nn
 
-from kdtrain import config, data, sources, teachers
-from kdtrain.cli import main
+from kdtrain import config
+from kdtrain.cli.commands import main
+from kdtrain.data import datasets, sources
+from kdtrain.distill import teachers
 
 EXAMPLES = ROOT / "sweeps" / "examples"
 FAST = [
@@ -221,12 +223,12 @@ def test_folder_is_decoded_once_and_again_when_it_changes(tmp_path):
     write_images(tmp_path / "imgs", {"a": 8, "b": 8, "c": 8})
     cfg = config.load(EXAMPLES / "folder.yaml", [f"data.path={tmp_path / 'imgs'}", "data.image_size=8"])
     start = sources.decoded_images
-    first = data.load(cfg.data)
+    first = datasets.load(cfg.data)
     assert sources.decoded_images - start == 24 and "decoded 24 images" in first.note
     assert first.input_shape == (3, 8, 8) and first.class_names == ["a", "b", "c"]
     assert len(first.y_train) + len(first.y_val) + len(first.y_test) == 24  # <class>/ alone: test_fraction split
     assert list((tmp_path / "data" / "folders").glob("*.pt"))  # the cache lives under the data root
-    second = data.load(cfg.data)
+    second = datasets.load(cfg.data)
     assert sources.decoded_images - start == 24 and "24 images from the cache" in second.note
     assert torch.equal(first.x_train, second.x_train) and torch.equal(first.y_test, second.y_test)
     # pixels scaled to [0, 1] and standardised per channel with the training rows' statistics
@@ -235,7 +237,7 @@ def test_folder_is_decoded_once_and_again_when_it_changes(tmp_path):
     # a replaced image (new size or mtime) changes the listing: the folder is decoded again
     img = tmp_path / "imgs" / "a" / "a-0.png"
     Image.new("RGB", (12, 12), (255, 255, 255)).save(img)
-    data.load(cfg.data)
+    datasets.load(cfg.data)
     assert sources.decoded_images - start == 48
 
 
@@ -244,7 +246,7 @@ def test_arrays_source_sweep(tmp_path, capsys):
     assert sweep("arrays", f"data.path={tmp_path / 'in' / 'waves.npz'}", "teachers.cnn.epochs=2") == 0
     check_study_runs("example-arrays", 2, "cnn")
     cfg = config.load(EXAMPLES / "arrays.yaml", [f"data.path={tmp_path / 'in' / 'waves.npz'}"])
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     assert ds.input_shape == (2, 16) and ds.class_names == ["low", "mid", "high"]  # class_names kept, in order
     assert len(ds.y_train) + len(ds.y_val) == 120 and len(ds.y_test) == 30
 
@@ -279,7 +281,7 @@ def test_a_folder_is_keyed_by_its_images_content_not_their_file_times(tmp_path):
     sources._file_digests.clear()  # as a new process would
     assert sources.identity(cfg.data) == before
     start = sources.decoded_images
-    data.load(cfg.data), data.load(cfg.data)
+    datasets.load(cfg.data), datasets.load(cfg.data)
     assert sources.decoded_images - start in (0, 16)  # decoded at most once for both loads
     write_images(tmp_path / "imgs", {"a": 8, "b": 8}, seed=1)  # other pixels
     assert sources.identity(cfg.data) != before
@@ -291,18 +293,18 @@ def test_csv_source_with_string_labels(tmp_path, capsys):
     assert sweep("csv", f"data.path={path}", "teachers.wide.epochs=2") == 0
     check_study_runs("example-csv", 2, "wide")
     cfg = config.load(EXAMPLES / "csv.yaml", [f"data.path={path}"])
-    x, y, x_test, y_test, names, note = data.DATASETS["csv"](cfg.data)
+    x, y, x_test, y_test, names, note = datasets.DATASETS["csv"](cfg.data)
     assert names == ["ant", "moose", "zebra"]  # string labels -> their sorted names
     for xs, ys in ((x, y), (x_test, y_test)):  # each row's label is its own: f1 says which
         assert [names[i] for i in ys] == [min(SPECIES, key=lambda n: abs(SPECIES[n] - v)) for v in xs[:, 0, 0]]
     assert x.shape[1:] == (1, 3) and "ignored non-numeric column(s) note" in note
     assert len(y_test) == 24  # data.test_fraction 0.2 of 120 rows
-    assert data.load(cfg.data).class_names == ["ant", "moose", "zebra"]
+    assert datasets.load(cfg.data).class_names == ["ant", "moose", "zebra"]
 
 
 def test_python_data_factory_example():
     cfg = config.load(EXAMPLES / "python.yaml")
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     assert ds.class_names == ["red", "green", "blue"] and ds.input_shape == (1, 2)
     assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == cfg.data.size
 
@@ -318,7 +320,7 @@ def test_logits_teacher_sweep(tmp_path, capsys):
     assert found["teacher-centroid"].data.tags["kdtrain.source"] == "logits"
     # the cached logits are the file's rows, split as the data is (validation rows carved from train)
     cfg = config.load(EXAMPLES / "logits.yaml", sets)
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     t = teachers.get_teacher(cfg.teacher("centroid"), cfg, ds, log=lambda line: None)
     file = np.load(tmp_path / "in" / "logits.npz")
     assert t.cached and t.model is None  # the sweep ran with train.epochs=2: a logits file ignores train settings
@@ -349,7 +351,7 @@ def test_onnx_teacher_gives_the_logits_of_the_model_it_was_exported_from(tmp_pat
     cfg = config.load(
         EXAMPLES / "onnx.yaml", [f"data.path={tmp_path / 'in' / 'waves.npz'}", f"teachers.exported.weights={onnx_file}"]
     )
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     pool = teachers.load_pool(cfg, ds)
     t = pool["exported"]
     assert t.source == "onnx" and teachers.kind(t.config) == "onnx"
@@ -629,6 +631,6 @@ def test_every_example_sweep_loads_and_reads_the_data_make_data_writes(tmp_path,
         assert set(cfg.kd_teachers) <= {t.name for t in cfg.teachers}
         seen.add(cfg.data.name)
         seen.update(teachers.kind(t) for t in cfg.teachers)
-        ds = data.load(cfg.data)
+        ds = datasets.load(cfg.data)
         assert ds.num_classes == 3 and len(ds.y_train) >= 100, p.name
     assert seen == {"folder", "arrays", "csv", "python", "train", "logits", "onnx"}

@@ -5,9 +5,10 @@ import random
 
 import pytest
 
-from kdtrain import config, pareto, space
+from kdtrain import config, pareto
 from kdtrain.config import ConfigError
 from kdtrain.pareto import Course, dominated_by
+from kdtrain.study import space
 
 ACC_PARAMS = {"val_accuracy": "maximize", "params": "minimize"}
 

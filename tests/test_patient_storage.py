@@ -1,4 +1,4 @@
-"""The study's storage waiting out a lost database (kdtrain.storage.PatientStorage), on a real SQLite store: the
+"""The study's storage waiting out a lost database (kdtrain.study.storage.PatientStorage), on a real SQLite store: the
 parts that need no PostgreSQL restarted under them (test_outage does that)."""
 
 import json
@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy
 import sqlalchemy.exc as sa
 
-from kdtrain import search
-from kdtrain import storage as storage_module
+from kdtrain.study import search
+from kdtrain.study import storage as storage_module
 
 
 def test_an_outage_that_ends_on_another_thread_mid_retry_does_not_break_the_retry(tmp_path):
@@ -43,7 +43,7 @@ def test_an_outage_that_ends_on_another_thread_mid_retry_does_not_break_the_retr
 def test_an_interrupted_trial_whose_requeue_was_lost_is_queued_again_once(tmp_path):
     """Issue 29 item 3: fail_trial marks the trial FAIL, then queues its settings; a kill or an outage between the two
     lost the settings for good. A later recovery queues the missing copy, once."""
-    from kdtrain import recovery
+    from kdtrain.study import recovery
 
     study = optuna.create_study(study_name="s", storage=search.open_storage(str(tmp_path / "j.journal")))
     trial = study.ask()
@@ -213,7 +213,7 @@ def test_a_tell_whose_first_commit_landed_is_a_success(patient):
 def test_a_fail_whose_first_commit_landed_is_a_success_and_the_trial_is_queued_again(patient):
     """Issue 29 item 2: fail_trial's FAIL committed, its reply lost; the retry met a finished trial, fail_trial
     returned False and the interrupted trial's settings were never queued again."""
-    from kdtrain import recovery
+    from kdtrain.study import recovery
 
     study, db, _said = patient
     trial = search.ask(study)
@@ -231,7 +231,7 @@ def test_a_fail_whose_first_commit_landed_is_a_success_and_the_trial_is_queued_a
 def test_a_taken_queued_trial_left_without_its_settings_is_failed_and_queued_again(patient):
     """Issue 29 item 2: a queued trial taken (RUNNING) whose worker stopped before it drew its settings holds them
     only as Optuna's fixed_params; recovery failed it without a re-queue (its params empty), losing them."""
-    from kdtrain import recovery
+    from kdtrain.study import recovery
 
     study, _db, _said = patient
     b = search._rdb(study._storage)
@@ -273,8 +273,10 @@ def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_complete
     trial (StorageInternalError from _get_trials) and next_trial stopped the sweep."""
     from mlflow.tracking import MlflowClient
 
-    from kdtrain import recovery, tracking, worker
-    from kdtrain.cli import main
+    from kdtrain.cli.commands import main
+    from kdtrain.study import recovery
+    from kdtrain.sweep import worker
+    from kdtrain.tracking import client
 
     path = tmp_path / "optuna.db"
     sweep = tmp_path / "qs.yaml"
@@ -318,9 +320,9 @@ def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_complete
     final = study.get_trials(deepcopy=False)
     assert len(final) == 3 and {t.state.name for t in final} <= {"COMPLETE", "PRUNED"}, [t.state for t in final]
     assert final[0].user_attrs[search.T_REFERENCE] == "base settings"  # the queued trial, taken and run
-    client = MlflowClient(tracking.default_uri())
-    runs = client.search_runs(
-        [client.get_experiment_by_name("qs-outage").experiment_id],
+    mlflow_client = MlflowClient(client.default_uri())
+    runs = mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name("qs-outage").experiment_id],
         "tags.`kdtrain.role` = 'student' and tags.`optuna.trial` != ''",
     )
     trial_runs = [r for r in runs if r.info.run_name.startswith("trial-")]

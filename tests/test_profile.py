@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from kdtrain.config import ProfileConfig, home
-from kdtrain.export import export_model, max_diff_onnx, to_onnx
-from kdtrain.models import MODELS, count_params, create_model
-from kdtrain.profile import flops, latency, profile, size_bytes
+from kdtrain.deploy.export import export_model, max_diff_onnx, to_onnx
+from kdtrain.deploy.profile import count_params, flops, latency, profile, size_bytes
+from kdtrain.distill.models import MODELS, create_model
 from kdtrain.shared import cpu_room
 
 QUICK = ProfileConfig(blocks=3, calls=10, warmup=3, throughput_batch=32)

@@ -5,7 +5,7 @@ import re
 import pytest
 from conftest import ROOT
 
-from kdtrain.args import build_parser
+from kdtrain.cli.args import build_parser
 
 README = (ROOT / "README.md").read_text()
 PAGES = sorted((ROOT / "docs").glob("*.md"))

@@ -13,9 +13,11 @@ import torch
 from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
-from kdtrain import config, data, models
+from kdtrain import config
 from kdtrain.config import TeacherConfig
-from kdtrain.worker import load_pool
+from kdtrain.data import datasets
+from kdtrain.distill import models
+from kdtrain.sweep.worker import load_pool
 
 SWEEP = """
 study: {name: moving, trials: 1, pruner: none, baseline_seeds: 1}
@@ -39,7 +41,7 @@ def _sweep(tmp_path, arch="mlp", weights="epochs: 1"):
 def _pool(p):
     """The sweep file's teacher, loaded in this process as `kdtrain teachers` does."""
     cfg = config.load(p)
-    return load_pool(cfg, data.load(cfg.data), log=lambda line: None)["reg"]
+    return load_pool(cfg, datasets.load(cfg.data), log=lambda line: None)["reg"]
 
 
 def _version(seed: int) -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdtrain import report
 from kdtrain.pareto import front_mask
+from kdtrain.report import build
 
 
 def pareto_mask(values, directions):
@@ -71,7 +71,7 @@ STUDENTS = [  # trial, val, test, params, latency_ms_p50, throughput, width, kd_
 ]
 
 
-def headline_study(students=STUDENTS, teachers=TEACHERS, name="hl") -> report.StudyData:
+def headline_study(students=STUDENTS, teachers=TEACHERS, name="hl") -> build.StudyData:
     """A StudyData shaped as report.load builds it from MLflow: metrics under their names, the profile params as
     MLflow's strings, the teacher's run name with its prefix, baselines with their seeds."""
     s = pd.DataFrame(
@@ -97,7 +97,7 @@ def headline_study(students=STUDENTS, teachers=TEACHERS, name="hl") -> report.St
     t = pd.DataFrame(teachers, columns=["name", "val_accuracy", "params", "latency_ms_p50", "throughput"])
     t["tag:mlflow.runName"] = "teacher-" + t.pop("name")
     baselines = pd.DataFrame({"student.width": sorted(set(s["student.width"])), "seeds": "0,1,2"})
-    return report.StudyData(
+    return build.StudyData(
         name, {"val_accuracy": "maximize", "params": "minimize"}, s, t, baselines, {}, 0.0, {}, pd.DataFrame(), "", None
     )
 
@@ -112,7 +112,7 @@ def test_headline_states_the_smallest_and_the_best_smaller_student_with_their_nu
     best_smaller = max((r for r in STUDENTS if r[3] < t_params), key=lambda r: r[1])
     assert (name, smallest[0], best_smaller[0]) == ("wide", 2, 5)  # the data exercises the tie and the filters
 
-    lines = report._headline_text(d)
+    lines = build._headline_text(d)
     assert lines[0] == f"Best teacher: wide at {t_val:.4f} val accuracy, {t_params:,} params."
     assert lines[0] == "Best teacher: wide at 0.9625 val accuracy, 120,000 params."
     trial, val, test, params, lat, thr = smallest[:6]
@@ -137,7 +137,7 @@ def test_headline_states_the_smallest_and_the_best_smaller_student_with_their_nu
     )
     assert "is trial 5: 0.9625 val accuracy, 2.0x smaller." in lines[2]
 
-    h = report.headline(d)  # the dict behind the text, which front_table and the CLI read
+    h = build.headline(d)  # the dict behind the text, which front_table and the CLI read
     assert (h["smallest"]["trial"], h["best_smaller"]["trial"]) == (2, 5)
     assert h["smallest"]["run_id"] == d.students.loc[2, "run_id"]
     assert h["smallest"]["pct_of_teacher"] == pytest.approx(100 * 0.9375 / 0.9625)
@@ -153,7 +153,7 @@ def test_headline_verdict_names_the_best_width_beyond_noise():
     won = {w: r for w, r in best_per_width.items() if r[7] > 0 and r[7] > 2 * r[8]}
     top = max(won.values(), key=lambda r: r[7])
     assert sorted(won) == [8, 32] and top[0] == 5  # trial 1's +9 points is not its width's pick (val)
-    verdict = report._headline_text(d)[-1]
+    verdict = build._headline_text(d)[-1]
     assert verdict.startswith(
         f"Distillation beat training alone beyond seed noise at widths "
         f"{', '.join(map(str, sorted(won)))}: best at width {top[6]}, trial {top[0]}, "
@@ -165,7 +165,7 @@ def test_headline_verdict_names_the_best_width_beyond_noise():
 
 def test_headline_without_a_student_at_95_percent_or_smaller_than_the_teacher():
     big_and_weak = [(7, 0.80, 0.79, 150_000, 1.0, 5_000.0, 64, 0.0, 0.01)]
-    lines = report._headline_text(headline_study(big_and_weak))
+    lines = build._headline_text(headline_study(big_and_weak))
     assert lines[:2] == [
         "Best teacher: wide at 0.9625 val accuracy, 120,000 params.",
         "No student reaches 95% of the teacher's accuracy yet.",
@@ -174,9 +174,9 @@ def test_headline_without_a_student_at_95_percent_or_smaller_than_the_teacher():
     assert "trial 7" not in " ".join(lines[:2])
     # a student exactly at the bar keeps it (0.95 x 0.8 = 0.76)
     at_bar = [(8, 0.76, 0.75, 100, 0.1, 1.0, 4, 0.0, 0.01)]
-    lines = report._headline_text(headline_study(at_bar, [("t", 0.8, 1_000, 1.0, 1.0)]))
+    lines = build._headline_text(headline_study(at_bar, [("t", 0.8, 1_000, 1.0, 1.0)]))
     assert "keeping 95% of its accuracy is trial 8: 0.7600 val" in lines[1]
-    assert report._headline_text(headline_study([])) == ["No complete trials or no teacher yet."]
+    assert build._headline_text(headline_study([])) == ["No complete trials or no teacher yet."]
 
 
 @pytest.mark.parametrize("low, high", [(3e5, 2e7), (5e3, 4e6), (2e4, 9e4)])
@@ -190,7 +190,7 @@ def test_a_parameters_axis_writes_its_ticks_in_one_style(low, high):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kdtrain import plots
+    from kdtrain.report import plots
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.scatter([low, high], [0.5, 0.9])
@@ -207,5 +207,5 @@ def test_a_parameters_axis_writes_its_ticks_in_one_style(low, high):
 
 def test_the_importances_picture_says_it_is_a_hint(tmp_path):
     """Issue 33 item 13: Optuna's importances over a handful of trials, confounded with width, carried no caveat."""
-    html = report._figures(["importances", "history"])
+    html = build._figures(["importances", "history"])
     assert "not a measured effect" in html.split("history.png")[0] and html.count("not a measured effect") == 1

@@ -12,7 +12,8 @@ import optuna
 import pytest
 from conftest import TINY_SEARCH, run_cli, write_sweep
 
-from kdtrain import search, sweepfile
+from kdtrain.config import sweepfile
+from kdtrain.study import search
 
 
 def _env(tmp_path):

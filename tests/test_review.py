@@ -4,10 +4,12 @@ fix (the note of the change says what each saw)."""
 import pytest
 from conftest import stop_group
 
-from kdtrain import config, data, recovery, sources
-from kdtrain.cli import main
+from kdtrain import config
+from kdtrain.cli.commands import main
 from kdtrain.config import DataConfig, data_root
-from kdtrain.tracking import Tracker, literal
+from kdtrain.data import datasets, sources
+from kdtrain.study import recovery
+from kdtrain.tracking.client import Tracker, literal
 
 # --------------------------------------------------------------------------- 10: durations
 
@@ -27,7 +29,7 @@ def test_the_mnist1d_cache_is_written_through_a_temporary_file_of_its_own():
     cfg = DataConfig(name="mnist1d", size=200, seed=5)
     folder = data_root(cfg) / "mnist1d"
     (folder / "mnist1d_n200_seed5.tmp.npz").mkdir(parents=True)  # the name every worker shared
-    d = data.load(cfg)
+    d = datasets.load(cfg)
     assert len(d.y_train) + len(d.y_val) == 160
     assert sorted(p.name for p in folder.iterdir()) == ["mnist1d_n200_seed5.npz", "mnist1d_n200_seed5.tmp.npz"]
 
@@ -42,7 +44,7 @@ def test_the_folder_cache_is_written_through_a_temporary_file_of_its_own(tmp_pat
     cfg = DataConfig(name="folder", path=str(tmp_path / "imgs"), image_size=8)
     cache = data_root(cfg) / "folders" / f"{sources.folder_key(cfg)}.pt"
     (cache.parent / f".{cache.name}.tmp").mkdir(parents=True)  # the name every worker shared
-    assert len(data.load(cfg).y_test) == 2 and cache.is_file()
+    assert len(datasets.load(cfg).y_test) == 2 and cache.is_file()
 
 
 # --------------------------------------------------------------------------- 3: quotes in study names
@@ -84,7 +86,7 @@ def test_an_interrupted_setting_is_requeued_at_most_max_requeues_times():
 
     import optuna
 
-    from kdtrain import search
+    from kdtrain.study import search
 
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     study.set_user_attr(search.A_CONFIG, json.dumps({"study": {"max_requeues": 2}}))
@@ -124,15 +126,16 @@ def _constrained_sweep(tiny_sweep, bound: int):
 def test_the_reports_front_leaves_out_trials_that_break_a_constraint_as_optunas_does(tiny_sweep, tmp_path):
     """The report's front and hypervolume took every complete trial: the base trial (width 8, 172 params, below
     min_params 200) is the cheapest, so it stood on the report's front but not on status's."""
-    from kdtrain import report, search
+    from kdtrain.report import build
+    from kdtrain.study import search
 
     _constrained_sweep(tiny_sweep, 200)
     study = search.load("tiny", None)
-    d = report.load("tiny")
+    d = build.load("tiny")
     assert set(d.students["student.width"].astype(float)) == {8.0, 16.0}  # both kinds of trial ran
     assert set(d.front["trial"]) == {t.number for t in search.pareto(study)}
     assert (d.front["params"] >= 200).all() and len(d.front) >= 1
-    assert report.front_table(d)["params"].min() >= 200
+    assert build.front_table(d)["params"].min() >= 200
 
 
 def test_when_no_trial_meets_the_constraints_each_command_says_so(tiny_sweep, capsys):
@@ -168,7 +171,7 @@ def test_a_trial_whose_mlflow_close_fails_once_stays_complete_and_its_run_ends(
     trial, that raised too, and the sweep died with the run left RUNNING."""
     from mlflow.exceptions import MlflowException
 
-    from kdtrain import search
+    from kdtrain.study import search
 
     real, failed = Tracker.set_tags, []
 
@@ -194,7 +197,8 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goe
 ):
     """Optuna 5 refuses to tell a trial that another worker failed with ValueError("Cannot tell a FAIL trial."),
     which the take-over branch did not catch: the worker died."""
-    from kdtrain import search, worker
+    from kdtrain.study import search
+    from kdtrain.sweep import worker
 
     real, taken = worker.run_trial, []
 
@@ -235,8 +239,8 @@ def test_optuna_is_declared_at_the_major_version_whose_api_kdtrain_calls():
 
 
 def test_only_kdtrain_search_drives_optuna_trials():
-    """The worker called trial.report, should_prune, set_user_attr and set_constraint itself; only kdtrain.search
-    (and kdtrain.space's suggest, which search's trials are handed to) may call a trial's methods."""
+    """The worker called trial.report, should_prune, set_user_attr and set_constraint itself; only kdtrain.study.search
+    (and kdtrain.study.space's suggest, which search's trials are handed to) may call a trial's methods."""
     import ast
 
     from conftest import ROOT
@@ -269,7 +273,7 @@ def test_a_heartbeat_that_fails_is_one_warning_line_not_silence(tmp_path, monkey
 
     import optuna
 
-    from kdtrain import search
+    from kdtrain.study import search
 
     storage = search.open_storage(f"sqlite:///{tmp_path}/optuna.db")
     search._rdb(storage).heartbeat_interval = 1  # what apply_heartbeat sets from study.heartbeat_interval
@@ -288,7 +292,7 @@ def test_a_heartbeat_that_fails_is_one_warning_line_not_silence(tmp_path, monkey
 
 
 def test_a_study_whose_progress_cannot_be_read_says_so_once(tmp_path, capsys):
-    from kdtrain.console import SweepProgress
+    from kdtrain.sweep.console import SweepProgress
 
     gone = tmp_path / "gone.journal"
     progress = SweepProgress("ghost", str(gone), 3, {"val_accuracy": "maximize"})
@@ -301,7 +305,7 @@ def test_a_study_whose_progress_cannot_be_read_says_so_once(tmp_path, capsys):
 def test_a_recovered_trial_whose_mlflow_run_cannot_be_closed_says_so(capsys):
     import optuna
 
-    from kdtrain import search
+    from kdtrain.study import search
 
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     trial = study.ask()
@@ -510,7 +514,7 @@ def test_a_tls_server_with_its_own_ca_passes_the_preflight_when_mlflow_is_told(t
     """The pre-flight used plain urllib and the system's CAs: a server that MLflow's client reaches with
     MLFLOW_TRACKING_SERVER_CERT_PATH (or MLFLOW_TRACKING_INSECURE_TLS) was refused."""
     from kdtrain.config import KdtrainError
-    from kdtrain.tracking import check_reachable
+    from kdtrain.tracking.client import check_reachable
 
     url, cert = tls_mlflow
     with pytest.raises(KdtrainError, match=r"certificate.*MLFLOW_TRACKING_SERVER_CERT_PATH"):
@@ -540,7 +544,7 @@ def test_one_sigterm_stops_the_dashboard_while_requests_are_in_flight(tmp_path):
 
     import optuna
 
-    from kdtrain import search
+    from kdtrain.study import search
 
     study = optuna.create_study(
         storage=search.open_storage(str(tmp_path / "home" / "optuna.journal")), study_name="dash"
@@ -599,7 +603,8 @@ def test_one_sigterm_stops_the_dashboard_while_requests_are_in_flight(tmp_path):
 def test_a_student_run_orphaned_before_the_study_knew_it_is_closed_on_recovery(tiny_sweep, tmp_path):
     """A worker killed between creating a trial's MLflow run and recording its id in the study left that run
     RUNNING for good (recovery knew no run id); seen once in a loaded suite's kill -9 test."""
-    from kdtrain import search, worker
+    from kdtrain.study import search
+    from kdtrain.sweep import worker
 
     tiny_sweep.write_text(
         tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from test_bad_input import refused, sweep_file
 
-from kdtrain import config, data, losses, teachers
-from kdtrain.cli import main
+from kdtrain import config
+from kdtrain.cli.commands import main
 from kdtrain.config import DataConfig, DataError
-from kdtrain.run import distill_student
-from kdtrain.tracking import Tracker
+from kdtrain.data import datasets
+from kdtrain.distill import losses, teachers
+from kdtrain.distill.student import distill_student
+from kdtrain.tracking.client import Tracker
 
 # --------------------------------------------------------------------------- the loss on unlabelled rows
 
@@ -28,7 +30,7 @@ def test_cross_entropy_skips_unlabelled_rows_and_the_kd_term_keeps_them():
     z, t = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
     y = torch.tensor([0, 2, 1, 1, 0, 2])
     hidden = y.clone()
-    hidden[[1, 4]] = data.UNLABELLED
+    hidden[[1, 4]] = datasets.UNLABELLED
     full = losses.distillation_loss(z, t, y, temperature=2.0, alpha=0.5)
     part = losses.distillation_loss(z, t, hidden, temperature=2.0, alpha=0.5)
     assert torch.allclose(full[1], part[1])  # kd: every row, labelled or not
@@ -82,7 +84,7 @@ def test_a_group_mapping_sums_the_tempered_softmax_within_each_group(temperature
 
 
 def test_class_mappings_resolve_names_and_refuse_what_does_not_fit():
-    from kdtrain import classmap
+    from kdtrain.data import classmap
 
     names = ["low", "high"]
     assert classmap.groups({"low": [0, 1], "high": 2}, names, ["a", "b", "c"], "w") == [[0, 1], [2]]
@@ -103,16 +105,16 @@ def _digits_cfg(**kw) -> DataConfig:
 
 
 def test_the_labelled_rows_are_stratified_repeatable_and_hold_the_validation_split():
-    full = data.load(_digits_cfg())
-    a, b = data.load(_digits_cfg(labels=0.1)), data.load(_digits_cfg(labels=0.1))
-    other = data.load(_digits_cfg(labels=0.1, seed=4))
+    full = datasets.load(_digits_cfg())
+    a, b = datasets.load(_digits_cfg(labels=0.1)), datasets.load(_digits_cfg(labels=0.1))
+    other = datasets.load(_digits_cfg(labels=0.1, seed=4))
     assert torch.equal(a.y_train, b.y_train) and torch.equal(a.x_val, b.x_val)  # repeatable
     assert not torch.equal(a.y_train, other.y_train)  # data.seed chooses them
     n = len(full.y_train) + len(full.y_val)  # the training split's rows
     budget = round(0.1 * n)
     assert a.labelled_rows + len(a.y_val) == budget  # 10% of all labels, selection included
     assert len(a.y_train) + len(a.y_val) == n  # every other row still trains, unlabelled
-    assert a.unlabelled_rows == n - budget and (a.y_train == data.UNLABELLED).sum() == a.unlabelled_rows
+    assert a.unlabelled_rows == n - budget and (a.y_train == datasets.UNLABELLED).sum() == a.unlabelled_rows
     labelled = a.y_train[a.y_train >= 0]
     counts = torch.bincount(labelled, minlength=10) + torch.bincount(a.y_val, minlength=10)
     share = torch.bincount(torch.cat([full.y_train, full.y_val]), minlength=10) * budget / n
@@ -124,9 +126,9 @@ def test_the_labelled_rows_are_stratified_repeatable_and_hold_the_validation_spl
 def test_a_count_of_labels_and_a_transfer_set_of_arrays(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 1, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "more.npz", x=x, y=np.zeros(50, np.int64))
-    d = data.load(_digits_cfg(labels=40, unlabeled={"name": "arrays", "path": str(tmp_path / "more.npz")}))
+    d = datasets.load(_digits_cfg(labels=40, unlabeled={"name": "arrays", "path": str(tmp_path / "more.npz")}))
     assert d.labelled_rows + len(d.y_val) == 40 and d.transfer_rows == 50
-    assert (d.y_train[-50:] == data.UNLABELLED).all()
+    assert (d.y_train[-50:] == datasets.UNLABELLED).all()
     # the transfer rows are normalised with the student's statistics
     raw = torch.from_numpy(x)
     assert torch.allclose(d.raw(d.x_train[-50:]), raw, atol=1e-4)
@@ -150,9 +152,9 @@ def test_an_unlabelled_folder_of_images_is_a_transfer_set(tmp_path):
         image_size=8,
         unlabeled={"name": "folder", "path": str(folder), "image_size": 8},
     )
-    d = data.load(cfg)
+    d = datasets.load(cfg)
     assert d.transfer_rows == 7 and d.unlabelled_rows == 7 and len(d.y_train) == 45 + 7
-    assert data.identity(cfg).endswith(data.identity(cfg).split("+unlabeled:")[1])  # its content keys caches
+    assert datasets.identity(cfg).endswith(datasets.identity(cfg).split("+unlabeled:")[1])  # its content keys caches
 
 
 # --------------------------------------------------------------------------- the honest baseline
@@ -167,7 +169,7 @@ def test_the_baseline_trains_on_the_labelled_rows_for_as_many_steps_as_a_distill
             "train": {"epochs": 3, "batch_size": 64, "threads": 1},
         }
     )
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     pool = teachers.load_pool(cfg, ds, log=lambda s: None)
     distilled = distill_student(cfg, ds, pool)
     baseline = distill_student(config.replace(cfg, {"kd.alpha": 0.0}), ds, pool)
@@ -213,7 +215,7 @@ def test_a_multi_output_teacher_distils_from_the_output_it_names(tmp_path, facto
             "train": {"epochs": 2, "batch_size": 64, "threads": 1},
         }
     )
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     pool = teachers.load_pool(cfg, ds, log=lambda s: None)
     t = pool["multi"]
     assert t.logits["train"].shape == (len(ds.y_train), 4) and t.val_accuracy > 0.5
@@ -239,9 +241,9 @@ def test_a_teacher_from_another_domain_sees_the_students_rows_as_its_own_data():
             "train": {"epochs": 2, "batch_size": 64, "threads": 1},
         }
     )
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     t = teachers.load_pool(cfg, ds, log=lambda s: None)["src"]
-    own = data.load(config.sub_data(cfg.teachers[0].data, cfg.data))
+    own = datasets.load(config.sub_data(cfg.teachers[0].data, cfg.data))
     # its logits on the student's rows are what it gives those rows' raw inputs normalised with its own statistics
     x = own.normalized(ds.raw(ds.x_val))
     assert torch.allclose(t.logits["val"], t.model(x), atol=1e-4)
@@ -411,7 +413,7 @@ def test_augmentation_runs_a_mapped_teacher_from_another_domain_online():
     import json
 
     cfg = config.from_dict(json.loads(json.dumps(raw)))
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     pool = teachers.load_pool(cfg, ds, log=lambda s: None)
     view = pool["src"].as_student_model(2.0)
     with torch.no_grad():
@@ -427,10 +429,10 @@ def test_transfer_sets_from_a_csv_without_labels_and_a_python_factory_of_inputs(
     (tmp_path / "more.csv").write_text(f"{header},note\n" + "\n".join(r + ",x" for r in rows.splitlines()) + "\n")
     (tmp_path / "inputs.py").write_text("import numpy as np\ndef make():\n    return np.ones((12, 16), np.float32)\n")
     base = {"name": "synthetic", "size": 200, "seed": 0}
-    from_csv = data.load(DataConfig(**base, unlabeled={"name": "csv", "path": str(tmp_path / "more.csv")}))
+    from_csv = datasets.load(DataConfig(**base, unlabeled={"name": "csv", "path": str(tmp_path / "more.csv")}))
     assert from_csv.transfer_rows == 30 and "column(s) note ignored" in from_csv.note
-    from_py = data.load(DataConfig(**base, unlabeled={"name": "python", "factory": "inputs:make"}))
-    assert from_py.transfer_rows == 12 and (from_py.y_train[-12:] == data.UNLABELLED).all()
+    from_py = datasets.load(DataConfig(**base, unlabeled={"name": "python", "factory": "inputs:make"}))
+    assert from_py.transfer_rows == 12 and (from_py.y_train[-12:] == datasets.UNLABELLED).all()
     assert from_py.unlabelled_rows == 12 and from_py.labelled_rows == len(from_py.y_train) - 12
 
 
@@ -446,7 +448,7 @@ def test_a_transfer_set_that_repeats_the_students_rows_loses_its_validation_rows
             "teachers": [{"name": "t", "arch": "mlp"}],
         }
     ).data
-    d = data.load(cfg)
+    d = datasets.load(cfg)
     assert len(d.y_val) == 10 and d.transfer_rows == 800 - 10
     transfer = d.raw(d.x_train[-d.transfer_rows :])
     assert torch.cdist(d.raw(d.x_val).flatten(1), transfer.flatten(1)).min() > 1e-3  # none of them is back
@@ -460,7 +462,7 @@ def test_a_file_given_again_as_the_transfer_set_loses_the_validation_and_test_ro
     np.savez(tmp_path / "mine.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
     fresh = g.normal(size=(7, 1, 8)).astype(np.float32)
     np.savez(tmp_path / "more.npz", x=np.concatenate([x, fresh]))  # every row of mine.npz, test rows included
-    d = data.load(
+    d = datasets.load(
         DataConfig(
             name="arrays",
             path=str(tmp_path / "mine.npz"),
@@ -551,8 +553,8 @@ def _digit_named_classes(tmp_path) -> str:
 def test_teacher_class_keys_mean_the_same_in_a_worker_that_reads_the_study(tmp_path, classes, student_of):
     """Issue 29: a study keeps its config as JSON, which turns {2: [...]} into {"2": [...]}: the sweep process
     read 2 as an index (the class named 10) and a spawned worker as the class named 2, sharing one cached teacher.
-    A worker gets its config from the study (kdtrain.worker.open_context: search.study_config)."""
-    from kdtrain import search
+    A worker gets its config from the study (kdtrain.sweep.worker.open_context: search.study_config)."""
+    from kdtrain.study import search
 
     cfg = config.from_dict(
         {
@@ -561,7 +563,7 @@ def test_teacher_class_keys_mean_the_same_in_a_worker_that_reads_the_study(tmp_p
             "data": {"name": "folder", "path": _digit_named_classes(tmp_path), "image_size": 8},
         }
     )
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     assert ds.class_names[:4] == ["0", "1", "10", "2"]
     study = search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "named", 2)
     in_worker = search.study_config(study)

@@ -3,7 +3,8 @@
 import optuna
 import pytest
 
-from kdtrain import config, space
+from kdtrain import config
+from kdtrain.study import space
 
 SEARCH = {  # the conditional keys first, to show that kd.loss is suggested before them whatever the order
     "kd.dkd_beta": {"type": "float", "low": 1, "high": 8},

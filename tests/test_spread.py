@@ -6,7 +6,8 @@ import optuna
 import pytest
 from conftest import ROOT, TINY_SEARCH, run_cli, write_sweep
 
-from kdtrain import first_trials, search, space, sweepfile
+from kdtrain.config import sweepfile
+from kdtrain.study import first_trials, search, space
 
 
 def _quickstart(**values):

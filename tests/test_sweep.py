@@ -14,9 +14,12 @@ import pytest
 import torch
 from conftest import TINY_SEARCH, run_cli, write_sweep
 
-from kdtrain import baselines, config, models, recovery, search, space, worker
+from kdtrain import config
 from kdtrain.config import KdtrainError
-from kdtrain.tracking import Tracker
+from kdtrain.distill import models
+from kdtrain.study import recovery, search, space
+from kdtrain.sweep import baselines, worker
+from kdtrain.tracking.client import Tracker
 
 SEARCH = TINY_SEARCH
 
@@ -109,7 +112,7 @@ def test_sweep_fills_optuna_and_the_mlflow_contract(swept):
 def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):
     import yaml
 
-    from kdtrain import data
+    from kdtrain.data import datasets
 
     home, _, _ = swept
     study = load_study(home)
@@ -118,10 +121,10 @@ def test_any_trial_can_be_reloaded_from_its_artifacts(swept, tmp_path):
     folder = Path(tracker.client.download_artifacts(t.user_attrs["mlflow_run_id"], "", str(tmp_path)))
     cfg = config.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
     assert cfg.student.width == t.params["student.width"]
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-    from kdtrain.train import accuracy
+    from kdtrain.distill.train import accuracy
 
     assert accuracy(model, ds.x_val, ds.y_val) == pytest.approx(t.values[0])
 
@@ -334,7 +337,7 @@ def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
 def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
     import onnxruntime as ort
 
-    from kdtrain import data
+    from kdtrain.data import datasets
 
     home, _, env = swept
     r = run_cli("export", "--study", "tiny", "--pareto", "--min-gain", "any", "--out", tmp_path / "exp", env=env)
@@ -354,7 +357,7 @@ def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
     import yaml
 
     cfg = config.from_dict(yaml.safe_load((art / "config.yaml").read_text()))
-    ds = data.load(cfg.data)
+    ds = datasets.load(cfg.data)
     model = models.from_config(cfg.student, ds.input_shape, ds.num_classes).eval()
     model.load_state_dict(torch.load(art / "model.pt", weights_only=True))
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -515,7 +518,7 @@ def test_two_studies_make_one_comparison_report(swept, tmp_path):
 def test_heartbeat_recovery_on_an_rdb_storage(tmp_path, capsys):
     """Without a server: SQLite through Optuna's RDB storage has heartbeats too. A trial whose worker stopped
     beating is failed after the grace period, with who ran it, and its parameters are queued again once."""
-    from kdtrain.cli import main
+    from kdtrain.cli.commands import main
 
     p = write_sweep(tmp_path, **{"trials: 3": "trials: 3, heartbeat_interval: 1, grace_period: 2"})
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -655,11 +658,11 @@ def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(sw
     minor labels collided (3×10⁻¹ on 4×10⁻¹), colour bars ticked at 2×10⁰, and the Pareto table scrolled
     sideways at 1400 px without the kd.loss column the terminal shows. The study is the real one, with its
     teachers and students moved close together, as two alike teachers and a narrow latency range put them."""
-    from kdtrain import plots, report
+    from kdtrain.report import build, plots
 
     home, _, env = swept
     monkeypatch.setenv("KDTRAIN_HOME", env["KDTRAIN_HOME"])
-    d = report.load("tiny", f"sqlite:///{home / 'mlflow.db'}", str(home / "optuna.journal"))
+    d = build.load("tiny", f"sqlite:///{home / 'mlflow.db'}", str(home / "optuna.journal"))
     assert len(d.teachers) == 2 and len(d.students) == 3
     d.teachers["val_accuracy"], d.teachers["params"] = [0.90, 0.905], [1000, 1100]
     d.teachers["latency_ms_p50"] = [0.31, 0.33]
@@ -672,7 +675,7 @@ def test_report_pictures_have_no_overlapping_label_and_its_tables_fit_1400_px(sw
         return save(fig, folder, name)
 
     monkeypatch.setattr(plots, "save", checked)
-    folder = report.write_study(d, tmp_path / "rep")
+    folder = build.write_study(d, tmp_path / "rep")
     assert {"accuracy_vs_params", "accuracy_vs_latency", "accuracy_vs_temperature"} <= set(problems)
     assert {name: p for name, p in problems.items() if p} == {}
     assert (

@@ -3,9 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-from kdtrain import config, data, models, worker
+from kdtrain import config
 from kdtrain.config import KdtrainError
-from kdtrain.teachers import get_teacher, load_pool, teacher_key
+from kdtrain.data import datasets
+from kdtrain.distill import models
+from kdtrain.distill.teachers import get_teacher, load_pool, teacher_key
+from kdtrain.sweep import worker
 
 
 @pytest.fixture
@@ -15,7 +18,7 @@ def cfg(tiny_sweep):
 
 @pytest.fixture
 def ds(cfg):
-    return data.load(cfg.data)
+    return datasets.load(cfg.data)
 
 
 def test_pool_trains_once_then_comes_from_cache(cfg, ds):
@@ -37,7 +40,7 @@ def test_pool_trains_once_then_comes_from_cache(cfg, ds):
         for p, q in zip(first[name].model.parameters(), second[name].model.parameters(), strict=False):
             assert torch.equal(p, q)
     # cached logits are the cached model's outputs
-    from kdtrain.train import predict
+    from kdtrain.distill.train import predict
 
     assert torch.allclose(predict(second["big"].model, ds.x_val), second["big"].logits["val"], atol=1e-5)
 

@@ -4,13 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdtrain import config, models
+from kdtrain import config
 from kdtrain.config import ConfigError, DataConfig, LossConfig, TeacherConfig, TrainConfig
-from kdtrain.data import load
-from kdtrain.losses import ENSEMBLES, LOSSES
-from kdtrain.run import distill_student
-from kdtrain.teachers import Teacher
-from kdtrain.train import Distill, DivergedError, lr_factor, predict, seed_all, train
+from kdtrain.data.datasets import load
+from kdtrain.distill import models
+from kdtrain.distill.losses import ENSEMBLES, LOSSES
+from kdtrain.distill.student import distill_student
+from kdtrain.distill.teachers import Teacher
+from kdtrain.distill.train import Distill, DivergedError, lr_factor, predict, seed_all, train
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_cached_logits_give_the_same_run_as_an_online_teacher(ds):
 
 @pytest.fixture(scope="module")
 def two_teachers(ds):
-    """A pool of two quickly trained teachers, as kdtrain.run.make_distill reads it (logits and model)."""
+    """A pool of two quickly trained teachers, as kdtrain.distill.student.make_distill reads it (logits and model)."""
     pool = {}
     for name, width, seed in (("a", 16, 0), ("b", 8, 1)):
         model = fit(ds, TrainConfig(epochs=2, batch_size=64, threads=1), seed=seed).model

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdtrain import models
 from kdtrain.config import DataError, KdtrainError, StudentConfig
+from kdtrain.deploy.profile import count_params
+from kdtrain.distill import models
 
 FACTORY = """
 from torch import nn
@@ -83,9 +84,9 @@ def test_pretrained_weights_come_from_the_local_torch_cache_only(tmp_path, monke
 
 def test_a_python_factory_gets_shape_classes_width_and_the_settings_it_names(factories):
     m = models.create_model(f"{factories}:small", (1, 12), 3, width=5, depth=2)
-    assert models.count_params(m) == (12 * 5 + 5) + (5 * 5 + 5) + (5 * 3 + 3)
+    assert count_params(m) == (12 * 5 + 5) + (5 * 5 + 5) + (5 * 3 + 3)
     wider = models.create_model(f"{factories}:small", (1, 12), 3, width=9, depth=2)
-    assert models.count_params(wider) > models.count_params(m)  # a user's family is swept by width
+    assert count_params(wider) > count_params(m)  # a user's family is swept by width
     with pytest.raises(KdtrainError, match="takes no depth argument"):
         models.create_model(f"{factories}:plain", (1, 12), 3, width=4, depth=2)
 

@@ -10,7 +10,8 @@ import sys
 from conftest import ROOT, run_cli, write_sweep
 from test_sweep import load_study
 
-from kdtrain import config, search
+from kdtrain import config
+from kdtrain.study import search
 
 
 def test_worker_waits_for_a_study_created_after_it_started(tmp_path):

@@ -7,8 +7,8 @@ import sys
 import pytest
 from conftest import run_cli, write_sweep
 
-from kdtrain import processes
 from kdtrain.shared import plan_workers
+from kdtrain.sweep import processes
 
 
 def test_auto_on_cpus_is_one_single_threaded_worker_per_cpu():

@@ -100,7 +100,7 @@ def onnx_teacher(arrays_path: Path, out: Path, epochs: int = 30, seed: int = 0) 
     from torch import nn
 
     from kdtrain import config
-    from kdtrain.data import load
+    from kdtrain.data.datasets import load
 
     torch.manual_seed(seed)
     # onnx.yaml's data section (its val_fraction and seed decide the training rows whose statistics standardise
