@@ -80,3 +80,50 @@ def test_loading_a_sweep_file_leaves_torch_unimported():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PACKAGE.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = p
+    return out
+
+
+def test_no_private_name_is_imported_across_modules():
+    """`from kdtrain.x import _name` and `x._name` on an imported kdtrain module: another module's insides.
+    What others use is public and named for them."""
+    mods, found = _modules(), []
+    for p in mods.values():
+        tree, aliases = ast.parse(p.read_text()), {}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("kdtrain"):
+                for a in n.names:
+                    if f"{n.module}.{a.name}" in mods:
+                        aliases[a.asname or a.name] = f"{n.module}.{a.name}"
+                    elif a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{p.relative_to(ROOT)}:{n.lineno}: from {n.module} import {a.name}")
+        for n in ast.walk(tree):
+            if (
+                isinstance(n, ast.Attribute)
+                and isinstance(n.value, ast.Name)
+                and n.value.id in aliases
+                and n.attr.startswith("_")
+                and not n.attr.startswith("__")
+            ):
+                found.append(f"{p.relative_to(ROOT)}:{n.lineno}: {n.value.id}.{n.attr}")
+    assert found == [], "\n".join(found)
+
+
+def test_no_kdtrain_class_is_built_from_more_than_six_positional_arguments():
+    """Teacher(...) from 16 positional arguments, StudyData from 14: one swapped pair is a silent wrong report."""
+    mods = _modules()
+    classes = {n.name for p in mods.values() for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ClassDef)}
+    found = []
+    for p in mods.values():
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.Call) and len(n.args) > 6:
+                name = ast.unparse(n.func).split(".")[-1]
+                if name in classes:
+                    found.append(f"{p.relative_to(ROOT)}:{n.lineno}: {name} with {len(n.args)} positional arguments")
+    assert found == [], "\n".join(found)
