@@ -32,7 +32,7 @@ MODELS = {
 CHILD = r"""
 import sys, time, torch
 sys.path.insert(0, {root!r})
-from kdtrain import models
+from kdtrain.distill import models
 from kdtrain.distill.losses import kd_loss, teacher_targets
 from kdtrain.schema import LossConfig
 torch.set_num_threads({threads})
