@@ -82,22 +82,23 @@ class ModelFactory(Protocol):
     """The hook behind ``arch: python:package.module:function`` (a teacher or a student): kdtrain imports the
     function and calls it with the data's sample shape (no batch dimension), its number of classes and the model's
     ``width``, adding ``depth=``, ``hidden=``, ``dropout=`` and ``pretrained=`` only where the function's signature
-    names them (a setting given that it does not take is an error). It returns a ``torch.nn.Module`` mapping a batch
-    (B, *input_shape) to logits (B, num_classes). A student is swept by its width (``student.width`` in ``search:``),
-    so the width should change the model's size."""
+    names them (a setting given that it does not take is an error): a function of the three, with any of the four
+    as keywords with defaults, meets this contract. It returns a ``torch.nn.Module`` mapping a batch
+    (B, *input_shape) to logits (B, num_classes). A student is swept by its width (``student.width`` in
+    ``search:``), so the width should change the model's size."""
 
-    def __call__(self, input_shape: tuple[int, ...], num_classes: int, width: int, **settings: Any) -> Any: ...
+    def __call__(self, input_shape: tuple[int, ...], num_classes: int, width: int, /) -> Any: ...
 
 
 class DataFactory(Protocol):
     """The hook behind ``data: {name: python, factory: package.module:function}`` (and a transfer set's
     ``data.unlabeled``): kdtrain calls the function with the data section (a DataConfig: ``size``, ``seed``,
-    ``options``, ...) when it takes an argument, else with none. It returns a dict with ``x_train``, ``y_train``,
-    ``x_test``, ``y_test`` (and optionally ``class_names``) or the tuple ``(x_train, y_train, x_test, y_test[,
-    class_names])``: samples are (F,) features, (C, L) signals or (C, H, W) images, labels class indices or names.
-    A transfer set's factory returns an array of inputs or ``{"x": ...}``."""
+    ``options``, ...) when it takes an argument, else with none (the form written here is the first). It returns a
+    dict with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (and optionally ``class_names``) or the tuple
+    ``(x_train, y_train, x_test, y_test[, class_names])``: samples are (F,) features, (C, L) signals or (C, H, W)
+    images, labels class indices or names. A transfer set's factory returns an array of inputs or ``{"x": ...}``."""
 
-    def __call__(self, cfg: Any = ...) -> Any: ...
+    def __call__(self, cfg: DataConfig, /) -> Any: ...
 
 
 __all__ = [
