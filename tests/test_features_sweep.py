@@ -218,7 +218,7 @@ def test_a_trial_of_a_finished_study_teaches_the_next_round(swept, monkeypatch, 
 
     from kdtrain.config import sweepfile
     from kdtrain.distill import teachers
-    from kdtrain.ship.registry import study_teacher
+    from kdtrain.ship import study_teacher
 
     monkeypatch.setenv("KDTRAIN_HOME", str(swept))
     monkeypatch.chdir(swept.parent)

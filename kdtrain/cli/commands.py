@@ -19,7 +19,7 @@ from kdtrain.sweep.console import Countdown, EpochProgress, beside_bar, front_ta
 
 def _load(args):
     from kdtrain.config import sweepfile
-    from kdtrain.ship.registry import study_teacher
+    from kdtrain.ship import study_teacher
 
     return _load_data(study_teacher.resolve(sweepfile.load(args.sweep, args.set)))  # teachers[].from_study
 
@@ -143,7 +143,7 @@ def _preflight(args):
     from kdtrain.cli import preflight
     from kdtrain.config import sweepfile
     from kdtrain.errors import ConfigError, UsageError
-    from kdtrain.ship.registry import study_teacher
+    from kdtrain.ship import study_teacher
     from kdtrain.study import recovery, search
     from kdtrain.tracking.client import check_reachable
 
