@@ -357,7 +357,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from kdtrain.schema import json_schema_text, markdown_reference
+    from kdtrain.schema_docs import json_schema_text, markdown_reference
 
     print(markdown_reference() if args.markdown else json_schema_text(), end="")
     return 0
