@@ -545,11 +545,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nkdtrain: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as e:  # a database that went away outside a trial (kdtrain status, a report): one line too
-        from kdtrain.study.storage import lost_connection, unreachable
+        from kdtrain.study.storage import lost_connection, outage_reason
 
         if not lost_connection(e, context=False):
             raise
-        print(f"kdtrain: error: {unreachable(e)}", file=sys.stderr)
+        print(f"kdtrain: error: {outage_reason(e)}", file=sys.stderr)
         return 1
 
 

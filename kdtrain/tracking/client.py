@@ -22,7 +22,7 @@ from pathlib import Path
 from kdtrain.errors import KdtrainError, first_line, not_a_stop
 from kdtrain.paths import home, redact
 from kdtrain.shared import atomic_dir
-from kdtrain.tracking.outbox import PENDING, Outbox, TrackingLost, _reason, unreachable  # noqa: F401
+from kdtrain.tracking.outbox import Outbox, innermost_cause
 from kdtrain.tracking.writes import CURVES, MODEL_TAG, WRITE_TAG, Writes, literal
 
 ROLE = "kdtrain.role"
@@ -127,7 +127,7 @@ def check_reachable(uri: str | None) -> None:
             )
         except Exception as e:  # noqa: BLE001 - requests' connection, TLS and timeout errors, wrapped by MLflow
             raise KdtrainError(
-                f"cannot reach the MLflow tracking server {redact(uri)} ({_reason(e)}); start it "
+                f"cannot reach the MLflow tracking server {redact(uri)} ({innermost_cause(e)}); start it "
                 "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI"
                 + (
                     "; for a private CA set MLFLOW_TRACKING_SERVER_CERT_PATH"
