@@ -188,7 +188,7 @@ def test_confirm_reports_the_pairs_gain_over_logit_kd_with_seeds_whatever_its_si
         assert next(line for line in out.splitlines() if line.startswith(f"{plain.number} ")).rstrip().endswith("-")
     # teachers[].from_study: STUDY alone is the confirmed pick, the best mean val accuracy over confirm's seeds
     from kdtrain.config import sweepfile
-    from kdtrain.ship.registry import registry, study_teacher
+    from kdtrain.ship import registry, study_teacher
 
     confirmed = registry.confirmed_trials(Tracker(uri), "feats")
     best = max(confirmed, key=lambda n: confirmed[n]["val"])
