@@ -153,7 +153,7 @@ def test_every_storage_call_of_a_two_objective_study_waits_out_a_database_that_i
     assert [t.state.name for t in search.trials(study, "RUNNING")] == ["RUNNING"]
     db.down(1.0)
     # an epoch's pruning check: skipped, not waited for, not a failure
-    with pytest.raises(search.StorageDown), search.no_wait():
+    with pytest.raises(storage_module.StorageDown), storage_module.no_wait():
         search.trials(study, "COMPLETE")
     search.tell(study, trial, "COMPLETE", [0.9, 120.0])  # the same outage, still under way: waited out
     db.down(1.0)
@@ -171,7 +171,7 @@ def test_every_storage_call_of_a_two_objective_study_waits_out_a_database_that_i
     del db.outside[opening:]  # creating the storage (its tables checked): not a storage call
     status.log = said.append
     again = search.load("qs", storage=status)
-    assert search._rdb(again._storage).patience == 45.0
+    assert storage_module.rdb_of(again._storage).patience == 45.0
     db.down(1.0)
     assert search.counts(again)["COMPLETE"] == 1
 
@@ -234,7 +234,7 @@ def test_a_taken_queued_trial_left_without_its_settings_is_failed_and_queued_aga
     from kdtrain.study import recovery
 
     study, _db, _said = patient
-    b = search._rdb(study._storage)
+    b = storage_module.rdb_of(study._storage)
     b.heartbeat_interval, b.grace_period = 1, 0
     study.enqueue_trial({"kd.alpha": 0.5}, user_attrs={search.T_REFERENCE: "base settings"})
     orphan = study.ask()  # taken, and nothing more: no heartbeat, no pid, no parameters

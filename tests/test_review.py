@@ -274,9 +274,10 @@ def test_a_heartbeat_that_fails_is_one_warning_line_not_silence(tmp_path, monkey
     import optuna
 
     from kdtrain.study import search
+    from kdtrain.study.storage import rdb_of
 
     storage = search.open_storage(f"sqlite:///{tmp_path}/optuna.db")
-    search._rdb(storage).heartbeat_interval = 1  # what apply_heartbeat sets from study.heartbeat_interval
+    rdb_of(storage).heartbeat_interval = 1  # what apply_heartbeat sets from study.heartbeat_interval
     study = optuna.create_study(storage=storage, study_name="beats")
     trial = study.ask()
 

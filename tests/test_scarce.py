@@ -18,7 +18,7 @@ from kdtrain import config
 from kdtrain.cli.commands import main
 from kdtrain.config import DataConfig, DataError
 from kdtrain.data import datasets
-from kdtrain.distill import losses, teachers
+from kdtrain.distill import losses, teacher_data, teachers
 from kdtrain.distill.student import distill_student
 from kdtrain.tracking.client import Tracker
 
@@ -570,8 +570,8 @@ def test_teacher_class_keys_mean_the_same_in_a_worker_that_reads_the_study(tmp_p
     expected = [None] * 11
     for i in range(11):
         expected[student_of(ds.class_names, i)] = [(i + 1) % 11]
-    assert teachers.resolve_groups(cfg.teachers[0], ds, ds.class_names) == expected
-    assert teachers.resolve_groups(in_worker.teachers[0], ds, ds.class_names) == expected
+    assert teacher_data.resolve_groups(cfg.teachers[0], ds, ds.class_names) == expected
+    assert teacher_data.resolve_groups(in_worker.teachers[0], ds, ds.class_names) == expected
     assert in_worker.teachers == cfg.teachers  # and its settings compare equal on resume
 
 

@@ -62,7 +62,7 @@ def test_the_docs_reference_is_generated_from_the_fields():
 
 def test_every_key_has_a_meaning_in_the_reference_and_the_schema():
     """A field inherited from a base class (student.*, teachers[].depth, kd.loss, ...) keeps its docstring."""
-    from kdtrain.schema import json_schema, markdown_reference
+    from kdtrain.schema_docs import json_schema, markdown_reference
 
     rows = [ln for ln in markdown_reference().splitlines() if ln.startswith("| `")]
     empty = [ln.split("|")[1].strip() for ln in rows if ln.rstrip().endswith("|  |")]  # an empty last cell

@@ -357,7 +357,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from kdtrain.schema import json_schema_text, markdown_reference
+    from kdtrain.schema_docs import json_schema_text, markdown_reference
 
     print(markdown_reference() if args.markdown else json_schema_text(), end="")
     return 0
@@ -545,11 +545,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nkdtrain: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as e:  # a database that went away outside a trial (kdtrain status, a report): one line too
-        from kdtrain.study.storage import lost_connection, unreachable
+        from kdtrain.study.storage import lost_connection, outage_reason
 
         if not lost_connection(e, context=False):
             raise
-        print(f"kdtrain: error: {unreachable(e)}", file=sys.stderr)
+        print(f"kdtrain: error: {outage_reason(e)}", file=sys.stderr)
         return 1
 
 

@@ -47,7 +47,7 @@ def layer_rows(model, x, inner=None) -> list[dict]:
 def cmd_layers(args) -> int:
     from kdtrain.config import sweepfile
     from kdtrain.data import datasets
-    from kdtrain.distill import models, teachers
+    from kdtrain.distill import models, teacher_data, teachers
     from kdtrain.distill.features import root
     from kdtrain.ship import study_teacher
     from kdtrain.sweep.console import table
@@ -65,7 +65,7 @@ def cmd_layers(args) -> int:
         if how not in ("train", "weights"):
             print("  no layers to hook: a teacher from a logits, ONNX or TorchScript file gives logits only")
             continue
-        tds, view = teachers._domain(t, cfg, ds)
+        tds, view = teacher_data.domain(t, cfg, ds)
         model = teachers.build(t, tds)
         rows = layer_rows(teachers.TeacherView(model, view, None, 1.0), x, root(model))
         print(table(rows, ["path", "type", "output"]))

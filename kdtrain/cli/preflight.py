@@ -14,7 +14,7 @@ from pathlib import Path
 from kdtrain.errors import KdtrainError
 from kdtrain.paths import redact
 from kdtrain.study import search
-from kdtrain.study.storage import _db_error as db_error
+from kdtrain.study.storage import db_error
 
 
 def storage(url: str | None, create: bool = False):

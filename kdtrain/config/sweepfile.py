@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kdtrain.config.validate import _check_values, _section, did_you_mean
+from kdtrain.config.validate import build_section, check_values, did_you_mean
 from kdtrain.config.validate_search import check_search
 from kdtrain.data import classmap
 from kdtrain.errors import ConfigError
@@ -174,7 +174,7 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
             problems.append(
                 f"{key}: unknown section{did_you_mean(key, TOP_LEVEL)} (known: {', '.join(sorted(TOP_LEVEL))})"
             )
-    sections = {name: _section(cls, raw.get(name), name, problems) for name, cls in SECTIONS.items()}
+    sections = {name: build_section(cls, raw.get(name), name, problems) for name, cls in SECTIONS.items()}
     teachers_raw = raw.get("teachers") or []
     if not isinstance(teachers_raw, list):
         problems.append("teachers: expected a list of teachers")
@@ -183,7 +183,7 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
     for i, t in enumerate(teachers_raw):
         name = t.get("name") if isinstance(t, dict) else None
         where = f"teachers[{i}]" + (f" ({name})" if isinstance(name, str) and name else "")
-        t = _section(TeacherConfig, t, where, problems)
+        t = build_section(TeacherConfig, t, where, problems)
         # {0: [...], 1: [...]} as a list: JSON (a study's copy of the config) would turn its keys into names
         teachers.append(
             t
@@ -195,7 +195,7 @@ def from_dict(raw: Any, source: str = "config", overrides: list[str] | None = No
         problems.append("search: expected a mapping of dotted key -> range")
         search = {}
     cfg = Config(teachers=tuple(teachers), search=search, source=source, **sections)
-    _check_values(cfg, problems)
+    check_values(cfg, problems)
     check_search(cfg, problems)
     if problems:
         raise ConfigError(problems, source)

@@ -60,8 +60,10 @@ def allowed_values() -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- building
 
 
-def _section(cls, raw: Any, where: str, problems: list[str]):
-    """Build a section from a mapping; each unknown key or wrong type is a problem and keeps its default."""
+def build_section(cls, raw: Any, where: str, problems: list[str]):
+    """Build a section from a mapping; each unknown key or wrong type is a problem and keeps its default. The one
+    way a section is built from text: the sweep file's (kdtrain.config.sweepfile) and a search's trial values
+    (kdtrain.config.validate_search)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -255,7 +257,7 @@ def _check_sub_data(raw: Any, parent: DataConfig, where: str, refused: tuple, pr
             }[key]
             + ")",
         )
-    sub = _section(DataConfig, {k: v for k, v in raw.items() if k not in refused}, where, problems)
+    sub = build_section(DataConfig, {k: v for k, v in raw.items() if k not in refused}, where, problems)
     sub = dataclasses.replace(sub, root=sub.root if "root" in raw else parent.root)
     _check_data(sub, lambda cond, msg: need(cond, msg.replace("data.", f"{where}.")))
     _check_scarce(sub, lambda cond, msg: need(cond, msg.replace("data.", f"{where}.")))
@@ -325,9 +327,9 @@ class _Need:
         self(self.get(key) in allowed, f"{key}: one of {', '.join(allowed)}, got {self.get(key)!r}")
 
 
-def _check_values(cfg: Config, problems: list[str]) -> None:
-    """Every value problem of cfg but its search section's (kdtrain.config.validate_search: the trials it gives are
-    checked with this function)."""
+def check_values(cfg: Config, problems: list[str]) -> None:
+    """Every value problem of cfg but its search section's, for kdtrain.config.sweepfile (the file as loaded) and
+    kdtrain.config.validate_search (the trials the search gives)."""
     need = _Need(cfg, problems)
     for key, low in AT_LEAST.items():
         need(need.get(key) is None or need.get(key) >= low, f"{key}: must be >= {low}, got {need.get(key)}")

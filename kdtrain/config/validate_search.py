@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kdtrain.config.validate import _check_values, _section, did_you_mean
+from kdtrain.config.validate import build_section, check_values, did_you_mean
 from kdtrain.schema import SEARCH_TYPES, SECTIONS, Config
 
 
@@ -156,11 +156,12 @@ def _trial(cfg: Config, values: dict) -> tuple[list[str], list[str]]:
         changes.setdefault(section, {})[name] = v
     typed: list[str] = []
     sections = {
-        s: _section(SECTIONS[s], {**dataclasses.asdict(getattr(cfg, s)), **c}, s, typed) for s, c in changes.items()
+        s: build_section(SECTIONS[s], {**dataclasses.asdict(getattr(cfg, s)), **c}, s, typed)
+        for s, c in changes.items()
     }
     found: list[str] = []
     if not typed:
-        _check_values(dataclasses.replace(cfg, **sections), found)
+        check_values(dataclasses.replace(cfg, **sections), found)
     return typed, found
 
 

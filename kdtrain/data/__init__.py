@@ -1,2 +1,2 @@
-"""The data wing: the built-in datasets and their registry, your own data (folder, arrays, csv, python), class
-mappings and rows keyed by content. Imports only the ground floor."""
+"""The data wing: datasets (built in, torchvision, the user's own folders, arrays, tables and factories) as in-memory
+tensors, class maps between label spaces, and rows compared by content. Imports only the ground floor."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdtrain.data import classmap, rows, sources
+from kdtrain.data import classmap, rows, scarce, sources
 from kdtrain.errors import DataError, KdtrainError
 from kdtrain.lazy import Module
 from kdtrain.paths import data_root
@@ -300,15 +300,7 @@ def load(cfg: DataConfig) -> Dataset:
     notes = [note[0]] if note and note[0] else []
     if cfg.classes is not None:
         x, y, x_test, y_test, names = _relabel(cfg.classes, x, y, x_test, y_test, list(names))
-    if cfg.labels is None:
-        perm = np.random.default_rng(cfg.seed).permutation(len(y))
-        n_val = max(1, round(len(y) * cfg.val_fraction))
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        labelled = np.ones(len(train_idx), bool)
-    else:
-        val_idx, train_idx, labelled = scarce_split(y, len(names), cfg)
-    if cfg.limit is not None:
-        train_idx, labelled = train_idx[: cfg.limit], labelled[: cfg.limit]
+    val_idx, train_idx, labelled = _split_rows(cfg, y, len(names))
     x_train, y_train, x_val, y_val = x[train_idx], np.where(labelled, y[train_idx], UNLABELLED), x[val_idx], y[val_idx]
 
     mean, std = _statistics(cfg, x_train)
@@ -351,6 +343,21 @@ def load(cfg: DataConfig) -> Dataset:
     )
 
 
+def _split_rows(cfg: DataConfig, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(validation rows, training rows, which training rows keep their label): data.val_fraction of the rows drawn
+    with data.seed, or data.labels' stratified few (kdtrain.data.scarce); data.limit keeps the first training rows."""
+    if cfg.labels is None:
+        perm = np.random.default_rng(cfg.seed).permutation(len(y))
+        n_val = max(1, round(len(y) * cfg.val_fraction))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        labelled = np.ones(len(train_idx), bool)
+    else:
+        val_idx, train_idx, labelled = scarce.scarce_split(y, classes, cfg)
+    if cfg.limit is not None:
+        train_idx, labelled = train_idx[: cfg.limit], labelled[: cfg.limit]
+    return val_idx, train_idx, labelled
+
+
 def _statistics(cfg: DataConfig, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std, shaped to broadcast over rows: data.mean / data.std, else the training rows'
     (data.normalize), else none (0 and 1)."""
@@ -379,55 +386,6 @@ def _relabel(spec, x, y, x_test, y_test, names: list[str]):
     lookup = np.array([-1 if v is None else v for v in new], np.int64)
     keep, keep_test = lookup[y] >= 0, lookup[y_test] >= 0
     return x[keep], lookup[y[keep]], x_test[keep_test], lookup[y_test[keep_test]], new_names
-
-
-def label_budget(labels: int | float, rows: int) -> int:
-    """data.labels as a count of rows: a fraction of the training split's rows (at least 1), or the count."""
-    return labels if type(labels) is int else max(1, round(labels * rows))
-
-
-def scarce_split(y: np.ndarray, classes: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """data.labels: (val rows, train rows, which train rows keep their label). The labelled rows are stratified by
-    class (each class in proportion, at least 2) and drawn with data.seed; the validation split is
-    data.val_fraction of each class's labelled rows (at least 1, at most all but 1); every other row trains,
-    unlabelled unless chosen."""
-    n = len(y)
-    budget = label_budget(cfg.labels, n)
-    if budget > n:
-        raise DataError(
-            f"data.labels: {budget} labelled rows asked for, but the training split has {n} rows "
-            "(give a count up to that, or a fraction in (0, 1])"
-        )
-    if budget < 2 * classes:
-        raise DataError(
-            f"data.labels: {budget} label(s) for {classes} classes; give at least {2 * classes}, two per "
-            "class (one to train on, one to select on)"
-        )
-    perm = np.random.default_rng(cfg.seed).permutation(n)
-    members = [perm[y[perm] == c] for c in range(classes)]
-    counts = np.array([len(m) for m in members])
-    if (counts < 2).any():
-        c = int(np.argmin(counts))
-        raise DataError(
-            f"data.labels: class {c} has {counts[c]} training row(s); each class needs 2 to keep labels "
-            "for training and selection"
-        )
-    ideal = budget * counts / n
-    quota = np.minimum(counts, np.maximum(2, np.floor(ideal).astype(int)))
-    while quota.sum() < budget:  # largest shortfall first, within each class's rows
-        gap = np.where(quota < counts, ideal - quota, -np.inf)
-        quota[int(np.argmax(gap))] += 1
-    while quota.sum() > budget:  # the minimum of 2 overshot: take from the most over-served class
-        over = np.where(quota > 2, quota - ideal, -np.inf)
-        quota[int(np.argmax(over))] -= 1
-    val, labelled = [], []
-    for m, q in zip(members, quota, strict=False):
-        v = min(q - 1, max(1, round(q * cfg.val_fraction)))
-        val.append(m[:v])
-        labelled.append(m[v:q])
-    val_idx = np.concatenate(val)
-    train_idx = perm[~np.isin(perm, val_idx)]
-    return val_idx, train_idx, np.isin(train_idx, np.concatenate(labelled))
 
 
 def transfer_inputs(cfg: DataConfig, shape: tuple, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:

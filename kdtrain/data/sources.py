@@ -1,8 +1,8 @@
 """The user's own data: a folder of images, an arrays file, a CSV table, or a python factory.
 
 Each source ends in the same raw arrays as the built-in datasets (x as float32 (N, C, L) or (N, C, H, W), y as
-int64 class indices, class names) and goes through one check (`checked`), so that a bad file is one
-`DataError` naming the file and what is wrong, raised before anything is trained or written. A folder's images
+int64 class indices, class names) and goes through one check (kdtrain.data.checks.checked), so that a bad file is
+one `DataError` naming the file and what is wrong, raised before anything is trained or written. A folder's images
 are decoded once and cached as a tensor file keyed by the folder's listing (names, sizes, modification times).
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kdtrain import plugins
+from kdtrain.data import checks
 from kdtrain.errors import DataError, KdtrainError, first_line
 from kdtrain.lazy import Module
 from kdtrain.paths import data_root
@@ -31,93 +32,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 FOLDER_CACHE_VERSION = 2
 decoded_images = 0
 """Images this process has decoded (a second run on the same folder decodes none: the tests read this)."""
-
-
-# --------------------------------------------------------------------------- the one check
-
-
-def _labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | None, where: str):
-    """Labels -> int64 class indices and class names. Strings map to their sorted names (or to class_names)."""
-    if y_train.dtype.kind in "USO":
-        known = list(names) if names is not None else sorted({str(v) for v in y_train})
-        index = {n: i for i, n in enumerate(known)}
-        for split, y in (("y_train", y_train), ("y_test", y_test)):
-            unknown = sorted({str(v) for v in y} - set(index))
-            if unknown:
-                raise DataError(
-                    f"{where}: {split} has label(s) {', '.join(map(repr, unknown[:5]))} that "
-                    + ("are not in class_names" if names is not None else "y_train never has")
-                    + " (every class needs training samples)"
-                )
-        return (
-            np.array([index[str(v)] for v in y_train], np.int64),
-            np.array([index[str(v)] for v in y_test], np.int64),
-            known,
-        )
-    out = []
-    for split, y in (("y_train", y_train), ("y_test", y_test)):
-        if y.dtype.kind not in "iub" and not (
-            y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))
-        ):
-            raise DataError(
-                f"{where}: {split} must hold class indices (integers) or class names (strings), got {y.dtype} values"
-            )
-        out.append(y.astype(np.int64))
-    classes = len(names) if names is not None else int(max(out[0].max(), out[1].max(initial=0))) + 1
-    for split, y in zip(("y_train", "y_test"), out, strict=False):
-        bad = y[(y < 0) | (y >= classes)]
-        if len(bad):
-            raise DataError(
-                f"{where}: {split} has label {int(bad[0])} outside 0..{classes - 1}"
-                + (f" (class_names names {classes} classes)" if names is not None else "")
-            )
-    return out[0], out[1], list(names) if names is not None else [str(i) for i in range(classes)]
-
-
-def _features(x, split: str, where: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype.kind not in "iuf":
-        raise DataError(f"{where}: {split} must be numeric, got {x.dtype} values")
-    if x.ndim == 2:
-        x = x[:, None, :]  # (N, F) features read as (N, 1, F)
-    if x.ndim not in (3, 4):
-        raise DataError(
-            f"{where}: {split} has samples of shape {tuple(x.shape[1:])}; kdtrain takes (F,) features, "
-            "(C, L) signals or (C, H, W) images"
-        )
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{where}: {split} holds NaN or infinite values")
-    return x
-
-
-def checked(x_train, y_train, x_test, y_test, names, where: str):
-    """Validate and convert raw arrays: (x_train, y_train, x_test, y_test, class_names), or one DataError."""
-    as_np = lambda a: a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)  # noqa: E731
-    x_train, x_test = _features(as_np(x_train), "x_train", where), _features(as_np(x_test), "x_test", where)
-    y_train, y_test = as_np(y_train), as_np(y_test)
-    for split, y, x in (("train", y_train, x_train), ("test", y_test, x_test)):
-        if y.ndim != 1:
-            raise DataError(f"{where}: y_{split} must be one label per sample (1-D), got shape {y.shape}")
-        if len(y) != len(x):
-            raise DataError(f"{where}: y_{split} has {len(y)} labels but x_{split} has {len(x)} samples")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(
-            f"{where}: x_train samples have shape {x_train.shape[1:]} but x_test samples {x_test.shape[1:]}"
-        )
-    if len(y_train) < 10 or len(y_test) < 1:
-        raise DataError(
-            f"{where}: {len(y_train)} training and {len(y_test)} test samples; kdtrain needs at "
-            "least 10 to train (a validation split is carved from them) and 1 to test"
-        )
-    if names is not None:
-        names = [str(n) for n in as_np(names).tolist()]
-        if len(set(names)) != len(names) or not names:
-            raise DataError(f"{where}: class_names must be distinct names, got {names[:10]}")
-    y_train, y_test, names = _labels(y_train, y_test, names, where)
-    if len(np.unique(y_train)) < 2:
-        raise DataError(f"{where}: y_train has one class only ({names[y_train[0]]!r}); a classifier needs two or more")
-    return x_train, y_train, x_test, y_test, names
 
 
 def _split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +83,7 @@ def _arrays(cfg: DataConfig):
             f"data.path {path}: missing {', '.join(missing)} (an arrays file holds "
             f"{', '.join(ARRAY_KEYS)} and optionally class_names; it has {', '.join(map(str, d)) or 'nothing'})"
         )
-    return checked(*(d[k] for k in ARRAY_KEYS), d.get("class_names"), f"data.path {path}")
+    return checks.checked(*(d[k] for k in ARRAY_KEYS), d.get("class_names"), f"data.path {path}")
 
 
 # --------------------------------------------------------------------------- csv
@@ -216,7 +130,7 @@ def _csv(cfg: DataConfig):
     else:
         train, test = _split(len(y), cfg)
         x, y, x_test, y_test = x[train], y[train], x[test], y[test]
-    out = checked(x, y, x_test, y_test, None, f"data.path {path}")
+    out = checks.checked(x, y, x_test, y_test, None, f"data.path {path}")
     note = f"{len(features)} feature columns" + (
         f"; ignored non-numeric column(s) {', '.join(ignored)}" if ignored else ""
     )
@@ -367,7 +281,7 @@ def _folder(cfg: DataConfig):
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
         train, test = _split(len(y), cfg)
-    return (*checked(x[train], y[train], x[test], y[test], names, f"data.path {root}"), note)
+    return (*checks.checked(x[train], y[train], x[test], y[test], names, f"data.path {root}"), note)
 
 
 # --------------------------------------------------------------------------- python factory
@@ -406,7 +320,7 @@ def _python(cfg: DataConfig):
             f"{what}: must return a dict with {', '.join(ARRAY_KEYS)} (and optionally class_names), "
             f"or a tuple (x_train, y_train, x_test, y_test[, class_names]); got {type(out).__name__}"
         )
-    result = checked(*arrays, what)
+    result = checks.checked(*arrays, what)
     _factory_results[key] = result
     return result
 
@@ -474,7 +388,9 @@ def _arrays_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
             f"has {', '.join(map(str, d)) or 'nothing'})"
         )
     labels = [k for k in d if k.startswith("y")]
-    x = _features(d[key].numpy() if isinstance(d[key], torch.Tensor) else d[key], key, f"data.unlabeled.path {path}")
+    x = checks.features(
+        d[key].numpy() if isinstance(d[key], torch.Tensor) else d[key], key, f"data.unlabeled.path {path}"
+    )
     return x, f"its array(s) {', '.join(labels)} are ignored" if labels else ""
 
 
@@ -492,7 +408,7 @@ def _csv_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
         raise DataError(f"data.unlabeled.path {path}: no numeric feature column")
     if df[features].isna().any().any():
         raise DataError(f"data.unlabeled.path {path}: empty cells in the feature columns")
-    return _features(
+    return checks.features(
         df[features].to_numpy(np.float32), "rows", f"data.unlabeled.path {path}"
     ), f"column(s) {', '.join(ignored)} ignored" if ignored else ""
 
@@ -515,7 +431,7 @@ def _read_python_inputs(cfg: DataConfig) -> tuple[np.ndarray, str]:
     elif isinstance(out, (tuple, list)):
         out, said = out[0], "only the first of the values it returns is used (its inputs)"
     x = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
-    return _features(x, "inputs", what), said
+    return checks.features(x, "inputs", what), said
 
 
 def inputs_identity(cfg: DataConfig) -> str | None:

@@ -423,7 +423,7 @@ def check_paths(cfg, ds, ends: list[dict]) -> None:
     (``ends``: kdtrain.study.space.extreme_students at both ends; a shallower student may lack the layer). FeatureError on the first problem."""
     import dataclasses
 
-    from kdtrain.distill import models, teachers
+    from kdtrain.distill import models, teacher_data, teachers
 
     chosen = pairs(cfg, every=True)
     if not chosen:
@@ -442,7 +442,7 @@ def check_paths(cfg, ds, ends: list[dict]) -> None:
                 f"kd.features: teacher {name!r} is {what}: it gives logits only, no layer to hook; "
                 "give its arch with a state dict or an MLflow model, or drop kd.features"
             )
-        tds, view = teachers._domain(t, cfg, ds)
+        tds, view = teacher_data.domain(t, cfg, ds)
         model = teachers.build(t, tds).eval()
         pool[name] = (teachers.TeacherView(model, view, None, 1.0), root(model))
     x = ds.x_val[:2].cpu()

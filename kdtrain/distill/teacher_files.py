@@ -1,6 +1,7 @@
 """Teachers made elsewhere, read from their files: a logits file (checked for the data's order), an ONNX model
 (its logits computed once with ONNX Runtime), a TorchScript file, a state-dict checkpoint; each problem one
-DataError naming the file. kdtrain.distill.teachers caches what these give."""
+DataError naming the file; and a teacher's weights (a checkpoint or an MLflow model URI) loaded into its arch.
+kdtrain.distill.teachers caches what these give."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from kdtrain.data.datasets import Dataset
 from kdtrain.data.sources import read_arrays
-from kdtrain.distill import nets
+from kdtrain.distill import nets, references
 from kdtrain.distill.losses import map_logits
 from kdtrain.errors import DataError, KdtrainError, first_line
 from kdtrain.schema import TeacherConfig
@@ -210,3 +211,36 @@ def torchscript(t: TeacherConfig, data: Dataset, view=None) -> nn.Module:
 def pick(t: TeacherConfig, model: nn.Module) -> nn.Module:
     """The model seen through teachers[].output (unchanged without one)."""
     return nets.PickOutput(model, t.output, f"teachers ({t.name}).output") if t.output is not None else model
+
+
+def inner(model: nn.Module | None) -> nn.Module | None:
+    """The model inside pick's wrapper: what a checkpoint loads into and a TorchScript file holds."""
+    return model.model if isinstance(model, nets.PickOutput) else model
+
+
+LoadURI = Callable[[str], dict]
+"""URI (runs:/..., models:/...) -> state dict; given by the caller (kdtrain.tracking.client.load_state_dict), so that
+the teacher cache itself knows nothing of MLflow."""
+URI_SCHEMES = ("runs", "models", "mlflow-artifacts", "s3", "gs", "http", "https")
+
+
+def load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) -> str:
+    """Load teachers[].weights into model; returns the source kind."""
+    ref = t.weights
+    if ref.split(":", 1)[0] in URI_SCHEMES:
+        if load_uri is None:
+            raise KdtrainError(
+                f"teacher {t.name!r}: weights {ref} is a model URI; load the pool through "
+                "kdtrain.sweep.worker.load_pool, which reads MLflow models"
+            )
+        state, source = references.state(ref, load_uri) if references.moving(ref) else load_uri(ref), "mlflow"
+    else:
+        state, source = read_checkpoint(ref), "checkpoint"
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:4]
+        raise KdtrainError(
+            f"teacher {t.name!r}: weights {ref} do not fit arch {t.arch} at width {t.width}: " + " ".join(lines)[:400]
+        ) from None
+    return source

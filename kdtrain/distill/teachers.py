@@ -5,6 +5,9 @@ training settings that shape it, so changing any of them trains a new teacher
 and a second call with the same settings trains nothing. Beside the weights
 sit the teacher's logits on train / val / test: every student trial reuses
 them instead of running the teacher again.
+
+What a teacher learns from and how its classes map to the student's is kdtrain.distill.teacher_data; reading
+files made elsewhere and loading weights is kdtrain.distill.teacher_files.
 """
 
 from __future__ import annotations
@@ -18,20 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from kdtrain.data import classmap, rows
 from kdtrain.data.datasets import Dataset
 from kdtrain.data.datasets import identity as data_identity
-from kdtrain.data.datasets import load as load_data
 from kdtrain.data.sources import file_digest
 from kdtrain.deploy.profile import count_params
-from kdtrain.distill import models, nets, references, teacher_files
+from kdtrain.distill import models, references, teacher_data, teacher_files
 from kdtrain.distill.losses import map_logits
 from kdtrain.distill.train import EpochStats, predict, resolve_device, seed_all, train
-from kdtrain.errors import DataError, KdtrainError, first_line
+from kdtrain.errors import DataError, first_line
 from kdtrain.paths import home
 from kdtrain.schema import Config, TeacherConfig, sub_data
 from kdtrain.shared import atomic_dir, content_key
@@ -80,6 +80,40 @@ class Teacher:
         path, when augmentation changes the inputs every epoch)."""
         return TeacherView(self.model, self.view, self.groups, temperature)
 
+    @classmethod
+    def from_entry(
+        cls,
+        t: TeacherConfig,
+        folder: Path,
+        model: nn.Module | None,
+        logits: dict[str, torch.Tensor],
+        meta: dict,
+        *,
+        source: str,
+        classes: list[str],
+        groups: list[list[int]] | None = None,
+    ) -> Teacher:
+        """The teacher its cache entry describes (meta.json's fields, the folder named `name-key`): one place that
+        reads them by name, for a teacher read back from the cache and one made now."""
+        return cls(
+            name=t.name,
+            config=t,
+            model=model,
+            logits=logits,
+            params=meta["params"],
+            val_accuracy=meta["val_accuracy"],
+            test_accuracy=meta["test_accuracy"],
+            source=source,
+            seconds=meta["seconds"],
+            key=folder.name.rsplit("-", 1)[1],
+            path=folder,
+            classes=classes,
+            groups=groups,
+            view=meta.get("view"),
+            source_val_accuracy=meta.get("source_val_accuracy"),
+            source_test_accuracy=meta.get("source_test_accuracy"),
+        )
+
     @property
     def cached(self) -> bool:
         return self.source == "cache"
@@ -121,55 +155,6 @@ class TeacherView(nn.Module):
 
     def forward(self, x):
         return map_logits(self.model(teacher_files.viewed(x, self.view)).float(), self.groups, self.temperature)
-
-
-_own: dict[str, Dataset] = {}
-
-
-def own_data(t: TeacherConfig, cfg: Config, ds: Dataset) -> Dataset:
-    """The data the teacher learns from: teachers[].data (its source domain, loaded once per process) or the
-    student's. Refused when it would teach the teacher the student's held-out rows or hidden labels (rows.check_teacher)."""
-    if t.data is None:
-        return ds
-    sub = sub_data(t.data, cfg.data)
-    key = content_key(dataclasses.asdict(sub))
-    if key not in _own:
-        try:
-            _own[key] = load_data(sub)
-        except KdtrainError as e:
-            raise type(e)(f"teachers ({t.name}).data: {e}") from None
-    rows.check_teacher(f"teachers ({t.name}).data", sub.name, ds, _own[key])
-    return _own[key]
-
-
-def input_view(tds: Dataset, ds: Dataset) -> tuple[list[float], list[float]] | None:
-    """(scale, shift) per channel so that x_student * scale + shift is the student's raw input normalised with the
-    teacher data's statistics; None when the teacher learnt from the student's data."""
-    if tds is ds:
-        return None
-    if tuple(tds.input_shape) != tuple(ds.input_shape):
-        raise DataError(
-            f"teachers[].data: samples of shape {tuple(tds.input_shape)}, the student's data has "
-            f"{tuple(ds.input_shape)}; a teacher's data must hold inputs like the student's"
-        )
-    s_mean, s_std = np.asarray(ds.mean), np.asarray(ds.std)
-    t_mean, t_std = np.asarray(tds.mean), np.asarray(tds.std)
-    t_mean, t_std = np.broadcast_to(t_mean, s_mean.shape), np.broadcast_to(t_std, s_std.shape)
-    return (s_std / t_std).tolist(), ((s_mean - t_mean) / t_std).tolist()
-
-
-def resolve_groups(t: TeacherConfig, ds: Dataset, teacher_classes: list[str]) -> list[list[int]] | None:
-    """teachers[].classes against the two label spaces; without it the teacher's classes must be the student's."""
-    where = f"teachers ({t.name}).classes"
-    if t.classes is not None:
-        return classmap.groups(t.classes, ds.class_names, teacher_classes, where)
-    if len(teacher_classes) != ds.num_classes:
-        raise DataError(
-            f"teachers ({t.name}): the teacher has {len(teacher_classes)} classes, the student's data "
-            f"{ds.num_classes}; map them with teachers[].classes (a list of teacher classes, one per "
-            "student class, or {student class: [teacher classes]})"
-        )
-    return None
 
 
 def build(t: TeacherConfig, tds: Dataset) -> nn.Module:
@@ -234,37 +219,9 @@ def is_cached(t: TeacherConfig, cfg: Config) -> bool:
     return (cache_dir(t, cfg) / META_FILE).exists()
 
 
-LoadURI = Callable[[str], dict]
-"""URI (runs:/..., models:/...) -> state dict; given by the caller (kdtrain.tracking.client.load_state_dict), so that
-the teacher cache itself knows nothing of MLflow."""
-URI_SCHEMES = ("runs", "models", "mlflow-artifacts", "s3", "gs", "http", "https")
-
-
-def _load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) -> str:
-    """Load teachers[].weights into model; returns the source kind."""
-    ref = t.weights
-    if ref.split(":", 1)[0] in URI_SCHEMES:
-        if load_uri is None:
-            raise KdtrainError(
-                f"teacher {t.name!r}: weights {ref} is a model URI; load the pool through "
-                "kdtrain.sweep.worker.load_pool, which reads MLflow models"
-            )
-        state, source = references.state(ref, load_uri) if references.moving(ref) else load_uri(ref), "mlflow"
-    else:
-        state, source = teacher_files.read_checkpoint(ref), "checkpoint"
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:4]
-        raise KdtrainError(
-            f"teacher {t.name!r}: weights {ref} do not fit arch {t.arch} at width {t.width}: " + " ".join(lines)[:400]
-        ) from None
-    return source
-
-
 def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict) -> None:
     with atomic_dir(folder) as tmp:  # another process may finish the same teacher first: either copy will do
-        inner = _inner(model)
+        inner = teacher_files.inner(model)
         if isinstance(inner, torch.jit.ScriptModule):
             with teacher_files.torchscript_quiet():
                 torch.jit.save(inner, str(tmp / MODEL_FILE))  # the module itself: no arch rebuilds it
@@ -272,11 +229,6 @@ def _save_atomic(folder: Path, model: nn.Module | None, logits: dict, meta: dict
             torch.save(model.state_dict(), tmp / MODEL_FILE)
         torch.save(logits, tmp / LOGITS_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-
-
-def _inner(model: nn.Module | None) -> nn.Module | None:
-    """The model inside _pick's wrapper: what a checkpoint loads into and a TorchScript file holds."""
-    return model.model if isinstance(model, nets.PickOutput) else model
 
 
 def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> Teacher | None:
@@ -293,24 +245,8 @@ def _from_cache(t: TeacherConfig, cfg: Config, data: Dataset, folder: Path) -> T
             model.load_state_dict(state)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError):
         return None  # missing or damaged: train again
-    return Teacher(
-        t.name,
-        t,
-        model.eval() if model is not None else None,
-        logits,
-        meta["params"],
-        meta["val_accuracy"],
-        meta["test_accuracy"],
-        "cache",
-        meta["seconds"],
-        folder.name.rsplit("-", 1)[1],
-        folder,
-        classes,
-        None,
-        meta.get("view"),
-        meta.get("source_val_accuracy"),
-        meta.get("source_test_accuracy"),
-    )
+    model = model.eval() if model is not None else None
+    return Teacher.from_entry(t, folder, model, logits, meta, source="cache", classes=classes)
 
 
 def kind(t: TeacherConfig) -> str:
@@ -330,6 +266,22 @@ def kind(t: TeacherConfig) -> str:
     return "weights"
 
 
+def _accuracies(cfg: Config, data: Dataset, model, logits, groups, tds: Dataset | None) -> dict[str, float | None]:
+    """A teacher's accuracy on the student's splits (mapped to the student's classes) and, when it learnt from its
+    own data, on that data's splits (None otherwise)."""
+    acc = {
+        f"{split}_accuracy": (map_logits(logits[split], groups, 1.0).argmax(1) == y.cpu()).float().mean().item()
+        for split, y in (("val", data.y_val), ("test", data.y_test))
+    }
+    acc["source_val_accuracy"] = acc["source_test_accuracy"] = None
+    if tds is not None and tds is not data and model is not None:
+        bs, bf16 = cfg.train.eval_batch_size, cfg.train.bf16
+        for split in ("val", "test"):
+            x, y = getattr(tds, f"x_{split}"), getattr(tds, f"y_{split}")
+            acc[f"source_{split}_accuracy"] = (predict(model, x, bs, bf16).argmax(1) == y).float().mean().item()
+    return acc
+
+
 def _made(
     t: TeacherConfig,
     cfg: Config,
@@ -342,17 +294,11 @@ def _made(
     classes: list[str],
     view=None,
     tds: Dataset | None = None,
-):
+) -> Teacher:
     """Cache a teacher made now and return it: its accuracy on the student's splits (mapped to the student's
     classes) and, when it learnt from its own data, on that data's splits."""
-    groups = resolve_groups(t, data, classes)
-    acc = lambda split, y: (map_logits(logits[split], groups, 1.0).argmax(1) == y.cpu()).float().mean().item()  # noqa: E731
-    val_acc, test_acc = acc("val", data.y_val), acc("test", data.y_test)
-    source_val = source_test = None
-    if tds is not None and tds is not data and model is not None:
-        bs, bf16 = cfg.train.eval_batch_size, cfg.train.bf16
-        source_val = (predict(model, tds.x_val, bs, bf16).argmax(1) == tds.y_val).float().mean().item()
-        source_test = (predict(model, tds.x_test, bs, bf16).argmax(1) == tds.y_test).float().mean().item()
+    groups = teacher_data.resolve_groups(t, data, classes)
+    acc = _accuracies(cfg, data, model, logits, groups, tds)
     params = count_params(model) if model is not None else None
     if source == "onnx":
         from kdtrain.deploy.export import onnx_params
@@ -364,35 +310,20 @@ def _made(
         "name": t.name,
         "config": dataclasses.asdict(t),
         "params": params,
-        "val_accuracy": val_acc,
-        "test_accuracy": test_acc,
+        "val_accuracy": acc["val_accuracy"],
+        "test_accuracy": acc["test_accuracy"],
         "seconds": seconds,
         "source": source,
         "classes": list(classes),
         "view": view,
-        "source_val_accuracy": source_val,
-        "source_test_accuracy": source_test,
+        "source_val_accuracy": acc["source_val_accuracy"],
+        "source_test_accuracy": acc["source_test_accuracy"],
         "reference": ref,
     }
     moved = references.moved_note(folder, ref) if ref else None  # said where it came from (its run, the tables)
     _save_atomic(folder, model, logits, meta)
-    return Teacher(
-        t.name,
-        t,
-        model,
-        logits,
-        params,
-        val_acc,
-        test_acc,
-        moved or source,
-        seconds,
-        folder.name.rsplit("-", 1)[1],
-        folder,
-        list(classes),
-        groups,
-        view,
-        source_val,
-        source_test,
+    return Teacher.from_entry(
+        t, folder, model, logits, meta, source=moved or source, classes=list(classes), groups=groups
     )
 
 
@@ -408,111 +339,69 @@ def _predict_all(model: nn.Module, cfg: Config, data: Dataset, view=None) -> dic
     return logits
 
 
-def _file_classes(t: TeacherConfig, cfg: Config, data: Dataset, columns: int) -> list[str]:
-    """A file teacher's class names: its teachers[].data's when that names as many, else column numbers."""
-    if t.data is not None:
-        names = own_data(t, cfg, data).class_names
-        if len(names) == columns:
-            return list(names)
-    return (
-        list(data.class_names)
-        if columns == data.num_classes and t.classes is None
-        else [str(i) for i in range(columns)]
-    )
-
-
-def _domain(t: TeacherConfig, cfg: Config, data: Dataset):
-    """(the teacher's own data, the input view from the student's) for a teacher with a model."""
-    tds = own_data(t, cfg, data)
-    try:
-        return tds, input_view(tds, data)
-    except DataError as e:
-        raise DataError(str(e).replace("teachers[].data", f"teachers ({t.name}).data")) from None
-
-
 def get_teacher(
     t: TeacherConfig,
     cfg: Config,
     data: Dataset,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[EpochStats], None] | None = None,
-    load_uri: LoadURI | None = None,
+    load_uri: teacher_files.LoadURI | None = None,
 ) -> Teacher:
     """Return a teacher from the cache, or train / load it and cache it."""
     folder = cache_dir(t, cfg)
     hit = _from_cache(t, cfg, data, folder)
     if hit is not None:
-        own_data(t, cfg, data)  # its data checked against the student's rows, cached or not
-        hit.groups = resolve_groups(t, data, hit.classes)
+        teacher_data.own_data(t, cfg, data)  # its data checked against the student's rows, cached or not
+        hit.groups = teacher_data.resolve_groups(t, data, hit.classes)
         return hit
 
     start = time.perf_counter()
     how = kind(t)
     if how == "logits":
         logits = teacher_files.file_logits(t, data)
-        classes = _file_classes(t, cfg, data, logits["train"].shape[1])
-        teacher_files.check_order(t, logits, resolve_groups(t, data, classes), data, log)
+        classes = teacher_data.file_classes(t, cfg, data, logits["train"].shape[1])
+        teacher_files.check_order(t, logits, teacher_data.resolve_groups(t, data, classes), data, log)
         return _made(t, cfg, data, folder, None, logits, "logits", start, classes)
-    tds, view = _domain(t, cfg, data)
+    tds, view = teacher_data.domain(t, cfg, data)
     if how == "onnx":
         log(f"teacher {t.name}: computing its logits with ONNX Runtime from {t.weights}")
         logits = teacher_files.onnx_logits(t, data, cfg.train.threads, view)
-        return _made(
-            t,
-            cfg,
-            data,
-            folder,
-            None,
-            logits,
-            "onnx",
-            start,
-            _file_classes(t, cfg, data, logits["train"].shape[1]),
-            view,
-        )
+        classes = teacher_data.file_classes(t, cfg, data, logits["train"].shape[1])
+        return _made(t, cfg, data, folder, None, logits, "onnx", start, classes, view)
     if how == "torchscript":
         log(f"teacher {t.name}: loaded TorchScript model {t.weights}")
         model = teacher_files.torchscript(t, data, view)
         logits = _predict_all(model, cfg, data, view)
-        return _made(
-            t,
-            cfg,
-            data,
-            folder,
-            model,
-            logits,
-            "torchscript",
-            start,
-            _file_classes(t, cfg, data, logits["train"].shape[1]),
-            view,
-            tds,
-        )
+        classes = teacher_data.file_classes(t, cfg, data, logits["train"].shape[1])
+        return _made(t, cfg, data, folder, model, logits, "torchscript", start, classes, view, tds)
+    model, source = _loaded_or_trained(t, cfg, tds, log, on_epoch, load_uri)
+    logits = _predict_all(model, cfg, data, view)
+    return _made(t, cfg, data, folder, model, logits, source, start, list(tds.class_names), view, tds)
+
+
+def _loaded_or_trained(
+    t: TeacherConfig,
+    cfg: Config,
+    tds: Dataset,
+    log: Callable[[str], None],
+    on_epoch: Callable[[EpochStats], None] | None,
+    load_uri: teacher_files.LoadURI | None,
+) -> tuple[nn.Module, str]:
+    """The teacher's network for its arch, with teachers[].weights loaded or trained on its data; and its source."""
     seed_all(cfg.train.seed)
     model = build(t, tds)
     if t.weights:
-        source = _load_weights(t, _inner(model), load_uri)
+        source = teacher_files.load_weights(t, teacher_files.inner(model), load_uri)
         log(f"teacher {t.name}: loaded weights from {t.weights}")
-    else:
-        epochs = t.epochs if t.epochs is not None else cfg.train.epochs
-        family = "" if t.arch.startswith("torchvision:") else f"width {t.width}, "
-        own = f" on its own data ({t.data.get('name', 'mnist1d')})" if t.data is not None else ""
-        log(f"teacher {t.name}: training {t.arch} ({family}{count_params(model):,} params) for {epochs} epochs{own}")
-        source = "trained"
-        augment = sub_data(t.data, cfg.data).augment if t.data is not None else cfg.data.augment
-        if epochs > 0:
-            model = train(model, tds, cfg.train, augment_kinds=augment, on_epoch=on_epoch, epochs=epochs, lr=t.lr).model
-    return _made(
-        t,
-        cfg,
-        data,
-        folder,
-        model,
-        _predict_all(model, cfg, data, view),
-        source,
-        start,
-        list(tds.class_names),
-        view,
-        tds,
-    )
+        return model, source
+    epochs = t.epochs if t.epochs is not None else cfg.train.epochs
+    family = "" if t.arch.startswith("torchvision:") else f"width {t.width}, "
+    own = f" on its own data ({t.data.get('name', 'mnist1d')})" if t.data is not None else ""
+    log(f"teacher {t.name}: training {t.arch} ({family}{count_params(model):,} params) for {epochs} epochs{own}")
+    augment = sub_data(t.data, cfg.data).augment if t.data is not None else cfg.data.augment
+    if epochs > 0:
+        model = train(model, tds, cfg.train, augment_kinds=augment, on_epoch=on_epoch, epochs=epochs, lr=t.lr).model
+    return model, "trained"
 
 
 def _first_batch(t: TeacherConfig, model: nn.Module, tds: Dataset) -> None:
@@ -536,7 +425,7 @@ def _first_batch(t: TeacherConfig, model: nn.Module, tds: Dataset) -> None:
         )
 
 
-def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadURI | None = None) -> None:
+def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: teacher_files.LoadURI | None = None) -> None:
     """Read every not-yet-cached teacher's file (a checkpoint into its arch, a TorchScript model, a logits file's
     shapes), run every model once on its data and check its classes against the student's, so that a corrupt or
     ill-fitting teacher is reported before any other teacher spends time training. A moving MLflow model URI
@@ -550,24 +439,26 @@ def check_weights(cfg: Config, data: Dataset, names: list[str], load_uri: LoadUR
         how = kind(t)
         if how == "logits":
             logits = teacher_files.file_logits(t, data)
-            classes = _file_classes(t, cfg, data, logits["train"].shape[1])
-            teacher_files.check_order(t, logits, resolve_groups(t, data, classes), data, log=lambda line: None)
+            classes = teacher_data.file_classes(t, cfg, data, logits["train"].shape[1])
+            teacher_files.check_order(
+                t, logits, teacher_data.resolve_groups(t, data, classes), data, log=lambda line: None
+            )
             continue
-        tds, view = _domain(t, cfg, data)
+        tds, view = teacher_data.domain(t, cfg, data)
         if how == "torchscript":
             model = teacher_files.torchscript(t, data, view)
             with torch.no_grad():
                 columns = model(teacher_files.viewed(data.x_val[:2].cpu(), view)).shape[1]
-            resolve_groups(t, data, _file_classes(t, cfg, data, columns))
+            teacher_data.resolve_groups(t, data, teacher_data.file_classes(t, cfg, data, columns))
         elif how == "onnx" and not Path(t.weights).expanduser().is_file():
             raise DataError(f"{teacher_files.file_of(t, 'weights')}: no such file")
         elif how in ("weights", "train"):
             model = build(t, tds)
             if how == "weights":
-                _load_weights(t, _inner(model), load_uri)
+                teacher_files.load_weights(t, teacher_files.inner(model), load_uri)
             if t.output is not None or t.data is not None or t.arch not in models.MODELS:
                 _first_batch(t, model, tds)
-            resolve_groups(t, data, list(tds.class_names))
+            teacher_data.resolve_groups(t, data, list(tds.class_names))
 
 
 def load_pool(
@@ -576,7 +467,7 @@ def load_pool(
     names: list[str] | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[str, EpochStats], None] | None = None,
-    load_uri: LoadURI | None = None,
+    load_uri: teacher_files.LoadURI | None = None,
 ) -> dict[str, Teacher]:
     """The named teachers (default: the whole pool), each cached or trained."""
     wanted = names if names is not None else [t.name for t in cfg.teachers]

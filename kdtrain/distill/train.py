@@ -291,7 +291,14 @@ def train(
                 raise DivergedError(epoch, loss_m)
             val_acc = accuracy(model, data.x_val, data.y_val, cfg.eval_batch_size, cfg.bf16)
         stats = EpochStats(
-            epoch, epochs, loss_m, kd_m, ce_m, val_acc, opt.param_groups[0]["lr"], time.perf_counter() - t0
+            epoch=epoch,
+            epochs=epochs,
+            train_loss=loss_m,
+            kd_loss=kd_m,
+            ce_loss=ce_m,
+            val_accuracy=val_acc,
+            lr=opt.param_groups[0]["lr"],
+            seconds=time.perf_counter() - t0,
         )
         history.append(stats)
         if on_epoch is not None:

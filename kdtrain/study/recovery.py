@@ -29,19 +29,21 @@ from kdtrain.study.search import (
     T_REQUEUED_FROM,
     T_REQUEUES,
     T_RUN,
-    StorageLost,
     TrialTakenOver,
-    _rdb,
-    _storage,
-    _study_id,
-    _trial_id,
     ask,
     counts,
     gone,
-    heartbeat_interval,
     stored_study,
-    study_lock,
     trials,
+)
+from kdtrain.study.storage import (
+    StorageLost,
+    heartbeat_interval,
+    rdb_of,
+    storage_of,
+    study_lock,
+    study_storage_id,
+    trial_storage_id,
 )
 
 
@@ -53,9 +55,9 @@ def max_requeues(study: optuna.Study) -> int:
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial):
     """Record the trial's heartbeat every interval while it runs (RDB storages; nothing for a journal file)."""
-    storage = _storage(study)
+    storage = storage_of(study)
     interval = heartbeat_interval(storage)
-    trial_id = _trial_id(study, trial) if interval else None
+    trial_id = trial_storage_id(study, trial) if interval else None
     once = warning_once(
         lambda e: (
             f"trial {trial.number}: its heartbeat could not be recorded; the study's storage "
@@ -128,8 +130,8 @@ def fail_trial(
     settings), report its MLflow run to on_failed. A trial not re-queued for the cap counts toward the failure cap.
 
     False when another worker failed or finished it first (the storage refuses a second transition)."""
-    storage = _storage(study)
-    trial_id = _trial_id(study, trial)
+    storage = storage_of(study)
+    trial_id = trial_storage_id(study, trial)
     frozen = storage.get_trial(trial_id)
     settings = _settings(frozen)
     done, cap = frozen.user_attrs.get(T_REQUEUES, 0), max_requeues(study)
@@ -196,8 +198,8 @@ def _stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """RUNNING trials without a heartbeat for the grace period. Private method: Optuna's public
     optuna.storages.fail_stale_trials fails them itself and runs only its own retry callback, while kdtrain must
     also record why, re-queue them once and close their MLflow runs, under its own ask lock."""
-    storage = _storage(study)
-    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(_study_id(study))]
+    storage = storage_of(study)
+    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(study_storage_id(study))]
 
 
 def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
@@ -206,7 +208,7 @@ def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
     RDB storages (PostgreSQL: workers on many machines): a trial without a heartbeat for the grace period.
     Journal file (workers on this machine): a trial whose worker process on this host no longer exists."""
     recovered = []
-    b = _rdb(_storage(study))
+    b = rdb_of(storage_of(study))
     if b is not None:
         stale = _stale(study)
         # a worker that died between ask and its first heartbeat left a trial with no heartbeat and no pid
@@ -246,7 +248,7 @@ def _recover(study: optuna.Study, on_failed: OnFailed | None) -> list[int]:
 
 def live_elsewhere(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """RUNNING trials of other processes not known to be dead (another host's, or a live pid here)."""
-    stale = {t.number for t in (_stale(study) if _rdb(_storage(study)) is not None else [])}
+    stale = {t.number for t in (_stale(study) if rdb_of(storage_of(study)) is not None else [])}
     return [
         t
         for t in trials(study, "RUNNING")
@@ -300,7 +302,7 @@ def recover(study: optuna.Study, on_failed: OnFailed | None = None) -> list[int]
 def _recoverable(study: optuna.Study) -> bool:
     """Will the RUNNING trials of this study finish or be recovered by a worker here? (heartbeats, or all on
     this host where a dead pid is seen)."""
-    if heartbeat_interval(_storage(study)):
+    if heartbeat_interval(storage_of(study)):
         return True
     host = socket.gethostname()
     return all(t.user_attrs.get(T_HOST) in (None, host) for t in trials(study, "RUNNING"))

@@ -30,21 +30,15 @@ from kdtrain.shared import pid_alive, warn
 from kdtrain.study import space
 from kdtrain.study.storage import (
     PatientStorage,
-    StorageDown,  # noqa: F401
-    StorageLost,  # noqa: F401
-    _rdb,
-    _storage,
-    _study_id,  # noqa: F401
-    _trial_id,
     apply_heartbeat,
     default_storage,
     existing_storage,
     heartbeat_interval,
     is_rdb,
-    no_wait,  # noqa: F401
     open_storage,
-    study_lock,  # noqa: F401
-    try_study_lock,  # noqa: F401
+    rdb_of,
+    storage_of,
+    trial_storage_id,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -81,7 +75,7 @@ T_CURVE, T_COMPUTE = "kdtrain.val_curve", "kdtrain.train_seconds"  # per-epoch v
 def configure(study: optuna.Study, cfg: Config, worker: int = 0) -> None:
     """This process's view of the study: its heartbeat settings, sampler (seeded per worker and per resume) and
     pruner."""
-    apply_heartbeat(_storage(study), cfg)
+    apply_heartbeat(storage_of(study), cfg)
     started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
     study.sampler, study.pruner = make_sampler(cfg, worker, started), make_pruner(cfg)
 
@@ -111,7 +105,7 @@ def load(study_name: str, storage_url: str | None = None, storage=None, patient:
         raise KdtrainError(
             f"no study named {study_name!r} in {redact(storage_url or default_storage())} (see kdtrain status)"
         ) from None
-    b = _rdb(_storage(study))
+    b = rdb_of(storage_of(study))
     if patient and isinstance(b, PatientStorage) and not b.patience:
         with contextlib.suppress(ValueError, TypeError):  # a study of an older kdtrain: its default
             b.patience = parse_duration(stored_study(study).get("storage_patience", StudyConfig.storage_patience))
@@ -313,8 +307,8 @@ def ask(study: optuna.Study) -> optuna.Trial:
     """A new trial, marked with who runs it. Call under study_lock(..., "ask"): recovery (under the same lock)
     trusts the host and pid set here."""
     trial = study.ask()
-    if heartbeat_interval(_storage(study)):  # first: from here on a death is seen by its silence
-        _storage(study).record_heartbeat(_trial_id(study, trial))
+    if heartbeat_interval(storage_of(study)):  # first: from here on a death is seen by its silence
+        storage_of(study).record_heartbeat(trial_storage_id(study, trial))
     trial.set_user_attr(T_HOST, socket.gethostname())
     trial.set_user_attr(T_PID, os.getpid())
     return trial

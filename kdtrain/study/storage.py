@@ -63,11 +63,13 @@ def _driver_words(e: BaseException) -> str:
     """The innermost cause's words (the driver's, not Optuna's "invalid data in the commit"), no password."""
     while e.__cause__ is not None:
         e = e.__cause__
-    return _db_error(e)
+    return db_error(e)
 
 
-def unreachable(e: BaseException) -> str:
-    """One line for a storage call that failed with the database gone: the driver's words, no password."""
+def outage_reason(e: BaseException) -> str:
+    """The outage's reason, as the one line a command prints when a storage call failed with the database gone:
+    the driver's words, no password. (kdtrain.tracking.outbox.unreachable is another question: whether an error
+    means the tracking server is away.)"""
     return (
         f"the study's storage is unreachable ({_driver_words(e)}); start the database again and rerun the same "
         "command (a sweep resumes; its running trial is recovered)"
@@ -257,8 +259,9 @@ def is_rdb(url: str) -> bool:
     return "://" in url
 
 
-def _db_error(e: Exception) -> str:
-    """The driver's own words, without SQLAlchemy's wrapping (nor the statement), on one line, passwords hidden."""
+def db_error(e: Exception) -> str:
+    """The driver's own words, without SQLAlchemy's wrapping (nor the statement), on one line, passwords hidden;
+    for every message about a database kdtrain could not use (this storage's, the preflight's checks of a URL)."""
     text = str(e).replace("\n", " ").split("(Background on this error", 1)[0].split("[SQL: ", 1)[0]
     text = re.sub(r"^\(\S+?\)\s*", "", text.strip())
     hints = {
@@ -296,7 +299,7 @@ def open_storage(url: str | None = None):
                 f"the Optuna storage {redact(url)} needs its database driver: pip install 'kdtrain[postgres]'"
             ) from None
         except Exception as e:  # noqa: BLE001 - a driver's or SQLAlchemy's: one line with the driver's words
-            raise KdtrainError(f"cannot open the Optuna storage {redact(url)}: {_db_error(e)}") from None
+            raise KdtrainError(f"cannot open the Optuna storage {redact(url)}: {db_error(e)}") from None
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(url).expanduser().resolve()
@@ -309,7 +312,7 @@ def open_storage(url: str | None = None):
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
-def _rdb(storage) -> optuna.storages.RDBStorage | None:
+def rdb_of(storage) -> optuna.storages.RDBStorage | None:
     """The RDBStorage behind a storage, or None for a journal. Private attribute: Optuna wraps an RDBStorage in
     a _CachedStorage and offers no public accessor, and heartbeat settings and the engine live on the inner one."""
     inner = getattr(storage, "_backend", storage)
@@ -318,22 +321,24 @@ def _rdb(storage) -> optuna.storages.RDBStorage | None:
 
 # A private attribute for want of a public accessor: asking and failing trials by hand (heartbeats, recovery)
 # needs the study's storage. The trial-level calls take a trial's id, found through public storage calls.
-def _storage(study: optuna.Study):
+def storage_of(study: optuna.Study):
+    """The storage a study reads and writes (kdtrain.study.search and .recovery ask, beat and fail through it)."""
     return study._storage
 
 
-def _study_id(study: optuna.Study) -> int:
-    return _storage(study).get_study_id_from_name(study.study_name)
+def study_storage_id(study: optuna.Study) -> int:
+    """The study's id in its storage (the storage's trial-level calls take it)."""
+    return storage_of(study).get_study_id_from_name(study.study_name)
 
 
-def _trial_id(study: optuna.Study, trial) -> int:
+def trial_storage_id(study: optuna.Study, trial) -> int:
     """A trial's storage id, from its number (public BaseStorage calls; Trial._trial_id is private)."""
-    return _storage(study).get_trial_id_from_study_id_trial_number(_study_id(study), trial.number)
+    return storage_of(study).get_trial_id_from_study_id_trial_number(study_storage_id(study), trial.number)
 
 
 def apply_heartbeat(storage, cfg: Config) -> None:
     """Every worker of a study beats at the study's own interval and grace period (stored with its config)."""
-    b = _rdb(storage)
+    b = rdb_of(storage)
     if b is not None:
         b.heartbeat_interval, b.grace_period = cfg.study.heartbeat_interval, cfg.study.grace_period
         if isinstance(b, PatientStorage):
@@ -341,7 +346,7 @@ def apply_heartbeat(storage, cfg: Config) -> None:
 
 
 def heartbeat_interval(storage) -> int | None:
-    b = _rdb(storage)
+    b = rdb_of(storage)
     return b.heartbeat_interval if b is not None else None
 
 
@@ -383,8 +388,8 @@ def existing_storage(url: str | None = None):
 def _lock_backend(study_or_storage):
     """The PostgreSQL storage backend whose advisory locks a study's workers share; None where the study lives
     elsewhere (a journal file, SQLite: workers on this machine only, file locks)."""
-    storage = _storage(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
-    b = _rdb(storage)
+    storage = storage_of(study_or_storage) if isinstance(study_or_storage, optuna.Study) else study_or_storage
+    b = rdb_of(storage)
     return b if b is not None and b.engine.dialect.name == "postgresql" else None
 
 

@@ -24,8 +24,10 @@ from kdtrain.paths import home
 from kdtrain.schema import Config
 from kdtrain.shared import atomic_write_text, content_key, cpu_room, file_lock
 from kdtrain.study import search, space
+from kdtrain.study.storage import study_lock
 from kdtrain.tracking import client
 from kdtrain.tracking.client import Tracker
+from kdtrain.tracking.outbox import unreachable
 
 
 def student_key(cfg: Config) -> str:
@@ -143,7 +145,7 @@ def ensure_baseline(ctx, cfg: Config) -> dict:
     try:
         log_baseline(ctx, cfg, key, seeds, result, metrics)
     except Exception as e:
-        if not client.unreachable(e):
+        if not unreachable(e):
             raise
         ctx.tracker.down(e)  # the trial needs the numbers, not the run: logged before the next trial
         ctx.unlogged[key] = cfg
@@ -152,7 +154,7 @@ def ensure_baseline(ctx, cfg: Config) -> dict:
 
 def log_baseline(ctx, cfg: Config, key: str, seeds: list[int], result: dict, metrics: dict) -> None:
     """The baseline's MLflow run, once per study (under the study's lock)."""
-    with search.study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
+    with study_lock(ctx.study, ctx.study.study_name, f"baseline-{key}"):
         if not logged_whole(ctx, {"kdtrain.baseline_key": key}):
             run_name = f"baseline-{cfg.student.arch}-w{cfg.student.width}"
             run = ctx.tracker.start(

@@ -28,6 +28,7 @@ from kdtrain.distill import models, teachers
 from kdtrain.errors import first_line
 from kdtrain.schema import Config
 from kdtrain.study import search, space
+from kdtrain.study.storage import try_study_lock
 from kdtrain.sweep import baselines
 from kdtrain.tracking import client
 
@@ -86,14 +87,14 @@ def run(ctx, log: Callable[[str], None] | None = None, limit: int | None = None)
         done = f"{A_DONE}teacher-{t.key}"
         if done in ctx.study.user_attrs:
             continue
-        with search.try_study_lock(ctx.study, ctx.study.study_name, f"follow-up-teacher-{t.key}") as held:
+        with try_study_lock(ctx.study, ctx.study.study_name, f"follow-up-teacher-{t.key}") as held:
             if held and done not in ctx.study.user_attrs:
                 follow_up_teacher(ctx, t)
                 ctx.study.set_user_attr(done, True)
     for key, cfg, group in pending(ctx):
         if limit is not None and widths >= limit:
             break
-        with search.try_study_lock(ctx.study, ctx.study.study_name, f"follow-up-{key}") as held:
+        with try_study_lock(ctx.study, ctx.study.study_name, f"follow-up-{key}") as held:
             if not held:
                 continue  # another worker has this width
             n += follow_up(ctx, cfg, group, log)

@@ -30,6 +30,7 @@ from kdtrain.paths import redact
 from kdtrain.schema import METRICS, Config
 from kdtrain.shared import cpu_room, threads_per_worker
 from kdtrain.study import first_trials, progress, recovery, search, space
+from kdtrain.study.storage import StorageDown, StorageLost, no_wait, study_lock
 from kdtrain.sweep import baselines, followup
 from kdtrain.tracking import client
 from kdtrain.tracking.client import Tracker
@@ -68,7 +69,7 @@ class Context:
         for name in [n for n in names if n not in self.pool]:
             key = teachers.teacher_key(self.cfg.teacher(name), self.cfg)
             # study-wide (every machine): one trains and logs it, the others fetch that very teacher from its run
-            with search.study_lock(self.study, self.study.study_name, f"teacher-{key}"):
+            with study_lock(self.study, self.study.study_name, f"teacher-{key}"):
                 fetch_teachers(self.cfg, self.tracker, self.exp_id, self.log, [name])
                 self.pool.update(load_pool(self.cfg, self.ds, [name], log=self.log))
                 ensure_teacher_runs(self)
@@ -195,7 +196,7 @@ def fetch_teachers(
 
 def ensure_parent(tracker: Tracker, exp_id: str, study, cfg: Config, sweep_file: str | None) -> str:
     """The study's parent run (kdtrain.role=sweep): created once, reopened on resume."""
-    with search.study_lock(study, study.study_name, "parent"):
+    with study_lock(study, study.study_name, "parent"):
         found = tracker.find(exp_id, {client.ROLE: "sweep", "optuna.study": study.study_name})
         if found:
             run_id = found[0]
@@ -222,7 +223,7 @@ def ensure_parent(tracker: Tracker, exp_id: str, study, cfg: Config, sweep_file:
 
 def ensure_teacher_runs(ctx: Context) -> None:
     """Every teacher of the pool is a run of the study (logged once)."""
-    with search.study_lock(ctx.study, ctx.study.study_name, "teachers"):
+    with study_lock(ctx.study, ctx.study.study_name, "teachers"):
         for t in ctx.pool.values():
             if baselines.logged_whole(ctx, {"kdtrain.teacher_key": t.key}):
                 continue
@@ -320,13 +321,13 @@ def run_trial(ctx: Context, trial) -> list[float]:
     def on_epoch(s):
         history.append(s)
         try:
-            with search.no_wait():  # the study's database away: this epoch goes unchecked, training goes on
+            with no_wait():  # the study's database away: this epoch goes unchecked, training goes on
                 if single:
                     if search.report(trial, s.val_accuracy, s.epoch):
                         raise search.TrialPruned(f"pruned at epoch {s.epoch} (val_accuracy {s.val_accuracy:.4f})")
                 elif pareto_check:
                     pareto_check([h.val_accuracy for h in history])
-        except search.StorageDown:
+        except StorageDown:
             pass
 
     pool = ctx.need(tcfg.kd_teachers) if tcfg.kd.alpha > 0 else ctx.pool  # a teacher not trained yet: now
@@ -497,7 +498,7 @@ def _run_and_tell(ctx: Context, trial) -> None:
         why = "SIGTERM" if isinstance(e, Terminated) else "the user (Ctrl-C)"
         recovery.fail_trial(study, trial, f"interrupted: stopped by {why}", killed(tracker))
         raise
-    except search.StorageLost:
+    except StorageLost:
         raise  # the study's database is gone past study.storage_patience: the next run recovers the trial
     except Exception as e:  # noqa: BLE001 - MLflow's errors are many; the study holds the result
         if tracker.away(e):  # the tracking server away past study.storage_patience: not the settings' fault

@@ -22,7 +22,7 @@ from pathlib import Path
 from kdtrain.errors import KdtrainError, first_line, not_a_stop
 from kdtrain.paths import home, redact
 from kdtrain.shared import atomic_dir
-from kdtrain.tracking.outbox import PENDING, Outbox, TrackingLost, _reason, unreachable  # noqa: F401
+from kdtrain.tracking.outbox import Outbox, innermost_cause
 from kdtrain.tracking.writes import CURVES, MODEL_TAG, WRITE_TAG, Writes, literal
 
 ROLE = "kdtrain.role"
@@ -127,7 +127,7 @@ def check_reachable(uri: str | None) -> None:
             )
         except Exception as e:  # noqa: BLE001 - requests' connection, TLS and timeout errors, wrapped by MLflow
             raise KdtrainError(
-                f"cannot reach the MLflow tracking server {redact(uri)} ({_reason(e)}); start it "
+                f"cannot reach the MLflow tracking server {redact(uri)} ({innermost_cause(e)}); start it "
                 "(mlflow server ..., see the README) or fix --tracking-uri / MLFLOW_TRACKING_URI"
                 + (
                     "; for a private CA set MLFLOW_TRACKING_SERVER_CERT_PATH"
@@ -336,39 +336,20 @@ class Tracker(Writes):
 
     # ------------------------------------------------------------------ MLflow models and dataset inputs
     def log_model(self, run_id: str, exp_id: str, name: str, model, example, tags: dict | None = None) -> str | None:
-        """The run's model as an MLflow logged model (linked to the run; kdtrain.model_id tags the run), in MLflow's
-        pytorch flavor so that mlflow.pyfunc.load_model needs torch alone, not kdtrain (a pickled module would
-        need kdtrain's classes; ONNX would need onnxruntime): a torch.export program (pt2, which loads without
-        a warning), else TorchScript (a model export cannot capture; torch warns that TorchScript is deprecated
-        when it loads). Its signature and input example come from `example` (inputs as the model takes them).
-        None, with a tag saying why, when neither reproduces the model (a python: factory with data-dependent
-        control flow, say)."""
-        import torch
+        """The run's model as an MLflow logged model (linked to the run; kdtrain.model_id tags the run): the files
+        of kdtrain.deploy.export.logged_model_files, whose signature and input example come from `example` (inputs
+        as the model takes them). None, with a tag saying why, when no export reproduces the model (a python:
+        factory with data-dependent control flow, say)."""
+        from kdtrain.deploy.export import logged_model_files
 
-        from kdtrain.deploy.export import exported, torchscript
-
-        x = torch.as_tensor(example).float().cpu()
-        files = {"example.pt": io.BytesIO()}
-        torch.save(x, files["example.pt"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # export's notes on buffers, TorchScript's deprecation notice
-            program = exported(model, x)
-            if program is not None:
-                files["model.pt2"] = io.BytesIO()
-                torch.export.save(program, files["model.pt2"])
-            elif (ts := torchscript(model, x)) is not None:
-                files["model.ts"] = io.BytesIO()
-                torch.jit.save(ts, files["model.ts"])
-            else:
-                self.set_tags(
-                    run_id,
-                    {MODEL_TAG: "none: neither torch.export nor TorchScript reproduces this model; see model.pt"},
-                )
-                return None
+        files = logged_model_files(model, example)
+        if files is None:
+            self.set_tags(
+                run_id, {MODEL_TAG: "none: neither torch.export nor TorchScript reproduces this model; see model.pt"}
+            )
+            return None
         tags = {**{k: str(v) for k, v in (tags or {}).items()}, WRITE_TAG: uuid.uuid4().hex}
-        return self._write(
-            "model", run_id, {"exp_id": exp_id, "name": name, "tags": tags}, {k: b.getvalue() for k, b in files.items()}
-        )
+        return self._write("model", run_id, {"exp_id": exp_id, "name": name, "tags": tags}, files)
 
     def register(self, name: str, model_id: str, run_id: str, description: str, tags: dict) -> str:
         """A version of registered model `name` for a logged model (the registered model created if need be); the

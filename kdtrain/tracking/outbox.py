@@ -192,8 +192,9 @@ class Outbox:
         return list(seen)
 
 
-def _reason(e: BaseException) -> str:
-    """The innermost cause of a connection error, in one line without the URL's credentials."""
+def innermost_cause(e: BaseException) -> str:
+    """The innermost cause of a connection error, in one line without the URL's credentials (this module's warnings
+    and kdtrain.tracking.client.check_reachable's refusal say it)."""
     while e.__cause__ is not None or e.__context__ is not None:
         e = e.__cause__ or e.__context__
     return redact(first_line(e, 300))
@@ -241,7 +242,7 @@ class Deferring:
             self.down_since = time.time()
             print(
                 f"warning: the MLflow tracking server {redact(self.uri)} is unreachable since "
-                f"{clock(self.down_since)} ({_reason(e)}); the runs' writes "
+                f"{clock(self.down_since)} ({innermost_cause(e)}); the runs' writes "
                 f"are kept in {self.outbox.folder} and sent in order when it answers (kdtrain status counts "
                 "the trials waiting)",
                 file=sys.stderr,
@@ -297,12 +298,12 @@ class Deferring:
                 if not self.answers():  # an outage: this write waits for the server, and the ones after it
                     return None
                 tries = record.get("failures", 0) + 1  # a failure with the server answering: counted
-                self.outbox.update(entry, failures=tries, error=_reason(e))
+                self.outbox.update(entry, failures=tries, error=innermost_cause(e))
                 return STUCK if tries >= SET_ASIDE_AFTER else None
             # the server refuses it (the run deleted meanwhile, say): said, and not tried again
             print(
                 f"warning: a kept MLflow write ({record['op']} of run {record['run_id']}) was refused "
-                f"by the server and dropped ({_reason(e)})",
+                f"by the server and dropped ({innermost_cause(e)})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -356,7 +357,7 @@ class Deferring:
                 self.down(e)
                 lost = TrackingLost(
                     f"the MLflow tracking server {redact(self.uri)} has been unreachable since "
-                    f"{clock(self.down_since)} ({_reason(e)}), more than study.storage_patience"
+                    f"{clock(self.down_since)} ({innermost_cause(e)}), more than study.storage_patience"
                 )
                 if self.answers():  # a failure of this write alone: tried again a few times
                     tries += 1
