@@ -188,7 +188,7 @@ def test_confirm_reports_the_pairs_gain_over_logit_kd_with_seeds_whatever_its_si
         assert next(line for line in out.splitlines() if line.startswith(f"{plain.number} ")).rstrip().endswith("-")
     # teachers[].from_study: STUDY alone is the confirmed pick, the best mean val accuracy over confirm's seeds
     from kdtrain.config import sweepfile
-    from kdtrain.ship.registry import registry, study_teacher
+    from kdtrain.ship import registry, study_teacher
 
     confirmed = registry.confirmed_trials(Tracker(uri), "feats")
     best = max(confirmed, key=lambda n: confirmed[n]["val"])
@@ -218,7 +218,7 @@ def test_a_trial_of_a_finished_study_teaches_the_next_round(swept, monkeypatch, 
 
     from kdtrain.config import sweepfile
     from kdtrain.distill import teachers
-    from kdtrain.ship.registry import study_teacher
+    from kdtrain.ship import study_teacher
 
     monkeypatch.setenv("KDTRAIN_HOME", str(swept))
     monkeypatch.chdir(swept.parent)

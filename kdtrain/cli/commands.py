@@ -19,7 +19,7 @@ from kdtrain.sweep.console import Countdown, EpochProgress, beside_bar, front_ta
 
 def _load(args):
     from kdtrain.config import sweepfile
-    from kdtrain.ship.registry import study_teacher
+    from kdtrain.ship import study_teacher
 
     return _load_data(study_teacher.resolve(sweepfile.load(args.sweep, args.set)))  # teachers[].from_study
 
@@ -143,7 +143,7 @@ def _preflight(args):
     from kdtrain.cli import preflight
     from kdtrain.config import sweepfile
     from kdtrain.errors import ConfigError, UsageError
-    from kdtrain.ship.registry import study_teacher
+    from kdtrain.ship import study_teacher
     from kdtrain.study import recovery, search
     from kdtrain.tracking.client import check_reachable
 
@@ -364,7 +364,7 @@ def cmd_schema(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from kdtrain.ship.registry import registry
+    from kdtrain.ship import registry
     from kdtrain.tracking.client import default_uri
 
     return registry.mlflow_ui(args.tracking_uri or default_uri(), args.port, args.study)
@@ -410,7 +410,7 @@ def cmd_profile(args) -> int:
 def cmd_export(args) -> int:
     from kdtrain.cli import preflight
     from kdtrain.deploy.export import export_model, make_card, need_onnx
-    from kdtrain.ship.registry import registry
+    from kdtrain.ship import registry
     from kdtrain.study import search
     from kdtrain.sweep import baselines
     from kdtrain.tracking.client import Tracker
@@ -499,7 +499,7 @@ def cmd_confirm(args) -> int:
 
 def cmd_register(args) -> int:
     from kdtrain.cli import preflight
-    from kdtrain.ship.registry import registry
+    from kdtrain.ship import registry
     from kdtrain.study import search
     from kdtrain.tracking.client import Tracker, check_reachable
 
@@ -519,7 +519,7 @@ def cmd_register(args) -> int:
 
 def cmd_dashboard(args) -> int:
     from kdtrain.cli import preflight
-    from kdtrain.ship.registry import registry
+    from kdtrain.ship import registry
 
     preflight.storage(args.storage)
     return registry.dashboard(args.storage, args.study, args.port)

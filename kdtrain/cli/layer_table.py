@@ -49,7 +49,7 @@ def cmd_layers(args) -> int:
     from kdtrain.data import datasets
     from kdtrain.distill import models, teachers
     from kdtrain.distill.features import root
-    from kdtrain.ship.registry import study_teacher
+    from kdtrain.ship import study_teacher
     from kdtrain.sweep.console import table
 
     cfg = study_teacher.resolve(sweepfile.load(args.sweep, args.set))

@@ -94,7 +94,7 @@ def _pick(study, number: int | None, tracker, where: str):
     done = {t.number: t for t in search.trials(study, "COMPLETE")}
     listed = f"complete trials: {', '.join(map(str, sorted(done)[:20])) or 'none'}"
     if number is None:
-        from kdtrain.ship.registry.registry import confirmed_trials
+        from kdtrain.ship.registry import confirmed_trials
 
         confirmed = {n: c for n, c in confirmed_trials(tracker, study.study_name).items() if n in done}
         if not confirmed:
