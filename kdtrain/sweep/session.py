@@ -36,6 +36,10 @@ from kdtrain.tracking.params import logged_whole
 
 @dataclass
 class Context:
+    """One worker's session: the study and its config, the data, the teacher pool, the MLflow experiment and parent
+    run, and the log. A trial (kdtrain.sweep.trial), the loop (kdtrain.sweep.worker) and the follow-up
+    (kdtrain.sweep.followup) read it; baselines and confirm get only its `runs`, measurements its `bench`."""
+
     study: object
     """The Optuna study (only kdtrain.study.search looks inside)."""
     cfg: Config
