@@ -199,7 +199,7 @@ def fixed_trials(cfg, n: int) -> list[dict]:
 def model_logging(cfg, ds, home: Path, repeats: int = 10) -> dict:
     """B4's share of MLflow models: seconds to log one student as an MLflow logged model (trace, check, save,
     upload, link; what every complete trial adds) and its data as dataset inputs, in a fresh SQLite store."""
-    from kdtrain.sweep.worker import data_inputs
+    from kdtrain.sweep.session import data_inputs
     from kdtrain.tracking.client import Tracker
 
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")

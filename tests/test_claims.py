@@ -37,8 +37,9 @@ from kdtrain.data import datasets
 from kdtrain.deploy.export import export_model
 from kdtrain.shared import cpu_room
 from kdtrain.study import search, space
-from kdtrain.sweep import baselines, worker
+from kdtrain.sweep import baselines, session, worker
 from kdtrain.sweep.console import SweepProgress
+from kdtrain.tracking import params
 from kdtrain.tracking.client import Tracker, check_reachable
 
 MULTI = "objectives: {val_accuracy: maximize, params: minimize}"
@@ -92,7 +93,7 @@ def test_each_trial_records_its_gain_over_the_baseline_runs_seed_mean(sweep8):
     for _, t in students.iterrows():
         b = base.loc[t["params.student.width"]]
         # the baseline run's accuracies are the mean and sample std of its seeds' trainings (the per-seed cache)
-        key = baselines.student_key(baselines.trial_config(tracker, t.run_id))
+        key = baselines.student_key(params.trial_config(tracker, t.run_id))
         runs = json.loads((home / "cache" / "baselines" / f"{key}.json").read_text())["runs"]
         assert sorted(runs) == ["0", "1"]
         for m in ("val_accuracy", "test_accuracy"):
@@ -131,7 +132,7 @@ def test_baseline_per_epoch_curve_is_the_seeds_mean(sweep8):
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
     compared = 0
     for _, t in df[df["tags.kdtrain.role"] == "student"].iterrows():
-        key = baselines.student_key(baselines.trial_config(tracker, t.run_id))
+        key = baselines.student_key(params.trial_config(tracker, t.run_id))
         runs = json.loads((home / "cache" / "baselines" / f"{key}.json").read_text())["runs"]
         first, second = ([h["val_accuracy"] for h in runs[s]["history"]] for s in ("0", "1"))
         if first == second:
@@ -316,7 +317,7 @@ def test_single_objective_with_pruner_none_never_prunes_a_hopeless_trial(tmp_pat
     for _ in range(3):
         study.enqueue_trial(space.base_params(cfg))
     study.enqueue_trial({**space.base_params(cfg), "train.lr": 1e-7})  # learns nothing
-    ctx = worker.join("noprune", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    ctx = session.join("noprune", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
     assert type(ctx.study.pruner) is optuna.pruners.NopPruner
     worker.work(ctx)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
@@ -423,7 +424,7 @@ def test_export_of_chosen_trials_writes_checked_files(sweep8, tmp_path):
         assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["logits"]
         assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
         # both files agree with the trial's student as MLflow stored it, at a batch size other than the traced one
-        _, ds, model = baselines.trial_student(tracker, trial.user_attrs["mlflow_run_id"])
+        _, ds, model = params.trial_student(tracker, trial.user_attrs["mlflow_run_id"])
         x = ds.x_test[:5]
         with torch.no_grad():
             ref = model.eval()(x)

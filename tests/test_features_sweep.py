@@ -17,7 +17,7 @@ from kdtrain.data import datasets
 from kdtrain.distill import models
 from kdtrain.report import build
 from kdtrain.study import search
-from kdtrain.sweep import baselines
+from kdtrain.tracking import params
 from kdtrain.tracking.client import MODEL_TAG, Tracker
 
 SWEEP = """
@@ -118,7 +118,7 @@ def test_the_logged_student_of_a_feature_trial_holds_no_adapter(swept, monkeypat
     ]
     assert runs, "no trial used the hint pair"
     run = runs[0]
-    cfg, ds, model = baselines.trial_student(Tracker(uri), run.info.run_id)  # model.pt, loaded strictly
+    cfg, ds, model = params.trial_student(Tracker(uri), run.info.run_id)  # model.pt, loaded strictly
     fresh = models.from_config(cfg.student, ds.input_shape, ds.num_classes)
     assert set(model.state_dict()) == set(fresh.state_dict())
     mlflow.set_tracking_uri(uri)
@@ -234,7 +234,7 @@ def test_a_trial_of_a_finished_study_teaches_the_next_round(swept, monkeypatch, 
     # the teacher is the model mlflow.pyfunc loads for that trial
     cfg = study_teacher.resolve(sweepfile.load("gen2.yaml"), log=lambda line: None)
     t = cfg.teacher("gen1")
-    src = baselines.trial_config(Tracker(uri), run_id).student
+    src = params.trial_config(Tracker(uri), run_id).student
     assert (t.arch, t.width, t.depth) == (src.arch, src.width, src.depth) and t.weights.endswith("model.pt")
     ds = datasets.load(cfg.data)
     teacher = teachers.get_teacher(t, cfg, ds, log=lambda line: None)

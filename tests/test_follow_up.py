@@ -15,7 +15,7 @@ from conftest import TINY_SEARCH, run_cli, write_sweep
 
 from kdtrain.config import sweepfile
 from kdtrain.study import first_trials, search
-from kdtrain.sweep import followup, worker
+from kdtrain.sweep import followup, session
 
 
 def _runs(home: Path):
@@ -131,10 +131,10 @@ def test_follow_up_is_checked_and_timed_metrics_are_known_to_be_needed(tmp_path)
 
 def test_first_teachers_are_the_base_trials_and_the_loaded_ones(tmp_path):
     cfg = sweepfile.load(write_sweep(tmp_path, TINY_SEARCH))
-    assert worker.first_teachers(cfg) == ["big"]
+    assert session.first_teachers(cfg) == ["big"]
     # a base subset the search cannot draw: the sampler picks the first trial's teachers, so all are needed
     odd = sweepfile.load(write_sweep(tmp_path, TINY_SEARCH, name="odd.yaml", **{"of: [big, conv]": "of: [conv]"}))
-    assert worker.first_teachers(odd) == ["big", "conv"]
+    assert session.first_teachers(odd) == ["big", "conv"]
 
 
 def test_a_sweep_stopped_before_its_follow_up_says_which_widths_wait_and_the_rerun_finishes_it(tmp_path):

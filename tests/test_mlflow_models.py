@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from kdtrain.cli.commands import main
 from kdtrain.study import search
-from kdtrain.sweep import baselines
+from kdtrain.tracking import params
 from kdtrain.tracking.client import MODEL_TAG, MODELS_VIEW, Tracker
 
 SWEEP = textwrap.dedent(TINY_SWEEP).replace(
@@ -138,7 +138,7 @@ def test_a_logged_student_loads_without_kdtrain_and_predicts_what_model_pt_does(
     client = MlflowClient(store(home))
     exp = client.get_experiment_by_name("ship")
     run = client.search_runs([exp.experiment_id], "tags.`kdtrain.role` = 'student'", max_results=1)[0]
-    _cfg, ds, model = baselines.trial_student(Tracker(store(home)), run.info.run_id)  # from model.pt
+    _cfg, ds, model = params.trial_student(Tracker(store(home)), run.info.run_id)  # from model.pt
     x = ds.x_val[:64].numpy()
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(x)).numpy()

@@ -275,7 +275,7 @@ def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_complete
 
     from kdtrain.cli.commands import main
     from kdtrain.study import recovery
-    from kdtrain.sweep import worker
+    from kdtrain.sweep import trial as worker_trial
     from kdtrain.tracking import client
 
     path = tmp_path / "optuna.db"
@@ -301,8 +301,8 @@ def test_a_quickstart_shaped_sweep_whose_database_vanishes_mid_training_complete
             db.down(2.0)
         return real_next(*a, **kw)
 
-    real_distill, real_next = worker.distill_student, recovery.next_trial
-    monkeypatch.setattr(worker, "distill_student", distill)
+    real_distill, real_next = worker_trial.distill_student, recovery.next_trial
+    monkeypatch.setattr(worker_trial, "distill_student", distill)
     monkeypatch.setattr(recovery, "next_trial", next_trial)
     try:
         rc = main(["sweep", str(sweep), "--storage", f"sqlite:///{path}", "--workers", "1", "--no-report"])

@@ -17,7 +17,7 @@ from kdtrain import config
 from kdtrain.config import TeacherConfig
 from kdtrain.data import datasets
 from kdtrain.distill import models
-from kdtrain.sweep.worker import load_pool
+from kdtrain.sweep.session import load_pool
 
 SWEEP = """
 study: {name: moving, trials: 1, pruner: none, baseline_seeds: 1}

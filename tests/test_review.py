@@ -198,9 +198,9 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goe
     """Optuna 5 refuses to tell a trial that another worker failed with ValueError("Cannot tell a FAIL trial."),
     which the take-over branch did not catch: the worker died."""
     from kdtrain.study import search
-    from kdtrain.sweep import worker
+    from kdtrain.sweep import trial as worker_trial
 
-    real, taken = worker.run_trial, []
+    real, taken = worker_trial.run_trial, []
 
     def then_taken_over(ctx, trial):  # another worker's recovery fails the trial while it finishes
         values = real(ctx, trial)
@@ -209,7 +209,7 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_dropped_and_the_sweep_goe
             assert recovery.fail_trial(ctx.study, trial, "interrupted: no heartbeat (test)")
         return values
 
-    monkeypatch.setattr(worker, "run_trial", then_taken_over)
+    monkeypatch.setattr(worker_trial, "run_trial", then_taken_over)
     _three_trials(tiny_sweep)
     assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
     assert f"trial {taken[0]} was failed by another worker while running" in capsys.readouterr().out
@@ -605,14 +605,14 @@ def test_a_student_run_orphaned_before_the_study_knew_it_is_closed_on_recovery(t
     """A worker killed between creating a trial's MLflow run and recording its id in the study left that run
     RUNNING for good (recovery knew no run id); seen once in a loaded suite's kill -9 test."""
     from kdtrain.study import search
-    from kdtrain.sweep import worker
+    from kdtrain.sweep import session, worker
 
     tiny_sweep.write_text(
         tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
         + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
     )
     assert main(["sweep", str(tiny_sweep), "--workers", "0"]) == 0
-    ctx = worker.join("tiny", None, None, threads=1, log=lambda s: None)
+    ctx = session.join("tiny", None, None, threads=1, log=lambda s: None)
     trial = search.ask(ctx.study)
     trial.suggest_float("kd.alpha", 0, 1)
     run = ctx.tracker.start(

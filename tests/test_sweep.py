@@ -18,7 +18,7 @@ from kdtrain import config
 from kdtrain.config import KdtrainError
 from kdtrain.distill import models
 from kdtrain.study import recovery, search, space
-from kdtrain.sweep import baselines, worker
+from kdtrain.sweep import baselines, session, worker
 from kdtrain.tracking.client import Tracker
 
 SEARCH = TINY_SEARCH
@@ -196,7 +196,7 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tmp_path):
     storage = search.open_storage(str(tmp_path / "j.journal"))
     study = search.create_or_open(cfg, storage, "nan", 2)
     study.enqueue_trial({"train.lr": 1e30})  # adam at this lr sends the weights to inf: the loss is NaN
-    ctx = worker.join("nan", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    ctx = session.join("nan", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
     worker.work(ctx)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 2 and states[1] == "FAIL"
@@ -265,7 +265,7 @@ def test_single_objective_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path):
     for _ in range(3):  # the median pruner's start-up trials: good runs
         study.enqueue_trial(space.base_params(cfg))
     study.enqueue_trial({**space.base_params(cfg), "train.lr": 1e-7})  # learns nothing: below the median
-    ctx = worker.join("prune", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    ctx = session.join("prune", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
     worker.work(ctx)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert [t.number for t in pruned] == [4]
@@ -281,7 +281,7 @@ def test_constraints_reach_the_sampler(tmp_path):
     assert isinstance(search.make_sampler(cfg), optuna.samplers.TPESampler)
     storage = search.open_storage(str(tmp_path / "j.journal"))
     study = search.create_or_open(cfg, storage, "constrained", 2)
-    ctx = worker.join("constrained", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    ctx = session.join("constrained", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
     worker.work(ctx)
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         assert t.constraints == {"max_params": t.values[1] - 150}
@@ -569,7 +569,7 @@ def test_pareto_pruner_prunes_a_dominated_course_and_logs_the_hypervolume(tmp_pa
     study.enqueue_trial({**space.base_params(cfg), "student.width": 16, "train.lr": 1e-7})  # dominated course
     study.enqueue_trial({**space.base_params(cfg), "student.width": 2, "train.lr": 1e-7})  # bad but cheapest
     study.enqueue_trial({**space.base_params(cfg), "student.width": 4})
-    ctx = worker.join("front", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    ctx = session.join("front", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
     worker.work(ctx)
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "COMPLETE", 1: "PRUNED", 2: "COMPLETE", 3: "COMPLETE"}
@@ -595,7 +595,7 @@ def test_a_baseline_run_left_running_by_a_dead_worker_is_closed_and_logged_again
     mid-write (as when a worker is killed while logging), so it is closed as KILLED and logged again."""
     cfg = config.load(write_sweep(tmp_path, **{"trials: 3}": "trials: 1}"}))
     search.create_or_open(cfg, search.open_storage(str(tmp_path / "j.journal")), "dead", 1)
-    ctx = worker.join("dead", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
+    ctx = session.join("dead", str(tmp_path / "j.journal"), None, threads=1, log=lambda s: None)
     key = baselines.student_key(cfg)  # the base trial's student
     stale = ctx.tracker.start(
         ctx.exp_id, "baseline-stale", "baseline", ctx.parent_id, tags={"kdtrain.baseline_key": key}

@@ -8,7 +8,7 @@ from kdtrain.config import KdtrainError
 from kdtrain.data import datasets
 from kdtrain.distill import models
 from kdtrain.distill.teachers import get_teacher, load_pool, teacher_key
-from kdtrain.sweep import worker
+from kdtrain.sweep import session
 
 
 @pytest.fixture
@@ -120,5 +120,5 @@ def test_teacher_from_mlflow_model_uri(cfg, ds, tmp_path, monkeypatch):
     c = with_weights(cfg, info.model_uri)
     with pytest.raises(KdtrainError, match="model URI"):  # the cache alone knows no MLflow
         get_teacher(c.teacher("big"), c, ds)
-    t = worker.load_pool(c, ds, ["big"])["big"]  # the pool as commands load it: MLflow URIs read by tracking
+    t = session.load_pool(c, ds, ["big"])["big"]  # the pool as commands load it: MLflow URIs read by tracking
     assert t.source == "mlflow" and t.val_accuracy == trained.val_accuracy

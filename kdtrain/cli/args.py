@@ -232,6 +232,14 @@ STORAGE_HELP = (
 
 
 def _add_study_commands(sub) -> None:
+    """The commands that read, ship or browse a finished study (in the order --help lists them)."""
+    _add_reading(sub)
+    _add_shipping(sub)
+    _add_browsing(sub)
+
+
+def _add_reading(sub) -> None:
+    """kdtrain report and kdtrain status."""
     rp = _command(sub, "report", "Pareto plots and comparison reports (HTML, Markdown, CSV) of studies")
     rp.add_argument("studies", nargs="*", type=_text, metavar="STUDY", help="study names (default: every study)")
     rp.add_argument(
@@ -251,6 +259,9 @@ def _add_study_commands(sub) -> None:
     _study_arg(st, required=False, what="one study (default: every study of the storage)")
     st.add_argument("--storage", type=_text, help=STORAGE_HELP)
 
+
+def _add_shipping(sub) -> None:
+    """kdtrain export, confirm and register: chosen trials of a study (--trial or --pareto)."""
     ep = _command(sub, "export", "export trials of a study to ONNX and TorchScript with a JSON card")
     _study_arg(ep)
     _choose(ep)
@@ -289,6 +300,9 @@ def _add_study_commands(sub) -> None:
     )
     _stores(gp)
 
+
+def _add_browsing(sub) -> None:
+    """kdtrain dashboard, schema and ui."""
     dp = _command(
         sub, "dashboard", "optuna-dashboard on the study's storage, on 127.0.0.1 (pip install 'kdtrain[dashboard]')"
     )

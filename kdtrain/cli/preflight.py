@@ -24,16 +24,7 @@ def storage(url: str | None, create: bool = False):
     Opening an existing journal reads it through (Optuna replays it), so a broken one fails here."""
     url = url or search.default_storage()
     if search.is_rdb(url):
-        scheme, _, rest = url.partition("://")
-        if scheme.split("+")[0] == "sqlite":
-            path = rest[1:].split("?")[0]
-            if path in ("", ":memory:") or path.startswith("file::memory:"):
-                raise KdtrainError(
-                    f"the Optuna storage {redact(url)} is an in-memory database: the study would "
-                    "vanish with this process; give a file, e.g. sqlite:///optuna.db"
-                )
-            if not create and not _exists(path, url):
-                raise KdtrainError(f"no Optuna storage at {redact(url)}: run a sweep first, or pass --storage")
+        _check_sqlite(url, create)
         return search.open_storage(url)
     path = Path(url)
     with contextlib.suppress(RuntimeError, ValueError):  # ~user that does not exist, a NUL: _exists names it
@@ -60,28 +51,48 @@ def storage(url: str | None, create: bool = False):
                 "give the journal kdtrain wrote, a new path, or an RDB URL"
             ) from None
     if create:  # the sweep creates the journal (and a .lock beside it): refuse now what it could not create
-        parent = path.absolute().parent
-        while not _exists(parent, url):
-            parent = parent.parent
-        limit = 255
-        with contextlib.suppress(OSError, ValueError):
-            limit = os.pathconf(parent, "PC_NAME_MAX")
-        new = [*path.absolute().relative_to(parent).parts[:-1], path.name + ".lock"]
-        why = (
-            f"{parent} is not a folder"
-            if not parent.is_dir()
-            else f"{parent} is not writable"
-            if not os.access(parent, os.W_OK | os.X_OK)
-            else os.strerror(errno.ENAMETOOLONG)
-            if any(len(n.encode()) > limit for n in new)
-            else None
-        )
-        if why:
-            raise KdtrainError(
-                f"cannot create the Optuna storage {str(path)[:200]}: {why} (give a journal path in a "
-                "writable folder, or an RDB URL)"
-            )
+        _check_creatable(path, url)
     return None
+
+
+def _check_sqlite(url: str, create: bool) -> None:
+    """storage's RDB case: a SQLite URL that names no file (in memory), or (create False) no file that exists."""
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+")[0] == "sqlite":
+        path = rest[1:].split("?")[0]
+        if path in ("", ":memory:") or path.startswith("file::memory:"):
+            raise KdtrainError(
+                f"the Optuna storage {redact(url)} is an in-memory database: the study would "
+                "vanish with this process; give a file, e.g. sqlite:///optuna.db"
+            )
+        if not create and not _exists(path, url):
+            raise KdtrainError(f"no Optuna storage at {redact(url)}: run a sweep first, or pass --storage")
+
+
+def _check_creatable(path: Path, url: str) -> None:
+    """A journal path the sweep could not create (with its .lock): its first existing folder is not a folder, not
+    writable, or a name on the way is too long for the file system."""
+    parent = path.absolute().parent
+    while not _exists(parent, url):
+        parent = parent.parent
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    new = [*path.absolute().relative_to(parent).parts[:-1], path.name + ".lock"]
+    why = (
+        f"{parent} is not a folder"
+        if not parent.is_dir()
+        else f"{parent} is not writable"
+        if not os.access(parent, os.W_OK | os.X_OK)
+        else os.strerror(errno.ENAMETOOLONG)
+        if any(len(n.encode()) > limit for n in new)
+        else None
+    )
+    if why:
+        raise KdtrainError(
+            f"cannot create the Optuna storage {str(path)[:200]}: {why} (give a journal path in a "
+            "writable folder, or an RDB URL)"
+        )
 
 
 def _exists(path: Path, url: str) -> bool:

@@ -102,51 +102,9 @@ def _won_or_not(d, g: pd.DataFrame) -> str:
     With one baseline seed there is no spread to judge a gain against: unmeasured, unless kdtrain confirm
     retrained the trial."""
     seeds = baseline_seeds(d)
-
-    def how(row) -> str:
-        if row["confirmed_seeds"]:
-            return (
-                f"{row['kd_gain_test']:+.1f} ± {row['gain_std']:.1f} points on test, paired with the baseline "
-                f"of each seed, confirmed over {int(row['confirmed_seeds'])} new seeds"
-            )
-        return (
-            f"{row['kd_gain_test']:+.1f} points on test over the baseline's mean over {seeds} seeds (its spread: "
-            f"{100 * row['baseline_test_accuracy_std']:.1f} points)"
-        )
-
     won = g[g["beyond_noise"]]
     if won.empty:
-        top = g.loc[g["kd_gain_test"].idxmax()]
-        others = g[(g["confirmed_seeds"] > 0) & (g["trial"] != top["trial"])]
-        tail = (
-            " Also confirmed: "
-            + ", ".join(f"trial {int(r.trial)} {r.kd_gain_test:+.1f} ± {r.gain_std:.1f}" for r in others.itertuples())
-            + " points."
-            if not others.empty
-            else ""
-        )
-        lead = (
-            "Distillation did not beat training alone beyond seed noise at any width: the largest test gain of "
-            "a best trial is "
-        )
-        if top["confirmed_seeds"]:
-            return (
-                f"{lead}{how(top)} (width {int(top['student.width'])}, trial {int(top['trial'])}), within "
-                f"{NOISE:g} x its own spread over the new seeds.{tail}"
-            )
-        if seeds < 2:
-            w, t = int(top["student.width"]), int(top["trial"])
-            return (
-                f"Distillation's gain is unmeasured against seed noise: the baselines have one seed (study."
-                f"baseline_seeds: 1), so no spread. The largest test gain of a best trial is {top['kd_gain_test']:+.1f}"
-                f" points (width {w}, trial {t}); to judge it, give study.baseline_seeds: 3 or retrain it with "
-                f"new seeds (kdtrain confirm {d.name} --trial {t}).{tail}"
-            )
-        spread = 100 * top["baseline_test_accuracy_std"]
-        return (
-            f"{lead}{top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), within {NOISE:g} x "
-            f"the baseline's spread over {seeds} seeds ({spread:.1f} points).{tail}"
-        )
+        return _not_won(d, g, seeds)
     top = won.loc[won["kd_gain_test"].idxmax()]
     widths = ", ".join(str(int(w)) for w in won["student.width"])
     ask = (
@@ -159,5 +117,55 @@ def _won_or_not(d, g: pd.DataFrame) -> str:
     )
     return (
         f"Distillation beat training alone beyond seed noise at width{'s' if len(won) > 1 else ''} {widths}: "
-        f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {how(top)}.{ask}"
+        f"best at width {int(top['student.width'])}, trial {int(top['trial'])}, {_how(top, seeds)}.{ask}"
+    )
+
+
+def _how(row, seeds: int) -> str:
+    """A best trial's test gain in words: paired over kdtrain confirm's new seeds where it ran, else against the
+    baseline's mean over its `seeds` seeds."""
+    if row["confirmed_seeds"]:
+        return (
+            f"{row['kd_gain_test']:+.1f} ± {row['gain_std']:.1f} points on test, paired with the baseline "
+            f"of each seed, confirmed over {int(row['confirmed_seeds'])} new seeds"
+        )
+    return (
+        f"{row['kd_gain_test']:+.1f} points on test over the baseline's mean over {seeds} seeds (its spread: "
+        f"{100 * row['baseline_test_accuracy_std']:.1f} points)"
+    )
+
+
+def _not_won(d, g: pd.DataFrame, seeds: int) -> str:
+    """_won_or_not where no width won beyond seed noise: the largest gain of a best trial and why it does not
+    count (within its own spread over confirm's new seeds, one baseline seed, or within the baseline's spread)."""
+    top = g.loc[g["kd_gain_test"].idxmax()]
+    others = g[(g["confirmed_seeds"] > 0) & (g["trial"] != top["trial"])]
+    tail = (
+        " Also confirmed: "
+        + ", ".join(f"trial {int(r.trial)} {r.kd_gain_test:+.1f} ± {r.gain_std:.1f}" for r in others.itertuples())
+        + " points."
+        if not others.empty
+        else ""
+    )
+    lead = (
+        "Distillation did not beat training alone beyond seed noise at any width: the largest test gain of "
+        "a best trial is "
+    )
+    if top["confirmed_seeds"]:
+        return (
+            f"{lead}{_how(top, seeds)} (width {int(top['student.width'])}, trial {int(top['trial'])}), within "
+            f"{NOISE:g} x its own spread over the new seeds.{tail}"
+        )
+    if seeds < 2:
+        w, t = int(top["student.width"]), int(top["trial"])
+        return (
+            f"Distillation's gain is unmeasured against seed noise: the baselines have one seed (study."
+            f"baseline_seeds: 1), so no spread. The largest test gain of a best trial is {top['kd_gain_test']:+.1f}"
+            f" points (width {w}, trial {t}); to judge it, give study.baseline_seeds: 3 or retrain it with "
+            f"new seeds (kdtrain confirm {d.name} --trial {t}).{tail}"
+        )
+    spread = 100 * top["baseline_test_accuracy_std"]
+    return (
+        f"{lead}{top['kd_gain_test']:+.1f} points (width {int(top['student.width'])}), within {NOISE:g} x "
+        f"the baseline's spread over {seeds} seeds ({spread:.1f} points).{tail}"
     )

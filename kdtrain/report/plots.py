@@ -75,41 +75,68 @@ def feasible_front(d, columns: list[str]) -> np.ndarray:
 
 
 def front_plot(d, x: str, xlabel: str, folder: Path, name: str, colour: str = "kd.temperature"):
+    """Validation accuracy against x (params or latency, log scale): the students coloured by `colour`, the Pareto
+    front as a step line, the no-teacher baselines and the teachers; saved in folder as name (PNG and SVG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    if not d.students.empty:
+        _student_points(fig, ax, d, x, colour)
+    _reference_points(ax, d, x)
+    ax.set_xscale("log")
+    log_ticks(ax.xaxis)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{d.name}: accuracy vs {xlabel}")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0]  # below the axes: it never covers a point or a label
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, max(1, len(handles))), fontsize=8, frameon=False
+    )
+    return save(fig, folder, name)
+
+
+def _student_points(fig, ax, d, x: str, colour: str) -> None:
+    """front_plot's students: the dominated ones faded, the front's outlined and joined by a step line, a colour
+    bar for `colour` (log scale for the temperature)."""
+    import matplotlib
+
     s = d.students
-    mask = feasible_front(d, ["val_accuracy", x]) if not s.empty else []
-    if not s.empty:
-        dom = s[~mask]
-        ax.scatter(
-            dom[x],
-            dom["val_accuracy"],
-            c=dom[colour],
-            cmap="viridis",
-            alpha=0.25,
-            s=28,
-            norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
-        )
-        fr = s[mask].sort_values(x)
-        sc = ax.scatter(
-            fr[x],
-            fr["val_accuracy"],
-            c=fr[colour],
-            cmap="viridis",
-            s=60,
-            edgecolors="black",
-            norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
-            label="Pareto front (students)",
-            zorder=3,
-        )
-        ax.step(fr[x], fr["val_accuracy"], where="post", color="black", lw=1.2, zorder=2)
-        bar = fig.colorbar(sc, ax=ax, label=colour)
-        if colour == "kd.temperature":
-            log_ticks(bar.ax.yaxis)
+    mask = feasible_front(d, ["val_accuracy", x])
+    dom = s[~mask]
+    ax.scatter(
+        dom[x],
+        dom["val_accuracy"],
+        c=dom[colour],
+        cmap="viridis",
+        alpha=0.25,
+        s=28,
+        norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
+    )
+    fr = s[mask].sort_values(x)
+    sc = ax.scatter(
+        fr[x],
+        fr["val_accuracy"],
+        c=fr[colour],
+        cmap="viridis",
+        s=60,
+        edgecolors="black",
+        norm=matplotlib.colors.LogNorm() if colour == "kd.temperature" else None,
+        label="Pareto front (students)",
+        zorder=3,
+    )
+    ax.step(fr[x], fr["val_accuracy"], where="post", color="black", lw=1.2, zorder=2)
+    bar = fig.colorbar(sc, ax=ax, label=colour)
+    if colour == "kd.temperature":
+        log_ticks(bar.ax.yaxis)
+
+
+def _reference_points(ax, d, x: str) -> None:
+    """front_plot's references: the no-teacher baselines (red crosses) and the teachers (stars, named in the
+    legend)."""
     if not d.baselines.empty:  # joined by width on the size plot; loose points where x is not monotone in width
         b = d.baselines.sort_values(x)
         ax.plot(
@@ -133,17 +160,6 @@ def front_plot(d, x: str, xlabel: str, folder: Path, name: str, colour: str = "k
             zorder=4,
             label=f"teacher {str(t['tag:mlflow.runName']).removeprefix('teacher-')}",
         )
-    ax.set_xscale("log")
-    log_ticks(ax.xaxis)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{d.name}: accuracy vs {xlabel}")
-    ax.grid(alpha=0.3)
-    handles = ax.get_legend_handles_labels()[0]  # below the axes: it never covers a point or a label
-    ax.legend(
-        loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, max(1, len(handles))), fontsize=8, frameon=False
-    )
-    return save(fig, folder, name)
 
 
 TEACHER_COLOURS = ("tab:orange", "gold", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")

@@ -15,8 +15,8 @@ from kdtrain.data import datasets
 from kdtrain.deploy import export
 from kdtrain.errors import KdtrainError
 from kdtrain.study import search
-from kdtrain.sweep import baselines
 from kdtrain.tracking.client import MODEL_TAG, Tracker
+from kdtrain.tracking.params import trial_config
 
 
 def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: str | None) -> list[dict]:
@@ -25,6 +25,22 @@ def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: 
     to the confirmed trial with the highest mean val accuracy over its new seeds, else (none confirmed) to the
     highest single-training val accuracy. Every trial is checked before anything is registered. (rows for a table:
     trial, val_acc, confirmed_val_acc, version, alias; what the alias was ranked by, in words)"""
+    picks = _logged_models(tracker, study_name, chosen)
+    confirmed = confirmed_trials(tracker, study_name)
+    loaded: dict[str, datasets.Dataset] = {}
+    rows = [
+        _register_one(tracker, study_name, name, t, run_id, model_id, confirmed.get(t.number), loaded)
+        for t, run_id, model_id in picks
+    ]
+    ranked_by = _set_alias(tracker, study_name, name, alias, rows) if alias and rows else ""
+    for r in rows:
+        r["val_acc"] = f"{r['val_acc']:.4f}"
+        r["confirmed_val_acc"] = "-" if r["confirmed_val_acc"] is None else f"{r['confirmed_val_acc']:.4f}"
+    return rows, ranked_by
+
+
+def _logged_models(tracker: Tracker, study_name: str, chosen: list) -> list[tuple]:
+    """(trial, run id, logged model id) of each chosen trial; one clear error for a trial without a logged model."""
     picks = []
     for t in chosen:
         run_id = t.user_attrs.get(search.T_RUN)
@@ -34,71 +50,72 @@ def register(tracker: Tracker, study_name: str, chosen: list, name: str, alias: 
             "kdtrain logged models: rerun the trial, or use kdtrain export)"
             raise KdtrainError(f"trial {t.number} of {study_name!r} cannot be registered: {why}")
         picks.append((t, run_id, model_id))
-    confirmed = confirmed_trials(tracker, study_name)
-    loaded: dict[str, datasets.Dataset] = {}
-    rows = []
-    for t, run_id, model_id in picks:
-        cfg = baselines.trial_config(tracker, run_id)
-        key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str)
-        ds = loaded.setdefault(key, datasets.load(cfg.data))  # for the card's preprocessing (one load per dataset)
-        metrics = tracker.metrics(run_id)
-        card = export.make_card(cfg, ds, study_name, t.number, run_id, metrics)
-        tags = {
-            "optuna.study": study_name,
-            "optuna.trial": t.number,
-            "kdtrain.role": "student",
-            "val_accuracy": f"{metrics.get('val_accuracy', float('nan')):.4f}",
-            "params": f"{metrics.get('params', float('nan')):.0f}",
-        }
-        c = confirmed.get(t.number)
-        text = export.card_text(card, metrics)
-        if c:  # what a reader of the registry should trust: the means over the new seeds
-            tags["confirmed_val_accuracy"] = f"{c['val']:.4f}"
-            text += (
-                f"\n- confirmed over {c['seeds']} new seeds (kdtrain confirm): {c['val']:.4f} ± {c['val_std']:.4f} "
-                f"validation, {c['test']:.4f} ± {c['test_std']:.4f} test; paired test gain over the no-teacher "
-                f"baseline of each seed {c['gain']:+.2f} ± {c['gain_std']:.2f} points"
-            )
-        version = tracker.register(name, model_id, run_id, text, tags)
-        rows.append(
-            {
-                "trial": t.number,
-                "val_acc": metrics.get("val_accuracy", float("nan")),
-                "confirmed_val_acc": c["val"] if c else None,
-                "version": version,
-                "model": f"models:/{name}/{version}",
-                "alias": "",
-            }
+    return picks
+
+
+def _register_one(
+    tracker: Tracker, study_name: str, name: str, t, run_id: str, model_id: str, c: dict | None, loaded: dict
+) -> dict:
+    """One trial's model as a version of `name`, its card (and kdtrain confirm's numbers `c`) as its description;
+    `loaded` keeps the datasets read for the cards (one load per dataset). Its row for the table."""
+    cfg = trial_config(tracker, run_id)
+    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str)
+    ds = loaded.setdefault(key, datasets.load(cfg.data))  # for the card's preprocessing (one load per dataset)
+    metrics = tracker.metrics(run_id)
+    card = export.make_card(cfg, ds, study_name, t.number, run_id, metrics)
+    tags = {
+        "optuna.study": study_name,
+        "optuna.trial": t.number,
+        "kdtrain.role": "student",
+        "val_accuracy": f"{metrics.get('val_accuracy', float('nan')):.4f}",
+        "params": f"{metrics.get('params', float('nan')):.0f}",
+    }
+    text = export.card_text(card, metrics)
+    if c:  # what a reader of the registry should trust: the means over the new seeds
+        tags["confirmed_val_accuracy"] = f"{c['val']:.4f}"
+        text += (
+            f"\n- confirmed over {c['seeds']} new seeds (kdtrain confirm): {c['val']:.4f} ± {c['val_std']:.4f} "
+            f"validation, {c['test']:.4f} ± {c['test_std']:.4f} test; paired test gain over the no-teacher "
+            f"baseline of each seed {c['gain']:+.2f} ± {c['gain_std']:.2f} points"
         )
-    ranked_by = ""
-    if alias and rows:
-        sure = [r for r in rows if r["confirmed_val_acc"] is not None]
-        if sure:  # confirmed trials by their mean over new seeds; a single training does not outrank them
-            best = max(sure, key=lambda r: r["confirmed_val_acc"])
-            left = [str(r["trial"]) for r in rows if r["confirmed_val_acc"] is None]
-            ranked_by = (
-                f"version {best['version']} (trial {best['trial']}), the highest mean val accuracy over "
-                f"kdtrain confirm's new seeds ({best['confirmed_val_acc']:.4f})"
-                + (f"; unconfirmed trial(s) {', '.join(left)} not ranked" if left else "")
-            )
-        else:
-            best = max(rows, key=lambda r: r["val_acc"])
-            ranked_by = (
-                f"version {best['version']} (trial {best['trial']}), the highest single-training val "
-                f"accuracy ({best['val_acc']:.4f}); none is confirmed: kdtrain confirm {study_name} "
-                "--pareto --seeds 3 ranks them by new seeds"
-            )
-        tracker.set_alias(name, alias, best["version"])
-        best["alias"] = alias
-    for r in rows:
-        r["val_acc"] = f"{r['val_acc']:.4f}"
-        r["confirmed_val_acc"] = "-" if r["confirmed_val_acc"] is None else f"{r['confirmed_val_acc']:.4f}"
-    return rows, ranked_by
+    version = tracker.register(name, model_id, run_id, text, tags)
+    return {
+        "trial": t.number,
+        "val_acc": metrics.get("val_accuracy", float("nan")),
+        "confirmed_val_acc": c["val"] if c else None,
+        "version": version,
+        "model": f"models:/{name}/{version}",
+        "alias": "",
+    }
+
+
+def _set_alias(tracker: Tracker, study_name: str, name: str, alias: str, rows: list[dict]) -> str:
+    """The alias on the best registered version (rows: register's, the alias column filled in): the confirmed
+    trials ranked by their mean over new seeds, else the single trainings by val accuracy. What it was ranked by."""
+    sure = [r for r in rows if r["confirmed_val_acc"] is not None]
+    if sure:  # confirmed trials by their mean over new seeds; a single training does not outrank them
+        best = max(sure, key=lambda r: r["confirmed_val_acc"])
+        left = [str(r["trial"]) for r in rows if r["confirmed_val_acc"] is None]
+        ranked_by = (
+            f"version {best['version']} (trial {best['trial']}), the highest mean val accuracy over "
+            f"kdtrain confirm's new seeds ({best['confirmed_val_acc']:.4f})"
+            + (f"; unconfirmed trial(s) {', '.join(left)} not ranked" if left else "")
+        )
+    else:
+        best = max(rows, key=lambda r: r["val_acc"])
+        ranked_by = (
+            f"version {best['version']} (trial {best['trial']}), the highest single-training val "
+            f"accuracy ({best['val_acc']:.4f}); none is confirmed: kdtrain confirm {study_name} "
+            "--pareto --seeds 3 ranks them by new seeds"
+        )
+    tracker.set_alias(name, alias, best["version"])
+    best["alias"] = alias
+    return ranked_by
 
 
 def confirmed_trials(tracker: Tracker, study_name: str) -> dict[int, dict]:
     """kdtrain confirm's numbers per trial of the study, from its MLflow runs (report.confirmed_stats)."""
-    from kdtrain.report.build import confirmed_stats
+    from kdtrain.report.study_data import confirmed_stats
 
     runs, _ = tracker.runs_frame(study_name)
     stats = confirmed_stats(runs[runs["tag:kdtrain.role"] == "confirm"] if not runs.empty else runs)
@@ -233,7 +250,6 @@ def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     """`mlflow ui` on 127.0.0.1 against the store, in its own process group (it starts a server of its own): one
     SIGTERM or Ctrl-C to kdtrain ui ends all of it, and nothing outlives kdtrain ui. Prints the link to the
     study's runs (each study's, without one) on the port it serves."""
-    import contextlib
     import os
     import subprocess
     import sys
@@ -253,24 +269,34 @@ def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     _port_free(port)
     print(f"starting the MLflow UI for {redact(uri)} on {url} ...", flush=True)
     # one server worker: one person browsing (MLflow's default, 4, is 4 more processes and about 0.5 GB)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port"]
+    cmd += [str(port), "--workers", "1"]
     # MLflow 3 starts a job runner and seven huey consumers with its server, for GenAI jobs kdtrain never uses:
     # 8 more processes, ~1.5 GB and ~10 s of CPU at start. Off unless the user's environment asks for them.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_TRACKING_URI": uri}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    return _serve(proc, url, lambda: _say_links(redact(uri), url, tracker, found))
+
+
+def _say_links(store: str, url: str, tracker, found: list[tuple[str, str]]) -> None:
+    """The MLflow UI's links once it answers: each study's runs (the first 20)."""
+    import sys
+
+    print(f"MLflow UI for {store} at {url}  (Ctrl-C to stop)")
+    for exp_id, name in found[:20]:
+        print(f"  {name}: {tracker.link(exp_id, url)}")
+    if len(found) > 20:
+        print(f"  ... and {len(found) - 20} more studies at {url}/#/experiments")
+    sys.stdout.flush()
+
+
+def _serve(proc, url: str, say_links: Callable[[], None]) -> int:
+    """Wait for the server process (its own process group) until it ends or SIGTERM / Ctrl-C stops it, saying its
+    links once it answers; then nothing of its group is left. 0 when stopped, else its exit code."""
+    import contextlib
+    import os
+    import subprocess
+
     stopped = []
 
     def stop(signum, frame):
@@ -281,12 +307,7 @@ def mlflow_ui(uri: str, port: int, study: str | None = None) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if _answers(url, proc):  # the links once they work
-            print(f"MLflow UI for {redact(uri)} at {url}  (Ctrl-C to stop)")
-            for exp_id, name in found[:20]:
-                print(f"  {name}: {tracker.link(exp_id, url)}")
-            if len(found) > 20:
-                print(f"  ... and {len(found) - 20} more studies at {url}/#/experiments")
-            sys.stdout.flush()
+            say_links()
         rc = proc.wait()
     finally:
         for sig, handler in previous.items():

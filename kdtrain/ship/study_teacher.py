@@ -48,8 +48,8 @@ def _resolved(t, storage_url, tracking_uri, log):
     from kdtrain.paths import home
     from kdtrain.shared import atomic_dir
     from kdtrain.study import search
-    from kdtrain.sweep.baselines import trial_config
     from kdtrain.tracking.client import MODEL_ARTIFACT, Tracker
+    from kdtrain.tracking.params import trial_config
 
     where = f"teachers ({t.name}).from_study"
     if t.logits or (t.weights and not Path(t.weights).name == MODEL_ARTIFACT):

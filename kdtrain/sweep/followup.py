@@ -23,6 +23,7 @@ import torch
 
 from kdtrain import pareto
 from kdtrain.config import sweepfile
+from kdtrain.deploy.measure import measure
 from kdtrain.deploy.profile import profile, profile_onnx
 from kdtrain.distill import models, teachers
 from kdtrain.errors import first_line
@@ -31,6 +32,7 @@ from kdtrain.study import search, space
 from kdtrain.study.storage import try_study_lock
 from kdtrain.sweep import baselines
 from kdtrain.tracking import client
+from kdtrain.tracking.params import trial_model
 
 A_DONE = "kdtrain.followed_up."
 """Study attribute prefix: kdtrain.followed_up.<trial number> is set once that trial's follow-up is logged."""
@@ -112,8 +114,8 @@ def follow_up(ctx, cfg: Config, group: list, log: Callable[[str], None]) -> int:
     if not group:
         return 0
     complete = [t for t in group if t.state.name == "COMPLETE"]
-    base = baselines.ensure_baseline(ctx, cfg) if complete else None
-    costs = baselines.measure(models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes), ctx, cfg.student)
+    base = baselines.ensure_baseline(ctx.runs, cfg, ctx.unlogged) if complete else None
+    costs = measure(models.from_config(cfg.student, ctx.ds.input_shape, ctx.ds.num_classes), cfg.student, ctx.bench)
     for trial in group:
         run_id = trial.user_attrs.get(search.T_RUN)
         metrics = {k: v for k, v in costs.items() if k in TIMING and k not in trial.user_attrs}
@@ -128,8 +130,8 @@ def follow_up(ctx, cfg: Config, group: list, log: Callable[[str], None]) -> int:
             )
         )
         if run_id:
-            model = baselines.trial_model(ctx.tracker, run_id, cfg, ctx.ds)  # one student per key: cfg's
-            model_id = ctx.log_model(
+            model = trial_model(ctx.tracker, run_id, cfg, ctx.ds)  # one student per key: cfg's
+            model_id = ctx.runs.log_model(
                 run_id, f"trial-{trial.number}", model, {"kdtrain.role": "student", "optuna.trial": trial.number}
             )
             log_final(ctx, run_id, metrics, model_id)
@@ -178,7 +180,7 @@ def follow_up_teacher(ctx, t: teachers.Teacher) -> None:
 def teacher_model(ctx, run_id: str, t: teachers.Teacher) -> str | None:
     """A teacher's logged model (None for a teacher known by its logits only)."""
     return (
-        ctx.log_model(run_id, f"teacher-{t.name}", t.model, {"kdtrain.role": "teacher"})
+        ctx.runs.log_model(run_id, f"teacher-{t.name}", t.model, {"kdtrain.role": "teacher"})
         if t.model is not None
         else None
     )
@@ -197,7 +199,7 @@ def _measured(t: teachers.Teacher, ctx, timing: bool = True) -> dict:
     what can be counted without running it (its parameters)."""
     if not timing:
         if t.model is not None and not isinstance(t.model, torch.jit.ScriptModule):
-            return baselines.measure(t.model, ctx, t.config, len(t.classes) or None, timing=False)
+            return measure(t.model, t.config, ctx.bench, len(t.classes) or None, timing=False)
         return {"params": float(t.params)} if t.params is not None else {}
     if t.model is None:
         path = Path(t.config.weights or "").expanduser()
@@ -209,7 +211,7 @@ def _measured(t: teachers.Teacher, ctx, timing: bool = True) -> dict:
             ctx.log(f"teacher {t.name}: latency not measured ({type(e).__name__}: {first_line(e)})")
             return {}
     if not isinstance(t.model, torch.jit.ScriptModule):
-        return baselines.measure(t.model, ctx, t.config, len(t.classes) or None)
+        return measure(t.model, t.config, ctx.bench, len(t.classes) or None)
     try:
         with warnings.catch_warnings():  # copying a TorchScript module touches .grad of its non-leaf tensors
             warnings.simplefilter("ignore", UserWarning)
