@@ -1,7 +1,7 @@
 """kdtrain: knowledge-distillation sweeps with Optuna, MLflow and Pareto reports.
 
 The public API is this package's top level: ``from kdtrain import load, distillation_loss``. A plugin, notebook or
-script may rely on these names; the modules behind them (kdtrain.distill.losses, kdtrain.report.build, ...) may move
+script may rely on these names; the modules behind them (kdtrain.distill.losses, kdtrain.report.study_data, ...) may move
 between releases. Each name is resolved on first use (PEP 562), so ``import kdtrain`` imports nothing else: not
 torch, MLflow or Optuna, and loading a sweep file stays light. Where each name lives is written once, in PUBLIC_API;
 a moved function is a one-line change there. ``kdtrain.config`` keeps re-exporting the sweep-file layer for scripts
@@ -41,12 +41,12 @@ PUBLIC_API: dict[str, str] = {
     "Dataset": "kdtrain.data.datasets:Dataset",
     "create_model": "kdtrain.distill.models:create_model",
     "distillation_loss": "kdtrain.distill.losses:distillation_loss",
-    "load_pool": "kdtrain.distill.teachers:load_pool",
+    "load_pool": "kdtrain.sweep.session:load_pool",
     "distill_student": "kdtrain.distill.student:distill_student",
     "TrainResult": "kdtrain.distill.train:TrainResult",
     # a finished (or running) study, for notebooks (Optuna and MLflow on first call)
-    "load_study": "kdtrain.report.build:load",
-    "StudyData": "kdtrain.report.build:StudyData",
+    "load_study": "kdtrain.report.study_data:load",
+    "StudyData": "kdtrain.report.study_data:StudyData",
 }
 """Public name -> "module:attribute" where it lives now. The one place that knows where the public API is."""
 
@@ -59,11 +59,10 @@ if TYPE_CHECKING:  # the same names for type checkers, IDEs and the API referenc
     from kdtrain.distill.losses import distillation_loss
     from kdtrain.distill.models import create_model
     from kdtrain.distill.student import distill_student
-    from kdtrain.distill.teachers import load_pool
     from kdtrain.distill.train import TrainResult
     from kdtrain.errors import ConfigError, DataError, KdtrainError, UsageError
-    from kdtrain.report.build import StudyData
-    from kdtrain.report.build import load as load_study
+    from kdtrain.report.study_data import StudyData
+    from kdtrain.report.study_data import load as load_study
     from kdtrain.schema import (
         Config,
         DataConfig,
@@ -76,6 +75,7 @@ if TYPE_CHECKING:  # the same names for type checkers, IDEs and the API referenc
         TeacherConfig,
         TrainConfig,
     )
+    from kdtrain.sweep.session import load_pool
 
 
 class ModelFactory(Protocol):

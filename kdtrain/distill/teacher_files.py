@@ -231,7 +231,7 @@ def load_weights(t: TeacherConfig, model: nn.Module, load_uri: LoadURI | None) -
         if load_uri is None:
             raise KdtrainError(
                 f"teacher {t.name!r}: weights {ref} is a model URI; load the pool through "
-                "kdtrain.sweep.worker.load_pool, which reads MLflow models"
+                "kdtrain.load_pool, which reads MLflow models"
             )
         state, source = references.state(ref, load_uri) if references.moving(ref) else load_uri(ref), "mlflow"
     else:
