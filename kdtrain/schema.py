@@ -27,6 +27,9 @@ SECTION = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 @dataclass(frozen=True, config=SECTION)
 class StudyConfig:
+    """The ``study:`` section: the study's name, objectives and constraints, how many trials, the sampler and pruner,
+    and what a long sweep does when a store goes away."""
+
     name: str = "kdtrain"
     """Study name: the Optuna study and the MLflow experiment."""
     objectives: dict = field(default_factory=lambda: {"val_accuracy": "maximize"})
@@ -91,8 +94,11 @@ class StudyConfig:
 
 @dataclass(frozen=True, config=SECTION)
 class DataConfig:
+    """The ``data:`` section (and a teacher's or transfer set's own ``data:``): which dataset, how many rows, how they
+    are split and labelled, and where files come from."""
+
     name: str = "mnist1d"
-    """Dataset (see kdtrain.data.DATASETS)."""
+    """Dataset (see kdtrain.data.datasets.DATASETS)."""
     size: int = 5000
     """Samples to generate (mnist1d, synthetic); ignored by fixed datasets."""
     val_fraction: float = 0.1
@@ -104,7 +110,7 @@ class DataConfig:
     download: bool = False
     """Allow torchvision datasets to be downloaded into root."""
     augment: list = field(default_factory=list)
-    """Random augmentation on tensors (see kdtrain.data.AUGMENTATIONS; flip for images only)."""
+    """Random augmentation on tensors (see kdtrain.data.datasets.AUGMENTATIONS; flip for images only)."""
     normalize: bool = True
     """Standardise inputs with per-channel train mean and std."""
     limit: int | None = None
@@ -167,6 +173,9 @@ class StudentConfig(ModelConfig):
 
 @dataclass(frozen=True, config=SECTION)
 class TeacherConfig(ModelConfig):
+    """One entry of ``teachers:``: a model trained, loaded from weights, logits, an ONNX or TorchScript file, an MLflow
+    model or a finished study's student, with its own data and label space when it has them."""
+
     arch: str = "cnn1d"
     """Model family (see kdtrain.distill.models.MODELS)."""
     width: int = 64
@@ -203,6 +212,8 @@ class TeacherConfig(ModelConfig):
 
 @dataclass(frozen=True, config=SECTION)
 class TrainConfig:
+    """The ``train:`` section: how the student trains (epochs, batch size, optimizer, schedule, device, seed)."""
+
     epochs: int = 30
     """Epochs of student training."""
     batch_size: int = 256
@@ -258,6 +269,9 @@ class LossConfig:
 
 @dataclass(frozen=True, config=SECTION)
 class KDConfig(LossConfig):
+    """The ``kd:`` section: temperature, alpha, which teachers and how their outputs are combined, the distillation
+    loss (``kd.loss``) and feature pairs (``kd.features``)."""
+
     temperature: float = 4.0
     """Softening temperature T (> 0)."""
     alpha: float = 0.7
@@ -282,6 +296,8 @@ class KDConfig(LossConfig):
 
 @dataclass(frozen=True, config=SECTION)
 class ProfileConfig:
+    """The ``profile:`` section: how a model's deployment cost is measured (runtime, device, threads, batch sizes)."""
+
     backend: str = "eager"
     """Runtime the latency is measured in: eager (PyTorch) or onnxruntime (the exported model; kdtrain[onnx])."""
     device: str = "cpu"
@@ -302,6 +318,9 @@ class ProfileConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """A whole sweep file, validated: its sections as frozen dataclasses (``kdtrain.load`` builds one, ``kdtrain.replace``
+    changes dotted keys). ``search`` maps dotted keys to their ranges; ``teacher(name)`` finds a teacher by name."""
+
     study: StudyConfig = field(default_factory=StudyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     teachers: tuple = ()

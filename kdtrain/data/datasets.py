@@ -28,6 +28,9 @@ torch = Module("torch")  # imported on first use: the registry's names need none
 
 @dataclass
 class Dataset:
+    """A dataset in memory: train, validation and test tensors (on the device the trainer uses), the input shape, the
+    number of classes and their names; ``note`` says what loading it did (a subset, labels hidden, ...)."""
+
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor

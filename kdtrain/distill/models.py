@@ -57,6 +57,9 @@ def create_model(
     dropout: float = 0.0,
     pretrained: bool = False,
 ) -> nn.Module:
+    """A student or teacher of family ``arch`` for inputs of ``input_shape`` and ``num_classes`` classes: a registered
+    family (MODELS) at ``width`` (and ``depth``, ``hidden``, ``dropout`` where the family takes them), a torchvision model
+    (``torchvision:NAME``, ``pretrained`` from the local torch cache) or a user's factory (``python:package.module:fn``)."""
     if arch.startswith(TORCHVISION):
         return torchvision_model(arch[len(TORCHVISION) :], tuple(input_shape), num_classes, pretrained)
     if plugins.is_ref(arch):

@@ -67,6 +67,8 @@ class EpochStats:
 
 @dataclass
 class TrainResult:
+    """What one training gives back: the trained model, its validation and test accuracy, and the per-epoch history."""
+
     model: nn.Module
     val_accuracy: float
     test_accuracy: float

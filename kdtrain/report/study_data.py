@@ -20,6 +20,9 @@ KEEP = 0.95
 
 @dataclass
 class StudyData:
+    """One study read for a report or a notebook: its trials, students, teachers, baselines and confirms as pandas
+    frames (MLflow's metrics and params beside Optuna's values), its objectives and hypervolume history."""
+
     name: str
     objectives: dict
     students: pd.DataFrame
