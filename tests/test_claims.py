@@ -25,9 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import optuna
 import pytest
 import torch
-from conftest import TINY_SEARCH, run_cli, write_sweep
-from test_bad_input import refused
-from test_sweep import load_study, mlflow_runs
+from support import TINY_SEARCH, load_study, mlflow_runs, refused, run_cli, write_sweep
 from torch import nn
 
 from kdtrain import config, pareto
@@ -76,7 +74,6 @@ def sweep8(tmp_path_factory):
 # ------------------------------------------------------------------ 1. gains over the seeded baseline
 
 
-@pytest.mark.xdist_group("claims-sweep8")
 def test_each_trial_records_its_gain_over_the_baseline_runs_seed_mean(sweep8):
     home, _, _, p = sweep8
     cfg = config.load(p)
@@ -124,7 +121,6 @@ def test_gain_sigma_is_floored_at_one_validation_sample():
     assert baselines.gains(trial, narrow, 80)["kd_gain_sigma"] == pytest.approx(0.05 * 80)
 
 
-@pytest.mark.xdist_group("claims-sweep8")
 def test_baseline_per_epoch_curve_is_the_seeds_mean(sweep8):
     home, _, _, _ = sweep8
     df = mlflow_runs(home, "tiny")
@@ -167,7 +163,6 @@ def assert_stopped_at_deadline(study, budget_s: float, requested: int = 200):
     return len(states)
 
 
-@pytest.mark.xdist_group("claims-stopped-early")
 def test_study_timeout_stops_the_sweep_early_with_exit_code_0(stopped_early):
     root, r = stopped_early
     assert r.returncode == 0, r.stdout + r.stderr
@@ -179,7 +174,6 @@ def test_study_timeout_stops_the_sweep_early_with_exit_code_0(stopped_early):
     assert "pareto front of tiny" in r.stdout  # it ends as a finished sweep does
 
 
-@pytest.mark.xdist_group("claims-stopped-early")
 def test_a_sweep_stopped_by_its_timeout_says_so(stopped_early):
     root, r = stopped_early
     text = (r.stdout + r.stderr).replace(str(root), "<root>")
@@ -216,7 +210,6 @@ def seconds(text: str) -> int:
     return 60 * int(m) + int(s)
 
 
-@pytest.mark.xdist_group("claims-sweep8")
 def test_progress_is_timestamped_lines_with_counts_and_eta_when_not_a_terminal(sweep8):
     home, r, _, _ = sweep8
     lines = progress_lines(r.stdout)
@@ -334,7 +327,6 @@ def test_single_objective_with_pruner_none_never_prunes_a_hopeless_trial(tmp_pat
 # ------------------------------------------------------------------ 5. max_latency_ms constraints
 
 
-@pytest.mark.xdist_group("claims-sweep8")
 def test_max_latency_constraint_reaches_the_sampler_as_p50_minus_the_bound(sweep8):
     home, _, _, _ = sweep8
     study = load_study(home)
@@ -394,7 +386,6 @@ def test_export_refuses_a_model_whose_export_disagrees_with_pytorch(tmp_path, mo
     assert not [f.name for f in out.iterdir()]  # no model.onnx, no model.ts, no card.json
 
 
-@pytest.mark.xdist_group("claims-sweep8")
 def test_export_of_chosen_trials_writes_checked_files(sweep8, tmp_path):
     import onnx
     import onnxruntime as ort

@@ -2,7 +2,7 @@
 fix (the note of the change says what each saw)."""
 
 import pytest
-from conftest import stop_group
+from support import stop_group
 
 from kdtrain import config
 from kdtrain.cli.commands import main
@@ -229,8 +229,8 @@ def test_optuna_is_declared_at_the_major_version_whose_api_kdtrain_calls():
     with constraints failed with AttributeError)."""
     import optuna
     import tomllib
-    from conftest import ROOT
     from packaging.requirements import Requirement
+    from support import ROOT
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (spec,) = [Requirement(d).specifier for d in deps if Requirement(d).name == "optuna"]
@@ -243,7 +243,7 @@ def test_only_kdtrain_search_drives_optuna_trials():
     (and kdtrain.study.space's suggest, which search's trials are handed to) may call a trial's methods."""
     import ast
 
-    from conftest import ROOT
+    from support import ROOT
 
     for module in ("worker.py", "run.py", "cli.py", "report.py", "ship.py", "export.py"):
         tree = ast.parse((ROOT / "kdtrain" / module).read_text())
@@ -375,7 +375,7 @@ def test_a_worker_without_threads_takes_its_machines_budget(tiny_sweep, one_cpu_
     import subprocess
     import sys
 
-    from conftest import run_cli
+    from support import run_cli
 
     text = tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
     tiny_sweep.write_text(text.replace(", threads: 1", "") + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n")

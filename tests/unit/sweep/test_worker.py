@@ -1,0 +1,119 @@
+"""The worker and the module boundaries: workers that start before their study, reproducible sweeps, and
+Optuna / MLflow each behind one module."""
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+
+from support import ROOT, load_study, run_cli, write_sweep
+
+from kdtrain import config
+from kdtrain.study import search
+
+
+def test_worker_waits_for_a_study_created_after_it_started(tmp_path):
+    """As in a SLURM array: the worker is up first; the sweep creates the study (teachers trained and logged)
+    and leaves its trials to the worker, which joins once the study is ready and runs all of them."""
+    env = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    p = write_sweep(tmp_path)
+    no_wait = run_cli("worker", "--study", "tiny", env=env)
+    assert no_wait.returncode == 1 and "--wait" in no_wait.stderr and "Traceback" not in no_wait.stderr
+    # another machine: its own kdtrain home (no teacher cache), the sweep's stores given by URL
+    home = tmp_path / "home"
+    full_env = {
+        **os.environ,
+        "KDTRAIN_HOME": str(tmp_path / "elsewhere"),
+        "KDTRAIN_DATA": str(tmp_path / "data"),
+        "KDTRAIN_STORAGE": str(home / "optuna.journal"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--wait", "3m"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        created = run_cli("sweep", p, "--workers", "0", "--no-report", env=env)
+        assert created.returncode == 0, created.stdout + created.stderr
+        out, _ = worker.communicate(timeout=300)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, out
+    assert "waiting up to 180 s for study 'tiny'" in out and "joined study tiny" in out
+    assert out.count("fetched from MLflow run") == 2  # the sweep's two teachers, not copies of its own
+    assert "teacher big: training" not in out
+    study = load_study(tmp_path / "home")
+    done = search.trials(study, "COMPLETE", "PRUNED")  # the pareto pruner may stop a dominated trial
+    assert len(done) == 3 and {t.user_attrs[search.T_PID] for t in done} == {worker.pid}
+
+
+def test_worker_wait_gives_up_with_a_clear_message(tmp_path):
+    r = run_cli("worker", "--study", "nowhere", "--wait", "3s", env={"KDTRAIN_HOME": str(tmp_path / "home")})
+    assert r.returncode == 1 and r.stderr.count("kdtrain: error:") == 1 and "Traceback" not in r.stderr
+    assert "did not become ready" in r.stderr and "within 3 s" in r.stderr
+    assert not (tmp_path / "home").exists()  # nothing written while waiting for a journal that never came
+    bad = run_cli("worker", "--study", "x", "--wait", "soon", env={"KDTRAIN_HOME": str(tmp_path / "home")})
+    assert bad.returncode == 1 and "--wait: not a duration" in bad.stderr
+
+
+def test_one_worker_with_a_seed_repeats_its_trials(tmp_path):
+    """The same command on an empty store proposes the same parameters twice in a row (study.seed)."""
+    p = write_sweep(tmp_path, **{"trials: 3": "trials: 3, seed: 7"})
+    params = []
+    for i in range(2):
+        env = {"KDTRAIN_HOME": str(tmp_path / f"home{i}"), "KDTRAIN_DATA": str(tmp_path / "data")}
+        r = run_cli("sweep", p, "--no-report", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        params.append([t.params for t in load_study(tmp_path / f"home{i}").trials])
+    assert len(params[0]) == 3 and params[0] == params[1]
+    assert len({str(sorted(t.items())) for t in params[0]}) == 3  # three different proposals, not one repeated
+    assert config.load(ROOT / "sweeps" / "quickstart.yaml").study.seed is not None  # the README's first command
+
+
+def _imports(module: str) -> list[str]:
+    """The package's modules that import `module` (at top level or inside a function)."""
+    pattern = re.compile(rf"^\s*(import {module}\b|from {module}[. ])", re.M)
+    return sorted(p.name for p in (ROOT / "kdtrain").glob("*.py") if pattern.search(p.read_text()))
+
+
+def test_optuna_and_mlflow_each_stay_behind_one_module():
+    # the Optuna side: studies; heartbeats and dead workers; the storage and its outages
+    assert _imports("optuna") == ["recovery.py", "search.py", "storage.py"]
+    # the MLflow side: the tracker, and how each of its writes is sent (now or from the outbox)
+    assert _imports("mlflow") == ["tracking.py", "writes.py"]
+    for p in (ROOT / "kdtrain").glob("*.py"):
+        if p.name not in ("tracking.py", "writes.py"):
+            text = p.read_text()
+            assert ".client." not in text, f"{p.name} reaches into the MLflow client"
+            assert not re.search(r"""["'](metrics|params|tags)\.""", text), f"{p.name} parses MLflow columns"
+    teachers = (ROOT / "kdtrain" / "teachers.py").read_text()  # the core teacher cache knows no MLflow
+    assert not re.search(
+        r"^\s*(from kdtrain import .*\btracking\b|from kdtrain\.tracking|import kdtrain\.tracking)", teachers, re.M
+    )
+
+
+def test_search_and_cli_stay_small_and_cli_functions_short():
+    for name in ("search.py", "recovery.py", "storage.py", "cli.py"):
+        assert len((ROOT / "kdtrain" / name).read_text().splitlines()) < 450, name
+    text = (ROOT / "kdtrain" / "cli.py").read_text()
+    starts = [m.start() for m in re.finditer(r"^(def|class) ", text, re.M)] + [len(text)]
+    lengths = {text[a:b].split("(")[0]: text[a:b].count("\n") for a, b in itertools.pairwise(starts)}
+    assert max(lengths.values()) <= 55, lengths
+
+
+def test_study_attributes_written_and_read_through_named_constants():
+    """Optuna user-attribute keys are spelled once, in search.py; elsewhere only the constants (or the metric
+    names of config.METRICS, which trials also carry) are used."""
+    literal = re.compile(r"""(user_attrs\.get\(|user_attrs\[|set_user_attr\()\s*["']([^"']+)["']""")
+    found = {
+        (p.name, m.group(2))
+        for p in (ROOT / "kdtrain").glob("*.py")
+        if p.name != "search.py"
+        for m in literal.finditer(p.read_text())
+    }
+    assert {(f, k) for f, k in found if k not in config.METRICS} == set()
+    assert literal.search((ROOT / "kdtrain" / "search.py").read_text()) is None  # there too: the constants
