@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import support.sweep8
 import torch
 from support import TINY_SWEEP, MlflowServer, run_cli, write_sweep
 
@@ -55,6 +56,13 @@ def tiny_study(tmp_path_factory):
     return root, p, env, r
 
 
+@pytest.fixture(scope="session")
+def sweep8(tmp_path_factory):
+    """support.sweep8's eight-trial sweep with two baseline seeds and constraints (home, CompletedProcess, env,
+    sweep file), read by the baselines, progress, search and export tests. Tests read it and add nothing."""
+    return support.sweep8.build(tmp_path_factory.mktemp("sweep8"))
+
+
 # --------------------------------------------------------------------------- MLflow servers
 
 
@@ -94,8 +102,8 @@ FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "postgres": "pos
 
 
 def _shared_fixtures(item) -> list[str]:
-    """The module- and session-scoped fixtures of tests/ that item uses and no other such fixture it uses
-    already needs (the mlflow server on PostgreSQL, not also the database it was started on)."""
+    """The session-scoped fixtures of tests/ that item uses; without one, the module-scoped ones that no other such
+    fixture it uses already needs (the mlflow server on PostgreSQL, not also the database it was started on)."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return []
@@ -111,7 +119,9 @@ def _shared_fixtures(item) -> list[str]:
             where = "" if fixturedef.scope == "session" else Path(item.fspath).stem + "::"
             shared[name] = (where + name, set(fixturedef.argnames))
     needed = set().union(*(args for _, args in shared.values())) if shared else set()
-    return sorted(group for name, (group, _) in shared.items() if name not in needed)
+    tops = sorted(group for name, (group, _) in shared.items() if name not in needed)
+    sessions = sorted(group for group, _ in shared.values() if "::" not in group)
+    return sessions or tops  # a module's fixture built on a session's one goes where the session's one is
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,7 +1,8 @@
 """Kept MLflow writes sent again (issue 29, items 5 to 10): a real `mlflow server` on 127.0.0.1 behind a small proxy
 of the test's own, which forwards every request but can cut one (the connection closed before it reaches the
 server), drop one's reply (closed after the server took it) or go away for a while (everything cut, /health too),
-and counts what reached the server. One server and proxy for the module; each test its own kdtrain home."""
+and counts what reached the server. One proxy for the module, in front of the session's shared server; each test
+its own kdtrain home and experiments."""
 
 import http.client
 import os
@@ -19,7 +20,7 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from support import TINY_SWEEP, MlflowServer, free_port
+from support import TINY_SWEEP, free_port
 
 from kdtrain.distill.train import EpochStats
 from kdtrain.study import search
@@ -96,16 +97,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    server = MlflowServer(root)
-    server.start()
-    p = Proxy(server.port)
+def proxy(shared_mlflow_server):
+    """The proxy in front of the session's shared server (each test logs to experiments of its own)."""
+    p = Proxy(shared_mlflow_server.port)
     threading.Thread(target=p.serve_forever, daemon=True).start()
     yield p
     p.shutdown()
     p.server_close()
-    server.stop()
 
 
 @pytest.fixture

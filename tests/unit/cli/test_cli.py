@@ -116,3 +116,18 @@ def test_teacher_progress_keeps_one_bar_per_teacher_on_a_terminal():
     assert out.count("teacher big:") >= 1 and out.count("teacher conv:") >= 1
     assert out.count("0/3") == 2  # one bar started per teacher (a bar per epoch started 6)
     assert out.count("3/3") == 2  # and each reaches its end once
+
+
+def test_a_trial_that_does_not_exist_is_named_so(tiny_sweep, capsys):
+    """`--trial 99` on a study without trial 99 said "not complete"."""
+    from kdtrain.cli.commands import main
+
+    tiny_sweep.write_text(
+        tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 1}")
+        + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
+    )
+    assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["confirm", "tiny", "--trial", "99", "--seeds", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no such trial in 'tiny': 99 (it has trials 0..0)" in err and "not complete" not in err

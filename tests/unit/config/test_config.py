@@ -275,3 +275,9 @@ def test_readme_tables_name_exactly_the_registries_and_the_fields():
     ]
     assert datasets == list(DATASETS)
     assert set(re.findall(r"`(\w+)`", section("Model families"))) == set(MODELS)
+
+
+def test_a_bare_number_after_a_unit_is_refused_not_read_as_seconds():
+    with pytest.raises(ValueError, match=r"'1h30' \(a number after a unit needs its own unit: write 1h30m or 1h30s"):
+        config.parse_duration("1h30")  # was 3630 s: the 30 read as seconds
+    assert config.parse_duration("1h30m") == 5400 and config.parse_duration("90") == 90

@@ -124,3 +124,20 @@ def test_on_a_terminal_the_sweep_says_what_it_waits_for_beside_its_bar(tmp_path)
     assert "opening the study's stores" in out, out
     assert "training without a teacher" in out, out  # the follow-up's baselines, above the bar
     assert "study tiny" in out and "trial 0 complete:" not in out, out  # the trials' results are the bar's
+
+
+def test_a_misspelt_key_or_model_gets_a_suggestion(tmp_path, capsys):
+    from kdtrain.cli.commands import main
+
+    (tmp_path / "s.yaml").write_text(
+        "data: {name: synthetic, size: 200}\nstudent: {arch: mlp}\nkd: {temprature: 3.0, alpha: 0}\n"
+    )
+    assert main(["train", str(tmp_path / "s.yaml")]) == 2
+    assert "kd.temprature: unknown key; did you mean temperature?" in capsys.readouterr().err
+    (tmp_path / "s.yaml").write_text("data: {name: synthetic, size: 200}\nstudent: {arch: 'torchvision:resnet181'}\n")
+    assert main(["train", str(tmp_path / "s.yaml")]) == 2
+    assert "torchvision has no classification model 'resnet181'; did you mean resnet18?" in capsys.readouterr().err
+    from kdtrain.config import allowed_values
+
+    archs = allowed_values()["student.arch, teachers[].arch"]
+    assert any(a.startswith("torchvision:NAME") for a in archs) and "python:package.module:function" in archs

@@ -146,3 +146,27 @@ def test_augment_crop_and_flip_on_tensors():
         padded = torch.nn.functional.pad(a, (4, 4))
         assert any(torch.equal(padded[s : s + 40], b) for s in range(9))
     assert torch.equal(datasets.augment(img, []), img)
+
+
+def test_the_mnist1d_cache_is_written_through_a_temporary_file_of_its_own():
+    """Two workers on a cold data root used to write the same fixed temporary name; another writer's file there
+    (here a folder, which no write can replace) broke this one's write."""
+    cfg = DataConfig(name="mnist1d", size=200, seed=5)
+    folder = data_root(cfg) / "mnist1d"
+    (folder / "mnist1d_n200_seed5.tmp.npz").mkdir(parents=True)  # the name every worker shared
+    d = datasets.load(cfg)
+    assert len(d.y_train) + len(d.y_val) == 160
+    assert sorted(p.name for p in folder.iterdir()) == ["mnist1d_n200_seed5.npz", "mnist1d_n200_seed5.tmp.npz"]
+
+
+def test_the_folder_cache_is_written_through_a_temporary_file_of_its_own(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), color=40 * i).save(tmp_path / "imgs" / c / f"{i}.png")
+    cfg = DataConfig(name="folder", path=str(tmp_path / "imgs"), image_size=8)
+    cache = data_root(cfg) / "folders" / f"{sources.folder_key(cfg)}.pt"
+    (cache.parent / f".{cache.name}.tmp").mkdir(parents=True)  # the name every worker shared
+    assert len(datasets.load(cfg).y_test) == 2 and cache.is_file()

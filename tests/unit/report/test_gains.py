@@ -1,5 +1,7 @@
 """Distillation gains against seed noise: seeded baselines, per-trial gains, the report's verdict, confirm."""
 
+import re
+
 import pandas as pd
 import pytest
 from support import load_study, mlflow_runs, run_cli
@@ -172,3 +174,51 @@ def test_the_verdict_names_the_widths_where_distillation_lost_and_the_front_mark
     assert said and said[0].startswith("On the front, trials 1 (-24.3), 2 (-0.4) score below the no-teacher baseline")
     d.students = d.students.iloc[[2, 0, 1]]  # as a real study's front comes: sorted by cost, not by row
     assert build.below_baseline(d) == said  # (a boolean-mask assignment once raised a TypeError on this)
+
+
+def test_after_confirm_the_report_terminal_and_registry_use_the_confirmed_numbers(tiny_sweep, tmp_path, capsys):
+    """After `kdtrain confirm` the report still gave the single-seed verdict, asked for the confirm just done, and
+    `register --alias` ranked by single-seed val accuracy."""
+    from mlflow import MlflowClient
+
+    from kdtrain.cli.commands import main
+
+    # trial 0 (the enqueued base) distils nothing (kd.alpha 0): confirmed, it ties its baselines exactly
+    text = tiny_sweep.read_text().replace("study: {name: tiny}", "study: {name: tiny, trials: 3, seed: 1}")
+    tiny_sweep.write_text(
+        text.replace("alpha: 0.7", "alpha: 0.0") + "search:\n  kd.alpha: {type: float, low: 0, high: 1}\n"
+    )
+    assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # item 4: no assumed port for a local store; kdtrain ui prints the link for the port it serves
+    assert "127.0.0.1:5000" not in last and last.startswith("browse the runs: kdtrain ui tiny ("), last
+    assert main(["confirm", "tiny", "--trial", "0", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    # item 5: its size up front (seeds 1 and 2 distilled; their baselines are the sweep's, seeds 0-2), k/N, ETA
+    total = int(re.search(r"confirm: 1 trial\(s\) x 2 new seed\(s\): (\d+) training\(s\) to run", out).group(1))
+    assert total == 2 and re.findall(r"confirm (\d)/2: trial 0 distilled .*ETA", out) == ["1", "2"], out
+    # issue 33 item 10: "ETA ?" through the whole first training; its first epoch now gives the pace and an ETA
+    first = re.search(r"confirm 1/2: epoch 1/(\d+), ([\d.]+)s/epoch  ETA ~(\d+m\d\ds)", out)
+    assert first and out.index("confirm 1/2: trial 0") < first.start() < out.index("confirm 2/2: trial 0"), out
+    assert out.count("report: ") == 1
+    summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
+    page = (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    for where in (out, summary, page):
+        assert "--trial 0)" not in where  # no request for the confirm that was done
+    assert "127.0.0.1:5000" not in page and "<code>kdtrain ui tiny</code>" in page
+    head = summary.split("\n## ", 1)[0]
+    assert (
+        "the largest test gain of a best trial is +0.0 ± 0.0 points on test, paired with the baseline of each "
+        "seed, confirmed over 2 new seeds (width 8, trial 0), within 2 x its own spread over the new seeds"
+    ) in head
+    verdict = next(line for line in head.splitlines() if "Distillation" in line)
+    assert verdict[2:] in out  # the terminal prints the headline the report now has
+
+    capsys.readouterr()
+    assert main(["register", "tiny", "--trial", "0", "1", "2", "--name", "tiny-student", "--alias", "champion"]) == 0
+    out = capsys.readouterr().out
+    assert "alias champion: version 1 (trial 0), the highest mean val accuracy over kdtrain confirm's new seeds" in out
+    assert "unconfirmed trial(s) 1, 2 not ranked" in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/home/mlflow.db")
+    champion = client.get_model_version_by_alias("tiny-student", "champion")
+    assert champion.tags["optuna.trial"] == "0" and "confirmed over 2 new seeds" in champion.description

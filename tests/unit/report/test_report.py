@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kdtrain.cli.commands import main
 from kdtrain.pareto import front_mask
 from kdtrain.report import build
 
@@ -209,3 +210,45 @@ def test_the_importances_picture_says_it_is_a_hint(tmp_path):
     """Issue 33 item 13: Optuna's importances over a handful of trials, confounded with width, carried no caveat."""
     html = build._figures(["importances", "history"])
     assert "not a measured effect" in html.split("history.png")[0] and html.count("not a measured effect") == 1
+
+
+CONSTRAINED = """
+search:
+  student.width: {type: categorical, choices: [8, 16]}
+"""
+
+
+def _constrained_sweep(tiny_sweep, bound: int):
+    text = tiny_sweep.read_text().replace(
+        "study: {name: tiny}",
+        "study: {name: tiny, trials: 4, seed: 3, sampler: random, pruner: none, "
+        f"objectives: {{val_accuracy: maximize, params: minimize}}, constraints: {{min_params: {bound}}}}}",
+    )
+    tiny_sweep.write_text(text + CONSTRAINED)
+    assert main(["sweep", str(tiny_sweep), "--no-report"]) == 0
+
+
+def test_the_reports_front_leaves_out_trials_that_break_a_constraint_as_optunas_does(tiny_sweep, tmp_path):
+    """The report's front and hypervolume took every complete trial: the base trial (width 8, 172 params, below
+    min_params 200) is the cheapest, so it stood on the report's front but not on status's."""
+    from kdtrain.report import build
+    from kdtrain.study import search
+
+    _constrained_sweep(tiny_sweep, 200)
+    study = search.load("tiny", None)
+    d = build.load("tiny")
+    assert set(d.students["student.width"].astype(float)) == {8.0, 16.0}  # both kinds of trial ran
+    assert set(d.front["trial"]) == {t.number for t in search.pareto(study)}
+    assert (d.front["params"] >= 200).all() and len(d.front) >= 1
+    assert build.front_table(d)["params"].min() >= 200
+
+
+def test_when_no_trial_meets_the_constraints_each_command_says_so(tiny_sweep, capsys):
+    _constrained_sweep(tiny_sweep, 100000)
+    out = capsys.readouterr().out
+    assert "none of its 4 complete trials meets the constraints (min_params 100000)" in out  # the sweep's end
+    assert main(["status", "--study", "tiny"]) == 0
+    assert "none of its 4 complete trials meets the constraints" in capsys.readouterr().out
+    assert main(["confirm", "tiny", "--pareto", "--seeds", "1", "--no-report"]) == 1
+    err = capsys.readouterr().err
+    assert "none of its 4 complete trials meets the constraints" in err and "no complete trial" not in err

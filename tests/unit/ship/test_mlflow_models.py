@@ -20,8 +20,7 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from support import TINY_SEARCH, TINY_SWEEP, chromium_driver, free_port, stop_group
-from support import wait_for_http as wait_for
+from support import TINY_SEARCH, TINY_SWEEP, chromium_driver, free_port, wait_for_http
 
 from kdtrain.cli.commands import main
 from kdtrain.study import search
@@ -233,67 +232,39 @@ def test_register_refuses_bad_names_and_incomplete_trials_in_one_line(home, caps
     assert "no such trial in 'ship': 99" in err and "Names cannot contain '/'" in err and "reserved" in err
 
 
-def test_register_against_a_real_mlflow_server(tmp_path, monkeypatch):
+def test_register_against_a_real_mlflow_server(tmp_path, monkeypatch, shared_mlflow_server):
     import mlflow
 
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
+    url = shared_mlflow_server.url  # the session's: the experiment "ship" and the model "served" are this test's
+    (tmp_path / "ship.yaml").write_text(SWEEP.replace("trials: 3", "trials: 2"))
+    assert main(["sweep", "ship.yaml", "--tracking-uri", url, *FAST]) == 0
+    assert (
+        main(
             [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{tmp_path / 'server.db'}",
-                "--artifacts-destination",
-                str(tmp_path / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+                "register",
+                "ship",
+                "--pareto",
+                "--name",
+                "served",
+                "--alias",
+                "champion",
+                "--min-gain",
+                "any",
+                "--tracking-uri",
+                url,
+            ]
         )
-    url = f"http://127.0.0.1:{port}"
+        == 0
+    )
+    mlflow.set_tracking_uri(url)
     try:
-        wait_for(url + "/health", proc, log, 180)
-        (tmp_path / "ship.yaml").write_text(SWEEP.replace("trials: 3", "trials: 2"))
-        assert main(["sweep", "ship.yaml", "--tracking-uri", url, *FAST]) == 0
-        assert (
-            main(
-                [
-                    "register",
-                    "ship",
-                    "--pareto",
-                    "--name",
-                    "served",
-                    "--alias",
-                    "champion",
-                    "--min-gain",
-                    "any",
-                    "--tracking-uri",
-                    url,
-                ]
-            )
-            == 0
+        pred = mlflow.pyfunc.load_model("models:/served@champion").predict(np.zeros((2, 1, 16), np.float32))
+        models = mlflow.search_logged_models(
+            experiment_ids=[mlflow.get_experiment_by_name("ship").experiment_id], output_format="list"
         )
-        mlflow.set_tracking_uri(url)
-        try:
-            pred = mlflow.pyfunc.load_model("models:/served@champion").predict(np.zeros((2, 1, 16), np.float32))
-            models = mlflow.search_logged_models(
-                experiment_ids=[mlflow.get_experiment_by_name("ship").experiment_id], output_format="list"
-            )
-        finally:
-            mlflow.set_tracking_uri("")
-        assert pred.shape == (2, 4) and len(models) >= 2 + 2  # students, baselines and teachers
     finally:
-        stop_group(proc)
+        mlflow.set_tracking_uri("")
+    assert pred.shape == (2, 4) and len(models) >= 2 + 2  # students, baselines and teachers
 
 
 def test_dashboard_serves_the_study_and_stops_cleanly(home, tmp_path):
@@ -307,7 +278,7 @@ def test_dashboard_serves_the_study_and_stops_cleanly(home, tmp_path):
             env=dict(os.environ),
         )
     try:
-        wait_for(f"http://127.0.0.1:{port}/api/studies", proc, log)
+        wait_for_http(f"http://127.0.0.1:{port}/api/studies", proc, log, 120)
         studies = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10))
         assert [s["study_name"] for s in studies["study_summaries"]] == ["ship"]
     finally:
@@ -324,46 +295,21 @@ def test_dashboard_without_optuna_dashboard_says_how_to_install_it(home, monkeyp
     assert "pip install 'kdtrain[dashboard]'" in capsys.readouterr().err
 
 
-def test_the_mlflow_ui_lists_the_logged_models(home, tmp_path):
+def test_the_mlflow_ui_lists_the_logged_models(home, tmp_path, start_mlflow_server):
     client = MlflowClient(store(home))
     exp_id = client.get_experiment_by_name("ship").experiment_id
     names = {m.name for m in client.search_logged_models([exp_id])}
-    port = free_port()
-    log = tmp_path / "ui.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                store(home),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = start_mlflow_server(tmp_path / "ui", backend_store_uri=store(home), artifacts=False)
+    driver = chromium_driver(tmp_path)
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", proc, log, 180)
-        driver = chromium_driver(tmp_path)
-        try:
-            driver.get(f"http://127.0.0.1:{port}/{MODELS_VIEW.format(id=exp_id)}")
-            deadline, shown = time.time() + 60, set()
-            while time.time() < deadline and shown != names:
-                text = driver.execute_script("return document.body.innerText")
-                shown = {n for n in names if n in text}
-                time.sleep(0.5)
-            driver.save_screenshot(str(tmp_path / "models.png"))
-        finally:
-            driver.quit()
+        driver.get(f"{server.url}/{MODELS_VIEW.format(id=exp_id)}")
+        deadline, shown = time.time() + 60, set()
+        while time.time() < deadline and shown != names:
+            text = driver.execute_script("return document.body.innerText")
+            shown = {n for n in names if n in text}
+            time.sleep(0.5)
+        driver.save_screenshot(str(tmp_path / "models.png"))
     finally:
-        stop_group(proc)
+        driver.quit()
     assert shown == names, (sorted(names - shown), text[:2000])
     assert "Agent versions" not in text  # the training-sweep view, not MLflow's GenAI one

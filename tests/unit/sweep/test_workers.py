@@ -2,11 +2,15 @@
 local worker process is started with (worker.spawn), tested on the CPU."""
 
 import os
+import re
 import sys
 
-from support import run_cli, write_sweep
+import optuna
+from support import load_study, mlflow_runs, run_cli, write_sweep
 
+from kdtrain import config
 from kdtrain.shared import plan_workers
+from kdtrain.study import search
 from kdtrain.sweep import processes
 
 
@@ -72,3 +76,29 @@ def test_sweep_with_auto_workers_runs_one_single_threaded_worker_per_cpu(tmp_pat
     logs = sorted((tmp_path / "home" / "logs").glob("tiny-worker*.log")) if n > 1 else []
     assert len(logs) == n - 1
     assert "Traceback" not in r.stdout + r.stderr + "".join(x.read_text() for x in logs)
+
+
+def test_two_workers_each_get_half_the_threads(tmp_path):
+    p = write_sweep(tmp_path, **{"lr: 0.01, threads: 1}": "lr: 0.01}", "trials: 3}": "trials: 4, pruner: none}"})
+    assert config.load(p).train.threads == 0  # the file leaves the threads to kdtrain
+    home = tmp_path / "home"
+    r = run_cli(
+        "sweep",
+        p,
+        "--workers",
+        "2",
+        "--no-report",
+        env={"KDTRAIN_HOME": str(home), "KDTRAIN_DATA": str(tmp_path / "data")},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 worker(s), {expected} CPU thread(s) each; this process and 1 more, logs in {home / 'logs'}" in r.stdout
+    log = (home / "logs" / "tiny-worker1.log").read_text()  # the sweep's own process is worker 0
+    m = re.search(r"worker pid (\d+) on \S+ joined study tiny", log)
+    assert m, log
+    study = load_study(home)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 4 and len({t.user_attrs[search.T_PID] for t in done} - {int(m[1])}) <= 1  # two workers
+    df = mlflow_runs(home, "tiny")
+    trained = df[df["tags.kdtrain.role"].isin(["student", "baseline"])]
+    assert len(trained) >= 5 and (trained["params.train.threads"] == str(expected)).all()
