@@ -1,10 +1,13 @@
 """The tiny sweep the tests run, the real `kdtrain` command in a subprocess or in-process, and readers of what a
 sweep left behind (its Optuna journal, its MLflow SQLite store)."""
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import optuna
@@ -57,16 +60,54 @@ def write_sweep(folder: Path, extra: str = TINY_SEARCH, name="tiny.yaml", **subs
 
 
 def run_cli(*args, env=None, timeout=300):
-    """Run the real `kdtrain` entry point in a subprocess."""
+    """Run the real `kdtrain` entry point (`python -m kdtrain.cli ARGS`) in a process of its own: forked from
+    support/zygote.py's process, which has paid the imports once (set KDTRAIN_TEST_ZYGOTE=0 for a fresh
+    interpreter each time, as before)."""
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env = {**inherited, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "kdtrain.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
+    command = [sys.executable, "-m", "kdtrain.cli", *map(str, args)]
+    if os.environ.get("KDTRAIN_TEST_ZYGOTE", "1") == "0":
+        return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="kdtrain-cli-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        answer = _zygote_call(
+            {
+                "args": command[3:],
+                "env": full_env,
+                "cwd": os.getcwd(),
+                "out": str(out),
+                "err": str(err),
+                "timeout": timeout,
+            }
+        )
+        if answer.get("timeout"):
+            raise subprocess.TimeoutExpired(command, timeout, out.read_bytes(), err.read_bytes())
+        return subprocess.CompletedProcess(command, answer["returncode"], out.read_text(), err.read_text())
+
+
+_ZYGOTE: dict = {}
+_ZYGOTE_LOCK = threading.Lock()
+
+
+def _zygote_call(request: dict) -> dict:
+    """One request to this process's zygote, started on first use (a pytest worker's own; it ends with it)."""
+    with _ZYGOTE_LOCK:
+        proc = _ZYGOTE.get("proc")
+        if proc is None or proc.poll() is not None:
+            env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+            proc = _ZYGOTE["proc"] = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("zygote.py"))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=tempfile.gettempdir(),
+            )
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert line, f"support/zygote.py exited with {proc.wait()}"
+        return json.loads(line)
 
 
 def mlflow_runs(home: Path, experiment: str):
