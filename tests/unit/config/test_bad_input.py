@@ -2,7 +2,7 @@
 
 Each case runs the real `kdtrain sweep` entry point (in-process: main() is what the console script calls) in
 an empty directory whose kdtrain home and data root are fresh, and compares every file before and after.
-The wrong-password case needs a real PostgreSQL and lives in test_integration.py.
+The wrong-password case needs a real PostgreSQL and lives in integration/postgres/test_postgres_workers.py.
 """
 
 import textwrap

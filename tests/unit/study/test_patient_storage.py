@@ -1,5 +1,5 @@
 """The study's storage waiting out a lost database (kdtrain.study.storage.PatientStorage), on a real SQLite store: the
-parts that need no PostgreSQL restarted under them (test_outage does that)."""
+parts that need no PostgreSQL restarted under them (integration/postgres/test_database_outage.py does that)."""
 
 import json
 import sqlite3
