@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdtrain.config import DataConfig, KdtrainError
-from kdtrain.data import datasets
+from kdtrain.config import DataConfig, KdtrainError, data_root
+from kdtrain.data import datasets, sources
 
 
 def test_synthetic_split_shapes_and_disjoint_val():

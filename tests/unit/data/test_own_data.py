@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import ROOT
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from support import ROOT
 from torch import nn
 
 from kdtrain import config
