@@ -1,17 +1,20 @@
+"""The suite's fixtures and collection rules. Helpers that are not fixtures live in tests/support (imported as
+`from support import ...`); nothing imports this file."""
+
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import support.sweep8
 import torch
+from support import TINY_SWEEP, MlflowServer, run_cli, write_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 
 torch.set_num_threads(1)  # the suite runs on small CPUs; one thread keeps runs repeatable and quick
 # the `mlflow server`s the tests start need none of MLflow 3's job runner (GenAI jobs): without it a server is
-# 2 processes instead of 10 and ~10 s less CPU to start (`kdtrain ui` turns it off itself; test_new_user checks)
+# 2 processes instead of 10 and ~10 s less CPU to start (`kdtrain ui` turns it off itself; a test of the ui checks)
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 # `kdtrain sweep` runs one worker per CPU by default; the suite already runs one pytest worker per CPU, so its sweeps
 # run one worker each (and repeat their trials exactly) unless a test asks for more (test_workers tests auto)
@@ -31,28 +34,6 @@ def isolated_store(tmp_path, monkeypatch):
     return tmp_path
 
 
-TINY_SWEEP = """
-study: {name: tiny}
-data: {name: synthetic, size: 400, val_fraction: 0.2, seed: 1}
-teachers:
-  - {name: big, arch: mlp, width: 64, epochs: 8}
-  - {name: conv, arch: cnn1d, width: 8, epochs: 4}
-student: {arch: mlp, width: 8}
-train: {epochs: 4, batch_size: 64, lr: 0.01, threads: 1}
-kd: {temperature: 4.0, alpha: 0.7, teachers: [big]}
-"""
-
-TINY_SEARCH = """
-search:
-  kd.temperature: {type: float, low: 1, high: 20, log: true}
-  kd.alpha: {type: float, low: 0, high: 1}
-  student.width: {type: int, low: 2, high: 16, log: true}
-  kd.teachers: {type: subset, of: [big, conv]}
-  kd.ensemble: {type: categorical, choices: [mean_probs, mean_logits, mean_kl]}
-"""
-"""The search space of the sweep tests, over TINY_SWEEP's pool."""
-
-
 @pytest.fixture
 def tiny_sweep(tmp_path):
     """A sweep file on synthetic data that trains in about a second."""
@@ -61,31 +42,12 @@ def tiny_sweep(tmp_path):
     return p
 
 
-def write_sweep(folder: Path, extra: str = TINY_SEARCH, name="tiny.yaml", **subs) -> Path:
-    """The tiny sweep as the two-objective, 3-trial study of the sweep tests (pruner none and study.spread off
-    unless a test sets them),
-    with `extra` as its search section and each `subs` key replaced by its value."""
-    text = textwrap.dedent(TINY_SWEEP) + textwrap.dedent(extra)
-    text = text.replace(
-        "study: {name: tiny}", "study: {name: tiny, objectives: {val_accuracy: maximize, params: minimize}, trials: 3}"
-    )
-    for a, b in subs.items():
-        text = text.replace(a, b)
-    if "pruner:" not in text:  # these tests count complete trials: pruning only where a test asks for it
-        text = text.replace("study: {name: tiny, ", "study: {name: tiny, pruner: none, ")
-    if "spread:" not in text:  # and their trials are the sampler's (or steered teachers') unless a test spreads
-        text = text.replace("study: {name: tiny, ", "study: {name: tiny, spread: false, ")
-    p = folder / name
-    p.write_text(text)
-    return p
-
-
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
-    """One finished 3-trial sweep of test_sweep's tiny sweep file, its report included: (root, sweep file, env,
-    the sweep's CompletedProcess), the kdtrain home at root / "home". Shared by test_sweep and test_gains, whose
-    tests that use it carry xdist_group("tiny-study") so that one worker builds it once. Tests add to it (a
-    confirm, a second study, a rerun that runs nothing) and remove nothing."""
+    """One finished 3-trial sweep of the tiny sweep file, its report included: (root, sweep file, env, the
+    sweep's CompletedProcess), the kdtrain home at root / "home". Shared by the sweep and gains tests (the tests
+    that use it share an xdist group, so one worker builds it once). Tests add to it (a confirm, a second study, a
+    rerun that runs nothing) and remove nothing."""
     root = tmp_path_factory.mktemp("tiny-study")
     env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
     p = write_sweep(root)
@@ -94,44 +56,96 @@ def tiny_study(tmp_path_factory):
     return root, p, env, r
 
 
-def run_cli(*args, env=None, timeout=300):
-    """Run the real `kdtrain` entry point in a subprocess."""
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env = {**inherited, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "kdtrain.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
+@pytest.fixture(scope="session")
+def sweep8(tmp_path_factory):
+    """support.sweep8's eight-trial sweep with two baseline seeds and constraints (home, CompletedProcess, env,
+    sweep file), read by the baselines, progress, search and export tests. Tests read it and add nothing."""
+    return support.sweep8.build(tmp_path_factory.mktemp("sweep8"))
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 5) -> None:
-    """End a server started with start_new_session=True: SIGTERM to its process group, then SIGKILL after
-    `grace` seconds (uvicorn can wait on a half-open connection; a test has no reason to wait for it)."""
-    import signal
+# --------------------------------------------------------------------------- MLflow servers
 
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still there (workers of a stopped server)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
+
+@pytest.fixture
+def start_mlflow_server(tmp_path):
+    """start(root=None, **options) -> a real `mlflow server` on 127.0.0.1 that answers /health (support's
+    MlflowServer: options backend_store_uri, artifacts, tls=(cert, key), extra_args, env); every server it started
+    is stopped when the test ends. For a server of the test's own: one it stops and restarts, or one with special
+    flags (TLS, authentication)."""
+    started = []
+
+    def start(root: Path | None = None, **options) -> MlflowServer:
+        folder = Path(root) if root else tmp_path / f"mlflow-server-{len(started)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        server = MlflowServer(folder, **options)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop(grace=2)
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow_server(tmp_path_factory):
+    """One plain `mlflow server` (SQLite, proxied artifacts) for the tests that only log to a server and read back:
+    each uses experiments and model names of its own. Started once per xdist worker that needs it (the tests that
+    use it share an xdist group)."""
+    with MlflowServer(tmp_path_factory.mktemp("shared-mlflow-server")) as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- collection
+
+FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "postgres": "postgres", "docs": "docs"}
+"""A test under tests/<folder>/ gets the marker of each folder on its path (integration/postgres/: both)."""
+
+
+def _shared_fixtures(item) -> list[str]:
+    """The session-scoped fixtures of tests/ that item uses; without one, the module-scoped ones that no other such
+    fixture it uses already needs (the mlflow server on PostgreSQL, not also the database it was started on)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    shared = {}
+    for name in item.fixturenames:
+        defs = info.name2fixturedefs.get(name)
+        if not defs:
+            continue
+        fixturedef = defs[-1]
+        code = getattr(fixturedef.func, "__code__", None)
+        source = Path(code.co_filename).resolve() if code else None
+        if fixturedef.scope in ("module", "session") and source and TESTS in source.parents:
+            where = "" if fixturedef.scope == "session" else Path(item.fspath).stem + "::"
+            shared[name] = (where + name, set(fixturedef.argnames))
+    needed = set().union(*(args for _, args in shared.values())) if shared else set()
+    tops = sorted(group for name, (group, _) in shared.items() if name not in needed)
+    sessions = sorted(group for group, _ in shared.values() if "::" not in group)
+    return sessions or tops  # a module's fixture built on a session's one goes where the session's one is
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Markers by folder; an xdist group per shared fixture: under `--dist loadgroup` the tests that use one
+    module- or session-scoped fixture of tests/ (a finished sweep, a server) run on one pytest worker, which
+    builds it once. Runs before pytest-xdist reads the groups."""
+    for item in items:
+        parts = Path(item.fspath).resolve().relative_to(TESTS).parts[:-1]
+        for folder in parts:
+            if folder in FOLDER_MARKERS:
+                item.add_marker(FOLDER_MARKERS[folder])
+        groups = _shared_fixtures(item)
+        if groups:
+            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_finish(session):
     """Under `--dist loadgroup` pytest-xdist suffixes a grouped test's id with `@group`, which sends the group to
-    one worker, so that its module fixture (a finished sweep, a server) is built once. pytest 9.2 with xdist 3.8
+    one worker, so that its shared fixture (a finished sweep, a server) is built once. pytest 9.2 with xdist 3.8
     silently stopped doing it (every such fixture then ran on both workers); say so instead of running slower."""
-    if getattr(config.option, "loadgroup", False):
-        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if getattr(session.config.option, "loadgroup", False) and hasattr(session.config, "workerinput"):
+        lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
         if lost:
             raise pytest.UsageError(
                 f"pytest-xdist did not apply the xdist_group of {len(lost)} test(s) (e.g. "

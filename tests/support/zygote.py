@@ -1,0 +1,91 @@
+"""`python -m kdtrain.cli ARGS` without paying the imports every time: this process imports kdtrain's command line
+and the libraries it loads (torch, MLflow, Optuna; ~4 s of CPU per process, most of a short command's cost) once,
+then forks one child per request. The child is a real process of its own, as `python -m kdtrain.cli` would be: its
+own environment, working directory, stdout and stderr files, exit code (a traceback and 1 on an uncaught exception,
+atexit handlers run), and it runs kdtrain/cli/__main__.py with runpy as `-m` does. Used by support.run_cli.
+
+Protocol, one JSON line each way over stdin/stdout: {"args", "env", "cwd", "out", "err", "timeout"} ->
+{"returncode": int} or {"timeout": true} (the child was killed)."""
+
+import atexit
+import gc
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+import traceback
+
+import matplotlib
+import mlflow  # noqa: F401
+import optuna  # noqa: F401
+import pandas  # noqa: F401
+import sqlalchemy  # noqa: F401
+import torch  # noqa: F401
+
+import kdtrain.cli.commands  # noqa: F401 - the command line and what it imports at module level
+
+matplotlib.use("Agg")  # what the report sets itself; set before pyplot loads in a child
+
+
+def child(request: dict) -> None:
+    """In the forked child: become `python -m kdtrain.cli ARGS` and exit as it would."""
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd, path in ((1, request["out"]), (2, request["err"])):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(f, fd)  # the request pipe's end there is closed by it
+        os.close(f)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    sys.argv = [sys.executable, *request["args"]]
+    sys.path[0] = os.getcwd()  # as -m puts the working directory first (a python: factory module found there)
+    try:
+        runpy.run_module("kdtrain.cli", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:  # what the interpreter makes of sys.exit's argument
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, int | None):
+            print(e.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - what the interpreter does with any uncaught exception
+        traceback.print_exc()
+        code = 1
+    # the interpreter's exit without its teardown of every module: in a fork of this process that teardown touches
+    # (and so copies) every page and takes seconds; atexit handlers (logging, MLflow) and the streams still run
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def serve() -> None:
+    gc.freeze()  # the imports' objects stay out of the children's collections (no copy of their pages)
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            child(request)
+        deadline = time.monotonic() + request["timeout"]
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                answer = {"returncode": os.waitstatus_to_exitcode(status)}
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                answer = {"timeout": True}
+                break
+            time.sleep(0.02)
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    serve()
+    os._exit(0)  # its pytest worker is gone (stdin closed): no teardown of every module either
