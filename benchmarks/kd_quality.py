@@ -33,7 +33,7 @@ default ./mlruns, and the MNIST-1D teacher is the same cache entry as the quicks
 estimate of the time left, goes to stderr.
 
 --quick runs a tiny version (2 epochs, small data, one width per dataset, 2 seeds, T 4 x alpha {0.5, 0.9}) so
-that tests/test_kd_quality.py keeps the script working; its numbers mean nothing.
+that tests/unit/distill/test_kd_quality.py keeps the script working; its numbers mean nothing.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ PUBLIC_API: dict[str, str] = {
 }
 """Public name -> "module:attribute" where it lives now. The one place that knows where the public API is."""
 
-if TYPE_CHECKING:  # the same names for type checkers, IDEs and the API reference; tests/test_public_api.py keeps
+if TYPE_CHECKING:  # the same names for type checkers, IDEs and the API reference; tests/docs/test_public_api.py keeps
     # them equal to PUBLIC_API (a moved function: its line here and its line there)
     from kdtrain.config.sweepfile import from_dict, load, replace
     from kdtrain.config.validate import allowed_values

@@ -64,6 +64,35 @@ def _trials_source(args, cfg) -> str:
     )
 
 
+def _say_teachers(cfg, pool: dict) -> None:
+    """One line per teacher: where it came from and how good it is, or that a trial trains it when it needs it."""
+    for t in cfg.teachers:
+        print(
+            f"teacher {t.name}: "
+            + (
+                f"{'cached' if pool[t.name].cached else pool[t.name].source}, val_acc "
+                f"{pool[t.name].val_accuracy:.4f}, {pool[t.name].params_text} params"
+                if t.name in pool
+                else "trained when a trial first needs it (the first trials draw among the teachers ready)"
+            )
+        )
+
+
+def _say_ready(storage: str, study, tracking_uri: str) -> None:
+    """--workers 0: the study is made; the command that starts a worker elsewhere, without the password."""
+    from kdtrain.paths import redact
+    from kdtrain.study import search
+
+    env = f"KDTRAIN_STORAGE='{redact(storage)}' " if search.is_rdb(storage) else ""
+    if search.A_TRACKING not in study.user_attrs:  # else the study knows its MLflow server
+        env += f"MLFLOW_TRACKING_URI='{redact(tracking_uri)}' "
+    print(
+        f"\nstudy {study.study_name} is ready; start workers on any machine that reaches the stores:\n"
+        f"  {env}kdtrain worker --study {study.study_name}\n"
+        + ("(with the real password: kdtrain never prints it)" if "***" in env else "")
+    )
+
+
 def cmd_sweep(args) -> int:
     from kdtrain.config import sweepfile
     from kdtrain.distill import teachers
@@ -85,16 +114,7 @@ def cmd_sweep(args) -> int:
     teachers.check_weights(here, ds, [t.name for t in cfg.teachers], load_state_dict)
     first = [t.name for t in cfg.teachers] if args.workers == 0 else session.first_teachers(cfg)
     pool = session.load_pool(here, ds, first, on_epoch=teacher_progress())
-    for t in cfg.teachers:
-        print(
-            f"teacher {t.name}: "
-            + (
-                f"{'cached' if pool[t.name].cached else pool[t.name].source}, val_acc "
-                f"{pool[t.name].val_accuracy:.4f}, {pool[t.name].params_text} params"
-                if t.name in pool
-                else "trained when a trial first needs it (the first trials draw among the teachers ready)"
-            )
-        )
+    _say_teachers(cfg, pool)
     print("opening the study's stores; its parent and teacher runs go to MLflow (a few seconds the first time)")
     tracker = Tracker(args.tracking_uri)
     study = search.create_or_open(cfg, storage or search.open_storage(args.storage), name, trials)
@@ -111,14 +131,7 @@ def cmd_sweep(args) -> int:
         + f"\noptuna storage: {redact(args.storage)}\nmlflow: {redact(tracker.uri)}  experiment {ctx.exp_id}"
     )
     if args.workers == 0:
-        env = f"KDTRAIN_STORAGE='{redact(args.storage)}' " if search.is_rdb(args.storage) else ""
-        if search.A_TRACKING not in study.user_attrs:  # else the study knows its MLflow server
-            env += f"MLFLOW_TRACKING_URI='{redact(tracker.uri)}' "
-        print(
-            f"\nstudy {name} is ready; start workers on any machine that reaches the stores:\n"
-            f"  {env}kdtrain worker --study {name}\n"
-            + ("(with the real password: kdtrain never prints it)" if "***" in env else "")
-        )
+        _say_ready(args.storage, study, tracker.uri)
         return 0
     deadline = time.time() + timeout if timeout else None
     failed, interrupted = processes.run_local(ctx, args.storage, trials, threads, envs, deadline, home() / "logs")

@@ -222,7 +222,7 @@ def card_text(card: dict, gains: dict) -> str:
 
 # --------------------------------------------------------------------------- an MLflow logged model's capture
 def logged_model_files(model: nn.Module, example) -> dict[str, bytes] | None:
-    """The files of a model's MLflow logged model (kdtrain.tracking.client.Tracker.log_model), in MLflow's pytorch
+    """The files of a model's MLflow logged model (Tracker.log_model, in the tracking wing), in MLflow's pytorch
     flavor so that mlflow.pyfunc.load_model needs torch alone: example.pt (the input example) and a torch.export
     program (model.pt2, which loads without a warning), else TorchScript (model.ts: a model export cannot capture;
     torch warns that TorchScript is deprecated when it loads). None when neither reproduces the model (within

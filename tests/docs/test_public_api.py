@@ -15,7 +15,7 @@ import pytest
 
 import kdtrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = {"ModelFactory", "DataFactory"}
 """Defined in kdtrain/__init__.py itself: the contracts of the python: hooks, not names that live elsewhere."""
 
