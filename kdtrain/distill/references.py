@@ -3,7 +3,7 @@
 An MLflow model URI with an alias or a stage (`models:/NAME@champion`, `models:/NAME/latest`) names whichever version
 the registry points it at (`kdtrain register --alias` moves it); a `python:` arch names whatever its module's file
 holds. The cache keys such a teacher by what the reference names now: the loaded weights' content (read through the
-caller's loader, kdtrain.tracking.client.load_state_dict: this module knows no MLflow) or the module file's content. So a
+caller's loader, the tracking wing's load_state_dict: this module knows no MLflow) or the module file's content. So a
 moved alias reloads the teacher and edited code retrains it, and the new cache entry says so (moved_note) when an
 entry of the same teacher and reference names something else.
 """

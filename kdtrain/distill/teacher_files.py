@@ -219,7 +219,7 @@ def inner(model: nn.Module | None) -> nn.Module | None:
 
 
 LoadURI = Callable[[str], dict]
-"""URI (runs:/..., models:/...) -> state dict; given by the caller (kdtrain.tracking.client.load_state_dict), so that
+"""URI (runs:/..., models:/...) -> state dict; given by the caller (the tracking wing's load_state_dict), so that
 the teacher cache itself knows nothing of MLflow."""
 URI_SCHEMES = ("runs", "models", "mlflow-artifacts", "s3", "gs", "http", "https")
 
