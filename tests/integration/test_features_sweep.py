@@ -2,7 +2,6 @@
 weight on a log scale; each trial's MLflow run and the report name the pair and loss it used; the logged student
 holds no adapter. Real stores: an Optuna journal and SQLite in a temp folder."""
 
-import os
 import textwrap
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from support import QUICK_PROFILE, in_home
 
 from kdtrain.cli.commands import main
 from kdtrain.data import datasets
@@ -40,34 +40,15 @@ search:
   kd.feature_weight: {type: float, low: 1, high: 1000, log: true}
   kd.alpha: {type: float, low: 0.2, high: 0.8}
 """
-FAST = [
-    "--set",
-    "profile.blocks=2",
-    "--set",
-    "profile.calls=5",
-    "--set",
-    "profile.warmup=2",
-    "--set",
-    "profile.throughput_batch=8",
-    "--no-report",
-]
+FAST = [*QUICK_PROFILE, "--no-report"]
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("feats")
-    env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    cwd = os.getcwd()
-    os.chdir(root)
     (root / "feats.yaml").write_text(textwrap.dedent(SWEEP))
-    try:
+    with in_home(root):
         assert main(["sweep", "feats.yaml", *FAST]) == 0
-    finally:
-        os.chdir(cwd)
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return root / "home"
 
 

@@ -4,10 +4,12 @@ on the path); the fixtures built on these live in tests/conftest.py."""
 
 from support.servers import MlflowServer, chromium_driver, free_port, stop_group, wait_for_http
 from support.sweeps import (
+    QUICK_PROFILE,
     ROOT,
     SEARCH,
     TINY_SEARCH,
     TINY_SWEEP,
+    in_home,
     load_study,
     mlflow_runs,
     refused,
@@ -18,6 +20,7 @@ from support.sweeps import (
 )
 
 __all__ = [
+    "QUICK_PROFILE",
     "ROOT",
     "SEARCH",
     "TINY_SEARCH",
@@ -25,6 +28,7 @@ __all__ = [
     "MlflowServer",
     "chromium_driver",
     "free_port",
+    "in_home",
     "load_study",
     "mlflow_runs",
     "refused",

@@ -1,6 +1,7 @@
 """The tiny sweep the tests run, the real `kdtrain` command in a subprocess or in-process, and readers of what a
 sweep left behind (its Optuna journal, its MLflow SQLite store)."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +18,35 @@ from kdtrain.study import search
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository: README.md, pyproject.toml, docs/, sweeps/, benchmarks/."""
+
+QUICK_PROFILE = [
+    "--set",
+    "profile.blocks=2",
+    "--set",
+    "profile.calls=5",
+    "--set",
+    "profile.warmup=2",
+    "--set",
+    "profile.throughput_batch=8",
+]
+"""--set flags for a short latency measurement: a sweep's trials measured in a fraction of a second."""
+
+
+@contextlib.contextmanager
+def in_home(root: Path):
+    """Inside: KDTRAIN_HOME and KDTRAIN_DATA under root and root the working directory, for a module's shared sweep
+    run in-process (the per-test isolation fixture is function-scoped); both restored on the way out."""
+    env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
+    old, cwd = {k: os.environ.get(k) for k in env}, os.getcwd()
+    os.environ.update(env)
+    os.chdir(root)
+    try:
+        yield root
+    finally:
+        os.chdir(cwd)
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
 
 TINY_SWEEP = """
 study: {name: tiny}

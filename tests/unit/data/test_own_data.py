@@ -19,7 +19,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from support import ROOT
+from support import QUICK_PROFILE, ROOT
 from torch import nn
 
 from kdtrain import config
@@ -35,14 +35,7 @@ FAST = [
     "study.baseline_seeds=1",
     "--set",
     "train.epochs=2",
-    "--set",
-    "profile.blocks=2",
-    "--set",
-    "profile.calls=5",
-    "--set",
-    "profile.warmup=2",
-    "--set",
-    "profile.throughput_batch=8",
+    *QUICK_PROFILE,
     "--no-report",
 ]
 """A sweep in a couple of seconds: two trials of two epochs, one baseline seed, a short latency measurement."""

@@ -20,7 +20,7 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from support import TINY_SEARCH, TINY_SWEEP, chromium_driver, free_port, wait_for_http
+from support import QUICK_PROFILE, TINY_SEARCH, TINY_SWEEP, chromium_driver, free_port, in_home, wait_for_http
 
 from kdtrain.cli.commands import main
 from kdtrain.study import search
@@ -33,35 +33,16 @@ SWEEP = textwrap.dedent(TINY_SWEEP).replace(
     "pruner: none, baseline_seeds: 1, objectives: {val_accuracy: maximize, "
     "params: minimize}}",
 ) + textwrap.dedent(TINY_SEARCH)
-FAST = [
-    "--set",
-    "profile.blocks=2",
-    "--set",
-    "profile.calls=5",
-    "--set",
-    "profile.warmup=2",
-    "--set",
-    "profile.throughput_batch=8",
-    "--no-report",
-]
+FAST = [*QUICK_PROFILE, "--no-report"]
 
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """One tiny two-objective sweep (3 complete trials) in its own kdtrain home, shared by the tests here."""
     root = tmp_path_factory.mktemp("ship")
-    env = {"KDTRAIN_HOME": str(root / "home"), "KDTRAIN_DATA": str(root / "data")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    cwd = os.getcwd()
-    os.chdir(root)
     (root / "ship.yaml").write_text(SWEEP)
-    try:
+    with in_home(root):
         assert main(["sweep", "ship.yaml", *FAST]) == 0
-    finally:
-        os.chdir(cwd)
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return root
 
 
