@@ -11,6 +11,9 @@ SQLite transaction, more than a per-epoch lock should cost, and has no turnstile
 
 ``atomic_write_text`` / ``atomic_dir``: a reader sees the old content or the new,
 never half a file (caches are read by other workers while they are written).
+
+``uninterrupted()``: a Ctrl-C or SIGTERM that arrives inside the block is raised
+when the block ends (a local database write is not cut in half).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -196,6 +200,31 @@ def every(seconds: float, fn: Callable[[], None], name: str, on_error: Callable[
     finally:
         stop.set()
         thread.join()
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Hold a Ctrl-C (SIGINT) or SIGTERM that arrives inside the block until the block ends, then handle it as it
+    would have been (KeyboardInterrupt, kdtrain's Terminated). For short local writes: an interrupt raised inside
+    SQLAlchemy can leave an SQLite connection holding the database's lock, and the writes that close the
+    interrupted run then wait it out and fail. Outside the main thread (no signal lands there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s in held:
+            signal.signal(s, before[s])
+    if caught:
+        handler = before[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(caught[0])
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

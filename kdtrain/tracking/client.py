@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kdtrain.errors import KdtrainError, first_line, not_a_stop
 from kdtrain.paths import home, redact
-from kdtrain.shared import atomic_dir
+from kdtrain.shared import atomic_dir, uninterrupted
 from kdtrain.tracking.outbox import Outbox, innermost_cause
 from kdtrain.tracking.writes import CURVES, MODEL_TAG, WRITE_TAG, Writes, literal
 
@@ -145,6 +145,27 @@ def check_reachable(uri: str | None) -> None:
         # any other answer means a server is there (a proxy without /health, an older API)
 
 
+class _Uninterrupted:
+    """An MlflowClient on a local SQLite store whose every call a Ctrl-C or SIGTERM does not cut short: the stop is
+    raised when the call returns (milliseconds; an HTTP client is not wrapped, its calls can wait minutes for a
+    server)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with uninterrupted():
+                return attr(*args, **kwargs)
+
+        return call
+
+
 class Tracker(Writes):
     """Explicit-run-id logging through MlflowClient (safe across worker processes).
 
@@ -167,6 +188,8 @@ class Tracker(Writes):
             self.artifacts = db.parent / "artifacts"
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
+            if self.uri.startswith("sqlite:"):  # a Ctrl-C mid-write is raised after it (see shared.uninterrupted)
+                self.client = _Uninterrupted(self.client)
         except Exception as e:  # noqa: BLE001 - requests' connection, TLS and timeout errors, wrapped by MLflow
             raise KdtrainError(f"cannot open the MLflow store {redact(self.uri)}: {first_line(e, 300)}") from None
         self.outbox = Outbox(redact(self.uri)) if self.uri.startswith(("http://", "https://")) else None

@@ -1,7 +1,9 @@
 """A real `mlflow server` stopped and restarted under a writer and under a running sweep (issue 22, item 12): the
 writes it missed are kept and sent again, in order, once."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +87,19 @@ def test_writes_a_stopped_tracking_server_missed_are_kept_and_sent_in_order_once
     assert len(mlflow_client.get_metric_history(run_id, "params")) == 1
 
 
+def wait_for_student_run(mlflow_client, study: str, name: str, proc, timeout: float = 240) -> str:
+    """The id of the sweep's student run `name` once the tracking server has it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, output(proc)
+        exp = mlflow_client.get_experiment_by_name(study)
+        runs = mlflow_client.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'") if exp else []
+        if runs:
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError(f"no run {name} within {timeout} s:\n{output(proc)}")
+
+
 def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -92,7 +107,16 @@ def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(ml
     storage = str(tmp_path / "optuna.journal")
     with sweeping(sweep, storage, tmp_path, "--tracking-uri", mlflow_server.url) as proc:
         wait_for_running(storage, "ml-blip", proc)
-        mlflow_server.stop()
+        # trial 1's run created and the sweep held still while the server goes: its end writes meet the outage
+        # (on a busy machine the trial could otherwise finish before the server is down, or start its run during
+        # it, and nothing would be kept)
+        running = wait_for_student_run(MlflowClient(mlflow_server.url), "ml-blip", "trial-1", proc)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            assert MlflowClient(mlflow_server.url).get_run(running).info.status == "RUNNING", output(proc)
+            mlflow_server.stop()
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
         deadline = time.time() + 300
         while "is unreachable since" not in output(proc):
             assert proc.poll() is None and time.time() < deadline, output(proc)

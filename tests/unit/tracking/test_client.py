@@ -5,6 +5,7 @@ import base64
 import contextlib
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -186,3 +187,42 @@ def test_a_tls_server_with_its_own_ca_passes_the_preflight_when_mlflow_is_told(t
     monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
     monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
     check_reachable(url)
+
+
+def test_a_ctrl_c_during_a_local_store_write_lets_the_write_finish_then_stops(tmp_path):
+    """A Ctrl-C (SIGINT) that lands inside an MLflow SQLite write: the write lands whole, then the stop is raised,
+    and the closing writes after it go through at once. Cut inside SQLAlchemy (at its second commit: MLflow's
+    set_tags commits a session inside a session), the write once left a connection holding the database's lock:
+    the trial's KILLED close waited out SQLite's 20 s busy timeout and the sweep ended with 'the study's storage
+    is unreachable (database is locked)' and exit 1 instead of 130 (seen in CI)."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import event
+
+    from kdtrain.tracking.client import Tracker
+
+    for cut in range(3):  # the stop at each of the write's commits
+        t = Tracker(f"sqlite:///{tmp_path / f'mlflow-{cut}.db'}")
+        run = t.start(t.experiment("stop"), "trial-0", "student", params={})
+        engine = MlflowClient(t.uri)._tracking_client.store.engine
+        commits = []
+
+        def sigint_inside(conn, cut=cut, commits=commits):
+            commits.append(conn)
+            if len(commits) == cut + 1:
+                os.kill(os.getpid(), signal.SIGINT)  # raised at the next bytecode: inside SQLAlchemy, mid-write
+
+        event.listen(engine, "commit", sigint_inside)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                t.set_tags(run, {"optuna.state": "RUNNING", "note": "cut"})
+        finally:
+            event.remove(engine, "commit", sigint_inside)
+        started = time.time()
+        t.set_tags(run, {"optuna.state": "FAIL"})  # what the interrupted trial's close writes next
+        t.end(run, "KILLED")
+        assert time.time() - started < 5, cut  # no lock left behind to wait out
+        got = MlflowClient(t.uri).get_run(run)
+        assert got.data.tags.get("note") == "cut", cut  # the cut write landed whole
+        assert got.data.tags["optuna.state"] == "FAIL" and got.info.status == "KILLED"
