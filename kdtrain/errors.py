@@ -15,13 +15,21 @@ class Terminated(KeyboardInterrupt):
     the running trial is failed and queued again, the MLflow run closed, the stop said."""
 
 
+def stopped_by(e: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (a KeyboardInterrupt) that e is or that e was raised while handling, or None. A stop
+    that lands in a library's cleanup comes out as the cleanup's own error (shutil.rmtree's EBADF, an SQLite
+    write's OperationalError) with the stop as its context: it is still a stop, not a failure."""
+    seen = set()
+    while e is not None and id(e) not in seen and not isinstance(e, KeyboardInterrupt):
+        seen.add(id(e))
+        e = e.__context__
+    return e
+
+
 def not_a_stop(record) -> bool:
     """A logging filter: False for a record whose exception a Ctrl-C or SIGTERM caused (MLflow logs the SQLite
     write it cut short with a traceback; kdtrain says the stop once and closes the run as KILLED)."""
-    e = record.exc_info[1] if record.exc_info else None
-    while e is not None and not isinstance(e, KeyboardInterrupt):
-        e = e.__context__
-    return e is None
+    return stopped_by(record.exc_info[1] if record.exc_info else None) is None
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -219,12 +219,12 @@ def uninterrupted():
     finally:
         for s in held:
             signal.signal(s, before[s])
-    if caught:
-        handler = before[caught[0]]
-        if callable(handler):
-            handler(caught[0], None)
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(caught[0])
+        if caught:  # raised even when the block raised: the stop wins (the block's error as its context)
+            handler = before[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

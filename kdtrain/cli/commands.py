@@ -35,10 +35,17 @@ COMMANDS = {
 """Each subcommand (kdtrain.cli.args) and the function that runs it."""
 
 
+def _stopped(e: KeyboardInterrupt) -> int:
+    from kdtrain.errors import Terminated
+
+    print(f"\nkdtrain: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from kdtrain.errors import KdtrainError, Terminated
+    from kdtrain.errors import KdtrainError, Terminated, stopped_by
 
     args = build_parser().parse_args(argv)
 
@@ -52,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdtrain: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
-        print(f"\nkdtrain: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
-        return 130
+        return _stopped(e)
     except Exception as e:  # a database that went away outside a trial (kdtrain status, a report): one line too
         from kdtrain.study.storage import lost_connection, outage_reason
 
+        stop = stopped_by(e)  # a stop that a library's cleanup turned into its own error: still a stop
+        if stop is not None:
+            return _stopped(stop)
         if not lost_connection(e, context=False):
             raise
         print(f"kdtrain: error: {outage_reason(e)}", file=sys.stderr)

@@ -20,7 +20,7 @@ from kdtrain.deploy.measure import measure
 from kdtrain.distill import models
 from kdtrain.distill.student import distill_student
 from kdtrain.distill.train import DivergedError
-from kdtrain.errors import KdtrainError, Terminated, first_line
+from kdtrain.errors import KdtrainError, Terminated, first_line, stopped_by
 from kdtrain.paths import redact
 from kdtrain.schema import METRICS, Config
 from kdtrain.shared import cpu_room
@@ -240,14 +240,23 @@ def outcome(ctx: Context, trial) -> Outcome | None:
     except search.TrialTakenOver:
         return Outcome(state=None)
     except (KeyboardInterrupt, SystemExit) as e:
-        why = "SIGTERM" if isinstance(e, Terminated) else "the user (Ctrl-C)"
-        recovery.fail_trial(ctx.study, trial, f"interrupted: stopped by {why}", killed(ctx.tracker))
+        interrupted(ctx, trial, e)
         raise
     except StorageLost:
         raise  # the study's database is gone past study.storage_patience: the next run recovers the trial
     except Exception as e:  # noqa: BLE001 - MLflow's errors are many; the study holds the result
-        return failed(ctx, trial, e)
+        stop = stopped_by(e)
+        if stop is None:
+            return failed(ctx, trial, e)
+        interrupted(ctx, trial, stop)  # a stop that a library's cleanup turned into its own error
+        raise stop from None
     return Outcome(state="COMPLETE", values=values, line=line)
+
+
+def interrupted(ctx: Context, trial, e: BaseException) -> None:
+    """A trial stopped by Ctrl-C or SIGTERM: failed as interrupted and queued again, its MLflow run KILLED."""
+    why = "SIGTERM" if isinstance(e, Terminated) else "the user (Ctrl-C)"
+    recovery.fail_trial(ctx.study, trial, f"interrupted: stopped by {why}", killed(ctx.tracker))
 
 
 def failed(ctx: Context, trial, e: Exception) -> Outcome | None:

@@ -317,6 +317,60 @@ def test_ctrl_c_stops_cleanly_and_the_trial_is_requeued(tmp_path):
     assert not (df["status"] == "RUNNING").any()
 
 
+CUT_CLEANUP = """
+import os, signal
+from torch import nn
+
+calls = []
+
+
+class Net(nn.Sequential):
+    def forward(self, x):
+        calls.append(self.training)
+        if calls.count(True) >= 25 and not os.path.exists("cut"):  # once, past trial 0's 4 epochs of 5 batches
+            open("cut", "w").close()
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.pause()
+            finally:
+                os.close(-1)  # the cleanup fails in turn (shutil.rmtree's EBADF): the stop is only the context
+        return super().forward(x)
+
+
+def net(input_shape, num_classes, width):
+    return Net(nn.Flatten(), nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Linear(width, num_classes))
+"""
+
+
+def test_a_ctrl_c_that_a_library_turned_into_another_error_still_stops_the_sweep(tmp_path):
+    """A Ctrl-C raised inside a library's cleanup comes out as that cleanup's error with the KeyboardInterrupt as
+    its context (seen: OSError EBADF from shutil.rmtree, from a temporary folder of an MLflow write): the trial is
+    interrupted and queued again and the sweep stops (130), not a FAIL blamed on the settings while it goes on."""
+    (tmp_path / "cutstudent.py").write_text(CUT_CLEANUP)
+    p = write_sweep(
+        tmp_path, **{"student: {arch: mlp, width: 8}": "student: {arch: 'python:cutstudent:net', width: 8}"}
+    )
+    env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    r = subprocess.run(
+        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--no-report"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert r.returncode == 130, r.stdout + r.stderr
+    assert "Run the same command again to resume" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    study = load_study(tmp_path / "home")
+    cut = study.trials[1]
+    assert cut.state.name == "FAIL" and "Ctrl-C" in cut.user_attrs["fail_reason"], cut.user_attrs
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs.get("kdtrain.requeued_from") for t in waiting] == [1]
+    status = mlflow_runs(tmp_path / "home", "tiny").set_index("run_id")["status"]
+    assert status[cut.user_attrs["mlflow_run_id"]] == "KILLED"
+
+
 def test_export_pareto_front_to_onnx_and_torchscript(swept, tmp_path):
     import onnxruntime as ort
 
