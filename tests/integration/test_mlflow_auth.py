@@ -35,7 +35,8 @@ def _api(url: str, path: str, user: str | None = None, password: str | None = No
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     """MLflow's own basic-auth app (`mlflow server --app-name basic-auth`) on 127.0.0.1: anonymous requests refused,
-    an admin created on first start, and one user for the workers."""
+    an admin created on first start, and one user for the workers. It remembers a password it checked for 5 minutes
+    (auth_cache_ttl_seconds, as docs/machines.md advises): otherwise every request pays a scrypt hash."""
     pytest.importorskip("flask_wtf", reason="mlflow[auth] is not installed (the test extra installs it)")
     root = tmp_path_factory.mktemp("mlflow-auth")
     (root / "auth.ini").write_text(
@@ -46,6 +47,7 @@ def auth_server(tmp_path_factory):
         admin_username = admin
         authorization_function = mlflow.server.auth:authenticate_request_basic_auth
         grant_default_workspace_access = false
+        auth_cache_ttl_seconds = 300
         """)
     )
     server = MlflowServer(
@@ -69,7 +71,7 @@ def test_a_sweep_logs_through_mlflow_authentication_and_a_wrong_password_is_one_
     url = auth_server
     search_path = "/api/2.0/mlflow/experiments/search?max_results=10"
     assert _api(url, search_path) == 401  # the server really is closed to anyone without a user
-    p = sweep_file(tmp_path, 1)  # every request pays the server's password check: one trial
+    p = sweep_file(tmp_path, 1)
     base = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
 
     wrong = run_cli(
