@@ -56,8 +56,9 @@ def sweep_file(
 def start_sweep(sweep: Path, storage: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     out = open(tmp_path / f"sweep-{time.time_ns()}.log", "w+")
+    command = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--storage", storage, "--workers", "1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--storage", storage, "--workers", "1", *extra],
+        [*command, "--no-report", *extra],
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
@@ -77,6 +78,17 @@ def sweeping(sweep: Path, storage: str, tmp_path: Path, *extra: str):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def paused(proc):
+    """The sweep's processes held still (SIGSTOP) while the block runs: an outage begun inside it lands in the
+    middle of whatever the sweep was doing, however busy the machine (its trial cannot finish meanwhile)."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
 
 
 def one_outage_line(out: str) -> str:

@@ -63,6 +63,11 @@ PRELOAD = (
 for name in PRELOAD:  # a module missing here is imported (or missed) by the child as it would be anyway
     with contextlib.suppress(ImportError):
         importlib.import_module(name)
+with contextlib.suppress(Exception):  # a logged model's pip requirements: MLflow maps every installed package's
+    # modules once per process (importlib.metadata.packages_distributions, ~1 s), then keeps the map
+    from mlflow.utils import requirements_utils
+
+    requirements_utils._init_packages_to_modules_map()
 
 
 def child(request: dict) -> None:

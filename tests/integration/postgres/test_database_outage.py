@@ -16,7 +16,16 @@ from pathlib import Path
 import optuna
 import pytest
 from support import free_port
-from support.outages import QUICKSTART, one_outage_line, output, states, sweep_file, sweeping, wait_for_running
+from support.outages import (
+    QUICKSTART,
+    one_outage_line,
+    output,
+    paused,
+    states,
+    sweep_file,
+    sweeping,
+    wait_for_running,
+)
 
 
 class PrivatePostgres:
@@ -75,11 +84,12 @@ def postgres():
 
 
 def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sweep(postgres, tmp_path):
-    sweep = sweep_file(tmp_path, "pg-blip", trials=2, patience="2m", epochs=60, **QUICKSTART)
+    sweep = sweep_file(tmp_path, "pg-blip", trials=2, patience="2m", epochs=20, **QUICKSTART)
     with sweeping(sweep, postgres.url, tmp_path) as proc:
         wait_for_running(postgres.url, "pg-blip", proc)
-        time.sleep(1.5)  # a heartbeat or two recorded, the trial training
-        postgres.stop()
+        time.sleep(1)  # a heartbeat recorded, the trial training
+        with paused(proc):  # the database goes while the trial trains
+            postgres.stop()
         time.sleep(6)
         postgres.start()
         assert proc.wait(timeout=300) == 0, output(proc)
@@ -92,10 +102,11 @@ def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sw
 
 
 def test_a_database_outage_past_the_patience_window_stops_with_one_line_and_the_next_run_recovers(postgres, tmp_path):
-    sweep = sweep_file(tmp_path, "pg-gone", trials=2, patience="4s", epochs=60)
+    sweep = sweep_file(tmp_path, "pg-gone", trials=2, patience="4s", epochs=20)
     with sweeping(sweep, postgres.url, tmp_path) as proc:
         victim = wait_for_running(postgres.url, "pg-gone", proc)
-        postgres.stop()
+        with paused(proc):  # the database goes while the trial trains
+            postgres.stop()
         rc = proc.wait(timeout=300)
     out = output(proc)
     assert rc != 0, out
