@@ -2,7 +2,6 @@
 `from support import ...`); nothing imports this file."""
 
 import os
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -22,25 +21,9 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("KDTRAIN_WORKERS", "1")
 
 
-@pytest.fixture(scope="session")
-def mlflow_store_template(tmp_path_factory):
-    """An empty MLflow SQLite store, its tables made by MLflow (~1 s of schema migrations, paid once per pytest
-    worker instead of once per test)."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture(autouse=True)
-def isolated_store(tmp_path, monkeypatch, request, mlflow_store_template):
-    """Every test gets its own kdtrain home (store and caches) and data root. The home holds an empty MLflow store
-    (a copy of mlflow_store_template, as MLflow would have made it) unless the test is marked fresh_home (it checks
-    what a command leaves in a home that does not exist yet)."""
-    if request.node.get_closest_marker("fresh_home") is None:
-        (tmp_path / "home").mkdir()
-        shutil.copyfile(mlflow_store_template, tmp_path / "home" / "mlflow.db")
+def isolated_store(tmp_path, monkeypatch):
+    """Every test gets its own kdtrain home (store and caches) and data root."""
     # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; keep it from leaking into later tests' subprocesses
     # (setenv first so that the undo removes a value mlflow sets during the test)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")

@@ -238,7 +238,6 @@ def test_passwords_never_leave_the_url(tmp_path, new_database, mlflow_server):
     assert "kdtrain.config" in stored and "trial_heartbeats" in tables and password not in stored
 
 
-@pytest.mark.fresh_home  # it checks that nothing was written to the home
 def test_wrong_database_password_is_one_clear_error(tmp_path, pg_url):
     wrong = pg_url.split("://", 1)[0] + "://kdtrain:Wrong-Pw-4242@" + pg_url.split("@", 1)[1]
     p = sweep_file(tmp_path, 2)

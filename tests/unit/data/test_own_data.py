@@ -595,7 +595,6 @@ BAD = [
 ]
 
 
-@pytest.mark.fresh_home  # it checks that nothing was written to the home
 @pytest.mark.parametrize("case", BAD, ids=[f.__name__ for f in BAD])
 def test_bad_file_is_one_line_exit_2_and_nothing_written(case, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing the test's own module writes no .pyc

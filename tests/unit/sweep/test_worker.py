@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 from support import ROOT, load_study, run_cli, write_sweep
 
 from kdtrain import config
@@ -54,7 +53,6 @@ def test_worker_waits_for_a_study_created_after_it_started(tmp_path):
     assert len(done) == 3 and {t.user_attrs[search.T_PID] for t in done} == {worker.pid}
 
 
-@pytest.mark.fresh_home  # it checks that nothing was written to the home
 def test_worker_wait_gives_up_with_a_clear_message(tmp_path):
     r = run_cli("worker", "--study", "nowhere", "--wait", "3s", env={"KDTRAIN_HOME": str(tmp_path / "home")})
     assert r.returncode == 1 and r.stderr.count("kdtrain: error:") == 1 and "Traceback" not in r.stderr
