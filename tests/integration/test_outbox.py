@@ -20,7 +20,7 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from support import TINY_SWEEP, free_port
+from support import TINY_SWEEP, free_port, run_cli
 
 from kdtrain.distill.train import EpochStats
 from kdtrain.study import search
@@ -259,25 +259,16 @@ def sweep(tmp_path, proxy, name: str, patience: str) -> tuple[subprocess.Complet
     path = tmp_path / f"{name}.yaml"
     path.write_text(SWEEP.replace("NAME", name).replace("PATIENCE", patience))
     storage = str(tmp_path / "optuna.journal")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kdtrain.cli",
-            "sweep",
-            str(path),
-            "--storage",
-            storage,
-            "--workers",
-            "1",
-            "--tracking-uri",
-            proxy.url,
-            "--no-report",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    r = run_cli(
+        "sweep",
+        path,
+        "--storage",
+        storage,
+        "--workers",
+        "1",
+        "--tracking-uri",
+        proxy.url,
+        "--no-report",
         timeout=600,
     )
     return r, storage

@@ -217,7 +217,7 @@ def test_kill_9_then_rerun_resumes(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, no chance to clean up
     proc.wait()
 
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = run_cli(*cmd[3:], env=env)  # the same command
     assert r.returncode == 0, r.stdout + r.stderr
     assert "interrupted trial(s) failed and re-queued" in r.stdout
     study = load_study(tmp_path / "home")
@@ -351,15 +351,7 @@ def test_a_ctrl_c_that_a_library_turned_into_another_error_still_stops_the_sweep
         tmp_path, **{"student: {arch: mlp, width: 8}": "student: {arch: 'python:cutstudent:net', width: 8}"}
     )
     env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
-    r = subprocess.run(
-        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--no-report"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    r = run_cli("sweep", p, "--no-report", env=env)  # in tmp_path, where the python: student is found
     assert r.returncode == 130, r.stdout + r.stderr
     assert "Run the same command again to resume" in r.stderr and "Traceback" not in r.stderr, r.stderr
     study = load_study(tmp_path / "home")
