@@ -15,6 +15,7 @@ from support.sweeps import (
     refused,
     run_cli,
     snapshot,
+    spawn_cli,
     sweep_file,
     write_sweep,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "refused",
     "run_cli",
     "snapshot",
+    "spawn_cli",
     "stop_group",
     "sweep_file",
     "wait_for_http",

@@ -4,8 +4,6 @@
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import optuna
 
 from kdtrain.study import search
+from support.sweeps import spawn_cli
 
 SWEEP = """
 study: {{name: {name}, trials: {trials}, heartbeat_interval: 1, grace_period: 3, storage_patience: {patience},
@@ -53,20 +52,10 @@ def sweep_file(
     return p
 
 
-def start_sweep(sweep: Path, storage: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out = open(tmp_path / f"sweep-{time.time_ns()}.log", "w+")
-    command = [sys.executable, "-m", "kdtrain.cli", "sweep", str(sweep), "--storage", storage, "--workers", "1"]
-    proc = subprocess.Popen(
-        [*command, "--no-report", *extra],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    proc.log = out
-    return proc
+def start_sweep(sweep: Path, storage: str, tmp_path: Path, *extra: str):
+    """`kdtrain sweep` on `storage`, one worker, no report, in a process group of its own (support.spawn_cli)."""
+    args = ["sweep", sweep, "--storage", storage, "--workers", "1", "--no-report", *extra]
+    return spawn_cli(*args, log=tmp_path / f"sweep-{time.time_ns()}.log", new_session=True)
 
 
 @contextlib.contextmanager
@@ -100,8 +89,7 @@ def one_outage_line(out: str) -> str:
 
 
 def output(proc) -> str:
-    proc.log.seek(0)
-    return proc.log.read()
+    return proc.output()
 
 
 def wait_for_running(url: str, name: str, proc, timeout: float = 240) -> int:

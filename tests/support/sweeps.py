@@ -115,6 +115,52 @@ def run_cli(*args, env=None, timeout=300):
         return subprocess.CompletedProcess(command, answer["returncode"], out.read_text(), err.read_text())
 
 
+class CliProcess:
+    """A `python -m kdtrain.cli ARGS` started by spawn_cli and running beside the test: pid, poll(), wait(), and its
+    output (stdout and stderr together) in the file `log`, as subprocess.Popen gives them."""
+
+    def __init__(self, command: list[str], log: Path, pid: int, popen: subprocess.Popen | None = None):
+        self.args, self.log, self.pid, self.popen, self.returncode = command, log, pid, popen, None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if self.popen is not None:
+                self.returncode = self.popen.wait(timeout)
+            else:
+                answer = _zygote_call({"wait": self.pid, "timeout": timeout})
+                if answer.get("running"):
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                self.returncode = answer["returncode"]
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def spawn_cli(*args, log: Path, env=None, new_session=False) -> CliProcess:
+    """Start the real `kdtrain` entry point (`python -m kdtrain.cli ARGS`) as run_cli does (forked from the zygote;
+    KDTRAIN_TEST_ZYGOTE=0 for a fresh interpreter) without waiting for it: stdout and stderr go to `log`;
+    new_session as Popen's start_new_session (a process group of its own, for os.killpg)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**inherited, **(env or {})}
+    command = [sys.executable, "-m", "kdtrain.cli", *map(str, args)]
+    if os.environ.get("KDTRAIN_TEST_ZYGOTE", "1") == "0":
+        with open(log, "w") as out:
+            popen = subprocess.Popen(
+                command, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=new_session
+            )
+        return CliProcess(command, log, popen.pid, popen)
+    request = {"args": command[3:], "env": full_env, "cwd": os.getcwd(), "out": str(log), "err": str(log)}
+    answer = _zygote_call({**request, "spawn": True, "new_session": new_session})
+    return CliProcess(command, log, answer["pid"])
+
+
 _ZYGOTE: dict = {}
 _ZYGOTE_LOCK = threading.Lock()
 

@@ -2,10 +2,12 @@
 and the libraries it loads (torch, MLflow, Optuna; ~4 s of CPU per process, most of a short command's cost) once,
 then forks one child per request. The child is a real process of its own, as `python -m kdtrain.cli` would be: its
 own environment, working directory, stdout and stderr files, exit code (a traceback and 1 on an uncaught exception,
-atexit handlers run), and it runs kdtrain/cli/__main__.py with runpy as `-m` does. Used by support.run_cli.
+atexit handlers run), and it runs kdtrain/cli/__main__.py with runpy as `-m` does.
 
 Protocol, one JSON line each way over stdin/stdout: {"args", "env", "cwd", "out", "err", "timeout"} ->
-{"returncode": int} or {"timeout": true} (the child was killed)."""
+{"returncode": int} or {"timeout": true} (the child was killed); with "spawn": true (and "new_session") ->
+{"pid": int} at once, then {"wait": pid, "timeout": seconds or null} -> {"returncode": int} or {"running": true}.
+Used by support.run_cli and support.spawn_cli."""
 
 import atexit
 import contextlib
@@ -78,8 +80,13 @@ def child(request: dict) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    if request.get("new_session"):
+        os.setsid()  # as Popen(start_new_session=True): a group of its own, for killpg
     for fd, path in ((1, request["out"]), (2, request["err"])):
-        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if fd == 2 and path == request["out"]:  # stderr=STDOUT: one file, one offset
+            os.dup2(1, 2)
+            continue
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         os.dup2(f, fd)  # the request pipe's end there is closed by it
         os.close(f)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
@@ -104,25 +111,36 @@ def child(request: dict) -> None:
     os._exit(code)
 
 
+def wait(pid: int, timeout: float | None, kill: bool) -> dict:
+    """The child's exit code once it exits within timeout (None: however long); past it, killed (kill) or said
+    to be running."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return {"returncode": os.waitstatus_to_exitcode(status)}
+        if deadline is not None and time.monotonic() > deadline:
+            if not kill:
+                return {"running": True}
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return {"timeout": True}
+        time.sleep(0.02)
+
+
 def serve() -> None:
+    """Requests: a command to run and wait for ({"args", ...}: its exit code), or to start ({"spawn": true}: its
+    pid at once), and {"wait": pid, "timeout": seconds or null} for a started one (its exit code, or "running")."""
     gc.freeze()  # the imports' objects stay out of the children's collections (no copy of their pages)
     for line in sys.stdin:
         request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            child(request)
-        deadline = time.monotonic() + request["timeout"]
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                answer = {"returncode": os.waitstatus_to_exitcode(status)}
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                answer = {"timeout": True}
-                break
-            time.sleep(0.02)
+        if "wait" in request:
+            answer = wait(request["wait"], request["timeout"], kill=False)
+        else:
+            pid = os.fork()
+            if pid == 0:
+                child(request)
+            answer = {"pid": pid} if request.get("spawn") else wait(pid, request["timeout"], kill=True)
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 
