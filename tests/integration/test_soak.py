@@ -1,12 +1,8 @@
 """A local soak: four workers on the default journal store and SQLite MLflow store."""
 
-import os
-import subprocess
-import sys
-
 import optuna
 import pytest
-from support import run_cli
+from support import run_cli, spawn_cli
 from support.integration import sweep_file
 
 from kdtrain.study import search
@@ -24,12 +20,15 @@ def test_soak_four_local_workers_forty_trials_on_the_journal(tmp_path):
     # own process as worker 0 at once, ahead of the 3 it spawns, and under load it can finish alone
     r = run_cli("sweep", p, "--workers", "0", "--no-report", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    cmd = [sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny"]
-    procs = [
-        subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(4)
-    ]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
+    procs = [spawn_cli("worker", "--study", "tiny", log=tmp_path / f"worker-{i}.log", env=env) for i in range(4)]
+    try:
+        for proc in procs:
+            proc.wait(timeout=900)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    outs = [proc.output() for proc in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-2000:] for o in outs)
     assert not any("Traceback" in o for o in outs)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from support import TINY_SEARCH, chromium_driver, load_study, mlflow_runs, run_cli, write_sweep
+from support import TINY_SEARCH, chromium_driver, load_study, mlflow_runs, run_cli, spawn_cli, write_sweep
 
 from kdtrain import config
 from kdtrain.config import KdtrainError
@@ -196,7 +196,7 @@ def test_kill_9_then_rerun_resumes(tmp_path):
     p = write_sweep(tmp_path, **{"size: 400": "size: 3000", "epochs: 4,": "epochs: 40,", "trials: 3": "trials: 3"})
     env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
     cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = spawn_cli(*cmd[3:], log=tmp_path / "first.log", env=env, new_session=True)
     journal = tmp_path / "home" / "optuna.journal"
     victim = None
     deadline = time.time() + 240

@@ -4,6 +4,7 @@ sweep left behind (its Optuna journal, its MLflow SQLite store)."""
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,13 @@ class CliProcess:
         except subprocess.TimeoutExpired:
             return None
 
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
     def output(self) -> str:
         return self.log.read_text()
 
@@ -150,6 +158,7 @@ def spawn_cli(*args, log: Path, env=None, new_session=False) -> CliProcess:
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env = {**inherited, **(env or {})}
     command = [sys.executable, "-m", "kdtrain.cli", *map(str, args)]
+    log.write_text("")  # there from the start, as a Popen's pipe is
     if os.environ.get("KDTRAIN_TEST_ZYGOTE", "1") == "0":
         with open(log, "w") as out:
             popen = subprocess.Popen(

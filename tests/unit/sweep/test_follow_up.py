@@ -4,14 +4,13 @@ as the other sweep tests."""
 
 import datetime
 import signal
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
-from support import TINY_SEARCH, run_cli, write_sweep
+from support import TINY_SEARCH, run_cli, spawn_cli, write_sweep
 
 from kdtrain.config import sweepfile
 from kdtrain.study import first_trials, search
@@ -140,20 +139,18 @@ def test_a_sweep_stopped_before_its_follow_up_says_which_widths_wait_and_the_rer
     p = write_sweep(
         tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 12", "epochs: 4, batch_size": "epochs: 12, batch_size"}
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = spawn_cli("sweep", p, "--workers", "1", "--no-report", log=tmp_path / "first.log")
     try:
-        for line in proc.stdout:  # Ctrl-C once two trials are in: their follow-up has not started
-            if line.startswith("trial 1 complete"):
-                proc.send_signal(signal.SIGINT)
-                break
-        out = proc.communicate(timeout=120)[0]
+        deadline = time.time() + 240
+        while "\ntrial 1 complete" not in "\n" + proc.output():  # Ctrl-C once two trials are in: no follow-up yet
+            assert proc.poll() is None and time.time() < deadline, proc.output()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
+    out = proc.output()
     assert proc.returncode == 130, out
     r = run_cli("report", "tiny", "--out", tmp_path / "reports")
     assert r.returncode == 0, r.stdout + r.stderr

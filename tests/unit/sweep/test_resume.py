@@ -10,7 +10,7 @@ import time
 
 import optuna
 import pytest
-from support import TINY_SEARCH, run_cli, write_sweep
+from support import TINY_SEARCH, run_cli, spawn_cli, write_sweep
 
 from kdtrain.config import sweepfile
 from kdtrain.study import search
@@ -60,14 +60,7 @@ def test_a_second_command_cannot_shrink_a_running_sweep_and_a_larger_total_reach
     # 8 trials of a few seconds each: the other commands meet the first one running
     p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 8", "epochs: 4,": "epochs: 400,"})
     log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
+    first = spawn_cli("sweep", p, "--workers", "1", "--no-report", log=log, env=env, new_session=True)
     try:
         journal = tmp_path / "home" / "optuna.journal"
         _wait_for(lambda: journal.exists() and search.counts(_study(tmp_path))["DONE"] >= 1, "the first trial")
@@ -112,20 +105,16 @@ def test_status_says_a_trial_whose_local_worker_is_dead_is_not_running(tmp_path)
 def test_sigterm_stops_a_sweep_like_ctrl_c(tmp_path):
     env = _env(tmp_path)
     p = write_sweep(tmp_path, TINY_SEARCH, **{"trials: 3": "trials: 4", "epochs: 4,": "epochs: 5000,"})
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "1", "--no-report"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-        start_new_session=True,
+    sweep = spawn_cli(
+        "sweep", p, "--workers", "1", "--no-report", log=tmp_path / "sweep.log", env=env, new_session=True
     )
     try:
         journal = tmp_path / "home" / "optuna.journal"
         _wait_for(lambda: journal.exists() and search.counts(_study(tmp_path))["RUNNING"] >= 1, "a running trial")
         time.sleep(1)
         sweep.send_signal(signal.SIGTERM)  # to the sweep alone, as `timeout` does
-        out, err = sweep.communicate(timeout=120)
+        sweep.wait(timeout=120)
+        out = err = sweep.output()
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
