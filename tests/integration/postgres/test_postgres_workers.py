@@ -10,15 +10,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-from support import MlflowServer, run_cli
+from support import MlflowServer, run_cli, spawn_cli
 from support.integration import server_runs, sweep_file
 
 from kdtrain.study import search
@@ -86,22 +84,15 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
 
     def worker(name: str, **extra):
         wenv = {
-            **os.environ,
             "KDTRAIN_HOME": str(tmp_path / name),
             "KDTRAIN_DATA": str(tmp_path / "data"),
             "KDTRAIN_STORAGE": storage,
             **extra,
         }
-        log = open(tmp_path / f"{name}.log", "w")
-        return subprocess.Popen(
-            [sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--threads", "1"],
-            env=wenv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        ), log
+        return spawn_cli("worker", "--study", "tiny", "--threads", "1", log=tmp_path / f"{name}.log", env=wenv)
 
     # b is given nothing but the study name and the storage: the MLflow server is recorded in the study
-    (a, a_log), (b, b_log) = worker("machine-a", MLFLOW_TRACKING_URI=server), worker("machine-b")
+    a, b = worker("machine-a", MLFLOW_TRACKING_URI=server), worker("machine-b")
     study = optuna.load_study(study_name="tiny", storage=search.open_storage(storage))
     victim, deadline = None, time.time() + 300
     while victim is None and time.time() < deadline and a.poll() is None:
@@ -122,10 +113,9 @@ def test_two_workers_on_postgres_and_a_killed_worker_is_retried_by_heartbeat(tmp
     try:
         assert b.wait(timeout=300) == 0, (tmp_path / "machine-b.log").read_text()[-3000:]
     finally:
-        for proc, log in ((a, a_log), (b, b_log)):
+        for proc in (a, b):
             if proc.poll() is None:
                 proc.kill()
-            log.close()
     b_text = (tmp_path / "machine-b.log").read_text()
     assert f"mlflow: {server})" in b_text
     assert f"trial {victim.number}: its worker is gone; failed and re-queued" in b_text

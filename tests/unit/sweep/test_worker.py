@@ -2,12 +2,9 @@
 Optuna / MLflow each behind one module."""
 
 import itertools
-import os
 import re
-import subprocess
-import sys
 
-from support import ROOT, load_study, run_cli, write_sweep
+from support import ROOT, load_study, run_cli, spawn_cli, write_sweep
 
 from kdtrain import config
 from kdtrain.cli.commands import main
@@ -25,23 +22,17 @@ def test_worker_waits_for_a_study_created_after_it_started(tmp_path):
     # another machine: its own kdtrain home (no teacher cache), the sweep's stores given by URL
     home = tmp_path / "home"
     full_env = {
-        **os.environ,
         "KDTRAIN_HOME": str(tmp_path / "elsewhere"),
         "KDTRAIN_DATA": str(tmp_path / "data"),
         "KDTRAIN_STORAGE": str(home / "optuna.journal"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
     }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "kdtrain.cli", "worker", "--study", "tiny", "--wait", "3m"],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = spawn_cli("worker", "--study", "tiny", "--wait", "3m", log=tmp_path / "worker.log", env=full_env)
     try:
         created = run_cli("sweep", p, "--workers", "0", "--no-report", env=env)
         assert created.returncode == 0, created.stdout + created.stderr
-        out, _ = worker.communicate(timeout=300)
+        worker.wait(timeout=300)
+        out = worker.output()
     finally:
         worker.kill()
     assert worker.returncode == 0, out
