@@ -101,7 +101,7 @@ def wait_for_student_run(mlflow_client, study: str, name: str, proc, timeout: fl
 def test_a_sweep_survives_its_tracking_server_stopped_and_restarted_mid_trial(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    sweep = sweep_file(tmp_path, "ml-blip", trials=2, patience="5m", epochs=30)
+    sweep = sweep_file(tmp_path, "ml-blip", trials=2, patience="5m", epochs=45)
     storage = str(tmp_path / "optuna.journal")
     with sweeping(sweep, storage, tmp_path, "--tracking-uri", mlflow_server.url) as proc:
         wait_for_running(storage, "ml-blip", proc)

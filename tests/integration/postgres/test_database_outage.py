@@ -84,7 +84,7 @@ def postgres():
 
 
 def test_a_database_outage_inside_the_patience_window_costs_a_warning_not_the_sweep(postgres, tmp_path):
-    sweep = sweep_file(tmp_path, "pg-blip", trials=2, patience="2m", epochs=20, **QUICKSTART)
+    sweep = sweep_file(tmp_path, "pg-blip", trials=2, patience="2m", epochs=30, **QUICKSTART)
     with sweeping(sweep, postgres.url, tmp_path) as proc:
         wait_for_running(postgres.url, "pg-blip", proc)
         time.sleep(1)  # a heartbeat recorded, the trial training
