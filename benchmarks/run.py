@@ -57,7 +57,8 @@ from kdtrain.distill.teachers import load_pool
 from kdtrain.distill.train import accuracy, predict, seed_all
 
 QUICK_SWEEP = """
-study: {name: bench, objectives: {val_accuracy: maximize, params: minimize}, trials: 2}
+study: {name: bench, objectives: {val_accuracy: maximize, params: minimize}, trials: 2, baseline_seeds: 1}
+profile: {blocks: 2, calls: 5, warmup: 2, throughput_batch: 8}
 data: {name: synthetic, size: 600, val_fraction: 0.2, seed: 1}
 teachers:
   - {name: big, arch: mlp, width: 64, epochs: 5}

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support import run_cli
 
 import kdtrain
 
@@ -150,25 +151,8 @@ def test_every_python_example_in_the_docs_runs(code, tmp_path):
         name = re.search(r"load_study\(\"([^\"]+)\"", code).group(1)
         sweep = tmp_path / "study.yaml"
         sweep.write_text(STUDY)
-        made = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kdtrain.cli",
-                "sweep",
-                str(sweep),
-                "--study",
-                name,
-                "--workers",
-                "1",
-                "--no-report",
-            ],
-            cwd=tmp_path,
-            env=_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        env = _env(tmp_path)
+        made = run_cli("sweep", sweep, "--study", name, "--workers", "1", "--no-report", env=env)  # cwd: tmp_path
         assert made.returncode == 0, made.stdout + made.stderr
     r = _run(code, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
