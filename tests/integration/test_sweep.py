@@ -194,9 +194,9 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tmp_path):
 def test_kill_9_then_rerun_resumes(tmp_path):
     """kill -9 of the whole sweep mid-trial; the same command again finishes the study."""
     p = write_sweep(tmp_path, **{"size: 400": "size: 3000", "epochs: 4,": "epochs: 40,", "trials: 3": "trials: 3"})
-    env = {**os.environ, "KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
-    cmd = [sys.executable, "-m", "kdtrain.cli", "sweep", str(p), "--workers", "2"]
-    proc = spawn_cli(*cmd[3:], log=tmp_path / "first.log", env=env, new_session=True)
+    env = {"KDTRAIN_HOME": str(tmp_path / "home"), "KDTRAIN_DATA": str(tmp_path / "data")}
+    command = ("sweep", p, "--workers", "2")
+    proc = spawn_cli(*command, log=tmp_path / "first.log", env=env, new_session=True)
     journal = tmp_path / "home" / "optuna.journal"
     victim = None
     deadline = time.time() + 240
@@ -217,7 +217,7 @@ def test_kill_9_then_rerun_resumes(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, no chance to clean up
     proc.wait()
 
-    r = run_cli(*cmd[3:], env=env)  # the same command
+    r = run_cli(*command, env=env)  # the same command
     assert r.returncode == 0, r.stdout + r.stderr
     assert "interrupted trial(s) failed and re-queued" in r.stdout
     study = load_study(tmp_path / "home")

@@ -90,13 +90,18 @@ def write_sweep(folder: Path, extra: str = TINY_SEARCH, name="tiny.yaml", **subs
     return p
 
 
+def _cli(args, env: dict | None) -> tuple[list[str], dict]:
+    """The command line `python -m kdtrain.cli ARGS` and its environment: this process's, less MLFLOW_TRACKING_URI
+    (mlflow.set_tracking_uri() exports it), with env on top."""
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return [sys.executable, "-m", "kdtrain.cli", *map(str, args)], {**inherited, **(env or {})}
+
+
 def run_cli(*args, env=None, timeout=300):
     """Run the real `kdtrain` entry point (`python -m kdtrain.cli ARGS`) in a process of its own: forked from
     support/zygote.py's process, which has paid the imports once (set KDTRAIN_TEST_ZYGOTE=0 for a fresh
     interpreter each time, as before)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env = {**inherited, **(env or {})}
-    command = [sys.executable, "-m", "kdtrain.cli", *map(str, args)]
+    command, full_env = _cli(args, env)
     if os.environ.get("KDTRAIN_TEST_ZYGOTE", "1") == "0":
         return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="kdtrain-cli-") as folder:
@@ -155,12 +160,10 @@ def spawn_cli(*args, log: Path, env=None, new_session=False) -> CliProcess:
     """Start the real `kdtrain` entry point (`python -m kdtrain.cli ARGS`) as run_cli does (forked from the zygote;
     KDTRAIN_TEST_ZYGOTE=0 for a fresh interpreter) without waiting for it: stdout and stderr go to `log`;
     new_session as Popen's start_new_session (a process group of its own, for os.killpg)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env = {**inherited, **(env or {})}
-    command = [sys.executable, "-m", "kdtrain.cli", *map(str, args)]
+    command, full_env = _cli(args, env)
     log.write_text("")  # there from the start, as a Popen's pipe is
     if os.environ.get("KDTRAIN_TEST_ZYGOTE", "1") == "0":
-        with open(log, "w") as out:
+        with open(log, "a") as out:
             popen = subprocess.Popen(
                 command, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=new_session
             )
