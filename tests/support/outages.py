@@ -93,10 +93,15 @@ def output(proc) -> str:
 
 
 def wait_for_running(url: str, name: str, proc, timeout: float = 240) -> int:
-    """The number of a trial past trial 0 once it is RUNNING (the sweep is training it)."""
+    """The number of a trial past trial 0 once it is RUNNING (the sweep is training it). The store is read only
+    after the sweep said it opened its study: opening an empty PostgreSQL database creates Optuna's tables, and a
+    test doing that while the sweep does the same made the sweep fail on the second CREATE (seen in CI)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, output(proc)
+        if f"study {name}: " not in output(proc):
+            time.sleep(0.3)
+            continue
         try:
             study = optuna.load_study(study_name=name, storage=search.open_storage(url))
             running = [
